@@ -1,0 +1,587 @@
+"""The pure Raft core: ticks and messages in, one ``Ready`` batch out.
+
+No I/O, no clock, no randomness of its own (the caller passes an ``Rng``). A driver owns it:
+
+    core.tick() / core.step(message) / core.propose(data)   as things happen
+    if core.has_ready():
+        ready = core.ready()
+        ... persist, send, apply, in that order (see ``Ready``) ...
+        core.advance()
+
+Roles: follower, pre-candidate, candidate, leader. Pre-vote (Raft thesis 9.6) keeps a node that
+rejoins after a partition from deposing a healthy leader; check-quorum makes a leader that has not
+heard from a majority for an election timeout step down.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import attrs
+
+from dledger_mq.errors import BadRequest, LeadershipTransferInProgress, NotLeader
+from dledger_mq.raft.log_store import LogStore
+from dledger_mq.raft.messages import (
+    AppendRequest,
+    AppendResponse,
+    Entry,
+    EntryKind,
+    HardState,
+    Heartbeat,
+    HeartbeatResponse,
+    Message,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from dledger_mq.raft.progress import Progress, ProgressState
+from dledger_mq.raft.raft_log import RaftLog
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class Rng(Protocol):
+    """The only randomness the core uses; ``random.Random`` fits."""
+
+    def randrange(self, start: int, stop: int, /) -> int: ...
+
+
+@attrs.frozen
+class Config:
+    node_id: str
+    #: Every member of the group, this node included.
+    members: tuple[str, ...]
+    election_timeout_ticks: int = 10
+    heartbeat_interval_ticks: int = 1
+    #: Upper bound of one AppendRequest's entries (one entry is always sent, however large).
+    max_append_bytes: int = 1 << 20
+    #: Appends pushed to one follower without an answer yet.
+    max_inflight_appends: int = 64
+    #: Upper bound of the committed entries handed out in one Ready.
+    max_apply_bytes: int = 64 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.node_id not in self.members:
+            raise BadRequest(f"node {self.node_id!r} is not among the members {self.members}")
+        if len(set(self.members)) != len(self.members):
+            raise BadRequest(f"members must be distinct: {self.members}")
+        if self.heartbeat_interval_ticks < 1:
+            raise BadRequest("heartbeat_interval_ticks must be at least 1")
+        if self.election_timeout_ticks <= self.heartbeat_interval_ticks:
+            raise BadRequest("election_timeout_ticks must exceed heartbeat_interval_ticks")
+        if self.max_inflight_appends < 1:
+            raise BadRequest("max_inflight_appends must be at least 1")
+
+
+@attrs.frozen
+class SoftState:
+    """Volatile state a driver shows or reacts to; not persisted."""
+
+    role: Role
+    leader: str | None
+    term: int
+
+
+@attrs.frozen
+class Ready:
+    """One batch of work for the driver, which handles it in exactly this order:
+
+    1. **Persist** ``entries`` (first dropping any stored entry at or after ``entries[0].index``)
+       and then ``hard_state`` if it is not None. When ``must_sync`` is true, both must be on
+       disk (fsynced) before step 2: a vote, or an acknowledgement of entries, promises that
+       they survive a crash.
+    2. **Send** ``messages``.
+    3. **Apply** ``committed_entries`` to the state machine, in order.
+    4. Call ``advance()``. Only then may ``ready()`` be called again; ``tick``, ``step`` and
+       ``propose`` may be called at any time in between.
+    """
+
+    soft_state: SoftState | None
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    messages: tuple[Message, ...]
+    committed_entries: tuple[Entry, ...]
+
+    @property
+    def must_sync(self) -> bool:
+        """Entries or a term/vote change to make durable; a commit-only change may be lazy."""
+        return bool(self.entries) or (self.hard_state is not None and self.vote_changed)
+
+    #: Whether ``hard_state``'s term or vote differs from the last persisted one.
+    vote_changed: bool = False
+
+
+@attrs.frozen
+class FollowerStatus:
+    node_id: str
+    match: int
+    next: int
+    state: str
+
+
+@attrs.frozen
+class Status:
+    node_id: str
+    role: Role
+    term: int
+    leader: str | None
+    vote: str | None
+    last_index: int
+    commit: int
+    applied: int
+    followers: tuple[FollowerStatus, ...]
+
+
+class RaftCore:
+    def __init__(self, config: Config, store: LogStore, rng: Rng, applied: int = 0) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.peers = tuple(member for member in config.members if member != self.id)
+        self.quorum = len(config.members) // 2 + 1
+        self.rng = rng
+        self.log = RaftLog(store, applied)
+        hard_state = store.hard_state()
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = 0
+        self.votes: dict[str, bool] = {}
+        self.progress: dict[str, Progress] = {}
+        self.transfer_target: str | None = None
+        self.outbox: list[Message] = []
+        self._broadcast_pending = False
+        self._persisted_hard_state = hard_state
+        self._last_soft_state = SoftState(self.role, self.leader, self.term)
+        self._ready_in_progress: Ready | None = None
+        self._reset_election_timeout()
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self.election_elapsed >= self.randomized_election_timeout:
+                self.campaign()
+
+    def campaign(self) -> None:
+        """Start an election now (pre-vote first when enabled), as an election timeout would."""
+        if self.role is Role.LEADER:
+            return
+        if self.config.pre_vote:
+            self._become_pre_candidate()
+        else:
+            self._become_candidate(leadership_transfer=False)
+
+    def propose(self, data: bytes) -> int:
+        """Append ``data`` to the log if this node leads; returns the entry's index.
+
+        The entry is committed once a majority has persisted it; the driver learns that when it
+        comes back in ``Ready.committed_entries``.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self.transfer_target is not None:
+            raise LeadershipTransferInProgress(self.transfer_target)
+        index = self.log.last_index() + 1
+        self.log.append([Entry(index=index, term=self.term, data=data)])
+        self._broadcast_pending = True
+        return index
+
+    def transfer_leadership(self, target: str) -> None:
+        """Hand leadership to ``target``: bring it up to date, then tell it to campaign at once.
+
+        Proposals are refused meanwhile; the transfer is abandoned after an election timeout.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if target not in self.progress:
+            raise BadRequest(f"cannot transfer leadership to {target!r}: not a peer of {self.id}")
+        if self.transfer_target == target:
+            return
+        self.transfer_target = target
+        self.election_elapsed = 0
+        if self.progress[target].match == self.log.last_index():
+            self._send(TimeoutNow(term=self.term, source=self.id, target=target))
+        else:
+            self._send_appends(target, send_empty=True)
+
+    def step(self, message: Message) -> None:
+        """Handle a message from a peer. The term is dealt with here, once, then per role."""
+        if message.term > self.term:
+            if isinstance(message, VoteRequest):
+                in_lease = (
+                    self.config.check_quorum
+                    and self.leader is not None
+                    and self.election_elapsed < self.config.election_timeout_ticks
+                )
+                if in_lease and not message.leadership_transfer:
+                    # We heard from a live leader recently: this candidate is disruptive.
+                    return
+            if isinstance(message, VoteRequest) and message.pre_vote:
+                pass  # a pre-vote never changes our term
+            elif isinstance(message, VoteResponse) and message.pre_vote and message.granted:
+                pass  # granted pre-votes carry the term we would campaign at
+            elif isinstance(message, AppendRequest | Heartbeat | TimeoutNow):
+                self._become_follower(message.term, message.source)
+            else:
+                self._become_follower(message.term, None)
+        elif message.term < self.term:
+            if isinstance(message, AppendRequest | Heartbeat):
+                # A deposed leader (maybe partitioned away while we moved on) learns our term
+                # from this and steps down; otherwise pre-vote could leave it stuck forever.
+                self._send(AppendResponse(term=self.term, source=self.id, target=message.source,
+                                          success=False))
+            elif isinstance(message, VoteRequest) and message.pre_vote:
+                self._send(VoteResponse(term=self.term, source=self.id, target=message.source,
+                                        granted=False, pre_vote=True))
+            return
+
+        if isinstance(message, VoteRequest):
+            self._handle_vote_request(message)
+        elif self.role is Role.LEADER:
+            self._step_leader(message)
+        elif self.role is Role.FOLLOWER:
+            self._step_follower(message)
+        else:
+            self._step_candidate(message)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        if self._ready_in_progress is not None:
+            return False
+        return bool(
+            self.outbox
+            or self._broadcast_pending
+            or self.log.unstable
+            or self.log.committed > self.log.applied
+            or self._hard_state() != self._persisted_hard_state
+            or self._soft_state() != self._last_soft_state
+        )
+
+    def ready(self) -> Ready:
+        assert self._ready_in_progress is None, "ready() called again before advance()"
+        if self._broadcast_pending:
+            self._broadcast_appends()
+        soft_state = self._soft_state()
+        hard_state = self._hard_state()
+        persisted = self._persisted_hard_state
+        ready = Ready(
+            soft_state=soft_state if soft_state != self._last_soft_state else None,
+            hard_state=hard_state if hard_state != persisted else None,
+            entries=tuple(self.log.unstable),
+            messages=tuple(self.outbox),
+            committed_entries=tuple(self.log.next_committed_entries(self.config.max_apply_bytes)),
+            vote_changed=(hard_state.term, hard_state.vote) != (persisted.term, persisted.vote),
+        )
+        self.outbox = []
+        self._ready_in_progress = ready
+        return ready
+
+    def advance(self) -> None:
+        """The driver handled the last Ready: its entries and hard state are persisted."""
+        ready = self._ready_in_progress
+        assert ready is not None, "advance() without ready()"
+        self._ready_in_progress = None
+        if ready.soft_state is not None:
+            self._last_soft_state = ready.soft_state
+        if ready.hard_state is not None:
+            self._persisted_hard_state = ready.hard_state
+        if ready.entries:
+            last = ready.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if ready.committed_entries:
+            self.log.applied_to(ready.committed_entries[-1].index)
+        if self.role is Role.LEADER and ready.entries:
+            self._maybe_commit()
+
+    def status(self) -> Status:
+        followers = tuple(
+            FollowerStatus(peer, progress.match, progress.next, progress.state.value)
+            for peer, progress in self.progress.items()
+        )
+        return Status(
+            node_id=self.id,
+            role=self.role,
+            term=self.term,
+            leader=self.leader,
+            vote=self.vote,
+            last_index=self.log.last_index(),
+            commit=self.log.committed,
+            applied=self.log.applied,
+            followers=followers,
+        )
+
+    # -- overridable checks (the simulator's deliberately broken variants replace these) ---
+
+    def _log_allows_vote(self, request: VoteRequest) -> bool:
+        """Raft 5.4.1: vote only for a candidate whose log is at least as up to date as ours."""
+        return self.log.is_up_to_date(request.last_log_index, request.last_log_term)
+
+    def _may_commit(self, index: int) -> bool:
+        """Raft 5.4.2: commit by counting replicas only for an entry of the leader's own term."""
+        return self.log.term(index) == self.term
+
+    # -- role changes ----------------------------------------------------------------------
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_election_timeout()
+        self.votes = {}
+        self.progress = {}
+        self.transfer_target = None
+        self._broadcast_pending = False
+
+    def _reset_election_timeout(self) -> None:
+        timeout = self.config.election_timeout_ticks
+        self.randomized_election_timeout = timeout + self.rng.randrange(0, timeout)
+
+    def _become_follower(self, term: int, leader: str | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader = leader
+
+    def _become_pre_candidate(self) -> None:
+        # Unlike a real candidate, keep term and vote: only ask whether we *could* win.
+        self.role = Role.PRE_CANDIDATE
+        self.leader = None
+        self.votes = {self.id: True}
+        self.election_elapsed = 0
+        self._reset_election_timeout()
+        if self._tally() == "won":
+            self._become_candidate(leadership_transfer=False)
+            return
+        for peer in self.peers:
+            self._send(VoteRequest(term=self.term + 1, source=self.id, target=peer,
+                                   last_log_index=self.log.last_index(),
+                                   last_log_term=self.log.last_term(), pre_vote=True))
+
+    def _become_candidate(self, leadership_transfer: bool) -> None:
+        self._reset(self.term + 1)
+        self.role = Role.CANDIDATE
+        self.vote = self.id
+        self.votes = {self.id: True}
+        if self._tally() == "won":
+            self._become_leader()
+            return
+        for peer in self.peers:
+            self._send(VoteRequest(term=self.term, source=self.id, target=peer,
+                                   last_log_index=self.log.last_index(),
+                                   last_log_term=self.log.last_term(),
+                                   leadership_transfer=leadership_transfer))
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader = self.id
+        next_index = self.log.last_index() + 1
+        self.progress = {peer: Progress(next_index) for peer in self.peers}
+        # The no-op lets this term commit, and with it every entry of earlier terms (5.4.2).
+        self.log.append([Entry(index=next_index, term=self.term, kind=EntryKind.NOOP)])
+        self._broadcast_pending = True
+
+    # -- elections -------------------------------------------------------------------------
+
+    def _handle_vote_request(self, request: VoteRequest) -> None:
+        can_vote = (
+            self.vote == request.source
+            or (self.vote is None and self.leader is None)
+            or (request.pre_vote and request.term > self.term)
+        )
+        if can_vote and self._log_allows_vote(request):
+            # A granted vote carries the request's term; for a pre-vote that is our future term.
+            self._send(VoteResponse(term=request.term, source=self.id, target=request.source,
+                                    granted=True, pre_vote=request.pre_vote))
+            if not request.pre_vote:
+                self.election_elapsed = 0
+                self.vote = request.source
+        else:
+            self._send(VoteResponse(term=self.term, source=self.id, target=request.source,
+                                    granted=False, pre_vote=request.pre_vote))
+
+    def _tally(self) -> str:
+        granted = sum(1 for vote in self.votes.values() if vote)
+        if granted >= self.quorum:
+            return "won"
+        if len(self.votes) - granted >= self.quorum:
+            return "lost"
+        return "pending"
+
+    def _step_candidate(self, message: Message) -> None:
+        if isinstance(message, AppendRequest | Heartbeat):
+            # Same term: someone else won this election.
+            self._become_follower(self.term, message.source)
+            self._step_follower(message)
+        elif isinstance(message, VoteResponse):
+            if message.pre_vote != (self.role is Role.PRE_CANDIDATE):
+                return  # an answer to an earlier phase of this election
+            self.votes.setdefault(message.source, message.granted)
+            outcome = self._tally()
+            if outcome == "won":
+                if self.role is Role.PRE_CANDIDATE:
+                    self._become_candidate(leadership_transfer=False)
+                else:
+                    self._become_leader()
+            elif outcome == "lost":
+                self._become_follower(self.term, None)
+
+    # -- follower --------------------------------------------------------------------------
+
+    def _step_follower(self, message: Message) -> None:
+        if isinstance(message, AppendRequest):
+            self.election_elapsed = 0
+            self.leader = message.source
+            self._handle_append(message)
+        elif isinstance(message, Heartbeat):
+            self.election_elapsed = 0
+            self.leader = message.source
+            self.log.commit_to(min(message.commit, self.log.last_index()))
+            self._send(HeartbeatResponse(term=self.term, source=self.id, target=message.source))
+        elif isinstance(message, TimeoutNow):
+            # Leadership transfer: skip pre-vote, the leader itself asked us to take over.
+            self._become_candidate(leadership_transfer=True)
+
+    def _handle_append(self, request: AppendRequest) -> None:
+        if request.prev_index < self.log.committed:
+            # Everything up to our commit index matches the leader's log already.
+            self._send(AppendResponse(term=self.term, source=self.id, target=request.source,
+                                      success=True, match_index=self.log.committed))
+            return
+        match_index = self.log.maybe_append(
+            request.prev_index, request.prev_term, request.leader_commit, request.entries
+        )
+        if match_index is not None:
+            self._send(AppendResponse(term=self.term, source=self.id, target=request.source,
+                                      success=True, match_index=match_index))
+            return
+        hint_index, hint_term = self.log.find_conflict_by_term(
+            min(request.prev_index, self.log.last_index()), request.prev_term
+        )
+        self._send(AppendResponse(term=self.term, source=self.id, target=request.source,
+                                  success=False, rejected_index=request.prev_index,
+                                  hint_index=hint_index, hint_term=hint_term))
+
+    # -- leader ----------------------------------------------------------------------------
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_timeout_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_recently_active():
+                self._become_follower(self.term, None)
+                return
+            # A transfer that has not finished within an election timeout is abandoned.
+            self.transfer_target = None
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
+            self.heartbeat_elapsed = 0
+            for peer, progress in self.progress.items():
+                commit = min(progress.match, self.log.committed)
+                self._send(Heartbeat(term=self.term, source=self.id, target=peer, commit=commit))
+
+    def _quorum_recently_active(self) -> bool:
+        active = 1  # ourselves
+        for progress in self.progress.values():
+            if progress.recent_active:
+                active += 1
+            progress.recent_active = False
+        return active >= self.quorum
+
+    def _step_leader(self, message: Message) -> None:
+        if isinstance(message, AppendResponse):
+            self._handle_append_response(message)
+        elif isinstance(message, HeartbeatResponse):
+            progress = self.progress[message.source]
+            progress.recent_active = True
+            progress.probe_sent = False
+            if progress.state is ProgressState.REPLICATE and progress.is_paused(
+                self.config.max_inflight_appends
+            ):
+                # An append may have been lost; free one slot so that the pipeline moves again.
+                progress.inflight.popleft()
+            if progress.match < self.log.last_index():
+                self._send_appends(message.source, send_empty=True)
+
+    def _handle_append_response(self, response: AppendResponse) -> None:
+        progress = self.progress[response.source]
+        progress.recent_active = True
+        if response.success:
+            if progress.acknowledged(response.match_index):
+                if progress.state is ProgressState.PROBE:
+                    progress.become_replicate()
+                self._maybe_commit()
+                if (
+                    self.transfer_target == response.source
+                    and progress.match == self.log.last_index()
+                ):
+                    self._send(TimeoutNow(term=self.term, source=self.id, target=response.source))
+            self._send_appends(response.source, send_empty=False)
+            return
+        if response.rejected_index == 0 and response.hint_index == 0:
+            return  # a term-only rejection; nothing to learn about the log
+        next_probe = response.hint_index
+        if response.hint_term > 0:
+            next_probe, _ = self.log.find_conflict_by_term(response.hint_index, response.hint_term)
+        if progress.rejected(response.rejected_index, next_probe):
+            self._send_appends(response.source, send_empty=True)
+
+    def _maybe_commit(self) -> bool:
+        # Only persisted entries count for the leader itself.
+        own_match = self.log.unstable_offset - 1
+        matches = sorted([own_match, *(p.match for p in self.progress.values())], reverse=True)
+        candidate = matches[self.quorum - 1]
+        if candidate > self.log.committed and self._may_commit(candidate):
+            return self.log.commit_to(candidate)
+        return False
+
+    def _broadcast_appends(self) -> None:
+        self._broadcast_pending = False
+        for peer in self.peers:
+            self._send_appends(peer, send_empty=False)
+
+    def _send_appends(self, peer: str, send_empty: bool) -> None:
+        """Push what ``peer`` lacks, as many batches as the pipeline allows."""
+        progress = self.progress[peer]
+        config = self.config
+        last_index = self.log.last_index()
+        while not progress.is_paused(config.max_inflight_appends):
+            prev_index = progress.next - 1
+            entries = self.log.slice(progress.next, last_index + 1, config.max_append_bytes)
+            if not entries and not send_empty:
+                return
+            self._send(AppendRequest(term=self.term, source=self.id, target=peer,
+                                     prev_index=prev_index, prev_term=self.log.term(prev_index),
+                                     entries=tuple(entries), leader_commit=self.log.committed))
+            progress.sent(entries[-1].index if entries else None)
+            if not entries or progress.state is ProgressState.PROBE:
+                return
+            send_empty = False
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _send(self, message: Message) -> None:
+        self.outbox.append(message)
+
+    def _hard_state(self) -> HardState:
+        return HardState(term=self.term, vote=self.vote, commit=self.log.committed)
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self.role, self.leader, self.term)

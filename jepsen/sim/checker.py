@@ -1,0 +1,114 @@
+"""Safety invariants, checked after every step of a simulation.
+
+- Election safety: at most one leader per term.
+- Leader completeness: a new leader's log holds every entry known to be committed.
+- Log matching: two entries with the same index and term have the same content and the same
+  term before them (so, by induction, identical logs up to there).
+- State machine safety: a committed entry is never lost or changed, and every node applies the
+  same sequence, in order, with no gaps.
+- A node's commit index never goes back.
+"""
+
+from __future__ import annotations
+
+from dledger_mq.raft.core import RaftCore, Role
+from dledger_mq.raft.messages import Entry, EntryKind, HardState
+
+
+class SafetyViolation(Exception):
+    """A Raft safety property was broken; the message says which and where."""
+
+
+class SafetyChecker:
+    def __init__(self) -> None:
+        self.leader_by_term: dict[int, str] = {}
+        # (index, term) -> (kind, data, term of the entry before it)
+        self.entry_at: dict[tuple[int, int], tuple[EntryKind, bytes, int]] = {}
+        # committed[i - 1] is (term, kind, data) of the entry committed at index i.
+        self.committed: list[tuple[int, EntryKind, bytes]] = []
+        self.applied_index: dict[str, int] = {}
+        self.commit_index: dict[str, int] = {}
+
+    def node_started(self, node_id: str, durable_commit: int) -> None:
+        # A restarted node rebuilds its state machine from the log, from the first entry, and
+        # its commit index starts from the durable one (written lazily, so maybe behind).
+        self.applied_index[node_id] = 0
+        self.commit_index[node_id] = durable_commit
+
+    def hard_state_persisted(self, node_id: str, old: HardState, new: HardState) -> None:
+        if new.term < old.term or new.commit < old.commit:
+            raise SafetyViolation(f"{node_id} persisted {new} over {old}: term or commit went back")
+        if new.term == old.term and old.vote is not None and new.vote != old.vote:
+            raise SafetyViolation(f"{node_id} voted twice in term {new.term}: {old.vote}, {new.vote}")
+
+    def became_leader(self, node_id: str, term: int, core: RaftCore) -> None:
+        elected = self.leader_by_term.setdefault(term, node_id)
+        if elected != node_id:
+            raise SafetyViolation(f"two leaders in term {term}: {elected} and {node_id}")
+        log = core.log
+        for index, (committed_term, _, _) in enumerate(self.committed, start=1):
+            if log.term(index) != committed_term:
+                raise SafetyViolation(
+                    f"leader {node_id} of term {term} lacks committed entry {index} "
+                    f"(term {committed_term}; it has term {log.term(index)})"
+                )
+
+    def entries_appended(self, node_id: str, entries: tuple[Entry, ...], core: RaftCore) -> None:
+        if not entries:
+            return
+        prev_term = core.log.term(entries[0].index - 1)
+        entry_at = self.entry_at
+        for entry in entries:
+            key = (entry.index, entry.term)
+            seen = entry_at.setdefault(key, (entry.kind, entry.data, prev_term))
+            if seen != (entry.kind, entry.data, prev_term):
+                raise SafetyViolation(
+                    f"log matching: {node_id} holds entry {key} as {entry.kind.name} "
+                    f"{entry.data!r} after term {prev_term}, another node as "
+                    f"{seen[0].name} {seen[1]!r} after term {seen[2]}"
+                )
+            prev_term = entry.term
+
+    def commit_seen(self, node_id: str, commit: int, core: RaftCore) -> None:
+        """A node's commit index reached ``commit``: those entries are committed, whatever
+        happens to the node next, so record them (or check them against what was recorded)."""
+        previous = self.commit_index.get(node_id, 0)
+        if commit < previous:
+            raise SafetyViolation(f"commit index of {node_id} went back from {previous} to {commit}")
+        self.commit_index[node_id] = commit
+        committed = self.committed
+        for entry in core.log.slice(previous + 1, commit + 1, 1 << 62):
+            record = (entry.term, entry.kind, entry.data)
+            if entry.index <= len(committed):
+                if committed[entry.index - 1] != record:
+                    raise SafetyViolation(
+                        f"{node_id} committed {record} at {entry.index}, but "
+                        f"{committed[entry.index - 1]} was committed there"
+                    )
+            else:
+                assert entry.index == len(committed) + 1
+                committed.append(record)
+
+    def entries_applied(self, node_id: str, entries: tuple[Entry, ...]) -> None:
+        applied = self.applied_index[node_id]
+        committed = self.committed
+        for entry in entries:
+            if entry.index != applied + 1:
+                raise SafetyViolation(
+                    f"{node_id} applied entry {entry.index} after {applied}: a gap or a repeat"
+                )
+            applied = entry.index
+            record = (entry.term, entry.kind, entry.data)
+            if entry.index <= len(committed):
+                if committed[entry.index - 1] != record:
+                    raise SafetyViolation(
+                        f"{node_id} applied {record} at {entry.index}, but "
+                        f"{committed[entry.index - 1]} was committed there"
+                    )
+            else:
+                committed.append(record)
+        self.applied_index[node_id] = applied
+
+    def role_seen(self, node_id: str, role: Role, term: int, core: RaftCore) -> None:
+        if role is Role.LEADER:
+            self.became_leader(node_id, term, core)

@@ -1,0 +1,94 @@
+"""Everything one simulation run depends on, drawn from its seed and printed before it runs."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+FAULTS = (
+    "crash",
+    "isolate",
+    "isolate-leader",
+    "split",
+    "one-way",
+    "drop",
+    "duplicate",
+    "reorder",
+)
+#: Faults that are rates on every message rather than events with a start and an end.
+MESSAGE_FAULTS = ("drop", "duplicate", "reorder")
+
+#: Virtual time units per Raft tick; message and disk latencies are drawn in these units.
+UNITS_PER_TICK = 10
+
+
+@attrs.frozen
+class SimOptions:
+    seed: int
+    nodes: int
+    election_timeout_ticks: int
+    heartbeat_interval_ticks: int
+    max_append_bytes: int
+    max_inflight_appends: int
+    min_delay_units: int
+    max_delay_units: int
+    reorder_rate: float
+    drop_rate: float
+    duplicate_rate: float
+    disk_latency_units: int
+    fault_interval_ticks: int
+    fault_duration_ticks: int
+    propose_interval_units: int
+    safety_ticks: int
+    liveness_ticks: int
+    faults: tuple[str, ...]
+
+    @classmethod
+    def draw(
+        cls,
+        seed: int,
+        nodes: int | None = None,
+        safety_ticks: int = 500,
+        faults: tuple[str, ...] = FAULTS,
+    ) -> SimOptions:
+        rng = random.Random(f"options-{seed}")
+        # Swarm testing: each seed enables a random subset of the faults, so that no fault is
+        # always diluted by the others (a run of only leader isolations finds other bugs).
+        swarm = tuple(fault for fault in faults if rng.random() < 0.5)
+        if faults and not swarm:
+            swarm = (rng.choice(faults),)
+        election_timeout = rng.choice((10, 10, 15, 20))
+        max_append_bytes = rng.choice((1, 1, 64, 1 << 20))
+        max_inflight_appends = rng.choice((1, 4, 64))
+        max_delay_units = rng.randint(4, 30)
+        # Keep the client's load within what the drawn pipeline can replicate, so that the
+        # liveness phase measures recovery rather than the draining of an endless backlog.
+        entries_per_round_trip = max(1, max_append_bytes // 32) * max_inflight_appends
+        slowest_propose_units = max(5, 4 * 2 * max_delay_units // entries_per_round_trip)
+        return cls(
+            seed=seed,
+            nodes=nodes if nodes is not None else rng.choice((3, 3, 5)),
+            election_timeout_ticks=election_timeout,
+            heartbeat_interval_ticks=rng.choice((1, 2, 3)),
+            # Small limits split batches, which exposes probing and commit-counting bugs.
+            max_append_bytes=max_append_bytes,
+            max_inflight_appends=max_inflight_appends,
+            min_delay_units=rng.randint(1, 3),
+            max_delay_units=max_delay_units,
+            reorder_rate=rng.choice((0.05, 0.3, 1.0)) if "reorder" in swarm else 0.0,
+            drop_rate=rng.choice((0.02, 0.1, 0.25)) if "drop" in swarm else 0.0,
+            duplicate_rate=rng.choice((0.02, 0.1)) if "duplicate" in swarm else 0.0,
+            disk_latency_units=rng.randint(1, 8),
+            fault_interval_ticks=rng.randint(3, 25),
+            fault_duration_ticks=rng.randint(3, 40),
+            propose_interval_units=rng.randint(slowest_propose_units, 60 + slowest_propose_units),
+            safety_ticks=safety_ticks,
+            liveness_ticks=max(40 * election_timeout, 400),
+            faults=swarm,
+        )
+
+    def describe(self) -> str:
+        fields = attrs.asdict(self)
+        fields["faults"] = ",".join(self.faults)
+        return " ".join(f"{name}={value}" for name, value in fields.items())

@@ -1,0 +1,243 @@
+"""Runs seeds: a fault-heavy safety phase, then a liveness phase that must converge."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+import attrs
+
+from dledger_mq.raft.core import RaftCore
+from jepsen.sim.checker import SafetyViolation
+from jepsen.sim.cluster import Cluster, LivenessViolation
+from jepsen.sim.mutants import MUTANTS
+from jepsen.sim.options import FAULTS, MESSAGE_FAULTS, UNITS_PER_TICK, SimOptions
+
+
+@attrs.frozen
+class SeedResult:
+    seed: int
+    passed: bool
+    failure: str = ""
+    options: str = ""
+    committed: int = 0
+    acknowledged: int = 0
+    elections: int = 0
+
+
+@attrs.frozen
+class SimRequest:
+    seed: int
+    nodes: int | None = None
+    safety_ticks: int = 500
+    faults: tuple[str, ...] = FAULTS
+    mutant: str | None = None
+
+
+class FaultInjector:
+    """Starts a random fault every so often and ends it after a random duration."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.rng = cluster.rng
+        self.active_crashes: set[str] = set()
+        self.blocked: Counter[tuple[str, str]] = Counter()
+        self.kinds = [fault for fault in cluster.options.faults if fault not in MESSAGE_FAULTS]
+        self.stopped = False
+
+    def start(self) -> None:
+        if self.kinds:
+            self._schedule_next()
+
+    def _schedule_next(self) -> None:
+        options = self.cluster.options
+        delay = self.rng.randint(1, options.fault_interval_ticks) * UNITS_PER_TICK
+        self.cluster.schedule(delay, self._inject)
+
+    def _inject(self) -> None:
+        if self.stopped:
+            return
+        self._schedule_next()
+        cluster = self.cluster
+        rng = self.rng
+        kind = rng.choice(self.kinds)
+        node_ids = sorted(cluster.nodes)
+        leaders = cluster.leaders()
+        duration = rng.randint(1, cluster.options.fault_duration_ticks) * UNITS_PER_TICK
+        if kind == "crash":
+            candidates = [node_id for node_id in node_ids if node_id not in self.active_crashes]
+            if leaders and rng.random() < 0.5:
+                candidates = [leaders[0]]
+            if not candidates:
+                return
+            target = rng.choice(candidates)
+            cluster.crash(target)
+            self.active_crashes.add(target)
+            cluster.schedule(duration, self._restart, target)
+            return
+        if kind == "isolate":
+            pairs = self._isolation_pairs(rng.choice(node_ids))
+        elif kind == "isolate-leader":
+            if not leaders:
+                return
+            pairs = self._isolation_pairs(leaders[0])
+        elif kind == "split":
+            minority = rng.sample(node_ids, len(node_ids) // 2)
+            majority = [node_id for node_id in node_ids if node_id not in minority]
+            pairs = [(a, b) for a in minority for b in majority]
+            pairs += [(b, a) for a, b in pairs]
+        else:  # one-way
+            source, target = rng.sample(node_ids, 2)
+            if leaders and rng.random() < 0.5:
+                source = leaders[0]
+                target = rng.choice([node_id for node_id in node_ids if node_id != source])
+            pairs = [(source, target)]
+        cluster.log(f"fault {kind}: block {pairs}")
+        for pair in pairs:
+            self.blocked[pair] += 1
+            cluster.blocked.add(pair)
+        cluster.schedule(duration, self._unblock, pairs)
+
+    def _isolation_pairs(self, node_id: str) -> list[tuple[str, str]]:
+        others = [other for other in self.cluster.nodes if other != node_id]
+        return [(node_id, other) for other in others] + [(other, node_id) for other in others]
+
+    def _restart(self, node_id: str) -> None:
+        self.active_crashes.discard(node_id)
+        self.cluster.restart(node_id)
+
+    def _unblock(self, pairs: list[tuple[str, str]]) -> None:
+        for pair in pairs:
+            self.blocked[pair] -= 1
+            if self.blocked[pair] <= 0:
+                del self.blocked[pair]
+                self.cluster.blocked.discard(pair)
+
+    def stop_and_heal(self) -> None:
+        self.stopped = True
+        self.blocked.clear()
+        self.cluster.heal_network()
+        for node_id in self.cluster.nodes:
+            self.cluster.restart(node_id)
+        self.active_crashes.clear()
+
+
+def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) -> SeedResult:
+    options = SimOptions.draw(request.seed, request.nodes, request.safety_ticks, request.faults)
+    core_factory: type[RaftCore] = RaftCore
+    ack_before_persist = False
+    if request.mutant is not None:
+        core_factory, ack_before_persist = MUTANTS[request.mutant]
+    cluster = Cluster(options, core_factory, ack_before_persist, trace)
+    try:
+        _run_phases(cluster)
+    except (SafetyViolation, LivenessViolation, AssertionError) as error:
+        kind = type(error).__name__
+        return SeedResult(request.seed, False, f"{kind} at t={cluster.now}: {error}",
+                          options.describe())
+    return SeedResult(
+        request.seed,
+        True,
+        options=options.describe(),
+        committed=len(cluster.checker.committed),
+        acknowledged=len(cluster.acknowledged),
+        elections=len(cluster.checker.leader_by_term),
+    )
+
+
+def _run_phases(cluster: Cluster) -> None:
+    options = cluster.options
+    faults = FaultInjector(cluster)
+    faults.start()
+    client = _Client(cluster)
+    client.start()
+    cluster.run_until(options.safety_ticks * UNITS_PER_TICK)
+
+    # Liveness: faults stop, the network heals, every node is up; a proposal must commit.
+    faults.stop_and_heal()
+    cluster.drop_rate = 0.0
+    cluster.duplicate_rate = 0.0
+    client.marker_phase = True
+    deadline = cluster.now + options.liveness_ticks * UNITS_PER_TICK
+    if not cluster.run_until(deadline, client.converged):
+        raise LivenessViolation(
+            f"no proposal committed on every node within {options.liveness_ticks} ticks of "
+            f"healing (leaders: {cluster.leaders()})"
+        )
+    cluster.check_converged()
+
+
+class _Client:
+    """Proposes unique values at random intervals; after healing, a marker that must commit."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.marker_phase = False
+        self.marker_index: int | None = None
+        self.markers: list[bytes] = []
+        self.last_marker_at = 0
+        self.counter = 0
+
+    def start(self) -> None:
+        self._schedule()
+
+    def _schedule(self) -> None:
+        interval = self.cluster.options.propose_interval_units
+        self.cluster.schedule(self.cluster.rng.randint(1, interval), self._propose)
+
+    def _propose(self) -> None:
+        self._schedule()
+        cluster = self.cluster
+        if self.marker_phase:
+            # One marker at a time; another only if the last seems lost with its leader.
+            patience = 4 * cluster.options.election_timeout_ticks * UNITS_PER_TICK
+            if self.marker_index is not None or (
+                self.markers and cluster.now - self.last_marker_at < patience
+            ):
+                return
+        self.counter += 1
+        value = f"{'marker' if self.marker_phase else 'value'}-{self.counter}".encode()
+        if cluster.propose(value) and self.marker_phase:
+            self.markers.append(value)
+            self.last_marker_at = cluster.now
+
+    def converged(self) -> bool:
+        cluster = self.cluster
+        if self.marker_phase and self.marker_index is None:
+            for marker in self.markers:
+                if marker in cluster.acknowledged:
+                    self.marker_index = cluster.proposed[marker][1]
+        if self.marker_index is None:
+            return False
+        applied = cluster.checker.applied_index
+        return all(
+            node.core is not None and applied[node_id] >= self.marker_index
+            for node_id, node in cluster.nodes.items()
+        )
+
+
+def run_seeds(requests: Iterable[SimRequest], jobs: int) -> Iterator[SeedResult]:
+    if jobs <= 1:
+        yield from map(run_seed, requests)
+        return
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield from pool.imap_unordered(run_seed, requests, chunksize=8)
+
+
+def replay_command(request: SimRequest) -> str:
+    parts = ["python -m jepsen sim", f"--seed {request.seed}"]
+    if request.nodes is not None:
+        parts.append(f"--nodes {request.nodes}")
+    if request.safety_ticks != 500:
+        parts.append(f"--ticks {request.safety_ticks}")
+    if request.faults != FAULTS:
+        parts.append(f"--faults {','.join(request.faults) or 'none'}")
+    if request.mutant is not None:
+        parts.append(f"--mutant {request.mutant}")
+    return " ".join(parts)
+
+
+def elapsed_since(start: float) -> float:
+    return time.monotonic() - start
