@@ -19,25 +19,70 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--seeds", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Run this many seeds, starting at --start.")
-@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
-              help="First seed of the range.")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
-              help="Replay one seed, printing every event of it.")
-@click.option("--nodes", type=click.Choice(["3", "5"]), default=None,
-              help="Cluster size (default: drawn from the seed).")
-@click.option("--ticks", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Ticks of the fault-heavy safety phase.")
-@click.option("--faults", default=",".join(FAULTS), show_default=True,
-              help="Comma-separated faults to inject, or 'none'.")
-@click.option("--mutant", type=click.Choice(sorted(MUTANTS)), default=None,
-              help="Run a deliberately broken variant (the seeds should catch it).")
-@click.option("--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
-              show_default=True, help="Worker processes.")
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Run this many seeds, starting at --start.",
+)
+@click.option(
+    "--start",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="First seed of the range.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Replay one seed, printing every event of it.",
+)
+@click.option(
+    "--nodes",
+    type=click.Choice(["3", "5"]),
+    default=None,
+    help="Cluster size (default: drawn from the seed).",
+)
+@click.option(
+    "--ticks",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Ticks of the fault-heavy safety phase.",
+)
+@click.option(
+    "--faults",
+    default=",".join(FAULTS),
+    show_default=True,
+    help="Comma-separated faults to inject, or 'none'.",
+)
+@click.option(
+    "--mutant",
+    type=click.Choice(sorted(MUTANTS)),
+    default=None,
+    help="Run a deliberately broken variant (the seeds should catch it).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=os.cpu_count() or 1,
+    show_default=True,
+    help="Worker processes.",
+)
 @click.option("--quiet", is_flag=True, help="With --seed: print only the result.")
-def sim(seeds: int, start: int, seed: int | None, nodes: str | None, ticks: int, faults: str,
-        mutant: str | None, jobs: int, quiet: bool) -> None:
+def sim(
+    seeds: int,
+    start: int,
+    seed: int | None,
+    nodes: str | None,
+    ticks: int,
+    faults: str,
+    mutant: str | None,
+    jobs: int,
+    quiet: bool,
+) -> None:
     """Run the deterministic Raft simulator over a range of seeds (or replay one).
 
     Each seed draws every option (printed first) and runs a fault-heavy safety phase, checking
@@ -58,17 +103,18 @@ def sim(seeds: int, start: int, seed: int | None, nodes: str | None, ticks: int,
         click.echo(f"seed {seed}: {options.describe()}")
         result = run_seed(request(seed), trace=None if quiet else click.echo)
         if result.passed:
-            click.echo(f"seed {seed} passed: {result.committed} committed, "
-                       f"{result.acknowledged} acknowledged, {result.elections} terms with a leader")
+            click.echo(
+                f"seed {seed} passed: {result.committed} committed, "
+                f"{result.acknowledged} acknowledged, {result.elections} terms with a leader"
+            )
             return
         click.echo(f"seed {seed} FAILED: {result.failure}")
         sys.exit(1)
 
     began = time.monotonic()
     failures = []
-    done = 0
-    for result in run_seeds((request(n) for n in range(start, start + seeds)), jobs):
-        done += 1
+    results = run_seeds((request(n) for n in range(start, start + seeds)), jobs)
+    for done, result in enumerate(results, start=1):
         if not result.passed:
             failures.append(result)
             click.echo(f"seed {result.seed} FAILED: {result.failure}\n  options: {result.options}")
@@ -77,8 +123,9 @@ def sim(seeds: int, start: int, seed: int | None, nodes: str | None, ticks: int,
     if sys.stderr.isatty():
         click.echo("", err=True)
     elapsed = time.monotonic() - began
-    click.echo(f"{seeds} seeds: {seeds - len(failures)} passed, {len(failures)} failed "
-               f"in {elapsed:.1f} s")
+    click.echo(
+        f"{seeds} seeds: {seeds - len(failures)} passed, {len(failures)} failed in {elapsed:.1f} s"
+    )
     if failures:
         for result in sorted(failures, key=lambda r: r.seed)[:10]:
             click.echo(f"replay: {replay_command(request(result.seed))}")

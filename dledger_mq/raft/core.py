@@ -242,11 +242,21 @@ class RaftCore:
             if isinstance(message, AppendRequest | Heartbeat):
                 # A deposed leader (maybe partitioned away while we moved on) learns our term
                 # from this and steps down; otherwise pre-vote could leave it stuck forever.
-                self._send(AppendResponse(term=self.term, source=self.id, target=message.source,
-                                          success=False))
+                self._send(
+                    AppendResponse(
+                        term=self.term, source=self.id, target=message.source, success=False
+                    )
+                )
             elif isinstance(message, VoteRequest) and message.pre_vote:
-                self._send(VoteResponse(term=self.term, source=self.id, target=message.source,
-                                        granted=False, pre_vote=True))
+                self._send(
+                    VoteResponse(
+                        term=self.term,
+                        source=self.id,
+                        target=message.source,
+                        granted=False,
+                        pre_vote=True,
+                    )
+                )
             return
 
         if isinstance(message, VoteRequest):
@@ -370,9 +380,16 @@ class RaftCore:
             self._become_candidate(leadership_transfer=False)
             return
         for peer in self.peers:
-            self._send(VoteRequest(term=self.term + 1, source=self.id, target=peer,
-                                   last_log_index=self.log.last_index(),
-                                   last_log_term=self.log.last_term(), pre_vote=True))
+            self._send(
+                VoteRequest(
+                    term=self.term + 1,
+                    source=self.id,
+                    target=peer,
+                    last_log_index=self.log.last_index(),
+                    last_log_term=self.log.last_term(),
+                    pre_vote=True,
+                )
+            )
 
     def _become_candidate(self, leadership_transfer: bool) -> None:
         self._reset(self.term + 1)
@@ -383,10 +400,16 @@ class RaftCore:
             self._become_leader()
             return
         for peer in self.peers:
-            self._send(VoteRequest(term=self.term, source=self.id, target=peer,
-                                   last_log_index=self.log.last_index(),
-                                   last_log_term=self.log.last_term(),
-                                   leadership_transfer=leadership_transfer))
+            self._send(
+                VoteRequest(
+                    term=self.term,
+                    source=self.id,
+                    target=peer,
+                    last_log_index=self.log.last_index(),
+                    last_log_term=self.log.last_term(),
+                    leadership_transfer=leadership_transfer,
+                )
+            )
 
     def _become_leader(self) -> None:
         self._reset(self.term)
@@ -408,14 +431,28 @@ class RaftCore:
         )
         if can_vote and self._log_allows_vote(request):
             # A granted vote carries the request's term; for a pre-vote that is our future term.
-            self._send(VoteResponse(term=request.term, source=self.id, target=request.source,
-                                    granted=True, pre_vote=request.pre_vote))
+            self._send(
+                VoteResponse(
+                    term=request.term,
+                    source=self.id,
+                    target=request.source,
+                    granted=True,
+                    pre_vote=request.pre_vote,
+                )
+            )
             if not request.pre_vote:
                 self.election_elapsed = 0
                 self.vote = request.source
         else:
-            self._send(VoteResponse(term=self.term, source=self.id, target=request.source,
-                                    granted=False, pre_vote=request.pre_vote))
+            self._send(
+                VoteResponse(
+                    term=self.term,
+                    source=self.id,
+                    target=request.source,
+                    granted=False,
+                    pre_vote=request.pre_vote,
+                )
+            )
 
     def _tally(self) -> str:
         granted = sum(1 for vote in self.votes.values() if vote)
@@ -462,22 +499,44 @@ class RaftCore:
     def _handle_append(self, request: AppendRequest) -> None:
         if request.prev_index < self.log.committed:
             # Everything up to our commit index matches the leader's log already.
-            self._send(AppendResponse(term=self.term, source=self.id, target=request.source,
-                                      success=True, match_index=self.log.committed))
+            self._send(
+                AppendResponse(
+                    term=self.term,
+                    source=self.id,
+                    target=request.source,
+                    success=True,
+                    match_index=self.log.committed,
+                )
+            )
             return
         match_index = self.log.maybe_append(
             request.prev_index, request.prev_term, request.leader_commit, request.entries
         )
         if match_index is not None:
-            self._send(AppendResponse(term=self.term, source=self.id, target=request.source,
-                                      success=True, match_index=match_index))
+            self._send(
+                AppendResponse(
+                    term=self.term,
+                    source=self.id,
+                    target=request.source,
+                    success=True,
+                    match_index=match_index,
+                )
+            )
             return
         hint_index, hint_term = self.log.find_conflict_by_term(
             min(request.prev_index, self.log.last_index()), request.prev_term
         )
-        self._send(AppendResponse(term=self.term, source=self.id, target=request.source,
-                                  success=False, rejected_index=request.prev_index,
-                                  hint_index=hint_index, hint_term=hint_term))
+        self._send(
+            AppendResponse(
+                term=self.term,
+                source=self.id,
+                target=request.source,
+                success=False,
+                rejected_index=request.prev_index,
+                hint_index=hint_index,
+                hint_term=hint_term,
+            )
+        )
 
     # -- leader ----------------------------------------------------------------------------
 
@@ -567,9 +626,17 @@ class RaftCore:
             entries = self.log.slice(progress.next, last_index + 1, config.max_append_bytes)
             if not entries and not send_empty:
                 return
-            self._send(AppendRequest(term=self.term, source=self.id, target=peer,
-                                     prev_index=prev_index, prev_term=self.log.term(prev_index),
-                                     entries=tuple(entries), leader_commit=self.log.committed))
+            self._send(
+                AppendRequest(
+                    term=self.term,
+                    source=self.id,
+                    target=peer,
+                    prev_index=prev_index,
+                    prev_term=self.log.term(prev_index),
+                    entries=tuple(entries),
+                    leader_commit=self.log.committed,
+                )
+            )
             progress.sent(entries[-1].index if entries else None)
             if not entries or progress.state is ProgressState.PROBE:
                 return

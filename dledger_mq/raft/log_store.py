@@ -41,7 +41,7 @@ class LogStore(Protocol):
         ...
 
     def entries(self, low: int, high: int, max_bytes: int) -> list[Entry]:
-        """Entries in ``[low, high)``; stops before ``max_bytes`` is passed but returns at least one."""
+        """Entries in ``[low, high)`` up to ``max_bytes``, but always at least one."""
         ...
 
     def append(self, entries: list[Entry]) -> None:
@@ -107,7 +107,7 @@ class MemoryLogStore:
         self._entries.extend(entries)
 
     def trim_prefix(self, index: int) -> None:
-        """Forget entries before ``index`` (retention); the caller never trims past what it needs."""
+        """Forget entries before ``index`` (retention); callers never trim what they still need."""
         offset = self._entries[0].index
         if index <= offset + 1:
             return

@@ -44,7 +44,7 @@ class HardState:
 
 @attrs.frozen(slots=True)
 class VoteRequest:
-    """RequestVote. With ``pre_vote`` it only asks whether the target *would* vote (no term change)."""
+    """RequestVote. With ``pre_vote`` it only asks whether the target *would* vote."""
 
     term: int
     source: str

@@ -39,7 +39,9 @@ class SafetyChecker:
         if new.term < old.term or new.commit < old.commit:
             raise SafetyViolation(f"{node_id} persisted {new} over {old}: term or commit went back")
         if new.term == old.term and old.vote is not None and new.vote != old.vote:
-            raise SafetyViolation(f"{node_id} voted twice in term {new.term}: {old.vote}, {new.vote}")
+            raise SafetyViolation(
+                f"{node_id} voted twice in term {new.term}: {old.vote}, {new.vote}"
+            )
 
     def became_leader(self, node_id: str, term: int, core: RaftCore) -> None:
         elected = self.leader_by_term.setdefault(term, node_id)
@@ -74,7 +76,9 @@ class SafetyChecker:
         happens to the node next, so record them (or check them against what was recorded)."""
         previous = self.commit_index.get(node_id, 0)
         if commit < previous:
-            raise SafetyViolation(f"commit index of {node_id} went back from {previous} to {commit}")
+            raise SafetyViolation(
+                f"commit index of {node_id} went back from {previous} to {commit}"
+            )
         self.commit_index[node_id] = commit
         committed = self.committed
         for entry in core.log.slice(previous + 1, commit + 1, 1 << 62):

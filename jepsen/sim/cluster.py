@@ -162,8 +162,9 @@ class Cluster:
             self._send_all(ready.messages)
             node.pending_sent = True
         if ready.entries or ready.hard_state is not None:
-            self.schedule(self.options.disk_latency_units, self._persisted, node.id,
-                          node.incarnation)
+            self.schedule(
+                self.options.disk_latency_units, self._persisted, node.id, node.incarnation
+            )
         else:
             self._persisted(node.id, node.incarnation)
 
@@ -280,7 +281,9 @@ class Cluster:
 
     def check_converged(self) -> None:
         """After the liveness phase: every acknowledged proposal is committed, in every log."""
-        committed_values = {data for _, kind, data in self.checker.committed if kind is EntryKind.NORMAL}
+        committed_values = {
+            data for _, kind, data in self.checker.committed if kind is EntryKind.NORMAL
+        }
         lost = self.acknowledged - committed_values
         if lost:
             raise SafetyViolation(f"acknowledged proposals lost: {sorted(lost)[:5]}")

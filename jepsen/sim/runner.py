@@ -135,8 +135,9 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
         _run_phases(cluster)
     except (SafetyViolation, LivenessViolation, AssertionError) as error:
         kind = type(error).__name__
-        return SeedResult(request.seed, False, f"{kind} at t={cluster.now}: {error}",
-                          options.describe())
+        return SeedResult(
+            request.seed, False, f"{kind} at t={cluster.now}: {error}", options.describe()
+        )
     return SeedResult(
         request.seed,
         True,

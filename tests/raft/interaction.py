@@ -60,20 +60,26 @@ def format_message(message: Message) -> str:
     if isinstance(message, VoteRequest):
         kind = "PreVote" if message.pre_vote else "Vote"
         extra = " transfer" if message.leadership_transfer else ""
-        return (f"{head} {kind} term={message.term} "
-                f"last={message.last_log_term}/{message.last_log_index}{extra}")
+        return (
+            f"{head} {kind} term={message.term} "
+            f"last={message.last_log_term}/{message.last_log_index}{extra}"
+        )
     if isinstance(message, VoteResponse):
         kind = "PreVoteResp" if message.pre_vote else "VoteResp"
         verdict = "granted" if message.granted else "rejected"
         return f"{head} {kind} term={message.term} {verdict}"
     if isinstance(message, AppendRequest):
-        return (f"{head} Append term={message.term} prev={message.prev_term}/{message.prev_index}"
-                f" commit={message.leader_commit} entries={format_entries(message.entries)}")
+        return (
+            f"{head} Append term={message.term} prev={message.prev_term}/{message.prev_index}"
+            f" commit={message.leader_commit} entries={format_entries(message.entries)}"
+        )
     if isinstance(message, AppendResponse):
         if message.success:
             return f"{head} AppendResp term={message.term} match={message.match_index}"
-        return (f"{head} AppendResp term={message.term} rejected={message.rejected_index} "
-                f"hint={message.hint_term}/{message.hint_index}")
+        return (
+            f"{head} AppendResp term={message.term} rejected={message.rejected_index} "
+            f"hint={message.hint_term}/{message.hint_index}"
+        )
     if isinstance(message, Heartbeat):
         return f"{head} Heartbeat term={message.term} commit={message.commit}"
     if isinstance(message, HeartbeatResponse):

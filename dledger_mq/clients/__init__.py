@@ -1,0 +1,1 @@
+"""The Python client SDK: producer, consumer and admin, following leaders on their own."""

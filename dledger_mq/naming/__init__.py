@@ -1,0 +1,1 @@
+"""Naming: stateless route registries that brokers register with and clients ask."""

@@ -1,0 +1,100 @@
+"""The simulator itself: clean on the default seeds, deterministic, and able to catch bugs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jepsen.sim.mutants import MUTANTS
+from jepsen.sim.options import SimOptions
+from jepsen.sim.runner import SimRequest, run_seed, run_seeds
+
+REGRESSIONS = Path(__file__).parent / "sim_regressions.txt"
+DEFAULT_TEST_SEEDS = 300
+
+
+def test_default_seeds_keep_every_safety_and_liveness_property() -> None:
+    results = list(run_seeds((SimRequest(seed) for seed in range(DEFAULT_TEST_SEEDS)), jobs=2))
+    failures = [f"seed {r.seed}: {r.failure}" for r in results if not r.passed]
+    assert failures == []
+    # The seeds must actually exercise the cluster, not pass vacuously.
+    assert sum(r.committed for r in results) > 100 * DEFAULT_TEST_SEEDS
+    assert sum(r.elections > 3 for r in results) > DEFAULT_TEST_SEEDS // 2
+
+
+def test_a_seed_replays_identically() -> None:
+    traces: list[list[str]] = [[], []]
+    for trace in traces:
+        result = run_seed(SimRequest(7), trace=trace.append)
+        assert result.passed
+    assert len(traces[0]) > 20
+    assert traces[0] == traces[1]
+
+
+def test_options_are_drawn_from_the_seed_alone() -> None:
+    assert SimOptions.draw(11) == SimOptions.draw(11)
+    assert len({SimOptions.draw(seed) for seed in range(20)}) == 20
+    assert {SimOptions.draw(seed).nodes for seed in range(50)} == {3, 5}
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_default_seeds_catch_the_broken_variant(mutant: str) -> None:
+    for seed in range(1000):
+        result = run_seed(SimRequest(seed, mutant=mutant))
+        if not result.passed:
+            print(f"{mutant} caught by seed {seed}: {result.failure}")
+            return
+    pytest.fail(f"no default seed catches {mutant}")
+
+
+def _regressions() -> list[tuple[int, str | None]]:
+    cases = []
+    for line in REGRESSIONS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            seed, *mutant = line.split()
+            cases.append((int(seed), mutant[0] if mutant else None))
+    return cases
+
+
+@pytest.mark.parametrize(("seed", "mutant"), _regressions())
+def test_regression_seed(seed: int, mutant: str | None) -> None:
+    assert run_seed(SimRequest(seed)).passed
+    if mutant is not None:
+        assert not run_seed(SimRequest(seed, mutant=mutant)).passed
+
+
+def _jepsen(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "jepsen", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_runs_seeds_and_summarises() -> None:
+    result = _jepsen("sim", "--seeds", "20", "--jobs", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "20 seeds: 20 passed, 0 failed" in result.stdout
+
+
+def test_cli_prints_the_replay_command_of_a_failing_seed() -> None:
+    result = _jepsen(
+        "sim", "--seeds", "3", "--start", "1", "--jobs", "1", "--mutant", "vote-without-log-check"
+    )
+    assert result.returncode == 1
+    assert "replay: python -m jepsen sim --seed 1 --mutant vote-without-log-check" in result.stdout
+    replay = _jepsen("sim", "--seed", "1", "--mutant", "vote-without-log-check", "--quiet")
+    assert replay.returncode == 1
+    assert "seed 1 FAILED: SafetyViolation" in replay.stdout
+    assert replay.stdout.splitlines()[0].startswith("seed 1: seed=1 nodes=")
+
+
+def test_cli_rejects_an_unknown_fault() -> None:
+    result = _jepsen("sim", "--seeds", "1", "--faults", "meteor")
+    assert result.returncode != 0
+    assert "unknown faults" in result.stderr
