@@ -59,30 +59,42 @@ class SimOptions:
         if faults and not swarm:
             swarm = (rng.choice(faults),)
         election_timeout = rng.choice((10, 10, 15, 20))
+        # Small limits split batches, which exposes probing and commit-counting bugs.
         max_append_bytes = rng.choice((1, 1, 64, 1 << 20))
         max_inflight_appends = rng.choice((1, 4, 64))
         max_delay_units = rng.randint(4, 30)
+        node_count = nodes if nodes is not None else rng.choice((3, 3, 5))
+        heartbeat_interval = rng.choice((1, 2, 3))
+        min_delay_units = rng.randint(1, 3)
+        reorder_rate = rng.choice((0.05, 0.3, 1.0)) if "reorder" in swarm else 0.0
+        drop_rate = rng.choice((0.02, 0.1, 0.25)) if "drop" in swarm else 0.0
+        duplicate_rate = rng.choice((0.02, 0.1)) if "duplicate" in swarm else 0.0
+        disk_latency_units = rng.randint(1, 8)
+        fault_interval_ticks = rng.randint(3, 25)
+        fault_duration_ticks = rng.randint(3, 40)
         # Keep the client's load within what the drawn pipeline can replicate, so that the
         # liveness phase measures recovery rather than the draining of an endless backlog.
-        entries_per_round_trip = max(1, max_append_bytes // 32) * max_inflight_appends
+        # Heavy reordering defeats pipelining: a batch overtaken by the next one is rejected.
+        pipelined = max_inflight_appends if reorder_rate < 0.3 else 1
+        entries_per_round_trip = max(1, max_append_bytes // 32) * pipelined
         slowest_propose_units = max(5, 4 * 2 * max_delay_units // entries_per_round_trip)
+        propose_interval_units = rng.randint(slowest_propose_units, 60 + slowest_propose_units)
         return cls(
             seed=seed,
-            nodes=nodes if nodes is not None else rng.choice((3, 3, 5)),
+            nodes=node_count,
             election_timeout_ticks=election_timeout,
-            heartbeat_interval_ticks=rng.choice((1, 2, 3)),
-            # Small limits split batches, which exposes probing and commit-counting bugs.
+            heartbeat_interval_ticks=heartbeat_interval,
             max_append_bytes=max_append_bytes,
             max_inflight_appends=max_inflight_appends,
-            min_delay_units=rng.randint(1, 3),
+            min_delay_units=min_delay_units,
             max_delay_units=max_delay_units,
-            reorder_rate=rng.choice((0.05, 0.3, 1.0)) if "reorder" in swarm else 0.0,
-            drop_rate=rng.choice((0.02, 0.1, 0.25)) if "drop" in swarm else 0.0,
-            duplicate_rate=rng.choice((0.02, 0.1)) if "duplicate" in swarm else 0.0,
-            disk_latency_units=rng.randint(1, 8),
-            fault_interval_ticks=rng.randint(3, 25),
-            fault_duration_ticks=rng.randint(3, 40),
-            propose_interval_units=rng.randint(slowest_propose_units, 60 + slowest_propose_units),
+            reorder_rate=reorder_rate,
+            drop_rate=drop_rate,
+            duplicate_rate=duplicate_rate,
+            disk_latency_units=disk_latency_units,
+            fault_interval_ticks=fault_interval_ticks,
+            fault_duration_ticks=fault_duration_ticks,
+            propose_interval_units=propose_interval_units,
             safety_ticks=safety_ticks,
             liveness_ticks=max(40 * election_timeout, 400),
             faults=swarm,
