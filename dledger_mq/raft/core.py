@@ -219,7 +219,15 @@ class RaftCore:
             self._send_appends(target, send_empty=True)
 
     def step(self, message: Message) -> None:
-        """Handle a message from a peer. The term is dealt with here, once, then per role."""
+        """Handle a message from a peer. The term is dealt with here, once, then per role.
+
+        Raises ``BadRequest`` for a message no correct peer of this group could have sent.
+        """
+        if message.source not in self.peers or message.target != self.id:
+            raise BadRequest(
+                f"message from {message.source!r} to {message.target!r} reached {self.id!r}, "
+                f"whose peers are {self.peers}"
+            )
         if message.term > self.term:
             if isinstance(message, VoteRequest):
                 in_lease = (
@@ -582,6 +590,11 @@ class RaftCore:
     def _handle_append_response(self, response: AppendResponse) -> None:
         progress = self.progress[response.source]
         progress.recent_active = True
+        if response.match_index > self.log.last_index():
+            raise BadRequest(
+                f"{response.source} acknowledged index {response.match_index} beyond the "
+                f"leader's last index {self.log.last_index()}"
+            )
         if response.success:
             if progress.acknowledged(response.match_index):
                 if progress.state is ProgressState.PROBE:

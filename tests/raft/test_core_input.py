@@ -1,0 +1,68 @@
+"""Bad input from a peer or a caller is a typed error, never a crash or a silent corruption."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dledger_mq.errors import BadRequest
+from dledger_mq.raft.core import Config, RaftCore
+from dledger_mq.raft.log_store import MemoryLogStore
+from dledger_mq.raft.messages import AppendResponse, Heartbeat, VoteRequest, VoteResponse
+
+MEMBERS = ("n1", "n2", "n3")
+
+
+def leader_n1() -> RaftCore:
+    core = RaftCore(Config("n1", MEMBERS, pre_vote=False), MemoryLogStore(), random.Random(0))
+    core.campaign()
+    core.step(VoteRequest(term=1, source="n2", target="n1", last_log_index=0, last_log_term=0))
+    return core
+
+
+def test_message_from_a_stranger_is_refused() -> None:
+    core = leader_n1()
+    with pytest.raises(BadRequest, match="'n9'"):
+        core.step(Heartbeat(term=1, source="n9", target="n1", commit=0))
+
+
+def test_message_addressed_to_another_node_is_refused() -> None:
+    core = leader_n1()
+    with pytest.raises(BadRequest, match="reached 'n1'"):
+        core.step(Heartbeat(term=1, source="n2", target="n3", commit=0))
+
+
+def test_acknowledgement_beyond_the_leaders_log_is_refused() -> None:
+    core = RaftCore(Config("n1", MEMBERS, pre_vote=False), MemoryLogStore(), random.Random(0))
+    core.campaign()
+    core.step(VoteResponse(term=1, source="n2", target="n1", granted=True))
+    assert core.role.value == "leader"
+    bogus = AppendResponse(term=1, source="n2", target="n1", success=True, match_index=99)
+    with pytest.raises(BadRequest, match="beyond"):
+        core.step(bogus)
+    assert core.log.committed == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"node_id": "n4"}, "not among the members"),
+        ({"members": ("n1", "n1")}, "distinct"),
+        ({"heartbeat_interval_ticks": 0}, "at least 1"),
+        ({"election_timeout_ticks": 1}, "must exceed"),
+        ({"max_inflight_appends": 0}, "at least 1"),
+    ],
+)
+def test_invalid_configuration_says_why(kwargs: dict[str, object], reason: str) -> None:
+    arguments: dict[str, object] = {"node_id": "n1", "members": MEMBERS, **kwargs}
+    with pytest.raises(BadRequest, match=reason):
+        Config(**arguments)  # type: ignore[arg-type]
+
+
+def test_transfer_to_a_stranger_is_refused() -> None:
+    core = RaftCore(Config("n1", ("n1",)), MemoryLogStore(), random.Random(0))
+    core.campaign()
+    assert core.role.value == "leader"
+    with pytest.raises(BadRequest, match="not a peer"):
+        core.transfer_leadership("n7")
