@@ -93,3 +93,21 @@ class FsyncFailed(StorageError):
         self.path = path
         self.error_number = error_number
         super().__init__(f"{path}: fsync failed (errno {error_number}); the log refuses writes")
+
+
+class ProtocolError(DledgerError):
+    """A peer or client sent bytes that are not a valid frame or message; the link is closed."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame announced more bytes than the configured limit."""
+
+
+class HandshakeRefused(DledgerError):
+    """The other side belongs to another cluster or speaks another protocol version."""
+
+
+class Unavailable(DledgerError):
+    """The replica cannot serve right now (starting, stopping, no quorum); try again later."""
+
+    retriable = True

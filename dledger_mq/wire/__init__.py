@@ -1,0 +1,1 @@
+"""The wire format shared by peers and clients: frames, the codec, the handshake, error replies."""

@@ -1,0 +1,59 @@
+"""The first exchange on every connection, and the typed error reply.
+
+The connecting side sends ``Hello``; the accepting side answers ``Welcome`` or ``ErrorReply``
+and closes. A peer of another cluster or another protocol version is refused on both sides with
+a message that says which.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dledger_mq.errors import HandshakeRefused
+
+PROTOCOL_VERSION = 1
+
+#: Tags 1-9 belong to this module; each protocol numbers its own messages from 10.
+HANDSHAKE_TYPES: dict[int, type] = {}
+
+
+@attrs.frozen
+class Hello:
+    cluster_id: str
+    node_id: str
+    protocol_version: int
+
+
+@attrs.frozen
+class Welcome:
+    cluster_id: str
+    node_id: str
+    protocol_version: int
+
+
+@attrs.frozen
+class ErrorReply:
+    """A typed error for one request: ``code`` is the error class's name."""
+
+    code: str
+    message: str
+    retriable: bool = False
+    leader_id: str | None = None
+    leader_address: str | None = None
+
+
+HANDSHAKE_TYPES.update({1: Hello, 2: Welcome, 3: ErrorReply})
+
+
+def check_peer(hello: Hello | Welcome, cluster_id: str, what: str = "peer") -> None:
+    """Raises ``HandshakeRefused`` unless the other side is of our cluster and version."""
+    if hello.protocol_version != PROTOCOL_VERSION:
+        raise HandshakeRefused(
+            f"{what} {hello.node_id!r} speaks protocol version {hello.protocol_version}, "
+            f"this node speaks {PROTOCOL_VERSION}"
+        )
+    if hello.cluster_id != cluster_id:
+        raise HandshakeRefused(
+            f"{what} {hello.node_id!r} belongs to cluster {hello.cluster_id!r}, "
+            f"this node to {cluster_id!r}"
+        )
