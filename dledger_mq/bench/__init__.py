@@ -1,0 +1,1 @@
+"""Benchmarks behind ``dledger-mq bench``; their figures go into docs/benchmarks.md."""
