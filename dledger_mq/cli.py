@@ -2,13 +2,202 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
+import trio
+
+from dledger_mq.errors import DledgerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(function: F) -> F:
+    """Turn the product's errors into one readable line and a non-zero exit."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (DledgerError, OSError) as error:
+            raise click.ClickException(str(error)) from None
+        except BaseExceptionGroup as group:  # errors from inside Trio nurseries
+            matched, _ = group.split((DledgerError, OSError))
+            if matched is None:
+                raise
+            first: BaseException = matched
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise click.ClickException(str(first)) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dledger-mq")
 def main() -> None:
     """dledger-mq: a message queue whose broker groups are Raft groups."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The node's TOML file; the flags below override it.",
+)
+@click.option("--node-id", default=None, help="This node's id (a key of [members]).")
+@click.option("--cluster-id", default=None, help="Peers of another cluster id are refused.")
+@click.option("--data-dir", default=None, help="Where the CommitLog lives.")
+@click.option(
+    "--flush",
+    type=click.Choice(["sync", "async"]),
+    default=None,
+    help="sync (default): fsync before acknowledging; async: fsync on an interval.",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    metavar="ID=PEER,CLIENT",
+    help="A member and its addresses, e.g. n1=127.0.0.1:9891,127.0.0.1:9881; "
+    "repeat for each (replaces [members]).",
+)
+@one_line_errors
+def node(
+    config_path: Path | None,
+    node_id: str | None,
+    cluster_id: str | None,
+    data_dir: str | None,
+    flush: str | None,
+    log_level: str | None,
+    members: tuple[str, ...],
+) -> None:
+    """Run one replica: its Raft group on the CommitLog, peer and client listeners.
+
+    SIGTERM or SIGINT stops it gracefully: it hands leadership to an up-to-date follower,
+    lets the in-flight fsync finish and closes its connections.
+    """
+    from dledger_mq.logs import configure_logging
+    from dledger_mq.node.config import load_config
+    from dledger_mq.node.server import run_node
+
+    overrides: dict[str, Any] = {
+        "node_id": node_id,
+        "cluster_id": cluster_id,
+        "data_dir": data_dir,
+        "flush": flush,
+        "log_level": log_level,
+    }
+    if members:
+        table = {}
+        for text in members:
+            member_id, _, addresses = text.partition("=")
+            peer, _, client = addresses.partition(",")
+            table[member_id] = {"peer": peer, "client": client}
+        overrides["members"] = table
+    config = load_config(config_path, overrides)
+    configure_logging(config.log_level)
+    trio.run(run_node, config)
+
+
+@main.group()
+def cluster() -> None:
+    """A local three-node cluster, and any cluster's status and leadership."""
+
+
+@cluster.command("up")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".dledger-mq",
+    show_default=True,
+    help="Where the nodes' data, configs and logs go.",
+)
+@click.option("--flush", type=click.Choice(["sync", "async"]), default="sync", show_default=True)
+@one_line_errors
+def cluster_up(root: Path, flush: str) -> None:
+    """Start three nodes on 127.0.0.1, show who leads, stop them all on Ctrl-C.
+
+    Running it again resumes the same data.
+    """
+    from dledger_mq.node.local_cluster import run_cluster_up
+
+    trio.run(run_cluster_up, root, flush, click.echo)
+
+
+def _endpoints(endpoints: str | None, root: Path) -> list[tuple[str, str]]:
+    from dledger_mq.node.local_cluster import local_endpoints
+
+    if endpoints:
+        return [(address, address) for address in endpoints.split(",") if address]
+    return local_endpoints(root)
+
+
+@cluster.command("status")
+@click.option(
+    "--endpoints",
+    default=None,
+    metavar="HOST:PORT,...",
+    help="Client addresses of the nodes (default: the local cluster).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".dledger-mq",
+    show_default=True,
+    help="Where `cluster up` keeps the local cluster.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node objects.")
+@one_line_errors
+def cluster_status(endpoints: str | None, root: Path, as_json: bool) -> None:
+    """Each node's role, term, leader, log positions and followers' lag."""
+    from dledger_mq.node.local_cluster import fetch_all, render_table, status_objects
+
+    objects = status_objects(trio.run(fetch_all, _endpoints(endpoints, root)))
+    if as_json:
+        click.echo(json.dumps(objects, indent=2))
+    else:
+        click.echo(render_table(objects))
+    if all(node["role"] == "unreachable" for node in objects):
+        raise click.ClickException("no node reachable")
+
+
+@cluster.command("transfer-leader")
+@click.option("--to", "target", required=True, help="Id of the node that should lead.")
+@click.option(
+    "--endpoints",
+    default=None,
+    metavar="HOST:PORT,...",
+    help="Client addresses of the nodes (default: the local cluster).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".dledger-mq",
+    show_default=True,
+)
+@one_line_errors
+def cluster_transfer_leader(target: str, endpoints: str | None, root: Path) -> None:
+    """Hand leadership to TARGET (it must be an up-to-date member)."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import fetch_all
+
+    async def transfer() -> str:
+        rows = await fetch_all(_endpoints(endpoints, root))
+        leaders = [status for _, _, status in rows if status and status.role == "leader"]
+        if not leaders:
+            raise DledgerError("no leader reachable")
+        async with connect_admin(leaders[0].address) as connection:
+            return await connection.transfer_leader(target)
+
+    click.echo(f"leader is now {trio.run(transfer)}")
 
 
 @main.group()

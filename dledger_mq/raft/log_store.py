@@ -53,6 +53,10 @@ class LogStore(Protocol):
 
     def set_hard_state(self, hard_state: HardState) -> None: ...
 
+    def trim_prefix(self, index: int) -> None:
+        """Forget entries before ``index`` (retention); the driver never trims what it needs."""
+        ...
+
 
 class MemoryLogStore:
     """A log store in memory: for tests, the simulator, and as the model of the on-disk one."""
@@ -103,6 +107,12 @@ class MemoryLogStore:
         offset = self._entries[0].index
         first = entries[0].index
         assert offset < first <= self.last_index() + 1, (first, offset, self.last_index())
+        for before, after in zip(entries, entries[1:], strict=False):
+            if after.index != before.index + 1 or after.term < before.term:
+                raise ValueError(
+                    f"entries must be consecutive with terms not going down: "
+                    f"{before.index}@{before.term} then {after.index}@{after.term}"
+                )
         del self._entries[first - offset :]
         self._entries.extend(entries)
 

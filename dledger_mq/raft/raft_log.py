@@ -18,11 +18,12 @@ from dledger_mq.raft.messages import Entry
 class RaftLog:
     def __init__(self, store: LogStore, applied: int) -> None:
         self.store = store
-        self.committed = store.hard_state().commit
+        # The commit index reaches disk lazily; entries the state machine applied were committed.
+        self.committed = max(store.hard_state().commit, applied)
         self.unstable: list[Entry] = []
         self.unstable_offset = store.last_index() + 1
         # ``applied`` is the state machine's own: it rebuilds from the log after a restart.
-        assert 0 <= applied <= self.committed, (applied, self.committed)
+        assert 0 <= applied <= store.last_index(), (applied, store.last_index())
         self.applied = applied
 
     # -- reading ---------------------------------------------------------------------------

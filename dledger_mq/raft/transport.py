@@ -91,11 +91,10 @@ class TransportConfig:
 
 
 class PeerTransport:
-    def __init__(
-        self, config: TransportConfig, deliver: Callable[[Message], None], rng: random.Random
-    ) -> None:
+    def __init__(self, config: TransportConfig, rng: random.Random) -> None:
         self.config = config
-        self.deliver = deliver
+        #: Where received messages go; the replica sets it to its own ``deliver``.
+        self.deliver: Callable[[Message], None] = _no_receiver
         self.rng = rng
         self._queues: dict[
             str, tuple[trio.MemorySendChannel[Message], trio.MemoryReceiveChannel[Message]]
@@ -215,6 +214,10 @@ class PeerTransport:
             return
         finally:
             await trio.aclose_forcefully(stream)
+
+
+def _no_receiver(message: Message) -> None:
+    raise RuntimeError("PeerTransport.deliver was never set")
 
 
 async def _read_one(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> object:

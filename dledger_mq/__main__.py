@@ -1,0 +1,3 @@
+from dledger_mq.cli import main
+
+main()

@@ -1,0 +1,265 @@
+"""One `dledger-mq node` process: a Raft replica on the CommitLog, its peer listener (TCP) and
+its client listener (WebSocket), all in one nursery.
+
+Stopping (SIGTERM or SIGINT): stop accepting clients, hand leadership to the most up-to-date
+follower if this node leads, let the in-flight fsync finish, close connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import posixpath
+import random
+import signal
+
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from dledger_mq.errors import BadRequest, DledgerError, NotLeader, ProtocolError
+from dledger_mq.node.config import NodeConfig
+from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.core import Config, RaftCore, Role
+from dledger_mq.raft.disk import OsDisk
+from dledger_mq.raft.log_writer import open_log_writer
+from dledger_mq.raft.replica import Replica
+from dledger_mq.raft.transport import Address, PeerTransport, TransportConfig
+from dledger_mq.wire.admin import (
+    ADMIN_CODEC,
+    FollowerLag,
+    ProposeReply,
+    ProposeRequest,
+    StatusReply,
+    StatusRequest,
+    TransferLeaderReply,
+    TransferLeaderRequest,
+)
+from dledger_mq.wire.codec import Decoded
+from dledger_mq.wire.handshake import PROTOCOL_VERSION, ErrorReply, Hello, Welcome, check_peer
+
+logger = structlog.get_logger()
+
+#: Upper bound of a graceful stop: leadership hand-over, then the last fsync.
+STOP_TIMEOUT_SECONDS = 3.0
+
+
+class Node:
+    def __init__(self, config: NodeConfig, replica: Replica) -> None:
+        self.config = config
+        self.replica = replica
+        self.log = logger.bind(node=config.node_id, group=config.group)
+
+    # -- the client API ------------------------------------------------------------------------
+
+    async def handle_client(self, request: WebSocketRequest) -> None:
+        """Serve one client connection; nothing a client does can stop the node."""
+        try:
+            connection = await request.accept()
+        except ConnectionClosed:
+            return
+        try:
+            await self._serve_connection(connection)
+        except* ConnectionClosed:
+            pass
+        except* DledgerError as group:
+            error = _first_leaf(group)
+            self.log.warning("client_refused", reason=str(error))
+            await _send_quietly(connection, ADMIN_CODEC.encode(error_reply(error, self.config)))
+            await connection.aclose()
+
+    async def _serve_connection(self, connection: WebSocketConnection) -> None:
+        hello = _decode(await connection.get_message()).message
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
+        check_peer(hello, self.config.cluster_id, what="client")
+        welcome = Welcome(self.config.cluster_id, self.config.node_id, PROTOCOL_VERSION)
+        await connection.send_message(ADMIN_CODEC.encode(welcome))
+        async with trio.open_nursery() as nursery:
+            while True:
+                decoded = _decode(await connection.get_message())
+                nursery.start_soon(self._answer, connection, decoded.request_id, decoded.message)
+
+    async def _answer(
+        self, connection: WebSocketConnection, request_id: int, message: object
+    ) -> None:
+        try:
+            reply = await self.serve(message)
+        except DledgerError as error:
+            reply = error_reply(error, self.config)
+        await _send_quietly(connection, ADMIN_CODEC.encode(reply, request_id))
+
+    async def serve(self, message: object) -> object:
+        if isinstance(message, StatusRequest):
+            return self.status()
+        if isinstance(message, ProposeRequest):
+            return ProposeReply(await self.replica.propose(message.data))
+        if isinstance(message, TransferLeaderRequest):
+            if message.target == self.config.node_id and self.replica.core.role is Role.LEADER:
+                return TransferLeaderReply(self.config.node_id)
+            self.replica.transfer_leadership(message.target)
+            with trio.move_on_after(
+                self.replica.core.config.election_timeout_ticks * self.config.tick_ms / 1000 * 2
+            ):
+                while self.replica.core.leader != message.target:
+                    await self.replica.leader_changed.wait()
+            leader = self.replica.core.leader
+            if leader != message.target:
+                raise NotLeader(leader, f"transfer to {message.target} did not complete")
+            return TransferLeaderReply(leader)
+        raise BadRequest(f"{type(message).__name__} is not a request")
+
+    def status(self) -> StatusReply:
+        status = self.replica.core.status()
+        members = self.config.members
+        return StatusReply(
+            node_id=status.node_id,
+            group=self.config.group,
+            address=members[status.node_id].client,
+            role=status.role.value,
+            term=status.term,
+            leader=status.leader,
+            leader_address=members[status.leader].client if status.leader else None,
+            last_index=status.last_index,
+            commit_index=status.commit,
+            applied_index=status.applied,
+            followers=tuple(
+                FollowerLag(f.node_id, f.match, status.last_index - f.match)
+                for f in status.followers
+            ),
+        )
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    async def hand_over_leadership(self) -> None:
+        core = self.replica.core
+        if core.role is not Role.LEADER or not core.progress:
+            return
+        target = max(core.progress, key=lambda peer: core.progress[peer].match)
+        self.log.info("leadership_handover", target=target)
+        try:
+            self.replica.transfer_leadership(target)
+        except DledgerError:
+            return
+        with trio.move_on_after(core.config.election_timeout_ticks * self.config.tick_ms / 1000):
+            while core.role is Role.LEADER:
+                await self.replica.leader_changed.wait()
+
+
+def _decode(payload: bytes | str) -> Decoded:
+    if isinstance(payload, str):
+        raise ProtocolError("text messages are not part of the protocol")
+    return ADMIN_CODEC.decode(payload)
+
+
+def _first_leaf(group: BaseExceptionGroup[DledgerError]) -> DledgerError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, DledgerError)
+    return error
+
+
+def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
+    leader_id = getattr(error, "leader_hint", None)
+    leader_address = config.members[leader_id].client if leader_id in config.members else None
+    return ErrorReply(
+        code=type(error).__name__,
+        message=str(error),
+        retriable=error.retriable,
+        leader_id=leader_id,
+        leader_address=leader_address,
+    )
+
+
+async def _send_quietly(connection: WebSocketConnection, payload: bytes) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await connection.send_message(payload)
+
+
+async def run_node(
+    config: NodeConfig,
+    *,
+    handle_signals: bool = True,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    log = logger.bind(node=config.node_id, group=config.group)
+    directory = posixpath.join(config.data_dir, "raft", config.group)
+    commit_log = CommitLog.open(
+        OsDisk(),
+        directory,
+        segment_size_bytes=config.segment_size_bytes,
+        flush_policy=FlushPolicy(config.flush),
+        flush_interval_ms=config.flush_interval_ms,
+    )
+    rng = random.Random()
+    core = RaftCore(
+        Config(
+            node_id=config.node_id,
+            members=tuple(config.members),
+            election_timeout_ticks=config.election_ticks,
+            heartbeat_interval_ticks=config.heartbeat_ticks,
+            max_append_bytes=config.max_append_bytes,
+            max_inflight_appends=config.max_inflight_appends,
+        ),
+        commit_log,
+        rng,
+    )
+    transport = PeerTransport(
+        TransportConfig(
+            cluster_id=config.cluster_id,
+            node_id=config.node_id,
+            group=config.group,
+            peers=config.peers,
+            max_frame_bytes=config.max_frame_bytes,
+        ),
+        rng,
+    )
+    try:
+        async with open_log_writer(commit_log) as writer:
+            replica = Replica(
+                core, commit_log, writer, transport, config.group, config.tick_ms / 1000
+            )
+            transport.deliver = replica.deliver
+            node = Node(config, replica)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(replica.run)
+                peer_address = Address.parse(config.me.peer)
+                client_address = Address.parse(config.me.client)
+                async with trio.open_nursery() as listeners:
+                    await listeners.start(
+                        functools.partial(
+                            trio.serve_tcp,
+                            transport.handle_incoming,
+                            peer_address.port,
+                            host=peer_address.host,
+                        )
+                    )
+                    await listeners.start(
+                        serve_websocket,
+                        node.handle_client,
+                        client_address.host,
+                        client_address.port,
+                        None,
+                    )
+                    log.info(
+                        "node_started",
+                        peer=config.me.peer,
+                        client=config.me.client,
+                        data_dir=config.data_dir,
+                        flush=config.flush,
+                    )
+                    task_status.started(node)
+                    if not handle_signals:
+                        await trio.sleep_forever()
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for signum in signals:
+                            log.info("node_stopping", signal=signal.Signals(signum).name)
+                            break
+                    listeners.cancel_scope.cancel()
+                with trio.move_on_after(STOP_TIMEOUT_SECONDS):
+                    await node.hand_over_leadership()
+                nursery.cancel_scope.cancel()
+    finally:
+        commit_log.close()
+        log.info("node_stopped")

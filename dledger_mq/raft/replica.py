@@ -1,0 +1,159 @@
+"""The Trio runtime of one Raft group replica: the thin driver around the pure core.
+
+Tasks (one nursery, each owned): a ticker, the Ready loop (persist → send → apply → advance)
+and the peer senders; the CommitLog writer runs beside it (``open_log_writer``). Messages from
+peers are stepped into the core as they arrive; proposals are appended at once. While one
+Ready's fsync is in flight everything that arrives piles up in the core and goes out as the
+next Ready: one write, one fsync and one send per peer for many entries (group commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import structlog
+import trio
+
+from dledger_mq.errors import BadRequest, NotLeader
+from dledger_mq.raft.commitlog import CommitLog
+from dledger_mq.raft.core import RaftCore, Ready, Role, SoftState
+from dledger_mq.raft.log_writer import LogWriter
+from dledger_mq.raft.messages import Entry, EntryKind, HardState, Message
+from dledger_mq.raft.transport import PeerTransport
+
+logger = structlog.get_logger()
+
+#: A commit-index-only hard state is written at most this often; the rest is relearned.
+COMMIT_SAVE_INTERVAL_SECONDS = 1.0
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    term: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: Exception | None = None
+
+
+class Replica:
+    def __init__(
+        self,
+        core: RaftCore,
+        log: CommitLog,
+        writer: LogWriter,
+        transport: PeerTransport,
+        group: str,
+        tick_seconds: float,
+        apply: Callable[[Entry], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.log = log
+        self.writer = writer
+        self.transport = transport
+        self.group = group
+        self.tick_seconds = tick_seconds
+        self.apply = apply
+        self._wakeup = trio.Event()
+        self._waiters: dict[int, _Waiter] = {}
+        self._last_commit_save = -COMMIT_SAVE_INTERVAL_SECONDS
+        self._saved_hard_state = log.hard_state()
+        self.log_events = logger.bind(node=core.id, group=group)
+        self.leader_changed = trio.Event()
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        try:
+            self.core.step(message)
+        except BadRequest as error:
+            self.log_events.warning("peer_message_refused", reason=str(error))
+            return
+        self._wakeup.set()
+
+    async def propose(self, data: bytes) -> int:
+        """Replicate ``data``; returns its index once committed and applied here.
+
+        Raises ``NotLeader`` (with the leader hint) if this replica does not lead, or if it lost
+        leadership before the entry committed: the entry may or may not commit later.
+        """
+        index = self.core.propose(data)
+        waiter = _Waiter(self.core.term)
+        self._waiters[index] = waiter
+        self._wakeup.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return index
+
+    def transfer_leadership(self, target: str) -> None:
+        self.core.transfer_leadership(target)
+        self._wakeup.set()
+
+    # -- the runtime -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.transport.run_senders)
+            nursery.start_soon(self._ticker)
+            nursery.start_soon(self._ready_loop)
+            task_status.started()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.tick_seconds)
+            self.core.tick()
+            self._wakeup.set()
+
+    async def _ready_loop(self) -> None:
+        core = self.core
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while core.has_ready():
+                await self._handle(core.ready())
+                core.advance()
+
+    async def _handle(self, ready: Ready) -> None:
+        if ready.soft_state is not None:
+            self._soft_state_changed(ready.soft_state)
+        hard_state = self._hard_state_to_save(ready)
+        if ready.entries or hard_state is not None:
+            if ready.entries and ready.entries[0].index <= self.log.last_index():
+                self.log_events.warning(
+                    "log_truncated",
+                    from_index=ready.entries[0].index,
+                    dropped=self.log.last_index() - ready.entries[0].index + 1,
+                    term=self.core.term,
+                )
+            await self.writer.append(list(ready.entries), hard_state)
+        self.transport.send(ready.messages)
+        for entry in ready.committed_entries:
+            if self.apply is not None and entry.kind is EntryKind.NORMAL:
+                self.apply(entry)
+            waiter = self._waiters.pop(entry.index, None)
+            if waiter is not None:
+                if entry.term != waiter.term:
+                    waiter.error = NotLeader(self.core.leader, "entry overwritten by a new leader")
+                waiter.done.set()
+
+    def _hard_state_to_save(self, ready: Ready) -> HardState | None:
+        if ready.hard_state is None:
+            return None
+        now = trio.current_time()
+        if ready.vote_changed or now - self._last_commit_save >= COMMIT_SAVE_INTERVAL_SECONDS:
+            self._last_commit_save = now
+            return ready.hard_state
+        return None
+
+    def _soft_state_changed(self, soft: SoftState) -> None:
+        self.log_events.info(
+            "role_changed", role=soft.role.value, term=soft.term, leader=soft.leader
+        )
+        self.leader_changed.set()
+        self.leader_changed = trio.Event()
+        if soft.role is not Role.LEADER and self._waiters:
+            # Proposals of a deposed leader may still commit under the next one; say so.
+            for waiter in self._waiters.values():
+                waiter.error = NotLeader(soft.leader, "leadership lost before the entry committed")
+                waiter.done.set()
+            self._waiters.clear()

@@ -1,0 +1,72 @@
+"""Requests any client may send to any node: status, raw proposals, leadership transfer.
+
+The broker's own requests (send, pull, ...) come with the broker; these serve operators, the
+``cluster`` commands and ``bench raft``.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dledger_mq.wire.codec import Codec
+from dledger_mq.wire.handshake import HANDSHAKE_TYPES
+
+
+@attrs.frozen
+class StatusRequest:
+    pass
+
+
+@attrs.frozen
+class FollowerLag:
+    node_id: str
+    match_index: int
+    lag: int
+
+
+@attrs.frozen
+class StatusReply:
+    node_id: str
+    group: str
+    address: str
+    role: str
+    term: int
+    leader: str | None
+    leader_address: str | None
+    last_index: int
+    commit_index: int
+    applied_index: int
+    followers: tuple[FollowerLag, ...]
+
+
+@attrs.frozen
+class ProposeRequest:
+    data: bytes
+
+
+@attrs.frozen
+class ProposeReply:
+    index: int
+
+
+@attrs.frozen
+class TransferLeaderRequest:
+    target: str
+
+
+@attrs.frozen
+class TransferLeaderReply:
+    leader: str
+
+
+ADMIN_CODEC = Codec(
+    {
+        **HANDSHAKE_TYPES,
+        30: StatusRequest,
+        31: StatusReply,
+        32: ProposeRequest,
+        33: ProposeReply,
+        34: TransferLeaderRequest,
+        35: TransferLeaderReply,
+    }
+)
