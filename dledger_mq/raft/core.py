@@ -281,13 +281,19 @@ class RaftCore:
     def has_ready(self) -> bool:
         if self._ready_in_progress is not None:
             return False
+        hard = self._persisted_hard_state
+        soft = self._last_soft_state
         return bool(
             self.outbox
             or self._broadcast_pending
             or self.log.unstable
             or self.log.committed > self.log.applied
-            or self._hard_state() != self._persisted_hard_state
-            or self._soft_state() != self._last_soft_state
+            or self.term != hard.term
+            or self.vote != hard.vote
+            or self.log.committed != hard.commit
+            or self.role is not soft.role
+            or self.leader != soft.leader
+            or self.term != soft.term
         )
 
     def ready(self) -> Ready:

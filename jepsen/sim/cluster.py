@@ -2,8 +2,9 @@
 
 Each node is driven exactly as the real runtime drives it: take a ``Ready``, persist it (which
 takes simulated disk time, during which the node keeps ticking and receiving), then send, apply
-and advance. A crash loses whatever was not yet persisted; with ``torn_writes`` a crash in the
-middle of a persist keeps a random prefix of its entries.
+and advance. Each node's log is the real CommitLog on a ``MemoryDisk``: the batch is written
+when the Ready is taken and fsynced when the simulated disk latency has passed, and a crash
+loses everything not fsynced, possibly leaving a torn tail that recovery must cut back.
 """
 
 from __future__ import annotations
@@ -15,29 +16,50 @@ from typing import Any
 
 from dledger_mq.errors import NotLeader
 from dledger_mq.raft.core import Config, RaftCore, Ready, Role
-from dledger_mq.raft.log_store import MemoryLogStore
+from dledger_mq.errors import StorageError
+from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.disk import MemoryDisk
+from dledger_mq.raft.log_store import LogStore
 from dledger_mq.raft.messages import Entry, EntryKind, Message
 from jepsen.sim.checker import SafetyChecker, SafetyViolation
 from jepsen.sim.options import UNITS_PER_TICK, SimOptions
 
-CoreFactory = Callable[[Config, MemoryLogStore, random.Random], RaftCore]
+CoreFactory = Callable[[Config, LogStore, random.Random], RaftCore]
 
 
 class LivenessViolation(Exception):
     """The healed cluster did not elect a leader and commit a proposal in time."""
 
 
+def _frozen_clock() -> float:
+    return 0.0
+
+
 class SimNode:
-    def __init__(self, node_id: str, config: Config) -> None:
+    def __init__(self, node_id: str, config: Config, segment_size_bytes: int) -> None:
         self.id = node_id
         self.config = config
-        self.store = MemoryLogStore()
+        self.disk = MemoryDisk()
+        self.segment_size_bytes = segment_size_bytes
+        self.store = self.open_store()
         self.core: RaftCore | None = None
         self.pending: Ready | None = None
         self.pending_sent = False
         # Bumped at each crash so that events of an earlier life are ignored.
         self.incarnation = 0
         self.last_role: Role | None = None
+
+    def open_store(self) -> CommitLog:
+        # The simulator decides when to fsync (``sync()`` when the disk latency has passed),
+        # so the log's own interval never fires.
+        return CommitLog.open(
+            self.disk,
+            f"/{self.id}",
+            segment_size_bytes=self.segment_size_bytes,
+            flush_policy=FlushPolicy.ASYNC,
+            flush_interval_ms=1 << 40,
+            clock=_frozen_clock,
+        )
 
 
 class Cluster:
@@ -69,6 +91,7 @@ class Cluster:
                     max_append_bytes=options.max_append_bytes,
                     max_inflight_appends=options.max_inflight_appends,
                 ),
+                options.segment_size_bytes,
             )
             for node_id in ids
         }
@@ -122,12 +145,8 @@ class Cluster:
         node = self.nodes[node_id]
         if node.core is None:
             return
-        pending = node.pending
-        if pending is not None and pending.entries and self.rng.random() < 0.5:
-            # A torn batch: some prefix of it reached the disk before the crash.
-            kept = self.rng.randint(0, len(pending.entries))
-            if kept:
-                self._write_entries(node, list(pending.entries[:kept]))
+        # Whatever was written but not fsynced is lost, maybe leaving a torn tail.
+        node.disk.crash(self.rng)
         node.core = None
         node.pending = None
         node.incarnation += 1
@@ -136,6 +155,10 @@ class Cluster:
     def restart(self, node_id: str) -> None:
         node = self.nodes[node_id]
         if node.core is None:
+            try:
+                node.store = node.open_store()
+            except StorageError as error:
+                raise SafetyViolation(f"{node_id} cannot recover its log: {error}") from None
             self._start(node)
 
     def _tick(self, node_id: str) -> None:
@@ -157,6 +180,7 @@ class Cluster:
             self.checker.commit_seen(node.id, ready.hard_state.commit, core)
         node.pending = ready
         node.pending_sent = False
+        self._write(node, ready)
         if self.ack_before_persist:
             # The deliberately broken driver: acknowledges what is not yet on disk.
             self._send_all(ready.messages)
@@ -174,10 +198,7 @@ class Cluster:
             return
         ready = node.pending
         assert ready is not None
-        self._write_entries(node, list(ready.entries))
-        if ready.hard_state is not None:
-            self.checker.hard_state_persisted(node.id, node.store.hard_state(), ready.hard_state)
-            node.store.set_hard_state(ready.hard_state)
+        node.store.sync()
         if not node.pending_sent:
             self._send_all(ready.messages)
         if ready.committed_entries:
@@ -187,11 +208,16 @@ class Cluster:
         node.core.advance()
         self._drive(node)
 
-    def _write_entries(self, node: SimNode, entries: list[Entry]) -> None:
-        if entries:
-            if entries[0].index <= node.store.last_index():
-                self.log(f"{node.id} truncates from {entries[0].index}")
-            node.store.append(entries)
+    def _write(self, node: SimNode, ready: Ready) -> None:
+        """Write the Ready's batch to the page cache; ``_persisted`` fsyncs it later."""
+        if not ready.entries and ready.hard_state is None:
+            return
+        store = node.store
+        if ready.entries and ready.entries[0].index <= store.last_index():
+            self.log(f"{node.id} truncates from {ready.entries[0].index}")
+        if ready.hard_state is not None:
+            self.checker.hard_state_persisted(node.id, store.hard_state(), ready.hard_state)
+        store.save(list(ready.entries), ready.hard_state)
 
     def _observe_role(self, node: SimNode, core: RaftCore) -> None:
         if core.role is not node.last_role:

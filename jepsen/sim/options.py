@@ -40,6 +40,7 @@ class SimOptions:
     fault_interval_ticks: int
     fault_duration_ticks: int
     propose_interval_units: int
+    segment_size_bytes: int
     safety_ticks: int
     liveness_ticks: int
     faults: tuple[str, ...]
@@ -79,6 +80,8 @@ class SimOptions:
         entries_per_round_trip = max(1, max_append_bytes // 32) * pipelined
         slowest_propose_units = max(5, 4 * 2 * max_delay_units // entries_per_round_trip)
         propose_interval_units = rng.randint(slowest_propose_units, 60 + slowest_propose_units)
+        # Tiny segments make the log roll, and crashes tear, at segment boundaries too.
+        segment_size_bytes = rng.choice((256, 4096, 1 << 20))
         return cls(
             seed=seed,
             nodes=node_count,
@@ -95,6 +98,7 @@ class SimOptions:
             fault_interval_ticks=fault_interval_ticks,
             fault_duration_ticks=fault_duration_ticks,
             propose_interval_units=propose_interval_units,
+            segment_size_bytes=segment_size_bytes,
             safety_ticks=safety_ticks,
             liveness_ticks=max(40 * election_timeout, 400),
             faults=swarm,

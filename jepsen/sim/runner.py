@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 import attrs
+import structlog
 
 from dledger_mq.raft.core import RaftCore
 from jepsen.sim.checker import SafetyViolation
@@ -125,6 +127,8 @@ class FaultInjector:
 
 
 def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) -> SeedResult:
+    # The CommitLog logs every open and recovery; thousands per second would drown the output.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     options = SimOptions.draw(request.seed, request.nodes, request.safety_ticks, request.faults)
     core_factory: type[RaftCore] = RaftCore
     ack_before_persist = False
