@@ -14,10 +14,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from dledger_mq.errors import NotLeader
-from dledger_mq.raft.core import Config, RaftCore, Ready, Role
-from dledger_mq.errors import StorageError
+from dledger_mq.errors import NotLeader, StorageError
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.core import Config, RaftCore, Ready, Role
 from dledger_mq.raft.disk import MemoryDisk
 from dledger_mq.raft.log_store import LogStore
 from dledger_mq.raft.messages import Entry, EntryKind, Message
