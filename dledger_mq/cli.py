@@ -247,5 +247,53 @@ def bench_log(
     )
 
 
+@bench.command("raft")
+@click.option(
+    "--seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Duration of the one-at-a-time and the pipelined phases each.",
+)
+@click.option(
+    "--window",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Batch requests in flight in the pipelined phase.",
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Entries per request in the pipelined phase.",
+)
+@click.option(
+    "--kills",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Leader kills in the failover phase (0 to skip it).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the temporary cluster lives (default: the current directory).",
+)
+@one_line_errors
+def bench_raft(seconds: float, window: int, batch: int, kills: int, directory: str | None) -> None:
+    """Committed entries/s and latency through the leader of a local 3-node cluster, and
+    failover time over repeated leader kills."""
+    from dledger_mq.bench.raft_bench import run
+
+    report = trio.run(
+        run, seconds, window, batch, kills, directory, lambda text: click.echo(text, err=True)
+    )
+    click.echo(report)
+
+
 if __name__ == "__main__":
     main()

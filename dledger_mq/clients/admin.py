@@ -24,6 +24,8 @@ from dledger_mq.errors import (
 )
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
+    ProposeBatchReply,
+    ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
     StatusReply,
@@ -102,6 +104,11 @@ class AdminConnection:
     async def propose(self, data: bytes) -> int:
         reply: ProposeReply = await self.request(ProposeRequest(data))
         return reply.index
+
+    async def propose_batch(self, entries: list[bytes]) -> int:
+        """Propose many entries at once; returns the index of the first."""
+        reply: ProposeBatchReply = await self.request(ProposeBatchRequest(tuple(entries)))
+        return reply.first_index
 
     async def transfer_leader(self, target: str) -> str:
         reply: TransferLeaderReply = await self.request(TransferLeaderRequest(target))

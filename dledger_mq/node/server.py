@@ -28,6 +28,8 @@ from dledger_mq.raft.transport import Address, PeerTransport, TransportConfig
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     FollowerLag,
+    ProposeBatchReply,
+    ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
     StatusReply,
@@ -94,6 +96,9 @@ class Node:
             return self.status()
         if isinstance(message, ProposeRequest):
             return ProposeReply(await self.replica.propose(message.data))
+        if isinstance(message, ProposeBatchRequest):
+            first = await self.replica.propose_batch(list(message.entries))
+            return ProposeBatchReply(first, len(message.entries))
         if isinstance(message, TransferLeaderRequest):
             if message.target == self.config.node_id and self.replica.core.role is Role.LEADER:
                 return TransferLeaderReply(self.config.node_id)

@@ -94,6 +94,10 @@ class SoftState:
 class Ready:
     """One batch of work for the driver, which handles it in exactly this order:
 
+    0. **Send** ``messages_before_persist`` (it may, not must, wait for step 1): a leader's
+       appends and heartbeats, which promise nothing about its own disk, so that followers
+       write in parallel with the leader (Raft thesis 10.2.1). The leader still counts itself
+       towards a commit only once its own write is done (``advance``).
     1. **Persist** ``entries`` (first dropping any stored entry at or after ``entries[0].index``)
        and then ``hard_state`` if it is not None. When ``must_sync`` is true, both must be on
        disk (fsynced) before step 2: a vote, or an acknowledgement of entries, promises that
@@ -109,6 +113,7 @@ class Ready:
     entries: tuple[Entry, ...]
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
+    messages_before_persist: tuple[Message, ...] = ()
 
     @property
     def must_sync(self) -> bool:
@@ -303,13 +308,23 @@ class RaftCore:
         soft_state = self._soft_state()
         hard_state = self._hard_state()
         persisted = self._persisted_hard_state
+        vote_changed = (hard_state.term, hard_state.vote) != (persisted.term, persisted.vote)
+        early: list[Message] = []
+        late = self.outbox
+        if self.role is Role.LEADER and not vote_changed:
+            # Only once the term this leader won is on disk: otherwise a crash could let it
+            # vote again in that term, and its appends would then compete with another leader.
+            early = [m for m in self.outbox if isinstance(m, AppendRequest | Heartbeat)]
+            if early:
+                late = [m for m in self.outbox if not isinstance(m, AppendRequest | Heartbeat)]
         ready = Ready(
             soft_state=soft_state if soft_state != self._last_soft_state else None,
             hard_state=hard_state if hard_state != persisted else None,
             entries=tuple(self.log.unstable),
-            messages=tuple(self.outbox),
+            messages=tuple(late),
             committed_entries=tuple(self.log.next_committed_entries(self.config.max_apply_bytes)),
-            vote_changed=(hard_state.term, hard_state.vote) != (persisted.term, persisted.vote),
+            vote_changed=vote_changed,
+            messages_before_persist=tuple(early),
         )
         self.outbox = []
         self._ready_in_progress = ready

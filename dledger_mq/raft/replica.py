@@ -76,14 +76,26 @@ class Replica:
         Raises ``NotLeader`` (with the leader hint) if this replica does not lead, or if it lost
         leadership before the entry committed: the entry may or may not commit later.
         """
-        index = self.core.propose(data)
+        return await self.propose_batch([data])
+
+    async def propose_batch(self, batch: list[bytes]) -> int:
+        """Replicate every entry of ``batch`` at consecutive indexes; returns the first index.
+
+        The entries commit together: a log commits a prefix, so waiting for the last suffices.
+        """
+        if not batch:
+            raise BadRequest("an empty batch")
+        first = self.core.propose(batch[0])
+        last = first
+        for data in batch[1:]:
+            last = self.core.propose(data)
         waiter = _Waiter(self.core.term)
-        self._waiters[index] = waiter
+        self._waiters[last] = waiter
         self._wakeup.set()
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
-        return index
+        return first
 
     def transfer_leadership(self, target: str) -> None:
         self.core.transfer_leadership(target)
@@ -116,6 +128,8 @@ class Replica:
     async def _handle(self, ready: Ready) -> None:
         if ready.soft_state is not None:
             self._soft_state_changed(ready.soft_state)
+        # The leader's appends go out now, so that followers write while the leader does.
+        self.transport.send(ready.messages_before_persist)
         hard_state = self._hard_state_to_save(ready)
         if ready.entries or hard_state is not None:
             if ready.entries and ready.entries[0].index <= self.log.last_index():

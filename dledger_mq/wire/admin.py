@@ -50,6 +50,19 @@ class ProposeReply:
 
 
 @attrs.frozen
+class ProposeBatchRequest:
+    """Many entries in one request: they commit together, at consecutive indexes."""
+
+    entries: tuple[bytes, ...]
+
+
+@attrs.frozen
+class ProposeBatchReply:
+    first_index: int
+    count: int
+
+
+@attrs.frozen
 class TransferLeaderRequest:
     target: str
 
@@ -68,5 +81,7 @@ ADMIN_CODEC = Codec(
         33: ProposeReply,
         34: TransferLeaderRequest,
         35: TransferLeaderReply,
+        36: ProposeBatchRequest,
+        37: ProposeBatchReply,
     }
 )

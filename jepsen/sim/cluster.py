@@ -179,6 +179,7 @@ class Cluster:
             self.checker.commit_seen(node.id, ready.hard_state.commit, core)
         node.pending = ready
         node.pending_sent = False
+        self._send_all(ready.messages_before_persist)
         self._write(node, ready)
         if self.ack_before_persist:
             # The deliberately broken driver: acknowledges what is not yet on disk.

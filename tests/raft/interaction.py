@@ -216,6 +216,9 @@ class Interaction:
             soft = ready.soft_state
             lines.append(f"  {soft.role.value} term={soft.term} leader={soft.leader}")
         store = self.stores[node_id]
+        for message in ready.messages_before_persist:
+            lines.append(f"  send before persist {format_message(message)}")
+        self.in_flight.extend(ready.messages_before_persist)
         if ready.entries:
             if ready.entries[0].index <= store.last_index():
                 lines.append(f"  truncate from {ready.entries[0].index}")
