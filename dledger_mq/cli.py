@@ -155,12 +155,13 @@ def _endpoints(endpoints: str | None, root: Path) -> list[tuple[str, str]]:
     help="Where `cluster up` keeps the local cluster.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node objects.")
+@click.option("--cluster-id", default="local", show_default=True)
 @one_line_errors
-def cluster_status(endpoints: str | None, root: Path, as_json: bool) -> None:
+def cluster_status(endpoints: str | None, root: Path, as_json: bool, cluster_id: str) -> None:
     """Each node's role, term, leader, log positions and followers' lag."""
     from dledger_mq.node.local_cluster import fetch_all, render_table, status_objects
 
-    objects = status_objects(trio.run(fetch_all, _endpoints(endpoints, root)))
+    objects = status_objects(trio.run(fetch_all, _endpoints(endpoints, root), cluster_id))
     if as_json:
         click.echo(json.dumps(objects, indent=2))
     else:
@@ -183,18 +184,21 @@ def cluster_status(endpoints: str | None, root: Path, as_json: bool) -> None:
     default=".dledger-mq",
     show_default=True,
 )
+@click.option("--cluster-id", default="local", show_default=True)
 @one_line_errors
-def cluster_transfer_leader(target: str, endpoints: str | None, root: Path) -> None:
+def cluster_transfer_leader(
+    target: str, endpoints: str | None, root: Path, cluster_id: str
+) -> None:
     """Hand leadership to TARGET (it must be an up-to-date member)."""
     from dledger_mq.clients.admin import connect_admin
     from dledger_mq.node.local_cluster import fetch_all
 
     async def transfer() -> str:
-        rows = await fetch_all(_endpoints(endpoints, root))
+        rows = await fetch_all(_endpoints(endpoints, root), cluster_id)
         leaders = [status for _, _, status in rows if status and status.role == "leader"]
         if not leaders:
             raise DledgerError("no leader reachable")
-        async with connect_admin(leaders[0].address) as connection:
+        async with connect_admin(leaders[0].address, cluster_id) as connection:
             return await connection.transfer_leader(target)
 
     click.echo(f"leader is now {trio.run(transfer)}")

@@ -117,7 +117,27 @@ class AdminConnection:
 
 @asynccontextmanager
 async def connect_admin(address: str, cluster_id: str = "local") -> AsyncIterator[AdminConnection]:
-    """Connect to one node's client address (HOST:PORT) and shake hands."""
+    """Connect to one node's client address (HOST:PORT) and shake hands.
+
+    Errors raised in the ``async with`` body reach the caller as themselves, not wrapped in the
+    exception group of the nursery that runs the connection's receive loop.
+    """
+    try:
+        async with _connect_admin(address, cluster_id) as connection:
+            yield connection
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+@asynccontextmanager
+async def _connect_admin(address: str, cluster_id: str) -> AsyncIterator[AdminConnection]:
     try:
         async with open_websocket_url(f"ws://{address}/") as websocket:
             hello = Hello(cluster_id, "admin-client", PROTOCOL_VERSION)

@@ -17,6 +17,7 @@ Example (the same ``members`` table goes into every node's file)::
 from __future__ import annotations
 
 import enum
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import cattrs
 from dledger_mq.errors import BadRequest
 from dledger_mq.raft.commitlog import FlushPolicy
 from dledger_mq.raft.transport import Address
+from dledger_mq.wire.codec import strict_structure_hook
 
 
 class ConfigError(BadRequest):
@@ -40,15 +42,17 @@ class LogLevel(enum.Enum):
     ERROR = "error"
 
 
-def _address(value: str) -> str:
-    Address.parse(value)
-    return value
+def _address(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    try:
+        Address.parse(value)
+    except ValueError as error:
+        raise ConfigError(f"{attribute.name}: {error}") from None
 
 
 @attrs.frozen
 class Member:
-    peer: str = attrs.field(converter=_address)
-    client: str = attrs.field(converter=_address)
+    peer: str = attrs.field(validator=_address)
+    client: str = attrs.field(validator=_address)
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -91,6 +95,9 @@ class NodeConfig:
             )
         if self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("election_ticks: must exceed heartbeat_ticks")
+        addresses = [a for member in self.members.values() for a in (member.peer, member.client)]
+        if len(set(addresses)) != len(addresses):
+            raise ConfigError(f"members: two addresses are the same: {sorted(addresses)}")
 
     @property
     def me(self) -> Member:
@@ -106,6 +113,9 @@ class NodeConfig:
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
+# A value of the wrong type is refused, not coerced: "false" must not become True.
+for _kind in (int, str, bool, float):
+    _converter.register_structure_hook(_kind, strict_structure_hook(_kind))
 
 
 def parse_config(values: dict[str, Any], source: str = "configuration") -> NodeConfig:
@@ -148,7 +158,10 @@ def _explain(error: BaseException, path: str = "") -> str:
             parts.append(_explain(inner, key))
         return "; ".join(parts)
     if isinstance(error, cattrs.ForbiddenExtraKeysError):
-        return f"unknown keys {sorted(error.extra_fields)}"
+        unknown = f"unknown keys {sorted(error.extra_fields)}"
+        return f"{path}: {unknown}" if path else unknown
+    if isinstance(error, ConfigError) and path:
+        return f"{path}.{error}"  # the error names the field: "peer: expected HOST:PORT"
     if isinstance(error, KeyError):
         return f"{path or error.args[0]}: missing"
     reason = str(error) or type(error).__name__
@@ -166,7 +179,7 @@ def render_config(config: NodeConfig) -> str:
             lines.append(f"{field.name} = {_toml_value(value)}")
     for node_id, member in config.members.items():
         lines.append("")
-        lines.append(f"[members.{node_id}]")
+        lines.append(f"[members.{_toml_value(node_id)}]")
         lines.append(f"peer = {_toml_value(member.peer)}")
         lines.append(f"client = {_toml_value(member.client)}")
     return "\n".join(lines) + "\n"
@@ -177,4 +190,7 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A JSON string is a TOML basic string: quotes, backslashes and control characters are
+    # escaped alike. Not ASCII-only, since TOML refuses JSON's surrogate-pair escapes; and
+    # TOML, unlike JSON, wants DEL escaped too.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")

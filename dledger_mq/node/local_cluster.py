@@ -91,6 +91,7 @@ def stop_processes(processes: Sequence[subprocess.Popen[bytes]], timeout: float 
 
 
 async def fetch_status(address: str, cluster_id: str = "local") -> StatusReply | None:
+    """The node's status, or None if it does not answer within a second."""
     with trio.move_on_after(STATUS_TIMEOUT_SECONDS):
         try:
             async with connect_admin(address, cluster_id) as connection:
@@ -100,11 +101,13 @@ async def fetch_status(address: str, cluster_id: str = "local") -> StatusReply |
     return None
 
 
-async def fetch_all(endpoints: list[tuple[str, str]]) -> list[tuple[str, str, StatusReply | None]]:
+async def fetch_all(
+    endpoints: list[tuple[str, str]], cluster_id: str = "local"
+) -> list[tuple[str, str, StatusReply | None]]:
     results: dict[str, StatusReply | None] = {}
 
     async def one(node_id: str, address: str) -> None:
-        results[node_id] = await fetch_status(address)
+        results[node_id] = await fetch_status(address, cluster_id)
 
     async with trio.open_nursery() as nursery:
         for node_id, address in endpoints:
@@ -133,7 +136,8 @@ def status_objects(rows: list[tuple[str, str, StatusReply | None]]) -> list[dict
         role = "candidate" if status.role == "pre-candidate" else status.role
         objects.append(
             {
-                "id": node_id,
+                # The node's own id: endpoints given by address are known only by it.
+                "id": status.node_id,
                 "address": address,
                 "role": role,
                 "term": status.term,

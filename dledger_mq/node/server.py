@@ -231,16 +231,18 @@ async def run_node(
                 await nursery.start(replica.run)
                 peer_address = Address.parse(config.me.peer)
                 client_address = Address.parse(config.me.client)
-                async with trio.open_nursery() as listeners:
-                    await listeners.start(
-                        functools.partial(
-                            trio.serve_tcp,
-                            transport.handle_incoming,
-                            peer_address.port,
-                            host=peer_address.host,
-                        )
+                # The peer listener outlives the client one: a stopping leader still needs its
+                # followers' answers to hand leadership over.
+                await nursery.start(
+                    functools.partial(
+                        trio.serve_tcp,
+                        transport.handle_incoming,
+                        peer_address.port,
+                        host=peer_address.host,
                     )
-                    await listeners.start(
+                )
+                async with trio.open_nursery() as clients:
+                    await clients.start(
                         serve_websocket,
                         node.handle_client,
                         client_address.host,
@@ -261,7 +263,7 @@ async def run_node(
                         async for signum in signals:
                             log.info("node_stopping", signal=signal.Signals(signum).name)
                             break
-                    listeners.cancel_scope.cancel()
+                    clients.cancel_scope.cancel()
                 with trio.move_on_after(STOP_TIMEOUT_SECONDS):
                     await node.hand_over_leadership()
                 nursery.cancel_scope.cancel()

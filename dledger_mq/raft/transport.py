@@ -45,6 +45,16 @@ from dledger_mq.wire.handshake import (
 
 logger = structlog.get_logger()
 
+RAFT_MESSAGE_TYPES = (
+    VoteRequest,
+    VoteResponse,
+    AppendRequest,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    TimeoutNow,
+)
+
 PEER_CODEC = Codec(
     {
         **HANDSHAKE_TYPES,
@@ -194,19 +204,24 @@ class PeerTransport:
             welcome = Welcome(self.config.cluster_id, self.config.node_id, PROTOCOL_VERSION)
             await stream.send_all(encode_frames([PEER_CODEC.encode(welcome)]))
             while True:
-                data = await stream.receive_some(READ_BYTES)
-                if not data:
-                    return
-                decoder.receive_data(data)
+                # Frames that came in the same packet as the Hello are already buffered.
                 for payload in decoder.next_frames():
                     decoded = PEER_CODEC.decode(payload)
                     message = decoded.message
+                    if not isinstance(message, RAFT_MESSAGE_TYPES):
+                        raise ProtocolError(
+                            f"{type(message).__name__} is not a Raft message (after the handshake)"
+                        )
                     if decoded.group != self.config.group or message.source != peer:
                         raise ProtocolError(
                             f"message for group {decoded.group!r} from {message.source!r} "
                             f"on {peer}'s link"
                         )
                     self.deliver(message)
+                data = await stream.receive_some(READ_BYTES)
+                if not data:
+                    return
+                decoder.receive_data(data)
         except ProtocolError as error:
             self.log.warning("peer_protocol_error", peer=peer, reason=str(error))
             await _send_error(stream, error)
@@ -221,10 +236,11 @@ def _no_receiver(message: Message) -> None:
 
 
 async def _read_one(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> object:
+    """The next message; whatever arrived after it stays in ``decoder``."""
     while True:
-        frames = decoder.next_frames()
-        if frames:
-            return PEER_CODEC.decode(frames[0]).message
+        frame = decoder.next_frame()
+        if frame is not None:
+            return PEER_CODEC.decode(frame).message
         data = await stream.receive_some(READ_BYTES)
         if not data:
             raise trio.BrokenResourceError("connection closed during the handshake")

@@ -27,11 +27,18 @@ from dledger_mq.errors import ProtocolError
 MAX_NAME_LENGTH = 255
 
 
+def strict_structure_hook(expected: type) -> Any:
+    """A cattrs structure hook that refuses a value of another type instead of coercing it."""
+    return _strict(expected)
+
+
 def _strict(expected: type) -> Any:
     def structure(value: Any, _: Any) -> Any:
         # bool is an int subclass; a true/false where a number belongs is still garbage.
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise TypeError(f"expected {expected.__name__}, got {type(value).__name__}")
+            shown = repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise TypeError(f"expected {expected.__name__}, got {type(value).__name__} {shown}")
         return value
 
     return structure

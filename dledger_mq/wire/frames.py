@@ -56,6 +56,22 @@ class FrameDecoder:
             del buffer[:position]
         return frames
 
+    def next_frame(self) -> bytes | None:
+        """The first whole frame received so far, leaving the rest buffered."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(buffer, 0)
+        if length > self.max_frame_bytes:
+            raise FrameTooLarge(
+                f"frame of {length} bytes exceeds the limit of {self.max_frame_bytes}"
+            )
+        if len(buffer) < 4 + length:
+            return None
+        frame = bytes(buffer[4 : 4 + length])
+        del buffer[: 4 + length]
+        return frame
+
     @property
     def buffered_bytes(self) -> int:
         return len(self._buffer)

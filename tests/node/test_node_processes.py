@@ -94,11 +94,6 @@ async def test_follower_refuses_a_proposal_and_names_the_leader(cluster: Process
     assert getattr(refusals[0], "leader_address", None) == leader.address
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connect_admin's nursery wraps errors raised in its body: a caller gets "
-    "ExceptionGroup([NotLeader]) and cannot `except NotLeader`",
-)
 async def test_admin_client_raises_not_leader_itself(cluster: ProcessCluster) -> None:
     leader = await cluster.wait_for_leader()
     follower = next(node_id for node_id in cluster.nodes if node_id != leader.node_id)
@@ -303,11 +298,6 @@ async def test_garbage_and_strangers_on_the_peer_port_are_refused(cluster: Proce
     assert agreed_leader(statuses) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transport.handle_incoming reads `message.source` of any decoded message: a "
-    "handshake message (Hello) after the handshake raises AttributeError, which crashes the node",
-)
 async def test_a_handshake_message_after_the_handshake_is_refused_not_fatal(
     cluster: ProcessCluster,
 ) -> None:
@@ -399,22 +389,12 @@ async def test_cluster_status_json_lists_every_node(cluster: ProcessCluster) -> 
     assert [node["role"] for node in objects].count("leader") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with --endpoints, `cluster status` puts the address in `id`, while `leader` and "
-    "followers[].id are node ids: the JSON cannot say which object is the leader",
-)
 async def test_cluster_status_json_ids_are_node_ids(cluster: ProcessCluster) -> None:
     await cluster.wait_for_leader()
     objects = await trio.to_thread.run_sync(_cluster_status_json, cluster)
     assert [node["id"] for node in objects] == list(cluster.nodes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fetch_status catches DledgerError, but connect_admin delivers Unavailable wrapped in "
-    "an ExceptionGroup: a node closing mid-request crashes fetch_all (and `cluster up`'s watch)",
-)
 async def test_fetch_status_of_a_node_that_hangs_up_mid_request_is_none() -> None:
     async def welcome_then_hang_up(request: WebSocketRequest) -> None:
         connection = await request.accept()
