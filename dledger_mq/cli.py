@@ -299,5 +299,15 @@ def bench_raft(seconds: float, window: int, batch: int, kills: int, directory: s
     click.echo(report)
 
 
+@bench.command("transport")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Per case.")
+@one_line_errors
+def bench_transport(seconds: float) -> None:
+    """Raw Trio TCP against trio-websocket, same frames, between two processes."""
+    from dledger_mq.bench.transport_bench import run
+
+    click.echo(run(seconds, lambda text: click.echo(text, err=True)))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,213 @@
+"""``dledger-mq bench transport``: raw Trio TCP against trio-websocket for the peer link.
+
+Both carry the same payload (a ``Heartbeat`` encoded by the peer codec) between two processes
+over loopback: an echo server in a child process and a client here. Per transport:
+
+- round trip: one request, wait for its echo, repeat;
+- one way: one write (one WebSocket message) per frame, as fast as the link takes them.
+
+The figures decided the peer link (raw TCP); docs/benchmarks.md records them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
+
+from dledger_mq.bench.raft_bench import free_ports, percentile
+from dledger_mq.raft.messages import Heartbeat
+from dledger_mq.raft.transport import PEER_CODEC
+from dledger_mq.wire.frames import FrameDecoder, encode_frame
+
+PAYLOAD = PEER_CODEC.encode(Heartbeat(term=7, source="n1", target="n2", commit=12345), 0, "g")
+STOP = b"stop"
+
+
+@attrs.frozen
+class TransportResult:
+    transport: str
+    round_trips_per_second: float
+    round_trip_p50_us: float
+    one_way_frames_per_second: float
+
+
+# -- the echo server (child process) -------------------------------------------------------------
+
+
+async def _tcp_server(port: int, ready: trio.Event) -> None:
+    async def handle(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        received = 0
+        try:
+            while True:
+                data = await stream.receive_some(1 << 16)
+                if not data:
+                    return
+                decoder.receive_data(data)
+                for frame in decoder.next_frames():
+                    if frame == STOP:
+                        await stream.send_all(encode_frame(str(received).encode()))
+                        received = 0
+                    elif frame[:1] == b"e":
+                        await stream.send_all(encode_frame(frame[1:]))
+                    else:
+                        received += 1
+        except trio.BrokenResourceError:
+            return
+
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    ready.set()
+    await trio.serve_listeners(handle, listeners)
+
+
+async def _websocket_server(port: int) -> None:
+    async def handle(request: WebSocketRequest) -> None:
+        connection = await request.accept()
+        received = 0
+        try:
+            while True:
+                message = await connection.get_message()
+                assert isinstance(message, bytes)
+                if message == STOP:
+                    await connection.send_message(str(received).encode())
+                    received = 0
+                elif message[:1] == b"e":
+                    await connection.send_message(message[1:])
+                else:
+                    received += 1
+        except ConnectionClosed:
+            return
+
+    await serve_websocket(handle, "127.0.0.1", port, None)
+
+
+def _serve(tcp_port: int, websocket_port: int) -> None:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_tcp_server, tcp_port, trio.Event())
+            nursery.start_soon(_websocket_server, websocket_port)
+
+    trio.run(main)
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+async def _tcp_case(port: int, seconds: float) -> TransportResult:
+    stream = await _connect_tcp(port)
+    decoder = FrameDecoder()
+
+    async def receive_frame() -> bytes:
+        while True:
+            frame = decoder.next_frame()
+            if frame is not None:
+                return frame
+            decoder.receive_data(await stream.receive_some(1 << 16))
+
+    latencies = []
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        await stream.send_all(encode_frame(b"e" + PAYLOAD))
+        await receive_frame()
+        latencies.append((time.perf_counter() - start) * 1e6)
+    round_trip_seconds = time.perf_counter() - began
+    sent = 0
+    began = time.perf_counter()
+    frame = encode_frame(b"o" + PAYLOAD)
+    while time.perf_counter() - began < seconds:
+        for _ in range(100):
+            await stream.send_all(frame)
+        sent += 100
+    await stream.send_all(encode_frame(STOP))
+    received = int(await receive_frame())
+    one_way_seconds = time.perf_counter() - began
+    await stream.aclose()
+    assert received == sent, (received, sent)
+    return TransportResult(
+        "raw Trio TCP",
+        len(latencies) / round_trip_seconds,
+        percentile(sorted(latencies), 0.5),
+        sent / one_way_seconds,
+    )
+
+
+async def _connect_tcp(port: int) -> trio.SocketStream:
+    with trio.fail_after(10):
+        while True:
+            try:
+                return await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+
+
+async def _websocket_case(port: int, seconds: float) -> TransportResult:
+    with trio.fail_after(10):
+        while True:
+            try:
+                await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+    async with open_websocket("127.0.0.1", port, "/", use_ssl=False) as connection:
+        latencies = []
+        began = time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            start = time.perf_counter()
+            await connection.send_message(b"e" + PAYLOAD)
+            await connection.get_message()
+            latencies.append((time.perf_counter() - start) * 1e6)
+        round_trip_seconds = time.perf_counter() - began
+        sent = 0
+        began = time.perf_counter()
+        message = b"o" + PAYLOAD
+        while time.perf_counter() - began < seconds:
+            for _ in range(100):
+                await connection.send_message(message)
+            sent += 100
+        await connection.send_message(STOP)
+        received = int(await connection.get_message())
+        one_way_seconds = time.perf_counter() - began
+    assert received == sent, (received, sent)
+    return TransportResult(
+        "trio-websocket",
+        len(latencies) / round_trip_seconds,
+        percentile(sorted(latencies), 0.5),
+        sent / one_way_seconds,
+    )
+
+
+def run(seconds: float, echo: Callable[[str], None]) -> str:
+    tcp_port, websocket_port = free_ports(2)
+    server = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(tcp_port, websocket_port), daemon=True
+    )
+    server.start()
+    try:
+        echo(f"echo server pid {server.pid}; {seconds:.1f} s per case")
+        tcp = trio.run(_tcp_case, tcp_port, seconds)
+        echo("  raw TCP done")
+        websocket = trio.run(_websocket_case, websocket_port, seconds)
+        echo("  WebSocket done")
+    finally:
+        server.kill()
+        server.join()
+    lines = [
+        f"{'transport':<16} {'round trips/s':>14} {'p50 round trip':>15} {'one-way frames/s':>17}"
+    ]
+    for result in (tcp, websocket):
+        lines.append(
+            f"{result.transport:<16} {result.round_trips_per_second:>14,.0f} "
+            f"{result.round_trip_p50_us:>12,.0f} us {result.one_way_frames_per_second:>17,.0f}"
+        )
+    round_trip_ratio = tcp.round_trips_per_second / websocket.round_trips_per_second
+    one_way_ratio = tcp.one_way_frames_per_second / websocket.one_way_frames_per_second
+    lines.append(
+        f"{'TCP / WebSocket':<16} {round_trip_ratio:>14.2f} {'':>15} {one_way_ratio:>17.2f}"
+    )
+    return "\n".join(lines)
