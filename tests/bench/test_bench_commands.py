@@ -1,0 +1,38 @@
+"""The benchmark commands run end to end and report every figure (tests never assert speed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dledger_mq", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        check=False,
+    )
+
+
+def test_bench_raft_reports_throughput_latency_and_failover(tmp_path: Path) -> None:
+    result = _bench(
+        tmp_path, "raft", "--seconds", "0.5", "--kills", "1", "--window", "2", "--batch", "16"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for label in ("raw write+fsync", "one at a time", "pipelined 2x16", "failover"):
+        assert label in result.stdout
+    assert "p999" in result.stdout
+    # The temporary cluster is removed afterwards.
+    assert not list(tmp_path.glob("bench-raft-*"))
+
+
+def test_bench_transport_compares_tcp_and_websocket(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "transport", "--seconds", "0.2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "raw Trio TCP" in result.stdout
+    assert "trio-websocket" in result.stdout
+    assert "TCP / WebSocket" in result.stdout
