@@ -140,22 +140,27 @@ def _endpoints(endpoints: str | None, root: Path) -> list[tuple[str, str]]:
     return local_endpoints(root)
 
 
+def cluster_options(function: F) -> F:
+    """--endpoints, --root and --cluster-id: which cluster a command talks to."""
+    function = click.option("--cluster-id", default="local", show_default=True)(function)
+    function = click.option(
+        "--root",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=".dledger-mq",
+        show_default=True,
+        help="Where `cluster up` keeps the local cluster.",
+    )(function)
+    return click.option(
+        "--endpoints",
+        default=None,
+        metavar="HOST:PORT,...",
+        help="Client addresses of the nodes (default: the local cluster).",
+    )(function)
+
+
 @cluster.command("status")
-@click.option(
-    "--endpoints",
-    default=None,
-    metavar="HOST:PORT,...",
-    help="Client addresses of the nodes (default: the local cluster).",
-)
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".dledger-mq",
-    show_default=True,
-    help="Where `cluster up` keeps the local cluster.",
-)
+@cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of node objects.")
-@click.option("--cluster-id", default="local", show_default=True)
 @one_line_errors
 def cluster_status(endpoints: str | None, root: Path, as_json: bool, cluster_id: str) -> None:
     """Each node's role, term, leader, log positions and followers' lag."""
@@ -172,19 +177,7 @@ def cluster_status(endpoints: str | None, root: Path, as_json: bool, cluster_id:
 
 @cluster.command("transfer-leader")
 @click.option("--to", "target", required=True, help="Id of the node that should lead.")
-@click.option(
-    "--endpoints",
-    default=None,
-    metavar="HOST:PORT,...",
-    help="Client addresses of the nodes (default: the local cluster).",
-)
-@click.option(
-    "--root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=".dledger-mq",
-    show_default=True,
-)
-@click.option("--cluster-id", default="local", show_default=True)
+@cluster_options
 @one_line_errors
 def cluster_transfer_leader(
     target: str, endpoints: str | None, root: Path, cluster_id: str
