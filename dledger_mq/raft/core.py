@@ -10,7 +10,8 @@ No I/O, no clock, no randomness of its own (the caller passes an ``Rng``). A dri
 
 Roles: follower, pre-candidate, candidate, leader. Pre-vote (Raft thesis 9.6) keeps a node that
 rejoins after a partition from deposing a healthy leader; check-quorum makes a leader that has not
-heard from a majority for an election timeout step down.
+heard from a majority during an election timeout step down (checked at the end of each timeout,
+so at most two election timeouts after the last contact).
 """
 
 from __future__ import annotations
@@ -145,6 +146,20 @@ class Status:
     followers: tuple[FollowerStatus, ...]
 
 
+def _check_append_shape(request: AppendRequest) -> None:
+    """A correct leader's entries follow ``prev_index`` one by one, terms never above its own."""
+    expected_index = request.prev_index + 1
+    previous_term = request.prev_term
+    for entry in request.entries:
+        if entry.index != expected_index or not previous_term <= entry.term <= request.term:
+            raise BadRequest(
+                f"malformed append from {request.source}: entry {entry.index}@{entry.term} "
+                f"after {expected_index - 1}@{previous_term} in term {request.term}"
+            )
+        expected_index += 1
+        previous_term = entry.term
+
+
 class RaftCore:
     def __init__(self, config: Config, store: LogStore, rng: Rng, applied: int = 0) -> None:
         self.config = config
@@ -164,6 +179,7 @@ class RaftCore:
         self.votes: dict[str, bool] = {}
         self.progress: dict[str, Progress] = {}
         self.transfer_target: str | None = None
+        self.transfer_elapsed = 0
         self.outbox: list[Message] = []
         self._broadcast_pending = False
         self._persisted_hard_state = hard_state
@@ -217,7 +233,9 @@ class RaftCore:
         if self.transfer_target == target:
             return
         self.transfer_target = target
-        self.election_elapsed = 0
+        # Its own clock: reusing the check-quorum one would let repeated transfer requests keep
+        # an isolated leader from ever stepping down.
+        self.transfer_elapsed = 0
         if self.progress[target].match == self.log.last_index():
             self._send(TimeoutNow(term=self.term, source=self.id, target=target))
         else:
@@ -526,6 +544,7 @@ class RaftCore:
             self._become_candidate(leadership_transfer=True)
 
     def _handle_append(self, request: AppendRequest) -> None:
+        _check_append_shape(request)
         if request.prev_index < self.log.committed:
             # Everything up to our commit index matches the leader's log already.
             self._send(
@@ -577,8 +596,11 @@ class RaftCore:
             if self.config.check_quorum and not self._quorum_recently_active():
                 self._become_follower(self.term, None)
                 return
-            # A transfer that has not finished within an election timeout is abandoned.
-            self.transfer_target = None
+        if self.transfer_target is not None:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.config.election_timeout_ticks:
+                # A transfer that has not finished within an election timeout is abandoned.
+                self.transfer_target = None
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
             self.heartbeat_elapsed = 0
             for peer, progress in self.progress.items():

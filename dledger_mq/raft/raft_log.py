@@ -51,7 +51,8 @@ class RaftLog:
         return self.store.term(index)
 
     def match_term(self, index: int, term: int) -> bool:
-        return self.term(index) == term
+        # Beyond the end, term() says 0, which must not match a prev_term of 0.
+        return index <= self.last_index() and self.term(index) == term
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Raft 5.4.1: is a log ending at (last_index, last_term) at least as up to date as ours?"""

@@ -151,7 +151,8 @@ class RaftLogMachine(RuleBasedStateMachine):
         for index in range(len(self.model) + 3):
             expected = self.model[index - 1].term if 1 <= index <= len(self.model) else 0
             assert log.term(index) == expected, index
-            assert log.match_term(index, expected)
+            # Nothing beyond the end matches, not even a term of 0.
+            assert log.match_term(index, expected) is (index <= len(self.model))
         assert log.slice(1, len(self.model) + 1, ALL_BYTES) == self.model
         # Invariant: applied <= committed <= last_index.
         assert (log.applied, log.committed) == (self.applied, self.committed)
