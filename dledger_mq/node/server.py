@@ -7,7 +7,6 @@ follower if this node leads, let the in-flight fsync finish, close connections.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import posixpath
 import random
@@ -15,9 +14,9 @@ import signal
 
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import WebSocketRequest, serve_websocket
 
-from dledger_mq.errors import BadRequest, DledgerError, NotLeader, ProtocolError
+from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.core import Config, RaftCore, Role
@@ -37,8 +36,9 @@ from dledger_mq.wire.admin import (
     TransferLeaderReply,
     TransferLeaderRequest,
 )
-from dledger_mq.wire.codec import Decoded
-from dledger_mq.wire.handshake import PROTOCOL_VERSION, ErrorReply, Hello, Welcome, check_peer
+from dledger_mq.wire.handshake import ErrorReply
+from dledger_mq.wire.rpc import error_reply as rpc_error_reply
+from dledger_mq.wire.rpc import serve_requests
 
 logger = structlog.get_logger()
 
@@ -56,40 +56,14 @@ class Node:
 
     async def handle_client(self, request: WebSocketRequest) -> None:
         """Serve one client connection; nothing a client does can stop the node."""
-        try:
-            connection = await request.accept()
-        except ConnectionClosed:
-            return
-        try:
-            await self._serve_connection(connection)
-        except* ConnectionClosed:
-            pass
-        except* DledgerError as group:
-            error = _first_leaf(group)
-            self.log.warning("client_refused", reason=str(error))
-            await _send_quietly(connection, ADMIN_CODEC.encode(error_reply(error, self.config)))
-            await connection.aclose()
-
-    async def _serve_connection(self, connection: WebSocketConnection) -> None:
-        hello = _decode(await connection.get_message()).message
-        if not isinstance(hello, Hello):
-            raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
-        check_peer(hello, self.config.cluster_id, what="client")
-        welcome = Welcome(self.config.cluster_id, self.config.node_id, PROTOCOL_VERSION)
-        await connection.send_message(ADMIN_CODEC.encode(welcome))
-        async with trio.open_nursery() as nursery:
-            while True:
-                decoded = _decode(await connection.get_message())
-                nursery.start_soon(self._answer, connection, decoded.request_id, decoded.message)
-
-    async def _answer(
-        self, connection: WebSocketConnection, request_id: int, message: object
-    ) -> None:
-        try:
-            reply = await self.serve(message)
-        except DledgerError as error:
-            reply = error_reply(error, self.config)
-        await _send_quietly(connection, ADMIN_CODEC.encode(reply, request_id))
+        await serve_requests(
+            request,
+            ADMIN_CODEC,
+            self.config.cluster_id,
+            self.config.node_id,
+            self.serve,
+            lambda error: error_reply(error, self.config),
+        )
 
     async def serve(self, message: object) -> object:
         if isinstance(message, StatusRequest):
@@ -151,35 +125,11 @@ class Node:
                 await self.replica.leader_changed.wait()
 
 
-def _decode(payload: bytes | str) -> Decoded:
-    if isinstance(payload, str):
-        raise ProtocolError("text messages are not part of the protocol")
-    return ADMIN_CODEC.decode(payload)
-
-
-def _first_leaf(group: BaseExceptionGroup[DledgerError]) -> DledgerError:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    assert isinstance(error, DledgerError)
-    return error
-
-
 def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
+    """The typed error reply, with the leader's client address when the error names a leader."""
     leader_id = getattr(error, "leader_hint", None)
     leader_address = config.members[leader_id].client if leader_id in config.members else None
-    return ErrorReply(
-        code=type(error).__name__,
-        message=str(error),
-        retriable=error.retriable,
-        leader_id=leader_id,
-        leader_address=leader_address,
-    )
-
-
-async def _send_quietly(connection: WebSocketConnection, payload: bytes) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        await connection.send_message(payload)
+    return rpc_error_reply(error, leader_address)
 
 
 async def run_node(
