@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -105,6 +106,59 @@ def node(
     config = load_config(config_path, overrides)
     configure_logging(config.log_level)
     trio.run(run_node, config)
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9876",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where clients and brokers reach this naming node (WebSocket).",
+)
+@click.option("--cluster-id", default="local", show_default=True)
+@click.option(
+    "--heartbeat-interval-ms",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Brokers' heartbeat; a route expires after three missed.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@one_line_errors
+def naming(listen: str, cluster_id: str, heartbeat_interval_ms: int, log_level: str) -> None:
+    """Run a naming node alone: a route registry brokers register with and clients ask."""
+    from dledger_mq.logs import configure_logging
+    from dledger_mq.naming.server import serve_naming
+    from dledger_mq.wire.address import Address
+
+    try:
+        address = Address.parse(listen)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
+    configure_logging(log_level)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                serve_naming,
+                address.host,
+                address.port,
+                cluster_id,
+                f"naming@{listen}",
+                heartbeat_interval_ms,
+            )
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
 
 
 @main.group()

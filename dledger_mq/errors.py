@@ -111,3 +111,148 @@ class Unavailable(DledgerError):
     """The replica cannot serve right now (starting, stopping, no quorum); try again later."""
 
     retriable = True
+
+
+class MalformedCommand(BadRequest):
+    """Bytes that are not a broker command this build can read; ``reason`` says what was wrong."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"malformed broker command: {reason}")
+
+
+class UnsupportedCommandVersion(MalformedCommand):
+    """A broker command written in a format version this build does not read."""
+
+    def __init__(self, found_version: int, supported_version: int) -> None:
+        self.found_version = found_version
+        self.supported_version = supported_version
+        super().__init__(
+            f"format version {found_version}; this build reads version {supported_version}"
+        )
+
+
+class InvalidName(BadRequest):
+    """A topic, group, producer or other name (``kind``) breaks the naming rules."""
+
+    def __init__(self, kind: str, name: str, reason: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.reason = reason
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        super().__init__(f"invalid {kind} name {shown!r}: {reason}")
+
+
+class InvalidMessage(BadRequest):
+    """A message's ``field`` breaks a rule or a limit; the message was not stored."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid message {field}: {reason}")
+
+
+class MessageTooLarge(InvalidMessage):
+    """A message body of ``body_bytes`` exceeds the broker's ``max_body_bytes``."""
+
+    def __init__(self, body_bytes: int, max_body_bytes: int) -> None:
+        self.body_bytes = body_bytes
+        self.max_body_bytes = max_body_bytes
+        super().__init__("body", f"{body_bytes} bytes, more than the limit of {max_body_bytes}")
+
+
+class InvalidTagExpression(BadRequest):
+    """A subscription's tag expression cannot be parsed."""
+
+    def __init__(self, expression: str, reason: str) -> None:
+        self.expression = expression
+        self.reason = reason
+        super().__init__(f"invalid tag expression {expression!r}: {reason}")
+
+
+class InvalidMessageId(BadRequest):
+    """Text that is not a message id in the canonical ``group:raft_index:slot`` form."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        self.text = text
+        self.reason = reason
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        super().__init__(f"invalid message id {shown!r}: {reason}")
+
+
+class InvalidSettings(BadRequest):
+    """Broker settings out of their allowed range."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        self.setting = setting
+        self.reason = reason
+        super().__init__(f"invalid broker setting {setting}: {reason}")
+
+
+class TopicNotFound(BadRequest):
+    """The topic does not exist (and auto-creation is off, where a send would create it)."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        super().__init__(f"topic {topic!r} does not exist")
+
+
+class TopicExists(BadRequest):
+    """A topic of that name already exists with another configuration."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        super().__init__(f"topic {topic!r} already exists with another configuration")
+
+
+class InvalidTopicConfig(BadRequest):
+    """A topic configuration or change of configuration that the broker refuses."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"topic {topic!r}: {reason}")
+
+
+class QueueNotFound(BadRequest):
+    """``queue_id`` is not one of the ``queue_count`` queues of ``topic``."""
+
+    def __init__(self, topic: str, queue_id: int, queue_count: int) -> None:
+        self.topic = topic
+        self.queue_id = queue_id
+        self.queue_count = queue_count
+        super().__init__(f"topic {topic!r} has {queue_count} queues; no queue {queue_id}")
+
+
+class InvalidOffset(BadRequest):
+    """An offset outside ``[min_offset, max_offset]`` of its queue."""
+
+    def __init__(
+        self, topic: str, queue_id: int, offset: int, min_offset: int, max_offset: int
+    ) -> None:
+        self.topic = topic
+        self.queue_id = queue_id
+        self.offset = offset
+        self.min_offset = min_offset
+        self.max_offset = max_offset
+        super().__init__(
+            f"offset {offset} of {topic!r} queue {queue_id} is outside [{min_offset}, {max_offset}]"
+        )
+
+
+class SequenceOutsideWindow(BadRequest):
+    """An idempotent send whose sequence is older than the broker remembers.
+
+    The broker cannot tell whether it was stored already, so it refuses rather than risk storing
+    it twice. Not retriable: the same sequence stays too old.
+    """
+
+    def __init__(self, producer_id: str, sequence: int, highest_sequence: int, window: int) -> None:
+        self.producer_id = producer_id
+        self.sequence = sequence
+        self.highest_sequence = highest_sequence
+        self.window = window
+        super().__init__(
+            f"producer {producer_id!r} sequence {sequence} is older than the last {window} "
+            f"sequences remembered (highest {highest_sequence})"
+        )

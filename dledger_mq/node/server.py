@@ -23,7 +23,8 @@ from dledger_mq.raft.core import Config, RaftCore, Role
 from dledger_mq.raft.disk import OsDisk
 from dledger_mq.raft.log_writer import open_log_writer
 from dledger_mq.raft.replica import Replica
-from dledger_mq.raft.transport import Address, PeerTransport, TransportConfig
+from dledger_mq.raft.transport import PeerTransport, TransportConfig
+from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     FollowerLag,

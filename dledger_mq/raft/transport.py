@@ -32,6 +32,7 @@ from dledger_mq.raft.messages import (
     VoteRequest,
     VoteResponse,
 )
+from dledger_mq.wire.address import Address
 from dledger_mq.wire.codec import Codec
 from dledger_mq.wire.frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frames
 from dledger_mq.wire.handshake import (
@@ -70,22 +71,6 @@ PEER_CODEC = Codec(
 
 HANDSHAKE_TIMEOUT_SECONDS = 5.0
 READ_BYTES = 1 << 16
-
-
-@attrs.frozen
-class Address:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Address:
-        host, separator, port = text.rpartition(":")
-        if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-        return cls(host, int(port))
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 @attrs.frozen

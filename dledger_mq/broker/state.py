@@ -1,0 +1,859 @@
+"""The broker's replicated state: everything derived, deterministically, from committed entries.
+
+``BrokerState.apply(index, data)`` is the whole interface of change. It reads no clock, no
+randomness and no local configuration, so every replica that applies the same entries holds the
+same state; the leader stamps what apply needs (the store timestamp) into the entries, and the
+settings that change what apply does are themselves replicated (``ConfigureBroker``).
+
+On restart the state is rebuilt by applying the log's committed entries again, from the first
+(``BrokerState.replay``); snapshots, so that the log can be trimmed, come later.
+
+Invariants:
+
+- ``applied_index`` only grows; entries are applied once each, in log order.
+- A consume queue's offsets are consecutive from its ``min_offset``, and its positions
+  (``raft_index << SLOT_BITS | slot``) strictly increase, so queue order is log order.
+- A committed group offset moves back only through ``ResetOffsets``.
+- For an idempotent producer, a (producer id, sequence) it remembers names exactly one stored
+  message, and a sequence it may have forgotten is refused, never stored a second time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import attrs
+
+from dledger_mq.broker.message_id import format_message_id
+from dledger_mq.broker.records import (
+    MAX_BATCH_MESSAGES,
+    MAX_RAFT_INDEX,
+    MESSAGE_FIELD_COUNT,
+    SLOT_BITS,
+    BrokerSettings,
+    CommandTag,
+    CommitOffsets,
+    ConfigureBroker,
+    CreateTopic,
+    DeleteTopic,
+    Message,
+    ResetOffsets,
+    UpdateTopic,
+    check_message_fields,
+    command_from_fields,
+    send_batch_fields,
+    unpack_command,
+)
+from dledger_mq.broker.tag_filter import MATCH_ALL, TagFilter, tag_code
+from dledger_mq.errors import (
+    BadRequest,
+    InvalidMessage,
+    InvalidOffset,
+    InvalidTopicConfig,
+    MalformedCommand,
+    MessageTooLarge,
+    QueueNotFound,
+    SequenceOutsideWindow,
+    TopicExists,
+    TopicNotFound,
+)
+
+_SLOT_MASK = (1 << SLOT_BITS) - 1
+#: Sequences a new producer's window holds before it first grows (doubling, up to the window).
+_INITIAL_WINDOW_CAPACITY = 4
+_NO_SEQUENCE = -1
+#: Consume-queue entries ``scan`` looks at, at most, per call: bounds the work of a filtered pull.
+DEFAULT_MAX_SCANNED = 4096
+
+
+# ---------------------------------------------------------------------------------------------
+# Results of apply.
+
+
+@attrs.frozen(eq=False)
+class Refused:
+    """The entry (or one message of it) was refused; the state did not change for it.
+
+    Equal when the errors have the same type and text, so that results compare across replicas.
+    """
+
+    error: BadRequest
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Refused)
+            and type(self.error) is type(other.error)
+            and self.error.args == other.error.args
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self.error), self.error.args))
+
+
+@attrs.frozen
+class SendReceipt:
+    """Where a message is stored. For a ``duplicate``, the original's place."""
+
+    group: str
+    raft_index: int
+    slot: int
+    queue_id: int
+    offset: int
+    duplicate: bool
+
+    @property
+    def msg_id(self) -> str:
+        # Derived on demand: followers apply millions of messages and never read their ids.
+        return format_message_id(self.group, self.raft_index, self.slot)
+
+
+@attrs.frozen
+class SendBatchResult:
+    """One outcome per message of the batch, in slot order."""
+
+    outcomes: tuple[SendReceipt | Refused, ...]
+    #: Topics auto-created by this batch, in order: the handler announces them to naming.
+    created_topics: tuple[str, ...]
+
+
+@attrs.frozen
+class TopicConfig:
+    name: str
+    queue_count: int
+    fifo: bool
+
+
+@attrs.frozen
+class TopicCreated:
+    topic: TopicConfig
+    #: False when the topic already existed with this configuration.
+    created: bool
+
+
+@attrs.frozen
+class TopicUpdated:
+    topic: TopicConfig
+
+
+@attrs.frozen
+class TopicDeleted:
+    name: str
+
+
+class CommitOutcome(enum.IntEnum):
+    ADVANCED = 0
+    #: Not ahead of the committed offset (acknowledgements race; not an error).
+    UNCHANGED = 1
+    #: Carried an older reset generation: a ``ResetOffsets`` came in between.
+    STALE_GENERATION = 2
+    UNKNOWN_QUEUE = 3
+    BEYOND_MAX_OFFSET = 4
+
+
+@attrs.frozen
+class OffsetsCommitted:
+    outcomes: tuple[CommitOutcome, ...]
+
+
+@attrs.frozen
+class OffsetsReset:
+    group: str
+    topic: str
+    reset_generation: int
+
+
+@attrs.frozen
+class SettingsChanged:
+    settings: BrokerSettings
+
+
+ApplyResult = (
+    SendBatchResult
+    | OffsetsCommitted
+    | OffsetsReset
+    | TopicCreated
+    | TopicUpdated
+    | TopicDeleted
+    | SettingsChanged
+    | Refused
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results of queries.
+
+
+class QueuePosition(NamedTuple):
+    """A consume-queue offset and the message's place in the log (entry index and slot)."""
+
+    offset: int
+    raft_index: int
+    slot: int
+
+
+@attrs.frozen
+class ScanResult:
+    positions: list[QueuePosition]
+    #: Where the next scan continues: past every position looked at, matching or not.
+    next_offset: int
+
+
+@attrs.frozen
+class QueueStatus:
+    queue_id: int
+    min_offset: int
+    #: The offset the next message will get; the queue holds ``[min_offset, max_offset)``.
+    max_offset: int
+
+
+@attrs.frozen
+class TopicDescription:
+    name: str
+    queue_count: int
+    fifo: bool
+    queues: tuple[QueueStatus, ...]
+
+
+@attrs.frozen
+class QueueLag:
+    topic: str
+    queue_id: int
+    #: None when the group never committed in this queue.
+    committed_offset: int | None
+    max_offset: int
+    lag: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal state.
+
+
+class _ConsumeQueue:
+    """Offsets ``first_offset, first_offset + 1, ...`` of one queue, 12 bytes a message."""
+
+    __slots__ = ("first_offset", "positions", "tag_codes")
+
+    def __init__(self) -> None:
+        #: Stays 0 until the log can be trimmed; kept so that offset arithmetic is right then.
+        self.first_offset = 0
+        #: ``raft_index << SLOT_BITS | slot``, strictly increasing.
+        self.positions = array("q")
+        self.tag_codes = array("I")
+
+    @property
+    def max_offset(self) -> int:
+        return self.first_offset + len(self.positions)
+
+    def append(self, position: int, code: int) -> int:
+        self.positions.append(position)
+        self.tag_codes.append(code)
+        return self.first_offset + len(self.positions) - 1
+
+    def comparable(self) -> tuple[int, array[int], array[int]]:
+        return (self.first_offset, self.positions, self.tag_codes)
+
+
+class _Topic:
+    __slots__ = ("config", "queues")
+
+    def __init__(self, config: TopicConfig) -> None:
+        self.config = config
+        self.queues = [_ConsumeQueue() for _ in range(config.queue_count)]
+
+
+class _Group:
+    __slots__ = ("offsets", "reset_generation")
+
+    def __init__(self) -> None:
+        self.reset_generation = 0
+        self.offsets: dict[str, dict[int, int]] = {}
+
+
+class _ProducerWindow:
+    """The receipts of one idempotent producer's most recent sequences, in a ring.
+
+    A sequence lives at ``sequence % capacity``. The ring starts small and doubles, up to the
+    window, whenever a new sequence would overwrite one still inside the window; so a producer
+    that sends a few messages costs a few slots, and a busy one at most ``26 * window`` bytes.
+    ``forgotten_up_to`` is the highest sequence ever overwritten or dropped: together with the
+    window it tells which unknown sequences may have been stored already.
+    """
+
+    __slots__ = (
+        "forgotten_up_to",
+        "highest_sequence",
+        "last_active_ms",
+        "offsets",
+        "positions",
+        "queue_ids",
+        "sequences",
+    )
+
+    def __init__(self) -> None:
+        self.highest_sequence = _NO_SEQUENCE
+        self.forgotten_up_to = _NO_SEQUENCE
+        self.last_active_ms = 0
+        self._allocate(_INITIAL_WINDOW_CAPACITY)
+
+    def _allocate(self, capacity: int) -> None:
+        self.sequences = array("q", [_NO_SEQUENCE]) * capacity
+        self.positions = array("q", [0]) * capacity
+        self.offsets = array("q", [0]) * capacity
+        self.queue_ids = array("H", [0]) * capacity
+
+    def find(self, producer_id: str, sequence: int, window: int) -> int | None:
+        """The ring slot holding ``sequence``, or None if it was never stored.
+
+        Raises ``SequenceOutsideWindow`` if it may have been stored and forgotten.
+        """
+        ring_slot = sequence % len(self.sequences)
+        if self.sequences[ring_slot] == sequence:
+            return ring_slot
+        if sequence <= self.forgotten_up_to or sequence <= self.highest_sequence - window:
+            raise SequenceOutsideWindow(producer_id, sequence, self.highest_sequence, window)
+        return None
+
+    def remember(
+        self, sequence: int, position: int, queue_id: int, offset: int, window: int
+    ) -> None:
+        highest = max(self.highest_sequence, sequence)
+        while True:
+            capacity = len(self.sequences)
+            ring_slot = sequence % capacity
+            held = self.sequences[ring_slot]
+            if held == _NO_SEQUENCE or held <= highest - window or capacity >= window:
+                break
+            self._grow(min(capacity * 2, window), highest, window)
+        if held != _NO_SEQUENCE:
+            # Out of the window, or the window shrank below the ring: forgotten either way.
+            self.forgotten_up_to = max(self.forgotten_up_to, held)
+        self.highest_sequence = highest
+        self.sequences[ring_slot] = sequence
+        self.positions[ring_slot] = position
+        self.queue_ids[ring_slot] = queue_id
+        self.offsets[ring_slot] = offset
+
+    def _grow(self, capacity: int, highest: int, window: int) -> None:
+        old = list(zip(self.sequences, self.positions, self.queue_ids, self.offsets, strict=True))
+        while True:
+            self._allocate(capacity)
+            kept = [e for e in old if e[0] != _NO_SEQUENCE and e[0] > highest - window]
+            if self._place(kept):
+                break
+            # Two kept sequences share a slot in this ring: double again. Sequences within one
+            # window of each other never share a slot once the ring holds the whole window.
+            assert capacity < window, "kept sequences collide in a full-window ring"
+            capacity = min(capacity * 2, window)
+        for entry in old:
+            if entry[0] != _NO_SEQUENCE and entry[0] <= highest - window:
+                self.forgotten_up_to = max(self.forgotten_up_to, entry[0])
+
+    def _place(self, entries: list[tuple[int, int, int, int]]) -> bool:
+        capacity = len(self.sequences)
+        for sequence, position, queue_id, offset in entries:
+            ring_slot = sequence % capacity
+            if self.sequences[ring_slot] != _NO_SEQUENCE:
+                return False
+            self.sequences[ring_slot] = sequence
+            self.positions[ring_slot] = position
+            self.queue_ids[ring_slot] = queue_id
+            self.offsets[ring_slot] = offset
+        return True
+
+    def comparable(self) -> tuple[Any, ...]:
+        return (
+            self.highest_sequence,
+            self.forgotten_up_to,
+            self.last_active_ms,
+            self.sequences,
+            self.positions,
+            self.queue_ids,
+            self.offsets,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The state machine.
+
+
+class BrokerState:
+    """Topics, consume queues, group offsets and idempotent producers of one broker group.
+
+    ``group`` is the Raft group's name; it goes into every message id, so it must be the same on
+    every replica and never reused for a new log.
+    """
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self._applied_index = 0
+        self._settings = BrokerSettings()
+        #: The highest store timestamp applied: the producers' expiry clock, which never goes
+        #: back even if a new leader's clock is behind.
+        self._clock_ms = 0
+        self._topics: dict[str, _Topic] = {}
+        self._groups: dict[str, _Group] = {}
+        #: Least recently active first.
+        self._producers: OrderedDict[str, _ProducerWindow] = OrderedDict()
+
+    @classmethod
+    def replay(cls, group: str, entries: Iterable[tuple[int, bytes]]) -> BrokerState:
+        """A state rebuilt by applying (raft index, data) pairs, as on restart."""
+        state = cls(group)
+        for index, data in entries:
+            state.apply(index, data)
+        return state
+
+    # -- change --------------------------------------------------------------------------------
+
+    def apply(self, index: int, data: bytes) -> ApplyResult:
+        """Apply the committed entry at Raft index ``index``; never raises for bad data.
+
+        A command that cannot be applied is refused as a whole (``Refused``) before it changes
+        anything; in a batch, each message is stored or refused on its own. Both are decided by
+        the entry and the state alone, so every replica refuses the same.
+        """
+        if index <= self._applied_index:
+            raise AssertionError(f"entry {index} applied after entry {self._applied_index}")
+        if index > MAX_RAFT_INDEX:
+            raise AssertionError(f"raft index {index} does not fit a consume-queue position")
+        self._applied_index = index
+        try:
+            raw = unpack_command(data)
+            if raw.tag is CommandTag.SEND_BATCH:
+                return self._apply_send_batch(index, raw.fields)
+            command = command_from_fields(raw)
+            if type(command) is CommitOffsets:
+                return self._apply_commit_offsets(command)
+            if type(command) is ResetOffsets:
+                return self._apply_reset_offsets(command)
+            if type(command) is CreateTopic:
+                return self._apply_create_topic(command)
+            if type(command) is UpdateTopic:
+                return self._apply_update_topic(command)
+            if type(command) is DeleteTopic:
+                return self._apply_delete_topic(command)
+            if type(command) is ConfigureBroker:
+                return self._apply_configure(command)
+            raise AssertionError(f"unhandled command {type(command).__name__}")
+        except BadRequest as error:
+            return Refused(error)
+
+    def _apply_send_batch(self, index: int, fields: list[Any]) -> SendBatchResult:
+        store_timestamp_ms, raw_messages = send_batch_fields(fields)
+        if store_timestamp_ms > self._clock_ms:
+            self._clock_ms = store_timestamp_ms
+            self._expire_producers()
+        outcomes: list[SendReceipt | Refused] = []
+        created_topics: list[str] = []
+        position = index << SLOT_BITS
+        for slot, raw in enumerate(raw_messages):
+            try:
+                outcomes.append(self._store(position | slot, raw, created_topics))
+            except BadRequest as error:
+                outcomes.append(Refused(error))
+        return SendBatchResult(tuple(outcomes), tuple(created_topics))
+
+    def _store(self, position: int, raw: object, created_topics: list[str]) -> SendReceipt:
+        """Store one message (or find its original); every check comes before any change."""
+        if type(raw) is not list or len(raw) != MESSAGE_FIELD_COUNT:
+            raise MalformedCommand(f"a message is an array of {MESSAGE_FIELD_COUNT} fields")
+        check_message_fields(*raw)
+        topic_name, queue_id, body, tags, _, _, _, producer_id, sequence, _ = raw
+        settings = self._settings
+        window = None
+        if producer_id is not None:
+            window = self._producers.get(producer_id)
+            if window is not None:
+                original = self._find_original(producer_id, window, sequence)
+                if original is not None:
+                    return original
+        if len(body) > settings.max_body_bytes:
+            raise MessageTooLarge(len(body), settings.max_body_bytes)
+        topic = self._topics.get(topic_name)
+        if topic is None:
+            if not settings.auto_create_topics:
+                raise TopicNotFound(topic_name)
+            if queue_id >= settings.default_queue_count:
+                raise QueueNotFound(topic_name, queue_id, settings.default_queue_count)
+        elif queue_id >= topic.config.queue_count:
+            raise QueueNotFound(topic_name, queue_id, topic.config.queue_count)
+        if topic is None:
+            topic = _Topic(TopicConfig(topic_name, settings.default_queue_count, False))
+            self._topics[topic_name] = topic
+            created_topics.append(topic_name)
+        offset = topic.queues[queue_id].append(position, tag_code(tags))
+        if producer_id is not None:
+            if window is None:
+                window = self._add_producer(producer_id)
+            window.remember(sequence, position, queue_id, offset, settings.idempotence_window)
+            window.last_active_ms = self._clock_ms
+            self._producers.move_to_end(producer_id)
+        return SendReceipt(
+            self.group, position >> SLOT_BITS, position & _SLOT_MASK, queue_id, offset, False
+        )
+
+    def _find_original(
+        self, producer_id: str, window: _ProducerWindow, sequence: int
+    ) -> SendReceipt | None:
+        ring_slot = window.find(producer_id, sequence, self._settings.idempotence_window)
+        if ring_slot is None:
+            return None
+        window.last_active_ms = self._clock_ms
+        self._producers.move_to_end(producer_id)
+        return self._original_receipt(window, ring_slot)
+
+    def _original_receipt(self, window: _ProducerWindow, ring_slot: int) -> SendReceipt:
+        position = window.positions[ring_slot]
+        return SendReceipt(
+            self.group,
+            position >> SLOT_BITS,
+            position & _SLOT_MASK,
+            window.queue_ids[ring_slot],
+            window.offsets[ring_slot],
+            True,
+        )
+
+    def _add_producer(self, producer_id: str) -> _ProducerWindow:
+        while len(self._producers) >= self._settings.max_producers:
+            self._producers.popitem(last=False)
+        window = _ProducerWindow()
+        self._producers[producer_id] = window
+        return window
+
+    def _expire_producers(self) -> None:
+        deadline_ms = self._clock_ms - self._settings.producer_expiry_ms
+        while self._producers:
+            oldest = next(iter(self._producers.values()))
+            if oldest.last_active_ms >= deadline_ms:
+                break
+            self._producers.popitem(last=False)
+
+    def _apply_commit_offsets(self, command: CommitOffsets) -> OffsetsCommitted:
+        group = self._groups.get(command.group)
+        generation = 0 if group is None else group.reset_generation
+        outcomes: list[CommitOutcome] = []
+        for commit in command.offsets:
+            topic = self._topics.get(commit.topic)
+            if command.reset_generation is not None and command.reset_generation != generation:
+                outcomes.append(CommitOutcome.STALE_GENERATION)
+            elif topic is None or commit.queue_id >= topic.config.queue_count:
+                outcomes.append(CommitOutcome.UNKNOWN_QUEUE)
+            elif commit.offset > topic.queues[commit.queue_id].max_offset:
+                outcomes.append(CommitOutcome.BEYOND_MAX_OFFSET)
+            else:
+                if group is None:
+                    group = self._groups[command.group] = _Group()
+                queues = group.offsets.setdefault(commit.topic, {})
+                current = queues.get(commit.queue_id)
+                if current is None or commit.offset > current:
+                    queues[commit.queue_id] = commit.offset
+                    outcomes.append(CommitOutcome.ADVANCED)
+                else:
+                    outcomes.append(CommitOutcome.UNCHANGED)
+        return OffsetsCommitted(tuple(outcomes))
+
+    def _apply_reset_offsets(self, command: ResetOffsets) -> OffsetsReset:
+        topic = self._require_topic(command.topic)
+        for item in command.offsets:
+            queue = self._require_queue(topic, item.queue_id)
+            if not queue.first_offset <= item.offset <= queue.max_offset:
+                raise InvalidOffset(
+                    command.topic, item.queue_id, item.offset, queue.first_offset, queue.max_offset
+                )
+        group = self._groups.get(command.group)
+        if group is None:
+            group = self._groups[command.group] = _Group()
+        queues = group.offsets.setdefault(command.topic, {})
+        for item in command.offsets:
+            queues[item.queue_id] = item.offset
+        group.reset_generation += 1
+        return OffsetsReset(command.group, command.topic, group.reset_generation)
+
+    def _apply_create_topic(self, command: CreateTopic) -> TopicCreated:
+        config = TopicConfig(command.name, command.queue_count, command.fifo)
+        existing = self._topics.get(command.name)
+        if existing is not None:
+            # A retried create (say, across a failover) must not fail because the first landed.
+            if existing.config != config:
+                raise TopicExists(command.name)
+            return TopicCreated(config, created=False)
+        self._topics[command.name] = _Topic(config)
+        return TopicCreated(config, created=True)
+
+    def _apply_update_topic(self, command: UpdateTopic) -> TopicUpdated:
+        topic = self._require_topic(command.name)
+        if command.queue_count < topic.config.queue_count:
+            # Removing queues would strand their messages and offsets; refused, not lost.
+            raise InvalidTopicConfig(
+                command.name,
+                f"cannot shrink from {topic.config.queue_count} to {command.queue_count} queues",
+            )
+        topic.queues.extend(
+            _ConsumeQueue() for _ in range(command.queue_count - topic.config.queue_count)
+        )
+        topic.config = TopicConfig(command.name, command.queue_count, command.fifo)
+        return TopicUpdated(topic.config)
+
+    def _apply_delete_topic(self, command: DeleteTopic) -> TopicDeleted:
+        self._require_topic(command.name)
+        del self._topics[command.name]
+        for group in self._groups.values():
+            group.offsets.pop(command.name, None)
+        return TopicDeleted(command.name)
+
+    def _apply_configure(self, command: ConfigureBroker) -> SettingsChanged:
+        self._settings = command.settings
+        while len(self._producers) > self._settings.max_producers:
+            self._producers.popitem(last=False)
+        self._expire_producers()
+        return SettingsChanged(command.settings)
+
+    # -- checks for the leader, before proposing -----------------------------------------------
+
+    def validate_send(self, messages: Sequence[Message]) -> None:
+        """Raise the typed error apply would refuse the first refusable message with.
+
+        The leader calls it before proposing, so that a bad send is answered at once and never
+        costs a log entry. Apply checks again: state may change before the entry commits.
+        A message this state already holds (an idempotent retry) passes: apply answers it with
+        the original receipt (see also ``find_receipt``).
+        """
+        if not 1 <= len(messages) <= MAX_BATCH_MESSAGES:
+            raise InvalidMessage("batch", f"must hold 1 to {MAX_BATCH_MESSAGES} messages")
+        settings = self._settings
+        for message in messages:
+            if type(message) is not Message:
+                raise InvalidMessage("batch", "every item must be a Message")
+            if (
+                message.producer_id is not None
+                and message.sequence is not None
+                and self.find_receipt(message.producer_id, message.sequence) is not None
+            ):
+                continue
+            if len(message.body) > settings.max_body_bytes:
+                raise MessageTooLarge(len(message.body), settings.max_body_bytes)
+            queue_count = self.queue_count_for_send(message.topic)
+            if message.queue_id >= queue_count:
+                raise QueueNotFound(message.topic, message.queue_id, queue_count)
+
+    def queue_count_for_send(self, topic: str) -> int:
+        """The queues a send to ``topic`` may choose from, counting auto-creation.
+
+        Raises ``TopicNotFound`` if the topic does not exist and auto-creation is off.
+        """
+        existing = self._topics.get(topic)
+        if existing is not None:
+            return existing.config.queue_count
+        if self._settings.auto_create_topics:
+            return self._settings.default_queue_count
+        raise TopicNotFound(topic)
+
+    def find_receipt(self, producer_id: str, sequence: int) -> SendReceipt | None:
+        """The original receipt if this producer's ``sequence`` is stored, else None.
+
+        Raises ``SequenceOutsideWindow`` if it may have been stored and forgotten.
+        """
+        window = self._producers.get(producer_id)
+        if window is None:
+            return None
+        ring_slot = window.find(producer_id, sequence, self._settings.idempotence_window)
+        return None if ring_slot is None else self._original_receipt(window, ring_slot)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    @property
+    def settings(self) -> BrokerSettings:
+        return self._settings
+
+    @property
+    def last_store_timestamp_ms(self) -> int:
+        """The highest store timestamp applied. A leader stamps ``max(now, this)``, so that
+        store timestamps never go back along the log, even across leaders with skewed clocks."""
+        return self._clock_ms
+
+    def topics(self) -> tuple[TopicConfig, ...]:
+        return tuple(self._topics[name].config for name in sorted(self._topics))
+
+    def topic(self, name: str) -> TopicConfig | None:
+        existing = self._topics.get(name)
+        return None if existing is None else existing.config
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        topic = self._require_topic(name)
+        queues = tuple(
+            QueueStatus(queue_id, queue.first_offset, queue.max_offset)
+            for queue_id, queue in enumerate(topic.queues)
+        )
+        config = topic.config
+        return TopicDescription(config.name, config.queue_count, config.fifo, queues)
+
+    def min_offset(self, topic: str, queue_id: int) -> int:
+        return self._require_queue(self._require_topic(topic), queue_id).first_offset
+
+    def max_offset(self, topic: str, queue_id: int) -> int:
+        """The offset the next message of the queue will get (its message count, untrimmed)."""
+        return self._require_queue(self._require_topic(topic), queue_id).max_offset
+
+    def locate(
+        self, topic: str, queue_id: int, from_offset: int, max_count: int
+    ) -> list[QueuePosition]:
+        """Up to ``max_count`` positions from ``from_offset`` on (from ``min_offset`` if lower)."""
+        return self.scan(topic, queue_id, from_offset, max_count, max_scanned=max_count).positions
+
+    def scan(
+        self,
+        topic: str,
+        queue_id: int,
+        from_offset: int,
+        max_count: int,
+        tag_filter: TagFilter = MATCH_ALL,
+        max_scanned: int = DEFAULT_MAX_SCANNED,
+    ) -> ScanResult:
+        """Positions whose tag code may match ``tag_filter``, looking at ``max_scanned`` at most.
+
+        Codes can collide: confirm each message with ``tag_filter.matches`` once it is read.
+        Raises ``TopicNotFound`` or ``QueueNotFound``.
+        """
+        queue = self._require_queue(self._require_topic(topic), queue_id)
+        base = queue.first_offset
+        start = max(from_offset, base) - base
+        if start >= len(queue.positions) or max_count <= 0 or max_scanned <= 0:
+            return ScanResult([], base + start)
+        codes = tag_filter.codes
+        if codes is None:
+            # Every position matches: one slice, no per-message test.
+            stop = min(len(queue.positions), start + min(max_count, max_scanned))
+            every = [
+                QueuePosition(base + start + number, packed >> SLOT_BITS, packed & _SLOT_MASK)
+                for number, packed in enumerate(queue.positions[start:stop])
+            ]
+            return ScanResult(every, base + stop)
+        positions: list[QueuePosition] = []
+        tag_codes = queue.tag_codes
+        stop = min(len(queue.positions), start + max_scanned)
+        for array_index in range(start, stop):
+            if tag_codes[array_index] in codes:
+                packed = queue.positions[array_index]
+                positions.append(
+                    QueuePosition(base + array_index, packed >> SLOT_BITS, packed & _SLOT_MASK)
+                )
+                if len(positions) >= max_count:
+                    return ScanResult(positions, base + array_index + 1)
+        return ScanResult(positions, base + stop)
+
+    def offset_of(self, topic: str, queue_id: int, raft_index: int, slot: int) -> int | None:
+        """The queue offset of the message at (raft index, slot), if it is in that queue."""
+        queue = self._require_queue(self._require_topic(topic), queue_id)
+        packed = raft_index << SLOT_BITS | slot
+        array_index = bisect.bisect_left(queue.positions, packed)
+        if array_index < len(queue.positions) and queue.positions[array_index] == packed:
+            return queue.first_offset + array_index
+        return None
+
+    def offset_for_timestamp(
+        self,
+        topic: str,
+        queue_id: int,
+        timestamp_ms: int,
+        store_timestamp_of: Callable[[int], int],
+    ) -> int:
+        """The first offset stored at or after ``timestamp_ms`` (``max_offset`` if none).
+
+        ``store_timestamp_of(raft_index)`` reads an entry's store timestamp from the log; a
+        binary search calls it about log2(queue length) times. Exact when store timestamps do
+        not go back along the log (see ``last_store_timestamp_ms``).
+        """
+        queue = self._require_queue(self._require_topic(topic), queue_id)
+        low, high = 0, len(queue.positions)
+        while low < high:
+            middle = (low + high) // 2
+            if store_timestamp_of(queue.positions[middle] >> SLOT_BITS) < timestamp_ms:
+                low = middle + 1
+            else:
+                high = middle
+        return queue.first_offset + low
+
+    def groups(self) -> tuple[str, ...]:
+        """Consumer groups that ever committed or reset an offset, sorted."""
+        return tuple(sorted(self._groups))
+
+    def group_topics(self, group: str) -> tuple[str, ...]:
+        existing = self._groups.get(group)
+        return () if existing is None else tuple(sorted(existing.offsets))
+
+    def committed_offset(self, group: str, topic: str, queue_id: int) -> int | None:
+        """The next offset the group will consume in this queue, or None if never committed."""
+        existing = self._groups.get(group)
+        if existing is None:
+            return None
+        return existing.offsets.get(topic, {}).get(queue_id)
+
+    def reset_generation(self, group: str) -> int:
+        """How many resets the group went through; consumers send it with their commits."""
+        existing = self._groups.get(group)
+        return 0 if existing is None else existing.reset_generation
+
+    def lag(self, group: str, topic: str) -> tuple[QueueLag, ...]:
+        """Per queue: messages stored but not yet committed by the group."""
+        existing = self._require_topic(topic)
+        lags = []
+        for queue_id, queue in enumerate(existing.queues):
+            committed = self.committed_offset(group, topic, queue_id)
+            consumed_up_to = queue.first_offset if committed is None else committed
+            lags.append(
+                QueueLag(
+                    topic, queue_id, committed, queue.max_offset, queue.max_offset - consumed_up_to
+                )
+            )
+        return tuple(lags)
+
+    def producer_count(self) -> int:
+        return len(self._producers)
+
+    def _require_topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            raise TopicNotFound(name)
+        return topic
+
+    def _require_queue(self, topic: _Topic, queue_id: int) -> _ConsumeQueue:
+        if not 0 <= queue_id < topic.config.queue_count:
+            raise QueueNotFound(topic.config.name, queue_id, topic.config.queue_count)
+        return topic.queues[queue_id]
+
+    # -- comparison ------------------------------------------------------------------------------
+
+    def _comparable(self) -> tuple[Any, ...]:
+        return (
+            self.group,
+            self._applied_index,
+            self._settings,
+            self._clock_ms,
+            sorted(
+                (name, topic.config, [queue.comparable() for queue in topic.queues])
+                for name, topic in self._topics.items()
+            ),
+            sorted(
+                (name, group.reset_generation, sorted(group.offsets.items()))
+                for name, group in self._groups.items()
+            ),
+            # Order matters here: it decides which producer is forgotten first.
+            [(name, window.comparable()) for name, window in self._producers.items()],
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when every replicated fact is: what a replica rebuilt must equal."""
+        if not isinstance(other, BrokerState):
+            return NotImplemented
+        return self._comparable() == other._comparable()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable

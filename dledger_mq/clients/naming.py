@@ -1,0 +1,39 @@
+"""Asking naming nodes for routes, and registering with them (brokers use the same client)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from dledger_mq.wire.naming import (
+    NAMING_CODEC,
+    BrokerRegistration,
+    GetRoutes,
+    RegisterBroker,
+    RegisterReply,
+    RoutesReply,
+    TopicRoute,
+)
+from dledger_mq.wire.rpc import RpcConnection, connect
+
+
+class NamingConnection:
+    def __init__(self, connection: RpcConnection) -> None:
+        self.connection = connection
+
+    async def routes(self, topic: str = "") -> tuple[TopicRoute, ...]:
+        reply: RoutesReply = await self.connection.request(GetRoutes(topic))
+        return reply.routes
+
+    async def register(self, registration: BrokerRegistration) -> int:
+        """Register (or heartbeat); returns how many ms the registration lives."""
+        reply: RegisterReply = await self.connection.request(RegisterBroker(registration))
+        return reply.expires_in_ms
+
+
+@asynccontextmanager
+async def connect_naming(
+    address: str, cluster_id: str = "local", client_name: str = "client"
+) -> AsyncIterator[NamingConnection]:
+    async with connect(address, NAMING_CODEC, cluster_id, client_name) as connection:
+        yield NamingConnection(connection)

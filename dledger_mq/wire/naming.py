@@ -1,0 +1,69 @@
+"""Messages between brokers, clients and naming nodes (tags 50-55).
+
+A broker replica registers with every naming node and repeats the registration as its
+heartbeat; clients ask any naming node where a topic lives.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dledger_mq.wire.codec import Codec
+from dledger_mq.wire.handshake import HANDSHAKE_TYPES
+
+
+@attrs.frozen
+class BrokerRegistration:
+    """One broker replica as it describes itself: its group, role and term, and its topics."""
+
+    group: str
+    node_id: str
+    role: str
+    term: int
+    address: str
+    topics: tuple[str, ...]
+
+
+@attrs.frozen
+class RegisterBroker:
+    registration: BrokerRegistration
+
+
+@attrs.frozen
+class RegisterReply:
+    #: The registration lapses unless repeated within this many milliseconds.
+    expires_in_ms: int
+
+
+@attrs.frozen
+class GetRoutes:
+    """Routes of ``topic``, or of every topic when it is empty."""
+
+    topic: str
+
+
+@attrs.frozen
+class TopicRoute:
+    topic: str
+    group: str
+    leader_id: str | None
+    leader_address: str | None
+    term: int
+    #: Client addresses of every live replica of the group, the leader included.
+    replicas: tuple[str, ...]
+
+
+@attrs.frozen
+class RoutesReply:
+    routes: tuple[TopicRoute, ...]
+
+
+NAMING_CODEC = Codec(
+    {
+        **HANDSHAKE_TYPES,
+        50: RegisterBroker,
+        51: RegisterReply,
+        52: GetRoutes,
+        53: RoutesReply,
+    }
+)
