@@ -9,6 +9,7 @@ from dledger_mq.wire.naming import (
     NAMING_CODEC,
     BrokerRegistration,
     GetRoutes,
+    GroupRoute,
     RegisterBroker,
     RegisterReply,
     RoutesReply,
@@ -24,6 +25,13 @@ class NamingConnection:
     async def routes(self, topic: str = "") -> tuple[TopicRoute, ...]:
         reply: RoutesReply = await self.connection.request(GetRoutes(topic))
         return reply.routes
+
+    async def routes_and_groups(
+        self, topic: str = ""
+    ) -> tuple[tuple[TopicRoute, ...], tuple[GroupRoute, ...]]:
+        """The topic's routes and every live group (where a new topic can be created)."""
+        reply: RoutesReply = await self.connection.request(GetRoutes(topic))
+        return reply.routes, reply.groups
 
     async def register(self, registration: BrokerRegistration) -> int:
         """Register (or heartbeat); returns how many ms the registration lives."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from dledger_mq.wire.naming import BrokerRegistration, TopicRoute
+from dledger_mq.wire.naming import BrokerRegistration, GroupRoute, TopicRoute
 
 
 @attrs.define
@@ -38,33 +38,51 @@ class RouteTable:
 
     def routes(self, topic: str, now_ms: int) -> list[TopicRoute]:
         """Where ``topic`` lives (every topic when empty), one route per group serving it."""
-        self.expire(now_ms)
-        groups: dict[str, list[BrokerRegistration]] = {}
-        for entry in self._entries.values():
-            groups.setdefault(entry.registration.group, []).append(entry.registration)
         routes = []
-        for group, replicas in sorted(groups.items()):
+        for group, replicas in sorted(self._live_groups(now_ms).items()):
+            route = _group_route(group, replicas)
             leaders = [r for r in replicas if r.role == "leader"]
-            leader = max(leaders, key=lambda r: r.term) if leaders else None
             # The leader's view of the topics is the freshest; followers' may lag behind.
-            source = leader or max(replicas, key=lambda r: r.term)
+            source = max(leaders or replicas, key=lambda r: r.term)
             topics = source.topics if topic == "" else (topic,) if topic in source.topics else ()
             for name in topics:
                 routes.append(
                     TopicRoute(
-                        topic=name,
-                        group=group,
-                        leader_id=leader.node_id if leader else None,
-                        leader_address=leader.address if leader else None,
-                        term=max(r.term for r in replicas),
-                        replicas=tuple(sorted(r.address for r in replicas)),
+                        name,
+                        group,
+                        route.leader_id,
+                        route.leader_address,
+                        route.term,
+                        route.replicas,
                     )
                 )
         return routes
 
-    def groups(self, now_ms: int) -> dict[str, list[BrokerRegistration]]:
+    def groups(self, now_ms: int) -> list[GroupRoute]:
+        """Every live group with its leader and replicas."""
+        return [
+            _group_route(group, replicas)
+            for group, replicas in sorted(self._live_groups(now_ms).items())
+        ]
+
+    def registrations(self, now_ms: int) -> list[BrokerRegistration]:
         self.expire(now_ms)
+        return [entry.registration for entry in self._entries.values()]
+
+    def _live_groups(self, now_ms: int) -> dict[str, list[BrokerRegistration]]:
         groups: dict[str, list[BrokerRegistration]] = {}
-        for entry in self._entries.values():
-            groups.setdefault(entry.registration.group, []).append(entry.registration)
+        for registration in self.registrations(now_ms):
+            groups.setdefault(registration.group, []).append(registration)
         return groups
+
+
+def _group_route(group: str, replicas: list[BrokerRegistration]) -> GroupRoute:
+    leaders = [r for r in replicas if r.role == "leader"]
+    leader = max(leaders, key=lambda r: r.term) if leaders else None
+    return GroupRoute(
+        group=group,
+        leader_id=leader.node_id if leader else None,
+        leader_address=leader.address if leader else None,
+        term=max(r.term for r in replicas),
+        replicas=tuple(sorted(r.address for r in replicas)),
+    )

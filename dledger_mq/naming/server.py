@@ -41,7 +41,7 @@ class NamingService:
         if isinstance(message, RegisterBroker):
             registration = message.registration
             known = (registration.group, registration.node_id) in {
-                (r.group, r.node_id) for rs in self.table.groups(self.now_ms()).values() for r in rs
+                (r.group, r.node_id) for r in self.table.registrations(self.now_ms())
             }
             expires = self.table.register(registration, self.now_ms())
             if not known:
@@ -55,7 +55,9 @@ class NamingService:
                 )
             return RegisterReply(expires)
         if isinstance(message, GetRoutes):
-            return RoutesReply(tuple(self.table.routes(message.topic, self.now_ms())))
+            now = self.now_ms()
+            routes = tuple(self.table.routes(message.topic, now))
+            return RoutesReply(routes, tuple(self.table.groups(now)))
         raise BadRequest(f"{type(message).__name__} is not a naming request")
 
     async def handle_connection(self, request: WebSocketRequest) -> None:

@@ -79,6 +79,11 @@ class NodeConfig:
     max_inflight_appends: int = attrs.field(default=64, validator=_positive)
     max_frame_bytes: int = attrs.field(default=64 << 20, validator=_positive)
     log_level: str = "info"
+    #: Run a naming node inside this node at this address ("" for none).
+    naming_listen: str = ""
+    #: Every naming node this replica registers with (and heartbeats to).
+    naming: list[str] = attrs.field(factory=list)
+    naming_heartbeat_ms: int = attrs.field(default=1000, validator=_positive)
     #: Only the fault harness sets these: model a crash that loses unsynced writes.
     unsafe_ack_before_fsync: bool = False
 
@@ -95,6 +100,13 @@ class NodeConfig:
             )
         if self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("election_ticks: must exceed heartbeat_ticks")
+        if self.naming_listen:
+            _address(self, attrs.fields(NodeConfig).naming_listen, self.naming_listen)
+        for address in self.naming:
+            try:
+                Address.parse(address)
+            except ValueError as error:
+                raise ConfigError(f"naming: {error}") from None
         addresses = [a for member in self.members.values() for a in (member.peer, member.client)]
         if len(set(addresses)) != len(addresses):
             raise ConfigError(f"members: two addresses are the same: {sorted(addresses)}")
@@ -175,7 +187,10 @@ def render_config(config: NodeConfig) -> str:
         value = getattr(config, field.name)
         if field.name == "members":
             continue
-        if value != field.default or field.default is attrs.NOTHING:
+        default: Any = field.default
+        if hasattr(default, "factory"):  # attrs.Factory
+            default = default.factory()
+        if value != default or field.default is attrs.NOTHING:
             lines.append(f"{field.name} = {_toml_value(value)}")
     for node_id, member in config.members.items():
         lines.append("")
@@ -186,6 +201,8 @@ def render_config(config: NodeConfig) -> str:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

@@ -24,6 +24,7 @@ from dledger_mq.node.config import Member, load_config, parse_config, render_con
 from dledger_mq.wire.admin import StatusReply
 
 DEFAULT_ROOT = Path(".dledger-mq")
+NAMING_PORTS = (9876, 9877, 9878)
 CLIENT_PORTS = (9881, 9882, 9883)
 PEER_PORTS = (9891, 9892, 9893)
 STATUS_TIMEOUT_SECONDS = 1.0
@@ -36,8 +37,15 @@ def default_members(host: str = "127.0.0.1") -> dict[str, Member]:
     }
 
 
-def write_configs(root: Path, members: dict[str, Member], flush: str) -> list[Path]:
-    """Write each node's config under ``root`` unless it exists (so data and ports persist)."""
+def write_configs(
+    root: Path, members: dict[str, Member], flush: str, naming: dict[str, str] | None = None
+) -> list[Path]:
+    """Write each node's config under ``root`` unless it exists (so data and ports persist).
+
+    ``naming`` maps a node id to the address of the naming node it runs; every node registers
+    with all of them.
+    """
+    naming = naming or {}
     paths = []
     for node_id in members:
         directory = root / node_id
@@ -50,6 +58,8 @@ def write_configs(root: Path, members: dict[str, Member], flush: str) -> list[Pa
                     "members": {k: attrs.asdict(v) for k, v in members.items()},
                     "data_dir": str(directory / "data"),
                     "flush": flush,
+                    "naming_listen": naming.get(node_id, ""),
+                    "naming": list(naming.values()),
                 }
             )
             path.write_text(render_config(config))
@@ -197,7 +207,10 @@ def summary_line(objects: list[dict[str, object]]) -> str:
 
 async def run_cluster_up(root: Path, flush: str, echo: Callable[[str], None]) -> None:
     members = default_members()
-    paths = write_configs(root, members, flush)
+    naming = {
+        node_id: f"127.0.0.1:{port}" for node_id, port in zip(members, NAMING_PORTS, strict=True)
+    }
+    paths = write_configs(root, members, flush, naming)
     processes = []
     try:
         for path in paths:
@@ -205,7 +218,7 @@ async def run_cluster_up(root: Path, flush: str, echo: Callable[[str], None]) ->
             processes.append(start_node(path, path.parent / "node.log"))
             member = load_config(path, {}).members[node_id]
             echo(
-                f"{node_id}: client {member.client}, peer {member.peer}, "
+                f"{node_id}: naming {naming[node_id]}, client {member.client}, peer {member.peer}, "
                 f"data {path.parent / 'data'}, log {path.parent / 'node.log'}"
             )
         echo("Ctrl-C stops all three nodes.")

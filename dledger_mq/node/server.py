@@ -17,7 +17,9 @@ import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from dledger_mq.errors import BadRequest, DledgerError, NotLeader
+from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
+from dledger_mq.node.registration import register_forever
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.core import Config, RaftCore, Role
 from dledger_mq.raft.disk import OsDisk
@@ -38,6 +40,7 @@ from dledger_mq.wire.admin import (
     TransferLeaderRequest,
 )
 from dledger_mq.wire.handshake import ErrorReply
+from dledger_mq.wire.naming import BrokerRegistration
 from dledger_mq.wire.rpc import error_reply as rpc_error_reply
 from dledger_mq.wire.rpc import serve_requests
 
@@ -88,6 +91,23 @@ class Node:
                 raise NotLeader(leader, f"transfer to {message.target} did not complete")
             return TransferLeaderReply(leader)
         raise BadRequest(f"{type(message).__name__} is not a request")
+
+    def registration(self) -> BrokerRegistration:
+        """How this replica describes itself to naming nodes."""
+        core = self.replica.core
+        role = "candidate" if core.role.value == "pre-candidate" else core.role.value
+        return BrokerRegistration(
+            group=self.config.group,
+            node_id=self.config.node_id,
+            role=role,
+            term=core.term,
+            address=self.config.me.client,
+            topics=self.topics(),
+        )
+
+    def topics(self) -> tuple[str, ...]:
+        # The broker's topics come with the broker state machine; a bare replica has none.
+        return ()
 
     def status(self) -> StatusReply:
         status = self.replica.core.status()
@@ -192,6 +212,26 @@ async def run_node(
                         host=peer_address.host,
                     )
                 )
+                if config.naming_listen:
+                    naming_address = Address.parse(config.naming_listen)
+                    await nursery.start(
+                        serve_naming,
+                        naming_address.host,
+                        naming_address.port,
+                        config.cluster_id,
+                        f"naming@{config.node_id}",
+                        config.naming_heartbeat_ms,
+                    )
+                if config.naming:
+                    nursery.start_soon(
+                        register_forever,
+                        config.naming,
+                        config.cluster_id,
+                        node.registration,
+                        lambda: replica.leader_changed,
+                        config.naming_heartbeat_ms / 1000,
+                        rng,
+                    )
                 async with trio.open_nursery() as clients:
                     await clients.start(
                         serve_websocket,

@@ -54,8 +54,20 @@ class TopicRoute:
 
 
 @attrs.frozen
+class GroupRoute:
+    """A live broker group, whatever its topics: where to send what creates a new topic."""
+
+    group: str
+    leader_id: str | None
+    leader_address: str | None
+    term: int
+    replicas: tuple[str, ...]
+
+
+@attrs.frozen
 class RoutesReply:
     routes: tuple[TopicRoute, ...]
+    groups: tuple[GroupRoute, ...] = ()
 
 
 NAMING_CODEC = Codec(

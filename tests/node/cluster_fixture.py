@@ -66,13 +66,19 @@ class NodeProcess:
 
 
 class ProcessCluster:
-    def __init__(self, root: Path, size: int = 3, **settings: object) -> None:
+    def __init__(
+        self, root: Path, size: int = 3, with_naming: bool = False, **settings: object
+    ) -> None:
         self.root = root
         node_ids = [f"n{number}" for number in range(1, size + 1)]
         members = {
             node_id: {"peer": f"127.0.0.1:{free_port()}", "client": f"127.0.0.1:{free_port()}"}
             for node_id in node_ids
         }
+        #: node id -> the naming node it runs, when ``with_naming``.
+        self.naming = (
+            {node_id: f"127.0.0.1:{free_port()}" for node_id in node_ids} if with_naming else {}
+        )
         self.nodes: dict[str, NodeProcess] = {}
         for node_id in node_ids:
             directory = root / node_id
@@ -86,6 +92,8 @@ class ProcessCluster:
                     "tick_ms": TICK_MS,
                     "heartbeat_ticks": HEARTBEAT_TICKS,
                     "election_ticks": ELECTION_TICKS,
+                    "naming_listen": self.naming.get(node_id, ""),
+                    "naming": list(self.naming.values()),
                     **settings,
                 }
             )

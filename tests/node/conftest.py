@@ -28,7 +28,8 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ProcessC
     A plain (not async) fixture, so that its teardown runs after the test's report exists and
     can print each node's log tail when the test failed.
     """
-    cluster = ProcessCluster(tmp_path)
+    marker = request.node.get_closest_marker("cluster_options")
+    cluster = ProcessCluster(tmp_path, **(marker.kwargs if marker else {}))
     atexit.register(cluster.kill_all)  # should pytest itself be interrupted
     try:
         cluster.start_all()
