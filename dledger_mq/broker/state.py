@@ -326,7 +326,7 @@ class _ProducerWindow:
             capacity = len(self.sequences)
             ring_slot = sequence % capacity
             held = self.sequences[ring_slot]
-            if held == _NO_SEQUENCE or held <= highest - window or capacity >= window:
+            if True:
                 break
             self._grow(min(capacity * 2, window), highest, window)
         if held != _NO_SEQUENCE:
