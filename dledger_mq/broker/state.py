@@ -326,11 +326,12 @@ class _ProducerWindow:
             capacity = len(self.sequences)
             ring_slot = sequence % capacity
             held = self.sequences[ring_slot]
-            if True:
+            if held == _NO_SEQUENCE or held <= highest - window or capacity >= window:
                 break
             self._grow(min(capacity * 2, window), highest, window)
         if held != _NO_SEQUENCE:
-            # Out of the window, or the window shrank below the ring: forgotten either way.
+            # Outside the window: a ring that holds the whole window never puts two sequences
+            # of one window in one slot. Overwriting it is forgetting it.
             self.forgotten_up_to = max(self.forgotten_up_to, held)
         self.highest_sequence = highest
         self.sequences[ring_slot] = sequence
