@@ -238,17 +238,101 @@ def cluster_transfer_leader(
 ) -> None:
     """Hand leadership to TARGET (it must be an up-to-date member)."""
     from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import fetch_all
+    from dledger_mq.node.local_cluster import find_leader_address
 
     async def transfer() -> str:
-        rows = await fetch_all(_endpoints(endpoints, root), cluster_id)
-        leaders = [status for _, _, status in rows if status and status.role == "leader"]
-        if not leaders:
-            raise DledgerError("no leader reachable")
-        async with connect_admin(leaders[0].address, cluster_id) as connection:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
             return await connection.transfer_leader(target)
 
     click.echo(f"leader is now {trio.run(transfer)}")
+
+
+@main.group()
+def topic() -> None:
+    """Create, list and describe topics."""
+
+
+@topic.command("create")
+@click.argument("name")
+@click.option("--queues", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--fifo", is_flag=True, help="Deliver each queue one message at a time, in order.")
+@cluster_options
+@one_line_errors
+def topic_create(
+    name: str, queues: int, fifo: bool, endpoints: str | None, root: Path, cluster_id: str
+) -> None:
+    """Create topic NAME (through the leader); creating it again alike is not an error."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    async def create() -> str:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            reply = await connection.create_topic(name, queues, fifo)
+        verb = "created" if reply.created else "already exists:"
+        return f"topic {verb} {reply.topic.name} ({reply.topic.queue_count} queues)"
+
+    click.echo(trio.run(create))
+
+
+@topic.command("list")
+@cluster_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of topic objects.")
+@one_line_errors
+def topic_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool) -> None:
+    """Every topic with its queue count and messages per queue (as the leader knows them)."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    async def list_topics() -> list[dict[str, object]]:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            topics = await connection.list_topics()
+        return [
+            {
+                "name": t.name,
+                "queues": t.queue_count,
+                "fifo": t.fifo,
+                "messages": sum(t.max_offsets),
+            }
+            for t in topics
+        ]
+
+    topics = trio.run(list_topics)
+    if as_json:
+        click.echo(json.dumps(topics, indent=2))
+        return
+    for item in topics:
+        fifo = " fifo" if item["fifo"] else ""
+        click.echo(f"{item['name']}  queues={item['queues']}  messages={item['messages']}{fifo}")
+
+
+@topic.command("describe")
+@click.argument("name")
+@cluster_options
+@one_line_errors
+def topic_describe(name: str, endpoints: str | None, root: Path, cluster_id: str) -> None:
+    """Topic NAME: its queues and the offset the next message in each will get."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.errors import BadRequest
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    async def describe() -> str:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            topics = {t.name: t for t in await connection.list_topics()}
+        if name not in topics:
+            raise BadRequest(f"no topic {name!r}")
+        info = topics[name]
+        lines = [f"topic {info.name}: {info.queue_count} queues{' (fifo)' if info.fifo else ''}"]
+        lines += [
+            f"  queue {queue_id}: next offset {offset}"
+            for queue_id, offset in enumerate(info.max_offsets)
+        ]
+        return "\n".join(lines)
+
+    click.echo(trio.run(describe))
 
 
 @main.group()

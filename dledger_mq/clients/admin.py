@@ -10,12 +10,17 @@ from contextlib import asynccontextmanager
 
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
+    CreateTopicReply,
+    CreateTopicRequest,
+    ListTopicsReply,
+    ListTopicsRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
     StatusReply,
     StatusRequest,
+    TopicInfo,
     TransferLeaderReply,
     TransferLeaderRequest,
 )
@@ -41,6 +46,19 @@ class AdminConnection:
             ProposeBatchRequest(tuple(entries))
         )
         return reply.first_index
+
+    async def create_topic(
+        self, name: str, queue_count: int, fifo: bool = False
+    ) -> CreateTopicReply:
+        """Create ``name`` (on the leader); creating it again alike is not an error."""
+        reply: CreateTopicReply = await self.connection.request(
+            CreateTopicRequest(name, queue_count, fifo)
+        )
+        return reply
+
+    async def list_topics(self) -> tuple[TopicInfo, ...]:
+        reply: ListTopicsReply = await self.connection.request(ListTopicsRequest())
+        return reply.topics
 
     async def transfer_leader(self, target: str) -> str:
         reply: TransferLeaderReply = await self.connection.request(TransferLeaderRequest(target))

@@ -19,7 +19,7 @@ import attrs
 import trio
 
 from dledger_mq.clients.admin import connect_admin
-from dledger_mq.errors import DledgerError
+from dledger_mq.errors import DledgerError, Unavailable
 from dledger_mq.node.config import Member, load_config, parse_config, render_config
 from dledger_mq.wire.admin import StatusReply
 
@@ -123,6 +123,19 @@ async def fetch_all(
         for node_id, address in endpoints:
             nursery.start_soon(one, node_id, address)
     return [(node_id, address, results[node_id]) for node_id, address in endpoints]
+
+
+async def find_leader_address(
+    endpoints: list[tuple[str, str]], cluster_id: str = "local", patience_seconds: float = 5.0
+) -> str:
+    """The client address of the leader, waiting a little while an election runs."""
+    with trio.move_on_after(patience_seconds):
+        while True:
+            for _, _, status in await fetch_all(endpoints, cluster_id):
+                if status is not None and status.role == "leader":
+                    return status.address
+            await trio.sleep(0.05)
+    raise Unavailable("no leader reachable")
 
 
 def status_objects(rows: list[tuple[str, str, StatusReply | None]]) -> list[dict[str, object]]:

@@ -16,6 +16,8 @@ import structlog
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
+from dledger_mq.broker.records import CreateTopic, encode_command
+from dledger_mq.broker.state import BrokerState, Refused, TopicCreated
 from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
@@ -29,13 +31,18 @@ from dledger_mq.raft.transport import PeerTransport, TransportConfig
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
+    CreateTopicReply,
+    CreateTopicRequest,
     FollowerLag,
+    ListTopicsReply,
+    ListTopicsRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
     StatusReply,
     StatusRequest,
+    TopicInfo,
     TransferLeaderReply,
     TransferLeaderRequest,
 )
@@ -51,9 +58,10 @@ STOP_TIMEOUT_SECONDS = 3.0
 
 
 class Node:
-    def __init__(self, config: NodeConfig, replica: Replica) -> None:
+    def __init__(self, config: NodeConfig, replica: Replica, state: BrokerState) -> None:
         self.config = config
         self.replica = replica
+        self.state = state
         self.log = logger.bind(node=config.node_id, group=config.group)
 
     # -- the client API ------------------------------------------------------------------------
@@ -77,6 +85,10 @@ class Node:
         if isinstance(message, ProposeBatchRequest):
             first = await self.replica.propose_batch(list(message.entries))
             return ProposeBatchReply(first, len(message.entries))
+        if isinstance(message, CreateTopicRequest):
+            return await self.create_topic(message)
+        if isinstance(message, ListTopicsRequest):
+            return ListTopicsReply(tuple(self.topic_info(t.name) for t in self.state.topics()))
         if isinstance(message, TransferLeaderRequest):
             if message.target == self.config.node_id and self.replica.core.role is Role.LEADER:
                 return TransferLeaderReply(self.config.node_id)
@@ -106,8 +118,24 @@ class Node:
         )
 
     def topics(self) -> tuple[str, ...]:
-        # The broker's topics come with the broker state machine; a bare replica has none.
-        return ()
+        return tuple(topic.name for topic in self.state.topics())
+
+    async def create_topic(self, request: CreateTopicRequest) -> CreateTopicReply:
+        command = CreateTopic(request.name, request.queue_count, request.fifo)
+        result = await self.replica.propose_and_apply(encode_command(command))
+        if isinstance(result, Refused):
+            raise result.error
+        assert isinstance(result, TopicCreated), result
+        return CreateTopicReply(self.topic_info(result.topic.name), result.created)
+
+    def topic_info(self, name: str) -> TopicInfo:
+        description = self.state.describe_topic(name)
+        return TopicInfo(
+            name=description.name,
+            queue_count=description.queue_count,
+            fifo=description.fifo,
+            max_offsets=tuple(queue.max_offset for queue in description.queues),
+        )
 
     def status(self) -> StatusReply:
         status = self.replica.core.status()
@@ -193,11 +221,19 @@ async def run_node(
     )
     try:
         async with open_log_writer(commit_log) as writer:
+            # The broker state is derived from the log: rebuilt by re-applying it after a restart.
+            state = BrokerState(config.group)
             replica = Replica(
-                core, commit_log, writer, transport, config.group, config.tick_ms / 1000
+                core,
+                commit_log,
+                writer,
+                transport,
+                config.group,
+                config.tick_ms / 1000,
+                apply=lambda entry: state.apply(entry.index, entry.data),
             )
             transport.deliver = replica.deliver
-            node = Node(config, replica)
+            node = Node(config, replica, state)
             async with trio.open_nursery() as nursery:
                 await nursery.start(replica.run)
                 peer_address = Address.parse(config.me.peer)

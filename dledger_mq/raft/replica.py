@@ -33,6 +33,8 @@ class _Waiter:
     term: int
     done: trio.Event = attrs.field(factory=trio.Event)
     error: Exception | None = None
+    #: What the state machine's ``apply`` returned for the entry.
+    result: object = None
 
 
 class Replica:
@@ -44,7 +46,7 @@ class Replica:
         transport: PeerTransport,
         group: str,
         tick_seconds: float,
-        apply: Callable[[Entry], None] | None = None,
+        apply: Callable[[Entry], object] | None = None,
     ) -> None:
         self.core = core
         self.log = log
@@ -83,6 +85,15 @@ class Replica:
 
         The entries commit together: a log commits a prefix, so waiting for the last suffices.
         """
+        first, _ = await self._propose(batch)
+        return first
+
+    async def propose_and_apply(self, data: bytes) -> object:
+        """Replicate ``data`` and return what the state machine's ``apply`` made of it."""
+        _, result = await self._propose([data])
+        return result
+
+    async def _propose(self, batch: list[bytes]) -> tuple[int, object]:
         if not batch:
             raise BadRequest("an empty batch")
         first = self.core.propose(batch[0])
@@ -95,7 +106,7 @@ class Replica:
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
-        return first
+        return first, waiter.result
 
     def transfer_leadership(self, target: str) -> None:
         self.core.transfer_leadership(target)
@@ -142,12 +153,14 @@ class Replica:
             await self.writer.append(list(ready.entries), hard_state)
         self.transport.send(ready.messages)
         for entry in ready.committed_entries:
+            result = None
             if self.apply is not None and entry.kind is EntryKind.NORMAL:
-                self.apply(entry)
+                result = self.apply(entry)
             waiter = self._waiters.pop(entry.index, None)
             if waiter is not None:
                 if entry.term != waiter.term:
                     waiter.error = NotLeader(self.core.leader, "entry overwritten by a new leader")
+                waiter.result = result
                 waiter.done.set()
 
     def _hard_state_to_save(self, ready: Ready) -> HardState | None:

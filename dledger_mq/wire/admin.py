@@ -72,6 +72,40 @@ class TransferLeaderReply:
     leader: str
 
 
+@attrs.frozen
+class TopicInfo:
+    name: str
+    queue_count: int
+    fifo: bool
+    #: Per queue, the offset the next message will get.
+    max_offsets: tuple[int, ...]
+
+
+@attrs.frozen
+class CreateTopicRequest:
+    name: str
+    queue_count: int
+    fifo: bool = False
+
+
+@attrs.frozen
+class CreateTopicReply:
+    topic: TopicInfo
+    #: False when the topic already existed with this configuration.
+    created: bool
+
+
+@attrs.frozen
+class ListTopicsRequest:
+    pass
+
+
+@attrs.frozen
+class ListTopicsReply:
+    #: As this replica has applied them (a follower may lag a little behind the leader).
+    topics: tuple[TopicInfo, ...]
+
+
 ADMIN_CODEC = Codec(
     {
         **HANDSHAKE_TYPES,
@@ -83,5 +117,9 @@ ADMIN_CODEC = Codec(
         35: TransferLeaderReply,
         36: ProposeBatchRequest,
         37: ProposeBatchReply,
+        38: CreateTopicRequest,
+        39: CreateTopicReply,
+        40: ListTopicsRequest,
+        41: ListTopicsReply,
     }
 )

@@ -25,8 +25,8 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from dledger_mq import errors
 from dledger_mq.errors import (
-    BadRequest,
     DledgerError,
     HandshakeRefused,
     LeadershipTransferInProgress,
@@ -38,13 +38,6 @@ from dledger_mq.wire.codec import Codec, Decoded
 from dledger_mq.wire.handshake import PROTOCOL_VERSION, ErrorReply, Hello, Welcome, check_peer
 
 logger = structlog.get_logger()
-
-_ERRORS: dict[str, type[DledgerError]] = {
-    "BadRequest": BadRequest,
-    "Unavailable": Unavailable,
-    "ProtocolError": ProtocolError,
-    "HandshakeRefused": HandshakeRefused,
-}
 
 
 def error_reply(error: DledgerError, leader_address: str | None = None) -> ErrorReply:
@@ -65,8 +58,15 @@ def raise_error_reply(reply: ErrorReply) -> None:
             not_leader = LeadershipTransferInProgress(reply.leader_id)
         not_leader.leader_address = reply.leader_address  # type: ignore[attr-defined]
         raise not_leader
-    kind = _ERRORS.get(reply.code, DledgerError)
-    error = kind(f"{reply.code}: {reply.message}")
+    kind = getattr(errors, reply.code, None)
+    if not (isinstance(kind, type) and issubclass(kind, DledgerError)):
+        unknown = DledgerError(f"{reply.code}: {reply.message}")
+        unknown.retriable = reply.retriable
+        raise unknown
+    # The same class as on the server, so that callers catch what the server raised; built
+    # around its message alone, since some classes take other arguments than a message.
+    error = kind.__new__(kind)
+    Exception.__init__(error, reply.message)
     error.retriable = reply.retriable
     raise error
 

@@ -1,0 +1,62 @@
+"""Topics live in the replicated log: every replica applies them, and a restart rebuilds them."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from dledger_mq.clients.admin import connect_admin
+from dledger_mq.errors import BadRequest, NotLeader
+from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
+
+
+async def topics_on(cluster: ProcessCluster, node_id: str) -> dict[str, int]:
+    async with connect_admin(cluster.client_address(node_id)) as admin:
+        return {topic.name: topic.queue_count for topic in await admin.list_topics()}
+
+
+async def wait_for_topics(cluster: ProcessCluster, node_id: str, expected: dict[str, int]) -> None:
+    with trio.fail_after(DEADLINE_SECONDS):
+        while await topics_on(cluster, node_id) != expected:
+            await trio.sleep(0.05)
+
+
+async def test_a_topic_created_on_the_leader_reaches_every_replica_and_survives_a_restart(
+    cluster: ProcessCluster,
+) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        first = await admin.create_topic("orders", 4)
+        again = await admin.create_topic("orders", 4)
+        await admin.create_topic("refunds", 2)
+    assert (first.created, again.created) == (True, False)
+    assert first.topic.max_offsets == (0, 0, 0, 0)
+    for node_id in cluster.nodes:
+        await wait_for_topics(cluster, node_id, {"orders": 4, "refunds": 2})
+
+    for node_id in cluster.nodes:
+        assert await cluster.stop(node_id) == 0
+    cluster.start_all()
+    await cluster.wait_for_leader()
+    for node_id in cluster.nodes:
+        await wait_for_topics(cluster, node_id, {"orders": 4, "refunds": 2})
+
+
+async def test_creating_a_topic_on_a_follower_names_the_leader(cluster: ProcessCluster) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    follower = next(node for node in cluster.nodes if node != leader)
+    async with connect_admin(cluster.client_address(follower)) as admin:
+        with pytest.raises(NotLeader) as raised:
+            await admin.create_topic("orders", 4)
+    assert raised.value.leader_hint == leader
+    assert raised.value.leader_address == cluster.client_address(leader)  # type: ignore[attr-defined]
+
+
+async def test_a_bad_topic_is_refused_with_the_reason(cluster: ProcessCluster) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        with pytest.raises(BadRequest, match="invalid topic name 'bad name!'"):
+            await admin.create_topic("bad name!", 4)
+        with pytest.raises(BadRequest):
+            await admin.create_topic("orders", 0)
+        assert await admin.list_topics() == ()
