@@ -17,6 +17,7 @@ import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from dledger_mq.broker.records import CreateTopic, encode_command
+from dledger_mq.broker.service import BrokerService
 from dledger_mq.broker.state import BrokerState, Refused, TopicCreated
 from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
@@ -26,6 +27,7 @@ from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.core import Config, RaftCore, Role
 from dledger_mq.raft.disk import OsDisk
 from dledger_mq.raft.log_writer import open_log_writer
+from dledger_mq.raft.messages import Entry
 from dledger_mq.raft.replica import Replica
 from dledger_mq.raft.transport import PeerTransport, TransportConfig
 from dledger_mq.wire.address import Address
@@ -58,10 +60,13 @@ STOP_TIMEOUT_SECONDS = 3.0
 
 
 class Node:
-    def __init__(self, config: NodeConfig, replica: Replica, state: BrokerState) -> None:
+    def __init__(
+        self, config: NodeConfig, replica: Replica, state: BrokerState, broker: BrokerService
+    ) -> None:
         self.config = config
         self.replica = replica
         self.state = state
+        self.broker = broker
         self.log = logger.bind(node=config.node_id, group=config.group)
 
     # -- the client API ------------------------------------------------------------------------
@@ -78,6 +83,9 @@ class Node:
         )
 
     async def serve(self, message: object) -> object:
+        reply = await self.broker.handle(message)
+        if reply is not None:
+            return reply
         if isinstance(message, StatusRequest):
             return self.status()
         if isinstance(message, ProposeRequest):
@@ -223,17 +231,18 @@ async def run_node(
         async with open_log_writer(commit_log) as writer:
             # The broker state is derived from the log: rebuilt by re-applying it after a restart.
             state = BrokerState(config.group)
+
+            def apply(entry: Entry) -> object:
+                result = state.apply(entry.index, entry.data)
+                broker.entry_applied()
+                return result
+
             replica = Replica(
-                core,
-                commit_log,
-                writer,
-                transport,
-                config.group,
-                config.tick_ms / 1000,
-                apply=lambda entry: state.apply(entry.index, entry.data),
+                core, commit_log, writer, transport, config.group, config.tick_ms / 1000, apply
             )
+            broker = BrokerService(state, replica, commit_log)
             transport.deliver = replica.deliver
-            node = Node(config, replica, state)
+            node = Node(config, replica, state, broker)
             async with trio.open_nursery() as nursery:
                 await nursery.start(replica.run)
                 peer_address = Address.parse(config.me.peer)

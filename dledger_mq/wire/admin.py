@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from dledger_mq.wire.broker import BROKER_TYPES
 from dledger_mq.wire.codec import Codec
 from dledger_mq.wire.handshake import HANDSHAKE_TYPES
 
@@ -106,20 +107,22 @@ class ListTopicsReply:
     topics: tuple[TopicInfo, ...]
 
 
-ADMIN_CODEC = Codec(
-    {
-        **HANDSHAKE_TYPES,
-        30: StatusRequest,
-        31: StatusReply,
-        32: ProposeRequest,
-        33: ProposeReply,
-        34: TransferLeaderRequest,
-        35: TransferLeaderReply,
-        36: ProposeBatchRequest,
-        37: ProposeBatchReply,
-        38: CreateTopicRequest,
-        39: CreateTopicReply,
-        40: ListTopicsRequest,
-        41: ListTopicsReply,
-    }
-)
+ADMIN_TYPES: dict[int, type] = {
+    30: StatusRequest,
+    31: StatusReply,
+    32: ProposeRequest,
+    33: ProposeReply,
+    34: TransferLeaderRequest,
+    35: TransferLeaderReply,
+    36: ProposeBatchRequest,
+    37: ProposeBatchReply,
+    38: CreateTopicRequest,
+    39: CreateTopicReply,
+    40: ListTopicsRequest,
+    41: ListTopicsReply,
+}
+
+#: Everything a node's client port speaks: the handshake, admin and broker requests.
+NODE_CODEC = Codec({**HANDSHAKE_TYPES, **ADMIN_TYPES, **BROKER_TYPES})
+#: The name the admin client knows it by.
+ADMIN_CODEC = NODE_CODEC

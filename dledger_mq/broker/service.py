@@ -1,0 +1,215 @@
+"""The broker's request handlers on one replica: send (leader only), pull, offsets.
+
+A send becomes one SEND_BATCH entry: the leader picks queues, validates, stamps the store time
+and proposes; the reply is what ``BrokerState.apply`` made of it (receipts, or the original's
+receipt for a retried idempotent send). A pull reads the consume queue of this replica's state,
+which holds only committed entries, and the messages from the CommitLog; with nothing new it
+waits (long polling) until something is applied or ``wait_ms`` passes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+
+from dledger_mq.broker.assignment import RoundRobinQueues, select_queue
+from dledger_mq.broker.message_id import format_message_id
+from dledger_mq.broker.records import (
+    CommitOffsets,
+    Message,
+    OffsetCommit,
+    SendBatch,
+    encode_command,
+    read_messages,
+)
+from dledger_mq.broker.state import (
+    BrokerState,
+    OffsetsCommitted,
+    Refused,
+    SendBatchResult,
+    SendReceipt,
+)
+from dledger_mq.broker.tag_filter import parse_tag_expression
+from dledger_mq.errors import BadRequest
+from dledger_mq.raft.log_store import LogStore
+from dledger_mq.raft.replica import Replica
+from dledger_mq.wire.broker import (
+    CommitOffsetsReply,
+    CommitOffsetsRequest,
+    OutgoingMessage,
+    PullReply,
+    PullRequest,
+    QueryOffsetsReply,
+    QueryOffsetsRequest,
+    QueueOffset,
+    Receipt,
+    SendReply,
+    SendRequest,
+    StoredMessage,
+)
+
+#: Upper bounds a client cannot raise.
+MAX_PULL_COUNT = 1024
+MAX_PULL_WAIT_MS = 30_000
+MAX_PULL_BYTES = 4 << 20
+
+
+class BrokerService:
+    def __init__(
+        self,
+        state: BrokerState,
+        replica: Replica,
+        log: LogStore,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.state = state
+        self.replica = replica
+        self.log = log
+        self.clock_ms = clock_ms
+        self.round_robin = RoundRobinQueues()
+        #: Set (and replaced) whenever an entry is applied: long polls wait on it.
+        self.applied = trio.Event()
+
+    def entry_applied(self) -> None:
+        self.applied.set()
+        self.applied = trio.Event()
+
+    async def handle(self, message: object) -> object | None:
+        """The reply to a broker request, or None if ``message`` is not one."""
+        if isinstance(message, SendRequest):
+            return await self.send(message)
+        if isinstance(message, PullRequest):
+            return await self.pull(message)
+        if isinstance(message, CommitOffsetsRequest):
+            return await self.commit_offsets(message)
+        if isinstance(message, QueryOffsetsRequest):
+            return self.query_offsets(message)
+        return None
+
+    # -- send ----------------------------------------------------------------------------------
+
+    async def send(self, request: SendRequest) -> SendReply:
+        if not request.messages:
+            raise BadRequest("a send needs at least one message")
+        messages = tuple(self._to_record(message) for message in request.messages)
+        self.state.validate_send(messages)
+        stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
+        data = encode_command(SendBatch(stamp, messages))
+        result = await self.replica.propose_and_apply(data)
+        if isinstance(result, Refused):
+            raise result.error
+        assert isinstance(result, SendBatchResult), result
+        return SendReply(
+            tuple(
+                _receipt(message.topic, outcome)
+                for message, outcome in zip(messages, result.outcomes, strict=True)
+            )
+        )
+
+    def _to_record(self, message: OutgoingMessage) -> Message:
+        queue_id = message.queue_id
+        if queue_id < 0:
+            queue_count = self.state.queue_count_for_send(message.topic)
+            queue_id = select_queue(
+                message.topic, queue_count, message.sharding_key, self.round_robin
+            )
+        return Message(
+            topic=message.topic,
+            queue_id=queue_id,
+            body=message.body,
+            tags=message.tags,
+            keys=message.keys,
+            properties=message.properties,
+            born_timestamp_ms=message.born_timestamp_ms,
+            producer_id=message.producer_id,
+            sequence=message.sequence,
+            sharding_key=message.sharding_key,
+        )
+
+    # -- pull ----------------------------------------------------------------------------------
+
+    async def pull(self, request: PullRequest) -> PullReply:
+        tag_filter = parse_tag_expression(request.tag_expression)
+        max_count = max(1, min(request.max_count, MAX_PULL_COUNT))
+        wait_seconds = max(0, min(request.wait_ms, MAX_PULL_WAIT_MS)) / 1000
+        offset = request.offset
+        with trio.move_on_after(wait_seconds):
+            while True:
+                scan = self.state.scan(
+                    request.topic, request.queue_id, offset, max_count, tag_filter
+                )
+                messages = self._read(request.topic, request.queue_id, scan.positions)
+                found = [m for m in messages if tag_filter.matches(m.tags)]
+                if found or wait_seconds == 0:
+                    return self._pull_reply(request, found, scan.next_offset)
+                # Nothing matching yet: skip what the filter refused, wait for the next apply.
+                offset = scan.next_offset
+                await self.applied.wait()
+        return self._pull_reply(request, [], offset)
+
+    def _pull_reply(
+        self, request: PullRequest, found: list[StoredMessage], next_offset: int
+    ) -> PullReply:
+        max_offset = self.state.max_offset(request.topic, request.queue_id)
+        return PullReply(tuple(found), next_offset, max_offset)
+
+    def _read(
+        self, topic: str, queue_id: int, positions: Sequence[tuple[int, int, int]]
+    ) -> list[StoredMessage]:
+        by_entry: dict[int, list[tuple[int, int]]] = {}
+        for offset, raft_index, slot in positions:
+            by_entry.setdefault(raft_index, []).append((offset, slot))
+        result: list[StoredMessage] = []
+        for raft_index, wanted in by_entry.items():
+            [entry] = self.log.entries(raft_index, raft_index + 1, MAX_PULL_BYTES)
+            stored = read_messages(entry.data, [slot for _, slot in wanted])
+            for (offset, slot), message in zip(wanted, stored.messages, strict=True):
+                result.append(
+                    StoredMessage(
+                        msg_id=format_message_id(self.state.group, raft_index, slot),
+                        topic=topic,
+                        queue_id=queue_id,
+                        offset=offset,
+                        body=message.body,
+                        tags=message.tags,
+                        keys=message.keys,
+                        properties=dict(message.properties),
+                        born_timestamp_ms=message.born_timestamp_ms,
+                        store_timestamp_ms=stored.store_timestamp_ms,
+                    )
+                )
+        result.sort(key=lambda message: message.offset)
+        return result
+
+    # -- offsets -------------------------------------------------------------------------------
+
+    async def commit_offsets(self, request: CommitOffsetsRequest) -> CommitOffsetsReply:
+        command = CommitOffsets(
+            request.group,
+            tuple(
+                OffsetCommit(request.topic, item.queue_id, item.offset) for item in request.offsets
+            ),
+        )
+        result = await self.replica.propose_and_apply(encode_command(command))
+        if isinstance(result, Refused):
+            raise result.error
+        assert isinstance(result, OffsetsCommitted), result
+        return CommitOffsetsReply()
+
+    def query_offsets(self, request: QueryOffsetsRequest) -> QueryOffsetsReply:
+        topic = self.state.topic(request.topic)
+        if topic is None:
+            raise BadRequest(f"no topic {request.topic!r}")
+        offsets = []
+        for queue_id in range(topic.queue_count):
+            committed = self.state.committed_offset(request.group, request.topic, queue_id)
+            offsets.append(QueueOffset(queue_id, -1 if committed is None else committed))
+        return QueryOffsetsReply(tuple(offsets))
+
+
+def _receipt(topic: str, outcome: SendReceipt | Refused) -> Receipt:
+    if isinstance(outcome, Refused):
+        return Receipt("", topic, -1, -1, False, type(outcome.error).__name__, str(outcome.error))
+    return Receipt(outcome.msg_id, topic, outcome.queue_id, outcome.offset, outcome.duplicate)

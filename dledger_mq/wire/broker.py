@@ -1,0 +1,130 @@
+"""Producer and consumer requests to a broker group (tags 60-69).
+
+Sends go to the group's leader (otherwise ``NotLeader`` with the leader's address); pulls may be
+served by any replica, up to what it has applied.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from dledger_mq.wire.codec import Codec
+from dledger_mq.wire.handshake import HANDSHAKE_TYPES
+
+
+@attrs.frozen
+class OutgoingMessage:
+    """A message as a producer sends it; the broker picks the queue unless ``queue_id`` >= 0."""
+
+    topic: str
+    body: bytes
+    tags: str | None = None
+    keys: tuple[str, ...] = ()
+    properties: dict[str, str] = attrs.field(factory=dict)
+    sharding_key: str | None = None
+    #: With ``sequence``: the idempotence key; a retried send is stored once.
+    producer_id: str | None = None
+    sequence: int | None = None
+    born_timestamp_ms: int = 0
+    queue_id: int = -1
+
+
+@attrs.frozen
+class SendRequest:
+    messages: tuple[OutgoingMessage, ...]
+
+
+@attrs.frozen
+class Receipt:
+    """Where one message is stored, or why it was refused (``error_code`` non-empty)."""
+
+    msg_id: str
+    topic: str
+    queue_id: int
+    offset: int
+    #: True when the broker had stored this (producer id, sequence) before: the original.
+    duplicate: bool
+    error_code: str = ""
+    error_message: str = ""
+
+
+@attrs.frozen
+class SendReply:
+    receipts: tuple[Receipt, ...]
+
+
+@attrs.frozen
+class PullRequest:
+    topic: str
+    queue_id: int
+    offset: int
+    max_count: int = 32
+    tag_expression: str = "*"
+    #: Long polling: with nothing new, wait up to this long for a matching message to commit.
+    wait_ms: int = 0
+
+
+@attrs.frozen
+class StoredMessage:
+    msg_id: str
+    topic: str
+    queue_id: int
+    offset: int
+    body: bytes
+    tags: str | None
+    keys: tuple[str, ...]
+    properties: dict[str, str]
+    born_timestamp_ms: int
+    store_timestamp_ms: int
+
+
+@attrs.frozen
+class PullReply:
+    messages: tuple[StoredMessage, ...]
+    #: Where the next pull of this queue starts (past messages the filter skipped).
+    next_offset: int
+    max_offset: int
+
+
+@attrs.frozen
+class QueueOffset:
+    queue_id: int
+    offset: int
+
+
+@attrs.frozen
+class CommitOffsetsRequest:
+    group: str
+    topic: str
+    offsets: tuple[QueueOffset, ...]
+
+
+@attrs.frozen
+class CommitOffsetsReply:
+    pass
+
+
+@attrs.frozen
+class QueryOffsetsRequest:
+    group: str
+    topic: str
+
+
+@attrs.frozen
+class QueryOffsetsReply:
+    #: Per queue, the committed offset, or -1 when the group never committed there.
+    offsets: tuple[QueueOffset, ...]
+
+
+BROKER_TYPES: dict[int, type] = {
+    60: SendRequest,
+    61: SendReply,
+    62: PullRequest,
+    63: PullReply,
+    64: CommitOffsetsRequest,
+    65: CommitOffsetsReply,
+    66: QueryOffsetsRequest,
+    67: QueryOffsetsReply,
+}
+
+BROKER_CODEC = Codec({**HANDSHAKE_TYPES, **BROKER_TYPES})
