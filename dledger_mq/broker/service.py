@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from dledger_mq.broker.assignment import RoundRobinQueues, select_queue
+from dledger_mq.broker.assignment import RoundRobinQueues, queues_of, select_queue
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
     CommitOffsets,
@@ -32,12 +32,14 @@ from dledger_mq.broker.state import (
     SendReceipt,
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound
 from dledger_mq.raft.log_store import LogStore
 from dledger_mq.raft.replica import Replica
 from dledger_mq.wire.broker import (
     CommitOffsetsReply,
     CommitOffsetsRequest,
+    ConsumerHeartbeat,
+    ConsumerHeartbeatReply,
     OutgoingMessage,
     PullReply,
     PullRequest,
@@ -54,6 +56,8 @@ from dledger_mq.wire.broker import (
 MAX_PULL_COUNT = 1024
 MAX_PULL_WAIT_MS = 30_000
 MAX_PULL_BYTES = 4 << 20
+#: A consumer that has not heartbeat for this long leaves its group (clients beat every 1 s).
+CONSUMER_EXPIRY_MS = 3000
 
 
 class BrokerService:
@@ -63,12 +67,16 @@ class BrokerService:
         replica: Replica,
         log: LogStore,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        monotonic_ms: Callable[[], int] = lambda: int(trio.current_time() * 1000),
     ) -> None:
         self.state = state
         self.replica = replica
         self.log = log
         self.clock_ms = clock_ms
+        self.monotonic_ms = monotonic_ms
         self.round_robin = RoundRobinQueues()
+        #: (group, topic) -> consumer id -> when its membership lapses (monotonic ms).
+        self.consumers: dict[tuple[str, str], dict[str, int]] = {}
         #: Set (and replaced) whenever an entry is applied: long polls wait on it.
         self.applied = trio.Event()
 
@@ -86,7 +94,28 @@ class BrokerService:
             return await self.commit_offsets(message)
         if isinstance(message, QueryOffsetsRequest):
             return self.query_offsets(message)
+        if isinstance(message, ConsumerHeartbeat):
+            return self.consumer_heartbeat(message)
         return None
+
+    # -- consumer groups -------------------------------------------------------------------------
+
+    def consumer_heartbeat(self, heartbeat: ConsumerHeartbeat) -> ConsumerHeartbeatReply:
+        """Leader only: group membership lives on the leader, not in the log (docs/broker.md)."""
+        if not self.replica.is_leader:
+            raise NotLeader(self.replica.core.leader)
+        topic = self.state.topic(heartbeat.topic)
+        if topic is None:
+            raise TopicNotFound(heartbeat.topic)
+        now = self.monotonic_ms()
+        members = self.consumers.setdefault((heartbeat.group, heartbeat.topic), {})
+        members[heartbeat.consumer_id] = now + CONSUMER_EXPIRY_MS
+        for consumer_id, expires_at_ms in list(members.items()):
+            if expires_at_ms <= now:
+                del members[consumer_id]
+        live = tuple(sorted(members))
+        queues = queues_of(heartbeat.consumer_id, range(topic.queue_count), live)
+        return ConsumerHeartbeatReply(tuple(queues), live)
 
     # -- send ----------------------------------------------------------------------------------
 

@@ -108,6 +108,10 @@ class Replica:
             raise waiter.error
         return first, waiter.result
 
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER
+
     def transfer_leadership(self, target: str) -> None:
         self.core.transfer_leadership(target)
         self._wakeup.set()

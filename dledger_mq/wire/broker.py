@@ -116,6 +116,23 @@ class QueryOffsetsReply:
     offsets: tuple[QueueOffset, ...]
 
 
+@attrs.frozen
+class ConsumerHeartbeat:
+    """A consumer says it is alive; the leader answers with the queues it should read."""
+
+    group: str
+    topic: str
+    consumer_id: str
+
+
+@attrs.frozen
+class ConsumerHeartbeatReply:
+    #: This consumer's queues: the topic's queues spread over the group's live consumers.
+    queue_ids: tuple[int, ...]
+    #: The group's live consumers, sorted.
+    consumers: tuple[str, ...]
+
+
 BROKER_TYPES: dict[int, type] = {
     60: SendRequest,
     61: SendReply,
@@ -125,6 +142,8 @@ BROKER_TYPES: dict[int, type] = {
     65: CommitOffsetsReply,
     66: QueryOffsetsRequest,
     67: QueryOffsetsReply,
+    68: ConsumerHeartbeat,
+    69: ConsumerHeartbeatReply,
 }
 
 BROKER_CODEC = Codec({**HANDSHAKE_TYPES, **BROKER_TYPES})

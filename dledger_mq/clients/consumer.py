@@ -1,0 +1,241 @@
+"""The consumer of a group, in clustering mode: the topic's queues are spread over the group's
+live consumers, each message is delivered to one of them, and progress survives a failover.
+
+    async with Consumer(naming="127.0.0.1:9876", group="billing", topic="orders",
+                        tags="paid || refunded") as consumer:
+        async for message in consumer:
+            await message.ack()
+
+Every second the consumer heartbeats to the leader, which answers with its queues (rebalancing
+when a consumer joins or leaves). For each queue one task long-polls from the group's committed
+offset and hands messages to the ``async for``. Acknowledged offsets are committed through the
+log in batches; a message not acknowledged before a failover or a rebalance is delivered again
+(at least once), so processing should be idempotent (``msg_id`` is stable).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+
+import attrs
+import trio
+
+from dledger_mq.clients.routing import Connections, Routes, call_leader, naming_addresses
+from dledger_mq.errors import BadRequest, TopicNotFound
+from dledger_mq.wire.broker import (
+    CommitOffsetsRequest,
+    ConsumerHeartbeat,
+    ConsumerHeartbeatReply,
+    PullReply,
+    PullRequest,
+    QueryOffsetsReply,
+    QueryOffsetsRequest,
+    QueueOffset,
+    StoredMessage,
+)
+
+HEARTBEAT_SECONDS = 1.0
+COMMIT_SECONDS = 0.2
+LONG_POLL_MS = 1000
+PULL_BATCH = 64
+
+
+@attrs.frozen(eq=False)
+class ReceivedMessage:
+    """A message as delivered; ``ack()`` marks it consumed for the group."""
+
+    stored: StoredMessage
+    _consumer: Consumer
+
+    @property
+    def body(self) -> bytes:
+        return self.stored.body
+
+    @property
+    def msg_id(self) -> str:
+        return self.stored.msg_id
+
+    @property
+    def tags(self) -> str | None:
+        return self.stored.tags
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.stored.keys
+
+    @property
+    def properties(self) -> dict[str, str]:
+        return self.stored.properties
+
+    @property
+    def queue_id(self) -> int:
+        return self.stored.queue_id
+
+    @property
+    def offset(self) -> int:
+        return self.stored.offset
+
+    async def ack(self) -> None:
+        self._consumer._acknowledge(self.stored.queue_id, self.stored.offset)
+
+
+class _QueueProgress:
+    """Which offsets of one queue are done; the committable offset is the end of the done prefix."""
+
+    def __init__(self, start: int) -> None:
+        self.committed = start
+        self.next_to_commit = start
+        self._done: set[int] = set()
+
+    def done(self, offset: int) -> None:
+        if offset >= self.next_to_commit:
+            self._done.add(offset)
+        while self.next_to_commit in self._done:
+            self._done.discard(self.next_to_commit)
+            self.next_to_commit += 1
+
+
+class Consumer:
+    def __init__(
+        self,
+        naming: str | Sequence[str] = "127.0.0.1:9876",
+        *,
+        group: str,
+        topic: str,
+        tags: str = "*",
+        cluster_id: str = "local",
+    ) -> None:
+        if not group or not topic:
+            raise BadRequest("a consumer needs a group and a topic")
+        self.group = group
+        self.topic = topic
+        self.tags = tags
+        self.consumer_id = uuid.uuid4().hex
+        self.rng = random.Random()
+        self.routes = Routes(naming_addresses(naming), cluster_id, self.rng)
+        self.cluster_id = cluster_id
+        self._nursery_manager = trio.open_nursery()
+        self._connections: Connections | None = None
+        self._send, self._receive = trio.open_memory_channel[ReceivedMessage](PULL_BATCH)
+        self._progress: dict[int, _QueueProgress] = {}
+        self._pullers: dict[int, trio.CancelScope] = {}
+        #: This consumer's queues, as the leader last said.
+        self.queue_ids: tuple[int, ...] = ()
+
+    async def __aenter__(self) -> Consumer:
+        nursery = await self._nursery_manager.__aenter__()
+        self._nursery = nursery
+        self._connections = Connections(nursery, self.cluster_id, f"consumer-{self.consumer_id}")
+        nursery.start_soon(self._heartbeat_loop)
+        nursery.start_soon(self._commit_loop)
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        # Commit what was acknowledged before leaving, so that the next owner starts there.
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            await self._commit()
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(kind, value, traceback)
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> ReceivedMessage:
+        return await self._receive.receive()
+
+    def _acknowledge(self, queue_id: int, offset: int) -> None:
+        progress = self._progress.get(queue_id)
+        if progress is not None:
+            progress.done(offset)
+
+    async def _call(self, request: object) -> object:
+        assert self._connections is not None
+        return await call_leader(self.routes, self._connections, self.topic, request, self.rng)
+
+    # -- membership ------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        heartbeat = ConsumerHeartbeat(self.group, self.topic, self.consumer_id)
+        while True:
+            try:
+                reply = await self._call(heartbeat)
+            except TopicNotFound:
+                queue_ids: tuple[int, ...] = ()  # not created yet: wait for the first send
+            else:
+                assert isinstance(reply, ConsumerHeartbeatReply)
+                queue_ids = reply.queue_ids
+            if queue_ids != self.queue_ids:
+                await self._rebalance(queue_ids)
+            await trio.sleep(HEARTBEAT_SECONDS)
+
+    async def _rebalance(self, queue_ids: tuple[int, ...]) -> None:
+        for queue_id in set(self._pullers) - set(queue_ids):
+            self._pullers.pop(queue_id).cancel()
+        await self._commit()
+        for queue_id in set(self._pullers) - set(queue_ids):
+            self._progress.pop(queue_id, None)
+        for queue_id in set(queue_ids) - set(self._pullers):
+            self._pullers[queue_id] = await self._nursery.start(self._pull_loop, queue_id)
+        self.queue_ids = queue_ids
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _pull_loop(
+        self, queue_id: int, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            offset = await self._committed_offset(queue_id)
+            progress = self._progress[queue_id] = _QueueProgress(offset)
+            while True:
+                request = PullRequest(
+                    self.topic, queue_id, offset, PULL_BATCH, self.tags, LONG_POLL_MS
+                )
+                reply = await self._call(request)
+                assert isinstance(reply, PullReply)
+                delivered = {stored.offset for stored in reply.messages}
+                for skipped in range(offset, reply.next_offset):
+                    # What the tag filter left out counts as consumed.
+                    if skipped not in delivered:
+                        progress.done(skipped)
+                for stored in reply.messages:
+                    await self._send.send(ReceivedMessage(stored, self))
+                offset = reply.next_offset
+
+    async def _committed_offset(self, queue_id: int) -> int:
+        reply = await self._call(QueryOffsetsRequest(self.group, self.topic))
+        assert isinstance(reply, QueryOffsetsReply)
+        for item in reply.offsets:
+            if item.queue_id == queue_id:
+                return max(item.offset, 0)
+        return 0
+
+    # -- progress ------------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await trio.sleep(COMMIT_SECONDS)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        offsets = tuple(
+            QueueOffset(queue_id, progress.next_to_commit)
+            for queue_id, progress in self._progress.items()
+            if progress.next_to_commit > progress.committed
+        )
+        if not offsets:
+            return
+        await self._call(CommitOffsetsRequest(self.group, self.topic, offsets))
+        for item in offsets:
+            progress = self._progress.get(item.queue_id)
+            if progress is not None:
+                progress.committed = max(progress.committed, item.offset)

@@ -1,0 +1,135 @@
+"""How clients find and reach the leader of a topic's group: naming, routes, connections."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+
+import trio
+
+from dledger_mq.clients.naming import connect_naming
+from dledger_mq.errors import BadRequest, DledgerError, NotLeader, Unavailable
+from dledger_mq.wire.admin import NODE_CODEC
+from dledger_mq.wire.rpc import RpcConnection, connect
+
+#: A cached route is asked for again after this long, leader change or not.
+ROUTE_REFRESH_SECONDS = 30.0
+BACKOFF_MIN_SECONDS = 0.01
+BACKOFF_MAX_SECONDS = 0.5
+
+
+def naming_addresses(naming: str | Sequence[str]) -> list[str]:
+    """``naming`` as one address, a comma-separated string, or a list."""
+    items = naming.split(",") if isinstance(naming, str) else list(naming)
+    addresses = [item.strip() for item in items if item.strip()]
+    if not addresses:
+        raise BadRequest("at least one naming address is needed")
+    return addresses
+
+
+class Connections:
+    """One long-lived connection per node address, each held open by a task of ``nursery``."""
+
+    def __init__(self, nursery: trio.Nursery, cluster_id: str, name: str) -> None:
+        self.nursery = nursery
+        self.cluster_id = cluster_id
+        self.name = name
+        self._open: dict[str, tuple[RpcConnection, trio.CancelScope]] = {}
+
+    async def get(self, address: str) -> RpcConnection:
+        if address not in self._open:
+            self._open[address] = await self.nursery.start(self._hold, address)
+        return self._open[address][0]
+
+    def drop(self, address: str) -> None:
+        held = self._open.pop(address, None)
+        if held is not None:
+            held[1].cancel()
+
+    async def _hold(
+        self,
+        address: str,
+        *,
+        task_status: trio.TaskStatus[tuple[RpcConnection, trio.CancelScope]],
+    ) -> None:
+        with trio.CancelScope() as scope:
+            async with connect(address, NODE_CODEC, self.cluster_id, self.name) as connection:
+                task_status.started((connection, scope))
+                await trio.sleep_forever()
+
+
+class Routes:
+    """Which node leads the group that holds a topic, as naming last said."""
+
+    def __init__(self, naming: list[str], cluster_id: str, rng: random.Random) -> None:
+        self.naming = naming
+        self.cluster_id = cluster_id
+        self.rng = rng
+        self._leader: dict[str, tuple[str, float]] = {}
+
+    async def leader_of(self, topic: str) -> str:
+        cached = self._leader.get(topic)
+        if cached is not None and time.monotonic() - cached[1] < ROUTE_REFRESH_SECONDS:
+            return cached[0]
+        backoff = BACKOFF_MIN_SECONDS
+        while True:
+            address = await self._ask_naming(topic)
+            if address is not None:
+                self.follow(topic, address)
+                return address
+            await trio.sleep(backoff * (0.5 + self.rng.random()))
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+    def follow(self, topic: str, address: str) -> None:
+        self._leader[topic] = (address, time.monotonic())
+
+    def forget(self, topic: str) -> None:
+        self._leader.pop(topic, None)
+
+    async def _ask_naming(self, topic: str) -> str | None:
+        # Any naming node will do: start from a random one so that clients spread out.
+        start = self.rng.randrange(len(self.naming))
+        for address in self.naming[start:] + self.naming[:start]:
+            try:
+                async with connect_naming(address, self.cluster_id, "producer") as naming:
+                    routes, groups = await naming.routes_and_groups(topic)
+            except DledgerError:
+                continue
+            for route in routes:
+                if route.leader_address:
+                    return route.leader_address
+            if not routes:
+                # A new topic: any group with a leader can create it on the first send.
+                for group in groups:
+                    if group.leader_address:
+                        return group.leader_address
+        return None
+
+
+async def call_leader(
+    routes: Routes, connections: Connections, topic: str, request: object, rng: random.Random
+) -> object:
+    """Send ``request`` to the leader of ``topic``'s group until it answers.
+
+    A ``NotLeader`` answer's leader address is followed at once; a broken connection or an
+    unknown leader makes the route be asked for again, after a jittered backoff. Other errors
+    are the caller's.
+    """
+    backoff = BACKOFF_MIN_SECONDS
+    while True:
+        address = await routes.leader_of(topic)
+        try:
+            connection = await connections.get(address)
+            return await connection.request(request)
+        except NotLeader as error:
+            hint = getattr(error, "leader_address", None)
+            if hint and hint != address:
+                routes.follow(topic, hint)
+                continue  # the leader is known: go there at once
+            routes.forget(topic)
+        except Unavailable:
+            connections.drop(address)
+            routes.forget(topic)
+        await trio.sleep(backoff * (0.5 + rng.random()))
+        backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)

@@ -1,0 +1,45 @@
+"""Consumers of a group share the queues, see only matching tags, and resume where acked."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from dledger_mq.clients import Consumer, Producer
+from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
+
+NAMING = {"with_naming": True, "naming_heartbeat_ms": 200}
+
+
+async def consume(naming: list[str], group: str, count: int, tags: str = "*") -> list[int]:
+    """Receive and acknowledge ``count`` messages of topic "orders" as one consumer."""
+    seen: list[int] = []
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with Consumer(naming=naming, group=group, topic="orders", tags=tags) as consumer:
+            async for message in consumer:
+                seen.append(int(message.body))
+                await message.ack()
+                if len(seen) == count:
+                    break
+    return seen
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_a_group_consumes_every_matching_message_and_resumes_after_its_acks(
+    cluster: ProcessCluster,
+) -> None:
+    await cluster.wait_for_leader()
+    naming = list(cluster.naming.values())
+    async with Producer(naming=naming) as producer:
+        for number in range(40):
+            await producer.send("orders", b"%d" % number, tags="paid" if number % 2 else "new")
+
+    paid = await consume(naming, "billing", 20, tags="paid || refunded")
+    assert sorted(paid) == list(range(1, 40, 2))
+    everything = await consume(naming, "audit", 40)
+    assert sorted(everything) == list(range(40))
+
+    async with Producer(naming=naming) as producer:
+        await producer.send("orders", b"41", tags="paid")
+    # The group committed its acknowledgements when the consumer closed: only the new one.
+    assert await consume(naming, "billing", 1, tags="paid") == [41]
