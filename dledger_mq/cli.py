@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import signal
@@ -333,6 +334,121 @@ def topic_describe(name: str, endpoints: str | None, root: Path, cluster_id: str
         return "\n".join(lines)
 
     click.echo(trio.run(describe))
+
+
+def naming_option(function: F) -> F:
+    function = click.option("--cluster-id", default="local", show_default=True)(function)
+    return click.option(
+        "--naming",
+        default="127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878",
+        show_default=True,
+        metavar="HOST:PORT,...",
+        help="Naming nodes to find routes through.",
+    )(function)
+
+
+@main.command()
+@click.argument("topic")
+@click.argument("body")
+@click.option("--tags", default=None, help="The message's tag (what consumers filter on).")
+@click.option("--key", "keys", multiple=True, help="A key to find the message by; repeatable.")
+@click.option(
+    "--property",
+    "properties",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A user property; repeatable.",
+)
+@click.option("--sharding-key", default=None, help="Same key, same queue, in order.")
+@naming_option
+@one_line_errors
+def send(
+    topic: str,
+    body: str,
+    tags: str | None,
+    keys: tuple[str, ...],
+    properties: tuple[str, ...],
+    sharding_key: str | None,
+    naming: str,
+    cluster_id: str,
+) -> None:
+    """Send one message with BODY (UTF-8) to TOPIC; prints its receipt."""
+    from dledger_mq.clients import Producer
+
+    pairs = dict(item.partition("=")[::2] for item in properties)
+
+    async def run() -> str:
+        async with Producer(naming=naming, cluster_id=cluster_id) as producer:
+            receipt = await producer.send(
+                topic,
+                body.encode(),
+                tags=tags,
+                keys=keys,
+                properties=pairs,
+                sharding_key=sharding_key,
+            )
+        return f"{receipt.msg_id} queue={receipt.queue_id} offset={receipt.offset}"
+
+    click.echo(trio.run(run))
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--group", required=True, help="The consumer group.")
+@click.option("--tags", default="*", show_default=True, help="Tag expression, e.g. 'a || b'.")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many messages (default: run until Ctrl-C).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+@naming_option
+@one_line_errors
+def consume(
+    topic: str,
+    group: str,
+    tags: str,
+    count: int | None,
+    as_json: bool,
+    naming: str,
+    cluster_id: str,
+) -> None:
+    """Print (and acknowledge) the messages of TOPIC for consumer group GROUP."""
+    from dledger_mq.clients import Consumer
+
+    async def run() -> None:
+        seen = 0
+        async with Consumer(
+            naming=naming, group=group, topic=topic, tags=tags, cluster_id=cluster_id
+        ) as consumer:
+            async for message in consumer:
+                if as_json:
+                    click.echo(
+                        json.dumps(
+                            {
+                                "msg_id": message.msg_id,
+                                "queue_id": message.queue_id,
+                                "offset": message.offset,
+                                "tags": message.tags,
+                                "keys": list(message.keys),
+                                "properties": message.properties,
+                                "body": message.body.decode(errors="replace"),
+                            }
+                        )
+                    )
+                else:
+                    click.echo(
+                        f"{message.msg_id} [{message.tags or ''}] "
+                        f"{message.body.decode(errors='replace')}"
+                    )
+                await message.ack()
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(run)
 
 
 @main.group()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import trio
 
@@ -43,3 +47,44 @@ async def test_a_group_consumes_every_matching_message_and_resumes_after_its_ack
         await producer.send("orders", b"41", tags="paid")
     # The group committed its acknowledgements when the consumer closed: only the new one.
     assert await consume(naming, "billing", 1, tags="paid") == [41]
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_send_and_consume_commands(cluster: ProcessCluster) -> None:
+    await cluster.wait_for_leader()
+    naming = ",".join(cluster.naming.values())
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dledger_mq", *args, "--naming", naming],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    sent = await trio.to_thread.run_sync(
+        lambda: run(
+            "send", "orders", "hello", "--tags", "paid", "--key", "o-1", "--property", "region=eu"
+        )
+    )
+    assert sent.returncode == 0, sent.stderr
+    msg_id = sent.stdout.split()[0]
+    consumed = await trio.to_thread.run_sync(
+        lambda: run("consume", "orders", "--group", "g", "--count", "1", "--json")
+    )
+    assert consumed.returncode == 0, consumed.stderr
+    assert json.loads(consumed.stdout) == {
+        "msg_id": msg_id,
+        "queue_id": 0,
+        "offset": 0,
+        "tags": "paid",
+        "keys": ["o-1"],
+        "properties": {"region": "eu"},
+        "body": "hello",
+    }
+    refused = await trio.to_thread.run_sync(lambda: run("send", "bad topic", "x"))
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines() == [
+        "Error: invalid topic name 'bad topic': only letters, digits and _ . % - are allowed"
+    ]
