@@ -336,6 +336,125 @@ def topic_describe(name: str, endpoints: str | None, root: Path, cluster_id: str
     click.echo(trio.run(describe))
 
 
+@main.group()
+def group() -> None:
+    """Consumer groups: list them, their lag per queue, and reset their offsets."""
+
+
+@group.command("list")
+@cluster_options
+@one_line_errors
+def group_list(endpoints: str | None, root: Path, cluster_id: str) -> None:
+    """Every consumer group that committed offsets, with its topics."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    async def run() -> list[str]:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            groups = await connection.list_groups()
+        return [f"{info.group}  topics={','.join(info.topics)}" for info in groups]
+
+    for line in trio.run(run):
+        click.echo(line)
+
+
+@group.command("describe")
+@click.argument("name")
+@click.option("--topic", required=True)
+@cluster_options
+@one_line_errors
+def group_describe(
+    name: str, topic: str, endpoints: str | None, root: Path, cluster_id: str
+) -> None:
+    """Lag of group NAME in TOPIC, per queue, and its live consumers."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    async def run() -> str:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            reply = await connection.describe_group(name, topic)
+        lines = [f"group {name}, topic {topic}: {len(reply.consumers)} live consumers"]
+        lines += [
+            f"  queue {q.queue_id}: committed {_offset_text(q.committed_offset)}"
+            f"  max {q.max_offset}  lag {q.lag}"
+            for q in reply.queues
+        ]
+        lines.append(f"  total lag {sum(q.lag for q in reply.queues)}")
+        return "\n".join(lines)
+
+    click.echo(trio.run(run))
+
+
+@group.command("reset-offset")
+@click.argument("name")
+@click.option("--topic", required=True)
+@click.option(
+    "--to-offset",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Every queue starts again at this offset (clamped to what it holds).",
+)
+@click.option(
+    "--to-time",
+    default=None,
+    metavar="TIMESTAMP",
+    help="Every queue starts at its first message stored at or after this time: "
+    "ISO 8601 (2026-11-22T10:00:00+00:00) or milliseconds since the epoch.",
+)
+@cluster_options
+@one_line_errors
+def group_reset_offset(
+    name: str,
+    topic: str,
+    to_offset: int | None,
+    to_time: str | None,
+    endpoints: str | None,
+    root: Path,
+    cluster_id: str,
+) -> None:
+    """Move group NAME's offsets in TOPIC; stop the group's consumers first."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    if (to_offset is None) == (to_time is None):
+        raise click.UsageError("give exactly one of --to-offset and --to-time")
+    to_time_ms = -1
+    if to_time is not None:
+        to_time_ms = _parse_time_ms(to_time)
+
+    async def run() -> str:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            queues = await connection.reset_offset(
+                name, topic, -1 if to_offset is None else to_offset, to_time_ms
+            )
+        return "\n".join(f"queue {q.queue_id}: offset {q.committed_offset}" for q in queues)
+
+    click.echo(trio.run(run))
+
+
+def _offset_text(offset: int) -> str:
+    return "-" if offset < 0 else str(offset)
+
+
+def _parse_time_ms(text: str) -> int:
+    import datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither ISO 8601 nor milliseconds", param_hint="--to-time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
 def naming_option(function: F) -> F:
     function = click.option("--cluster-id", default="local", show_default=True)(function)
     return click.option(

@@ -20,13 +20,16 @@ from dledger_mq.broker.records import (
     CommitOffsets,
     Message,
     OffsetCommit,
+    ResetOffsets,
     SendBatch,
     encode_command,
     read_messages,
 )
+from dledger_mq.broker.records import QueueOffset as RecordQueueOffset
 from dledger_mq.broker.state import (
     BrokerState,
     OffsetsCommitted,
+    OffsetsReset,
     Refused,
     SendBatchResult,
     SendReceipt,
@@ -99,6 +102,46 @@ class BrokerService:
         return None
 
     # -- consumer groups -------------------------------------------------------------------------
+
+    def live_consumers(self, group: str, topic: str) -> tuple[str, ...]:
+        now = self.monotonic_ms()
+        members = self.consumers.get((group, topic), {})
+        return tuple(sorted(c for c, expires_at_ms in members.items() if expires_at_ms > now))
+
+    async def reset_offsets(
+        self, group: str, topic: str, to_offset: int, to_time_ms: int
+    ) -> tuple[tuple[int, int], ...]:
+        """Set ``group``'s offset in every queue of ``topic``; returns (queue id, offset) pairs.
+
+        Consumers of the group should be stopped meanwhile: a running one may commit past the
+        new offsets (docs/broker.md).
+        """
+        if (to_offset >= 0) == (to_time_ms >= 0):
+            raise BadRequest("give exactly one of an offset and a time")
+        topic_config = self.state.topic(topic)
+        if topic_config is None:
+            raise TopicNotFound(topic)
+        offsets = []
+        for queue_id in range(topic_config.queue_count):
+            low = self.state.min_offset(topic, queue_id)
+            high = self.state.max_offset(topic, queue_id)
+            if to_offset >= 0:
+                offset = min(max(to_offset, low), high)
+            else:
+                offset = self.state.offset_for_timestamp(
+                    topic, queue_id, to_time_ms, self._store_timestamp_of
+                )
+            offsets.append(RecordQueueOffset(queue_id, offset))
+        command = ResetOffsets(group, topic, tuple(offsets))
+        result = await self.replica.propose_and_apply(encode_command(command))
+        if isinstance(result, Refused):
+            raise result.error
+        assert isinstance(result, OffsetsReset), result
+        return tuple((item.queue_id, item.offset) for item in offsets)
+
+    def _store_timestamp_of(self, raft_index: int) -> int:
+        [entry] = self.log.entries(raft_index, raft_index + 1, MAX_PULL_BYTES)
+        return read_messages(entry.data, []).store_timestamp_ms
 
     def consumer_heartbeat(self, heartbeat: ConsumerHeartbeat) -> ConsumerHeartbeatReply:
         """Leader only: group membership lives on the leader, not in the log (docs/broker.md)."""

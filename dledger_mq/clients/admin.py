@@ -12,12 +12,20 @@ from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     CreateTopicReply,
     CreateTopicRequest,
+    DescribeGroupReply,
+    DescribeGroupRequest,
+    GroupInfo,
+    ListGroupsReply,
+    ListGroupsRequest,
     ListTopicsReply,
     ListTopicsRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
+    QueueLagInfo,
+    ResetOffsetReply,
+    ResetOffsetRequest,
     StatusReply,
     StatusRequest,
     TopicInfo,
@@ -59,6 +67,24 @@ class AdminConnection:
     async def list_topics(self) -> tuple[TopicInfo, ...]:
         reply: ListTopicsReply = await self.connection.request(ListTopicsRequest())
         return reply.topics
+
+    async def list_groups(self) -> tuple[GroupInfo, ...]:
+        reply: ListGroupsReply = await self.connection.request(ListGroupsRequest())
+        return reply.groups
+
+    async def describe_group(self, group: str, topic: str) -> DescribeGroupReply:
+        reply: DescribeGroupReply = await self.connection.request(
+            DescribeGroupRequest(group, topic)
+        )
+        return reply
+
+    async def reset_offset(
+        self, group: str, topic: str, to_offset: int = -1, to_time_ms: int = -1
+    ) -> tuple[QueueLagInfo, ...]:
+        reply: ResetOffsetReply = await self.connection.request(
+            ResetOffsetRequest(group, topic, to_offset, to_time_ms)
+        )
+        return reply.offsets
 
     async def transfer_leader(self, target: str) -> str:
         reply: TransferLeaderReply = await self.connection.request(TransferLeaderRequest(target))

@@ -35,13 +35,21 @@ from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     CreateTopicReply,
     CreateTopicRequest,
+    DescribeGroupReply,
+    DescribeGroupRequest,
     FollowerLag,
+    GroupInfo,
+    ListGroupsReply,
+    ListGroupsRequest,
     ListTopicsReply,
     ListTopicsRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
+    QueueLagInfo,
+    ResetOffsetReply,
+    ResetOffsetRequest,
     StatusReply,
     StatusRequest,
     TopicInfo,
@@ -97,6 +105,32 @@ class Node:
             return await self.create_topic(message)
         if isinstance(message, ListTopicsRequest):
             return ListTopicsReply(tuple(self.topic_info(t.name) for t in self.state.topics()))
+        if isinstance(message, ListGroupsRequest):
+            return ListGroupsReply(
+                tuple(GroupInfo(g, self.state.group_topics(g)) for g in self.state.groups())
+            )
+        if isinstance(message, DescribeGroupRequest):
+            return DescribeGroupReply(
+                tuple(
+                    QueueLagInfo(
+                        lag.queue_id, _or_minus_one(lag.committed_offset), lag.max_offset, lag.lag
+                    )
+                    for lag in self.state.lag(message.group, message.topic)
+                ),
+                self.broker.live_consumers(message.group, message.topic),
+            )
+        if isinstance(message, ResetOffsetRequest):
+            await self.broker.reset_offsets(
+                message.group, message.topic, message.to_offset, message.to_time_ms
+            )
+            return ResetOffsetReply(
+                tuple(
+                    QueueLagInfo(
+                        lag.queue_id, _or_minus_one(lag.committed_offset), lag.max_offset, lag.lag
+                    )
+                    for lag in self.state.lag(message.group, message.topic)
+                )
+            )
         if isinstance(message, TransferLeaderRequest):
             if message.target == self.config.node_id and self.replica.core.role is Role.LEADER:
                 return TransferLeaderReply(self.config.node_id)
@@ -180,6 +214,10 @@ class Node:
         with trio.move_on_after(core.config.election_timeout_ticks * self.config.tick_ms / 1000):
             while core.role is Role.LEADER:
                 await self.replica.leader_changed.wait()
+
+
+def _or_minus_one(value: int | None) -> int:
+    return -1 if value is None else value
 
 
 def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:

@@ -107,6 +107,61 @@ class ListTopicsReply:
     topics: tuple[TopicInfo, ...]
 
 
+@attrs.frozen
+class GroupInfo:
+    group: str
+    topics: tuple[str, ...]
+
+
+@attrs.frozen
+class ListGroupsRequest:
+    pass
+
+
+@attrs.frozen
+class ListGroupsReply:
+    groups: tuple[GroupInfo, ...]
+
+
+@attrs.frozen
+class QueueLagInfo:
+    queue_id: int
+    #: -1 when the group never committed in this queue.
+    committed_offset: int
+    max_offset: int
+    lag: int
+
+
+@attrs.frozen
+class DescribeGroupRequest:
+    group: str
+    topic: str
+
+
+@attrs.frozen
+class DescribeGroupReply:
+    queues: tuple[QueueLagInfo, ...]
+    #: Live consumers as the leader knows them (empty on a follower).
+    consumers: tuple[str, ...]
+
+
+@attrs.frozen
+class ResetOffsetRequest:
+    """Move a group's offsets in a topic to ``to_offset``, or to the first message stored at or
+    after ``to_time_ms`` (exactly one of them is >= 0)."""
+
+    group: str
+    topic: str
+    to_offset: int = -1
+    to_time_ms: int = -1
+
+
+@attrs.frozen
+class ResetOffsetReply:
+    #: Per queue, the offset the group now starts from.
+    offsets: tuple[QueueLagInfo, ...]
+
+
 ADMIN_TYPES: dict[int, type] = {
     30: StatusRequest,
     31: StatusReply,
@@ -120,6 +175,12 @@ ADMIN_TYPES: dict[int, type] = {
     39: CreateTopicReply,
     40: ListTopicsRequest,
     41: ListTopicsReply,
+    42: ListGroupsRequest,
+    43: ListGroupsReply,
+    44: DescribeGroupRequest,
+    45: DescribeGroupReply,
+    46: ResetOffsetRequest,
+    47: ResetOffsetReply,
 }
 
 #: Everything a node's client port speaks: the handshake, admin and broker requests.

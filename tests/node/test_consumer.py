@@ -10,6 +10,8 @@ import pytest
 import trio
 
 from dledger_mq.clients import Consumer, Producer
+from dledger_mq.clients.admin import connect_admin
+from dledger_mq.errors import BadRequest
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
 NAMING = {"with_naming": True, "naming_heartbeat_ms": 200}
@@ -88,3 +90,24 @@ async def test_send_and_consume_commands(cluster: ProcessCluster) -> None:
     assert refused.stderr.strip().splitlines() == [
         "Error: invalid topic name 'bad topic': only letters, digits and _ . % - are allowed"
     ]
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_group_lag_and_offset_reset(cluster: ProcessCluster) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    naming = list(cluster.naming.values())
+    async with Producer(naming=naming) as producer:
+        for number in range(8):
+            await producer.send("orders", b"%d" % number)
+    assert sorted(await consume(naming, "billing", 8)) == list(range(8))
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        described = await admin.describe_group("billing", "orders")
+        assert [q.lag for q in described.queues] == [0, 0, 0, 0]
+        assert [info.group for info in await admin.list_groups()] == ["billing"]
+        reset = await admin.reset_offset("billing", "orders", to_offset=0)
+        assert [q.committed_offset for q in reset] == [0, 0, 0, 0]
+        assert sum(q.lag for q in reset) == 8
+        with pytest.raises(BadRequest, match="exactly one"):
+            await admin.reset_offset("billing", "orders")
+    # After the reset the group reads everything again.
+    assert sorted(await consume(naming, "billing", 8)) == list(range(8))
