@@ -94,10 +94,20 @@ class Throughput:
 class LocalCluster:
     """Three node processes on free ports; always stopped by ``close``."""
 
-    def __init__(self, root: Path, flush: str) -> None:
+    def __init__(self, root: Path, flush: str, with_naming: bool = False) -> None:
         self.root = root
         self.members = members_on_free_ports(3)
-        self.paths = dict(zip(self.members, write_configs(root, self.members, flush), strict=True))
+        #: node id -> the naming node it runs, when ``with_naming``.
+        self.naming = (
+            {
+                node_id: f"127.0.0.1:{port}"
+                for node_id, port in zip(self.members, free_ports(3), strict=True)
+            }
+            if with_naming
+            else {}
+        )
+        paths = write_configs(root, self.members, flush, self.naming)
+        self.paths = dict(zip(self.members, paths, strict=True))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, node_id: str) -> None:
@@ -119,9 +129,15 @@ class LocalCluster:
     async def leader(self) -> tuple[str, str]:
         """(node id, client address) of the leader, waiting until there is one."""
         while True:
-            for node_id, address, status in await fetch_all(self.endpoints):
-                if status is not None and status.role == "leader":
-                    return node_id, address
+            # A deposed leader may not know it yet: the highest term wins.
+            leaders = [
+                (status.term, node_id, address)
+                for node_id, address, status in await fetch_all(self.endpoints)
+                if status is not None and status.role == "leader"
+            ]
+            if leaders:
+                _, node_id, address = max(leaders)
+                return node_id, address
             await trio.sleep(0.01)
 
 

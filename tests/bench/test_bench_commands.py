@@ -36,3 +36,22 @@ def test_bench_transport_compares_tcp_and_websocket(tmp_path: Path) -> None:
     assert "raw Trio TCP" in result.stdout
     assert "trio-websocket" in result.stdout
     assert "TCP / WebSocket" in result.stdout
+
+
+def test_bench_produce_reports_sends_and_failover_pauses(tmp_path: Path) -> None:
+    result = _bench(
+        tmp_path,
+        "produce",
+        "--seconds",
+        "0.5",
+        "--kills",
+        "1",
+        "--batch",
+        "8",
+        "--concurrency",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for label in ("one at a time", "batched 2x8", "sends paused", "no error"):
+        assert label in result.stdout
+    assert not list(tmp_path.glob("bench-produce-*"))
