@@ -158,7 +158,7 @@ class BrokerService:
                 del members[consumer_id]
         live = tuple(sorted(members))
         queues = queues_of(heartbeat.consumer_id, range(topic.queue_count), live)
-        return ConsumerHeartbeatReply(tuple(queues), live)
+        return ConsumerHeartbeatReply(tuple(queues), live, topic.fifo)
 
     # -- send ----------------------------------------------------------------------------------
 

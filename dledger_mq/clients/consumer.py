@@ -1,5 +1,7 @@
 """The consumer of a group, in clustering mode: the topic's queues are spread over the group's
 live consumers, each message is delivered to one of them, and progress survives a failover.
+On a FIFO topic each queue's messages are delivered one at a time, in order, each only after
+the previous one was acknowledged.
 
     async with Consumer(naming="127.0.0.1:9876", group="billing", topic="orders",
                         tags="paid || refunded") as consumer:
@@ -89,13 +91,23 @@ class _QueueProgress:
         self.committed = start
         self.next_to_commit = start
         self._done: set[int] = set()
+        #: Set (and replaced) whenever the done prefix grows: FIFO delivery waits on it.
+        self.advanced = trio.Event()
 
     def done(self, offset: int) -> None:
         if offset >= self.next_to_commit:
             self._done.add(offset)
+        before = self.next_to_commit
         while self.next_to_commit in self._done:
             self._done.discard(self.next_to_commit)
             self.next_to_commit += 1
+        if self.next_to_commit != before:
+            self.advanced.set()
+            self.advanced = trio.Event()
+
+    async def wait_done(self, offset: int) -> None:
+        while self.next_to_commit <= offset:
+            await self.advanced.wait()
 
 
 class Consumer:
@@ -124,6 +136,8 @@ class Consumer:
         self._pullers: dict[int, trio.CancelScope] = {}
         #: This consumer's queues, as the leader last said.
         self.queue_ids: tuple[int, ...] = ()
+        #: Whether the topic is FIFO, as the leader last said.
+        self.fifo = False
 
     async def __aenter__(self) -> Consumer:
         nursery = await self._nursery_manager.__aenter__()
@@ -173,6 +187,7 @@ class Consumer:
             else:
                 assert isinstance(reply, ConsumerHeartbeatReply)
                 queue_ids = reply.queue_ids
+                self.fifo = reply.fifo
             if queue_ids != self.queue_ids:
                 await self._rebalance(queue_ids)
             await trio.sleep(HEARTBEAT_SECONDS)
@@ -209,6 +224,9 @@ class Consumer:
                         progress.done(skipped)
                 for stored in reply.messages:
                     await self._send.send(ReceivedMessage(stored, self))
+                    if self.fifo:
+                        # One at a time per queue: the next only after this one's ack.
+                        await progress.wait_done(stored.offset)
                 offset = reply.next_offset
 
     async def _committed_offset(self, queue_id: int) -> int:

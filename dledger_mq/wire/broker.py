@@ -131,6 +131,8 @@ class ConsumerHeartbeatReply:
     queue_ids: tuple[int, ...]
     #: The group's live consumers, sorted.
     consumers: tuple[str, ...]
+    #: A FIFO topic: deliver each queue's messages one at a time, each after the last's ack.
+    fifo: bool = False
 
 
 BROKER_TYPES: dict[int, type] = {

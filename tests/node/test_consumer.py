@@ -151,3 +151,36 @@ async def test_a_leader_killed_while_consuming_is_a_pause_and_progress_survives(
         await producer.send("orders", b"60")
     # The group's committed progress survived the failover: only the new message is left.
     assert await consume(naming, "billing", 1) == [60]
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_a_fifo_topic_delivers_each_queue_one_at_a_time_in_order(
+    cluster: ProcessCluster,
+) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    naming = list(cluster.naming.values())
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        await admin.create_topic("orders", 4, fifo=True)
+    async with Producer(naming=naming) as producer:
+        receipts = [
+            await producer.send("orders", b"%d" % number, sharding_key="customer-7")
+            for number in range(10)
+        ]
+    assert len({receipt.queue_id for receipt in receipts}) == 1
+    received = []
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with Consumer(naming=naming, group="billing", topic="orders") as consumer:
+            iterator = consumer.__aiter__()
+            first = await iterator.__anext__()
+            # Not acknowledged yet: the next message of the queue is held back. (A bounded
+            # wait is the only way to see that nothing arrives.)
+            with trio.move_on_after(0.5) as waited:
+                await iterator.__anext__()
+            assert waited.cancelled_caught
+            await first.ack()
+            received.append(int(first.body))
+            while len(received) < 10:
+                message = await iterator.__anext__()
+                received.append(int(message.body))
+                await message.ack()
+    assert received == list(range(10))
