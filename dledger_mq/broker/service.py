@@ -9,6 +9,7 @@ waits (long polling) until something is applied or ``wait_ms`` passes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,9 @@ import trio
 from dledger_mq.broker.assignment import RoundRobinQueues, queues_of, select_queue
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
+    BrokerSettings,
     CommitOffsets,
+    ConfigureBroker,
     Message,
     OffsetCommit,
     ResetOffsets,
@@ -35,7 +38,7 @@ from dledger_mq.broker.state import (
     SendReceipt,
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
-from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound
+from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
 from dledger_mq.raft.log_store import LogStore
 from dledger_mq.raft.replica import Replica
 from dledger_mq.wire.broker import (
@@ -69,6 +72,7 @@ class BrokerService:
         state: BrokerState,
         replica: Replica,
         log: LogStore,
+        desired_settings: BrokerSettings | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic_ms: Callable[[], int] = lambda: int(trio.current_time() * 1000),
     ) -> None:
@@ -76,6 +80,8 @@ class BrokerService:
         self.replica = replica
         self.log = log
         self.clock_ms = clock_ms
+        #: What this node's configuration asks of the replicated settings (None: anything).
+        self.desired_settings = desired_settings
         self.monotonic_ms = monotonic_ms
         self.round_robin = RoundRobinQueues()
         #: (group, topic) -> consumer id -> when its membership lapses (monotonic ms).
@@ -100,6 +106,25 @@ class BrokerService:
         if isinstance(message, ConsumerHeartbeat):
             return self.consumer_heartbeat(message)
         return None
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def settings_current(self) -> bool:
+        return self.desired_settings is None or self.state.settings == self.desired_settings
+
+    async def keep_settings(self, leader_changed: Callable[[], trio.Event]) -> None:
+        """While leading, make the replicated settings what this node's configuration says."""
+        while True:
+            changed = leader_changed()
+            if self.replica.is_leader and not self.settings_current():
+                assert self.desired_settings is not None
+                with contextlib.suppress(NotLeader):
+                    await self.replica.propose_and_apply(
+                        encode_command(ConfigureBroker(self.desired_settings))
+                    )
+                continue
+            with trio.move_on_after(1):
+                await changed.wait()
 
     # -- consumer groups -------------------------------------------------------------------------
 
@@ -165,6 +190,9 @@ class BrokerService:
     async def send(self, request: SendRequest) -> SendReply:
         if not request.messages:
             raise BadRequest("a send needs at least one message")
+        if not self.settings_current():
+            # A new leader first brings the replicated settings in line with its config.
+            raise Unavailable("the broker settings are being applied; retry")
         messages = tuple(self._to_record(message) for message in request.messages)
         self.state.validate_send(messages)
         stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)

@@ -79,6 +79,10 @@ class NodeConfig:
     max_inflight_appends: int = attrs.field(default=64, validator=_positive)
     max_frame_bytes: int = attrs.field(default=64 << 20, validator=_positive)
     log_level: str = "info"
+    #: Replicated broker settings: the leader proposes them when the log's differ.
+    auto_create_topics: bool = True
+    default_queue_count: int = attrs.field(default=4, validator=_positive)
+    max_body_bytes: int = attrs.field(default=4 << 20, validator=_positive)
     #: Run a naming node inside this node at this address ("" for none).
     naming_listen: str = ""
     #: Every naming node this replica registers with (and heartbeats to).

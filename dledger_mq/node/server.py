@@ -12,6 +12,7 @@ import posixpath
 import random
 import signal
 
+import attrs
 import structlog
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
@@ -278,11 +279,22 @@ async def run_node(
             replica = Replica(
                 core, commit_log, writer, transport, config.group, config.tick_ms / 1000, apply
             )
-            broker = BrokerService(state, replica, commit_log)
+            broker = BrokerService(
+                state,
+                replica,
+                commit_log,
+                attrs.evolve(
+                    state.settings,
+                    auto_create_topics=config.auto_create_topics,
+                    default_queue_count=config.default_queue_count,
+                    max_body_bytes=config.max_body_bytes,
+                ),
+            )
             transport.deliver = replica.deliver
             node = Node(config, replica, state, broker)
             async with trio.open_nursery() as nursery:
                 await nursery.start(replica.run)
+                nursery.start_soon(broker.keep_settings, lambda: replica.leader_changed)
                 peer_address = Address.parse(config.me.peer)
                 client_address = Address.parse(config.me.client)
                 # The peer listener outlives the client one: a stopping leader still needs its

@@ -7,6 +7,7 @@ import trio
 
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.clients.producer import Producer
+from dledger_mq.errors import TopicNotFound
 from dledger_mq.wire.broker import PullReply, PullRequest, StoredMessage
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
@@ -104,3 +105,17 @@ async def test_a_leader_killed_during_sends_loses_nothing_and_stores_nothing_twi
     for queue in pulled.values():
         numbers = [int(m.body.split(b"-")[1]) for m in queue]
         assert numbers == sorted(numbers), "per-queue order broken"
+
+
+@pytest.mark.cluster_options(**NAMING, auto_create_topics=False)
+async def test_with_auto_creation_off_a_send_to_an_unknown_topic_is_refused(
+    cluster: ProcessCluster,
+) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+        with pytest.raises(TopicNotFound, match="missing"):
+            await producer.send("missing", b"x")
+        async with connect_admin(cluster.client_address(leader)) as admin:
+            await admin.create_topic("missing", 2)
+        receipt = await producer.send("missing", b"x")
+    assert receipt.queue_id in (0, 1)
