@@ -723,5 +723,79 @@ def bench_produce(
     click.echo(report)
 
 
+def _sdk_bench_options(function: F) -> F:
+    for option in (
+        click.option("--dir", "directory", type=click.Path(file_okay=False), default=None),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=8,
+            show_default=True,
+            help="send_batch calls in flight.",
+        ),
+        click.option(
+            "--batch",
+            type=click.IntRange(min=1),
+            default=64,
+            show_default=True,
+            help="Messages per send_batch.",
+        ),
+        click.option(
+            "--size",
+            type=click.IntRange(min=12),
+            default=100,
+            show_default=True,
+            help="Message body bytes.",
+        ),
+        click.option("--seconds", type=float, default=5.0, show_default=True),
+    ):
+        function = option(function)
+    return function
+
+
+@bench.command("consume")
+@_sdk_bench_options
+@one_line_errors
+def bench_consume(
+    seconds: float, size: int, batch: int, concurrency: int, directory: str | None
+) -> None:
+    """Store messages for --seconds, then time one consumer reading and acking them all."""
+    from dledger_mq.bench.produce_bench import run_consume
+
+    click.echo(
+        trio.run(
+            run_consume,
+            seconds,
+            size,
+            batch,
+            concurrency,
+            directory,
+            lambda text: click.echo(text, err=True),
+        )
+    )
+
+
+@bench.command("e2e")
+@_sdk_bench_options
+@one_line_errors
+def bench_e2e(
+    seconds: float, size: int, batch: int, concurrency: int, directory: str | None
+) -> None:
+    """Producers and a consumer at once: messages/s and send-to-delivery latency."""
+    from dledger_mq.bench.produce_bench import run_e2e
+
+    click.echo(
+        trio.run(
+            run_e2e,
+            seconds,
+            size,
+            batch,
+            concurrency,
+            directory,
+            lambda text: click.echo(text, err=True),
+        )
+    )
+
+
 if __name__ == "__main__":
     main()

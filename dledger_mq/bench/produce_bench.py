@@ -1,4 +1,4 @@
-"""``dledger-mq bench produce``: the Producer SDK against a local three-node cluster.
+"""``dledger-mq bench produce|consume|e2e``: the SDK against a local three-node cluster.
 
 Three `dledger-mq node` processes (``sync`` flush, a naming node in each) on free ports, and
 producers in this process:
@@ -8,19 +8,26 @@ producers in this process:
 - failover: ``--kills`` times, SIGKILL the leader while one producer sends one at a time, and
   measure the longest gap between two acknowledged sends around the kill. No error may reach
   the sending code: a failover is a pause.
+
+``consume`` stores messages first, then times one consumer of a new group reading and
+acknowledging them all. ``e2e`` runs producers and a consumer at once and times each message
+from its send to its delivery.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
 
 from dledger_mq.bench.raft_bench import LocalCluster, Throughput, percentile
+from dledger_mq.clients.consumer import Consumer
 from dledger_mq.clients.producer import Producer
 
 TOPIC = "bench"
@@ -101,15 +108,63 @@ async def _one_failover(
     return leader, max(gaps, default=0.0)
 
 
-async def run(
+async def consume_all(naming: list[str], group: str, count: int) -> Throughput:
+    began = time.perf_counter()
+    seen = 0
+    async with Consumer(naming=naming, group=group, topic=TOPIC) as consumer:
+        async for message in consumer:
+            await message.ack()
+            seen += 1
+            if seen == count:
+                break
+    return Throughput("consume", seen, time.perf_counter() - began, [])
+
+
+async def end_to_end(
+    producer: Producer,
+    naming: list[str],
     seconds: float,
     size: int,
     batch: int,
     concurrency: int,
-    kills: int,
-    directory: str | None,
-    echo: Callable[[str], None],
-) -> str:
+) -> Throughput:
+    """Producers and one consumer at once; latency from each send to its delivery."""
+    sent_at: dict[bytes, float] = {}
+    latencies: list[float] = []
+    stop = trio.Event()
+    counter = itertools.count()
+    padding = b"e" * max(0, size - 12)
+
+    async def produce() -> None:
+        while not stop.is_set():
+            bodies = [b"%012d" % next(counter) + padding for _ in range(batch)]
+            now = time.perf_counter()
+            for body in bodies:
+                sent_at[body[:12]] = now
+            await producer.send_batch(TOPIC, bodies)
+
+    began = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(produce)
+        async with Consumer(naming=naming, group="bench-e2e", topic=TOPIC) as consumer:
+            async for message in consumer:
+                started = sent_at.pop(message.body[:12], None)
+                if started is not None:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                await message.ack()
+                if time.perf_counter() - began >= seconds:
+                    break
+        stop.set()
+    return Throughput(
+        f"end to end {concurrency}x{batch}", len(latencies), time.perf_counter() - began, latencies
+    )
+
+
+@asynccontextmanager
+async def bench_cluster(
+    directory: str | None, echo: Callable[[str], None]
+) -> AsyncIterator[tuple[LocalCluster, Producer]]:
     root = Path(tempfile.mkdtemp(prefix="bench-produce-", dir=directory or "."))
     cluster = LocalCluster(root, "sync", with_naming=True)
     try:
@@ -120,14 +175,64 @@ async def run(
             await cluster.leader()
         async with Producer(naming=list(cluster.naming.values())) as producer:
             await producer.send(TOPIC, b"warm up")  # creates the topic
-            one = await one_at_a_time(producer, seconds, size)
-            echo(f"  one at a time: {one.entries} sends")
-            many = await batched(producer, seconds, size, batch, concurrency)
-            echo(f"  batched: {many.entries} messages")
-            pauses = await failover_pauses(cluster, producer, kills, size, echo) if kills else []
+            yield cluster, producer
     finally:
         cluster.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def run_consume(
+    seconds: float,
+    size: int,
+    batch: int,
+    concurrency: int,
+    directory: str | None,
+    echo: Callable[[str], None],
+) -> str:
+    async with bench_cluster(directory, echo) as (cluster, producer):
+        stored = await batched(producer, seconds, size, batch, concurrency)
+        echo(f"  stored {stored.entries} messages; consuming them")
+        naming = list(cluster.naming.values())
+        consumed = await consume_all(naming, "bench-consume", stored.entries + 1)
+    return "\n".join(
+        [
+            stored.row(),
+            f"{'consume':<22} {consumed.entries_per_second:>10,.0f}/s   "
+            f"({consumed.entries} messages, one consumer, each acknowledged)",
+        ]
+    )
+
+
+async def run_e2e(
+    seconds: float,
+    size: int,
+    batch: int,
+    concurrency: int,
+    directory: str | None,
+    echo: Callable[[str], None],
+) -> str:
+    async with bench_cluster(directory, echo) as (cluster, producer):
+        result = await end_to_end(
+            producer, list(cluster.naming.values()), seconds, size, batch, concurrency
+        )
+    return result.row()
+
+
+async def run(
+    seconds: float,
+    size: int,
+    batch: int,
+    concurrency: int,
+    kills: int,
+    directory: str | None,
+    echo: Callable[[str], None],
+) -> str:
+    async with bench_cluster(directory, echo) as (cluster, producer):
+        one = await one_at_a_time(producer, seconds, size)
+        echo(f"  one at a time: {one.entries} sends")
+        many = await batched(producer, seconds, size, batch, concurrency)
+        echo(f"  batched: {many.entries} messages")
+        pauses = await failover_pauses(cluster, producer, kills, size, echo) if kills else []
     lines = [one.row(), many.row()]
     if pauses:
         ordered = sorted(pauses)

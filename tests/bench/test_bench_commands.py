@@ -55,3 +55,12 @@ def test_bench_produce_reports_sends_and_failover_pauses(tmp_path: Path) -> None
     for label in ("one at a time", "batched 2x8", "sends paused", "no error"):
         assert label in result.stdout
     assert not list(tmp_path.glob("bench-produce-*"))
+
+
+def test_bench_consume_and_e2e_report_their_figures(tmp_path: Path) -> None:
+    consume = _bench(tmp_path, "consume", "--seconds", "0.5", "--batch", "8", "--concurrency", "2")
+    assert consume.returncode == 0, consume.stderr[-2000:]
+    assert "consume" in consume.stdout and "each acknowledged" in consume.stdout
+    e2e = _bench(tmp_path, "e2e", "--seconds", "1", "--batch", "8", "--concurrency", "2")
+    assert e2e.returncode == 0, e2e.stderr[-2000:]
+    assert "end to end 2x8" in e2e.stdout and "p99" in e2e.stdout
