@@ -277,6 +277,55 @@ def topic_create(
     click.echo(trio.run(create))
 
 
+@topic.command("update")
+@click.argument("name")
+@click.option(
+    "--queues",
+    type=click.IntRange(min=1),
+    required=True,
+    help="The new queue count (queues can be added, never removed).",
+)
+@click.option("--fifo/--no-fifo", default=False)
+@cluster_options
+@one_line_errors
+def topic_update(
+    name: str, queues: int, fifo: bool, endpoints: str | None, root: Path, cluster_id: str
+) -> None:
+    """Change topic NAME's queue count or FIFO flag."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    async def update() -> str:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            info = await connection.update_topic(name, queues, fifo)
+        return f"topic updated: {info.name} ({info.queue_count} queues)"
+
+    click.echo(trio.run(update))
+
+
+@topic.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@cluster_options
+@one_line_errors
+def topic_delete(name: str, yes: bool, endpoints: str | None, root: Path, cluster_id: str) -> None:
+    """Delete topic NAME: its messages become unreachable and every group's offsets go."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    if not yes:
+        click.confirm(f"delete topic {name!r} and every group's offsets in it?", abort=True)
+
+    async def delete() -> None:
+        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+        async with connect_admin(leader, cluster_id) as connection:
+            await connection.delete_topic(name)
+
+    trio.run(delete)
+    click.echo(f"topic deleted: {name}")
+
+
 @topic.command("list")
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of topic objects.")

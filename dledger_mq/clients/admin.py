@@ -12,6 +12,7 @@ from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     CreateTopicReply,
     CreateTopicRequest,
+    DeleteTopicRequest,
     DescribeGroupReply,
     DescribeGroupRequest,
     GroupInfo,
@@ -28,9 +29,11 @@ from dledger_mq.wire.admin import (
     ResetOffsetRequest,
     StatusReply,
     StatusRequest,
+    TopicChangedReply,
     TopicInfo,
     TransferLeaderReply,
     TransferLeaderRequest,
+    UpdateTopicRequest,
 )
 from dledger_mq.wire.rpc import RpcConnection, connect
 
@@ -63,6 +66,16 @@ class AdminConnection:
             CreateTopicRequest(name, queue_count, fifo)
         )
         return reply
+
+    async def update_topic(self, name: str, queue_count: int, fifo: bool = False) -> TopicInfo:
+        reply: TopicChangedReply = await self.connection.request(
+            UpdateTopicRequest(name, queue_count, fifo)
+        )
+        assert reply.topic is not None
+        return reply.topic
+
+    async def delete_topic(self, name: str) -> None:
+        await self.connection.request(DeleteTopicRequest(name))
 
     async def list_topics(self) -> tuple[TopicInfo, ...]:
         reply: ListTopicsReply = await self.connection.request(ListTopicsRequest())

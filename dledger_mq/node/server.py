@@ -17,9 +17,15 @@ import structlog
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from dledger_mq.broker.records import CreateTopic, encode_command
+from dledger_mq.broker.records import CreateTopic, DeleteTopic, UpdateTopic, encode_command
 from dledger_mq.broker.service import BrokerService
-from dledger_mq.broker.state import BrokerState, Refused, TopicCreated
+from dledger_mq.broker.state import (
+    BrokerState,
+    Refused,
+    TopicCreated,
+    TopicDeleted,
+    TopicUpdated,
+)
 from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
@@ -36,6 +42,7 @@ from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     CreateTopicReply,
     CreateTopicRequest,
+    DeleteTopicRequest,
     DescribeGroupReply,
     DescribeGroupRequest,
     FollowerLag,
@@ -53,9 +60,11 @@ from dledger_mq.wire.admin import (
     ResetOffsetRequest,
     StatusReply,
     StatusRequest,
+    TopicChangedReply,
     TopicInfo,
     TransferLeaderReply,
     TransferLeaderRequest,
+    UpdateTopicRequest,
 )
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.naming import BrokerRegistration
@@ -104,6 +113,16 @@ class Node:
             return ProposeBatchReply(first, len(message.entries))
         if isinstance(message, CreateTopicRequest):
             return await self.create_topic(message)
+        if isinstance(message, UpdateTopicRequest):
+            result = await self._propose_topic_change(
+                UpdateTopic(message.name, message.queue_count, message.fifo)
+            )
+            assert isinstance(result, TopicUpdated), result
+            return TopicChangedReply(self.topic_info(result.topic.name))
+        if isinstance(message, DeleteTopicRequest):
+            result = await self._propose_topic_change(DeleteTopic(message.name))
+            assert isinstance(result, TopicDeleted), result
+            return TopicChangedReply(None)
         if isinstance(message, ListTopicsRequest):
             return ListTopicsReply(tuple(self.topic_info(t.name) for t in self.state.topics()))
         if isinstance(message, ListGroupsRequest):
@@ -170,6 +189,12 @@ class Node:
             raise result.error
         assert isinstance(result, TopicCreated), result
         return CreateTopicReply(self.topic_info(result.topic.name), result.created)
+
+    async def _propose_topic_change(self, command: UpdateTopic | DeleteTopic) -> object:
+        result = await self.replica.propose_and_apply(encode_command(command))
+        if isinstance(result, Refused):
+            raise result.error
+        return result
 
     def topic_info(self, name: str) -> TopicInfo:
         description = self.state.describe_topic(name)

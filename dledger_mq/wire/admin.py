@@ -97,6 +97,26 @@ class CreateTopicReply:
 
 
 @attrs.frozen
+class UpdateTopicRequest:
+    """Change a topic's queue count (it can only grow) or FIFO flag."""
+
+    name: str
+    queue_count: int
+    fifo: bool = False
+
+
+@attrs.frozen
+class DeleteTopicRequest:
+    name: str
+
+
+@attrs.frozen
+class TopicChangedReply:
+    #: The topic as it is now; None once deleted.
+    topic: TopicInfo | None
+
+
+@attrs.frozen
 class ListTopicsRequest:
     pass
 
@@ -181,6 +201,10 @@ ADMIN_TYPES: dict[int, type] = {
     45: DescribeGroupReply,
     46: ResetOffsetRequest,
     47: ResetOffsetReply,
+    48: UpdateTopicRequest,
+    49: DeleteTopicRequest,
+    # 50-59 belong to naming; admin continues at 70.
+    70: TopicChangedReply,
 }
 
 #: Everything a node's client port speaks: the handshake, admin and broker requests.

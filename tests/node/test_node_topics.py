@@ -60,3 +60,17 @@ async def test_a_bad_topic_is_refused_with_the_reason(cluster: ProcessCluster) -
         with pytest.raises(BadRequest):
             await admin.create_topic("orders", 0)
         assert await admin.list_topics() == ()
+
+
+async def test_a_topic_grows_and_is_deleted_through_the_log(cluster: ProcessCluster) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        await admin.create_topic("orders", 2)
+        grown = await admin.update_topic("orders", 4)
+        assert (grown.queue_count, grown.max_offsets) == (4, (0, 0, 0, 0))
+        with pytest.raises(BadRequest):
+            await admin.update_topic("orders", 1)  # queues are never removed
+        await admin.delete_topic("orders")
+        assert await admin.list_topics() == ()
+    for node_id in cluster.nodes:
+        await wait_for_topics(cluster, node_id, {})

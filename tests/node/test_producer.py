@@ -88,6 +88,7 @@ async def test_a_leader_killed_during_sends_loses_nothing_and_stores_nothing_twi
                 await trio.sleep(0.01)
         cluster.kill(old)
         await cluster.wait_for_leader(exclude=[old])
+        cluster.start(old)  # it rejoins, as a follower, while the sends go on
         with trio.fail_after(DEADLINE_SECONDS):
             mark = len(acknowledged)
             while len(acknowledged) < mark + 50:
