@@ -175,6 +175,8 @@ class BrokerService:
         topic = self.state.topic(heartbeat.topic)
         if topic is None:
             raise TopicNotFound(heartbeat.topic)
+        if heartbeat.broadcast:
+            return ConsumerHeartbeatReply(tuple(range(topic.queue_count)), (), topic.fifo)
         now = self.monotonic_ms()
         members = self.consumers.setdefault((heartbeat.group, heartbeat.topic), {})
         members[heartbeat.consumer_id] = now + CONSUMER_EXPIRY_MS

@@ -118,10 +118,14 @@ class Consumer:
         group: str,
         topic: str,
         tags: str = "*",
+        broadcasting: bool = False,
         cluster_id: str = "local",
     ) -> None:
+        """``broadcasting``: every consumer of the group receives every message; progress is
+        this consumer's own (in memory, from the topic's current end), never committed."""
         if not group or not topic:
             raise BadRequest("a consumer needs a group and a topic")
+        self.broadcasting = broadcasting
         self.group = group
         self.topic = topic
         self.tags = tags
@@ -178,7 +182,7 @@ class Consumer:
     # -- membership ------------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        heartbeat = ConsumerHeartbeat(self.group, self.topic, self.consumer_id)
+        heartbeat = ConsumerHeartbeat(self.group, self.topic, self.consumer_id, self.broadcasting)
         while True:
             try:
                 reply = await self._call(heartbeat)
@@ -208,9 +212,10 @@ class Consumer:
         self, queue_id: int, *, task_status: trio.TaskStatus[trio.CancelScope]
     ) -> None:
         with trio.CancelScope() as scope:
-            task_status.started(scope)
+            # Started only once the start offset is known, so that ``queue_ids`` means ready.
             offset = await self._committed_offset(queue_id)
             progress = self._progress[queue_id] = _QueueProgress(offset)
+            task_status.started(scope)
             while True:
                 request = PullRequest(
                     self.topic, queue_id, offset, PULL_BATCH, self.tags, LONG_POLL_MS
@@ -230,6 +235,11 @@ class Consumer:
                 offset = reply.next_offset
 
     async def _committed_offset(self, queue_id: int) -> int:
+        if self.broadcasting:
+            # Only what is stored from now on; an empty pull says where the queue ends.
+            reply = await self._call(PullRequest(self.topic, queue_id, 0, 1, "*", 0))
+            assert isinstance(reply, PullReply)
+            return reply.max_offset
         reply = await self._call(QueryOffsetsRequest(self.group, self.topic))
         assert isinstance(reply, QueryOffsetsReply)
         for item in reply.offsets:
@@ -245,6 +255,8 @@ class Consumer:
             await self._commit()
 
     async def _commit(self) -> None:
+        if self.broadcasting:
+            return  # a broadcasting consumer's progress is its own
         offsets = tuple(
             QueueOffset(queue_id, progress.next_to_commit)
             for queue_id, progress in self._progress.items()

@@ -123,6 +123,8 @@ class ConsumerHeartbeat:
     group: str
     topic: str
     consumer_id: str
+    #: Broadcasting: every consumer reads every queue (and keeps its own progress).
+    broadcast: bool = False
 
 
 @attrs.frozen

@@ -184,3 +184,31 @@ async def test_a_fifo_topic_delivers_each_queue_one_at_a_time_in_order(
                 received.append(int(message.body))
                 await message.ack()
     assert received == list(range(10))
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_broadcasting_consumers_each_receive_every_new_message(
+    cluster: ProcessCluster,
+) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    naming = list(cluster.naming.values())
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        await admin.create_topic("orders", 4)
+    received: dict[str, list[int]] = {"a": [], "b": []}
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with (
+            Consumer(naming=naming, group="cache", topic="orders", broadcasting=True) as a,
+            Consumer(naming=naming, group="cache", topic="orders", broadcasting=True) as b,
+        ):
+            while a.queue_ids != (0, 1, 2, 3) or b.queue_ids != (0, 1, 2, 3):
+                await trio.sleep(0.05)  # until both read every queue
+            async with Producer(naming=naming) as producer:
+                for number in range(12):
+                    await producer.send("orders", b"%d" % number)
+            for name, consumer in (("a", a), ("b", b)):
+                async for message in consumer:
+                    received[name].append(int(message.body))
+                    await message.ack()
+                    if len(received[name]) == 12:
+                        break
+    assert sorted(received["a"]) == sorted(received["b"]) == list(range(12))
