@@ -6,14 +6,18 @@ import contextlib
 import functools
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import trio
 
 from dledger_mq.errors import DledgerError
+
+if TYPE_CHECKING:
+    from dledger_mq.clients.admin import AdminConnection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -195,6 +199,19 @@ def _endpoints(endpoints: str | None, root: Path) -> list[tuple[str, str]]:
     return local_endpoints(root)
 
 
+@asynccontextmanager
+async def _leader_admin(
+    endpoints: str | None, root: Path, cluster_id: str
+) -> AsyncIterator[AdminConnection]:
+    """An admin connection to the leader of the cluster these options name."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.local_cluster import find_leader_address
+
+    leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
+    async with connect_admin(leader, cluster_id) as connection:
+        yield connection
+
+
 def cluster_options(function: F) -> F:
     """--endpoints, --root and --cluster-id: which cluster a command talks to."""
     function = click.option("--cluster-id", default="local", show_default=True)(function)
@@ -238,12 +255,9 @@ def cluster_transfer_leader(
     target: str, endpoints: str | None, root: Path, cluster_id: str
 ) -> None:
     """Hand leadership to TARGET (it must be an up-to-date member)."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
 
     async def transfer() -> str:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             return await connection.transfer_leader(target)
 
     click.echo(f"leader is now {trio.run(transfer)}")
@@ -264,12 +278,9 @@ def topic_create(
     name: str, queues: int, fifo: bool, endpoints: str | None, root: Path, cluster_id: str
 ) -> None:
     """Create topic NAME (through the leader); creating it again alike is not an error."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
 
     async def create() -> str:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             reply = await connection.create_topic(name, queues, fifo)
         verb = "created" if reply.created else "already exists:"
         return f"topic {verb} {reply.topic.name} ({reply.topic.queue_count} queues)"
@@ -292,12 +303,9 @@ def topic_update(
     name: str, queues: int, fifo: bool, endpoints: str | None, root: Path, cluster_id: str
 ) -> None:
     """Change topic NAME's queue count or FIFO flag."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
 
     async def update() -> str:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             info = await connection.update_topic(name, queues, fifo)
         return f"topic updated: {info.name} ({info.queue_count} queues)"
 
@@ -311,15 +319,11 @@ def topic_update(
 @one_line_errors
 def topic_delete(name: str, yes: bool, endpoints: str | None, root: Path, cluster_id: str) -> None:
     """Delete topic NAME: its messages become unreachable and every group's offsets go."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
-
     if not yes:
         click.confirm(f"delete topic {name!r} and every group's offsets in it?", abort=True)
 
     async def delete() -> None:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             await connection.delete_topic(name)
 
     trio.run(delete)
@@ -332,12 +336,9 @@ def topic_delete(name: str, yes: bool, endpoints: str | None, root: Path, cluste
 @one_line_errors
 def topic_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool) -> None:
     """Every topic with its queue count and messages per queue (as the leader knows them)."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
 
     async def list_topics() -> list[dict[str, object]]:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             topics = await connection.list_topics()
         return [
             {
@@ -364,13 +365,10 @@ def topic_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool
 @one_line_errors
 def topic_describe(name: str, endpoints: str | None, root: Path, cluster_id: str) -> None:
     """Topic NAME: its queues and the offset the next message in each will get."""
-    from dledger_mq.clients.admin import connect_admin
     from dledger_mq.errors import BadRequest
-    from dledger_mq.node.local_cluster import find_leader_address
 
     async def describe() -> str:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             topics = {t.name: t for t in await connection.list_topics()}
         if name not in topics:
             raise BadRequest(f"no topic {name!r}")
@@ -395,12 +393,9 @@ def group() -> None:
 @one_line_errors
 def group_list(endpoints: str | None, root: Path, cluster_id: str) -> None:
     """Every consumer group that committed offsets, with its topics."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
 
     async def run() -> list[str]:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             groups = await connection.list_groups()
         return [f"{info.group}  topics={','.join(info.topics)}" for info in groups]
 
@@ -417,12 +412,9 @@ def group_describe(
     name: str, topic: str, endpoints: str | None, root: Path, cluster_id: str
 ) -> None:
     """Lag of group NAME in TOPIC, per queue, and its live consumers."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
 
     async def run() -> str:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             reply = await connection.describe_group(name, topic)
         lines = [f"group {name}, topic {topic}: {len(reply.consumers)} live consumers"]
         lines += [
@@ -464,9 +456,6 @@ def group_reset_offset(
     cluster_id: str,
 ) -> None:
     """Move group NAME's offsets in TOPIC; stop the group's consumers first."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.local_cluster import find_leader_address
-
     if (to_offset is None) == (to_time is None):
         raise click.UsageError("give exactly one of --to-offset and --to-time")
     to_time_ms = -1
@@ -474,8 +463,7 @@ def group_reset_offset(
         to_time_ms = _parse_time_ms(to_time)
 
     async def run() -> str:
-        leader = await find_leader_address(_endpoints(endpoints, root), cluster_id)
-        async with connect_admin(leader, cluster_id) as connection:
+        async with _leader_admin(endpoints, root, cluster_id) as connection:
             queues = await connection.reset_offset(
                 name, topic, -1 if to_offset is None else to_offset, to_time_ms
             )
