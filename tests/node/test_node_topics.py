@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import trio
 
@@ -74,3 +78,34 @@ async def test_a_topic_grows_and_is_deleted_through_the_log(cluster: ProcessClus
         assert await admin.list_topics() == ()
     for node_id in cluster.nodes:
         await wait_for_topics(cluster, node_id, {})
+
+
+async def test_topic_commands(cluster: ProcessCluster) -> None:
+    await cluster.wait_for_leader()
+    endpoints = ",".join(cluster.client_address(node) for node in cluster.nodes)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dledger_mq", "topic", *args, "--endpoints", endpoints],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    async def dledger(*args: str) -> str:
+        result = await trio.to_thread.run_sync(lambda: run(*args))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert await dledger("create", "orders", "--queues", "2") == "topic created orders (2 queues)\n"
+    assert "3 queues" in await dledger("update", "orders", "--queues", "3")
+    assert json.loads(await dledger("list", "--json")) == [
+        {"name": "orders", "queues": 3, "fifo": False, "messages": 0}
+    ]
+    assert "queue 2: next offset 0" in await dledger("describe", "orders")
+    assert await dledger("delete", "orders", "--yes") == "topic deleted: orders\n"
+    assert json.loads(await dledger("list", "--json")) == []
+    missing = await trio.to_thread.run_sync(lambda: run("describe", "orders"))
+    assert missing.returncode == 1
+    assert missing.stderr == "Error: no topic 'orders'\n"
