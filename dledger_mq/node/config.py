@@ -88,8 +88,6 @@ class NodeConfig:
     #: Every naming node this replica registers with (and heartbeats to).
     naming: list[str] = attrs.field(factory=list)
     naming_heartbeat_ms: int = attrs.field(default=1000, validator=_positive)
-    #: Only the fault harness sets these: model a crash that loses unsynced writes.
-    unsafe_ack_before_fsync: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.node_id not in self.members:

@@ -101,7 +101,7 @@ def test_an_unknown_member_key_names_its_table() -> None:
         {"tick_ms": True},
         {"tick_ms": "10"},
         {"data_dir": 5},
-        {"unsafe_ack_before_fsync": "false"},
+        {"auto_create_topics": "false"},
     ],
     ids=str,
 )
@@ -201,7 +201,7 @@ def configs(draw: st.DrawFn) -> NodeConfig:
             "heartbeat_ticks": heartbeat_ticks,
             "election_ticks": draw(st.integers(heartbeat_ticks + 1, 100)),
             "log_level": draw(st.sampled_from(["debug", "info", "warning", "error"])),
-            "unsafe_ack_before_fsync": draw(st.booleans()),
+            "auto_create_topics": draw(st.booleans()),
         }
     )
 
