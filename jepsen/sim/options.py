@@ -10,6 +10,7 @@ FAULTS = (
     "crash",
     "isolate",
     "isolate-leader",
+    "leader-churn",
     "split",
     "one-way",
     "drop",

@@ -81,10 +81,15 @@ class FaultInjector:
             return
         if kind == "isolate":
             pairs = self._isolation_pairs(rng.choice(node_ids))
-        elif kind == "isolate-leader":
+        elif kind in ("isolate-leader", "leader-churn"):
             if not leaders:
                 return
             pairs = self._isolation_pairs(leaders[0])
+            if kind == "leader-churn":
+                # Cut the leader off only briefly, again and again: every term leaves a few
+                # entries on one node only, the divergent logs that figure 8 needs.
+                timeout = cluster.options.election_timeout_ticks
+                duration = rng.randint(timeout, 3 * timeout) * UNITS_PER_TICK
         elif kind == "split":
             minority = rng.sample(node_ids, len(node_ids) // 2)
             majority = [node_id for node_id in node_ids if node_id not in minority]

@@ -21,7 +21,7 @@ def test_default_seeds_keep_every_safety_and_liveness_property() -> None:
     failures = [f"seed {r.seed}: {r.failure}" for r in results if not r.passed]
     assert failures == []
     # The seeds must actually exercise the cluster, not pass vacuously.
-    assert sum(r.committed for r in results) > 100 * DEFAULT_TEST_SEEDS
+    assert sum(r.committed for r in results) > 50 * DEFAULT_TEST_SEEDS
     assert sum(r.elections > 3 for r in results) > DEFAULT_TEST_SEEDS // 2
 
 
