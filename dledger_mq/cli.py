@@ -712,54 +712,6 @@ def bench_transport(seconds: float) -> None:
     click.echo(run(seconds, lambda text: click.echo(text, err=True)))
 
 
-@bench.command("produce")
-@click.option("--seconds", type=float, default=5.0, show_default=True, help="Per phase.")
-@click.option(
-    "--size", type=click.IntRange(min=1), default=100, show_default=True, help="Message body bytes."
-)
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Messages per send_batch in the batched phase.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="send_batch calls in flight in the batched phase.",
-)
-@click.option(
-    "--kills",
-    type=click.IntRange(min=0),
-    default=5,
-    show_default=True,
-    help="Leader kills during one-at-a-time sends (0 to skip).",
-)
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None)
-@one_line_errors
-def bench_produce(
-    seconds: float, size: int, batch: int, concurrency: int, kills: int, directory: str | None
-) -> None:
-    """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
-    how long a leader kill pauses the sends."""
-    from dledger_mq.bench.produce_bench import run
-
-    report = trio.run(
-        run,
-        seconds,
-        size,
-        batch,
-        concurrency,
-        kills,
-        directory,
-        lambda text: click.echo(text, err=True),
-    )
-    click.echo(report)
-
-
 def _sdk_bench_options(function: F) -> F:
     for option in (
         click.option("--dir", "directory", type=click.Path(file_okay=False), default=None),
@@ -788,6 +740,36 @@ def _sdk_bench_options(function: F) -> F:
     ):
         function = option(function)
     return function
+
+
+@bench.command("produce")
+@_sdk_bench_options
+@click.option(
+    "--kills",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Leader kills during one-at-a-time sends (0 to skip).",
+)
+@one_line_errors
+def bench_produce(
+    seconds: float, size: int, batch: int, concurrency: int, kills: int, directory: str | None
+) -> None:
+    """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
+    how long a leader kill pauses the sends."""
+    from dledger_mq.bench.produce_bench import run
+
+    report = trio.run(
+        run,
+        seconds,
+        size,
+        batch,
+        concurrency,
+        kills,
+        directory,
+        lambda text: click.echo(text, err=True),
+    )
+    click.echo(report)
 
 
 @bench.command("consume")

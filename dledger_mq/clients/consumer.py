@@ -17,7 +17,6 @@ log in batches; a message not acknowledged before a failover or a rebalance is d
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
@@ -25,7 +24,7 @@ from types import TracebackType
 import attrs
 import trio
 
-from dledger_mq.clients.routing import Connections, Routes, call_leader, naming_addresses
+from dledger_mq.clients.routing import RoutedClient
 from dledger_mq.errors import BadRequest, TopicNotFound
 from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
@@ -110,7 +109,7 @@ class _QueueProgress:
             await self.advanced.wait()
 
 
-class Consumer:
+class Consumer(RoutedClient):
     def __init__(
         self,
         naming: str | Sequence[str] = "127.0.0.1:9876",
@@ -130,11 +129,7 @@ class Consumer:
         self.topic = topic
         self.tags = tags
         self.consumer_id = uuid.uuid4().hex
-        self.rng = random.Random()
-        self.routes = Routes(naming_addresses(naming), cluster_id, self.rng)
-        self.cluster_id = cluster_id
-        self._nursery_manager = trio.open_nursery()
-        self._connections: Connections | None = None
+        super().__init__(naming, cluster_id, f"consumer-{self.consumer_id}")
         self._send, self._receive = trio.open_memory_channel[ReceivedMessage](PULL_BATCH)
         self._progress: dict[int, _QueueProgress] = {}
         self._pullers: dict[int, trio.CancelScope] = {}
@@ -144,11 +139,9 @@ class Consumer:
         self.fifo = False
 
     async def __aenter__(self) -> Consumer:
-        nursery = await self._nursery_manager.__aenter__()
-        self._nursery = nursery
-        self._connections = Connections(nursery, self.cluster_id, f"consumer-{self.consumer_id}")
-        nursery.start_soon(self._heartbeat_loop)
-        nursery.start_soon(self._commit_loop)
+        await self._open()
+        self.nursery.start_soon(self._heartbeat_loop)
+        self.nursery.start_soon(self._commit_loop)
         return self
 
     async def __aexit__(
@@ -161,8 +154,7 @@ class Consumer:
         with trio.move_on_after(2) as scope:
             scope.shield = True
             await self._commit()
-        self._nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(kind, value, traceback)
+        return await self._close(kind, value, traceback)
 
     def __aiter__(self) -> Consumer:
         return self
@@ -176,8 +168,7 @@ class Consumer:
             progress.done(offset)
 
     async def _call(self, request: object) -> object:
-        assert self._connections is not None
-        return await call_leader(self.routes, self._connections, self.topic, request, self.rng)
+        return await self.call_leader(self.topic, request)
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -203,7 +194,7 @@ class Consumer:
         for queue_id in set(self._pullers) - set(queue_ids):
             self._progress.pop(queue_id, None)
         for queue_id in set(queue_ids) - set(self._pullers):
-            self._pullers[queue_id] = await self._nursery.start(self._pull_loop, queue_id)
+            self._pullers[queue_id] = await self.nursery.start(self._pull_loop, queue_id)
         self.queue_ids = queue_ids
 
     # -- reading -----------------------------------------------------------------------------

@@ -13,22 +13,18 @@ the original. No timeout arguments: bound a call with a Trio cancel scope.
 from __future__ import annotations
 
 import itertools
-import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
-import trio
-
-from dledger_mq.clients.routing import Connections, Routes, call_leader, naming_addresses
-from dledger_mq.errors import BadRequest
+from dledger_mq.clients.routing import RoutedClient
 from dledger_mq.wire.broker import OutgoingMessage, Receipt, SendReply, SendRequest
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.rpc import raise_error_reply
 
 
-class Producer:
+class Producer(RoutedClient):
     def __init__(
         self,
         naming: str | Sequence[str] = "127.0.0.1:9876",
@@ -36,17 +32,12 @@ class Producer:
         cluster_id: str = "local",
         idempotent: bool = True,
     ) -> None:
-        self.rng = random.Random()
-        self.routes = Routes(naming_addresses(naming), cluster_id, self.rng)
-        self.cluster_id = cluster_id
         self.producer_id = uuid.uuid4().hex if idempotent else None
+        super().__init__(naming, cluster_id, f"producer-{self.producer_id}")
         self._sequences = itertools.count(1)
-        self._nursery_manager = trio.open_nursery()
-        self._connections: Connections | None = None
 
     async def __aenter__(self) -> Producer:
-        nursery = await self._nursery_manager.__aenter__()
-        self._connections = Connections(nursery, self.cluster_id, f"producer-{self.producer_id}")
+        await self._open()
         return self
 
     async def __aexit__(
@@ -56,9 +47,7 @@ class Producer:
         traceback: TracebackType | None,
     ) -> bool | None:
         # Every send was awaited by its caller, so nothing is in flight: close the connections.
-        assert self._connections is not None
-        self._connections.nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(kind, value, traceback)
+        return await self._close(kind, value, traceback)
 
     async def send(
         self,
@@ -110,12 +99,7 @@ class Producer:
         )
 
     async def _send(self, topic: str, messages: list[OutgoingMessage]) -> list[Receipt]:
-        connections = self._connections
-        if connections is None:
-            raise BadRequest("use the producer inside `async with`")
-        reply = await call_leader(
-            self.routes, connections, topic, SendRequest(tuple(messages)), self.rng
-        )
+        reply = await self.call_leader(topic, SendRequest(tuple(messages)))
         assert isinstance(reply, SendReply)
         for receipt in reply.receipts:
             if receipt.error_code:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from types import TracebackType
 
 import trio
 
@@ -135,3 +136,41 @@ async def call_leader(
             routes.forget(topic)
         await trio.sleep(backoff * (0.5 + rng.random()))
         backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+
+
+class RoutedClient:
+    """What producers and consumers share: routes through naming, connections held by a
+    nursery for the client's lifetime (``async with``), and calls that follow the leader."""
+
+    def __init__(self, naming: str | Sequence[str], cluster_id: str, name: str) -> None:
+        self.rng = random.Random()
+        self.routes = Routes(naming_addresses(naming), cluster_id, self.rng)
+        self.cluster_id = cluster_id
+        self.name = name
+        self._nursery_manager = trio.open_nursery()
+        self._connections: Connections | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        if self._connections is None:
+            raise BadRequest(f"use the {type(self).__name__.lower()} inside `async with`")
+        return self._connections.nursery
+
+    async def _open(self) -> None:
+        nursery = await self._nursery_manager.__aenter__()
+        self._connections = Connections(nursery, self.cluster_id, self.name)
+
+    async def _close(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        self.nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(kind, value, traceback)
+
+    async def call_leader(self, topic: str, request: object) -> object:
+        """``request`` answered by the leader of ``topic``'s group (see ``call_leader``)."""
+        if self._connections is None:
+            raise BadRequest(f"use the {type(self).__name__.lower()} inside `async with`")
+        return await call_leader(self.routes, self._connections, topic, request, self.rng)
