@@ -110,3 +110,17 @@ def _read_lines(path: Path) -> Iterator[Op]:
         for line in lines:
             if line.strip():
                 yield Op.from_json(line)
+
+
+@attrs.frozen
+class CheckResult:
+    """What one checker concluded about a history; JSON-able through ``attrs.asdict``."""
+
+    name: str
+    valid: bool
+    #: Summary figures, e.g. {"lost": 0, "acknowledged": 1234}.
+    counts: dict[str, int | float] = attrs.field(factory=dict)
+    #: Up to a few dozen readable lines naming the offending values, for the report.
+    examples: list[str] = attrs.field(factory=list)
+    #: Anything structured the report draws (JSON-able: dicts, lists, numbers, strings).
+    details: dict[str, Any] = attrs.field(factory=dict)
