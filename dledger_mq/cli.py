@@ -92,6 +92,7 @@ def node(
     """
     from dledger_mq.logs import configure_logging
     from dledger_mq.node.config import load_config
+    from dledger_mq.node.harness import HarnessOptions
     from dledger_mq.node.server import run_node
 
     overrides: dict[str, Any] = {
@@ -109,8 +110,9 @@ def node(
             table[member_id] = {"peer": peer, "client": client}
         overrides["members"] = table
     config = load_config(config_path, overrides)
+    harness = HarnessOptions.from_environment()
     configure_logging(config.log_level)
-    trio.run(run_node, config)
+    trio.run(functools.partial(run_node, config, harness=harness))
 
 
 @main.command()

@@ -88,6 +88,9 @@ class NodeConfig:
     #: Every naming node this replica registers with (and heartbeats to).
     naming: list[str] = attrs.field(factory=list)
     naming_heartbeat_ms: int = attrs.field(default=1000, validator=_positive)
+    #: Where to dial a peer when not at its ``members`` peer address (a proxy, a NAT):
+    #: peer id -> "HOST:PORT". The fault-injection harness routes every link through its proxy.
+    peer_dial: dict[str, str] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -109,6 +112,13 @@ class NodeConfig:
                 Address.parse(address)
             except ValueError as error:
                 raise ConfigError(f"naming: {error}") from None
+        for peer, address in self.peer_dial.items():
+            if peer not in self.members or peer == self.node_id:
+                raise ConfigError(f"peer_dial: {peer!r} is not one of this node's peers")
+            try:
+                Address.parse(address)
+            except ValueError as error:
+                raise ConfigError(f"peer_dial.{peer}: {error}") from None
         addresses = [a for member in self.members.values() for a in (member.peer, member.client)]
         if len(set(addresses)) != len(addresses):
             raise ConfigError(f"members: two addresses are the same: {sorted(addresses)}")
@@ -120,7 +130,7 @@ class NodeConfig:
     @property
     def peers(self) -> dict[str, Address]:
         return {
-            node_id: Address.parse(member.peer)
+            node_id: Address.parse(self.peer_dial.get(node_id, member.peer))
             for node_id, member in self.members.items()
             if node_id != self.node_id
         }
@@ -187,13 +197,18 @@ def render_config(config: NodeConfig) -> str:
     lines = []
     for field in attrs.fields(NodeConfig):
         value = getattr(config, field.name)
-        if field.name == "members":
+        if field.name in {"members", "peer_dial"}:
             continue
         default: Any = field.default
         if hasattr(default, "factory"):  # attrs.Factory
             default = default.factory()
         if value != default or field.default is attrs.NOTHING:
             lines.append(f"{field.name} = {_toml_value(value)}")
+    if config.peer_dial:
+        lines.append("")
+        lines.append("[peer_dial]")
+        for node_id, address in config.peer_dial.items():
+            lines.append(f"{_toml_value(node_id)} = {_toml_value(address)}")
     for node_id, member in config.members.items():
         lines.append("")
         lines.append(f"[members.{_toml_value(node_id)}]")

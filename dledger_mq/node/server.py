@@ -29,10 +29,11 @@ from dledger_mq.broker.state import (
 from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
+from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
 from dledger_mq.node.registration import register_forever
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.core import Config, RaftCore, Role
-from dledger_mq.raft.disk import OsDisk
+from dledger_mq.raft.disk import OsDisk, PowerLossDisk
 from dledger_mq.raft.log_writer import open_log_writer
 from dledger_mq.raft.messages import Entry
 from dledger_mq.raft.replica import Replica
@@ -256,17 +257,24 @@ def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
 async def run_node(
     config: NodeConfig,
     *,
+    harness: HarnessOptions = NO_HARNESS,
     handle_signals: bool = True,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     log = logger.bind(node=config.node_id, group=config.group)
     directory = posixpath.join(config.data_dir, "raft", config.group)
+    flush_policy = FlushPolicy(config.flush)
+    flush_interval_ms = config.flush_interval_ms
+    if harness.any:
+        log.warning("harness_options", **attrs.asdict(harness))
+    if harness.ack_before_fsync:
+        flush_policy, flush_interval_ms = FlushPolicy.ASYNC, UNSAFE_FLUSH_INTERVAL_MS
     commit_log = CommitLog.open(
-        OsDisk(),
+        PowerLossDisk() if harness.lose_unsynced else OsDisk(),
         directory,
         segment_size_bytes=config.segment_size_bytes,
-        flush_policy=FlushPolicy(config.flush),
-        flush_interval_ms=config.flush_interval_ms,
+        flush_policy=flush_policy,
+        flush_interval_ms=flush_interval_ms,
     )
     rng = random.Random()
     core = RaftCore(

@@ -14,6 +14,7 @@ import errno
 import os
 import posixpath
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Literal, Protocol
@@ -181,6 +182,79 @@ class OsDisk:
 
     def modified_time_seconds(self, path: str) -> float:
         return os.stat(path).st_mtime
+
+
+class PowerLossFile:
+    """An :class:`OsFile` whose appends stay in this process until ``fsync``.
+
+    Only the harness uses it (``PowerLossDisk``): a SIGKILL of the process then loses exactly the
+    bytes a power cut would have lost, which a real kill (the kernel keeps the page cache) never
+    does. The CommitLog's writer thread appends while the Trio thread reads, hence the lock.
+    """
+
+    __slots__ = ("_file", "_pending", "_lock")
+
+    def __init__(self, file: OsFile) -> None:
+        self._file = file
+        self._pending = bytearray()
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return self._file.path
+
+    def size(self) -> int:
+        with self._lock:
+            return self._file.size() + len(self._pending)
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        with self._lock:
+            self._pending += data
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            durable_size = self._file.size()
+            head = b""
+            if offset < durable_size:
+                head = self._file.read(offset, min(length, durable_size - offset))
+            start = max(offset - durable_size, 0)
+            return head + bytes(self._pending[start : start + length - len(head)])
+
+    def truncate(self, size: int) -> None:
+        with self._lock:
+            durable_size = self._file.size()
+            if size >= durable_size:
+                del self._pending[size - durable_size :]
+            else:
+                self._pending.clear()
+                self._file.truncate(size)
+
+    def fsync(self) -> None:
+        with self._lock:
+            if self._pending:
+                self._file.append(self._pending)
+                self._pending.clear()
+            self._file.fsync()
+
+    def close(self) -> None:
+        # What was never fsynced is lost, as it may be after a power cut.
+        with self._lock:
+            self._pending.clear()
+            self._file.close()
+
+
+class PowerLossDisk(OsDisk):
+    """Real files whose unsynced appends live in process memory: killing the process loses them.
+
+    A fault-injection device (``DLEDGER_MQ_HARNESS=lose-unsynced``), never a product setting.
+    It models lost file data only; directory operations (create, rename, remove) go to the OS
+    at once.
+    """
+
+    def open(  # type: ignore[override]
+        self, path: str, *, create: bool = False, truncate: bool = False
+    ) -> PowerLossFile:
+        return PowerLossFile(super().open(path, create=create, truncate=truncate))
 
 
 # -- an in-memory file system with a page cache -------------------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dledger_mq.node.config import ConfigError, NodeConfig, load_config, parse_config, render_config
+from dledger_mq.node.harness import NO_HARNESS, HarnessOptions
 
 MEMBERS = {
     "n1": {"peer": "127.0.0.1:9001", "client": "127.0.0.1:9101"},
@@ -43,6 +44,14 @@ def test_a_minimal_config_takes_the_defaults() -> None:
     assert sorted(config.peers) == ["n2", "n3"] and str(config.peers["n2"]) == "127.0.0.1:9002"
 
 
+def test_peer_dial_replaces_where_a_peer_is_dialled_and_survives_rendering() -> None:
+    config = parse_config(values(peer_dial={"n2": "127.0.0.1:7002"}))
+
+    assert str(config.peers["n2"]) == "127.0.0.1:7002"
+    assert str(config.peers["n3"]) == "127.0.0.1:9003"
+    assert parse_config(tomllib.loads(render_config(config))) == config
+
+
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
@@ -68,6 +77,9 @@ def test_a_minimal_config_takes_the_defaults() -> None:
             {"members": {**MEMBERS, "n3": {"peer": "127.0.0.1:9003"}}},
             ["members.n3.client", "missing"],
         ),
+        ({"peer_dial": {"n9": "127.0.0.1:1"}}, ["peer_dial", "'n9'", "not one of"]),
+        ({"peer_dial": {"n1": "127.0.0.1:1"}}, ["peer_dial", "'n1'", "not one of"]),
+        ({"peer_dial": {"n2": "nowhere"}}, ["peer_dial.n2", "HOST:PORT"]),
     ],
     ids=lambda value: str(value)[:40],
 )
@@ -275,3 +287,10 @@ def test_two_members_on_one_address_are_refused() -> None:
     }
     with pytest.raises(ConfigError, match="two addresses are the same"):
         parse_config({"node_id": "n1", "members": members, "data_dir": "/d"})
+
+
+def test_harness_options_come_from_a_comma_separated_list() -> None:
+    assert HarnessOptions.parse("") == NO_HARNESS
+    assert HarnessOptions.parse("lose-unsynced, ack-before-fsync") == HarnessOptions(True, True)
+    with pytest.raises(ConfigError, match="unknown.*'fast'"):
+        HarnessOptions.parse("fast")

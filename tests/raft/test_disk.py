@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import errno
+import os
 import random
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from dledger_mq.raft.disk import (
     FsyncError,
     MemoryDisk,
     OsDisk,
+    PowerLossDisk,
     write_file_atomically,
 )
 
@@ -186,3 +191,50 @@ def test_os_disk_appends_reads_and_truncates(tmp_path: Path) -> None:
     assert (tmp_path / "f").read_bytes() == b"hello!"
     assert disk.list_directory(str(tmp_path)) == ["f"]
     disk.fsync_directory(str(tmp_path))
+
+
+# -- PowerLossDisk: real files, unsynced appends held in the process -----------------------------
+
+
+def test_power_loss_disk_reads_through_its_unsynced_tail(tmp_path: Path) -> None:
+    path = str(tmp_path / "segment")
+    file = PowerLossDisk().open(path, create=True)
+    file.append(b"durable-")
+    file.fsync()
+    file.append(b"pending")
+
+    assert file.size() == 15
+    assert file.read(0, 15) == b"durable-pending"
+    assert file.read(5, 6) == b"le-pen"
+    assert file.read(10, 100) == b"nding"
+    assert os.path.getsize(path) == 8  # the OS has only what was fsynced
+
+
+def test_power_loss_disk_truncates_the_pending_tail_or_the_file(tmp_path: Path) -> None:
+    file = PowerLossDisk().open(str(tmp_path / "segment"), create=True)
+    file.append(b"0123")
+    file.fsync()
+    file.append(b"4567")
+
+    file.truncate(6)
+    assert file.read(0, 100) == b"012345"
+    file.truncate(2)
+    assert (file.size(), file.read(0, 100)) == (2, b"01")
+    file.append(b"xy")
+    file.fsync()
+    assert file.read(0, 100) == b"01xy"
+
+
+def test_a_killed_process_loses_exactly_what_it_did_not_fsync(tmp_path: Path) -> None:
+    path = tmp_path / "segment"
+    script = (
+        "import os, signal\n"
+        "from dledger_mq.raft.disk import PowerLossDisk\n"
+        f"f = PowerLossDisk().open({str(path)!r}, create=True)\n"
+        "f.append(b'acknowledged'); f.fsync(); f.append(b'-in-flight')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], check=False)
+
+    assert completed.returncode == -signal.SIGKILL
+    assert path.read_bytes() == b"acknowledged"
