@@ -24,7 +24,7 @@ from types import TracebackType
 import attrs
 import trio
 
-from dledger_mq.clients.routing import RoutedClient
+from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import BadRequest, TopicNotFound
 from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
@@ -168,7 +168,10 @@ class Consumer(RoutedClient):
             progress.done(offset)
 
     async def _call(self, request: object) -> object:
-        return await self.call_leader(self.topic, request)
+        silence = SILENCE_SECONDS
+        if isinstance(request, PullRequest):
+            silence += request.wait_ms / 1000  # a long poll is silent on purpose
+        return await self.call_leader(self.topic, request, silence)
 
     # -- membership ------------------------------------------------------------------------------
 

@@ -20,6 +20,10 @@ BACKOFF_MIN_SECONDS = 0.01
 #: A failover takes a few hundred milliseconds: retrying at least every 100 ms finds the new
 #: leader soon after it is elected, at the cost of a few cheap requests.
 BACKOFF_MAX_SECONDS = 0.1
+#: A node that does not answer a request (or a naming query) within this long is treated as
+#: gone: a paused process or a half-open connection must not hold a client for ever. A send
+#: retried after this is still stored once (idempotent producers).
+SILENCE_SECONDS = 2.0
 
 
 def naming_addresses(naming: str | Sequence[str]) -> list[str]:
@@ -95,9 +99,10 @@ class Routes:
         start = self.rng.randrange(len(self.naming))
         for address in self.naming[start:] + self.naming[:start]:
             try:
-                async with connect_naming(address, self.cluster_id, "producer") as naming:
-                    routes, groups = await naming.routes_and_groups(topic)
-            except DledgerError:
+                with trio.fail_after(SILENCE_SECONDS):
+                    async with connect_naming(address, self.cluster_id, "producer") as naming:
+                        routes, groups = await naming.routes_and_groups(topic)
+            except (DledgerError, trio.TooSlowError):
                 continue
             for route in routes:
                 if route.leader_address:
@@ -111,20 +116,27 @@ class Routes:
 
 
 async def call_leader(
-    routes: Routes, connections: Connections, topic: str, request: object, rng: random.Random
+    routes: Routes,
+    connections: Connections,
+    topic: str,
+    request: object,
+    rng: random.Random,
+    silence_seconds: float = SILENCE_SECONDS,
 ) -> object:
     """Send ``request`` to the leader of ``topic``'s group until it answers.
 
-    A ``NotLeader`` answer's leader address is followed at once; a broken connection or an
-    unknown leader makes the route be asked for again, after a jittered backoff. Other errors
-    are the caller's.
+    A ``NotLeader`` answer's leader address is followed at once; a broken connection, a node
+    silent for ``silence_seconds`` or an unknown leader makes the route be asked for again,
+    after a jittered backoff. Other errors are the caller's.
     """
     backoff = BACKOFF_MIN_SECONDS
     while True:
         address = await routes.leader_of(topic)
         try:
-            connection = await connections.get(address)
-            return await connection.request(request)
+            with trio.move_on_after(silence_seconds):
+                connection = await connections.get(address)
+                return await connection.request(request)
+            raise Unavailable(f"{address} did not answer within {silence_seconds} s")
         except NotLeader as error:
             hint = getattr(error, "leader_address", None)
             if hint and hint != address:
@@ -169,8 +181,12 @@ class RoutedClient:
         self.nursery.cancel_scope.cancel()
         return await self._nursery_manager.__aexit__(kind, value, traceback)
 
-    async def call_leader(self, topic: str, request: object) -> object:
+    async def call_leader(
+        self, topic: str, request: object, silence_seconds: float = SILENCE_SECONDS
+    ) -> object:
         """``request`` answered by the leader of ``topic``'s group (see ``call_leader``)."""
         if self._connections is None:
             raise BadRequest(f"use the {type(self).__name__.lower()} inside `async with`")
-        return await call_leader(self.routes, self._connections, topic, request, self.rng)
+        return await call_leader(
+            self.routes, self._connections, topic, request, self.rng, silence_seconds
+        )

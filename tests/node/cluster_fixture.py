@@ -143,6 +143,18 @@ class ProcessCluster:
         assert process is not None, f"{node_id} was never started"
         _kill_group(process)
 
+    def pause(self, node_id: str) -> None:
+        """SIGSTOP the node's process group: alive, connections open, silent."""
+        process = self.nodes[node_id].process
+        assert process is not None and process.poll() is None, f"{node_id} is not running"
+        os.killpg(process.pid, signal.SIGSTOP)
+
+    def resume(self, node_id: str) -> None:
+        process = self.nodes[node_id].process
+        assert process is not None, f"{node_id} was never started"
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGCONT)
+
     async def stop(self, node_id: str, timeout: float = DEADLINE_SECONDS) -> int:
         """SIGTERM (a graceful stop) and wait for the exit; returns the exit code."""
         process = self.nodes[node_id].process

@@ -108,6 +108,23 @@ async def test_a_leader_killed_during_sends_loses_nothing_and_stores_nothing_twi
         assert numbers == sorted(numbers), "per-queue order broken"
 
 
+@pytest.mark.cluster_options(**NAMING)
+async def test_a_paused_leader_is_left_behind_without_an_error(cluster: ProcessCluster) -> None:
+    old = (await cluster.wait_for_leader()).node_id
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+        first = await producer.send("events", b"before")
+        cluster.pause(old)  # its connections stay open; it just never answers
+        try:
+            with trio.fail_after(DEADLINE_SECONDS):
+                second = await producer.send("events", b"during")
+        finally:
+            cluster.resume(old)
+    assert (second.queue_id, second.offset) != (first.queue_id, first.offset)
+    new = (await cluster.wait_for_leader()).node_id
+    pulled = await pull_everything(cluster, new, "events", 4)
+    assert sorted(m.body for queue in pulled.values() for m in queue) == [b"before", b"during"]
+
+
 @pytest.mark.cluster_options(**NAMING, auto_create_topics=False)
 async def test_with_auto_creation_off_a_send_to_an_unknown_topic_is_refused(
     cluster: ProcessCluster,
