@@ -5,6 +5,12 @@ and the peer senders; the CommitLog writer runs beside it (``open_log_writer``).
 peers are stepped into the core as they arrive; proposals are appended at once. While one
 Ready's fsync is in flight everything that arrives piles up in the core and goes out as the
 next Ready: one write, one fsync and one send per peer for many entries (group commit).
+
+When the writer can write at once (inline writes, nothing queued), a Ready is handled right in
+the task that caused it — the peer receive task that stepped a message, the request that
+proposed — rather than by waking the Ready loop: on this machine each hop between tasks costs
+about 0.1 ms, and a proposal crosses this point twice (the follower's append, the leader's ack).
+The Ready loop handles whatever remains, and everything while a write must wait.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ class Replica:
         self.tick_seconds = tick_seconds
         self.apply = apply
         self._wakeup = trio.Event()
+        #: The Ready loop is inside ``_handle`` (it may be waiting for a write): no one else may
+        #: take a Ready until it is done.
+        self._handling = False
         self._waiters: dict[int, _Waiter] = {}
         self._last_commit_save = -COMMIT_SAVE_INTERVAL_SECONDS
         self._saved_hard_state = log.hard_state()
@@ -70,7 +79,7 @@ class Replica:
         except BadRequest as error:
             self.log_events.warning("peer_message_refused", reason=str(error))
             return
-        self._wakeup.set()
+        self._handle_ready_now()
 
     async def propose(self, data: bytes) -> int:
         """Replicate ``data``; returns its index once committed and applied here.
@@ -102,7 +111,7 @@ class Replica:
             last = self.core.propose(data)
         waiter = _Waiter(self.core.term)
         self._waiters[last] = waiter
-        self._wakeup.set()
+        self._handle_ready_now()
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
@@ -111,6 +120,16 @@ class Replica:
     @property
     def is_leader(self) -> bool:
         return self.core.role is Role.LEADER
+
+    def _handle_ready_now(self) -> None:
+        """Handle Readies in the calling task while no write must wait; else wake the loop."""
+        core = self.core
+        if not self._handling:
+            while core.has_ready() and self.writer.can_write_now():
+                self._handle_now(core.ready())
+                core.advance()
+        if core.has_ready():
+            self._wakeup.set()
 
     def transfer_leadership(self, target: str) -> None:
         self.core.transfer_leadership(target)
@@ -137,24 +156,44 @@ class Replica:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
             while core.has_ready():
-                await self._handle(core.ready())
+                self._handling = True
+                try:
+                    await self._handle(core.ready())
+                finally:
+                    self._handling = False
                 core.advance()
 
     async def _handle(self, ready: Ready) -> None:
+        write = self._before_write(ready)
+        if write is not None:
+            await self.writer.append(*write)
+        self._after_write(ready)
+
+    def _handle_now(self, ready: Ready) -> None:
+        write = self._before_write(ready)
+        if write is not None:
+            self.writer.write_now(*write)
+        self._after_write(ready)
+
+    def _before_write(self, ready: Ready) -> tuple[list[Entry], HardState | None] | None:
+        """Send what may go before the write; returns what to write, if anything."""
         if ready.soft_state is not None:
             self._soft_state_changed(ready.soft_state)
         # The leader's appends go out now, so that followers write while the leader does.
         self.transport.send(ready.messages_before_persist)
         hard_state = self._hard_state_to_save(ready)
-        if ready.entries or hard_state is not None:
-            if ready.entries and ready.entries[0].index <= self.log.last_index():
-                self.log_events.warning(
-                    "log_truncated",
-                    from_index=ready.entries[0].index,
-                    dropped=self.log.last_index() - ready.entries[0].index + 1,
-                    term=self.core.term,
-                )
-            await self.writer.append(list(ready.entries), hard_state)
+        if not ready.entries and hard_state is None:
+            return None
+        if ready.entries and ready.entries[0].index <= self.log.last_index():
+            self.log_events.warning(
+                "log_truncated",
+                from_index=ready.entries[0].index,
+                dropped=self.log.last_index() - ready.entries[0].index + 1,
+                term=self.core.term,
+            )
+        return list(ready.entries), hard_state
+
+    def _after_write(self, ready: Ready) -> None:
         self.transport.send(ready.messages)
         for entry in ready.committed_entries:
             result = None

@@ -58,7 +58,10 @@ def durable_entries(disk: MemoryDisk) -> list[Entry]:
 
 async def test_concurrent_appends_share_fsyncs(disk: GatedDisk) -> None:
     log = CommitLog.open(disk, DIRECTORY)
-    async with open_log_writer(log) as writer, trio.open_nursery() as nursery:
+    async with (
+        open_log_writer(log, inline_when_idle=False) as writer,
+        trio.open_nursery() as nursery,
+    ):
         disk.gate.clear()
         fsyncs_before = disk.operation_counts["fsync"]
         nursery.start_soon(writer.append, [entry(1)])
@@ -76,7 +79,10 @@ async def test_concurrent_appends_share_fsyncs(disk: GatedDisk) -> None:
 async def test_under_sync_a_caller_returns_only_after_its_fsync(disk: GatedDisk) -> None:
     log = CommitLog.open(disk, DIRECTORY)
     returned = trio.Event()
-    async with open_log_writer(log) as writer, trio.open_nursery() as nursery:
+    async with (
+        open_log_writer(log, inline_when_idle=False) as writer,
+        trio.open_nursery() as nursery,
+    ):
         disk.gate.clear()
 
         async def append_and_note() -> None:
@@ -100,7 +106,7 @@ async def test_under_async_a_caller_returns_before_the_fsync_which_follows_on_a_
     log = CommitLog.open(
         disk, DIRECTORY, flush_policy=FlushPolicy.ASYNC, flush_interval_ms=10, clock=lambda: now[0]
     )
-    async with open_log_writer(log) as writer:
+    async with open_log_writer(log, inline_when_idle=False) as writer:
         disk.gate.clear()
         await writer.append([entry(1)])
         assert log.last_index() == 1 and log.durable_index() == 0
@@ -117,7 +123,10 @@ async def test_under_async_a_caller_returns_before_the_fsync_which_follows_on_a_
 
 async def test_requests_keep_call_order_and_conflicts_truncate(disk: GatedDisk) -> None:
     log = CommitLog.open(disk, DIRECTORY)
-    async with open_log_writer(log) as writer, trio.open_nursery() as nursery:
+    async with (
+        open_log_writer(log, inline_when_idle=False) as writer,
+        trio.open_nursery() as nursery,
+    ):
         disk.gate.clear()
         nursery.start_soon(writer.append, [entry(1)])
         await trio.testing.wait_all_tasks_blocked()
@@ -130,7 +139,7 @@ async def test_requests_keep_call_order_and_conflicts_truncate(disk: GatedDisk) 
 
 async def test_a_failed_fsync_fails_the_batch_and_every_later_append(disk: GatedDisk) -> None:
     log = CommitLog.open(disk, DIRECTORY)
-    async with open_log_writer(log) as writer:
+    async with open_log_writer(log, inline_when_idle=False) as writer:
         await writer.append([entry(1)])
         disk.inject_fault("fsync", errno.EIO)
         with pytest.raises(FsyncFailed):
@@ -142,7 +151,7 @@ async def test_a_failed_fsync_fails_the_batch_and_every_later_append(disk: Gated
 
 async def test_a_cancelled_append_not_yet_taken_is_withdrawn(disk: GatedDisk) -> None:
     log = CommitLog.open(disk, DIRECTORY)
-    async with open_log_writer(log) as writer:
+    async with open_log_writer(log, inline_when_idle=False) as writer:
         disk.gate.clear()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(writer.append, [entry(1)])
@@ -184,3 +193,25 @@ def test_merging_requests_equals_applying_them_in_turn(
         1, model.last_index() + 1, 1 << 30
     )
     assert merged_model.hard_state() == model.hard_state()
+
+
+async def test_an_idle_writer_writes_inline_and_returns_durable() -> None:
+    disk = MemoryDisk()
+    log = CommitLog.open(disk, DIRECTORY)
+    async with open_log_writer(log) as writer:
+        fsyncs_before = disk.operation_counts["fsync"]
+        assert writer.can_write_now()
+        await writer.append([entry(1)])
+        writer.write_now([entry(2)])
+        # Durable on return, one fsync each, and no worker thread was involved.
+        assert durable_entries(disk) == [entry(1), entry(2)]
+        assert disk.operation_counts["fsync"] - fsyncs_before == 2
+        assert (writer.batches_written, writer.requests_written) == (2, 2)
+
+
+async def test_a_writer_without_inline_writes_never_offers_them() -> None:
+    log = CommitLog.open(MemoryDisk(), DIRECTORY)
+    async with open_log_writer(log, inline_when_idle=False) as writer:
+        assert not writer.can_write_now()
+        with pytest.raises(AssertionError):
+            writer.write_now([entry(1)])
