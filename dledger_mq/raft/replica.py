@@ -197,7 +197,7 @@ class Replica:
         self.transport.send(ready.messages)
         for entry in ready.committed_entries:
             result = None
-            if self.apply is not None and entry.kind is EntryKind.NORMAL:
+            if self.apply is not None and entry.kind == EntryKind.NORMAL:
                 result = self.apply(entry)
             waiter = self._waiters.pop(entry.index, None)
             if waiter is not None:

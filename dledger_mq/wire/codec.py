@@ -13,6 +13,7 @@ Decoding is strict: a field of the wrong type is refused, never coerced, and eve
 
 from __future__ import annotations
 
+import enum
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -33,12 +34,16 @@ def strict_structure_hook(expected: type) -> Any:
 
 
 def _strict(expected: type) -> Any:
-    def structure(value: Any, _: Any) -> Any:
+    def structure(value: Any, target: Any) -> Any:
         # bool is an int subclass; a true/false where a number belongs is still garbage.
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             shown = repr(value)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             raise TypeError(f"expected {expected.__name__}, got {type(value).__name__} {shown}")
+        if target is not expected and isinstance(target, type) and issubclass(target, enum.Enum):
+            # An IntEnum (an entry's kind) reaches this hook as an int subclass: it must come
+            # out as its member, or `kind is EntryKind.NORMAL` is silently false.
+            return target(value)  # ValueError for a value outside the enum
         return value
 
     return structure

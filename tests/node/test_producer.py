@@ -7,7 +7,7 @@ import trio
 
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.clients.producer import Producer
-from dledger_mq.errors import TopicNotFound
+from dledger_mq.errors import TopicNotFound, Unavailable
 from dledger_mq.wire.broker import PullReply, PullRequest, StoredMessage
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
@@ -106,6 +106,34 @@ async def test_a_leader_killed_during_sends_loses_nothing_and_stores_nothing_twi
     for queue in pulled.values():
         numbers = [int(m.body.split(b"-")[1]) for m in queue]
         assert numbers == sorted(numbers), "per-queue order broken"
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_a_restarted_follower_applies_what_it_catches_up_on(cluster: ProcessCluster) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    follower = next(node for node in cluster.nodes if node != leader)
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+        await producer.send_batch("events", [b"before"] * 20)
+        cluster.kill(follower)
+        await producer.send_batch("events", [b"while down"] * 20)
+        cluster.start(follower)
+        await producer.send_batch("events", [b"after"] * 20)
+
+    async def max_offsets(node_id: str) -> tuple[int, ...]:
+        try:
+            async with connect_admin(cluster.client_address(node_id)) as admin:
+                topics = await admin.list_topics()
+        except Unavailable:  # still starting
+            return ()
+        return topics[0].max_offsets if topics else ()
+
+    expected = await max_offsets(leader)
+    assert sum(expected) == 60
+    # Its log catches up by replication; its broker state must follow (it was once left at
+    # what it had before the crash, so that as a new leader it reused offsets).
+    with trio.fail_after(DEADLINE_SECONDS):
+        while await max_offsets(follower) != expected:
+            await trio.sleep(0.05)
 
 
 @pytest.mark.cluster_options(**NAMING)

@@ -60,6 +60,18 @@ def test_every_message_round_trips(message: object, request_id: int, group: str)
     assert (decoded.request_id, decoded.group, decoded.message) == (request_id, group, message)
 
 
+def test_an_entry_kind_comes_back_as_its_enum_member_and_an_unknown_one_is_refused() -> None:
+    # IntEnum members compare equal to plain ints, so the round trip above cannot see this;
+    # the replica tests `kind is EntryKind.NORMAL`-style identity, and once skipped applying
+    # every entry that arrived over the wire already committed.
+    message = AppendRequest(1, "a", "b", 0, 0, (Entry(1, 1, b"x", EntryKind.NORMAL),), 0)
+    [entry] = PEER_CODEC.decode(PEER_CODEC.encode(message)).message.entries
+    assert type(entry.kind) is EntryKind and entry.kind is EntryKind.NORMAL
+    payload = msgpack.packb([12, 0, "", 1, "a", "b", 0, 0, [[1, 1, b"x", 99]], 0])
+    with pytest.raises(ProtocolError, match="99 is not a valid EntryKind"):
+        PEER_CODEC.decode(payload)
+
+
 @given(st.binary(max_size=300))
 def test_garbage_is_refused_with_a_protocol_error_only(payload: bytes) -> None:
     try:
