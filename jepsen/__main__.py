@@ -1,10 +1,11 @@
-"""``python -m jepsen``: the deterministic simulator (``sim``)."""
+"""``python -m jepsen``: the deterministic simulator (``sim``) and real-node runs (``run``)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -130,6 +131,180 @@ def sim(
         for result in sorted(failures, key=lambda r: r.seed)[:10]:
             click.echo(f"replay: {replay_command(request(result.seed))}")
         sys.exit(1)
+
+
+def _fault_help() -> str:
+    from jepsen.nemesis import TARGETS
+
+    return "; ".join(f"{fault} ({'|'.join(targets)})" for fault, targets in TARGETS.items())
+
+
+@main.command("run")
+@click.option(
+    "--time",
+    "time_s",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds of workload under faults (then heal, recover, drain, check).",
+)
+@click.option(
+    "--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True, help="Cluster size."
+)
+@click.option(
+    "--nemesis",
+    default="kill,pause,partition",
+    show_default=True,
+    help="Comma-separated faults, each NAME or NAME:TARGET, or 'none'. Faults and "
+    "their targets: " + _fault_help() + ".",
+)
+@click.option(
+    "--workload",
+    type=click.Choice(["queue", "fifo"]),
+    default="queue",
+    show_default=True,
+    help="queue: unique values through one consumer group; fifo: the same with "
+    "sharding keys, checking order per key.",
+)
+@click.option("--producers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--consumers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=200,
+    show_default=True,
+    help="Sends per second over all producers (0: as fast as they can).",
+)
+@click.option(
+    "--send-timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="A send unanswered this long is recorded as indeterminate.",
+)
+@click.option(
+    "--fault-seconds",
+    default="5-15",
+    show_default=True,
+    metavar="MIN-MAX",
+    help="Length of each fault window, drawn uniformly.",
+)
+@click.option(
+    "--quiet-seconds",
+    default="5-10",
+    show_default=True,
+    metavar="MIN-MAX",
+    help="Quiet period before each fault window, drawn uniformly.",
+)
+@click.option("--seed", type=int, default=None, help="Random seed (default: drawn, printed).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory (default: ./jepsen-runs/<timestamp>/).",
+)
+@click.option(
+    "--recovery-timeout",
+    type=click.FloatRange(min=1),
+    default=30,
+    show_default=True,
+    help="Seconds to wait after the heal for every node to catch up.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds to wait for consumers to see every acknowledged value.",
+)
+@click.option(
+    "--unsafe-ack-before-fsync",
+    is_flag=True,
+    help="Negative control: nodes acknowledge before fsync and lose unsynced writes "
+    "when killed; with lose-unsynced faults the checkers must report loss.",
+)
+def run_command(
+    time_s: float,
+    nodes: str,
+    nemesis: str,
+    workload: str,
+    producers: int,
+    consumers: int,
+    rate: float,
+    send_timeout: float,
+    fault_seconds: str,
+    quiet_seconds: str,
+    seed: int | None,
+    out: Path | None,
+    recovery_timeout: float,
+    drain_timeout: float,
+    unsafe_ack_before_fsync: bool,
+) -> None:
+    """Attack a real cluster of `dledger-mq node` processes and check what it acknowledged.
+
+    Starts the nodes on 127.0.0.1 (every peer link through a fault proxy), runs the workload
+    and the nemesis for --time seconds, heals everything, waits for recovery, drains the
+    consumers, checks the history and writes the run directory: history.jsonl, node logs,
+    results.json and report.html. Exits 0 only when every checker passes.
+    """
+    import random as random_module
+
+    import trio
+
+    from jepsen.nemesis import FaultSpec, Schedule
+    from jepsen.run import RunOptions, run
+    from jepsen.workload import WorkloadOptions
+
+    size = int(nodes)
+    try:
+        specs = tuple(FaultSpec.parse_list(nemesis, size))
+        fault_min, fault_max = _seconds_range(fault_seconds, "--fault-seconds")
+        quiet_min, quiet_max = _seconds_range(quiet_seconds, "--quiet-seconds")
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    if seed is None:
+        seed = random_module.randrange(1 << 31)
+    options = RunOptions(
+        time_s=time_s,
+        nodes=size,
+        nemesis=specs,
+        workload=WorkloadOptions(
+            name=workload,
+            producers=producers,
+            consumers=consumers,
+            rate=rate,
+            send_timeout_s=send_timeout,
+        ),
+        schedule=Schedule(fault_min, fault_max, quiet_min, quiet_max),
+        seed=seed,
+        out=out,
+        ack_before_fsync=unsafe_ack_before_fsync,
+        recovery_timeout_s=recovery_timeout,
+        drain_timeout_s=drain_timeout,
+    )
+    click.echo(f"seed {seed}")
+    try:
+        outcome = trio.run(run, options, click.echo)
+    except (OSError, trio.TooSlowError) as error:
+        click.echo(f"error: the run could not complete: {error or type(error).__name__}", err=True)
+        sys.exit(2)
+    for result in outcome.results:
+        figures = ", ".join(f"{key} {value}" for key, value in result.counts.items())
+        click.echo(f"{'ok  ' if result.valid else 'FAIL'} {result.name}: {figures}")
+    click.echo(f"report: {outcome.directory / 'report.html'}")
+    if not outcome.valid:
+        sys.exit(1)
+
+
+def _seconds_range(text: str, option: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        low_value, high_value = float(low), float(high or low)
+    except ValueError:
+        raise ValueError(f"{option}: expected MIN-MAX seconds, got {text!r}") from None
+    if not 0 < low_value <= high_value:
+        raise ValueError(f"{option}: expected 0 < MIN <= MAX, got {text!r}")
+    return low_value, high_value
 
 
 if __name__ == "__main__":

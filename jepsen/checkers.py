@@ -1,0 +1,558 @@
+"""The checkers: what a history (``jepsen.history``) must satisfy, each a pure function.
+
+Every checker takes the ops of one run and returns one :class:`CheckResult` with a stable
+``name``; :func:`check_all` runs them all. They do no I/O and read no clock, and each is
+O(n log n) in the number of ops, so a history of a few million ops is checked in one go.
+
+Words used below. A *value* is what one send carries ("p0-17"; unique per send). A send is
+*acknowledged* when it completed ``ok``, *failed* when it completed ``fail`` and *indeterminate*
+when it completed ``info`` or never completed (the run ended first). A *receive* is a receive op
+(type ``ok``). A *position* is a ``(queue, offset)`` pair; ops without both are ignored wherever
+positions are compared. A *fault window* runs from a fault start to the end with the same
+``window`` number (or, when the nemesis gave none, the same fault name); a window without an end
+lasts until the time of the last op of the history. Windows include both ends.
+
+The checkers, in the order :func:`check_all` runs them:
+
+``summary`` (always valid)
+    How many sends were invoked and how many completed ok, fail and info; how many receives,
+    and how many distinct values they carried; how many fault windows. Counts: sends, ok, fail,
+    info, receives, received_values, faults.
+
+``lost``
+    An acknowledged value no receive carries. Valid iff there is none. Each is counted by when
+    its acknowledgement happened: ``before`` the first fault window began, ``during`` some fault
+    window, or ``after`` (between windows, or after the last one). With no fault at all every
+    acknowledgement is "before". Counts: acknowledged (distinct values), lost, lost_before,
+    lost_during, lost_after.
+
+``duplicates``
+    *Duplicated storage*: a value at two or more positions, taking as evidence the positions its
+    receives carry and the position its acknowledgement reported. *Conflicting*: a position
+    received with two or more different values. Either makes the history invalid.
+    *Redelivery*, a value received again at the position it was received at before, is
+    at-least-once delivery working as designed: counted, never invalid. Counts: duplicated
+    (values), conflicting (positions), redelivered_values, redeliveries (receipts beyond the
+    first of a value at a position).
+
+``unexpected``
+    A received value that no send op names (every completion follows its invoke, so this is
+    "never invoked"). Valid iff there is none. Counts: unexpected (values),
+    unexpected_receives.
+
+``recovered``
+    Indeterminate sends split into *recovered* (received after all) and *indeterminate_lost*
+    (never received); both are legal, since none of them was acknowledged. A failed send that was
+    received anyway (*failed_but_stored*) is invalid: ``fail`` promises it was not stored.
+    Counts: indeterminate, recovered, indeterminate_lost, failed, failed_but_stored.
+
+``order`` (valid iff every count is zero)
+    *storage_order*: for each producer, take its acknowledged sends in the order it invoked them;
+    within one queue their offsets must increase. An acknowledged send whose offset is not above
+    the largest offset of the same producer's earlier sends in that queue is a violation.
+    *delivery_order*: the first receipt of each position, in history order over all consumers of
+    the group, must come in increasing offset order per queue. A first receipt of offset ``o``
+    after the first receipt of a larger offset of the same queue is a violation. Receipts of
+    positions already received (redeliveries, e.g. from the committed offset after a rebalance)
+    are not considered.
+    FIFO only (the counts are absent otherwise): *key_delivery_order* is the same per
+    (queue, sharding key); every such violation is also a delivery_order one, it names the key.
+    *key_order*: for each key, its acknowledged sends in the order they were invoked must all be
+    stored in the queue of the key's first acknowledged send, each at an offset above every
+    earlier one of the key; each send that is not is a violation.
+
+``availability`` (informational)
+    For each fault window: ``longest_gap``, the longest stretch of the window without an
+    acknowledgement (counting from the window's start to the first acknowledgement in it,
+    between consecutive ones, and from the last one to the window's end; the whole window when
+    it has none), and ``recovery``, the time from the window's end to the first acknowledgement
+    at or after it (None when there is none). ``longest_gap`` in the counts is the same measure
+    over the whole workload, from the first send invoked to the last send op. Valid, except when
+    the history has sends but not a single one was acknowledged. Counts: windows, max_gap and
+    max_recovery (the largest over the windows, 0 when none), unrecovered (windows with no
+    acknowledgement after them), longest_gap; ``details["windows"]`` has one row per window.
+
+Acknowledgements and receives are compared by value, never by ``msg_id``: the value is what the
+workload chose, the id is what the system under test claims.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from operator import attrgetter
+from typing import Any
+
+import attrs
+
+from jepsen.history import FAIL, FAULT, INFO, INVOKE, OK, RECEIVE, SEND, CheckResult, Op
+
+#: Examples kept per checker; the counts say how many there were in all.
+MAX_EXAMPLES = 30
+
+Position = tuple[int, int]
+
+_by_index = attrgetter("index")
+
+
+# --- Small helpers ---------------------------------------------------------------------------
+
+
+def _is_receive(op: Op) -> bool:
+    return op.f == RECEIVE and op.type == OK
+
+
+def _is_ack(op: Op) -> bool:
+    return op.f == SEND and op.type == OK
+
+
+def _position(op: Op) -> Position | None:
+    if op.queue is None or op.offset is None:
+        return None
+    return (op.queue, op.offset)
+
+
+def _where(op: Op) -> str:
+    return f"queue {op.queue} offset {op.offset}"
+
+
+def _at(seconds: float) -> str:
+    return f"{seconds:.3f} s"
+
+
+def _add_example(examples: list[str], line: str) -> None:
+    if len(examples) < MAX_EXAMPLES:
+        examples.append(line)
+
+
+# --- Fault windows ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FaultWindow:
+    #: The number the nemesis gave both ends (None when it gave none).
+    window: Any
+    fault: str
+    targets: tuple[Any, ...]
+    start: float
+    end: float
+    #: False when the history has no end for it: it then lasts until the last op.
+    ended: bool
+
+
+def fault_windows(ops: Sequence[Op]) -> list[FaultWindow]:
+    """Each fault start matched with its end, sorted by start time."""
+    last = max((op.time for op in ops), default=0.0)
+    fault_ops = sorted(
+        (op for op in ops if op.f == FAULT and isinstance(op.value, dict)), key=_by_index
+    )
+    opened: dict[Hashable, Op] = {}
+    windows: list[FaultWindow] = []
+    for op in fault_ops:
+        number = op.value.get("window")
+        match = ("window", number) if number is not None else ("fault", op.value.get("fault"))
+        phase = op.value.get("phase")
+        if phase == "start":
+            # A repeated start of an open window does not move its beginning.
+            opened.setdefault(match, op)
+        elif phase == "end" and match in opened:
+            windows.append(_window(opened.pop(match), op.time, ended=True))
+    for start in opened.values():
+        windows.append(_window(start, max(last, start.time), ended=False))
+    windows.sort(key=lambda w: (w.start, w.end))
+    return windows
+
+
+def _window(start: Op, end: float, ended: bool) -> FaultWindow:
+    value = start.value
+    return FaultWindow(
+        window=value.get("window"),
+        fault=str(value.get("fault")),
+        targets=tuple(value.get("targets") or ()),
+        start=start.time,
+        end=end,
+        ended=ended,
+    )
+
+
+class _Cover:
+    """The union of some windows, to ask in O(log n) whether a time falls inside any of them."""
+
+    def __init__(self, windows: Iterable[FaultWindow]) -> None:
+        merged: list[tuple[float, float]] = []
+        for window in sorted(windows, key=attrgetter("start")):
+            if merged and window.start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], window.end))
+            else:
+                merged.append((window.start, window.end))
+        self.starts = [start for start, _ in merged]
+        self.ends = [end for _, end in merged]
+
+    def __contains__(self, t: float) -> bool:
+        i = bisect_right(self.starts, t) - 1
+        return i >= 0 and t <= self.ends[i]
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+
+def summary(ops: Sequence[Op]) -> CheckResult:
+    """What the history holds, by kind of op; always valid."""
+    counts: dict[str, int | float] = {"sends": 0, OK: 0, FAIL: 0, INFO: 0, "receives": 0}
+    received: set[Any] = set()
+    for op in ops:
+        if op.f == SEND:
+            counts["sends" if op.type == INVOKE else op.type] += 1
+        elif _is_receive(op):
+            counts["receives"] += 1
+            received.add(op.value)
+    counts["received_values"] = len(received)
+    counts["faults"] = len(fault_windows(ops))
+    return CheckResult("summary", True, counts)
+
+
+# --- lost ------------------------------------------------------------------------------------
+
+
+WHEN = {
+    "before": "before the first fault",
+    "during": "during a fault",
+    "after": "after a fault ended",
+}
+
+
+def lost(ops: Sequence[Op]) -> CheckResult:
+    """Acknowledged values never received, by when they were acknowledged."""
+    acks: dict[Any, Op] = {}
+    received: set[Any] = set()
+    for op in ops:
+        if _is_ack(op):
+            acks.setdefault(op.value, op)
+        elif _is_receive(op):
+            received.add(op.value)
+    windows = fault_windows(ops)
+    first_fault = min((w.start for w in windows), default=math.inf)
+    faulty = _Cover(windows)
+
+    buckets = {"before": 0, "during": 0, "after": 0}
+    examples: list[str] = []
+    for value, ack in acks.items():
+        if value in received:
+            continue
+        if ack.time < first_fault:
+            when = "before"
+        elif ack.time in faulty:
+            when = "during"
+        else:
+            when = "after"
+        buckets[when] += 1
+        _add_example(
+            examples,
+            f"{value}: acknowledged at {_at(ack.time)} ({WHEN[when]}) as {_where(ack)}, "
+            "never received",
+        )
+    missing = sum(buckets.values())
+    counts: dict[str, int | float] = {"acknowledged": len(acks), "lost": missing}
+    counts.update({f"lost_{when}": n for when, n in buckets.items()})
+    return CheckResult("lost", missing == 0, counts, examples)
+
+
+# --- duplicates ------------------------------------------------------------------------------
+
+
+def duplicates(ops: Sequence[Op]) -> CheckResult:
+    """Values stored at two positions, positions received with two values; redeliveries."""
+    # Nearly every value sits at exactly one position, so keep one position per value, and a set
+    # only for the (invalid, rare) values seen elsewhere too: a set per value would take several
+    # times the memory of a history of millions of sends.
+    stored_at: dict[Any, Position] = {}
+    elsewhere: dict[Any, set[Position]] = {}
+    # Likewise the value first received at each position, and the others only on conflict.
+    holder: dict[Position, Any] = {}
+    intruders: dict[Position, set[Any]] = {}
+    redelivered: set[Any] = set()
+    redeliveries = 0
+    for op in ops:
+        received = _is_receive(op)
+        p = _position(op) if received or _is_ack(op) else None
+        if p is None:
+            continue
+        if stored_at.setdefault(op.value, p) != p:
+            elsewhere.setdefault(op.value, set()).add(p)
+        if not received:
+            continue
+        if p not in holder:
+            holder[p] = op.value
+        elif holder[p] == op.value or op.value in intruders.get(p, ()):
+            redeliveries += 1
+            redelivered.add(op.value)
+        else:
+            intruders.setdefault(p, set()).add(op.value)
+    examples: list[str] = []
+    for value, others in elsewhere.items():
+        places = [stored_at[value], *sorted(others)]
+        _add_example(
+            examples,
+            f"{value}: stored at {len(places)} positions: "
+            + ", ".join(f"queue {q} offset {o}" for q, o in places),
+        )
+    for (q, o), others in intruders.items():
+        values = [holder[(q, o)], *sorted(others, key=str)]
+        _add_example(
+            examples,
+            f"queue {q} offset {o}: received with {len(values)} different values: "
+            + ", ".join(str(v) for v in values),
+        )
+    counts: dict[str, int | float] = {
+        "duplicated": len(elsewhere),
+        "conflicting": len(intruders),
+        "redelivered_values": len(redelivered),
+        "redeliveries": redeliveries,
+    }
+    return CheckResult("duplicates", not elsewhere and not intruders, counts, examples)
+
+
+# --- unexpected ------------------------------------------------------------------------------
+
+
+def unexpected(ops: Sequence[Op]) -> CheckResult:
+    """Received values that no send op names."""
+    sent = {op.value for op in ops if op.f == SEND}
+    strangers: dict[Any, Op] = {}
+    receipts = 0
+    for op in ops:
+        if _is_receive(op) and op.value not in sent:
+            strangers.setdefault(op.value, op)
+            receipts += 1
+    examples: list[str] = []
+    for value, op in strangers.items():
+        _add_example(
+            examples,
+            f"{value!r}: received by {op.process} at {_at(op.time)} from {_where(op)}, never sent",
+        )
+    counts: dict[str, int | float] = {"unexpected": len(strangers), "unexpected_receives": receipts}
+    return CheckResult("unexpected", not strangers, counts, examples)
+
+
+# --- recovered -------------------------------------------------------------------------------
+
+
+def recovered(ops: Sequence[Op]) -> CheckResult:
+    """What became of indeterminate and failed sends; a failed one received is invalid."""
+    # value -> how its send ended; INVOKE while it has not (and for good, if the run died).
+    outcome: dict[Any, str] = {}
+    completions: dict[Any, Op] = {}
+    received: set[Any] = set()
+    for op in ops:
+        if op.f == SEND:
+            if op.type == INVOKE:
+                outcome.setdefault(op.value, INVOKE)
+            else:
+                outcome[op.value] = op.type
+                completions[op.value] = op
+        elif _is_receive(op):
+            received.add(op.value)
+
+    indeterminate = [value for value, how in outcome.items() if how in (INFO, INVOKE)]
+    failed = [value for value, how in outcome.items() if how == FAIL]
+    back = sum(1 for value in indeterminate if value in received)
+    stored_anyway = [value for value in failed if value in received]
+    examples: list[str] = []
+    for value in stored_anyway:
+        op = completions[value]
+        _add_example(
+            examples,
+            f"{value}: failed at {_at(op.time)} ({op.error or 'no error given'}), received anyway",
+        )
+    counts: dict[str, int | float] = {
+        "indeterminate": len(indeterminate),
+        "recovered": back,
+        "indeterminate_lost": len(indeterminate) - back,
+        "failed": len(failed),
+        "failed_but_stored": len(stored_anyway),
+    }
+    return CheckResult("recovered", not stored_anyway, counts, examples)
+
+
+# --- order -----------------------------------------------------------------------------------
+
+
+def order(ops: Sequence[Op], fifo: bool = False) -> CheckResult:
+    """Storage order per producer and queue, first-delivery order per queue (and per key)."""
+    in_history_order = sorted(ops, key=_by_index)
+    invoked_at: dict[Any, int] = {}
+    acks: list[Op] = []
+    receives: list[Op] = []
+    for op in in_history_order:
+        if op.f == SEND and op.type == INVOKE:
+            invoked_at.setdefault(op.value, op.index)
+        elif _position(op) is not None:
+            if _is_ack(op):
+                acks.append(op)
+            elif _is_receive(op):
+                receives.append(op)
+    # Producers send one at a time, so acknowledgement order is send order; sort by the invoke
+    # anyway, which is what "the order it sent them" means even for a misbehaving producer.
+    acks.sort(key=lambda op: invoked_at.get(op.value, op.index))
+    first_receipts = _first_receipts(receives)
+
+    examples: list[str] = []
+    storage = _regressions(acks, lambda op: (op.process, op.queue))
+    for op, above in storage:
+        _add_example(
+            examples,
+            f"storage: {op.process} sent {op.value} after {above.value}, but it was stored at "
+            f"{_where(op)}, not after offset {above.offset}",
+        )
+    delivery = _regressions(first_receipts, attrgetter("queue"))
+    for op, above in delivery:
+        _add_example(examples, "delivery: " + _delivered_late(op, above))
+    counts: dict[str, int | float] = {
+        "storage_order": len(storage),
+        "delivery_order": len(delivery),
+    }
+    if fifo:
+        keyed = [op for op in first_receipts if op.key is not None]
+        key_delivery = _regressions(keyed, lambda op: (op.queue, op.key))
+        for op, above in key_delivery:
+            _add_example(examples, f"key delivery: key {op.key}: " + _delivered_late(op, above))
+        key_storage = _key_order([op for op in acks if op.key is not None], examples)
+        counts["key_delivery_order"] = len(key_delivery)
+        counts["key_order"] = key_storage
+    valid = not any(counts.values())
+    return CheckResult("order", valid, counts, examples)
+
+
+def _regressions(ops: Iterable[Op], group: Callable[[Op], Hashable]) -> list[tuple[Op, Op]]:
+    """Each op (taken in the given order) whose offset is not above the largest offset of the
+    earlier ops of its group, paired with the op that holds that largest offset."""
+    highest: dict[Hashable, tuple[int, Op]] = {}
+    found: list[tuple[Op, Op]] = []
+    for op in ops:
+        if op.offset is None:
+            continue
+        g = group(op)
+        top = highest.get(g)
+        if top is None or op.offset > top[0]:
+            highest[g] = (op.offset, op)
+        else:
+            found.append((op, top[1]))
+    return found
+
+
+def _first_receipts(receives: Iterable[Op]) -> list[Op]:
+    seen: set[Position] = set()
+    first: list[Op] = []
+    for op in receives:
+        p = _position(op)
+        if p is not None and p not in seen:
+            seen.add(p)
+            first.append(op)
+    return first
+
+
+def _delivered_late(op: Op, above: Op) -> str:
+    return (
+        f"{_where(op)} ({op.value}) first received by {op.process} at {_at(op.time)}, after "
+        f"offset {above.offset} ({above.value}) by {above.process} at {_at(above.time)}"
+    )
+
+
+def _key_order(acks: Sequence[Op], examples: list[str]) -> int:
+    """How many of a FIFO topic's acknowledged sends (in send order) left their key's queue or
+    were stored before an earlier send of their key."""
+    home: dict[Any, Op] = {}
+    at_home: list[Op] = []
+    strays = 0
+    for op in acks:
+        first = home.setdefault(op.key, op)
+        if op.queue == first.queue:
+            at_home.append(op)
+            continue
+        strays += 1
+        _add_example(
+            examples,
+            f"key order: key {op.key}: {op.value} stored in queue {op.queue}, but the key's "
+            f"first send {first.value} in queue {first.queue}",
+        )
+    behind = _regressions(at_home, attrgetter("key"))
+    for op, above in behind:
+        _add_example(
+            examples,
+            f"key order: key {op.key}: {op.value} stored at {_where(op)}, not after "
+            f"{above.value} at offset {above.offset}",
+        )
+    return strays + len(behind)
+
+
+# --- availability ----------------------------------------------------------------------------
+
+
+def availability(ops: Sequence[Op]) -> CheckResult:
+    """Per fault window, the longest stretch without an acknowledgement and the recovery."""
+    acked = sorted(op.time for op in ops if _is_ack(op))
+    sends = [op for op in ops if op.f == SEND]
+    rows: list[dict[str, Any]] = []
+    for window in fault_windows(ops):
+        inside = acked[bisect_left(acked, window.start) : bisect_right(acked, window.end)]
+        # An acknowledgement exactly at the end counts as immediate recovery (0 s).
+        following = bisect_left(acked, window.end)
+        rows.append(
+            {
+                "window": window.window,
+                "fault": window.fault,
+                "targets": list(window.targets),
+                "start": window.start,
+                "end": window.end,
+                "ended": window.ended,
+                "longest_gap": _longest_gap(window.start, inside, window.end),
+                "recovery": acked[following] - window.end if following < len(acked) else None,
+            }
+        )
+    overall = 0.0
+    if sends:
+        began = min((op.time for op in sends if op.type == INVOKE), default=sends[0].time)
+        ended = max(op.time for op in sends)
+        overall = _longest_gap(
+            began, acked[bisect_left(acked, began) : bisect_right(acked, ended)], ended
+        )
+    recoveries = [row["recovery"] for row in rows if row["recovery"] is not None]
+    counts: dict[str, int | float] = {
+        "windows": len(rows),
+        "max_gap": max((row["longest_gap"] for row in rows), default=0.0),
+        "max_recovery": max(recoveries, default=0.0),
+        "unrecovered": len(rows) - len(recoveries),
+        "longest_gap": overall,
+    }
+    examples: list[str] = []
+    valid = bool(acked) or not sends
+    if not valid:
+        examples.append(f"none of the {len(sends)} send ops is an acknowledgement")
+    return CheckResult("availability", valid, counts, examples, {"windows": rows})
+
+
+def _longest_gap(start: float, times: Sequence[float], end: float) -> float:
+    """The longest stretch of [start, end] between consecutive sorted times (or either end)."""
+    longest = 0.0
+    previous = start
+    for t in times:
+        longest = max(longest, t - previous)
+        previous = t
+    return max(longest, end - previous)
+
+
+# --- All of them -----------------------------------------------------------------------------
+
+
+def check_all(ops: Sequence[Op], fifo: bool = False) -> list[CheckResult]:
+    """Every checker, summary first, in the order the module docstring lists them."""
+    return [
+        summary(ops),
+        lost(ops),
+        duplicates(ops),
+        unexpected(ops),
+        recovered(ops),
+        order(ops, fifo),
+        availability(ops),
+    ]

@@ -1,0 +1,152 @@
+"""The workloads: producers send unique values through the SDK, consumers in one group take them.
+
+``queue``: each producer process ``pN`` sends ``"pN-1"``, ``"pN-2"``, ... one at a time, at a
+paced rate; every send is recorded as ``invoke`` and then ``ok`` (with where it was stored),
+``fail`` (the broker refused it: definitely not stored) or ``info`` (a timeout or any other
+error: it may or may not have been stored). Consumers ``cN`` of one group record every message
+handed to them (``receive``) and acknowledge it.
+
+``fifo``: the same on a FIFO topic, each send with a sharding key ``kN-M`` owned by producer
+``pN`` (the key also goes in the message's keys, so a receive can be checked per key).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from dledger_mq.clients import Consumer, Producer
+from dledger_mq.errors import BadRequest, DledgerError
+from jepsen.history import FAIL, INFO, INVOKE, OK, RECEIVE, SEND, History
+
+TOPIC = "jepsen"
+GROUP = "jepsen-checker"
+WORKLOADS = ("queue", "fifo")
+
+
+@attrs.frozen
+class WorkloadOptions:
+    name: str = "queue"
+    producers: int = 4
+    consumers: int = 2
+    #: Sends per second over all producers (0: each producer as fast as it can).
+    rate: float = 200.0
+    #: A send not acknowledged within this long is recorded as indeterminate (info).
+    send_timeout_s: float = 5.0
+    keys_per_producer: int = 4
+    queues: int = 4
+
+    @property
+    def fifo(self) -> bool:
+        return self.name == "fifo"
+
+
+class Workload:
+    def __init__(
+        self,
+        options: WorkloadOptions,
+        naming: list[str],
+        history: History,
+        now: Callable[[], float],
+    ) -> None:
+        self.options = options
+        self.naming = naming
+        self.history = history
+        self.now = now
+        self.acknowledged: set[str] = set()
+        self.received: set[str] = set()
+        self.counts = {OK: 0, FAIL: 0, INFO: 0, RECEIVE: 0}
+        #: Set each time a value is received for the first time: the drain phase waits on it.
+        self.progress = trio.Event()
+
+    @property
+    def unconsumed(self) -> int:
+        return len(self.acknowledged - self.received)
+
+    async def produce(self, stop: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            for index in range(self.options.producers):
+                nursery.start_soon(self._producer, index, stop)
+
+    async def consume(self) -> None:
+        """Run the consumers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for index in range(self.options.consumers):
+                nursery.start_soon(self._consumer, index)
+
+    async def _producer(self, index: int, stop: trio.Event) -> None:
+        process = f"p{index}"
+        interval = self.options.producers / self.options.rate if self.options.rate else 0.0
+        async with Producer(self.naming) as producer:
+            next_send = trio.current_time()
+            for number in itertools.count(1):
+                if stop.is_set():
+                    return
+                value = f"{process}-{number}"
+                key = None
+                if self.options.fifo:
+                    key = f"k{index}-{number % self.options.keys_per_producer}"
+                self.history.add(self.now(), process, INVOKE, SEND, value=value, key=key)
+                await self._send(producer, process, value, key)
+                # Paced, never bursting to catch up after a stall.
+                next_send = max(next_send + interval, trio.current_time())
+                await trio.sleep_until(next_send)
+
+    async def _send(self, producer: Producer, process: str, value: str, key: str | None) -> None:
+        record = self.history.add
+        try:
+            with trio.move_on_after(self.options.send_timeout_s) as scope:
+                receipt = await producer.send(
+                    TOPIC, value.encode(), keys=[key] if key else (), sharding_key=key
+                )
+        except BadRequest as error:
+            self.counts[FAIL] += 1
+            record(self.now(), process, FAIL, SEND, value=value, key=key, error=repr(error))
+            return
+        except DledgerError as error:
+            self.counts[INFO] += 1
+            record(self.now(), process, INFO, SEND, value=value, key=key, error=repr(error))
+            return
+        if scope.cancelled_caught:
+            self.counts[INFO] += 1
+            record(self.now(), process, INFO, SEND, value=value, key=key, error="timeout")
+            return
+        self.counts[OK] += 1
+        self.acknowledged.add(value)
+        record(
+            self.now(),
+            process,
+            OK,
+            SEND,
+            value=value,
+            key=key,
+            queue=receipt.queue_id,
+            offset=receipt.offset,
+            msg_id=receipt.msg_id,
+        )
+
+    async def _consumer(self, index: int) -> None:
+        process = f"c{index}"
+        async with Consumer(self.naming, group=GROUP, topic=TOPIC) as consumer:
+            async for message in consumer:
+                value = message.body.decode(errors="replace")
+                self.counts[RECEIVE] += 1
+                self.history.add(
+                    self.now(),
+                    process,
+                    OK,
+                    RECEIVE,
+                    value=value,
+                    key=message.keys[0] if message.keys else None,
+                    queue=message.queue_id,
+                    offset=message.offset,
+                    msg_id=message.msg_id,
+                )
+                if value not in self.received:
+                    self.received.add(value)
+                    self.progress.set()
+                    self.progress = trio.Event()
+                await message.ack()

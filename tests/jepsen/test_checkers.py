@@ -1,0 +1,652 @@
+"""The checkers on small hand-built histories (each case that must pass and each that must fail),
+and on histories of a correct model of the queue, which must pass every checker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jepsen.checkers import (
+    availability,
+    check_all,
+    duplicates,
+    fault_windows,
+    lost,
+    order,
+    recovered,
+    summary,
+    unexpected,
+)
+from jepsen.history import FAIL, FAULT, INFO, INVOKE, OK, PHASE, RECEIVE, SEND, History, Op
+
+
+class Builder:
+    """A history written op by op: each op one second after the previous one, unless ``at``
+    says when. A producer is named by its values ("p0-3" is p0's)."""
+
+    def __init__(self) -> None:
+        self.history = History()
+        self.time = 0.0
+
+    @property
+    def ops(self) -> list[Op]:
+        return self.history.ops
+
+    def add(self, type: str, f: str, process: str, at: float | None, **fields: Any) -> Builder:
+        self.time = self.time + 1.0 if at is None else at
+        self.history.add(self.time, process, type, f, **fields)
+        return self
+
+    def invoke(self, value: str, key: str | None = None, at: float | None = None) -> Builder:
+        return self.add(INVOKE, SEND, producer(value), at, value=value, key=key)
+
+    def ok(
+        self,
+        value: str,
+        queue: int = 0,
+        offset: int = 0,
+        key: str | None = None,
+        at: float | None = None,
+    ) -> Builder:
+        return self.add(
+            OK, SEND, producer(value), at, value=value, key=key, queue=queue, offset=offset
+        )
+
+    def fail(self, value: str, at: float | None = None) -> Builder:
+        return self.add(FAIL, SEND, producer(value), at, value=value, error="BadRequest('no')")
+
+    def info(self, value: str, at: float | None = None) -> Builder:
+        return self.add(INFO, SEND, producer(value), at, value=value, error="timeout")
+
+    def send(
+        self,
+        value: str,
+        queue: int = 0,
+        offset: int = 0,
+        key: str | None = None,
+        at: float | None = None,
+    ) -> Builder:
+        """An invoke and its acknowledgement, both at the same time."""
+        self.invoke(value, key, at)
+        return self.ok(value, queue, offset, key, at=self.time)
+
+    def receive(
+        self,
+        value: str,
+        queue: int = 0,
+        offset: int = 0,
+        consumer: str = "c0",
+        key: str | None = None,
+        at: float | None = None,
+    ) -> Builder:
+        return self.add(OK, RECEIVE, consumer, at, value=value, key=key, queue=queue, offset=offset)
+
+    def start(self, window: int, at: float | None = None, fault: str = "partition") -> Builder:
+        return self.fault(window, "start", at, fault)
+
+    def end(self, window: int, at: float | None = None, fault: str = "partition") -> Builder:
+        return self.fault(window, "end", at, fault)
+
+    def fault(self, window: int, phase: str, at: float | None, fault: str) -> Builder:
+        value = {"fault": fault, "phase": phase, "targets": ["n1"], "window": window}
+        return self.add(INFO, FAULT, "nemesis", at, value=value)
+
+    def phase(self, name: str, at: float | None = None) -> Builder:
+        return self.add(INFO, PHASE, "runner", at, value=name)
+
+
+def producer(value: str) -> str:
+    return value.rsplit("-", 1)[0]
+
+
+# --- summary ---------------------------------------------------------------------------------
+
+
+def test_summary_counts_every_kind_of_op() -> None:
+    b = Builder().phase("workload").start(1)
+    b.send("p0-1", offset=0).invoke("p0-2").fail("p0-2").invoke("p0-3").info("p0-3")
+    b.invoke("p1-1").end(1)
+    b.receive("p0-1").receive("p0-1", consumer="c1").receive("p0-3", offset=1)
+    result = summary(b.ops)
+    assert result.valid
+    assert result.counts == {
+        "sends": 4,
+        "ok": 1,
+        "fail": 1,
+        "info": 1,
+        "receives": 3,
+        "received_values": 2,
+        "faults": 1,
+    }
+
+
+# --- lost ------------------------------------------------------------------------------------
+
+
+def test_nothing_lost_when_every_acknowledged_value_is_received() -> None:
+    b = Builder().send("p0-1", offset=0).send("p0-2", offset=1)
+    b.receive("p0-2", offset=1).receive("p0-1", offset=0)
+    result = lost(b.ops)
+    assert result.valid
+    assert result.counts == {
+        "acknowledged": 2,
+        "lost": 0,
+        "lost_before": 0,
+        "lost_during": 0,
+        "lost_after": 0,
+    }
+
+
+def test_lost_values_are_counted_by_when_they_were_acknowledged() -> None:
+    b = Builder()
+    b.send("p0-1", offset=0, at=1.0)  # before the first fault
+    b.start(1, at=10.0)
+    b.send("p0-2", offset=1, at=10.0)  # at the window's start: during
+    b.send("p0-3", offset=2, at=15.0)  # during
+    b.send("p0-4", offset=3, at=20.0)  # at the window's end: during
+    b.end(1, at=20.0)
+    b.send("p0-5", offset=4, at=25.0)  # between windows: after
+    b.start(2, at=30.0).end(2, at=31.0)
+    b.send("p0-6", offset=5, at=40.0)  # after
+    b.send("p0-7", offset=6, at=41.0)  # received: not lost
+    b.receive("p0-7", offset=6, at=42.0)
+    result = lost(b.ops)
+    assert not result.valid
+    assert result.counts == {
+        "acknowledged": 7,
+        "lost": 6,
+        "lost_before": 1,
+        "lost_during": 3,
+        "lost_after": 2,
+    }
+    assert result.examples[0] == (
+        "p0-1: acknowledged at 1.000 s (before the first fault) as queue 0 offset 0, never received"
+    )
+    assert "p0-3: acknowledged at 15.000 s (during a fault)" in result.examples[2]
+    assert not any("p0-7" in line for line in result.examples)
+
+
+def test_without_faults_every_loss_is_before() -> None:
+    b = Builder().send("p0-1").send("p0-2", offset=1).receive("p0-1")
+    assert lost(b.ops).counts["lost_before"] == 1
+
+
+def test_an_unterminated_window_lasts_until_the_last_op() -> None:
+    b = Builder().send("p0-1", at=1.0).start(1, at=5.0)
+    b.send("p0-2", offset=1, at=8.0)
+    b.phase("done", at=9.0)
+    counts = lost(b.ops).counts
+    assert (counts["lost_before"], counts["lost_during"], counts["lost_after"]) == (1, 1, 0)
+    [window] = fault_windows(b.ops)
+    assert (window.window, window.start, window.end, window.ended) == (1, 5.0, 9.0, False)
+
+
+def test_fault_windows_pair_each_start_with_the_end_of_the_same_window() -> None:
+    b = Builder().start(1, at=1.0, fault="pause").start(2, at=2.0, fault="partition")
+    b.end(1, at=3.0, fault="pause").end(2, at=7.0, fault="partition")
+    windows = fault_windows(b.ops)
+    assert [(w.window, w.fault, w.start, w.end, w.ended) for w in windows] == [
+        (1, "pause", 1.0, 3.0, True),
+        (2, "partition", 2.0, 7.0, True),
+    ]
+    assert windows[0].targets == ("n1",)
+
+
+# --- duplicates ------------------------------------------------------------------------------
+
+
+def test_redelivery_at_the_same_position_is_counted_but_valid() -> None:
+    b = Builder().send("p0-1", offset=0).send("p0-2", offset=1)
+    b.receive("p0-1", offset=0).receive("p0-2", offset=1)
+    b.receive("p0-1", offset=0, consumer="c1").receive("p0-1", offset=0, consumer="c0")
+    result = duplicates(b.ops)
+    assert result.valid
+    assert result.counts == {
+        "duplicated": 0,
+        "conflicting": 0,
+        "redelivered_values": 1,
+        "redeliveries": 2,
+    }
+
+
+def test_a_value_stored_at_two_offsets_is_invalid() -> None:
+    b = Builder().send("p0-1", queue=0, offset=0).receive("p0-1", queue=0, offset=3)
+    result = duplicates(b.ops)
+    assert not result.valid
+    assert result.counts["duplicated"] == 1
+    assert result.examples == ["p0-1: stored at 2 positions: queue 0 offset 0, queue 0 offset 3"]
+
+
+def test_a_value_received_from_two_queues_is_invalid_without_an_acknowledgement() -> None:
+    b = Builder().invoke("p0-1").info("p0-1")
+    b.receive("p0-1", queue=0, offset=0).receive("p0-1", queue=1, offset=0)
+    assert duplicates(b.ops).counts["duplicated"] == 1
+
+
+def test_two_values_received_at_one_position_conflict() -> None:
+    b = Builder().send("p0-1", offset=0).send("p1-1", offset=0)
+    b.receive("p0-1", offset=0).receive("p1-1", offset=0).receive("p1-1", offset=0)
+    result = duplicates(b.ops)
+    assert not result.valid
+    assert result.counts == {
+        "duplicated": 0,
+        "conflicting": 1,
+        "redelivered_values": 1,
+        "redeliveries": 1,
+    }
+    assert result.examples == ["queue 0 offset 0: received with 2 different values: p0-1, p1-1"]
+
+
+def test_the_same_offset_in_different_queues_is_no_conflict() -> None:
+    b = Builder().send("p0-1", queue=0, offset=0).send("p1-1", queue=1, offset=0)
+    b.receive("p0-1", queue=0, offset=0).receive("p1-1", queue=1, offset=0)
+    assert duplicates(b.ops).valid
+
+
+# --- unexpected ------------------------------------------------------------------------------
+
+
+def test_received_values_that_were_sent_are_expected() -> None:
+    b = Builder().invoke("p0-1").info("p0-1").receive("p0-1").send("p0-2", offset=1)
+    b.receive("p0-2", offset=1)
+    result = unexpected(b.ops)
+    assert result.valid
+    assert result.counts == {"unexpected": 0, "unexpected_receives": 0}
+
+
+def test_a_value_never_sent_is_unexpected() -> None:
+    b = Builder().send("p0-1").receive("p0-1").receive("ghost", offset=1).receive("ghost", 1)
+    result = unexpected(b.ops)
+    assert not result.valid
+    assert result.counts == {"unexpected": 1, "unexpected_receives": 2}
+    assert result.examples == [
+        "'ghost': received by c0 at 3.000 s from queue 0 offset 1, never sent"
+    ]
+
+
+# --- recovered -------------------------------------------------------------------------------
+
+
+def test_indeterminate_sends_may_or_may_not_be_stored() -> None:
+    b = Builder().invoke("p0-1").info("p0-1").invoke("p0-2").info("p0-2")
+    b.invoke("p0-3").fail("p0-3").invoke("p0-4")  # p0-4 never completed
+    b.receive("p0-1", offset=0).receive("p0-4", offset=1)
+    result = recovered(b.ops)
+    assert result.valid
+    assert result.counts == {
+        "indeterminate": 3,
+        "recovered": 2,
+        "indeterminate_lost": 1,
+        "failed": 1,
+        "failed_but_stored": 0,
+    }
+
+
+def test_a_failed_send_that_was_received_is_invalid() -> None:
+    b = Builder().invoke("p0-1").fail("p0-1", at=2.5).receive("p0-1")
+    result = recovered(b.ops)
+    assert not result.valid
+    assert result.counts["failed_but_stored"] == 1
+    assert result.examples == ["p0-1: failed at 2.500 s (BadRequest('no')), received anyway"]
+
+
+# --- order -----------------------------------------------------------------------------------
+
+
+def test_a_producers_sends_are_stored_in_order_per_queue() -> None:
+    b = Builder().send("p0-1", queue=0, offset=5).send("p0-2", queue=1, offset=0)
+    b.send("p0-3", queue=0, offset=6).send("p1-1", queue=0, offset=2)  # another producer
+    result = order(b.ops)
+    assert result.valid
+    assert result.counts == {"storage_order": 0, "delivery_order": 0}
+
+
+def test_a_later_send_stored_before_an_earlier_one_is_a_storage_order_violation() -> None:
+    b = Builder().send("p0-1", queue=0, offset=5).send("p0-2", queue=0, offset=3)
+    b.send("p0-3", queue=0, offset=6)
+    result = order(b.ops)
+    assert not result.valid
+    assert result.counts == {"storage_order": 1, "delivery_order": 0}
+    assert result.examples == [
+        "storage: p0 sent p0-2 after p0-1, but it was stored at queue 0 offset 3, "
+        "not after offset 5"
+    ]
+
+
+def test_two_sends_acknowledged_at_the_same_offset_are_a_storage_order_violation() -> None:
+    b = Builder().send("p0-1", queue=0, offset=5).send("p0-2", queue=0, offset=5)
+    assert order(b.ops).counts["storage_order"] == 1
+
+
+def test_first_deliveries_out_of_offset_order_are_a_violation() -> None:
+    b = Builder()
+    for offset in (0, 2, 1, 3):
+        b.receive(f"p0-{offset + 1}", queue=0, offset=offset)
+    b.receive("p1-1", queue=1, offset=0)  # another queue is ordered on its own
+    result = order(b.ops)
+    assert not result.valid
+    assert result.counts == {"storage_order": 0, "delivery_order": 1}
+    assert result.examples[0].startswith(
+        "delivery: queue 0 offset 1 (p0-2) first received by c0 at 3.000 s, after offset 2"
+    )
+
+
+def test_a_rebalance_redelivering_from_the_committed_offset_keeps_delivery_order() -> None:
+    b = Builder()
+    for offset in range(1, 6):
+        b.receive(f"p0-{offset}", offset=offset, consumer="c0")
+    for offset in range(1, 8):  # c1 takes the queue over from committed offset 1
+        b.receive(f"p0-{offset}", offset=offset, consumer="c1")
+    b.receive("p0-4", offset=4, consumer="c0")  # c0 still drains what it had pulled
+    assert order(b.ops).valid
+
+
+def test_order_follows_the_history_index_whatever_order_the_ops_are_given_in() -> None:
+    b = Builder().receive("p0-1", offset=0).receive("p0-2", offset=1)
+    assert order(list(reversed(b.ops))).valid
+
+
+def test_fifo_order_passes_when_each_key_stays_in_its_queue_in_order() -> None:
+    b = Builder()
+    b.send("p0-1", queue=2, offset=0, key="k0-1").send("p0-2", queue=1, offset=0, key="k0-2")
+    b.send("p0-3", queue=2, offset=1, key="k0-1")
+    b.receive("p0-1", queue=2, offset=0, key="k0-1").receive("p0-2", 1, 0, key="k0-2")
+    b.receive("p0-3", queue=2, offset=1, key="k0-1")
+    result = order(b.ops, fifo=True)
+    assert result.valid
+    assert result.counts == {
+        "storage_order": 0,
+        "delivery_order": 0,
+        "key_delivery_order": 0,
+        "key_order": 0,
+    }
+
+
+def test_fifo_a_key_stored_out_of_its_send_order_is_a_violation() -> None:
+    b = Builder().send("p0-1", queue=0, offset=4, key="k0-1")
+    b.send("p0-2", queue=0, offset=2, key="k0-1")
+    counts = order(b.ops, fifo=True).counts
+    assert counts["key_order"] == 1
+    assert counts["storage_order"] == 1
+
+
+def test_fifo_a_key_split_over_two_queues_is_a_violation() -> None:
+    b = Builder().send("p0-1", queue=0, offset=4, key="k0-1")
+    b.send("p0-2", queue=1, offset=7, key="k0-1")
+    result = order(b.ops, fifo=True)
+    assert not result.valid
+    assert result.counts["key_order"] == 1
+    assert result.counts["storage_order"] == 0  # each queue alone is in order
+    assert result.examples == [
+        "key order: key k0-1: p0-2 stored in queue 1, but the key's first send p0-1 in queue 0"
+    ]
+
+
+def test_fifo_a_key_delivered_out_of_order_is_a_violation() -> None:
+    b = Builder().receive("p0-2", queue=0, offset=3, key="k0-1")
+    b.receive("p0-1", queue=0, offset=1, key="k0-1")
+    result = order(b.ops, fifo=True)
+    assert not result.valid
+    assert result.counts["key_delivery_order"] == 1
+    assert result.examples[1].startswith("key delivery: key k0-1: queue 0 offset 1 (p0-1)")
+
+
+def test_without_fifo_no_key_counts_are_reported() -> None:
+    b = Builder().receive("p0-2", offset=3, key="k0-1").receive("p0-1", offset=1, key="k0-1")
+    assert set(order(b.ops).counts) == {"storage_order", "delivery_order"}
+
+
+# --- availability ----------------------------------------------------------------------------
+
+
+def test_availability_measures_gaps_and_recovery_per_window() -> None:
+    b = Builder().send("p0-1", at=0.5).start(1, at=10.0)
+    for t in (12.0, 13.0, 17.0):
+        b.send(f"p0-{t:g}", at=t)
+    b.end(1, at=20.0).send("p0-21", at=23.0)
+    b.start(2, at=30.0, fault="pause").end(2, at=40.0, fault="pause")
+    b.send("p0-41", at=41.5)
+    b.start(3, at=50.0).send("p0-51", at=51.25).phase("done", at=60.0)
+    result = availability(b.ops)
+    assert result.valid
+    rows = result.details["windows"]
+    assert [(row["window"], row["fault"], row["targets"]) for row in rows] == [
+        (1, "partition", ["n1"]),
+        (2, "pause", ["n1"]),
+        (3, "partition", ["n1"]),
+    ]
+    # Window 1: gaps 2, 1, 4, 3; the first acknowledgement after it comes 3 s after its end.
+    assert rows[0]["longest_gap"] == pytest.approx(4.0)
+    assert rows[0]["recovery"] == pytest.approx(3.0)
+    # Window 2 has no acknowledgement at all.
+    assert rows[1]["longest_gap"] == pytest.approx(10.0)
+    assert rows[1]["recovery"] == pytest.approx(1.5)
+    # Window 3 never ended: it lasts until the last op, and nothing came after it.
+    assert (rows[2]["start"], rows[2]["end"], rows[2]["ended"]) == (50.0, 60.0, False)
+    assert rows[2]["longest_gap"] == pytest.approx(8.75)
+    assert rows[2]["recovery"] is None
+    assert result.counts == pytest.approx(
+        {
+            "windows": 3,
+            "max_gap": 10.0,
+            "max_recovery": 3.0,
+            "unrecovered": 1,
+            # Over the workload (0.5 s to 51.25 s) the longest gap is from 23 s to 41.5 s.
+            "longest_gap": 18.5,
+        }
+    )
+
+
+def test_availability_counts_an_acknowledgement_at_the_end_as_immediate_recovery() -> None:
+    b = Builder().start(1, at=1.0).send("p0-1", at=2.0).end(1, at=3.0)
+    b.send("p0-2", at=3.0)
+    row = availability(b.ops).details["windows"][0]
+    assert row["recovery"] == pytest.approx(0.0)
+    assert row["longest_gap"] == pytest.approx(1.0)
+
+
+def test_the_overall_gap_includes_the_stretch_after_the_last_acknowledgement() -> None:
+    b = Builder().send("p0-1", at=1.0).invoke("p0-2", at=2.0).info("p0-2", at=7.5)
+    result = availability(b.ops)
+    assert result.counts == {
+        "windows": 0,
+        "max_gap": 0.0,
+        "max_recovery": 0.0,
+        "unrecovered": 0,
+        "longest_gap": pytest.approx(6.5),
+    }
+
+
+def test_availability_fails_only_when_no_send_was_ever_acknowledged() -> None:
+    b = Builder().start(1).invoke("p0-1").info("p0-1").invoke("p0-2").fail("p0-2").end(1)
+    result = availability(b.ops)
+    assert not result.valid
+    assert result.examples == ["none of the 4 send ops is an acknowledgement"]
+    assert result.details["windows"][0]["longest_gap"] == pytest.approx(5.0)
+    assert availability(Builder().start(1).end(1).ops).valid  # nothing was sent at all
+
+
+# --- check_all -------------------------------------------------------------------------------
+
+
+def test_check_all_runs_every_checker_in_a_fixed_order() -> None:
+    b = Builder().phase("workload").send("p0-1", key="k0-1").receive("p0-1", key="k0-1")
+    results = check_all(b.ops)
+    assert [r.name for r in results] == [
+        "summary",
+        "lost",
+        "duplicates",
+        "unexpected",
+        "recovered",
+        "order",
+        "availability",
+    ]
+    assert all(r.valid for r in results)
+    assert "key_order" in check_all(b.ops, fifo=True)[5].counts
+    assert all(r.valid for r in check_all([]))
+
+
+def test_results_are_json_able() -> None:
+    b = Builder().start(1).send("p0-1").end(1).send("p0-2", offset=1).receive("p0-3")
+    text = json.dumps([attrs.asdict(r) for r in check_all(b.ops, fifo=True)])
+    assert '"windows": [{"window": 1, "fault": "partition", "targets": ["n1"]' in text
+
+
+# --- A correct model of the queue ------------------------------------------------------------
+
+PRODUCERS = 3
+CONSUMERS = 2
+QUEUES = 3
+KEYS_PER_PRODUCER = 2
+ACTIONS = ("send", "send", "send", "deliver", "deliver", "rebalance", "fault", "pause")
+# How a send ends, chosen by the step's number: mostly acknowledged.
+OUTCOMES = ("ok", "ok", "ok", "info stored", "info", "fail")
+
+
+class Model:
+    """Producers that send one value at a time and queues that keep what is stored, in order.
+    Each queue is consumed by one consumer at a time from a read position; a rebalance hands it
+    to a consumer that starts again at any earlier position (so redelivers), as from a committed
+    offset. At the end every stored message is delivered: nothing acknowledged is lost."""
+
+    def __init__(self, fifo: bool) -> None:
+        self.fifo = fifo
+        self.b = Builder()
+        self.numbers = [0] * PRODUCERS
+        self.pending: list[tuple[str, str | None] | None] = [None] * PRODUCERS
+        self.stored: list[list[tuple[str, str | None]]] = [[] for _ in range(QUEUES)]
+        self.read = [0] * QUEUES
+        self.owner = [0] * QUEUES
+        self.windows = 0
+        self.open = False
+        self.acknowledged: list[str] = []
+
+    def step(self, action: str, n: int) -> None:
+        if action == "send":
+            # Invoke the producer's next send, or complete the one it is waiting for.
+            p = n % PRODUCERS
+            if self.pending[p] is None:
+                self.invoke(p)
+            else:
+                self.complete(p, OUTCOMES[n // PRODUCERS % len(OUTCOMES)], n)
+        elif action == "deliver":
+            for _ in range(n // QUEUES % 4 + 1):
+                self.deliver(n % QUEUES)
+        elif action == "rebalance":
+            q = n % QUEUES
+            self.owner[q] = n // QUEUES % CONSUMERS
+            self.read[q] = n // (QUEUES * CONSUMERS) % (self.read[q] + 1)
+        elif action == "fault":
+            self.toggle_fault()
+        else:
+            self.b.time += n % 5 + 0.25
+
+    def invoke(self, p: int) -> None:
+        if self.pending[p] is not None:
+            return
+        self.numbers[p] += 1
+        number = self.numbers[p]
+        value = f"p{p}-{number}"
+        key = f"k{p}-{number % KEYS_PER_PRODUCER}" if self.fifo else None
+        self.pending[p] = (value, key)
+        self.b.invoke(value, key)
+
+    def complete(self, p: int, outcome: str, n: int) -> None:
+        sent = self.pending[p]
+        if sent is None:
+            return
+        self.pending[p] = None
+        value, key = sent
+        if outcome == "fail":
+            self.b.fail(value)
+            return
+        if self.fifo:
+            queue = (p * KEYS_PER_PRODUCER + int(value.split("-")[1]) % KEYS_PER_PRODUCER) % QUEUES
+        else:
+            queue = n // 7 % QUEUES
+        if outcome == "info":
+            self.b.info(value)
+            return
+        offset = len(self.stored[queue])
+        self.stored[queue].append((value, key))
+        if outcome == "ok":
+            self.b.ok(value, queue, offset, key)
+            self.acknowledged.append(value)
+        else:
+            self.b.info(value)
+
+    def deliver(self, q: int) -> None:
+        offset = self.read[q]
+        if offset < len(self.stored[q]):
+            value, key = self.stored[q][offset]
+            self.b.receive(value, q, offset, consumer=f"c{self.owner[q]}", key=key)
+            self.read[q] += 1
+
+    def toggle_fault(self) -> None:
+        if self.open:
+            self.b.end(self.windows)
+        else:
+            self.windows += 1
+            self.b.start(self.windows)
+        self.open = not self.open
+
+    def finish(self, heal: bool) -> list[Op]:
+        if not self.acknowledged:
+            # The availability check rightly fails a run where nothing was ever acknowledged.
+            self.complete(0, "info", 0)
+            self.invoke(0)
+            self.complete(0, "ok", 0)
+        for p in range(PRODUCERS):
+            self.complete(p, "info", p)
+        if heal and self.open:
+            self.toggle_fault()
+        self.b.phase("drain")
+        for q in range(QUEUES):
+            while self.read[q] < len(self.stored[q]):
+                self.deliver(q)
+        self.b.phase("done")
+        return self.b.ops
+
+
+steps = st.lists(
+    st.tuples(st.sampled_from(ACTIONS), st.integers(0, 10_000)), min_size=40, max_size=400
+)
+
+
+@st.composite
+def correct_histories(draw: st.DrawFn) -> tuple[list[Op], bool, list[str]]:
+    fifo = draw(st.booleans())
+    model = Model(fifo)
+    for action, n in draw(steps):
+        model.step(action, n)
+    ops = model.finish(heal=draw(st.booleans()))
+    return ops, fifo, model.acknowledged
+
+
+@settings(max_examples=200, deadline=None)
+@given(correct_histories())
+def test_every_history_of_a_correct_queue_passes(
+    history: tuple[list[Op], bool, list[str]],
+) -> None:
+    ops, fifo, _ = history
+    failed = [r for r in check_all(ops, fifo) if not r.valid]
+    assert failed == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(correct_histories(), st.data())
+def test_dropping_the_receives_of_an_acknowledged_value_is_a_loss(
+    history: tuple[list[Op], bool, list[str]], data: st.DataObject
+) -> None:
+    ops, _, acknowledged = history
+    victim = data.draw(st.sampled_from(acknowledged))
+    kept = [op for op in ops if not (op.f == RECEIVE and op.value == victim)]
+    result = lost(kept)
+    assert not result.valid
+    assert result.counts["lost"] == 1
+    assert result.examples[0].startswith(f"{victim}: acknowledged at ")
