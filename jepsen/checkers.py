@@ -23,8 +23,10 @@ The checkers, in the order :func:`check_all` runs them:
     An acknowledged value no receive carries. Valid iff there is none. Each is counted by when
     its acknowledgement happened: ``before`` the first fault window began, ``during`` some fault
     window, or ``after`` (between windows, or after the last one). With no fault at all every
-    acknowledgement is "before". Counts: acknowledged (distinct values), lost, lost_before,
-    lost_during, lost_after.
+    acknowledgement is "before". When the history has a final read (a ``read`` phase), an
+    acknowledged value the read does not find is lost from storage, received or not: counted as
+    lost_from_storage, also invalid. Counts: acknowledged (distinct values), lost, lost_before,
+    lost_during, lost_after, and lost_from_storage when there was a final read.
 
 ``duplicates``
     *Duplicated storage*: a value at two or more positions, taking as evidence the positions its
@@ -86,7 +88,19 @@ from typing import Any
 
 import attrs
 
-from jepsen.history import FAIL, FAULT, INFO, INVOKE, OK, RECEIVE, SEND, CheckResult, Op
+from jepsen.history import (
+    FAIL,
+    FAULT,
+    INFO,
+    INVOKE,
+    OK,
+    PHASE,
+    READ,
+    RECEIVE,
+    SEND,
+    CheckResult,
+    Op,
+)
 
 #: Examples kept per checker; the counts say how many there were in all.
 MAX_EXAMPLES = 30
@@ -226,11 +240,17 @@ def lost(ops: Sequence[Op]) -> CheckResult:
     """Acknowledged values never received, by when they were acknowledged."""
     acks: dict[Any, Op] = {}
     received: set[Any] = set()
+    stored: set[Any] | None = None
     for op in ops:
         if _is_ack(op):
             acks.setdefault(op.value, op)
         elif _is_receive(op):
             received.add(op.value)
+        elif op.f == PHASE and op.value == "read":
+            stored = set() if stored is None else stored
+        elif op.f == READ and op.type == OK:
+            stored = set() if stored is None else stored
+            stored.add(op.value)
     windows = fault_windows(ops)
     first_fault = min((w.start for w in windows), default=math.inf)
     faulty = _Cover(windows)
@@ -255,7 +275,18 @@ def lost(ops: Sequence[Op]) -> CheckResult:
     missing = sum(buckets.values())
     counts: dict[str, int | float] = {"acknowledged": len(acks), "lost": missing}
     counts.update({f"lost_{when}": n for when, n in buckets.items()})
-    return CheckResult("lost", missing == 0, counts, examples)
+    gone = 0
+    if stored is not None:
+        for value, ack in acks.items():
+            if value not in stored:
+                gone += 1
+                _add_example(
+                    examples,
+                    f"{value}: acknowledged at {_at(ack.time)} as {_where(ack)}, "
+                    "missing from the final read",
+                )
+        counts["lost_from_storage"] = gone
+    return CheckResult("lost", missing == 0 and gone == 0, counts, examples)
 
 
 # --- duplicates ------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Operations, by ``f``:
 - ``receive``: a consumer was handed a message (``ok`` only, no invoke): ``value``, ``key``,
   ``queue``, ``offset``, ``msg_id``. The same value may be received more than once
   (at-least-once delivery); the checkers tell redelivery from duplicated storage.
+- ``read``: the final read after the drain (process ``"reader"``, ``ok`` only): every message
+  still stored, read from offset 0 of every queue of the leader: ``value``, ``key``, ``queue``,
+  ``offset``, ``msg_id``. It shows storage loss that consumers had already seen past.
 - ``fault``: the nemesis (process ``"nemesis"``), type ``info``; ``value`` is
   ``{"fault": name, "phase": "start" | "end", "targets": [node ids], ...}``. Every start has an
   end with the same ``fault`` and a ``window`` number shared by both.
@@ -40,12 +43,14 @@ TYPES = (INVOKE, OK, FAIL, INFO)
 
 SEND = "send"
 RECEIVE = "receive"
+READ = "read"
 FAULT = "fault"
 PHASE = "phase"
-FUNCTIONS = (SEND, RECEIVE, FAULT, PHASE)
+FUNCTIONS = (SEND, RECEIVE, READ, FAULT, PHASE)
 
 NEMESIS = "nemesis"
 RUNNER = "runner"
+READER = "reader"
 
 
 @attrs.frozen

@@ -199,8 +199,15 @@ async def _attack_and_drain(
         with trio.move_on_after(options.drain_timeout_s):
             while workload.unconsumed:
                 await workload.progress.wait()
-        phase("done")
         nursery.cancel_scope.cancel()
+    # What is stored now, read from the start: loss that consumers had already seen past.
+    with trio.move_on_after(options.drain_timeout_s):
+        await nodes.wait_recovered()
+        leader = await nodes.leader()
+        if leader is not None:
+            phase("read")
+            await workload.final_read(nodes.members[leader].client)
+    phase("done")
     return recovered
 
 

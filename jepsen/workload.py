@@ -19,8 +19,10 @@ import attrs
 import trio
 
 from dledger_mq.clients import Consumer, Producer
+from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import BadRequest, DledgerError
-from jepsen.history import FAIL, INFO, INVOKE, OK, RECEIVE, SEND, History
+from dledger_mq.wire.broker import PullReply, PullRequest
+from jepsen.history import FAIL, INFO, INVOKE, OK, READ, READER, RECEIVE, SEND, History
 
 TOPIC = "jepsen"
 GROUP = "jepsen-checker"
@@ -59,6 +61,8 @@ class Workload:
         self.acknowledged: set[str] = set()
         self.received: set[str] = set()
         self.counts = {OK: 0, FAIL: 0, INFO: 0, RECEIVE: 0}
+        #: Errors that ended a consumer (it was started again), for the run's summary.
+        self.consumer_errors: list[str] = []
         #: Set each time a value is received for the first time: the drain phase waits on it.
         self.progress = trio.Event()
 
@@ -76,6 +80,38 @@ class Workload:
         async with trio.open_nursery() as nursery:
             for index in range(self.options.consumers):
                 nursery.start_soon(self._consumer, index)
+
+    async def final_read(self, address: str) -> int:
+        """Record every message still stored, reading each queue from offset 0 at ``address``
+        (a node that has applied the leader's commit index); returns how many."""
+        count = 0
+        async with connect_admin(address) as admin:
+            topic = next((t for t in await admin.list_topics() if t.name == TOPIC), None)
+            if topic is None:
+                return 0
+            for queue_id in range(topic.queue_count):
+                offset = 0
+                while True:
+                    reply: PullReply = await admin.connection.request(
+                        PullRequest(TOPIC, queue_id, offset, 512)
+                    )
+                    for stored in reply.messages:
+                        count += 1
+                        self.history.add(
+                            self.now(),
+                            READER,
+                            OK,
+                            READ,
+                            value=stored.body.decode(errors="replace"),
+                            key=stored.keys[0] if stored.keys else None,
+                            queue=stored.queue_id,
+                            offset=stored.offset,
+                            msg_id=stored.msg_id,
+                        )
+                    if reply.next_offset >= reply.max_offset or not reply.messages:
+                        break
+                    offset = reply.next_offset
+        return count
 
     async def _producer(self, index: int, stop: trio.Event) -> None:
         process = f"p{index}"
@@ -129,7 +165,16 @@ class Workload:
         )
 
     async def _consumer(self, index: int) -> None:
-        process = f"c{index}"
+        # A consumer the SDK gives up on (say the topic vanished with a lost log) is started
+        # again: the harness must keep observing whatever the cluster still delivers.
+        while True:
+            try:
+                await self._consume_until_error(f"c{index}")
+            except* DledgerError as group:
+                self.consumer_errors.append(f"c{index}: {group.exceptions[0]!r}")
+            await trio.sleep(0.5)
+
+    async def _consume_until_error(self, process: str) -> None:
         async with Consumer(self.naming, group=GROUP, topic=TOPIC) as consumer:
             async for message in consumer:
                 value = message.body.decode(errors="replace")

@@ -125,7 +125,7 @@ class Replica:
         """Handle Readies in the calling task while no write must wait; else wake the loop."""
         core = self.core
         if not self._handling:
-            while core.has_ready() and self.writer.can_write_now():
+            while core.has_ready() and self.writer.can_write_now(core.log.unstable):
                 self._handle_now(core.ready())
                 core.advance()
         if core.has_ready():

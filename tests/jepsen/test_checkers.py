@@ -650,3 +650,20 @@ def test_dropping_the_receives_of_an_acknowledged_value_is_a_loss(
     assert not result.valid
     assert result.counts["lost"] == 1
     assert result.examples[0].startswith(f"{victim}: acknowledged at ")
+
+
+def test_a_final_read_missing_an_acknowledged_value_is_loss_even_if_it_was_received() -> None:
+    ops = [
+        Op(0, 0.0, "p0", "invoke", "send", value="p0-1"),
+        Op(1, 0.1, "p0", "ok", "send", value="p0-1", queue=0, offset=0),
+        Op(2, 0.2, "c0", "ok", "receive", value="p0-1", queue=0, offset=0),
+        Op(3, 0.3, "runner", "info", "phase", value="read"),
+    ]
+    result = lost(ops)
+    assert not result.valid
+    assert result.counts["lost"] == 0 and result.counts["lost_from_storage"] == 1
+
+    stored = [*ops, Op(4, 0.4, "reader", "ok", "read", value="p0-1", queue=0, offset=0)]
+    assert lost(stored).valid
+    # Without a final read there is nothing to compare with.
+    assert lost(ops[:3]).valid

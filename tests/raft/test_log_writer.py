@@ -17,7 +17,7 @@ from dledger_mq.errors import FsyncFailed
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.disk import MemoryDisk, Operation
 from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.log_writer import merge_requests, open_log_writer
+from dledger_mq.raft.log_writer import INLINE_MAX_ENTRIES, merge_requests, open_log_writer
 from dledger_mq.raft.messages import Entry, HardState
 
 DIRECTORY = "/node"
@@ -200,7 +200,7 @@ async def test_an_idle_writer_writes_inline_and_returns_durable() -> None:
     log = CommitLog.open(disk, DIRECTORY)
     async with open_log_writer(log) as writer:
         fsyncs_before = disk.operation_counts["fsync"]
-        assert writer.can_write_now()
+        assert writer.can_write_now([entry(1)])
         await writer.append([entry(1)])
         writer.write_now([entry(2)])
         # Durable on return, one fsync each, and no worker thread was involved.
@@ -212,6 +212,17 @@ async def test_an_idle_writer_writes_inline_and_returns_durable() -> None:
 async def test_a_writer_without_inline_writes_never_offers_them() -> None:
     log = CommitLog.open(MemoryDisk(), DIRECTORY)
     async with open_log_writer(log, inline_when_idle=False) as writer:
-        assert not writer.can_write_now()
+        assert not writer.can_write_now([entry(1)])
         with pytest.raises(AssertionError):
             writer.write_now([entry(1)])
+
+
+async def test_a_big_write_goes_to_the_worker_thread() -> None:
+    disk = MemoryDisk()
+    log = CommitLog.open(disk, DIRECTORY)
+    many = [entry(index) for index in range(1, INLINE_MAX_ENTRIES + 2)]
+    async with open_log_writer(log) as writer:
+        assert not writer.can_write_now(many)
+        await writer.append(many)
+        assert durable_entries(disk) == many
+        assert writer.requests_written == 1
