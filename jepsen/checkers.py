@@ -86,11 +86,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
-import attrs
-
 from jepsen.history import (
     FAIL,
-    FAULT,
     INFO,
     INVOKE,
     OK,
@@ -99,7 +96,9 @@ from jepsen.history import (
     RECEIVE,
     SEND,
     CheckResult,
+    FaultWindow,
     Op,
+    fault_windows,
 )
 
 #: Examples kept per checker; the counts say how many there were in all.
@@ -138,56 +137,6 @@ def _at(seconds: float) -> str:
 def _add_example(examples: list[str], line: str) -> None:
     if len(examples) < MAX_EXAMPLES:
         examples.append(line)
-
-
-# --- Fault windows ---------------------------------------------------------------------------
-
-
-@attrs.frozen
-class FaultWindow:
-    #: The number the nemesis gave both ends (None when it gave none).
-    window: Any
-    fault: str
-    targets: tuple[Any, ...]
-    start: float
-    end: float
-    #: False when the history has no end for it: it then lasts until the last op.
-    ended: bool
-
-
-def fault_windows(ops: Sequence[Op]) -> list[FaultWindow]:
-    """Each fault start matched with its end, sorted by start time."""
-    last = max((op.time for op in ops), default=0.0)
-    fault_ops = sorted(
-        (op for op in ops if op.f == FAULT and isinstance(op.value, dict)), key=_by_index
-    )
-    opened: dict[Hashable, Op] = {}
-    windows: list[FaultWindow] = []
-    for op in fault_ops:
-        number = op.value.get("window")
-        match = ("window", number) if number is not None else ("fault", op.value.get("fault"))
-        phase = op.value.get("phase")
-        if phase == "start":
-            # A repeated start of an open window does not move its beginning.
-            opened.setdefault(match, op)
-        elif phase == "end" and match in opened:
-            windows.append(_window(opened.pop(match), op.time, ended=True))
-    for start in opened.values():
-        windows.append(_window(start, max(last, start.time), ended=False))
-    windows.sort(key=lambda w: (w.start, w.end))
-    return windows
-
-
-def _window(start: Op, end: float, ended: bool) -> FaultWindow:
-    value = start.value
-    return FaultWindow(
-        window=value.get("window"),
-        fault=str(value.get("fault")),
-        targets=tuple(value.get("targets") or ()),
-        start=start.time,
-        end=end,
-        ended=ended,
-    )
 
 
 class _Cover:

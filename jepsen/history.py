@@ -29,7 +29,8 @@ line up at zero.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,54 @@ class History:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+@attrs.frozen
+class FaultWindow:
+    #: The number the nemesis gave both ends (None when it gave none).
+    window: Any
+    fault: str
+    targets: tuple[Any, ...]
+    start: float
+    end: float
+    #: False when the history has no end for it: it then lasts until the last op.
+    ended: bool
+
+
+def fault_windows(ops: Sequence[Op], end_of_history: float | None = None) -> list[FaultWindow]:
+    """Each fault start matched with its end, sorted by start time; a window without an end
+    lasts until ``end_of_history`` (default: the time of the last op)."""
+    last = max((op.time for op in ops), default=0.0) if end_of_history is None else end_of_history
+    fault_ops = sorted(
+        (op for op in ops if op.f == FAULT and isinstance(op.value, dict)), key=attrgetter("index")
+    )
+    opened: dict[Hashable, Op] = {}
+    windows: list[FaultWindow] = []
+    for op in fault_ops:
+        number = op.value.get("window")
+        match = ("window", number) if number is not None else ("fault", op.value.get("fault"))
+        phase = op.value.get("phase")
+        if phase == "start":
+            # A repeated start of an open window does not move its beginning.
+            opened.setdefault(match, op)
+        elif phase == "end" and match in opened:
+            windows.append(_window(opened.pop(match), op.time, ended=True))
+    for start in opened.values():
+        windows.append(_window(start, max(last, start.time), ended=False))
+    windows.sort(key=lambda w: (w.start, w.end))
+    return windows
+
+
+def _window(start: Op, end: float, ended: bool) -> FaultWindow:
+    value = start.value
+    return FaultWindow(
+        window=value.get("window"),
+        fault=str(value.get("fault")),
+        targets=tuple(value.get("targets") or ()),
+        start=start.time,
+        end=end,
+        ended=ended,
+    )
 
 
 def write_history(path: Path, ops: Iterable[Op]) -> None:

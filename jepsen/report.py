@@ -30,13 +30,14 @@ from jepsen.history import (
     FAIL,
     FAULT,
     INVOKE,
-    NEMESIS,
     OK,
     PHASE,
     RECEIVE,
     SEND,
     CheckResult,
+    FaultWindow,
     Op,
+    fault_windows,
 )
 
 MAX_BUCKETS = 600
@@ -73,17 +74,6 @@ Scale = Callable[[float], float]
 
 
 # --- What the charts draw, gathered from the history in one pass --------------------------------
-
-
-@dataclass(frozen=True)
-class FaultWindow:
-    window: object
-    fault: str
-    targets: str
-    start: float
-    end: float
-    #: False when the history has no end for it (it then lasts to the end of the history).
-    ended: bool
 
 
 @dataclass(frozen=True)
@@ -137,38 +127,8 @@ def collect(ops: Iterable[Op]) -> Timeline:
         elif op.f == PHASE:
             timeline.phases.append(Phase(t, str(op.value)))
     timeline.duration = max(last, 1.0)
-    timeline.faults = fault_windows(fault_ops, last)
+    timeline.faults = fault_windows(fault_ops, end_of_history=last)
     return timeline
-
-
-def fault_windows(ops: Sequence[Op], end_of_history: float) -> list[FaultWindow]:
-    """Match each fault start with its end (by window number, else by fault name)."""
-    opened: dict[object, tuple[Op, dict[str, object]]] = {}
-    windows: list[FaultWindow] = []
-
-    def window(start: Op, value: dict[str, object], end: float, ended: bool) -> FaultWindow:
-        targets = value.get("targets") or []
-        if isinstance(targets, list | tuple):
-            targets = ", ".join(str(target) for target in targets)
-        return FaultWindow(
-            value.get("window"), str(value.get("fault")), str(targets), start.time, end, ended
-        )
-
-    for op in ops:
-        if op.process != NEMESIS or not isinstance(op.value, dict):
-            continue
-        value = op.value
-        number = value.get("window")
-        key = ("window", number) if number is not None else ("fault", str(value.get("fault")))
-        if value.get("phase") == "start":
-            opened[key] = (op, value)
-        elif value.get("phase") == "end" and key in opened:
-            start, start_value = opened.pop(key)
-            windows.append(window(start, start_value, op.time, True))
-    for start, value in opened.values():
-        windows.append(window(start, value, max(end_of_history, start.time), False))
-    windows.sort(key=lambda w: (w.start, w.end, w.fault, w.targets))
-    return windows
 
 
 # --- Time buckets ----------------------------------------------------------------------------
@@ -359,14 +319,18 @@ def fault_colors(faults: Sequence[FaultWindow]) -> dict[str, str]:
     return {name: FAULT_COLORS[i % len(FAULT_COLORS)] for i, name in enumerate(names)}
 
 
+def _targets(w: FaultWindow) -> str:
+    return ", ".join(str(target) for target in w.targets)
+
+
 def fault_tooltip(w: FaultWindow) -> str:
     end = f"{w.end:.3f} s" if w.ended else f"{w.end:.3f} s (no end recorded)"
     number = f"window {w.window}: " if w.window is not None else ""
-    return f"{number}{w.fault} on [{w.targets}] from {w.start:.3f} s to {end}"
+    return f"{number}{w.fault} on [{_targets(w)}] from {w.start:.3f} s to {end}"
 
 
 def fault_label(w: FaultWindow) -> str:
-    text = f"{w.fault} [{w.targets}]" if w.targets else w.fault
+    text = f"{w.fault} [{_targets(w)}]" if w.targets else w.fault
     return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
 
 
