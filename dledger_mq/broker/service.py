@@ -31,6 +31,7 @@ from dledger_mq.broker.records import (
 from dledger_mq.broker.records import QueueOffset as RecordQueueOffset
 from dledger_mq.broker.state import (
     BrokerState,
+    CommitOutcome,
     OffsetsCommitted,
     OffsetsReset,
     Refused,
@@ -176,7 +177,12 @@ class BrokerService:
         if topic is None:
             raise TopicNotFound(heartbeat.topic)
         if heartbeat.broadcast:
-            return ConsumerHeartbeatReply(tuple(range(topic.queue_count)), (), topic.fifo)
+            return ConsumerHeartbeatReply(
+                tuple(range(topic.queue_count)),
+                (),
+                topic.fifo,
+                self.state.reset_generation(heartbeat.group),
+            )
         now = self.monotonic_ms()
         members = self.consumers.setdefault((heartbeat.group, heartbeat.topic), {})
         members[heartbeat.consumer_id] = now + CONSUMER_EXPIRY_MS
@@ -185,7 +191,9 @@ class BrokerService:
                 del members[consumer_id]
         live = tuple(sorted(members))
         queues = queues_of(heartbeat.consumer_id, range(topic.queue_count), live)
-        return ConsumerHeartbeatReply(tuple(queues), live, topic.fifo)
+        return ConsumerHeartbeatReply(
+            tuple(queues), live, topic.fifo, self.state.reset_generation(heartbeat.group)
+        )
 
     # -- send ----------------------------------------------------------------------------------
 
@@ -293,12 +301,13 @@ class BrokerService:
             tuple(
                 OffsetCommit(request.topic, item.queue_id, item.offset) for item in request.offsets
             ),
+            request.reset_generation,
         )
         result = await self.replica.propose_and_apply(encode_command(command))
         if isinstance(result, Refused):
             raise result.error
         assert isinstance(result, OffsetsCommitted), result
-        return CommitOffsetsReply()
+        return CommitOffsetsReply(CommitOutcome.STALE_GENERATION in result.outcomes)
 
     def query_offsets(self, request: QueryOffsetsRequest) -> QueryOffsetsReply:
         topic = self.state.topic(request.topic)
@@ -308,7 +317,7 @@ class BrokerService:
         for queue_id in range(topic.queue_count):
             committed = self.state.committed_offset(request.group, request.topic, queue_id)
             offsets.append(QueueOffset(queue_id, -1 if committed is None else committed))
-        return QueryOffsetsReply(tuple(offsets))
+        return QueryOffsetsReply(tuple(offsets), self.state.reset_generation(request.group))
 
 
 def _receipt(topic: str, outcome: SendReceipt | Refused) -> Receipt:

@@ -27,6 +27,7 @@ import trio
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import BadRequest, TopicNotFound
 from dledger_mq.wire.broker import (
+    CommitOffsetsReply,
     CommitOffsetsRequest,
     ConsumerHeartbeat,
     ConsumerHeartbeatReply,
@@ -137,6 +138,8 @@ class Consumer(RoutedClient):
         self.queue_ids: tuple[int, ...] = ()
         #: Whether the topic is FIFO, as the leader last said.
         self.fifo = False
+        #: The group's reset generation our offsets were read at (None: not read yet).
+        self.reset_generation: int | None = None
 
     async def __aenter__(self) -> Consumer:
         await self._open()
@@ -186,9 +189,22 @@ class Consumer(RoutedClient):
                 assert isinstance(reply, ConsumerHeartbeatReply)
                 queue_ids = reply.queue_ids
                 self.fifo = reply.fifo
+                if self.reset_generation is not None and (
+                    reply.reset_generation != self.reset_generation
+                ):
+                    await self._restart_pullers()
             if queue_ids != self.queue_ids:
                 await self._rebalance(queue_ids)
             await trio.sleep(HEARTBEAT_SECONDS)
+
+    async def _restart_pullers(self) -> None:
+        """The group's offsets were reset: drop what is unacknowledged, read from the new ones."""
+        for scope in self._pullers.values():
+            scope.cancel()
+        self._pullers.clear()
+        self._progress.clear()
+        self.reset_generation = None
+        self.queue_ids = ()  # the next rebalance starts every puller again
 
     async def _rebalance(self, queue_ids: tuple[int, ...]) -> None:
         for queue_id in set(self._pullers) - set(queue_ids):
@@ -236,6 +252,7 @@ class Consumer(RoutedClient):
             return reply.max_offset
         reply = await self._call(QueryOffsetsRequest(self.group, self.topic))
         assert isinstance(reply, QueryOffsetsReply)
+        self.reset_generation = reply.reset_generation
         for item in reply.offsets:
             if item.queue_id == queue_id:
                 return max(item.offset, 0)
@@ -258,7 +275,13 @@ class Consumer(RoutedClient):
         )
         if not offsets:
             return
-        await self._call(CommitOffsetsRequest(self.group, self.topic, offsets))
+        reply = await self._call(
+            CommitOffsetsRequest(self.group, self.topic, offsets, self.reset_generation)
+        )
+        assert isinstance(reply, CommitOffsetsReply)
+        if reply.stale:
+            await self._restart_pullers()
+            return
         for item in offsets:
             progress = self._progress.get(item.queue_id)
             if progress is not None:

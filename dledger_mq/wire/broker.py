@@ -97,11 +97,15 @@ class CommitOffsetsRequest:
     group: str
     topic: str
     offsets: tuple[QueueOffset, ...]
+    #: The group's reset generation the consumer read its offsets at (None: never stale).
+    reset_generation: int | None = None
 
 
 @attrs.frozen
 class CommitOffsetsReply:
-    pass
+    #: The group's offsets were reset since the consumer read them: its commits were ignored,
+    #: and it must read its offsets again.
+    stale: bool = False
 
 
 @attrs.frozen
@@ -114,6 +118,8 @@ class QueryOffsetsRequest:
 class QueryOffsetsReply:
     #: Per queue, the committed offset, or -1 when the group never committed there.
     offsets: tuple[QueueOffset, ...]
+    #: Bumped by every offset reset of the group; commits carry it back.
+    reset_generation: int = 0
 
 
 @attrs.frozen
@@ -135,6 +141,9 @@ class ConsumerHeartbeatReply:
     consumers: tuple[str, ...]
     #: A FIFO topic: deliver each queue's messages one at a time, each after the last's ack.
     fifo: bool = False
+    #: The group's reset generation: a consumer that read its offsets at another one reads
+    #: them again (an operator reset them).
+    reset_generation: int = 0
 
 
 BROKER_TYPES: dict[int, type] = {

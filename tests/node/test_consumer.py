@@ -212,3 +212,31 @@ async def test_broadcasting_consumers_each_receive_every_new_message(
                     if len(received[name]) == 12:
                         break
     assert sorted(received["a"]) == sorted(received["b"]) == list(range(12))
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_a_reset_while_consumers_run_is_followed_not_undone(cluster: ProcessCluster) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    naming = list(cluster.naming.values())
+    async with Producer(naming=naming) as producer:
+        for number in range(20):
+            await producer.send("orders", b"%d" % number)
+    received: list[int] = []
+    async with Consumer(naming=naming, group="replay", topic="orders") as consumer:
+        with trio.fail_after(DEADLINE_SECONDS):
+            async for message in consumer:
+                received.append(int(message.body))
+                await message.ack()
+                if len(received) == 20:
+                    break
+            await wait_for_committed(cluster, leader, "replay", 20)
+            async with connect_admin(cluster.client_address(leader)) as admin:
+                await admin.reset_offset("replay", "orders", to_offset=0)
+            # The running consumer notices the reset (heartbeat or a stale commit) and reads
+            # everything again, instead of committing its old position over the reset.
+            async for message in consumer:
+                received.append(int(message.body))
+                await message.ack()
+                if len(received) == 40:
+                    break
+    assert sorted(received[20:]) == list(range(20))
