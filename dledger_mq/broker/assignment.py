@@ -8,12 +8,20 @@ without one goes round-robin. Changing a topic's queue count moves keys to other
 Queue assignment (clustering mode): ``assign_queues`` spreads a topic's queues over the group's
 live consumers in contiguous blocks, like RocketMQ's ``AllocateMessageQueueAveragely``, from
 sorted inputs, so every node that knows the same consumers computes the same assignment.
+
+FIFO hand-over: on a FIFO topic a queue must never be read by two consumers at once, even
+while it moves from one to another (a rebalance, or a new leader that does not yet know who
+holds what). ``fifo_grant`` gives a consumer only the assigned queues that no other live
+consumer still holds (holding: reading it, or a delivered message of it not yet acknowledged);
+the old holder, no longer assigned the queue, finishes its message and lets go; the next
+heartbeat of the new owner gets it. A new leader first waits one membership expiry, granting
+only what consumers say they already hold, so that every live holder has spoken.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 
@@ -93,3 +101,25 @@ def queues_of(
 ) -> tuple[_QueueT, ...]:
     """The queues ``assign_queues`` gives to ``consumer_id`` (none if it is not among them)."""
     return assign_queues(queues, consumer_ids).get(consumer_id, ())
+
+
+def fifo_grant(
+    consumer_id: str,
+    assigned: Iterable[_QueueT],
+    holders: Mapping[str, Collection[_QueueT]],
+    settling: bool,
+) -> tuple[_QueueT, ...]:
+    """The assigned queues ``consumer_id`` may read now on a FIFO topic.
+
+    ``holders``: each live consumer's held queues, as its last heartbeat said. ``settling``: the
+    leader is new and not every holder has spoken yet, so only what this consumer already holds.
+    """
+    held_by_others = {
+        queue for other, held in holders.items() if other != consumer_id for queue in held
+    }
+    mine = set(holders.get(consumer_id, ()))
+    return tuple(
+        queue
+        for queue in assigned
+        if queue not in held_by_others and (not settling or queue in mine)
+    )

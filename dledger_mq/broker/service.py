@@ -15,7 +15,12 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from dledger_mq.broker.assignment import RoundRobinQueues, queues_of, select_queue
+from dledger_mq.broker.assignment import (
+    RoundRobinQueues,
+    fifo_grant,
+    queues_of,
+    select_queue,
+)
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
     BrokerSettings,
@@ -87,6 +92,12 @@ class BrokerService:
         self.round_robin = RoundRobinQueues()
         #: (group, topic) -> consumer id -> when its membership lapses (monotonic ms).
         self.consumers: dict[tuple[str, str], dict[str, int]] = {}
+        #: (group, topic) -> consumer id -> the queues it said it holds (FIFO hand-over).
+        self.holders: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
+        #: The term this node last led in, and since when (monotonic ms): membership is
+        #: leader-local, so a new term starts it afresh.
+        self._leading_term = -1
+        self._leading_since_ms = 0
         #: Set (and replaced) whenever an entry is applied: long polls wait on it.
         self.applied = trio.Event()
 
@@ -184,13 +195,28 @@ class BrokerService:
                 self.state.reset_generation(heartbeat.group),
             )
         now = self.monotonic_ms()
-        members = self.consumers.setdefault((heartbeat.group, heartbeat.topic), {})
+        term = self.replica.core.term
+        if term != self._leading_term:
+            # What another leader (or this one in an earlier term) knew is not ours to trust.
+            self._leading_term, self._leading_since_ms = term, now
+            self.consumers.clear()
+            self.holders.clear()
+        key = (heartbeat.group, heartbeat.topic)
+        members = self.consumers.setdefault(key, {})
+        holders = self.holders.setdefault(key, {})
         members[heartbeat.consumer_id] = now + CONSUMER_EXPIRY_MS
+        holders[heartbeat.consumer_id] = heartbeat.held
         for consumer_id, expires_at_ms in list(members.items()):
             if expires_at_ms <= now:
                 del members[consumer_id]
+                holders.pop(consumer_id, None)
         live = tuple(sorted(members))
         queues = queues_of(heartbeat.consumer_id, range(topic.queue_count), live)
+        if topic.fifo:
+            settling = now - self._leading_since_ms < CONSUMER_EXPIRY_MS
+            queues = fifo_grant(heartbeat.consumer_id, queues, holders, settling)
+            # It holds them from this reply on, before its next heartbeat says so.
+            holders[heartbeat.consumer_id] = tuple(sorted(set(heartbeat.held) | set(queues)))
         return ConsumerHeartbeatReply(
             tuple(queues), live, topic.fifo, self.state.reset_generation(heartbeat.group)
         )

@@ -133,6 +133,8 @@ class Consumer(RoutedClient):
         super().__init__(naming, cluster_id, f"consumer-{self.consumer_id}")
         self._send, self._receive = trio.open_memory_channel[ReceivedMessage](PULL_BATCH)
         self._progress: dict[int, _QueueProgress] = {}
+        #: Per queue, the offset after the last message handed to the application.
+        self._delivered_end: dict[int, int] = {}
         self._pullers: dict[int, trio.CancelScope] = {}
         #: This consumer's queues, as the leader last said.
         self.queue_ids: tuple[int, ...] = ()
@@ -178,9 +180,20 @@ class Consumer(RoutedClient):
 
     # -- membership ------------------------------------------------------------------------------
 
+    def held_queues(self) -> tuple[int, ...]:
+        """Queues read now, or with a delivered message not yet acknowledged."""
+        in_flight = {
+            queue_id
+            for queue_id, progress in self._progress.items()
+            if progress.next_to_commit < self._delivered_end.get(queue_id, 0)
+        }
+        return tuple(sorted(set(self._pullers) | in_flight))
+
     async def _heartbeat_loop(self) -> None:
-        heartbeat = ConsumerHeartbeat(self.group, self.topic, self.consumer_id, self.broadcasting)
         while True:
+            heartbeat = ConsumerHeartbeat(
+                self.group, self.topic, self.consumer_id, self.broadcasting, self.held_queues()
+            )
             try:
                 reply = await self._call(heartbeat)
             except TopicNotFound:
@@ -203,15 +216,22 @@ class Consumer(RoutedClient):
             scope.cancel()
         self._pullers.clear()
         self._progress.clear()
+        self._delivered_end.clear()
         self.reset_generation = None
         self.queue_ids = ()  # the next rebalance starts every puller again
 
     async def _rebalance(self, queue_ids: tuple[int, ...]) -> None:
-        for queue_id in set(self._pullers) - set(queue_ids):
+        released = set(self._pullers) - set(queue_ids)
+        for queue_id in released:
             self._pullers.pop(queue_id).cancel()
         await self._commit()
-        for queue_id in set(self._pullers) - set(queue_ids):
-            self._progress.pop(queue_id, None)
+        held = set(self.held_queues())
+        for queue_id in list(self._progress):
+            # A released queue's progress stays while a delivered message of it is not yet
+            # acknowledged (its ack is still committed, and the queue is still held).
+            if queue_id not in self._pullers and queue_id not in held:
+                self._progress.pop(queue_id)
+                self._delivered_end.pop(queue_id, None)
         for queue_id in set(queue_ids) - set(self._pullers):
             self._pullers[queue_id] = await self.nursery.start(self._pull_loop, queue_id)
         self.queue_ids = queue_ids
@@ -239,6 +259,7 @@ class Consumer(RoutedClient):
                         progress.done(skipped)
                 for stored in reply.messages:
                     await self._send.send(ReceivedMessage(stored, self))
+                    self._delivered_end[queue_id] = stored.offset + 1
                     if self.fifo:
                         # One at a time per queue: the next only after this one's ack.
                         await progress.wait_done(stored.offset)

@@ -131,6 +131,9 @@ class ConsumerHeartbeat:
     consumer_id: str
     #: Broadcasting: every consumer reads every queue (and keeps its own progress).
     broadcast: bool = False
+    #: Queues this consumer still holds: reading them, or a delivered message not yet
+    #: acknowledged. On a FIFO topic no one else is given them meanwhile.
+    held: tuple[int, ...] = ()
 
 
 @attrs.frozen

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dledger_mq.broker.assignment import (
     RoundRobinQueues,
     assign_queues,
+    fifo_grant,
     queue_for_sharding_key,
     queues_of,
     select_queue,
@@ -95,3 +96,20 @@ def test_zero_queues_is_a_programming_error() -> None:
         queue_for_sharding_key("k", 0)
     with pytest.raises(ValueError):
         RoundRobinQueues().next_queue("a", 0)
+
+
+def test_fifo_grant_withholds_a_queue_another_consumer_still_holds() -> None:
+    holders = {"a": (0, 1), "b": ()}
+    # "b" is now assigned queue 1, but "a" has not let go of it yet.
+    assert fifo_grant("b", (1, 2), holders, settling=False) == (2,)
+    # Once "a" stops holding it, "b" gets it.
+    assert fifo_grant("b", (1, 2), {"a": (0,), "b": ()}, settling=False) == (1, 2)
+    # A consumer keeps what it holds itself.
+    assert fifo_grant("a", (0, 1), holders, settling=False) == (0, 1)
+
+
+def test_fifo_grant_while_a_new_leader_settles_gives_only_what_is_already_held() -> None:
+    holders = {"a": (0,), "b": ()}
+    assert fifo_grant("a", (0, 1), holders, settling=True) == (0,)
+    assert fifo_grant("b", (2, 3), holders, settling=True) == ()
+    assert fifo_grant("b", (2, 3), holders, settling=False) == (2, 3)

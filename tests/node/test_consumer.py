@@ -240,3 +240,36 @@ async def test_a_reset_while_consumers_run_is_followed_not_undone(cluster: Proce
                 if len(received) == 40:
                     break
     assert sorted(received[20:]) == list(range(20))
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_a_fifo_queue_moves_to_a_new_consumer_only_after_the_old_one_lets_go(
+    cluster: ProcessCluster,
+) -> None:
+    leader = (await cluster.wait_for_leader()).node_id
+    naming = list(cluster.naming.values())
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        await admin.create_topic("orders", 1, fifo=True)
+    async with Producer(naming=naming) as producer:
+        for number in range(3):
+            await producer.send("orders", b"%d" % number, sharding_key="customer-7")
+    old = Consumer(naming=naming, group="billing", topic="orders")
+    new = Consumer(naming=naming, group="billing", topic="orders")
+    # Ids decide the assignment: the one queue goes to the first id, the newcomer.
+    old.consumer_id, new.consumer_id = "z-old", "a-new"
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with old:
+            first = await old.__anext__()
+            assert first.body == b"0"
+            async with new:
+                # The queue is now the newcomer's, but the old consumer still holds message 0
+                # unacknowledged: nothing may reach the newcomer meanwhile. (A bounded wait
+                # is the only way to see that nothing arrives.)
+                with trio.move_on_after(2.5) as waited:
+                    await new.__anext__()
+                assert waited.cancelled_caught
+                await first.ack()
+                # Let go: the newcomer starts after what the old one acknowledged.
+                second = await new.__anext__()
+                assert second.body == b"1"
+                await second.ack()
