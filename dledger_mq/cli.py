@@ -43,6 +43,12 @@ def one_line_errors(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _sigterm_as_interrupt() -> None:
+    """A SIGTERM stops this command as Ctrl-C does, so that its ``finally`` blocks stop the
+    node processes it started instead of leaving them running."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dledger-mq")
 def main() -> None:
@@ -644,6 +650,7 @@ def demo_failover(warmup: float, after: float, directory: Path | None) -> None:
     shows the election and the client following the new leader, restarts the node and ends
     with a summary. Exits non-zero if an acknowledged message was not consumed.
     """
+    _sigterm_as_interrupt()
     from dledger_mq.demo import run_failover_demo
 
     result = trio.run(
@@ -750,6 +757,7 @@ def bench_log(
 def bench_raft(seconds: float, window: int, batch: int, kills: int, directory: str | None) -> None:
     """Committed entries/s and latency through the leader of a local 3-node cluster, and
     failover time over repeated leader kills."""
+    _sigterm_as_interrupt()
     from dledger_mq.bench.raft_bench import run
 
     report = trio.run(
@@ -813,6 +821,7 @@ def bench_produce(
 ) -> None:
     """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
     how long a leader kill pauses the sends."""
+    _sigterm_as_interrupt()
     from dledger_mq.bench.produce_bench import run
 
     report = trio.run(
@@ -835,6 +844,7 @@ def bench_consume(
     seconds: float, size: int, batch: int, concurrency: int, directory: str | None
 ) -> None:
     """Store messages for --seconds, then time one consumer reading and acking them all."""
+    _sigterm_as_interrupt()
     from dledger_mq.bench.produce_bench import run_consume
 
     click.echo(
@@ -857,6 +867,7 @@ def bench_e2e(
     seconds: float, size: int, batch: int, concurrency: int, directory: str | None
 ) -> None:
     """Producers and a consumer at once: messages/s and send-to-delivery latency."""
+    _sigterm_as_interrupt()
     from dledger_mq.bench.produce_bench import run_e2e
 
     click.echo(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +66,46 @@ def test_bench_consume_and_e2e_report_their_figures(tmp_path: Path) -> None:
     e2e = _bench(tmp_path, "e2e", "--seconds", "1", "--batch", "8", "--concurrency", "2")
     assert e2e.returncode == 0, e2e.stderr[-2000:]
     assert "end to end 2x8" in e2e.stdout and "p99" in e2e.stdout
+
+
+def _children(pid: int) -> set[int]:
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        children.update(int(child) for child in text.split())
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_bench_stopped_by_sigterm_stops_the_nodes_it_started(tmp_path: Path) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "dledger_mq", "bench", "raft", "--seconds", "60", "--kills", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    nodes: set[int] = set()
+    try:
+        assert bench.stderr is not None
+        for line in bench.stderr:  # progress lines; the leader is known once the nodes run
+            if line.startswith("leader"):
+                break
+        nodes = _children(bench.pid)
+        assert len(nodes) == 3
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(timeout=30)
+        assert not [pid for pid in nodes if _alive(pid)]
+    finally:
+        bench.kill()
+        bench.wait()
+        for pid in nodes:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
