@@ -248,6 +248,7 @@ def run_command(
     results.json and report.html. Exits 0 only when every checker passes.
     """
     import random as random_module
+    import signal
 
     import trio
 
@@ -283,6 +284,8 @@ def run_command(
         drain_timeout_s=drain_timeout,
     )
     click.echo(f"seed {seed}")
+    # SIGTERM stops the run as Ctrl-C does: the nodes it started are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         outcome = trio.run(run, options, click.echo)
     except (OSError, trio.TooSlowError) as error:
