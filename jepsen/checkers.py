@@ -63,6 +63,12 @@ The checkers, in the order :func:`check_all` runs them:
     stored in the queue of the key's first acknowledged send, each at an offset above every
     earlier one of the key; each send that is not is a violation.
 
+``fifo_exclusive`` (FIFO only)
+    On a FIFO topic each queue is processed one message at a time by one consumer of the group.
+    A consumer holds a message from its receive to its ack; two holdings of the same queue by
+    different consumers that overlap in time are a violation (a queue read by two consumers at
+    once, e.g. during a hand-over). Counts: holdings, overlaps.
+
 ``availability`` (informational)
     For each fault window: ``longest_gap``, the longest stretch of the window without an
     acknowledgement (counting from the window's start to the first acknowledgement in it,
@@ -87,6 +93,7 @@ from operator import attrgetter
 from typing import Any
 
 from jepsen.history import (
+    ACK,
     FAIL,
     INFO,
     INVOKE,
@@ -525,14 +532,50 @@ def _longest_gap(start: float, times: Sequence[float], end: float) -> float:
 # --- All of them -----------------------------------------------------------------------------
 
 
+def fifo_exclusive(ops: Sequence[Op]) -> CheckResult:
+    """Overlapping holdings of one queue by two consumers (receive to ack)."""
+    received: dict[tuple[str, Any, Any], Op] = {}
+    holdings: dict[Any, list[tuple[float, float, str, Op]]] = {}
+    for op in sorted(ops, key=attrgetter("index")):
+        if _is_receive(op):
+            received[(op.process, op.queue, op.offset)] = op
+        elif op.f == ACK and op.type == OK:
+            start = received.pop((op.process, op.queue, op.offset), None)
+            if start is not None:
+                holdings.setdefault(op.queue, []).append((start.time, op.time, op.process, start))
+    examples: list[str] = []
+    overlaps = 0
+    for queue, spans in holdings.items():
+        spans.sort(key=lambda span: span[0])
+        latest: tuple[float, float, str, Op] | None = None  # the span reaching furthest so far
+        for span in spans:
+            if latest is not None and span[0] < latest[1] and span[2] != latest[2]:
+                overlaps += 1
+                _add_example(
+                    examples,
+                    f"queue {queue}: {span[2]} received offset {span[3].offset} at "
+                    f"{_at(span[0])} while {latest[2]} held offset {latest[3].offset} "
+                    f"until {_at(latest[1])}",
+                )
+            if latest is None or span[1] > latest[1]:
+                latest = span
+    count = sum(len(spans) for spans in holdings.values())
+    return CheckResult(
+        "fifo_exclusive", overlaps == 0, {"holdings": count, "overlaps": overlaps}, examples
+    )
+
+
 def check_all(ops: Sequence[Op], fifo: bool = False) -> list[CheckResult]:
     """Every checker, summary first, in the order the module docstring lists them."""
-    return [
+    results = [
         summary(ops),
         lost(ops),
         duplicates(ops),
         unexpected(ops),
         recovered(ops),
         order(ops, fifo),
-        availability(ops),
     ]
+    if fifo:
+        results.append(fifo_exclusive(ops))
+    results.append(availability(ops))
+    return results

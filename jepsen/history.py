@@ -13,6 +13,8 @@ Operations, by ``f``:
 - ``receive``: a consumer was handed a message (``ok`` only, no invoke): ``value``, ``key``,
   ``queue``, ``offset``, ``msg_id``. The same value may be received more than once
   (at-least-once delivery); the checkers tell redelivery from duplicated storage.
+- ``ack``: a consumer acknowledged a message it had received (``ok`` only; ``value``,
+  ``queue``, ``offset``): with the receive, it bounds the time the consumer held the message.
 - ``read``: the final read after the drain (process ``"reader"``, ``ok`` only): every message
   still stored, read from offset 0 of every queue of the leader: ``value``, ``key``, ``queue``,
   ``offset``, ``msg_id``. It shows storage loss that consumers had already seen past.
@@ -44,10 +46,11 @@ TYPES = (INVOKE, OK, FAIL, INFO)
 
 SEND = "send"
 RECEIVE = "receive"
+ACK = "ack"
 READ = "read"
 FAULT = "fault"
 PHASE = "phase"
-FUNCTIONS = (SEND, RECEIVE, READ, FAULT, PHASE)
+FUNCTIONS = (SEND, RECEIVE, ACK, READ, FAULT, PHASE)
 
 NEMESIS = "nemesis"
 RUNNER = "runner"

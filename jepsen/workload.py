@@ -22,11 +22,13 @@ from dledger_mq.clients import Consumer, Producer
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import BadRequest, DledgerError
 from dledger_mq.wire.broker import PullReply, PullRequest
-from jepsen.history import FAIL, INFO, INVOKE, OK, READ, READER, RECEIVE, SEND, History
+from jepsen.history import ACK, FAIL, INFO, INVOKE, OK, READ, READER, RECEIVE, SEND, History
 
 TOPIC = "jepsen"
 GROUP = "jepsen-checker"
 WORKLOADS = ("queue", "fifo")
+#: How long a fifo consumer "processes" each message before acknowledging it.
+PROCESS_SECONDS = 0.002
 
 
 @attrs.frozen
@@ -194,4 +196,17 @@ class Workload:
                     self.received.add(value)
                     self.progress.set()
                     self.progress = trio.Event()
+                if self.options.fifo:
+                    # Some processing time, so that a queue held by two consumers at once
+                    # would show as overlapping holdings (the fifo_exclusive checker).
+                    await trio.sleep(PROCESS_SECONDS)
                 await message.ack()
+                self.history.add(
+                    self.now(),
+                    process,
+                    OK,
+                    ACK,
+                    value=value,
+                    queue=message.queue_id,
+                    offset=message.offset,
+                )

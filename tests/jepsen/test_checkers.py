@@ -16,6 +16,7 @@ from jepsen.checkers import (
     check_all,
     duplicates,
     fault_windows,
+    fifo_exclusive,
     lost,
     order,
     recovered,
@@ -667,3 +668,26 @@ def test_a_final_read_missing_an_acknowledged_value_is_loss_even_if_it_was_recei
     assert lost(stored).valid
     # Without a final read there is nothing to compare with.
     assert lost(ops[:3]).valid
+
+
+def test_fifo_exclusive_flags_two_consumers_holding_one_queue_at_once() -> None:
+    def holding(index: int, process: str, offset: int, start: float, end: float) -> list[Op]:
+        return [
+            Op(index, start, process, "ok", "receive", value=f"v{offset}", queue=0, offset=offset),
+            Op(index + 1, end, process, "ok", "ack", value=f"v{offset}", queue=0, offset=offset),
+        ]
+
+    # c0 holds offset 0 until 1.0; c1 takes the queue over only after that.
+    handed_over = holding(0, "c0", 0, 0.0, 1.0) + holding(2, "c1", 1, 1.5, 1.6)
+    assert fifo_exclusive(handed_over).valid
+    assert fifo_exclusive(handed_over).counts == {"holdings": 2, "overlaps": 0}
+
+    # c1 receives while c0 still holds offset 0: the queue was read by two consumers at once.
+    overlapping = holding(0, "c0", 0, 0.0, 1.0) + holding(2, "c1", 0, 0.5, 0.6)
+    result = fifo_exclusive(overlapping)
+    assert not result.valid and result.counts["overlaps"] == 1
+    assert "c1 received offset 0" in result.examples[0]
+
+    # check_all runs it for fifo histories only.
+    assert "fifo_exclusive" in {r.name for r in check_all(overlapping, fifo=True)}
+    assert "fifo_exclusive" not in {r.name for r in check_all(overlapping)}
