@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import trio
 from dledger_mq.bench.raft_bench import free_ports, members_on_free_ports
 from dledger_mq.node.config import Member, parse_config, render_config
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
-from dledger_mq.node.local_cluster import fetch_all, stop_processes
+from dledger_mq.node.local_cluster import fetch_all, start_node, stop_processes
 from dledger_mq.wire.admin import StatusReply
 
 CLUSTER_ID = "local"
@@ -94,15 +93,7 @@ class Nodes:
             return
         environment = dict(os.environ)
         environment[HARNESS_ENVIRONMENT_VARIABLE] = ",".join(self.harness_options)
-        with open(node.log_path, "ab") as log_file:
-            node.process = subprocess.Popen(
-                [sys.executable, "-m", "dledger_mq", "node", "--config", str(node.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                env=environment,
-                start_new_session=True,
-            )
+        node.process = start_node(node.config_path, node.log_path, environment)
         node.paused = False
 
     def start_all(self) -> None:

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -76,13 +76,18 @@ def local_endpoints(root: Path = DEFAULT_ROOT) -> list[tuple[str, str]]:
     return [(node_id, member.client) for node_id, member in default_members().items()]
 
 
-def start_node(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_node(
+    config_path: Path, log_path: Path, environment: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``dledger-mq node --config``, its output appended to ``log_path``; ``environment``
+    replaces this process's environment when given."""
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "dledger_mq", "node", "--config", str(config_path)],
             stdout=log_file,
             stderr=log_file,
             stdin=subprocess.DEVNULL,
+            env=None if environment is None else dict(environment),
             start_new_session=True,  # its own process group: Ctrl-C here reaches only us
         )
 
