@@ -147,46 +147,61 @@ async def _send_quietly(connection: WebSocketConnection, payload: bytes) -> None
 
 
 class RpcConnection:
-    """Many requests may be in flight on one connection; replies are matched by request id."""
+    """Many requests may be in flight on one connection; replies are matched by request id.
+
+    There is no reader task of our own: a waiting request reads the next message itself, and
+    hands it over if it is another's reply; the others wait for their turn. With one request in
+    flight its reply reaches it without a hop between tasks (each costs about 0.1 ms here).
+    """
 
     def __init__(self, websocket: WebSocketConnection, codec: Codec, node_id: str) -> None:
         self.websocket = websocket
         self.codec = codec
         self.node_id = node_id
         self._request_ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[Any]] = {}
-
-    async def _receive_loop(self) -> None:
-        try:
-            while True:
-                decoded = _decode(self.codec, await self.websocket.get_message())
-                waiting = self._waiting.pop(decoded.request_id, None)
-                if waiting is not None:
-                    waiting.send_nowait(decoded.message)
-        except (ConnectionClosed, ProtocolError):
-            pass
-        finally:
-            for waiting in self._waiting.values():
-                waiting.close()
+        self._waiting: set[int] = set()
+        self._replies: dict[int, Any] = {}
+        #: A request is reading the next message for everyone.
+        self._reading = False
+        #: Set (and replaced) whenever a message was read or the reader stopped reading.
+        self._turn = trio.Event()
+        self._closed = False
 
     async def request(self, message: object) -> Any:
         """Send ``message`` and return its reply; an ``ErrorReply`` is raised as its error."""
         request_id = next(self._request_ids)
-        send, receive = trio.open_memory_channel[Any](1)
-        self._waiting[request_id] = send
+        self._waiting.add(request_id)
         try:
             await self.websocket.send_message(self.codec.encode(message, request_id))
-            try:
-                reply = await receive.receive()
-            except trio.EndOfChannel:
-                raise Unavailable(f"connection to {self.node_id} closed") from None
+            while request_id not in self._replies:
+                if self._closed:
+                    raise Unavailable(f"connection to {self.node_id} closed")
+                if self._reading:
+                    await self._turn.wait()
+                else:
+                    await self._read_one()
+            reply = self._replies.pop(request_id)
         except ConnectionClosed:
             raise Unavailable(f"connection to {self.node_id} closed") from None
         finally:
-            self._waiting.pop(request_id, None)
+            self._waiting.discard(request_id)
+            self._replies.pop(request_id, None)
         if isinstance(reply, ErrorReply):
             raise_error_reply(reply)
         return reply
+
+    async def _read_one(self) -> None:
+        self._reading = True
+        try:
+            decoded = _decode(self.codec, await self.websocket.get_message())
+            if decoded.request_id in self._waiting:
+                self._replies[decoded.request_id] = decoded.message
+        except (ConnectionClosed, ProtocolError):
+            self._closed = True
+        finally:
+            self._reading = False
+            self._turn.set()
+            self._turn = trio.Event()
 
 
 @asynccontextmanager
@@ -226,12 +241,6 @@ async def _connect(
             if not isinstance(reply, Welcome):
                 raise ProtocolError(f"{address} answered the handshake with {reply!r}")
             check_peer(reply, cluster_id, what="node")
-            connection = RpcConnection(websocket, codec, reply.node_id)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(connection._receive_loop)
-                try:
-                    yield connection
-                finally:
-                    nursery.cancel_scope.cancel()
+            yield RpcConnection(websocket, codec, reply.node_id)
     except (OSError, HandshakeError, ConnectionClosed) as error:
         raise Unavailable(f"cannot reach {address}: {error}") from None

@@ -1,0 +1,65 @@
+"""One RpcConnection, many requests in flight: every reply reaches its own request, whoever
+reads it, and a request given up on does not disturb the others."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import trio
+from trio_websocket import serve_websocket
+
+from dledger_mq.errors import Unavailable
+from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
+from dledger_mq.wire.rpc import connect, serve_requests
+
+DEADLINE_SECONDS = 10
+
+
+async def answer_after_a_while(message: object) -> object:
+    """Replies come back out of order: request n is answered after (10 - n) ms."""
+    assert isinstance(message, ProposeRequest)
+    number = int(message.data)
+    await trio.sleep((10 - number % 10) / 1000)
+    return ProposeReply(number)
+
+
+async def start_server(nursery: trio.Nursery) -> str:
+    async def handler(request: object) -> None:
+        await serve_requests(request, ADMIN_CODEC, "local", "n1", answer_after_a_while)  # type: ignore[arg-type]
+
+    server = await nursery.start(functools.partial(serve_websocket, handler, "127.0.0.1", 0, None))
+    return f"127.0.0.1:{server.port}"
+
+
+async def test_concurrent_requests_each_get_their_own_reply() -> None:
+    replies: dict[int, int] = {}
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery)
+            async with connect(address, ADMIN_CODEC, "local", "test") as connection:
+
+                async def ask(number: int) -> None:
+                    reply = await connection.request(ProposeRequest(b"%d" % number))
+                    replies[number] = reply.index
+
+                async with trio.open_nursery() as requests:
+                    for number in range(50):
+                        requests.start_soon(ask, number)
+                # A request given up on mid-way leaves the connection usable for the next.
+                with trio.move_on_after(0.001):
+                    await connection.request(ProposeRequest(b"0"))
+                assert (await connection.request(ProposeRequest(b"7"))).index == 7
+            nursery.cancel_scope.cancel()
+    assert replies == {number: number for number in range(50)}
+
+
+async def test_requests_on_a_closed_connection_raise_unavailable() -> None:
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery)
+            async with connect(address, ADMIN_CODEC, "local", "test") as connection:
+                await connection.websocket.aclose()
+                with pytest.raises(Unavailable):
+                    await connection.request(ProposeRequest(b"1"))
+            nursery.cancel_scope.cancel()
