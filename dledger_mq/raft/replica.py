@@ -65,6 +65,8 @@ class Replica:
         #: The Ready loop is inside ``_handle`` (it may be waiting for a write): no one else may
         #: take a Ready until it is done.
         self._handling = False
+        #: What broke a Ready handled outside the loop; the loop raises it.
+        self._failure: BaseException | None = None
         self._waiters: dict[int, _Waiter] = {}
         self._last_commit_save = -COMMIT_SAVE_INTERVAL_SECONDS
         self._saved_hard_state = log.hard_state()
@@ -126,7 +128,14 @@ class Replica:
         core = self.core
         if not self._handling:
             while core.has_ready() and self.writer.can_write_now(core.log.unstable):
-                self._handle_now(core.ready())
+                try:
+                    self._handle_now(core.ready())
+                except BaseException as error:
+                    # A Ready taken and not handled wedges the core: stop the replica (the
+                    # Ready loop re-raises this), as a failure inside the loop itself would.
+                    self._failure = error
+                    self._wakeup.set()
+                    raise
                 core.advance()
         if core.has_ready():
             self._wakeup.set()
@@ -155,6 +164,8 @@ class Replica:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
+            if self._failure is not None:
+                raise self._failure
             while core.has_ready():
                 self._handling = True
                 try:

@@ -1,0 +1,47 @@
+"""The replica runtime: a write that fails outside the Ready loop still stops the replica."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+import trio
+
+from dledger_mq.errors import StorageError
+from dledger_mq.raft.commitlog import CommitLog
+from dledger_mq.raft.core import Config, RaftCore
+from dledger_mq.raft.disk import MemoryDisk
+from dledger_mq.raft.log_writer import open_log_writer
+from dledger_mq.raft.replica import Replica
+from dledger_mq.raft.transport import PeerTransport, TransportConfig
+
+
+async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    disk = MemoryDisk()
+    log = CommitLog.open(disk, "/node")
+    config = Config(
+        node_id="n1", members=("n1",), election_timeout_ticks=10, heartbeat_interval_ticks=2
+    )
+    core = RaftCore(config, log, random.Random(0))
+    transport = PeerTransport(TransportConfig("c", "n1", "g", {}), random.Random(0))
+    proposal_failed = False
+    with pytest.raises(BaseExceptionGroup) as stopped:
+        async with open_log_writer(log) as writer:
+            replica = Replica(core, log, writer, transport, "g", 0.01)
+            transport.deliver = replica.deliver
+            async with trio.open_nursery() as nursery:
+                await nursery.start(replica.run)
+                while not replica.is_leader:
+                    await replica.leader_changed.wait()
+                disk.inject_fault("fsync", errno.EIO)
+                # Written inline, in this task: the proposer sees the error...
+                with pytest.raises(StorageError):
+                    await replica.propose(b"x")
+                proposal_failed = True
+                # ...and the replica stops by itself rather than run on with a wedged core.
+                await trio.sleep_forever()
+    assert proposal_failed
+    assert stopped.value.subgroup(StorageError) is not None
