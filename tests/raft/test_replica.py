@@ -41,7 +41,9 @@ async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(
                 with pytest.raises(StorageError):
                     await replica.propose(b"x")
                 proposal_failed = True
-                # ...and the replica stops by itself rather than run on with a wedged core.
-                await trio.sleep_forever()
+                # ...and the replica stops by itself rather than run on with a wedged core
+                # (virtual seconds: the clock jumps whenever every task waits).
+                with trio.fail_after(60):
+                    await trio.sleep_forever()
     assert proposal_failed
     assert stopped.value.subgroup(StorageError) is not None
