@@ -23,7 +23,7 @@ BACKOFF_MAX_SECONDS = 0.1
 #: A node that does not answer a request (or a naming query) within this long is treated as
 #: gone: a paused process or a half-open connection must not hold a client for ever. A send
 #: retried after this is still stored once (idempotent producers).
-SILENCE_SECONDS = 2.0
+SILENCE_SECONDS = 1.0
 
 
 def naming_addresses(naming: str | Sequence[str]) -> list[str]:
@@ -95,24 +95,33 @@ class Routes:
         self._leader.pop(topic, None)
 
     async def _ask_naming(self, topic: str) -> str | None:
-        # Any naming node will do: start from a random one so that clients spread out.
-        start = self.rng.randrange(len(self.naming))
-        for address in self.naming[start:] + self.naming[:start]:
+        """The leader address of ``topic``'s group, from whichever naming node answers first.
+
+        All are asked at once: asking them in turn would make a paused or partitioned naming
+        node cost a silence timeout before the next one is tried.
+        """
+        found: list[str] = []
+        async with trio.open_nursery() as nursery:
+            for address in self.naming:
+                nursery.start_soon(self._ask_one, address, topic, found, nursery.cancel_scope)
+        return found[0] if found else None
+
+    async def _ask_one(
+        self, address: str, topic: str, found: list[str], done: trio.CancelScope
+    ) -> None:
+        with trio.move_on_after(SILENCE_SECONDS):
             try:
-                with trio.fail_after(SILENCE_SECONDS):
-                    async with connect_naming(address, self.cluster_id, "producer") as naming:
-                        routes, groups = await naming.routes_and_groups(topic)
-            except (DledgerError, trio.TooSlowError):
-                continue
-            for route in routes:
-                if route.leader_address:
-                    return route.leader_address
+                async with connect_naming(address, self.cluster_id, "producer") as naming:
+                    routes, groups = await naming.routes_and_groups(topic)
+            except DledgerError:
+                return
+            leaders = [route.leader_address for route in routes if route.leader_address]
             if not routes:
                 # A new topic: any group with a leader can create it on the first send.
-                for group in groups:
-                    if group.leader_address:
-                        return group.leader_address
-        return None
+                leaders = [group.leader_address for group in groups if group.leader_address]
+            if leaders:
+                found.append(leaders[0])
+                done.cancel()
 
 
 async def call_leader(
