@@ -180,7 +180,7 @@ async def _attack_and_drain(
         nursery.start_soon(workload.consume)
         nursery.start_soon(produce)
         nursery.start_soon(attack)
-        nursery.start_soon(_show_progress, workload, nemesis, phase)
+        nursery.start_soon(_show_progress, workload, nemesis)
         await trio.sleep(options.time_s)
         stop_nemesis.set()
         await nemesis_done.wait()
@@ -211,9 +211,7 @@ async def _attack_and_drain(
     return recovered
 
 
-async def _show_progress(
-    workload: Workload, nemesis: Nemesis, phase: Callable[[str], None]
-) -> None:
+async def _show_progress(workload: Workload, nemesis: Nemesis) -> None:
     while True:
         await trio.sleep(PROGRESS_SECONDS)
         counts = workload.counts
