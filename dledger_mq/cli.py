@@ -770,7 +770,7 @@ def bench_raft(seconds: float, window: int, batch: int, kills: int, directory: s
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Per case.")
 @one_line_errors
 def bench_transport(seconds: float) -> None:
-    """Raw Trio TCP against trio-websocket, same frames, between two processes."""
+    """Raw Trio TCP, trio-websocket and our WebSocket driver: same frames, two processes."""
     from dledger_mq.bench.transport_bench import run
 
     click.echo(run(seconds, lambda text: click.echo(text, err=True)))

@@ -1,12 +1,13 @@
-"""``dledger-mq bench transport``: raw Trio TCP against trio-websocket for the peer link.
+"""``dledger-mq bench transport``: raw Trio TCP, trio-websocket and our WebSocket driver.
 
-Both carry the same payload (a ``Heartbeat`` encoded by the peer codec) between two processes
-over loopback: an echo server in a child process and a client here. Per transport:
+All three carry the same payload (a ``Heartbeat`` encoded by the peer codec) between two
+processes over loopback: an echo server in a child process and a client here. Per transport:
 
 - round trip: one request, wait for its echo, repeat;
 - one way: one write (one WebSocket message) per frame, as fast as the link takes them.
 
-The figures decided the peer link (raw TCP); docs/benchmarks.md records them.
+The figures decided the peer link (raw TCP) and the client link's driver
+(``wire/websocket.py`` rather than trio-websocket); docs/benchmarks.md records them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -23,6 +25,12 @@ from dledger_mq.bench.raft_bench import free_ports, percentile
 from dledger_mq.raft.messages import Heartbeat
 from dledger_mq.raft.transport import PEER_CODEC
 from dledger_mq.wire.frames import FrameDecoder, encode_frame
+from dledger_mq.wire.websocket import (
+    WebSocket,
+    WebSocketClosed,
+    connect_websocket,
+    serve_websockets,
+)
 
 PAYLOAD = PEER_CODEC.encode(Heartbeat(term=7, source="n1", target="n2", commit=12345), 0, "g")
 STOP = b"stop"
@@ -86,11 +94,31 @@ async def _websocket_server(port: int) -> None:
     await serve_websocket(handle, "127.0.0.1", port, None)
 
 
-def _serve(tcp_port: int, websocket_port: int) -> None:
+async def _our_websocket_server(port: int) -> None:
+    async def handle(connection: WebSocket) -> None:
+        received = 0
+        try:
+            while True:
+                message = await connection.get_message()
+                if message == STOP:
+                    await connection.send_message(str(received).encode())
+                    received = 0
+                elif message[:1] == b"e":
+                    await connection.send_message(message[1:])
+                else:
+                    received += 1
+        except WebSocketClosed:
+            return
+
+    await serve_websockets(handle, "127.0.0.1", port)
+
+
+def _serve(tcp_port: int, websocket_port: int, our_websocket_port: int) -> None:
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_tcp_server, tcp_port, trio.Event())
             nursery.start_soon(_websocket_server, websocket_port)
+            nursery.start_soon(_our_websocket_server, our_websocket_port)
 
     trio.run(main)
 
@@ -146,46 +174,69 @@ async def _connect_tcp(port: int) -> trio.SocketStream:
                 await trio.sleep(0.05)
 
 
-async def _websocket_case(port: int, seconds: float) -> TransportResult:
+class _Messages(Protocol):
+    async def send_message(self, message: bytes) -> None: ...
+
+    async def get_message(self) -> bytes | str: ...
+
+
+async def _wait_listening(port: int) -> None:
     with trio.fail_after(10):
         while True:
             try:
                 await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                break
+                return
             except OSError:
                 await trio.sleep(0.05)
-    async with open_websocket("127.0.0.1", port, "/", use_ssl=False) as connection:
-        latencies = []
-        began = time.perf_counter()
-        while time.perf_counter() - began < seconds:
-            start = time.perf_counter()
-            await connection.send_message(b"e" + PAYLOAD)
-            await connection.get_message()
-            latencies.append((time.perf_counter() - start) * 1e6)
-        round_trip_seconds = time.perf_counter() - began
-        sent = 0
-        began = time.perf_counter()
-        message = b"o" + PAYLOAD
-        while time.perf_counter() - began < seconds:
-            for _ in range(100):
-                await connection.send_message(message)
-            sent += 100
-        await connection.send_message(STOP)
-        received = int(await connection.get_message())
-        one_way_seconds = time.perf_counter() - began
+
+
+async def _messages_case(name: str, connection: _Messages, seconds: float) -> TransportResult:
+    latencies = []
+    began = time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        await connection.send_message(b"e" + PAYLOAD)
+        await connection.get_message()
+        latencies.append((time.perf_counter() - start) * 1e6)
+    round_trip_seconds = time.perf_counter() - began
+    sent = 0
+    began = time.perf_counter()
+    message = b"o" + PAYLOAD
+    while time.perf_counter() - began < seconds:
+        for _ in range(100):
+            await connection.send_message(message)
+        sent += 100
+    await connection.send_message(STOP)
+    received = int(await connection.get_message())
+    one_way_seconds = time.perf_counter() - began
     assert received == sent, (received, sent)
     return TransportResult(
-        "trio-websocket",
+        name,
         len(latencies) / round_trip_seconds,
         percentile(sorted(latencies), 0.5),
         sent / one_way_seconds,
     )
 
 
+async def _websocket_case(port: int, seconds: float) -> TransportResult:
+    await _wait_listening(port)
+    async with open_websocket("127.0.0.1", port, "/", use_ssl=False) as connection:
+        return await _messages_case("trio-websocket", connection, seconds)
+
+
+async def _our_websocket_case(port: int, seconds: float) -> TransportResult:
+    await _wait_listening(port)
+    connection = await connect_websocket("127.0.0.1", port)
+    try:
+        return await _messages_case("wire/websocket", connection, seconds)
+    finally:
+        await connection.aclose()
+
+
 def run(seconds: float, echo: Callable[[str], None]) -> str:
-    tcp_port, websocket_port = free_ports(2)
+    tcp_port, websocket_port, our_websocket_port = free_ports(3)
     server = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(tcp_port, websocket_port), daemon=True
+        target=_serve, args=(tcp_port, websocket_port, our_websocket_port), daemon=True
     )
     server.start()
     try:
@@ -193,21 +244,25 @@ def run(seconds: float, echo: Callable[[str], None]) -> str:
         tcp = trio.run(_tcp_case, tcp_port, seconds)
         echo("  raw TCP done")
         websocket = trio.run(_websocket_case, websocket_port, seconds)
-        echo("  WebSocket done")
+        echo("  trio-websocket done")
+        ours = trio.run(_our_websocket_case, our_websocket_port, seconds)
+        echo("  wire/websocket done")
     finally:
         server.kill()
         server.join()
     lines = [
         f"{'transport':<16} {'round trips/s':>14} {'p50 round trip':>15} {'one-way frames/s':>17}"
     ]
-    for result in (tcp, websocket):
+    for result in (tcp, websocket, ours):
         lines.append(
             f"{result.transport:<16} {result.round_trips_per_second:>14,.0f} "
             f"{result.round_trip_p50_us:>12,.0f} us {result.one_way_frames_per_second:>17,.0f}"
         )
-    round_trip_ratio = tcp.round_trips_per_second / websocket.round_trips_per_second
-    one_way_ratio = tcp.one_way_frames_per_second / websocket.one_way_frames_per_second
-    lines.append(
-        f"{'TCP / WebSocket':<16} {round_trip_ratio:>14.2f} {'':>15} {one_way_ratio:>17.2f}"
-    )
+    for name, other in (("TCP / trio-ws", websocket), ("ours / trio-ws", ours)):
+        top = tcp if other is websocket else ours
+        lines.append(
+            f"{name:<16} {top.round_trips_per_second / websocket.round_trips_per_second:>14.2f} "
+            f"{websocket.round_trip_p50_us / top.round_trip_p50_us:>15.2f} "
+            f"{top.one_way_frames_per_second / websocket.one_way_frames_per_second:>17.2f}"
+        )
     return "\n".join(lines)

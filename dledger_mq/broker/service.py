@@ -64,7 +64,8 @@ from dledger_mq.wire.broker import (
     StoredMessage,
 )
 
-#: Upper bounds a client cannot raise.
+#: Upper bounds a client cannot raise. A pull reply carries at most MAX_PULL_BYTES of bodies
+#: (but always one message), so that it stays far below the connection's message limit.
 MAX_PULL_COUNT = 1024
 MAX_PULL_WAIT_MS = 30_000
 MAX_PULL_BYTES = 4 << 20
@@ -279,7 +280,8 @@ class BrokerService:
                 messages = self._read(request.topic, request.queue_id, scan.positions)
                 found = [m for m in messages if tag_filter.matches(m.tags)]
                 if found or wait_seconds == 0:
-                    return self._pull_reply(request, found, scan.next_offset)
+                    found, next_offset = _within_pull_bytes(found, scan.next_offset)
+                    return self._pull_reply(request, found, next_offset)
                 # Nothing matching yet: skip what the filter refused, wait for the next apply.
                 offset = scan.next_offset
                 await self.applied.wait()
@@ -350,3 +352,16 @@ def _receipt(topic: str, outcome: SendReceipt | Refused) -> Receipt:
     if isinstance(outcome, Refused):
         return Receipt("", topic, -1, -1, False, type(outcome.error).__name__, str(outcome.error))
     return Receipt(outcome.msg_id, topic, outcome.queue_id, outcome.offset, outcome.duplicate)
+
+
+def _within_pull_bytes(
+    found: list[StoredMessage], next_offset: int
+) -> tuple[list[StoredMessage], int]:
+    """The first of ``found`` whose bodies fit in ``MAX_PULL_BYTES`` (at least one), and the
+    offset to pull from next."""
+    total = 0
+    for kept, message in enumerate(found):
+        total += len(message.body)
+        if total > MAX_PULL_BYTES and kept > 0:
+            return found[:kept], message.offset
+    return found, next_offset

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import structlog
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
 
 from dledger_mq.errors import BadRequest
 from dledger_mq.naming.route_table import RouteTable
@@ -21,6 +20,7 @@ from dledger_mq.wire.naming import (
     RoutesReply,
 )
 from dledger_mq.wire.rpc import serve_requests
+from dledger_mq.wire.websocket import WebSocket, serve_websockets
 
 logger = structlog.get_logger()
 
@@ -60,8 +60,8 @@ class NamingService:
             return RoutesReply(routes, tuple(self.table.groups(now)))
         raise BadRequest(f"{type(message).__name__} is not a naming request")
 
-    async def handle_connection(self, request: WebSocketRequest) -> None:
-        await serve_requests(request, NAMING_CODEC, self.cluster_id, self.name, self.handle)
+    async def handle_connection(self, websocket: WebSocket) -> None:
+        await serve_requests(websocket, NAMING_CODEC, self.cluster_id, self.name, self.handle)
 
 
 async def serve_naming(
@@ -75,7 +75,7 @@ async def serve_naming(
 ) -> None:
     service = NamingService(cluster_id, name, heartbeat_interval_ms)
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, service.handle_connection, host, port, None)
-        service.address = f"{host}:{server.port}"
+        bound_port = await nursery.start(serve_websockets, service.handle_connection, host, port)
+        service.address = f"{host}:{bound_port}"
         service.log.info("naming_started", address=service.address)
         task_status.started(service)

@@ -15,7 +15,6 @@ import signal
 import attrs
 import structlog
 import trio
-from trio_websocket import WebSocketRequest, serve_websocket
 
 from dledger_mq.broker.records import CreateTopic, DeleteTopic, UpdateTopic, encode_command
 from dledger_mq.broker.service import BrokerService
@@ -71,6 +70,7 @@ from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.naming import BrokerRegistration
 from dledger_mq.wire.rpc import error_reply as rpc_error_reply
 from dledger_mq.wire.rpc import serve_requests
+from dledger_mq.wire.websocket import WebSocket, serve_websockets
 
 logger = structlog.get_logger()
 
@@ -90,10 +90,10 @@ class Node:
 
     # -- the client API ------------------------------------------------------------------------
 
-    async def handle_client(self, request: WebSocketRequest) -> None:
+    async def handle_client(self, websocket: WebSocket) -> None:
         """Serve one client connection; nothing a client does can stop the node."""
         await serve_requests(
-            request,
+            websocket,
             ADMIN_CODEC,
             self.config.cluster_id,
             self.config.node_id,
@@ -362,11 +362,13 @@ async def run_node(
                     )
                 async with trio.open_nursery() as clients:
                     await clients.start(
-                        serve_websocket,
-                        node.handle_client,
-                        client_address.host,
-                        client_address.port,
-                        None,
+                        functools.partial(
+                            serve_websockets,
+                            node.handle_client,
+                            client_address.host,
+                            client_address.port,
+                            max_message_bytes=config.max_frame_bytes,
+                        )
                     )
                     log.info(
                         "node_started",

@@ -17,13 +17,6 @@ from typing import Any
 
 import structlog
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    WebSocketRequest,
-    open_websocket_url,
-)
 
 from dledger_mq import errors
 from dledger_mq.errors import (
@@ -34,8 +27,15 @@ from dledger_mq.errors import (
     ProtocolError,
     Unavailable,
 )
+from dledger_mq.wire.address import Address
 from dledger_mq.wire.codec import Codec, Decoded
 from dledger_mq.wire.handshake import PROTOCOL_VERSION, ErrorReply, Hello, Welcome, check_peer
+from dledger_mq.wire.websocket import (
+    WebSocket,
+    WebSocketClosed,
+    WebSocketHandshakeError,
+    connect_websocket,
+)
 
 logger = structlog.get_logger()
 
@@ -78,50 +78,67 @@ Handler = Callable[[object], Awaitable[object]]
 
 
 async def serve_requests(
-    request: WebSocketRequest,
+    websocket: WebSocket,
     codec: Codec,
     cluster_id: str,
     node_id: str,
     handle: Handler,
     to_reply: Callable[[DledgerError], ErrorReply] = error_reply,
 ) -> None:
-    """Serve one client connection: handshake, then answer each request in its own task."""
+    """Serve one client connection: handshake, then answer requests, many at once.
+
+    The task that reads a request answers it: before answering it starts a new task to read
+    the next one, so a request reaches its handler without a hop between tasks, and a slow
+    request (a long poll) never holds up the others.
+    """
     log = logger.bind(node=node_id)
     try:
-        connection = await request.accept()
-    except ConnectionClosed:
-        return
-    try:
-        hello = _decode(codec, await connection.get_message()).message
+        hello = _decode(codec, await websocket.get_message()).message
         if not isinstance(hello, Hello):
             raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
         check_peer(hello, cluster_id, what="client")
-        await connection.send_message(codec.encode(Welcome(cluster_id, node_id, PROTOCOL_VERSION)))
+        await websocket.send_message(codec.encode(Welcome(cluster_id, node_id, PROTOCOL_VERSION)))
         async with trio.open_nursery() as nursery:
-            while True:
-                decoded = _decode(codec, await connection.get_message())
-                nursery.start_soon(_answer, connection, codec, decoded, handle, to_reply)
-    except* ConnectionClosed:
+            _ReadAndAnswer(websocket, codec, handle, to_reply, nursery).start()
+    except* WebSocketClosed:
         pass
     except* DledgerError as group:
         error = _first_leaf(group)
         log.warning("client_refused", reason=str(error))
-        await _send_quietly(connection, codec.encode(to_reply(error)))
-        await connection.aclose()
+        await _send_quietly(websocket, codec.encode(to_reply(error)))
+        await websocket.aclose()
 
 
-async def _answer(
-    connection: WebSocketConnection,
-    codec: Codec,
-    decoded: Decoded,
-    handle: Handler,
-    to_reply: Callable[[DledgerError], ErrorReply],
-) -> None:
-    try:
-        reply = await handle(decoded.message)
-    except DledgerError as error:
-        reply = to_reply(error)
-    await _send_quietly(connection, codec.encode(reply, decoded.request_id, decoded.group))
+class _ReadAndAnswer:
+    """The reading turn of one connection, passed from task to task."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        codec: Codec,
+        handle: Handler,
+        to_reply: Callable[[DledgerError], ErrorReply],
+        nursery: trio.Nursery,
+    ) -> None:
+        self.websocket = websocket
+        self.codec = codec
+        self.handle = handle
+        self.to_reply = to_reply
+        self.nursery = nursery
+
+    def start(self) -> None:
+        self.nursery.start_soon(self._read_then_answer)
+
+    async def _read_then_answer(self) -> None:
+        decoded = _decode(self.codec, await self.websocket.get_message())
+        self.start()
+        try:
+            reply = await self.handle(decoded.message)
+        except DledgerError as error:
+            reply = self.to_reply(error)
+        await _send_quietly(
+            self.websocket, self.codec.encode(reply, decoded.request_id, decoded.group)
+        )
 
 
 def _decode(codec: Codec, payload: bytes | str) -> Decoded:
@@ -138,9 +155,9 @@ def _first_leaf(group: BaseExceptionGroup[DledgerError]) -> DledgerError:
     return error
 
 
-async def _send_quietly(connection: WebSocketConnection, payload: bytes) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        await connection.send_message(payload)
+async def _send_quietly(websocket: WebSocket, payload: bytes) -> None:
+    with contextlib.suppress(WebSocketClosed):
+        await websocket.send_message(payload)
 
 
 # -- the client side -----------------------------------------------------------------------------
@@ -154,7 +171,7 @@ class RpcConnection:
     flight its reply reaches it without a hop between tasks (each costs about 0.1 ms here).
     """
 
-    def __init__(self, websocket: WebSocketConnection, codec: Codec, node_id: str) -> None:
+    def __init__(self, websocket: WebSocket, codec: Codec, node_id: str) -> None:
         self.websocket = websocket
         self.codec = codec
         self.node_id = node_id
@@ -181,7 +198,7 @@ class RpcConnection:
                 else:
                     await self._read_one()
             reply = self._replies.pop(request_id)
-        except ConnectionClosed:
+        except WebSocketClosed:
             raise Unavailable(f"connection to {self.node_id} closed") from None
         finally:
             self._waiting.discard(request_id)
@@ -196,7 +213,7 @@ class RpcConnection:
             decoded = _decode(self.codec, await self.websocket.get_message())
             if decoded.request_id in self._waiting:
                 self._replies[decoded.request_id] = decoded.message
-        except (ConnectionClosed, ProtocolError):
+        except (WebSocketClosed, ProtocolError):
             self._closed = True
         finally:
             self._reading = False
@@ -208,39 +225,29 @@ class RpcConnection:
 async def connect(
     address: str, codec: Codec, cluster_id: str, client_name: str
 ) -> AsyncIterator[RpcConnection]:
-    """Connect to a service's address (HOST:PORT) and shake hands.
-
-    Errors raised in the ``async with`` body reach the caller as themselves, not wrapped in the
-    exception group of the nursery that runs the connection's receive loop.
-    """
+    """Connect to a service's address (HOST:PORT) and shake hands; ``Unavailable`` if it
+    cannot be reached, ``HandshakeRefused`` if it is not of our cluster and version."""
+    host_port = Address.parse(address)
     try:
-        async with _connect(address, codec, cluster_id, client_name) as connection:
-            yield connection
-    except BaseExceptionGroup as group:
-        raise _single(group) from None
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
-
-
-@asynccontextmanager
-async def _connect(
-    address: str, codec: Codec, cluster_id: str, client_name: str
-) -> AsyncIterator[RpcConnection]:
-    try:
-        async with open_websocket_url(f"ws://{address}/") as websocket:
-            hello = Hello(cluster_id, client_name, PROTOCOL_VERSION)
-            await websocket.send_message(codec.encode(hello))
-            reply = _decode(codec, await websocket.get_message()).message
-            if isinstance(reply, ErrorReply):
-                raise HandshakeRefused(f"{address} refused us: {reply.message}")
-            if not isinstance(reply, Welcome):
-                raise ProtocolError(f"{address} answered the handshake with {reply!r}")
-            check_peer(reply, cluster_id, what="node")
-            yield RpcConnection(websocket, codec, reply.node_id)
-    except (OSError, HandshakeError, ConnectionClosed) as error:
+        websocket = await connect_websocket(host_port.host, host_port.port)
+    except (OSError, WebSocketHandshakeError) as error:
         raise Unavailable(f"cannot reach {address}: {error}") from None
+    try:
+        hello = Hello(cluster_id, client_name, PROTOCOL_VERSION)
+        await websocket.send_message(codec.encode(hello))
+        reply = _decode(codec, await websocket.get_message()).message
+        if isinstance(reply, ErrorReply):
+            raise HandshakeRefused(f"{address} refused us: {reply.message}")
+        if not isinstance(reply, Welcome):
+            raise ProtocolError(f"{address} answered the handshake with {reply!r}")
+        check_peer(reply, cluster_id, what="node")
+    except WebSocketClosed as error:
+        await websocket.aclose()
+        raise Unavailable(f"cannot reach {address}: {error}") from None
+    except BaseException:
+        await websocket.aclose()
+        raise
+    try:
+        yield RpcConnection(websocket, codec, reply.node_id)
+    finally:
+        await websocket.aclose()

@@ -37,7 +37,8 @@ def test_bench_transport_compares_tcp_and_websocket(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "raw Trio TCP" in result.stdout
     assert "trio-websocket" in result.stdout
-    assert "TCP / WebSocket" in result.stdout
+    assert "wire/websocket" in result.stdout
+    assert "ours / trio-ws" in result.stdout
 
 
 def test_bench_produce_reports_sends_and_failover_pauses(tmp_path: Path) -> None:

@@ -165,3 +165,24 @@ async def test_with_auto_creation_off_a_send_to_an_unknown_topic_is_refused(
             await admin.create_topic("missing", 2)
         receipt = await producer.send("missing", b"x")
     assert receipt.queue_id in (0, 1)
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_messages_up_to_the_body_limit_go_through_and_pulls_stay_bounded(
+    cluster: ProcessCluster,
+) -> None:
+    # 4 MiB is the default body limit; a pull carries at most 4 MiB of bodies (but always one).
+    bodies = [bytes([number]) * (3 << 20) for number in range(3)] + [b"y" * (4 << 20)]
+    leader = (await cluster.wait_for_leader()).node_id
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+        receipts = [await producer.send("big", body, sharding_key="one queue") for body in bodies]
+    [queue_id] = {receipt.queue_id for receipt in receipts}
+    offset, pulls = receipts[0].offset, []
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        while offset <= receipts[-1].offset:
+            reply: PullReply = await admin.connection.request(
+                PullRequest("big", queue_id, offset, 32)
+            )
+            pulls.append([message.body for message in reply.messages])
+            offset = reply.next_offset
+    assert pulls == [[body] for body in bodies]

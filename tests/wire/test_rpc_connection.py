@@ -3,15 +3,13 @@ reads it, and a request given up on does not disturb the others."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import trio
-from trio_websocket import serve_websocket
 
 from dledger_mq.errors import Unavailable
 from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
 from dledger_mq.wire.rpc import connect, serve_requests
+from dledger_mq.wire.websocket import WebSocket, serve_websockets
 
 DEADLINE_SECONDS = 10
 
@@ -25,11 +23,11 @@ async def answer_after_a_while(message: object) -> object:
 
 
 async def start_server(nursery: trio.Nursery) -> str:
-    async def handler(request: object) -> None:
-        await serve_requests(request, ADMIN_CODEC, "local", "n1", answer_after_a_while)  # type: ignore[arg-type]
+    async def handler(websocket: WebSocket) -> None:
+        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", answer_after_a_while)
 
-    server = await nursery.start(functools.partial(serve_websocket, handler, "127.0.0.1", 0, None))
-    return f"127.0.0.1:{server.port}"
+    port = await nursery.start(serve_websockets, handler, "127.0.0.1", 0)
+    return f"127.0.0.1:{port}"
 
 
 async def test_concurrent_requests_each_get_their_own_reply() -> None:

@@ -1,0 +1,328 @@
+"""WebSocket connections driven by wsproto in the task that uses them: no task of their own.
+
+trio-websocket runs a reader task per connection and hands each message over a memory channel
+to whoever calls ``get_message``: a hop between tasks per message (on a server, a second one to
+the task that answers). On this machine a hop costs about as much as the loopback send itself,
+and a request crosses this layer twice, so here the task that wants a message reads the socket
+itself, and a sender writes straight to the socket when no one else is writing
+(``dledger-mq bench transport`` compares both on the same frames; docs/benchmarks.md).
+
+The protocol is plain RFC 6455 through wsproto, the sans-I/O implementation trio-websocket
+itself drives, so any WebSocket client or server talks to these (tests check trio-websocket's
+client against our server and ours against its server). Binary messages only carry payloads;
+pings are answered while reading; a close is answered and raised as ``WebSocketClosed``; a
+message larger than the limit closes the connection with 1009 (message too big).
+
+Rules, as in Trio's streams: one task reads at a time (callers take turns, see
+``wire/rpc.py``); any number may send, each message is written whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import h11
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import ProtocolError, RemoteProtocolError
+
+from dledger_mq.wire.frames import DEFAULT_MAX_FRAME_BYTES
+
+READ_BYTES = 1 << 16
+#: A reader whose data is always there already still yields to other tasks this often.
+YIELD_EVERY_READS = 16
+#: A peer that has not finished the HTTP upgrade by then is dropped.
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+#: RFC 6455 close codes used here.
+NORMAL_CLOSURE = 1000
+PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
+ABNORMAL_CLOSURE = 1006
+MESSAGE_TOO_BIG = 1009
+
+
+class WebSocketClosed(Exception):
+    """The connection is closed (by either side, or broken); ``code`` says how (RFC 6455)."""
+
+    def __init__(self, code: int, reason: str | None = None) -> None:
+        super().__init__(f"WebSocket closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class WebSocketHandshakeError(Exception):
+    """The other side did not complete a WebSocket upgrade."""
+
+
+class WebSocket:
+    """One open connection. Build it with :func:`connect_websocket` or :func:`serve_websockets`."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        protocol: WSConnection,
+        max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.stream = stream
+        self.max_message_bytes = max_message_bytes
+        self._protocol = protocol
+        self._socket = stream.socket
+        self._messages: deque[bytes] = deque()
+        self._partial: list[bytes] = []
+        self._partial_bytes = 0
+        self._closed: WebSocketClosed | None = None
+        #: Held while a write did not go out whole; other senders queue behind it.
+        self._send_lock = trio.StrictFIFOLock()
+        self._reading = False
+        self._reads_without_waiting = 0
+
+    @property
+    def closed(self) -> WebSocketClosed | None:
+        """Why the connection closed, once it has."""
+        return self._closed
+
+    async def get_message(self) -> bytes:
+        """The next binary message; raises ``WebSocketClosed`` once the connection is closed."""
+        if self._reading:
+            raise trio.BusyResourceError("another task is reading this WebSocket")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._reading = True
+        try:
+            while not self._messages:
+                if self._closed is not None:
+                    raise self._closed
+                await self._receive_events()
+            return self._messages.popleft()
+        finally:
+            self._reading = False
+
+    async def send_message(self, payload: bytes) -> None:
+        """Send ``payload`` as one binary message."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed is not None:
+            raise self._closed
+        await self._send(self._protocol.send(BytesMessage(data=payload)))
+
+    async def aclose(self, code: int = NORMAL_CLOSURE, reason: str | None = None) -> None:
+        """Send a close frame (if still open) and close the socket; never raises."""
+        if self._closed is None:
+            self._closed = WebSocketClosed(code, reason)
+            try:
+                data = self._protocol.send(CloseConnection(code=code, reason=reason))
+                with trio.move_on_after(1):
+                    await self._send(data)
+            except (WebSocketClosed, ProtocolError, h11.ProtocolError):
+                pass
+        await trio.aclose_forcefully(self.stream)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def _receive_events(self) -> None:
+        data = await self._receive_some()
+        if not data:
+            self._lost("the connection was closed without a close frame")
+            return
+        self._protocol.receive_data(data)
+        for event in self._protocol.events():
+            await self._on_event(event)
+
+    async def _receive_some(self) -> bytes:
+        # Read at once when data is there and wait for the socket only when it is not: Trio's
+        # receive_some would pass through the scheduler after every read as well. A reader
+        # that never had to wait still yields now and then, so it cannot starve the others.
+        self._reads_without_waiting += 1
+        if self._reads_without_waiting >= YIELD_EVERY_READS:
+            self._reads_without_waiting = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                return os.read(self._socket.fileno(), READ_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                self._lost(str(error))
+                return b""
+            self._reads_without_waiting = 0
+            try:
+                await trio.lowlevel.wait_readable(self._socket)
+            except trio.ClosedResourceError:
+                self._lost("closed locally")
+                return b""
+
+    async def _on_event(self, event: Event) -> None:
+        if isinstance(event, BytesMessage):
+            self._partial_bytes += len(event.data)
+            if self._partial_bytes > self.max_message_bytes:
+                await self._refuse(
+                    MESSAGE_TOO_BIG,
+                    f"a message of more than {self.max_message_bytes} bytes",
+                )
+                return
+            self._partial.append(bytes(event.data))
+            if event.message_finished:
+                self._messages.append(b"".join(self._partial))
+                self._partial = []
+                self._partial_bytes = 0
+        elif isinstance(event, TextMessage):
+            await self._refuse(UNSUPPORTED_DATA, "text messages are not part of the protocol")
+        elif isinstance(event, Ping):
+            await self._send_quietly(event.response())
+        elif isinstance(event, CloseConnection) and self._closed is None:
+            self._closed = WebSocketClosed(event.code, event.reason)
+            await self._send_quietly(event.response())
+            await trio.aclose_forcefully(self.stream)
+
+    async def _refuse(self, code: int, reason: str) -> None:
+        self._partial = []
+        self._partial_bytes = 0
+        await self.aclose(code, reason)
+
+    def _lost(self, reason: str) -> None:
+        if self._closed is None:
+            self._closed = WebSocketClosed(ABNORMAL_CLOSURE, reason)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def _send(self, data: bytes) -> None:
+        if not self._send_lock.locked():
+            # Nobody is writing: try the socket at once, which spares a pass through the
+            # scheduler; only what does not fit waits for the socket to drain.
+            try:
+                sent = os.write(self._socket.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as error:
+                self._lost(str(error))
+                raise self._closed from None  # type: ignore[misc]
+            if sent == len(data):
+                return
+            data = data[sent:]
+            # Taken without a checkpoint: the rest of this message must go before any other.
+            self._send_lock.acquire_nowait()
+        else:
+            await self._send_lock.acquire()
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            self._lost(str(error) or "closed")
+            raise self._closed from None  # type: ignore[misc]
+        except trio.Cancelled:
+            # Part of a message may be on the wire: nothing more can follow it.
+            self._lost("a send was cancelled part way")
+            raise
+        finally:
+            self._send_lock.release()
+
+    async def _send_quietly(self, event: Event) -> None:
+        with contextlib.suppress(WebSocketClosed, ProtocolError, h11.ProtocolError):
+            await self._send(self._protocol.send(event))
+
+
+# -- opening -------------------------------------------------------------------------------------
+
+
+async def connect_websocket(
+    host: str, port: int, *, path: str = "/", max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> WebSocket:
+    """Open a TCP connection and upgrade it; raises ``OSError`` or ``WebSocketHandshakeError``."""
+    stream = await trio.open_tcp_stream(host, port)
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
+            protocol = WSConnection(ConnectionType.CLIENT)
+            await stream.send_all(protocol.send(Request(host=f"{host}:{port}", target=path)))
+            while True:
+                data = await stream.receive_some(READ_BYTES)
+                if not data:
+                    raise WebSocketHandshakeError(f"{host}:{port} closed during the handshake")
+                protocol.receive_data(data)
+                for event in protocol.events():
+                    if isinstance(event, AcceptConnection):
+                        return WebSocket(stream, protocol, max_message_bytes)
+                    if isinstance(event, RejectConnection):
+                        raise WebSocketHandshakeError(
+                            f"{host}:{port} refused the WebSocket upgrade "
+                            f"(HTTP {event.status_code})"
+                        )
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise WebSocketHandshakeError(f"{host}:{port} did not finish the handshake") from None
+    except ProtocolError as error:
+        await trio.aclose_forcefully(stream)
+        raise WebSocketHandshakeError(f"{host}:{port}: {error}") from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+async def accept_websocket(
+    stream: trio.SocketStream, max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> WebSocket | None:
+    """Complete the server side of the upgrade; ``None`` (and the stream closed) if the peer
+    did not ask for a WebSocket properly."""
+    protocol = WSConnection(ConnectionType.SERVER)
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
+            while True:
+                data = await stream.receive_some(READ_BYTES)
+                if not data:
+                    break
+                protocol.receive_data(data)
+                for event in protocol.events():
+                    if isinstance(event, Request):
+                        await stream.send_all(protocol.send(AcceptConnection()))
+                        return WebSocket(stream, protocol, max_message_bytes)
+    except RemoteProtocolError as error:
+        hint = error.event_hint
+        if hint is not None:
+            try:
+                with trio.move_on_after(1):
+                    await stream.send_all(protocol.send(hint))
+            except (trio.BrokenResourceError, ProtocolError, h11.ProtocolError, OSError):
+                pass
+    except (trio.TooSlowError, trio.BrokenResourceError, OSError):
+        pass
+    await trio.aclose_forcefully(stream)
+    return None
+
+
+WebSocketHandler = Callable[[WebSocket], Awaitable[None]]
+
+
+async def serve_websockets(
+    handler: WebSocketHandler,
+    host: str,
+    port: int,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept WebSocket connections on ``host:port`` and run ``handler`` for each, until
+    cancelled; ``task_status.started`` gets the port (the one chosen, if ``port`` is 0)."""
+
+    async def serve_one(stream: trio.SocketStream) -> None:
+        websocket = await accept_websocket(stream, max_message_bytes)
+        if websocket is None:
+            return
+        try:
+            await handler(websocket)
+        finally:
+            await websocket.aclose()
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound_port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, serve_one, listeners)
+        task_status.started(bound_port)
