@@ -18,7 +18,6 @@ heartbeat reply).
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from collections.abc import Callable
 
@@ -48,6 +47,7 @@ from dledger_mq.wire.handshake import (
     Welcome,
     check_peer,
 )
+from dledger_mq.wire.socket_io import write_now
 
 logger = structlog.get_logger()
 
@@ -121,9 +121,7 @@ class PeerTransport:
             if sock is not None:
                 data = encode_frames([PEER_CODEC.encode(m, 0, self.config.group) for m in batch])
                 try:
-                    sent = os.write(sock.fileno(), data)
-                except BlockingIOError:
-                    sent = 0
+                    sent = write_now(sock, data)
                 except OSError:
                     pass  # a broken connection: the sender task finds out when it sends these
                 else:

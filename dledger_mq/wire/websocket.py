@@ -20,7 +20,6 @@ Rules, as in Trio's streams: one task reads at a time (callers take turns, see
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -40,10 +39,9 @@ from wsproto.events import (
 from wsproto.utilities import ProtocolError, RemoteProtocolError
 
 from dledger_mq.wire.frames import DEFAULT_MAX_FRAME_BYTES
+from dledger_mq.wire.socket_io import SocketReader, write_now
 
 READ_BYTES = 1 << 16
-#: A reader whose data is always there already still yields to other tasks this often.
-YIELD_EVERY_READS = 16
 #: A peer that has not finished the HTTP upgrade by then is dropped.
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 #: RFC 6455 close codes used here.
@@ -87,7 +85,7 @@ class WebSocket:
         #: Held while a write did not go out whole; other senders queue behind it.
         self._send_lock = trio.StrictFIFOLock()
         self._reading = False
-        self._reads_without_waiting = 0
+        self._reader = SocketReader(stream.socket)
 
     @property
     def closed(self) -> WebSocketClosed | None:
@@ -140,27 +138,11 @@ class WebSocket:
             await self._on_event(event)
 
     async def _receive_some(self) -> bytes:
-        # Read at once when data is there and wait for the socket only when it is not: Trio's
-        # receive_some would pass through the scheduler after every read as well. A reader
-        # that never had to wait still yields now and then, so it cannot starve the others.
-        self._reads_without_waiting += 1
-        if self._reads_without_waiting >= YIELD_EVERY_READS:
-            self._reads_without_waiting = 0
-            await trio.lowlevel.checkpoint()
-        while True:
-            try:
-                return os.read(self._socket.fileno(), READ_BYTES)
-            except BlockingIOError:
-                pass
-            except OSError as error:
-                self._lost(str(error))
-                return b""
-            self._reads_without_waiting = 0
-            try:
-                await trio.lowlevel.wait_readable(self._socket)
-            except trio.ClosedResourceError:
-                self._lost("closed locally")
-                return b""
+        try:
+            return await self._reader.receive_some(READ_BYTES)
+        except (OSError, trio.ClosedResourceError) as error:
+            self._lost(str(error) or "closed locally")
+            return b""
 
     async def _on_event(self, event: Event) -> None:
         if isinstance(event, BytesMessage):
@@ -201,9 +183,7 @@ class WebSocket:
             # Nobody is writing: try the socket at once, which spares a pass through the
             # scheduler; only what does not fit waits for the socket to drain.
             try:
-                sent = os.write(self._socket.fileno(), data)
-            except BlockingIOError:
-                sent = 0
+                sent = write_now(self._socket, data)
             except OSError as error:
                 self._lost(str(error))
                 raise self._closed from None  # type: ignore[misc]

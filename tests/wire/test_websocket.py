@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-import trio.testing
 import trio
+import trio.testing
 import trio_websocket
 
 from dledger_mq.wire import websocket as websocket_module
@@ -136,11 +136,13 @@ async def test_two_readers_at_once_is_a_usage_error() -> None:
 
 
 async def test_a_text_message_is_refused_with_1003() -> None:
-    async with server() as port:
-        async with trio_websocket.open_websocket("127.0.0.1", port, "/", use_ssl=False) as client:
-            await client.send_message("text")
-            with pytest.raises(trio_websocket.ConnectionClosed) as raised:
-                await client.get_message()
+    async with (
+        server() as port,
+        trio_websocket.open_websocket("127.0.0.1", port, "/", use_ssl=False) as client,
+    ):
+        await client.send_message("text")
+        with pytest.raises(trio_websocket.ConnectionClosed) as raised:
+            await client.get_message()
     assert raised.value.reason.code == UNSUPPORTED_DATA
 
 
@@ -194,14 +196,16 @@ async def test_connecting_to_something_that_is_not_a_websocket_server_fails_clea
 
 
 async def test_trio_websocket_client_against_our_server_including_a_ping() -> None:
-    async with server() as port:
-        async with trio_websocket.open_websocket("127.0.0.1", port, "/", use_ssl=False) as client:
-            await client.send_message(b"hello")
-            assert await client.get_message() == b"hello"
-            with trio.fail_after(DEADLINE_SECONDS):
-                await client.ping(b"are you there")  # returns once our side has answered
-            await client.send_message(b"x" * (300 << 10))
-            assert await client.get_message() == b"x" * (300 << 10)
+    async with (
+        server() as port,
+        trio_websocket.open_websocket("127.0.0.1", port, "/", use_ssl=False) as client,
+    ):
+        await client.send_message(b"hello")
+        assert await client.get_message() == b"hello"
+        with trio.fail_after(DEADLINE_SECONDS):
+            await client.ping(b"are you there")  # returns once our side has answered
+        await client.send_message(b"x" * (300 << 10))
+        assert await client.get_message() == b"x" * (300 << 10)
 
 
 async def test_our_client_against_a_trio_websocket_server() -> None:
