@@ -862,9 +862,16 @@ def bench_consume(
 
 @bench.command("e2e")
 @_sdk_bench_options
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Messages/s offered by all producers together (0: as fast as they can).",
+)
 @one_line_errors
 def bench_e2e(
-    seconds: float, size: int, batch: int, concurrency: int, directory: str | None
+    seconds: float, size: int, batch: int, concurrency: int, rate: float, directory: str | None
 ) -> None:
     """Producers and a consumer at once: messages/s and send-to-delivery latency."""
     _sigterm_as_interrupt()
@@ -877,6 +884,7 @@ def bench_e2e(
             size,
             batch,
             concurrency,
+            rate,
             directory,
             lambda text: click.echo(text, err=True),
         )

@@ -127,26 +127,42 @@ async def end_to_end(
     size: int,
     batch: int,
     concurrency: int,
-) -> Throughput:
-    """Producers and one consumer at once; latency from each send to its delivery."""
+    rate: float = 0.0,
+) -> tuple[Throughput, int]:
+    """Producers and one consumer at once; latency from each send to its delivery.
+
+    ``rate`` (messages/s over all producers, 0 for as fast as they can) paces the producers:
+    unpaced, they can outrun the consumer on a small machine, and the latency then measures a
+    growing backlog rather than the path. Returns the consumer's figures and the number of
+    messages sent.
+    """
     sent_at: dict[bytes, float] = {}
     latencies: list[float] = []
     stop = trio.Event()
     counter = itertools.count()
     padding = b"e" * max(0, size - 12)
+    sent = 0
+    interval = concurrency * batch / rate if rate > 0 else 0.0
 
-    async def produce() -> None:
+    async def produce(first_at: float) -> None:
+        nonlocal sent
+        next_at = first_at
         while not stop.is_set():
+            if interval:
+                await trio.sleep_until(next_at)
+                next_at += interval
             bodies = [b"%012d" % next(counter) + padding for _ in range(batch)]
             now = time.perf_counter()
             for body in bodies:
                 sent_at[body[:12]] = now
             await producer.send_batch(TOPIC, bodies)
+            sent += batch
 
     began = time.perf_counter()
     async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(produce)
+        start = trio.current_time()
+        for number in range(concurrency):
+            nursery.start_soon(produce, start + number * interval / concurrency)
         async with Consumer(naming=naming, group="bench-e2e", topic=TOPIC) as consumer:
             async for message in consumer:
                 started = sent_at.pop(message.body[:12], None)
@@ -156,9 +172,8 @@ async def end_to_end(
                 if time.perf_counter() - began >= seconds:
                     break
         stop.set()
-    return Throughput(
-        f"end to end {concurrency}x{batch}", len(latencies), time.perf_counter() - began, latencies
-    )
+    name = f"end to end {concurrency}x{batch}"
+    return Throughput(name, len(latencies), time.perf_counter() - began, latencies), sent
 
 
 @asynccontextmanager
@@ -208,14 +223,22 @@ async def run_e2e(
     size: int,
     batch: int,
     concurrency: int,
+    rate: float,
     directory: str | None,
     echo: Callable[[str], None],
 ) -> str:
     async with bench_cluster(directory, echo) as (cluster, producer):
-        result = await end_to_end(
-            producer, list(cluster.naming.values()), seconds, size, batch, concurrency
+        result, sent = await end_to_end(
+            producer, list(cluster.naming.values()), seconds, size, batch, concurrency, rate
         )
-    return result.row()
+    return "\n".join(
+        [
+            result.row(),
+            f"{'sent':<22} {sent / result.seconds:>10,.0f}/s   "
+            f"({sent} messages, {f'paced at {rate:,.0f}/s' if rate else 'unpaced'}; "
+            f"{sent - result.entries} not yet delivered at the end)",
+        ]
+    )
 
 
 async def run(

@@ -67,6 +67,14 @@ def test_bench_consume_and_e2e_report_their_figures(tmp_path: Path) -> None:
     e2e = _bench(tmp_path, "e2e", "--seconds", "1", "--batch", "8", "--concurrency", "2")
     assert e2e.returncode == 0, e2e.stderr[-2000:]
     assert "end to end 2x8" in e2e.stdout and "p99" in e2e.stdout
+    assert "not yet delivered" in e2e.stdout
+    paced = _bench(
+        tmp_path, "e2e", "--seconds", "1", "--batch", "8", "--concurrency", "2", "--rate", "800"
+    )
+    assert paced.returncode == 0, paced.stderr[-2000:]
+    [sent_line] = [line for line in paced.stdout.splitlines() if line.startswith("sent")]
+    # Paced at 800/s for about a second: nowhere near what the producers could send.
+    assert int(sent_line.split("(")[1].split()[0]) < 2400
 
 
 def _children(pid: int) -> set[int]:
