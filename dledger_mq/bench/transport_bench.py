@@ -12,6 +12,7 @@ The figures decided the peer link (raw TCP) and the client link's driver
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -73,42 +74,40 @@ async def _tcp_server(port: int, ready: trio.Event) -> None:
     await trio.serve_listeners(handle, listeners)
 
 
+class _Messages(Protocol):
+    async def send_message(self, message: bytes) -> None: ...
+
+    async def get_message(self) -> bytes | str: ...
+
+
+async def _echo_messages(connection: _Messages) -> None:
+    """``e``+payload is echoed; ``stop`` is answered with the count of one-way messages."""
+    received = 0
+    while True:
+        message = await connection.get_message()
+        assert isinstance(message, bytes)
+        if message == STOP:
+            await connection.send_message(str(received).encode())
+            received = 0
+        elif message[:1] == b"e":
+            await connection.send_message(message[1:])
+        else:
+            received += 1
+
+
 async def _websocket_server(port: int) -> None:
     async def handle(request: WebSocketRequest) -> None:
         connection = await request.accept()
-        received = 0
-        try:
-            while True:
-                message = await connection.get_message()
-                assert isinstance(message, bytes)
-                if message == STOP:
-                    await connection.send_message(str(received).encode())
-                    received = 0
-                elif message[:1] == b"e":
-                    await connection.send_message(message[1:])
-                else:
-                    received += 1
-        except ConnectionClosed:
-            return
+        with contextlib.suppress(ConnectionClosed):
+            await _echo_messages(connection)
 
     await serve_websocket(handle, "127.0.0.1", port, None)
 
 
 async def _our_websocket_server(port: int) -> None:
     async def handle(connection: WebSocket) -> None:
-        received = 0
-        try:
-            while True:
-                message = await connection.get_message()
-                if message == STOP:
-                    await connection.send_message(str(received).encode())
-                    received = 0
-                elif message[:1] == b"e":
-                    await connection.send_message(message[1:])
-                else:
-                    received += 1
-        except WebSocketClosed:
-            return
+        with contextlib.suppress(WebSocketClosed):
+            await _echo_messages(connection)
 
     await serve_websockets(handle, "127.0.0.1", port)
 
@@ -172,12 +171,6 @@ async def _connect_tcp(port: int) -> trio.SocketStream:
                 return await trio.open_tcp_stream("127.0.0.1", port)
             except OSError:
                 await trio.sleep(0.05)
-
-
-class _Messages(Protocol):
-    async def send_message(self, message: bytes) -> None: ...
-
-    async def get_message(self) -> bytes | str: ...
 
 
 async def _wait_listening(port: int) -> None:
