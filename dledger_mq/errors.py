@@ -113,6 +113,11 @@ class Unavailable(DledgerError):
     retriable = True
 
 
+class InternalError(DledgerError):
+    """The node failed to handle a request because of a bug on its side; it logged the details
+    and carries on. Not retriable: the same request would fail the same way."""
+
+
 class MalformedCommand(BadRequest):
     """Bytes that are not a broker command this build can read; ``reason`` says what was wrong."""
 

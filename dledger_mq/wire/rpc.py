@@ -22,6 +22,7 @@ from dledger_mq import errors
 from dledger_mq.errors import (
     DledgerError,
     HandshakeRefused,
+    InternalError,
     LeadershipTransferInProgress,
     NotLeader,
     ProtocolError,
@@ -136,6 +137,12 @@ class _ReadAndAnswer:
             reply = await self.handle(decoded.message)
         except DledgerError as error:
             reply = self.to_reply(error)
+        except Exception:
+            # A bug met by one request must not take the node and every connection down.
+            logger.exception("request_failed", request=type(decoded.message).__name__)
+            reply = self.to_reply(
+                InternalError(f"the node failed on {type(decoded.message).__name__}; see its log")
+            )
         await _send_quietly(
             self.websocket, self.codec.encode(reply, decoded.request_id, decoded.group)
         )

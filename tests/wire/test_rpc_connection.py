@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from dledger_mq.errors import Unavailable
+from dledger_mq.errors import InternalError, Unavailable
 from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
 from dledger_mq.wire.rpc import connect, serve_requests
 from dledger_mq.wire.websocket import WebSocket, serve_websockets
@@ -15,8 +15,11 @@ DEADLINE_SECONDS = 10
 
 
 async def answer_after_a_while(message: object) -> object:
-    """Replies come back out of order: request n is answered after (10 - n) ms."""
+    """Replies come back out of order: request n is answered after (10 - n) ms. A request for
+    "bug" meets a bug in the handler."""
     assert isinstance(message, ProposeRequest)
+    if message.data == b"bug":
+        raise RuntimeError("a bug in a handler")
     number = int(message.data)
     await trio.sleep((10 - number % 10) / 1000)
     return ProposeReply(number)
@@ -60,4 +63,15 @@ async def test_requests_on_a_closed_connection_raise_unavailable() -> None:
                 await connection.websocket.aclose()
                 with pytest.raises(Unavailable):
                     await connection.request(ProposeRequest(b"1"))
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_in_a_handler_is_an_internal_error_and_the_connection_carries_on() -> None:
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            address = await start_server(nursery)
+            async with connect(address, ADMIN_CODEC, "local", "test") as connection:
+                with pytest.raises(InternalError, match="ProposeRequest"):
+                    await connection.request(ProposeRequest(b"bug"))
+                assert (await connection.request(ProposeRequest(b"3"))).index == 3
             nursery.cancel_scope.cancel()
