@@ -40,6 +40,10 @@ from dledger_mq.wire.websocket import (
 
 logger = structlog.get_logger()
 
+#: Requests of one connection answered at once; a client may have more in flight, but the
+#: server reads no further until one is answered.
+MAX_REQUESTS_IN_FLIGHT = 1024
+
 
 def error_reply(error: DledgerError, leader_address: str | None = None) -> ErrorReply:
     return ErrorReply(
@@ -126,26 +130,40 @@ class _ReadAndAnswer:
         self.handle = handle
         self.to_reply = to_reply
         self.nursery = nursery
+        #: Requests being answered; at the limit, the next is not read until one is done, so
+        #: that a client that pipelines without end meets TCP flow control, not our memory.
+        self.in_flight = 0
+        self._answered = trio.Event()
 
     def start(self) -> None:
         self.nursery.start_soon(self._read_then_answer)
 
     async def _read_then_answer(self) -> None:
+        while self.in_flight >= MAX_REQUESTS_IN_FLIGHT:
+            self._answered = trio.Event()
+            await self._answered.wait()
         decoded = _decode(self.codec, await self.websocket.get_message())
+        self.in_flight += 1
         self.start()
         try:
-            reply = await self.handle(decoded.message)
-        except DledgerError as error:
-            reply = self.to_reply(error)
-        except Exception:
-            # A bug met by one request must not take the node and every connection down.
-            logger.exception("request_failed", request=type(decoded.message).__name__)
-            reply = self.to_reply(
-                InternalError(f"the node failed on {type(decoded.message).__name__}; see its log")
+            try:
+                reply = await self.handle(decoded.message)
+            except DledgerError as error:
+                reply = self.to_reply(error)
+            except Exception:
+                # A bug met by one request must not take the node and every connection down.
+                logger.exception("request_failed", request=type(decoded.message).__name__)
+                reply = self.to_reply(
+                    InternalError(
+                        f"the node failed on {type(decoded.message).__name__}; see its log"
+                    )
+                )
+            await _send_quietly(
+                self.websocket, self.codec.encode(reply, decoded.request_id, decoded.group)
             )
-        await _send_quietly(
-            self.websocket, self.codec.encode(reply, decoded.request_id, decoded.group)
-        )
+        finally:
+            self.in_flight -= 1
+            self._answered.set()
 
 
 def _decode(codec: Codec, payload: bytes | str) -> Decoded:

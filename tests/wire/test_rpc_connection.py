@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from dledger_mq.errors import InternalError, Unavailable
+from dledger_mq.wire import rpc
 from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
 from dledger_mq.wire.rpc import connect, serve_requests
 from dledger_mq.wire.websocket import WebSocket, serve_websockets
@@ -75,3 +77,44 @@ async def test_a_bug_in_a_handler_is_an_internal_error_and_the_connection_carrie
                     await connection.request(ProposeRequest(b"bug"))
                 assert (await connection.request(ProposeRequest(b"3"))).index == 3
             nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_pipelines_without_end_meets_the_in_flight_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rpc, "MAX_REQUESTS_IN_FLIGHT", 4)
+    release = trio.Event()
+    running = 0
+    most_running = 0
+
+    async def wait_for_release(message: object) -> object:
+        nonlocal running, most_running
+        assert isinstance(message, ProposeRequest)
+        running += 1
+        most_running = max(most_running, running)
+        await release.wait()
+        running -= 1
+        return ProposeReply(int(message.data))
+
+    async def handler(websocket: WebSocket) -> None:
+        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", wait_for_release)
+
+    replies: list[int] = []
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_websockets, handler, "127.0.0.1", 0)
+            async with connect(f"127.0.0.1:{port}", ADMIN_CODEC, "local", "test") as connection:
+
+                async def ask(number: int) -> None:
+                    reply = await connection.request(ProposeRequest(b"%d" % number))
+                    replies.append(reply.index)
+
+                async with trio.open_nursery() as requests:
+                    for number in range(10):
+                        requests.start_soon(ask, number)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert (running, most_running) == (4, 4)
+                    release.set()
+            nursery.cancel_scope.cancel()
+    assert sorted(replies) == list(range(10))
+    assert most_running == 4
