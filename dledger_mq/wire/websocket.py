@@ -101,7 +101,7 @@ class WebSocket:
         try:
             while not self._messages:
                 if self._closed is not None:
-                    raise self._closed
+                    raise self._closed_error()
                 await self._receive_events()
             return self._messages.popleft()
         finally:
@@ -111,7 +111,7 @@ class WebSocket:
         """Send ``payload`` as one binary message."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closed is not None:
-            raise self._closed
+            raise self._closed_error()
         await self._send(self._protocol.send(BytesMessage(data=payload)))
 
     async def aclose(self, code: int = NORMAL_CLOSURE, reason: str | None = None) -> None:
@@ -172,6 +172,12 @@ class WebSocket:
         self._partial_bytes = 0
         await self.aclose(code, reason)
 
+    def _closed_error(self) -> WebSocketClosed:
+        # A new exception each time: one instance raised again and again would pile up
+        # tracebacks for as long as a caller keeps trying.
+        assert self._closed is not None
+        return WebSocketClosed(self._closed.code, self._closed.reason)
+
     def _lost(self, reason: str) -> None:
         if self._closed is None:
             self._closed = WebSocketClosed(ABNORMAL_CLOSURE, reason)
@@ -186,7 +192,7 @@ class WebSocket:
                 sent = write_now(self._socket, data)
             except OSError as error:
                 self._lost(str(error))
-                raise self._closed from None  # type: ignore[misc]
+                raise self._closed_error() from None
             if sent == len(data):
                 return
             data = data[sent:]
@@ -198,7 +204,7 @@ class WebSocket:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
             self._lost(str(error) or "closed")
-            raise self._closed from None  # type: ignore[misc]
+            raise self._closed_error() from None
         except trio.Cancelled:
             # Part of a message may be on the wire: nothing more can follow it.
             self._lost("a send was cancelled part way")
