@@ -70,14 +70,16 @@ class WebSocket:
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         protocol: WSConnection,
         max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.stream = stream
         self.max_message_bytes = max_message_bytes
         self._protocol = protocol
-        self._socket = stream.socket
+        # The socket itself, for reads and writes that skip the scheduler, when the stream is
+        # a plain TCP one; any other stream (TLS, in-memory) goes through its own methods.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._messages: deque[bytes] = deque()
         self._partial: list[bytes] = []
         self._partial_bytes = 0
@@ -85,7 +87,7 @@ class WebSocket:
         #: Held while a write did not go out whole; other senders queue behind it.
         self._send_lock = trio.StrictFIFOLock()
         self._reading = False
-        self._reader = SocketReader(stream.socket)
+        self._reader = SocketReader(self._socket) if self._socket is not None else None
 
     @property
     def closed(self) -> WebSocketClosed | None:
@@ -139,8 +141,10 @@ class WebSocket:
 
     async def _receive_some(self) -> bytes:
         try:
+            if self._reader is None:
+                return bytes(await self.stream.receive_some(READ_BYTES))
             return await self._reader.receive_some(READ_BYTES)
-        except (OSError, trio.ClosedResourceError) as error:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
             self._lost(str(error) or "closed locally")
             return b""
 
@@ -185,7 +189,7 @@ class WebSocket:
     # -- writing ------------------------------------------------------------------------------
 
     async def _send(self, data: bytes) -> None:
-        if not self._send_lock.locked():
+        if self._socket is not None and not self._send_lock.locked():
             # Nobody is writing: try the socket at once, which spares a pass through the
             # scheduler; only what does not fit waits for the socket to drain.
             try:
@@ -225,36 +229,46 @@ async def connect_websocket(
 ) -> WebSocket:
     """Open a TCP connection and upgrade it; raises ``OSError`` or ``WebSocketHandshakeError``."""
     stream = await trio.open_tcp_stream(host, port)
+    return await upgrade_client(stream, f"{host}:{port}", path, max_message_bytes)
+
+
+async def upgrade_client(
+    stream: trio.abc.Stream,
+    host: str,
+    path: str = "/",
+    max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> WebSocket:
+    """The client side of the upgrade on an open stream (``host`` goes in the Host header);
+    raises ``WebSocketHandshakeError`` and closes the stream if it fails."""
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
             protocol = WSConnection(ConnectionType.CLIENT)
-            await stream.send_all(protocol.send(Request(host=f"{host}:{port}", target=path)))
+            await stream.send_all(protocol.send(Request(host=host, target=path)))
             while True:
                 data = await stream.receive_some(READ_BYTES)
                 if not data:
-                    raise WebSocketHandshakeError(f"{host}:{port} closed during the handshake")
-                protocol.receive_data(data)
+                    raise WebSocketHandshakeError(f"{host} closed during the handshake")
+                protocol.receive_data(bytes(data))
                 for event in protocol.events():
                     if isinstance(event, AcceptConnection):
                         return WebSocket(stream, protocol, max_message_bytes)
                     if isinstance(event, RejectConnection):
                         raise WebSocketHandshakeError(
-                            f"{host}:{port} refused the WebSocket upgrade "
-                            f"(HTTP {event.status_code})"
+                            f"{host} refused the WebSocket upgrade (HTTP {event.status_code})"
                         )
     except trio.TooSlowError:
         await trio.aclose_forcefully(stream)
-        raise WebSocketHandshakeError(f"{host}:{port} did not finish the handshake") from None
+        raise WebSocketHandshakeError(f"{host} did not finish the handshake") from None
     except ProtocolError as error:
         await trio.aclose_forcefully(stream)
-        raise WebSocketHandshakeError(f"{host}:{port}: {error}") from None
+        raise WebSocketHandshakeError(f"{host}: {error}") from None
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
 
 
 async def accept_websocket(
-    stream: trio.SocketStream, max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    stream: trio.abc.Stream, max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> WebSocket | None:
     """Complete the server side of the upgrade; ``None`` (and the stream closed) if the peer
     did not ask for a WebSocket properly."""
@@ -265,7 +279,7 @@ async def accept_websocket(
                 data = await stream.receive_some(READ_BYTES)
                 if not data:
                     break
-                protocol.receive_data(data)
+                protocol.receive_data(bytes(data))
                 for event in protocol.events():
                     if isinstance(event, Request):
                         await stream.send_all(protocol.send(AcceptConnection()))

@@ -21,8 +21,10 @@ from dledger_mq.wire.websocket import (
     WebSocket,
     WebSocketClosed,
     WebSocketHandshakeError,
+    accept_websocket,
     connect_websocket,
     serve_websockets,
+    upgrade_client,
 )
 
 DEADLINE_SECONDS = 10
@@ -228,3 +230,27 @@ async def test_our_client_against_a_trio_websocket_server() -> None:
                 assert await websocket.get_message() == payload
             await websocket.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_any_trio_stream_works_not_only_tcp() -> None:
+    # The path a TLS stream would take: no socket to read or write directly.
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    big = b"z" * (200 << 10)  # many reads and writes of the memory stream's chunks
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            server_side: list[WebSocket] = []
+
+            async def accept() -> None:
+                websocket = await accept_websocket(server_stream)
+                assert websocket is not None
+                server_side.append(websocket)
+                await echo(websocket)
+
+            nursery.start_soon(accept)
+            client = await upgrade_client(client_stream, "memory")
+            for payload in (b"hello", big):
+                await client.send_message(payload)
+                assert await client.get_message() == payload
+            await client.aclose()
+    assert server_side[0].closed is not None
+    assert server_side[0].closed.code == NORMAL_CLOSURE
