@@ -54,14 +54,21 @@ class Connections:
         if held is not None:
             held[1].cancel()
 
+    def close(self) -> None:
+        for address in list(self._open):
+            self.drop(address)
+
     async def _hold(
         self,
         address: str,
         *,
         task_status: trio.TaskStatus[tuple[RpcConnection, trio.CancelScope]],
     ) -> None:
-        with trio.CancelScope() as scope:
-            async with connect(address, NODE_CODEC, self.cluster_id, self.name) as connection:
+        async with connect(address, NODE_CODEC, self.cluster_id, self.name) as connection:
+            # Once open, a connection stays until dropped or the client closes, even while the
+            # code around the client is being cancelled: the client's last words (a consumer's
+            # final offset commit) still go out on it instead of waiting for a new one.
+            with trio.CancelScope(shield=True) as scope:
                 task_status.started((connection, scope))
                 await trio.sleep_forever()
 
@@ -187,6 +194,8 @@ class RoutedClient:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
+        assert self._connections is not None
+        self._connections.close()
         self.nursery.cancel_scope.cancel()
         return await self._nursery_manager.__aexit__(kind, value, traceback)
 

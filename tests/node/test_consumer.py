@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import trio
 
 from dledger_mq.clients import Consumer, Producer
+from dledger_mq.clients import consumer as consumer_module
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import BadRequest
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
@@ -273,3 +275,40 @@ async def test_a_fifo_queue_moves_to_a_new_consumer_only_after_the_old_one_lets_
                 second = await new.__anext__()
                 assert second.body == b"1"
                 await second.ack()
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_a_consumer_stopped_by_cancellation_still_commits_what_was_acknowledged(
+    cluster: ProcessCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The usual way to stop a Trio consumer is to cancel the scope around it, from outside,
+    # here while messages still stream in. Its connections must outlive that cancellation long
+    # enough for the final commit. No periodic commit: only the final one records the acks.
+    monkeypatch.setattr(consumer_module, "COMMIT_SECONDS", 3600.0)
+    leader = (await cluster.wait_for_leader()).node_id
+    naming = list(cluster.naming.values())
+    acked: list[int] = []
+    enough_acked = trio.Event()
+
+    async def produce_forever() -> None:
+        async with Producer(naming=naming) as producer:
+            for number in itertools.count():
+                await producer.send("orders", b"%d" % number)
+
+    async def consume_until_cancelled() -> None:
+        async with Consumer(naming=naming, group="cancelled", topic="orders") as consumer:
+            async for message in consumer:
+                await message.ack()
+                acked.append(int(message.body))
+                if len(acked) == 30:
+                    enough_acked.set()
+
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce_forever)
+            nursery.start_soon(consume_until_cancelled)
+            await enough_acked.wait()
+            nursery.cancel_scope.cancel()
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        described = await admin.describe_group("cancelled", "orders")
+    assert sum(max(queue.committed_offset, 0) for queue in described.queues) == len(acked)

@@ -1,0 +1,51 @@
+"""A client's held connections outlive the cancellation of the code around the client, so that
+its last words (a consumer's final offset commit) still go out; the client's close ends them."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from dledger_mq.clients.routing import Connections
+from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
+from dledger_mq.wire.rpc import serve_requests
+from dledger_mq.wire.websocket import WebSocket, serve_websockets
+
+DEADLINE_SECONDS = 10
+
+
+async def test_shielded_last_words_go_out_after_the_scope_around_is_cancelled() -> None:
+    release = trio.Event()
+
+    async def answer_when_released(message: object) -> object:
+        assert isinstance(message, ProposeRequest)
+        await release.wait()
+        return ProposeReply(int(message.data))
+
+    async def handler(websocket: WebSocket) -> None:
+        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", answer_when_released)
+
+    replies: list[int] = []
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as server:
+            port = await server.start(serve_websockets, handler, "127.0.0.1", 0)
+            with trio.CancelScope() as around_the_client:
+                async with trio.open_nursery() as client:
+                    connections = Connections(client, "local", "test")
+                    connection = await connections.get(f"127.0.0.1:{port}")
+                    around_the_client.cancel()
+                    with trio.CancelScope(shield=True):
+                        async with trio.open_nursery() as last_words:
+
+                            async def ask() -> None:
+                                reply = await connection.request(ProposeRequest(b"7"))
+                                replies.append(reply.index)
+
+                            last_words.start_soon(ask)
+                            # Every task that the cancellation reaches has seen it by now.
+                            await trio.testing.wait_all_tasks_blocked()
+                            release.set()
+                    connections.close()
+            assert around_the_client.cancelled_caught
+            server.cancel_scope.cancel()
+    assert replies == [7]
