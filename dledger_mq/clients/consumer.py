@@ -17,6 +17,7 @@ log in batches; a message not acknowledged before a failover or a rebalance is d
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
@@ -25,7 +26,7 @@ import attrs
 import trio
 
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
-from dledger_mq.errors import BadRequest, TopicNotFound
+from dledger_mq.errors import BadRequest, DledgerError, TopicNotFound
 from dledger_mq.wire.broker import (
     CommitOffsetsReply,
     CommitOffsetsRequest,
@@ -41,6 +42,8 @@ from dledger_mq.wire.broker import (
 
 HEARTBEAT_SECONDS = 1.0
 COMMIT_SECONDS = 0.2
+#: The longest a closing consumer spends on its final offset commit.
+FINAL_COMMIT_SECONDS = 2.0
 LONG_POLL_MS = 1000
 PULL_BATCH = 64
 
@@ -155,10 +158,17 @@ class Consumer(RoutedClient):
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        # Commit what was acknowledged before leaving, so that the next owner starts there.
-        with trio.move_on_after(2) as scope:
-            scope.shield = True
-            await self._commit()
+        # Commit what was acknowledged before leaving, so that the next owner starts there: at
+        # most FINAL_COMMIT_SECONDS, and best effort (what is not committed is delivered again).
+        # The connections must be closed whatever happens: they outlive cancellation.
+        try:
+            with trio.move_on_after(FINAL_COMMIT_SECONDS) as scope:
+                scope.shield = True
+                with contextlib.suppress(DledgerError):
+                    await self._commit()
+        except BaseException:
+            await self._close(kind, value, traceback)
+            raise
         return await self._close(kind, value, traceback)
 
     def __aiter__(self) -> Consumer:

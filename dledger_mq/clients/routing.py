@@ -36,17 +36,31 @@ def naming_addresses(naming: str | Sequence[str]) -> list[str]:
 
 
 class Connections:
-    """One long-lived connection per node address, each held open by a task of ``nursery``."""
+    """One long-lived connection per node address, each held open by a task of ``nursery``.
+
+    Once open, a connection stays until dropped or closed, even while the code around the
+    client is being cancelled: the client's last words (a consumer's final offset commit) still
+    go out on it. Such a task is shielded from that cancellation, so ``close`` must reach every
+    one of them — also one whose ``get`` was given up on, or that lost a race to another.
+    """
 
     def __init__(self, nursery: trio.Nursery, cluster_id: str, name: str) -> None:
         self.nursery = nursery
         self.cluster_id = cluster_id
         self.name = name
         self._open: dict[str, tuple[RpcConnection, trio.CancelScope]] = {}
+        self._held: set[trio.CancelScope] = set()
+        self._closed = False
 
     async def get(self, address: str) -> RpcConnection:
+        if self._closed:
+            raise Unavailable("the client is closed")
         if address not in self._open:
-            self._open[address] = await self.nursery.start(self._hold, address)
+            held = await self.nursery.start(self._hold, address)
+            if address in self._open:
+                held[1].cancel()  # another caller connected meanwhile: keep one
+            else:
+                self._open[address] = held
         return self._open[address][0]
 
     def drop(self, address: str) -> None:
@@ -55,8 +69,10 @@ class Connections:
             held[1].cancel()
 
     def close(self) -> None:
-        for address in list(self._open):
-            self.drop(address)
+        self._closed = True
+        self._open.clear()
+        for scope in list(self._held):
+            scope.cancel()
 
     async def _hold(
         self,
@@ -65,12 +81,13 @@ class Connections:
         task_status: trio.TaskStatus[tuple[RpcConnection, trio.CancelScope]],
     ) -> None:
         async with connect(address, NODE_CODEC, self.cluster_id, self.name) as connection:
-            # Once open, a connection stays until dropped or the client closes, even while the
-            # code around the client is being cancelled: the client's last words (a consumer's
-            # final offset commit) still go out on it instead of waiting for a new one.
-            with trio.CancelScope(shield=True) as scope:
-                task_status.started((connection, scope))
-                await trio.sleep_forever()
+            with trio.CancelScope(shield=not self._closed) as scope:
+                self._held.add(scope)
+                try:
+                    task_status.started((connection, scope))
+                    await trio.sleep_forever()
+                finally:
+                    self._held.discard(scope)
 
 
 class Routes:

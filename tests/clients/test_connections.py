@@ -3,10 +3,12 @@ its last words (a consumer's final offset commit) still go out; the client's clo
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from dledger_mq.clients.routing import Connections
+from dledger_mq.errors import Unavailable
 from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
 from dledger_mq.wire.rpc import serve_requests
 from dledger_mq.wire.websocket import WebSocket, serve_websockets
@@ -49,3 +51,42 @@ async def test_shielded_last_words_go_out_after_the_scope_around_is_cancelled() 
             assert around_the_client.cancelled_caught
             server.cancel_scope.cancel()
     assert replies == [7]
+
+
+async def test_racing_gets_keep_one_connection_and_close_ends_every_held_one() -> None:
+    async def echo_number(message: object) -> object:
+        assert isinstance(message, ProposeRequest)
+        return ProposeReply(int(message.data))
+
+    async def handler(websocket: WebSocket) -> None:
+        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", echo_number)
+
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as server:
+            port = await server.start(serve_websockets, handler, "127.0.0.1", 0)
+            address = f"127.0.0.1:{port}"
+            with trio.CancelScope() as around_the_client:
+                async with trio.open_nursery() as client:
+                    connections = Connections(client, "local", "test")
+                    got = []
+
+                    async def get() -> None:
+                        got.append(await connections.get(address))
+
+                    async with trio.open_nursery() as racers:
+                        for _ in range(3):
+                            racers.start_soon(get)
+                    assert len({id(connection) for connection in got}) == 1
+                    await trio.testing.wait_all_tasks_blocked()
+                    # The losers' connections are closed: one task holds one connection.
+                    assert len(client.child_tasks) == 1
+                    around_the_client.cancel()
+                    # Shielded from that cancellation; only close() ends it, and then the
+                    # client's nursery can finish.
+                    with trio.CancelScope(shield=True):
+                        await trio.testing.wait_all_tasks_blocked()
+                        assert len(client.child_tasks) == 1
+                        connections.close()
+                        with pytest.raises(Unavailable):
+                            await connections.get(address)
+            server.cancel_scope.cancel()
