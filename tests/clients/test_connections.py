@@ -9,9 +9,8 @@ import trio.testing
 
 from dledger_mq.clients.routing import Connections
 from dledger_mq.errors import Unavailable
-from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
-from dledger_mq.wire.rpc import serve_requests
-from dledger_mq.wire.websocket import WebSocket, serve_websockets
+from dledger_mq.wire.admin import ProposeReply, ProposeRequest
+from tests.wire.rpc_server import serve_admin_requests
 
 DEADLINE_SECONDS = 10
 
@@ -24,17 +23,14 @@ async def test_shielded_last_words_go_out_after_the_scope_around_is_cancelled() 
         await release.wait()
         return ProposeReply(int(message.data))
 
-    async def handler(websocket: WebSocket) -> None:
-        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", answer_when_released)
-
     replies: list[int] = []
     with trio.fail_after(DEADLINE_SECONDS):
         async with trio.open_nursery() as server:
-            port = await server.start(serve_websockets, handler, "127.0.0.1", 0)
+            address = await serve_admin_requests(server, answer_when_released)
             with trio.CancelScope() as around_the_client:
                 async with trio.open_nursery() as client:
                     connections = Connections(client, "local", "test")
-                    connection = await connections.get(f"127.0.0.1:{port}")
+                    connection = await connections.get(address)
                     around_the_client.cancel()
                     with trio.CancelScope(shield=True):
                         async with trio.open_nursery() as last_words:
@@ -58,13 +54,9 @@ async def test_racing_gets_keep_one_connection_and_close_ends_every_held_one() -
         assert isinstance(message, ProposeRequest)
         return ProposeReply(int(message.data))
 
-    async def handler(websocket: WebSocket) -> None:
-        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", echo_number)
-
     with trio.fail_after(DEADLINE_SECONDS):
         async with trio.open_nursery() as server:
-            port = await server.start(serve_websockets, handler, "127.0.0.1", 0)
-            address = f"127.0.0.1:{port}"
+            address = await serve_admin_requests(server, echo_number)
             with trio.CancelScope() as around_the_client:
                 async with trio.open_nursery() as client:
                     connections = Connections(client, "local", "test")

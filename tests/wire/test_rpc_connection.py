@@ -10,8 +10,8 @@ import trio.testing
 from dledger_mq.errors import InternalError, Unavailable
 from dledger_mq.wire import rpc
 from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest
-from dledger_mq.wire.rpc import connect, serve_requests
-from dledger_mq.wire.websocket import WebSocket, serve_websockets
+from dledger_mq.wire.rpc import connect
+from tests.wire.rpc_server import serve_admin_requests
 
 DEADLINE_SECONDS = 10
 
@@ -28,11 +28,7 @@ async def answer_after_a_while(message: object) -> object:
 
 
 async def start_server(nursery: trio.Nursery) -> str:
-    async def handler(websocket: WebSocket) -> None:
-        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", answer_after_a_while)
-
-    port = await nursery.start(serve_websockets, handler, "127.0.0.1", 0)
-    return f"127.0.0.1:{port}"
+    return await serve_admin_requests(nursery, answer_after_a_while)
 
 
 async def test_concurrent_requests_each_get_their_own_reply() -> None:
@@ -96,14 +92,11 @@ async def test_a_client_that_pipelines_without_end_meets_the_in_flight_limit(
         running -= 1
         return ProposeReply(int(message.data))
 
-    async def handler(websocket: WebSocket) -> None:
-        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", wait_for_release)
-
     replies: list[int] = []
     with trio.fail_after(DEADLINE_SECONDS):
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_websockets, handler, "127.0.0.1", 0)
-            async with connect(f"127.0.0.1:{port}", ADMIN_CODEC, "local", "test") as connection:
+            address = await serve_admin_requests(nursery, wait_for_release)
+            async with connect(address, ADMIN_CODEC, "local", "test") as connection:
 
                 async def ask(number: int) -> None:
                     reply = await connection.request(ProposeRequest(b"%d" % number))
