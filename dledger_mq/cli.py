@@ -776,7 +776,7 @@ def bench_transport(seconds: float) -> None:
     click.echo(run(seconds, lambda text: click.echo(text, err=True)))
 
 
-def _sdk_bench_options(function: F) -> F:
+def _sdk_bench_options(function: F, batch: int = 64) -> F:
     for option in (
         click.option("--dir", "directory", type=click.Path(file_okay=False), default=None),
         click.option(
@@ -789,7 +789,7 @@ def _sdk_bench_options(function: F) -> F:
         click.option(
             "--batch",
             type=click.IntRange(min=1),
-            default=64,
+            default=batch,
             show_default=True,
             help="Messages per send_batch.",
         ),
@@ -807,7 +807,7 @@ def _sdk_bench_options(function: F) -> F:
 
 
 @bench.command("produce")
-@_sdk_bench_options
+@functools.partial(_sdk_bench_options, batch=256)
 @click.option(
     "--kills",
     type=click.IntRange(min=0),
