@@ -174,13 +174,7 @@ async def _connect_tcp(port: int) -> trio.SocketStream:
 
 
 async def _wait_listening(port: int) -> None:
-    with trio.fail_after(10):
-        while True:
-            try:
-                await (await trio.open_tcp_stream("127.0.0.1", port)).aclose()
-                return
-            except OSError:
-                await trio.sleep(0.05)
+    await (await _connect_tcp(port)).aclose()
 
 
 async def _messages_case(name: str, connection: _Messages, seconds: float) -> TransportResult:
