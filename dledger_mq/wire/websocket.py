@@ -120,12 +120,8 @@ class WebSocket:
         """Send a close frame (if still open) and close the socket; never raises."""
         if self._closed is None:
             self._closed = WebSocketClosed(code, reason)
-            try:
-                data = self._protocol.send(CloseConnection(code=code, reason=reason))
-                with trio.move_on_after(1):
-                    await self._send(data)
-            except (WebSocketClosed, ProtocolError, h11.ProtocolError):
-                pass
+            with trio.move_on_after(1):
+                await self._send_quietly(CloseConnection(code=code, reason=reason))
         await trio.aclose_forcefully(self.stream)
 
     # -- reading ------------------------------------------------------------------------------
