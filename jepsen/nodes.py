@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from dledger_mq.bench.raft_bench import free_ports, members_on_free_ports
+from dledger_mq.bench.raft_bench import cluster_on_free_ports
 from dledger_mq.node.config import Member, parse_config, render_config
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
 from dledger_mq.node.local_cluster import fetch_all, start_node, stop_processes
@@ -44,11 +44,8 @@ class Nodes:
 
     def __init__(self, root: Path, size: int, harness_options: list[str]) -> None:
         self.root = root
-        self.members: dict[str, Member] = members_on_free_ports(size)
-        self.naming = {
-            node_id: f"127.0.0.1:{port}"
-            for node_id, port in zip(self.members, free_ports(size), strict=True)
-        }
+        self.members: dict[str, Member]
+        self.members, self.naming = cluster_on_free_ports(size, with_naming=True)
         self.harness_options = harness_options
         self.nodes: dict[str, NodeProcess] = {}
 

@@ -43,6 +43,8 @@ REQUEST_TIMEOUT_SECONDS = 2.0
 
 
 def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports the kernel considers free now: all are bound at once before
+    any is released (ports probed one at a time may come back twice)."""
     sockets = []
     for _ in range(count):
         sock = socket.socket()
@@ -54,14 +56,29 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def members_on_free_ports(count: int) -> dict[str, Member]:
-    ports = free_ports(2 * count)
-    return {
-        f"n{number}": Member(
-            peer=f"127.0.0.1:{ports[2 * number - 2]}", client=f"127.0.0.1:{ports[2 * number - 1]}"
+def cluster_on_free_ports(
+    count: int, with_naming: bool = False
+) -> tuple[dict[str, Member], dict[str, str]]:
+    """Members ``n1``..``nCOUNT`` and, ``with_naming``, each one's naming address: every port
+    from one ``free_ports`` call, so that no two of them are the same."""
+    ports = free_ports((3 if with_naming else 2) * count)
+    node_ids = [f"n{number}" for number in range(1, count + 1)]
+    members = {
+        node_id: Member(
+            peer=f"127.0.0.1:{ports[2 * position]}",
+            client=f"127.0.0.1:{ports[2 * position + 1]}",
         )
-        for number in range(1, count + 1)
+        for position, node_id in enumerate(node_ids)
     }
+    naming = (
+        {
+            node_id: f"127.0.0.1:{ports[2 * count + position]}"
+            for position, node_id in enumerate(node_ids)
+        }
+        if with_naming
+        else {}
+    )
+    return members, naming
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -96,16 +113,8 @@ class LocalCluster:
 
     def __init__(self, root: Path, flush: str, with_naming: bool = False) -> None:
         self.root = root
-        self.members = members_on_free_ports(3)
-        #: node id -> the naming node it runs, when ``with_naming``.
-        self.naming = (
-            {
-                node_id: f"127.0.0.1:{port}"
-                for node_id, port in zip(self.members, free_ports(3), strict=True)
-            }
-            if with_naming
-            else {}
-        )
+        #: ``naming``: node id -> the naming node it runs, when ``with_naming``.
+        self.members, self.naming = cluster_on_free_ports(3, with_naming)
         paths = write_configs(root, self.members, flush, self.naming)
         self.paths = dict(zip(self.members, paths, strict=True))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from dledger_mq.bench.raft_bench import cluster_on_free_ports
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader, Unavailable
 from dledger_mq.node.config import NodeConfig, parse_config, render_config
@@ -40,14 +40,6 @@ POLL_SECONDS = 0.05
 CLUSTER_ID = "local"
 
 Statuses = dict[str, StatusReply | None]
-
-
-def free_port() -> int:
-    """A port the kernel considers free right now (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @attrs.define(eq=False)
@@ -71,14 +63,13 @@ class ProcessCluster:
     ) -> None:
         self.root = root
         node_ids = [f"n{number}" for number in range(1, size + 1)]
+        member_addresses, naming = cluster_on_free_ports(size, with_naming)
         members = {
-            node_id: {"peer": f"127.0.0.1:{free_port()}", "client": f"127.0.0.1:{free_port()}"}
-            for node_id in node_ids
+            node_id: {"peer": member.peer, "client": member.client}
+            for node_id, member in member_addresses.items()
         }
         #: node id -> the naming node it runs, when ``with_naming``.
-        self.naming = (
-            {node_id: f"127.0.0.1:{free_port()}" for node_id in node_ids} if with_naming else {}
-        )
+        self.naming = naming
         self.nodes: dict[str, NodeProcess] = {}
         for node_id in node_ids:
             directory = root / node_id
