@@ -30,13 +30,10 @@ import trio
 
 from dledger_mq.clients.admin import AdminConnection, connect_admin
 from dledger_mq.errors import DledgerError, NotLeader
+from dledger_mq.node.cluster_layout import write_configs
+from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member
-from dledger_mq.node.local_cluster import (
-    fetch_all,
-    start_node,
-    stop_processes,
-    write_configs,
-)
+from dledger_mq.node.processes import start_node, stop_processes
 
 ENTRY_BYTES = 100
 REQUEST_TIMEOUT_SECONDS = 2.0

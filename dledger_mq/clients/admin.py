@@ -67,7 +67,10 @@ class AdminConnection:
         )
         return reply
 
-    async def update_topic(self, name: str, queue_count: int, fifo: bool = False) -> TopicInfo:
+    async def update_topic(
+        self, name: str, queue_count: int | None = None, fifo: bool | None = None
+    ) -> TopicInfo:
+        """Change what is given; None keeps the topic's queue count or FIFO flag as it is."""
         reply: TopicChangedReply = await self.connection.request(
             UpdateTopicRequest(name, queue_count, fifo)
         )

@@ -208,6 +208,9 @@ class Consumer(RoutedClient):
                 reply = await self._call(heartbeat)
             except TopicNotFound:
                 queue_ids: tuple[int, ...] = ()  # not created yet: wait for the first send
+                self.stalls.note(
+                    f"topic {self.topic!r}", "it does not exist yet (the first send creates it)"
+                )
             else:
                 assert isinstance(reply, ConsumerHeartbeatReply)
                 queue_ids = reply.queue_ids

@@ -8,20 +8,82 @@ answer's leader address is followed at once, and a broken connection or an unkno
 the producer ask naming again, with jittered backoff. Every message carries this producer's id
 and a sequence number, so a send retried across a failover is stored once and its receipt names
 the original. No timeout arguments: bound a call with a Trio cancel scope.
+
+The broker remembers only the last ``idempotence_window`` sequences of a producer (its route
+says how many); a retry of an older one could not be told from a new message and is refused.
+So the producer keeps the span of its sequences in flight, from the oldest not yet answered to
+the newest sent, within that window: a send that would widen it further waits (it does not
+fail) until older sends are answered, however many calls are made at once.
 """
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
+import attrs
+import trio
+
 from dledger_mq.clients.routing import RoutedClient
+from dledger_mq.errors import BadRequest
 from dledger_mq.wire.broker import OutgoingMessage, Receipt, SendReply, SendRequest
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.rpc import raise_error_reply
+
+
+class SequenceWindow:
+    """The sequences of one producer that are in flight, and the wait that keeps their span
+    within the broker's idempotence window.
+
+    Invariant: ``newest sent - oldest in flight < window``, so every sequence in flight, and
+    hence every retry, is still one the broker remembers. Sends are admitted in call order
+    (``trio.Lock`` is fair): a large batch that waits is not overtaken by small sends.
+    """
+
+    def __init__(self) -> None:
+        self._next = 1
+        #: First sequences of the sends in flight (a min-heap), and those since answered.
+        self._in_flight: list[int] = []
+        self._done: set[int] = set()
+        self._admission = trio.Lock()
+        self._released = trio.Event()
+
+    @property
+    def oldest_in_flight(self) -> int:
+        while self._in_flight and self._in_flight[0] in self._done:
+            self._done.discard(heapq.heappop(self._in_flight))
+        return self._in_flight[0] if self._in_flight else self._next
+
+    @property
+    def span(self) -> int:
+        """Sequences from the oldest in flight to the newest sent (0 when none is in flight)."""
+        return self._next - self.oldest_in_flight
+
+    async def acquire(self, count: int, window: int) -> int:
+        """The first of ``count`` consecutive sequences, once sending them keeps the span
+        within ``window``."""
+        if count > window:
+            raise BadRequest(
+                f"a batch of {count} messages exceeds the broker's idempotence window of "
+                f"{window}: a retry of it could not be deduplicated; send smaller batches"
+            )
+        async with self._admission:
+            while self._next + count - 1 - self.oldest_in_flight >= window:
+                released = self._released
+                await released.wait()
+            first = self._next
+            self._next += count
+            heapq.heappush(self._in_flight, first)
+            return first
+
+    def release(self, first: int) -> None:
+        """The send that took ``first`` is answered (or given up): it is never retried."""
+        self._done.add(first)
+        self._released.set()
+        self._released = trio.Event()
 
 
 class Producer(RoutedClient):
@@ -34,7 +96,7 @@ class Producer(RoutedClient):
     ) -> None:
         self.producer_id = uuid.uuid4().hex if idempotent else None
         super().__init__(naming, cluster_id, f"producer-{self.producer_id}")
-        self._sequences = itertools.count(1)
+        self.sequences = SequenceWindow()
 
     async def __aenter__(self) -> Producer:
         await self._open()
@@ -94,11 +156,25 @@ class Producer(RoutedClient):
             properties=dict(properties or {}),
             sharding_key=sharding_key,
             producer_id=self.producer_id,
-            sequence=next(self._sequences) if self.producer_id else None,
             born_timestamp_ms=int(time.time() * 1000),
         )
 
     async def _send(self, topic: str, messages: list[OutgoingMessage]) -> list[Receipt]:
+        if self.producer_id is None:
+            return await self._send_once(topic, messages)
+        self._client_open()
+        window = (await self.routes.route(topic)).idempotence_window
+        first = await self.sequences.acquire(len(messages), window)
+        try:
+            numbered = [
+                attrs.evolve(message, sequence=first + position)
+                for position, message in enumerate(messages)
+            ]
+            return await self._send_once(topic, numbered)
+        finally:
+            self.sequences.release(first)
+
+    async def _send_once(self, topic: str, messages: list[OutgoingMessage]) -> list[Receipt]:
         reply = await self.call_leader(topic, SendRequest(tuple(messages)))
         assert isinstance(reply, SendReply)
         for receipt in reply.receipts:

@@ -7,11 +7,14 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
+import attrs
 import trio
 
 from dledger_mq.clients.naming import connect_naming
 from dledger_mq.errors import BadRequest, DledgerError, NotLeader, Unavailable
+from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import NODE_CODEC
+from dledger_mq.wire.naming import GroupRoute, TopicRoute
 from dledger_mq.wire.rpc import RpcConnection, connect
 
 #: A cached route is asked for again after this long, leader change or not.
@@ -32,6 +35,11 @@ def naming_addresses(naming: str | Sequence[str]) -> list[str]:
     addresses = [item.strip() for item in items if item.strip()]
     if not addresses:
         raise BadRequest("at least one naming address is needed")
+    for address in addresses:
+        try:
+            Address.parse(address)
+        except ValueError as error:
+            raise BadRequest(f"naming address: {error}") from None
     return addresses
 
 
@@ -90,62 +98,130 @@ class Connections:
                     self._held.discard(scope)
 
 
+@attrs.define
+class Stall:
+    """What a client has been waiting for, since when, and why: a call that cannot complete
+    yet (no route, no leader, a node that does not answer). For a CLI or an application to
+    show; the client itself keeps retrying."""
+
+    what: str
+    reason: str
+    since: float
+
+    def describe(self) -> str:
+        return f"waiting for {self.what}: {self.reason}"
+
+
+class Stalls:
+    """The client's current stall, if any: set by a failed attempt, cleared by a success."""
+
+    def __init__(self) -> None:
+        self.current: Stall | None = None
+
+    def note(self, what: str, reason: str) -> None:
+        since = self.current.since if self.current is not None else time.monotonic()
+        self.current = Stall(what, reason, since)
+
+    def clear(self) -> None:
+        self.current = None
+
+
+@attrs.frozen
+class Route:
+    """Where to send what concerns a topic, as naming said."""
+
+    leader_address: str
+    #: The group's idempotence window (see ``Producer``).
+    idempotence_window: int
+
+
 class Routes:
     """Which node leads the group that holds a topic, as naming last said."""
 
-    def __init__(self, naming: list[str], cluster_id: str, rng: random.Random) -> None:
+    def __init__(
+        self, naming: list[str], cluster_id: str, rng: random.Random, stalls: Stalls | None = None
+    ) -> None:
         self.naming = naming
         self.cluster_id = cluster_id
         self.rng = rng
-        self._leader: dict[str, tuple[str, float]] = {}
+        self.stalls = stalls or Stalls()
+        self._routes: dict[str, tuple[Route, float]] = {}
 
-    async def leader_of(self, topic: str) -> str:
-        cached = self._leader.get(topic)
+    async def route(self, topic: str) -> Route:
+        """The topic's route, from the cache or else from naming (asked until it answers)."""
+        cached = self._routes.get(topic)
         if cached is not None and time.monotonic() - cached[1] < ROUTE_REFRESH_SECONDS:
             return cached[0]
         backoff = BACKOFF_MIN_SECONDS
         while True:
-            address = await self._ask_naming(topic)
-            if address is not None:
-                self.follow(topic, address)
-                return address
+            route, problems = await self._ask_naming(topic)
+            if route is not None:
+                self._routes[topic] = (route, time.monotonic())
+                return route
+            self.stalls.note(f"a route to topic {topic!r}", "; ".join(problems))
             await trio.sleep(backoff * (0.5 + self.rng.random()))
             backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
+    async def leader_of(self, topic: str) -> str:
+        return (await self.route(topic)).leader_address
+
     def follow(self, topic: str, address: str) -> None:
-        self._leader[topic] = (address, time.monotonic())
+        """Send to ``address`` from now on (a ``NotLeader`` hint); the group stays the same."""
+        cached = self._routes.get(topic)
+        if cached is not None:
+            self._routes[topic] = (attrs.evolve(cached[0], leader_address=address), cached[1])
 
     def forget(self, topic: str) -> None:
-        self._leader.pop(topic, None)
+        self._routes.pop(topic, None)
 
-    async def _ask_naming(self, topic: str) -> str | None:
-        """The leader address of ``topic``'s group, from whichever naming node answers first.
+    async def _ask_naming(self, topic: str) -> tuple[Route | None, list[str]]:
+        """The route of ``topic``, from whichever naming node answers first with a leader, or
+        None and what each naming node said instead.
 
         All are asked at once: asking them in turn would make a paused or partitioned naming
         node cost a silence timeout before the next one is tried.
         """
-        found: list[str] = []
+        found: list[Route] = []
+        problems: dict[str, str] = {}
         async with trio.open_nursery() as nursery:
             for address in self.naming:
-                nursery.start_soon(self._ask_one, address, topic, found, nursery.cancel_scope)
-        return found[0] if found else None
+                nursery.start_soon(
+                    self._ask_one, address, topic, found, problems, nursery.cancel_scope
+                )
+        if found:
+            return found[0], []
+        return None, [f"{address}: {problems.get(address, '?')}" for address in self.naming]
 
     async def _ask_one(
-        self, address: str, topic: str, found: list[str], done: trio.CancelScope
+        self,
+        address: str,
+        topic: str,
+        found: list[Route],
+        problems: dict[str, str],
+        done: trio.CancelScope,
     ) -> None:
+        problems[address] = f"no answer within {SILENCE_SECONDS:g} s"
         with trio.move_on_after(SILENCE_SECONDS):
             try:
                 async with connect_naming(address, self.cluster_id, "producer") as naming:
                     routes, groups = await naming.routes_and_groups(topic)
-            except DledgerError:
+            except DledgerError as error:
+                problems[address] = str(error).removeprefix(f"cannot reach {address}: ")
                 return
-            leaders = [route.leader_address for route in routes if route.leader_address]
+            candidates: Sequence[TopicRoute | GroupRoute] = routes
             if not routes:
                 # A new topic: any group with a leader can create it on the first send.
-                leaders = [group.leader_address for group in groups if group.leader_address]
-            if leaders:
-                found.append(leaders[0])
+                candidates = groups
+            with_leader = [c for c in candidates if c.leader_address]
+            if with_leader:
+                chosen = with_leader[0]
+                assert chosen.leader_address is not None
+                found.append(Route(chosen.leader_address, chosen.idempotence_window))
                 done.cancel()
+            elif candidates:
+                problems[address] = f"group {candidates[0].group} has no leader right now"
+            else:
+                problems[address] = "no broker group is registered"
 
 
 async def call_leader(
@@ -163,22 +239,31 @@ async def call_leader(
     after a jittered backoff. Other errors are the caller's.
     """
     backoff = BACKOFF_MIN_SECONDS
+    stalls = routes.stalls
+    what = f"the leader of topic {topic!r}"
     while True:
         address = await routes.leader_of(topic)
         try:
             with trio.move_on_after(silence_seconds):
                 connection = await connections.get(address)
-                return await connection.request(request)
-            raise Unavailable(f"{address} did not answer within {silence_seconds} s")
+                reply = await connection.request(request)
+                stalls.clear()
+                return reply
+            raise Unavailable(f"{address} did not answer within {silence_seconds:g} s")
         except NotLeader as error:
             hint = getattr(error, "leader_address", None)
             if hint and hint != address:
                 routes.follow(topic, hint)
                 continue  # the leader is known: go there at once
+            stalls.note(what, f"{address}: {error}")
             routes.forget(topic)
-        except Unavailable:
+        except Unavailable as error:
+            stalls.note(what, str(error))
             connections.drop(address)
             routes.forget(topic)
+        except DledgerError:
+            stalls.clear()  # not a stall: the caller gets the error
+            raise
         await trio.sleep(backoff * (0.5 + rng.random()))
         backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
@@ -189,7 +274,9 @@ class RoutedClient:
 
     def __init__(self, naming: str | Sequence[str], cluster_id: str, name: str) -> None:
         self.rng = random.Random()
-        self.routes = Routes(naming_addresses(naming), cluster_id, self.rng)
+        #: What the client waits for right now, and why (None: nothing stalls).
+        self.stalls = Stalls()
+        self.routes = Routes(naming_addresses(naming), cluster_id, self.rng, self.stalls)
         self.cluster_id = cluster_id
         self.name = name
         self._nursery_manager = trio.open_nursery()
@@ -197,9 +284,7 @@ class RoutedClient:
 
     @property
     def nursery(self) -> trio.Nursery:
-        if self._connections is None:
-            raise BadRequest(f"use the {type(self).__name__.lower()} inside `async with`")
-        return self._connections.nursery
+        return self._client_open().nursery
 
     async def _open(self) -> None:
         nursery = await self._nursery_manager.__aenter__()
@@ -216,12 +301,16 @@ class RoutedClient:
         self.nursery.cancel_scope.cancel()
         return await self._nursery_manager.__aexit__(kind, value, traceback)
 
+    def _client_open(self) -> Connections:
+        if self._connections is None:
+            raise BadRequest(f"use the {type(self).__name__.lower()} inside `async with`")
+        return self._connections
+
     async def call_leader(
         self, topic: str, request: object, silence_seconds: float = SILENCE_SECONDS
     ) -> object:
         """``request`` answered by the leader of ``topic``'s group (see ``call_leader``)."""
-        if self._connections is None:
-            raise BadRequest(f"use the {type(self).__name__.lower()} inside `async with`")
+        connections = self._client_open()
         return await call_leader(
-            self.routes, self._connections, topic, request, self.rng, silence_seconds
+            self.routes, connections, topic, request, self.rng, silence_seconds
         )

@@ -54,6 +54,7 @@ class RouteTable:
                         route.leader_address,
                         route.term,
                         route.replicas,
+                        route.idempotence_window,
                     )
                 )
         return routes
@@ -79,10 +80,13 @@ class RouteTable:
 def _group_route(group: str, replicas: list[BrokerRegistration]) -> GroupRoute:
     leaders = [r for r in replicas if r.role == "leader"]
     leader = max(leaders, key=lambda r: r.term) if leaders else None
+    # The leader's applied settings are the freshest; without one, the most cautious replica's.
+    window = leader.idempotence_window if leader else min(r.idempotence_window for r in replicas)
     return GroupRoute(
         group=group,
         leader_id=leader.node_id if leader else None,
         leader_address=leader.address if leader else None,
         term=max(r.term for r in replicas),
         replicas=tuple(sorted(r.address for r in replicas)),
+        idempotence_window=window,
     )

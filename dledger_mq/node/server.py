@@ -25,7 +25,7 @@ from dledger_mq.broker.state import (
     TopicDeleted,
     TopicUpdated,
 )
-from dledger_mq.errors import BadRequest, DledgerError, NotLeader
+from dledger_mq.errors import BadRequest, DledgerError, NotLeader, TopicNotFound
 from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
@@ -115,8 +115,17 @@ class Node:
         if isinstance(message, CreateTopicRequest):
             return await self.create_topic(message)
         if isinstance(message, UpdateTopicRequest):
+            if not self.replica.is_leader:
+                raise NotLeader(self.replica.core.leader)  # its topics may be behind
+            current = self.state.topic(message.name)
+            if current is None:
+                raise TopicNotFound(message.name)
             result = await self._propose_topic_change(
-                UpdateTopic(message.name, message.queue_count, message.fifo)
+                UpdateTopic(
+                    message.name,
+                    current.queue_count if message.queue_count is None else message.queue_count,
+                    current.fifo if message.fifo is None else message.fifo,
+                )
             )
             assert isinstance(result, TopicUpdated), result
             return TopicChangedReply(self.topic_info(result.topic.name))
@@ -178,6 +187,7 @@ class Node:
             term=core.term,
             address=self.config.me.client,
             topics=self.topics(),
+            idempotence_window=self.state.settings.idempotence_window,
         )
 
     def topics(self) -> tuple[str, ...]:

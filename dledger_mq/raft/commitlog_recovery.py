@@ -36,7 +36,7 @@ from dledger_mq.raft.commitlog_format import (
     record_checksum_matches,
     segment_file_name,
 )
-from dledger_mq.raft.disk import Disk, DiskFile, write_file_atomically
+from dledger_mq.raft.disk import Disk, DiskFile, make_directories, write_file_atomically
 from dledger_mq.raft.messages import HardState
 
 _logger = structlog.get_logger()
@@ -191,7 +191,7 @@ def prepare_directory(disk: Disk, directory: str, *, create: bool) -> None:
     if not disk.exists(directory):
         if not create:
             raise DataDirError(directory, "does not exist")
-        _make_directories(disk, directory)
+        make_directories(disk, directory)
         _initialise(disk, directory)
         return
     if not disk.is_directory(directory):
@@ -216,18 +216,6 @@ def prepare_directory(disk: Disk, directory: str, *, create: bool) -> None:
         raise DataDirError(directory, f"not a dledger-mq log ({META_FILE_NAME}: {version})")
     if version != FORMAT_VERSION:
         raise FormatVersionError(directory, version, FORMAT_VERSION)
-
-
-def _make_directories(disk: Disk, directory: str) -> None:
-    missing: list[str] = []
-    path = directory
-    while not disk.exists(path):
-        missing.append(path)
-        path = posixpath.dirname(path)
-    for path in reversed(missing):
-        disk.make_directory(path)
-        # A directory survives a crash only once its parent's entry for it is durable.
-        disk.fsync_directory(posixpath.dirname(path))
 
 
 def _initialise(disk: Disk, directory: str) -> None:

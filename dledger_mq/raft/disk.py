@@ -11,6 +11,7 @@ Paths are POSIX strings (``"/node1/00000000000000000001.log"``).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import posixpath
 import random
@@ -93,6 +94,22 @@ def write_file_atomically(disk: Disk, path: str, data: bytes) -> None:
         file.close()
     disk.rename(temporary_path, path)
     _fsync(lambda: disk.fsync_directory(posixpath.dirname(path) or "/"), path)
+
+
+def make_directories(disk: Disk, directory: str) -> None:
+    """Create ``directory`` and its missing parents so that they survive a crash: each new
+    directory is durable only once its parent's entry for it is fsynced."""
+    missing: list[str] = []
+    path = posixpath.normpath(directory)
+    while not disk.exists(path):
+        missing.append(path)
+        parent = posixpath.dirname(path) or "."
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        disk.make_directory(path)
+        _fsync(functools.partial(disk.fsync_directory, posixpath.dirname(path) or "."), path)
 
 
 def _fsync(call: Callable[[], None], path: str) -> None:

@@ -98,11 +98,11 @@ class CreateTopicReply:
 
 @attrs.frozen
 class UpdateTopicRequest:
-    """Change a topic's queue count (it can only grow) or FIFO flag."""
+    """Change a topic's queue count (it can only grow) or FIFO flag; None keeps what it is."""
 
     name: str
-    queue_count: int
-    fifo: bool = False
+    queue_count: int | None = None
+    fifo: bool | None = None
 
 
 @attrs.frozen

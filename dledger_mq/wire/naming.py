@@ -22,6 +22,9 @@ class BrokerRegistration:
     term: int
     address: str
     topics: tuple[str, ...]
+    #: The group's idempotence window (replicated broker setting): a producer keeps the span of
+    #: its sequences in flight within it.
+    idempotence_window: int
 
 
 @attrs.frozen
@@ -51,6 +54,8 @@ class TopicRoute:
     term: int
     #: Client addresses of every live replica of the group, the leader included.
     replicas: tuple[str, ...]
+    #: See ``BrokerRegistration.idempotence_window``.
+    idempotence_window: int
 
 
 @attrs.frozen
@@ -62,6 +67,7 @@ class GroupRoute:
     leader_address: str | None
     term: int
     replicas: tuple[str, ...]
+    idempotence_window: int
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +21,7 @@ import trio
 
 from dledger_mq import errors
 from dledger_mq.errors import (
+    BadRequest,
     DledgerError,
     HandshakeRefused,
     InternalError,
@@ -74,6 +76,22 @@ def raise_error_reply(reply: ErrorReply) -> None:
     Exception.__init__(error, reply.message)
     error.retriable = reply.retriable
     raise error
+
+
+def describe_os_error(error: OSError) -> str:
+    """What went wrong, in the words of the system call that failed ("Connection refused"),
+    also when Trio wraps the attempts of one connect in a group."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return os.strerror(cause.errno).lower()
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()  # a failed name lookup's errno is negative
+        if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]
+        else:
+            cause = cause.__cause__
+    return str(error)
 
 
 # -- the server side -----------------------------------------------------------------------------
@@ -252,10 +270,15 @@ async def connect(
 ) -> AsyncIterator[RpcConnection]:
     """Connect to a service's address (HOST:PORT) and shake hands; ``Unavailable`` if it
     cannot be reached, ``HandshakeRefused`` if it is not of our cluster and version."""
-    host_port = Address.parse(address)
+    try:
+        host_port = Address.parse(address)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
     try:
         websocket = await connect_websocket(host_port.host, host_port.port)
-    except (OSError, WebSocketHandshakeError) as error:
+    except OSError as error:
+        raise Unavailable(f"cannot reach {address}: {describe_os_error(error)}") from None
+    except WebSocketHandshakeError as error:
         raise Unavailable(f"cannot reach {address}: {error}") from None
     try:
         hello = Hello(cluster_id, client_name, PROTOCOL_VERSION)

@@ -17,7 +17,12 @@ from dledger_mq.wire.naming import BrokerRegistration, RegisterReply
 
 
 def replica(
-    node: str, role: str, term: int, topics: tuple[str, ...] = ("orders",), group: str = "broker-a"
+    node: str,
+    role: str,
+    term: int,
+    topics: tuple[str, ...] = ("orders",),
+    group: str = "broker-a",
+    idempotence_window: int = 1024,
 ) -> BrokerRegistration:
     return BrokerRegistration(
         group=group,
@@ -26,6 +31,7 @@ def replica(
         term=term,
         address=f"127.0.0.1:{9000 + int(node[1:])}",
         topics=topics,
+        idempotence_window=idempotence_window,
     )
 
 
@@ -51,6 +57,18 @@ def test_a_new_leader_replaces_the_old_one_at_once() -> None:
     [route] = table.routes("orders", now_ms=20)
     assert (route.leader_id, route.leader_address, route.term) == ("n2", "127.0.0.1:9002", 4)
     assert route.replicas == ("127.0.0.1:9001", "127.0.0.1:9002")
+
+
+def test_routes_carry_the_leaders_idempotence_window_or_the_smallest_without_one() -> None:
+    table = RouteTable()
+    table.register(replica("n1", "leader", 2, idempotence_window=2048), now_ms=0)
+    table.register(replica("n2", "follower", 2, idempotence_window=512), now_ms=0)
+    [route] = table.routes("orders", now_ms=1)
+    [group] = table.groups(now_ms=1)
+    assert route.idempotence_window == group.idempotence_window == 2048
+    table.register(replica("n1", "follower", 3, idempotence_window=2048), now_ms=2)
+    [route] = table.routes("orders", now_ms=3)
+    assert route.idempotence_window == 512
 
 
 def test_a_group_without_a_leader_still_has_a_route_without_one() -> None:

@@ -18,7 +18,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader
-from dledger_mq.node.local_cluster import fetch_status
+from dledger_mq.node.cluster_status import fetch_status
 from dledger_mq.raft.transport import PEER_CODEC
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import ADMIN_CODEC

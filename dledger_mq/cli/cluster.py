@@ -1,0 +1,200 @@
+"""`dledger-mq cluster ...`: the local cluster (`up` and its failover lab) and any cluster's
+status and leadership."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+import trio
+
+from dledger_mq.cli.main import (
+    cluster_endpoints,
+    cluster_options,
+    json_option,
+    leader_admin,
+    main,
+    one_line_errors,
+    parse_addresses,
+    root_option,
+)
+from dledger_mq.node.control import Verb
+
+if TYPE_CHECKING:
+    from dledger_mq.node.cluster_status import Probe
+
+
+@main.group()
+def cluster() -> None:
+    """A local cluster (`up` and its failover lab) and any cluster's status and leadership."""
+
+
+@cluster.command("up")
+@root_option
+@click.option(
+    "--nodes",
+    type=click.Choice(["3", "5"]),
+    default=None,
+    help="How many nodes (default 3); only when the cluster is created.",
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(min=1, max=65515),
+    default=None,
+    help="Every port derives from it (default 9876: naming 9876-, clients 9881-, peers "
+    "9891-); only when the cluster is created.",
+)
+@click.option(
+    "--flush",
+    type=click.Choice(["sync", "async"]),
+    default=None,
+    help="sync (default): fsync before acknowledging; only when the cluster is created.",
+)
+@click.option(
+    "--no-restart",
+    is_flag=True,
+    help="Leave a node that dies down instead of restarting it.",
+)
+@one_line_errors
+def cluster_up(
+    root: Path, nodes: str | None, base_port: int | None, flush: str | None, no_restart: bool
+) -> None:
+    """Start a local cluster on 127.0.0.1 and keep it running; Ctrl-C stops it.
+
+    A node that dies is reported and restarted after a back-off (1 s, doubling to 30 s while
+    it keeps dying). From another terminal in the same folder: `cluster status`, and the lab
+    verbs `cluster kill|stop|start|restart|pause|resume NODE` (`leader` for kill, stop,
+    restart and pause). Running it again resumes the same data; a node still running from a
+    `cluster up` that was killed is supervised again, not started twice.
+    """
+    from dledger_mq.node.supervisor import run_cluster_up
+
+    trio.run(
+        run_cluster_up,
+        root,
+        click.echo,
+        None if nodes is None else int(nodes),
+        base_port,
+        flush,
+        not no_restart,
+    )
+
+
+#: Each lab verb: its line in `cluster --help`, and what its own --help adds.
+_LAB_VERBS = {
+    Verb.KILL: ("Kill a node (SIGKILL): a crash.", "It stays down until `cluster start`."),
+    Verb.STOP: ("Stop a node gracefully (SIGTERM).", "It stays down until `cluster start`."),
+    Verb.START: ("Start a node that is down.", "Also one waiting to restart after a crash."),
+    Verb.RESTART: ("Stop a node gracefully and start it again.", ""),
+    Verb.PAUSE: (
+        "Pause a node (SIGSTOP): alive, silent.",
+        "Its connections stay open; `cluster resume` wakes it.",
+    ),
+    Verb.RESUME: ("Resume a paused node (SIGCONT).", ""),
+}
+
+
+def _add_lab_verb(verb: Verb, summary: str, details: str) -> None:
+    from dledger_mq.node.control import LEADER_VERBS
+
+    takes_leader = verb in LEADER_VERBS
+    metavar = "NODE|leader" if takes_leader else "NODE"
+    node_text = (
+        "NODE is a node id (n1) or `leader`, whichever node leads now."
+        if takes_leader
+        else "NODE is a node id (n1)."
+    )
+
+    @cluster.command(
+        verb.value,
+        help=f"{summary} {details}\n\n{node_text} Acts through the `cluster up` running on "
+        "--root; refuses when none runs there.",
+        short_help=summary.rstrip("."),
+    )
+    @click.argument("node", metavar=metavar)
+    @root_option
+    @one_line_errors
+    def lab_verb(node: str, root: Path) -> None:
+        from dledger_mq.node.control import ControlRequest, call_supervisor
+
+        reply = trio.run(call_supervisor, root, ControlRequest(verb, node))
+        click.echo(reply.message)
+
+
+for _verb, (_summary, _details) in _LAB_VERBS.items():
+    _add_lab_verb(_verb, _summary, _details)
+
+
+@cluster.command("status")
+@cluster_options
+@json_option("a list of node objects")
+@one_line_errors
+def cluster_status(endpoints: str | None, root: Path, as_json: bool, cluster_id: str) -> None:
+    """Each node's state (running, paused, restarting, down), role, term, leader, log
+    positions and followers' lag."""
+    from dledger_mq.node.cluster_status import describe_problems, render_table
+
+    objects, problems, supervised = trio.run(_status, endpoints, root, cluster_id)
+    if as_json:
+        click.echo(json.dumps(objects, indent=2))
+    else:
+        click.echo(render_table(objects))
+        if supervised is False:
+            click.echo(
+                f"(no `dledger-mq cluster up` runs in {root}: states come from pid files, and "
+                "a node that dies is not restarted)",
+                err=True,
+            )
+    if all(node["role"] == "unreachable" for node in objects):
+        raise click.ClickException(f"no node reachable: {describe_problems(problems)}")
+
+
+async def _status(
+    endpoints: str | None, root: Path, cluster_id: str
+) -> tuple[list[dict[str, object]], list[Probe], bool | None]:
+    """The node objects, the probes behind them, and whether a supervisor answered (None:
+    not a local cluster)."""
+    from dledger_mq.node.cluster_layout import ClusterLayout
+    from dledger_mq.node.cluster_status import probe_all, status_objects
+    from dledger_mq.node.control import (
+        ControlRequest,
+        SupervisorNotRunning,
+        call_supervisor,
+    )
+    from dledger_mq.node.supervisor import local_node_states
+
+    states: dict[str, dict[str, object]] | None = None
+    supervised: bool | None = None
+    if endpoints:
+        targets = [(address, address) for address in parse_addresses(endpoints, "--endpoints")]
+    else:
+        layout = ClusterLayout.load(root)
+        targets = cluster_endpoints(None, root)
+        if layout is not None:
+            try:
+                reply = await call_supervisor(root, ControlRequest(Verb.STATUS))
+                states = {str(node["id"]): dict(node) for node in reply.nodes}
+                supervised = True
+            except SupervisorNotRunning:
+                states = local_node_states(layout)
+                supervised = False
+    probes = await probe_all(targets, cluster_id)
+    return status_objects(probes, states), probes, supervised
+
+
+@cluster.command("transfer-leader")
+@click.option("--to", "target", required=True, help="Id of the node that should lead.")
+@cluster_options
+@one_line_errors
+def cluster_transfer_leader(
+    target: str, endpoints: str | None, root: Path, cluster_id: str
+) -> None:
+    """Hand leadership to TARGET (it must be an up-to-date member)."""
+
+    async def transfer() -> str:
+        async with leader_admin(endpoints, root, cluster_id) as connection:
+            return await connection.transfer_leader(target)
+
+    click.echo(f"leader is now {trio.run(transfer)}")

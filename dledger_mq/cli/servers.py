@@ -1,0 +1,132 @@
+"""`dledger-mq node` and `dledger-mq naming`: the long-running server processes."""
+
+from __future__ import annotations
+
+import functools
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from dledger_mq.cli.main import main, one_line_errors
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The node's TOML file; the flags below override it.",
+)
+@click.option("--node-id", default=None, help="This node's id (a key of [members]).")
+@click.option("--cluster-id", default=None, help="Peers of another cluster id are refused.")
+@click.option("--data-dir", default=None, help="Where the CommitLog lives.")
+@click.option(
+    "--flush",
+    type=click.Choice(["sync", "async"]),
+    default=None,
+    help="sync (default): fsync before acknowledging; async: fsync on an interval.",
+)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    metavar="ID=PEER,CLIENT",
+    help="A member and its addresses, e.g. n1=127.0.0.1:9891,127.0.0.1:9881; "
+    "repeat for each (replaces [members]).",
+)
+@one_line_errors
+def node(
+    config_path: Path | None,
+    node_id: str | None,
+    cluster_id: str | None,
+    data_dir: str | None,
+    flush: str | None,
+    log_level: str | None,
+    members: tuple[str, ...],
+) -> None:
+    """Run one replica: its Raft group on the CommitLog, peer and client listeners.
+
+    SIGTERM or SIGINT stops it gracefully: it hands leadership to an up-to-date follower,
+    lets the in-flight fsync finish and closes its connections.
+    """
+    from dledger_mq.logs import configure_logging
+    from dledger_mq.node.config import load_config
+    from dledger_mq.node.harness import HarnessOptions
+    from dledger_mq.node.server import run_node
+
+    overrides: dict[str, Any] = {
+        "node_id": node_id,
+        "cluster_id": cluster_id,
+        "data_dir": data_dir,
+        "flush": flush,
+        "log_level": log_level,
+    }
+    if members:
+        table = {}
+        for text in members:
+            member_id, _, addresses = text.partition("=")
+            peer, _, client = addresses.partition(",")
+            table[member_id] = {"peer": peer, "client": client}
+        overrides["members"] = table
+    config = load_config(config_path, overrides)
+    harness = HarnessOptions.from_environment()
+    configure_logging(config.log_level)
+    trio.run(functools.partial(run_node, config, harness=harness))
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9876",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where clients and brokers reach this naming node (WebSocket).",
+)
+@click.option("--cluster-id", default="local", show_default=True)
+@click.option(
+    "--heartbeat-interval-ms",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Brokers' heartbeat; a route expires after three missed.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@one_line_errors
+def naming(listen: str, cluster_id: str, heartbeat_interval_ms: int, log_level: str) -> None:
+    """Run a naming node alone: a route registry brokers register with and clients ask."""
+    from dledger_mq.logs import configure_logging
+    from dledger_mq.naming.server import serve_naming
+    from dledger_mq.wire.address import Address
+
+    try:
+        address = Address.parse(listen)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
+    configure_logging(log_level)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                serve_naming,
+                address.host,
+                address.port,
+                cluster_id,
+                f"naming@{listen}",
+                heartbeat_interval_ms,
+            )
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)

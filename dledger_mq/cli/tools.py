@@ -1,0 +1,292 @@
+"""`dledger-mq demo` and `dledger-mq bench`: demonstrations and benchmarks on throw-away
+clusters."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from dledger_mq.cli.main import main, one_line_errors, sigterm_as_interrupt
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@main.group()
+def demo() -> None:
+    """Short live demonstrations against a throw-away local cluster."""
+
+
+@demo.command("failover")
+@click.option(
+    "--warmup",
+    type=click.FloatRange(min=1),
+    default=5.0,
+    show_default=True,
+    help="Seconds of traffic before the leader is killed.",
+)
+@click.option(
+    "--after",
+    type=click.FloatRange(min=1),
+    default=5.0,
+    show_default=True,
+    help="Seconds of traffic after the kill, before the killed node is restarted.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the temporary cluster lives (default: the system's temporary directory).",
+)
+@one_line_errors
+def demo_failover(warmup: float, after: float, directory: Path | None) -> None:
+    """Kill the leader under a live producer and consumer, and watch nothing get lost.
+
+    Starts three nodes on free ports, sends and consumes through the SDK, SIGKILLs the leader,
+    shows the election and the client following the new leader, restarts the node and ends
+    with a summary. Exits non-zero if an acknowledged message was not consumed.
+    """
+    sigterm_as_interrupt()
+    from dledger_mq.demo import run_failover_demo
+
+    result = trio.run(
+        functools.partial(
+            run_failover_demo, click.echo, warmup_s=warmup, after_kill_s=after, directory=directory
+        )
+    )
+    counts = result.counts
+    click.echo("")
+    click.echo(f"killed leader        {result.killed}; new leader {result.new_leader}")
+    click.echo(f"election             {result.election_s:.2f} s after the kill")
+    click.echo(f"longest send pause   {counts.longest_pause_s:.2f} s (no error reached the app)")
+    click.echo(f"sent / acknowledged  {counts.sent:,} / {counts.acknowledged:,}")
+    click.echo(f"consumed (distinct)  {len(counts.consumed_values):,}")
+    click.echo(f"lost                 {counts.lost}")
+    if counts.lost:
+        raise click.ClickException(f"{counts.lost} acknowledged messages were not consumed")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks whose figures go into docs/benchmarks.md."""
+
+
+@bench.command("log")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write (default: a temporary directory under the current one, removed after).",
+)
+@click.option(
+    "--seconds",
+    type=float,
+    default=1.5,
+    show_default=True,
+    help="Per case for the log; the raw loop beside it runs as long again.",
+)
+@click.option("--count", type=int, default=None, help="Batches per case instead of --seconds.")
+@click.option(
+    "--entry-sizes", default="100,1024", show_default=True, help="Bytes, comma-separated."
+)
+@click.option("--batch-sizes", default="1,16,256", show_default=True, help="Comma-separated.")
+@click.option("--policies", default="sync,async", show_default=True, help="Flush policies.")
+def bench_log(
+    directory: str | None,
+    seconds: float,
+    count: int | None,
+    entry_sizes: str,
+    batch_sizes: str,
+    policies: str,
+) -> None:
+    """CommitLog append throughput and latency beside a raw write+fsync loop, and reads."""
+    from dledger_mq.bench.log_bench import main as bench_log_main
+
+    bench_log_main(
+        directory=directory,
+        seconds=seconds,
+        count=count,
+        entry_sizes=entry_sizes,
+        batch_sizes=batch_sizes,
+        policies=policies,
+    )
+
+
+@bench.command("raft")
+@click.option(
+    "--seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Duration of the one-at-a-time and the pipelined phases each.",
+)
+@click.option(
+    "--window",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Batch requests in flight in the pipelined phase.",
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Entries per request in the pipelined phase.",
+)
+@click.option(
+    "--kills",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Leader kills in the failover phase (0 to skip it).",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the temporary cluster lives (default: the current directory).",
+)
+@one_line_errors
+def bench_raft(seconds: float, window: int, batch: int, kills: int, directory: str | None) -> None:
+    """Committed entries/s and latency through the leader of a local 3-node cluster, and
+    failover time over repeated leader kills."""
+    sigterm_as_interrupt()
+    from dledger_mq.bench.raft_bench import run
+
+    report = trio.run(
+        run, seconds, window, batch, kills, directory, lambda text: click.echo(text, err=True)
+    )
+    click.echo(report)
+
+
+@bench.command("transport")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Per case.")
+@one_line_errors
+def bench_transport(seconds: float) -> None:
+    """Raw Trio TCP, trio-websocket and our WebSocket driver: same frames, two processes."""
+    from dledger_mq.bench.transport_bench import run
+
+    click.echo(run(seconds, lambda text: click.echo(text, err=True)))
+
+
+def _sdk_bench_options(function: F, batch: int = 64) -> F:
+    for option in (
+        click.option("--dir", "directory", type=click.Path(file_okay=False), default=None),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=8,
+            show_default=True,
+            help="send_batch calls in flight.",
+        ),
+        click.option(
+            "--batch",
+            type=click.IntRange(min=1),
+            default=batch,
+            show_default=True,
+            help="Messages per send_batch.",
+        ),
+        click.option(
+            "--size",
+            type=click.IntRange(min=12),
+            default=100,
+            show_default=True,
+            help="Message body bytes.",
+        ),
+        click.option("--seconds", type=float, default=5.0, show_default=True),
+    ):
+        function = option(function)
+    return function
+
+
+@bench.command("produce")
+@functools.partial(_sdk_bench_options, batch=256)
+@click.option(
+    "--kills",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Leader kills during one-at-a-time sends (0 to skip).",
+)
+@one_line_errors
+def bench_produce(
+    seconds: float, size: int, batch: int, concurrency: int, kills: int, directory: str | None
+) -> None:
+    """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
+    how long a leader kill pauses the sends."""
+    sigterm_as_interrupt()
+    from dledger_mq.bench.produce_bench import run
+
+    report = trio.run(
+        run,
+        seconds,
+        size,
+        batch,
+        concurrency,
+        kills,
+        directory,
+        lambda text: click.echo(text, err=True),
+    )
+    click.echo(report)
+
+
+@bench.command("consume")
+@_sdk_bench_options
+@one_line_errors
+def bench_consume(
+    seconds: float, size: int, batch: int, concurrency: int, directory: str | None
+) -> None:
+    """Store messages for --seconds, then time one consumer reading and acking them all."""
+    sigterm_as_interrupt()
+    from dledger_mq.bench.produce_bench import run_consume
+
+    click.echo(
+        trio.run(
+            run_consume,
+            seconds,
+            size,
+            batch,
+            concurrency,
+            directory,
+            lambda text: click.echo(text, err=True),
+        )
+    )
+
+
+@bench.command("e2e")
+@_sdk_bench_options
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Messages/s offered by all producers together (0: as fast as they can).",
+)
+@one_line_errors
+def bench_e2e(
+    seconds: float, size: int, batch: int, concurrency: int, rate: float, directory: str | None
+) -> None:
+    """Producers and a consumer at once: messages/s and send-to-delivery latency."""
+    sigterm_as_interrupt()
+    from dledger_mq.bench.produce_bench import run_e2e
+
+    click.echo(
+        trio.run(
+            run_e2e,
+            seconds,
+            size,
+            batch,
+            concurrency,
+            rate,
+            directory,
+            lambda text: click.echo(text, err=True),
+        )
+    )

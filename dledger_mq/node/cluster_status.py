@@ -1,0 +1,229 @@
+"""Asking nodes how they are: `cluster status`, the status line of `cluster up`, "who leads?".
+
+Every node is asked at once, each within a second; a node that does not answer is reported with
+the reason (connection refused, no answer in time, refused handshake), so that "no leader
+reachable" says why for each endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import trio
+
+from dledger_mq.clients.admin import connect_admin
+from dledger_mq.errors import DledgerError, Unavailable
+from dledger_mq.wire.admin import StatusReply
+
+STATUS_TIMEOUT_SECONDS = 1.0
+#: How long "who leads?" waits while some node answers but none leads (an election).
+LEADER_PATIENCE_SECONDS = 5.0
+#: How long it keeps asking while no node answers at all (a cluster that is down).
+UNREACHABLE_PATIENCE_SECONDS = 1.0
+
+#: (node id, client address, the node's status or why there is none).
+Probe = tuple[str, str, StatusReply | str]
+
+
+async def probe(address: str, cluster_id: str = "local") -> StatusReply | str:
+    """The node's status, or why it gave none within a second."""
+    with trio.move_on_after(STATUS_TIMEOUT_SECONDS):
+        try:
+            async with connect_admin(address, cluster_id) as connection:
+                return await connection.status()
+        except DledgerError as error:
+            return _reason(error, address)
+    return f"no answer within {STATUS_TIMEOUT_SECONDS:g} s"
+
+
+def _reason(error: DledgerError, address: str) -> str:
+    text = str(error)
+    prefix = f"cannot reach {address}: "
+    return text.removeprefix(prefix)
+
+
+async def fetch_status(address: str, cluster_id: str = "local") -> StatusReply | None:
+    """The node's status, or None if it does not answer within a second."""
+    found = await probe(address, cluster_id)
+    return found if isinstance(found, StatusReply) else None
+
+
+async def probe_all(endpoints: list[tuple[str, str]], cluster_id: str = "local") -> list[Probe]:
+    results: dict[str, StatusReply | str] = {}
+
+    async def one(node_id: str, address: str) -> None:
+        results[node_id] = await probe(address, cluster_id)
+
+    async with trio.open_nursery() as nursery:
+        for node_id, address in endpoints:
+            nursery.start_soon(one, node_id, address)
+    return [(node_id, address, results[node_id]) for node_id, address in endpoints]
+
+
+async def fetch_all(
+    endpoints: list[tuple[str, str]], cluster_id: str = "local"
+) -> list[tuple[str, str, StatusReply | None]]:
+    return [
+        (node_id, address, found if isinstance(found, StatusReply) else None)
+        for node_id, address, found in await probe_all(endpoints, cluster_id)
+    ]
+
+
+def leader_of(probes: list[Probe]) -> StatusReply | None:
+    """The node that says it leads, in the highest term, if any."""
+    leaders = [s for _, _, s in probes if isinstance(s, StatusReply) and s.role == "leader"]
+    return max(leaders, key=lambda status: status.term) if leaders else None
+
+
+async def find_leader(
+    endpoints: list[tuple[str, str]],
+    cluster_id: str = "local",
+    patience_seconds: float = LEADER_PATIENCE_SECONDS,
+) -> StatusReply:
+    """The leader's status, waiting a little while an election runs.
+
+    ``Unavailable`` names each endpoint's problem when there is none: after
+    ``patience_seconds`` if some node answers, sooner if none does.
+    """
+    probes: list[Probe] = []
+    started = trio.current_time()
+    with trio.move_on_after(patience_seconds):
+        while True:
+            probes = await probe_all(endpoints, cluster_id)
+            leader = leader_of(probes)
+            if leader is not None:
+                return leader
+            answered = any(isinstance(found, StatusReply) for _, _, found in probes)
+            if not answered and trio.current_time() - started >= UNREACHABLE_PATIENCE_SECONDS:
+                break
+            await trio.sleep(0.05)
+    raise Unavailable(f"no leader reachable: {describe_problems(probes)}")
+
+
+async def find_leader_address(
+    endpoints: list[tuple[str, str]],
+    cluster_id: str = "local",
+    patience_seconds: float = LEADER_PATIENCE_SECONDS,
+) -> str:
+    """The client address of the leader (see ``find_leader``)."""
+    return (await find_leader(endpoints, cluster_id, patience_seconds)).address
+
+
+def describe_problems(probes: list[Probe]) -> str:
+    """Per endpoint, why it is not the leader: "127.0.0.1:9881: connection refused; ..."."""
+    parts = []
+    for _, address, found in probes:
+        if isinstance(found, StatusReply):
+            leader = f"follows {found.leader}" if found.leader else "knows no leader"
+            parts.append(f"{address}: {found.role} in term {found.term}, {leader}")
+        else:
+            parts.append(f"{address}: {found}")
+    return "; ".join(parts) or "no endpoints"
+
+
+def status_objects(
+    probes: list[Probe], states: Mapping[str, Mapping[str, object]] | None = None
+) -> list[dict[str, object]]:
+    """One JSON-ready object per node. ``states`` (node id -> ``state`` and ``pid``) comes from
+    the local cluster's supervisor or pid files; without it a node's state is "unknown"."""
+    objects: list[dict[str, object]] = []
+    for node_id, address, found in probes:
+        known = (states or {}).get(node_id, {})
+        common: dict[str, object] = {
+            "state": known.get("state", "unknown"),
+            "pid": known.get("pid"),
+        }
+        if not isinstance(found, StatusReply):
+            objects.append(
+                {
+                    "id": node_id,
+                    "address": address,
+                    **common,
+                    "role": "unreachable",
+                    "problem": found,
+                    "term": None,
+                    "leader": None,
+                    "last_index": None,
+                    "commit_index": None,
+                    "applied_index": None,
+                    "followers": [],
+                }
+            )
+            continue
+        role = "candidate" if found.role == "pre-candidate" else found.role
+        objects.append(
+            {
+                # The node's own id: endpoints given by address are known only by it.
+                "id": found.node_id,
+                "address": address,
+                **common,
+                "role": role,
+                "problem": None,
+                "term": found.term,
+                "leader": found.leader,
+                "last_index": found.last_index,
+                "commit_index": found.commit_index,
+                "applied_index": found.applied_index,
+                "followers": [
+                    {"id": f.node_id, "match_index": f.match_index, "lag": f.lag}
+                    for f in found.followers
+                ],
+            }
+        )
+    return objects
+
+
+TABLE_COLUMNS = (
+    ("ID", "id"),
+    ("ADDRESS", "address"),
+    ("STATE", "state"),
+    ("PID", "pid"),
+    ("ROLE", "role"),
+    ("TERM", "term"),
+    ("LEADER", "leader"),
+    ("LAST", "last_index"),
+    ("COMMIT", "commit_index"),
+    ("APPLIED", "applied_index"),
+)
+
+
+def render_table(objects: list[dict[str, object]]) -> str:
+    header = tuple(title for title, _ in TABLE_COLUMNS) + ("LAG",)
+    rows: list[tuple[str, ...]] = [header]
+    for node in objects:
+        followers = node["followers"]
+        assert isinstance(followers, list)
+        lag = ",".join(f"{f['id']}={f['lag']}" for f in followers) or "-"
+        rows.append(
+            tuple("-" if node[key] is None else str(node[key]) for _, key in TABLE_COLUMNS) + (lag,)
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines += [f"{node['id']}: {node['problem']}" for node in objects if node.get("problem")]
+    return "\n".join(lines)
+
+
+#: States in which a node is not simply up: the status line shows them instead of the role.
+_NOT_UP = {"starting", "paused", "restarting", "down", "exited"}
+
+
+def summary_line(objects: list[dict[str, object]]) -> str:
+    leaders = [node for node in objects if node["role"] == "leader" and node["state"] != "paused"]
+    parts = [
+        f"{node['id']}:{node['state'] if node['state'] in _NOT_UP else node['role']}"
+        for node in objects
+    ]
+    if leaders:
+        leader = max(leaders, key=lambda node: int(str(node["term"] or 0)))
+        head = f"leader {leader['id']} (term {leader['term']}, commit {leader['commit_index']})"
+    else:
+        head = "no leader yet"
+    return f"{head} | " + " ".join(parts)
+
+
+def dump_json(objects: list[dict[str, object]]) -> str:
+    return json.dumps(objects, indent=2)

@@ -1,0 +1,551 @@
+"""`dledger-mq cluster up`: start the local cluster's nodes and keep them running.
+
+The supervisor starts every node as its own process group, reports each exit in one line and
+restarts a node that died on its own after a back-off (1 s, doubling up to 30 s while it keeps
+dying soon after starting; back to 1 s once it stayed up), so that the cluster survives its own
+nodes. From another terminal the lab verbs (``cluster kill|stop|start|restart|pause|resume``)
+reach it through its control socket (``control.py``); a node taken down by ``kill`` or ``stop``
+stays down until ``start``, so that a demonstration can show two nodes serving alone.
+
+Each node's PID is recorded in ``nN/node.pid`` with the process's start time. A supervisor that
+was itself killed leaves its nodes running; the next ``cluster up`` on the same folder finds
+them through their pid files and supervises them again instead of starting them twice. Ctrl-C
+(SIGINT), SIGTERM or SIGHUP stop every node gracefully.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+import trio
+
+from dledger_mq.errors import BadRequest, DledgerError
+from dledger_mq.node.cluster_layout import (
+    DEFAULT_BASE_PORT,
+    DEFAULT_NODE_COUNT,
+    ClusterLayout,
+    LocalNode,
+)
+from dledger_mq.node.cluster_status import (
+    STATUS_TIMEOUT_SECONDS,
+    leader_of,
+    probe_all,
+    status_objects,
+    summary_line,
+)
+from dledger_mq.node.config import ConfigError
+from dledger_mq.node.control import (
+    LEADER_VERBS,
+    ControlReply,
+    ControlRequest,
+    Verb,
+    hold_supervisor_lock,
+    serve_control,
+)
+from dledger_mq.node.harness import HarnessOptions
+from dledger_mq.node.processes import (
+    PidRecord,
+    node_command,
+    process_is_stopped,
+    read_pid_file,
+    remove_pid_file,
+    signal_group,
+    write_pid_file,
+)
+from dledger_mq.raft.disk import OsDisk, PowerLossDisk, make_directories
+
+#: A graceful stop: the node hands leadership over and finishes its last fsync (about 3 s at
+#: most); after this long it is killed.
+STOP_GRACE_SECONDS = 10.0
+#: How often an adopted node (not our child: no exit notification) is checked.
+ADOPTED_POLL_SECONDS = 0.1
+#: How long `kill leader` and `pause leader` wait for an election that is under way.
+LEADER_WAIT_SECONDS = 3.0
+STATUS_LINE_SECONDS = 1.0
+
+
+class NodeState(enum.Enum):
+    #: Started, not yet answering status requests.
+    STARTING = "starting"
+    RUNNING = "running"
+    #: Stopped by SIGSTOP (``cluster pause``, or by hand): alive, silent.
+    PAUSED = "paused"
+    #: Died on its own; started again when its back-off ends.
+    RESTARTING = "restarting"
+    #: Taken down by ``cluster kill`` or ``cluster stop``; waits for ``cluster start``.
+    DOWN = "down"
+    #: Died on its own under ``--no-restart``; waits for ``cluster start``.
+    EXITED = "exited"
+
+
+@attrs.define
+class RestartBackoff:
+    """How long to wait before restarting a node that died: doubling while it keeps dying
+    within ``stable_seconds`` of starting, reset once it ran longer."""
+
+    first_seconds: float = 1.0
+    max_seconds: float = 30.0
+    stable_seconds: float = 10.0
+    _next_seconds: float | None = None
+
+    def after_exit(self, ran_seconds: float) -> float:
+        if self._next_seconds is None or ran_seconds >= self.stable_seconds:
+            self._next_seconds = self.first_seconds
+        delay = self._next_seconds
+        self._next_seconds = min(delay * 2, self.max_seconds)
+        return delay
+
+    def reset(self) -> None:
+        self._next_seconds = None
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "exited (exit code unknown: an earlier `cluster up` started it)"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+class _Handle:
+    """One running node process: our child, or one adopted from an earlier supervisor."""
+
+    def __init__(
+        self, record: PidRecord, started_at: float, process: trio.Process | None = None
+    ) -> None:
+        self.record = record
+        self.started_at = started_at
+        self.process = process
+        #: Set once the supervisor has handled this process's exit.
+        self.gone = trio.Event()
+        self.returncode: int | None = None
+        self.exit_text = ""
+        #: Whether it has answered a status request yet (until then it is "starting").
+        self.answered = False
+
+    @property
+    def pid(self) -> int:
+        return self.record.pid
+
+    @property
+    def adopted(self) -> bool:
+        return self.process is None
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.returncode is None
+        return self.record.is_running()
+
+    async def wait(self) -> int | None:
+        """The exit code (negative: the signal); None for an adopted process (unknowable)."""
+        if self.process is not None:
+            return await self.process.wait()
+        while self.record.is_running():
+            await trio.sleep(ADOPTED_POLL_SECONDS)
+        return None
+
+    def signal(self, signum: int) -> bool:
+        """Signal the node's process group, only while it surely is still ours."""
+        return self.alive() and signal_group(self.pid, signum)
+
+
+@attrs.define(eq=False)
+class _Node:
+    layout: LocalNode
+    state: NodeState = NodeState.DOWN
+    handle: _Handle | None = None
+    backoff: RestartBackoff = attrs.Factory(RestartBackoff)
+    restart_at: float = 0.0
+    #: Why the current process is being taken down, when a verb does it.
+    taken_down_by: str | None = None
+    #: Set by ``cluster pause`` (where /proc cannot tell a stopped process).
+    paused: bool = False
+    #: Verbs on one node take turns.
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+    #: Set (and replaced) when a verb changes what the node's watcher should do.
+    wake: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def node_id(self) -> str:
+        return self.layout.node_id
+
+    def poke(self) -> None:
+        self.wake.set()
+        self.wake = trio.Event()
+
+    def shown_state(self) -> NodeState:
+        if self.handle is not None and (self.paused or process_is_stopped(self.handle.pid)):
+            return NodeState.PAUSED
+        if self.handle is not None and not self.handle.answered:
+            return NodeState.STARTING
+        return self.state
+
+
+class Supervisor:
+    def __init__(
+        self,
+        layout: ClusterLayout,
+        echo: Callable[[str], None],
+        *,
+        restart: bool = True,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.echo = echo
+        self.restart = restart
+        self.environment = None if environment is None else dict(environment)
+        self.nodes = {node.node_id: _Node(node) for node in layout.nodes}
+        self.stopping = False
+        self.changed = trio.Event()
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start (or adopt) every node, supervise them until SIGINT/SIGTERM/SIGHUP or
+        cancellation, then stop them all gracefully."""
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+                async with trio.open_nursery() as nursery:
+                    for node in self.nodes.values():
+                        await self._adopt_or_start(node)
+                    for node in self.nodes.values():
+                        nursery.start_soon(self._watch, node)
+                    await nursery.start(serve_control, self.layout.root, self.handle)
+                    nursery.start_soon(self._report)
+                    task_status.started()
+                    async for _ in signals:
+                        break
+                    nursery.cancel_scope.cancel()
+            self.echo("stopping...")
+        finally:
+            self.stopping = True
+            with trio.CancelScope(shield=True):
+                await self._stop_all()
+        self.echo("stopped")
+
+    async def _adopt_or_start(self, node: _Node) -> None:
+        record = read_pid_file(node.layout.pid_path)
+        if record is not None and record.is_running():
+            node.handle = _Handle(record, trio.current_time())
+            node.state = NodeState.RUNNING
+            self.echo(f"{node.node_id}: already running (pid {record.pid}); supervising it again")
+            return
+        remove_pid_file(node.layout.pid_path)
+        await self._start(node)
+
+    async def _start(self, node: _Node) -> _Handle:
+        layout = node.layout
+        with open(layout.log_path, "ab") as log_file:
+            process = await trio.lowlevel.open_process(
+                node_command(layout.config_path),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=self.environment,
+                start_new_session=True,  # its own process group: Ctrl-C here reaches only us
+            )
+        record = write_pid_file(layout.pid_path, process.pid) or PidRecord(process.pid, "?")
+        node.handle = _Handle(record, trio.current_time(), process)
+        node.state = NodeState.RUNNING
+        node.paused = False
+        node.poke()
+        self._changed()
+        return node.handle
+
+    async def _watch(self, node: _Node) -> None:
+        """React to the node's exits for as long as the supervisor runs."""
+        while True:
+            handle = node.handle
+            if handle is None:
+                wake = node.wake
+                if node.state is NodeState.RESTARTING:
+                    with trio.move_on_at(node.restart_at):
+                        await wake.wait()
+                    async with node.lock:
+                        due = trio.current_time() >= node.restart_at
+                        if node.handle is None and node.state is NodeState.RESTARTING and due:
+                            handle = await self._start(node)
+                            self.echo(f"{node.node_id}: started again (pid {handle.pid})")
+                else:
+                    await wake.wait()
+                continue
+            returncode = await handle.wait()
+            self._handle_exit(node, handle, returncode)
+
+    def _handle_exit(self, node: _Node, handle: _Handle, returncode: int | None) -> None:
+        node.handle = None
+        node.paused = False
+        remove_pid_file(node.layout.pid_path)
+        handle.returncode = returncode
+        handle.exit_text = describe_exit(returncode)
+        node_id, log_path = node.node_id, node.layout.log_path
+        if node.taken_down_by is not None:
+            node.state = NodeState.DOWN
+            self.echo(f"{node_id}: {node.taken_down_by}; {self._stays_down(node)}")
+            node.taken_down_by = None
+        elif self.stopping:
+            pass
+        elif not self.restart:
+            node.state = NodeState.EXITED
+            self.echo(
+                f"{node_id}: {handle.exit_text}; see {log_path}; not restarted (--no-restart): "
+                f"`dledger-mq cluster start {node_id}` starts it"
+            )
+        else:
+            delay = node.backoff.after_exit(trio.current_time() - handle.started_at)
+            node.state = NodeState.RESTARTING
+            node.restart_at = trio.current_time() + delay
+            self.echo(f"{node_id}: {handle.exit_text}; see {log_path}; restarting in {delay:g} s")
+        handle.gone.set()
+        self._changed()
+
+    async def _stop_all(self) -> None:
+        handles = [node.handle for node in self.nodes.values() if node.handle is not None]
+        for handle in handles:
+            handle.signal(signal.SIGTERM)
+            handle.signal(signal.SIGCONT)  # a paused node must run to stop
+        with trio.move_on_after(STOP_GRACE_SECONDS):
+            async with trio.open_nursery() as nursery:
+                for handle in handles:
+                    nursery.start_soon(handle.wait)
+        for handle in handles:
+            if handle.signal(signal.SIGKILL):
+                await handle.wait()
+        for node in self.nodes.values():
+            if node.handle is not None:
+                remove_pid_file(node.layout.pid_path)
+                node.handle = None
+                node.state = NodeState.DOWN
+
+    # -- what the status line and `cluster status` show ----------------------------------------
+
+    def node_states(self) -> list[dict[str, object]]:
+        return [self.node_states_of(node_id) for node_id in self.nodes]
+
+    def node_states_of(self, node_id: str) -> dict[str, object]:
+        node = self.nodes[node_id]
+        return {
+            "id": node_id,
+            "state": node.shown_state().value,
+            "pid": node.handle.pid if node.handle is not None else None,
+        }
+
+    async def _report(self) -> None:
+        """One line whenever the leader, a role or a node's state changes."""
+        last = ""
+        while True:
+            changed = self.changed
+            states = {str(item["id"]): item for item in self.node_states()}
+            probes = await probe_all(self.layout.endpoints)
+            for node_id, _, found in probes:
+                handle = self.nodes[node_id].handle
+                if handle is not None and not handle.answered and not isinstance(found, str):
+                    handle.answered = True
+                    states[node_id] = self.node_states_of(node_id)
+            line = summary_line(status_objects(probes, states))
+            if line != last:
+                self.echo(line)
+                last = line
+            with trio.move_on_after(STATUS_LINE_SECONDS):
+                await changed.wait()
+
+    # -- the lab verbs ---------------------------------------------------------------------------
+
+    async def handle(self, request: ControlRequest) -> ControlReply:
+        if request.verb is Verb.STATUS:
+            return ControlReply(True, "", tuple(self.node_states()))
+        assert request.node is not None
+        node_id, about = request.node, ""
+        if node_id == "leader":
+            if request.verb not in LEADER_VERBS:
+                raise BadRequest(f"{request.verb.value} takes a node id, not `leader`")
+            node_id = await self._leader_id()
+            about = " (the leader)"
+        node = self.nodes.get(node_id)
+        if node is None:
+            known = ", ".join(self.nodes)
+            raise BadRequest(f"no node {node_id!r} in {self.layout.root} (nodes: {known})")
+        verbs = {
+            Verb.KILL: self._kill,
+            Verb.STOP: self._stop,
+            Verb.START: self._start_verb,
+            Verb.RESTART: self._restart,
+            Verb.PAUSE: self._pause,
+            Verb.RESUME: self._resume,
+        }
+        async with node.lock:
+            message = await verbs[request.verb](node, about)
+        self._changed()
+        return ControlReply(True, message, tuple(self.node_states()))
+
+    async def _leader_id(self) -> str:
+        endpoints = [
+            (node_id, node.layout.client)
+            for node_id, node in self.nodes.items()
+            if node.handle is not None and node.shown_state() is not NodeState.PAUSED
+        ]
+        with trio.move_on_after(LEADER_WAIT_SECONDS):
+            while True:
+                leader = leader_of(await probe_all(endpoints))
+                if leader is not None:
+                    return leader.node_id
+                await trio.sleep(STATUS_TIMEOUT_SECONDS / 10)
+        raise DledgerError(
+            f"no node leads right now (asked {len(endpoints)} running nodes for "
+            f"{LEADER_WAIT_SECONDS:g} s); name a node instead"
+        )
+
+    @staticmethod
+    def _stays_down(node: _Node) -> str:
+        return f"it stays down until `dledger-mq cluster start {node.node_id}`"
+
+    def _not_running(self, node: _Node) -> str:
+        """For kill and stop of a node with no process: a pending restart is called off."""
+        if node.state is NodeState.RESTARTING:
+            node.state = NodeState.DOWN
+            node.poke()
+            return f"{node.node_id} was waiting to restart; {self._stays_down(node)}"
+        return f"{node.node_id} is already {node.state.value}"
+
+    async def _kill(self, node: _Node, about: str) -> str:
+        handle = node.handle
+        if handle is None:
+            return self._not_running(node)
+        node.taken_down_by = "killed by `cluster kill`"
+        handle.signal(signal.SIGKILL)
+        await handle.gone.wait()
+        return f"killed {node.node_id}{about}, pid {handle.pid} (SIGKILL); {self._stays_down(node)}"
+
+    async def _stop(self, node: _Node, about: str) -> str:
+        handle = node.handle
+        if handle is None:
+            return self._not_running(node)
+        node.taken_down_by = "stopped by `cluster stop`"
+        handle.signal(signal.SIGTERM)
+        handle.signal(signal.SIGCONT)  # a paused node must run to stop
+        with trio.move_on_after(STOP_GRACE_SECONDS):
+            await handle.gone.wait()
+        if not handle.gone.is_set():
+            handle.signal(signal.SIGKILL)
+            await handle.gone.wait()
+        return f"stopped {node.node_id}{about} ({handle.exit_text}); {self._stays_down(node)}"
+
+    async def _start_verb(self, node: _Node, about: str) -> str:
+        if node.handle is not None:
+            return f"{node.node_id} is already running (pid {node.handle.pid})"
+        node.backoff.reset()
+        handle = await self._start(node)
+        return f"started {node.node_id} (pid {handle.pid})"
+
+    async def _restart(self, node: _Node, about: str) -> str:
+        stopped = await self._stop(node, about) if node.handle is not None else ""
+        node.backoff.reset()
+        handle = await self._start(node)
+        how = f"{stopped.split(';')[0]}; " if stopped else ""
+        return f"{how}started {node.node_id} again (pid {handle.pid})"
+
+    async def _pause(self, node: _Node, about: str) -> str:
+        handle = node.handle
+        if handle is None:
+            raise BadRequest(f"{node.node_id} is {node.state.value}: only a running node pauses")
+        if node.shown_state() is NodeState.PAUSED:
+            return f"{node.node_id} is already paused"
+        handle.signal(signal.SIGSTOP)
+        node.paused = True
+        return (
+            f"paused {node.node_id}{about}, pid {handle.pid} (SIGSTOP); "
+            f"`dledger-mq cluster resume {node.node_id}` wakes it"
+        )
+
+    async def _resume(self, node: _Node, about: str) -> str:
+        handle = node.handle
+        if handle is None or node.shown_state() is not NodeState.PAUSED:
+            return f"{node.node_id} is not paused ({node.shown_state().value})"
+        handle.signal(signal.SIGCONT)
+        node.paused = False
+        return f"resumed {node.node_id} (pid {handle.pid})"
+
+
+def local_node_states(layout: ClusterLayout) -> dict[str, dict[str, object]]:
+    """Each node's state as its pid file tells, when no supervisor runs: running, paused or
+    down."""
+    states: dict[str, dict[str, object]] = {}
+    for node in layout.nodes:
+        record = read_pid_file(node.pid_path)
+        if record is not None and record.is_running():
+            state = NodeState.PAUSED if process_is_stopped(record.pid) else NodeState.RUNNING
+            states[node.node_id] = {"state": state.value, "pid": record.pid}
+        else:
+            states[node.node_id] = {"state": NodeState.DOWN.value, "pid": None}
+    return states
+
+
+def startup_lines(layout: ClusterLayout) -> list[str]:
+    lines = [
+        f"{node.node_id}: naming {node.naming}, client {node.client}, peer {node.peer}, "
+        f"data {node.data_dir}, log {node.log_path}"
+        for node in layout.nodes
+    ]
+    root = "" if layout.root == Path(".dledger-mq") else f" --root {layout.root}"
+    lines.append(
+        f"Ctrl-C stops all {len(layout.nodes)} nodes. From another terminal in this folder: "
+        f"dledger-mq cluster status{root} | cluster kill leader{root} | "
+        f"cluster start NODE{root} (also stop, restart, pause, resume)"
+    )
+    return lines
+
+
+def _layout_for(root: Path, node_count: int | None, base_port: int | None) -> ClusterLayout:
+    """The cluster under ``root``, or a new one; flags that contradict an existing cluster
+    are refused rather than ignored."""
+    existing = ClusterLayout.load(root)
+    if existing is None:
+        return ClusterLayout.derive(
+            root, node_count or DEFAULT_NODE_COUNT, base_port or DEFAULT_BASE_PORT
+        )
+    afresh = f"(remove {root} to start a new cluster)"
+    if node_count is not None and node_count != len(existing.nodes):
+        raise ConfigError(
+            f"{root} holds a cluster of {len(existing.nodes)} nodes, not {node_count} {afresh}"
+        )
+    if base_port is not None and base_port != existing.base_port:
+        raise ConfigError(
+            f"{root} holds a cluster on base port {existing.base_port}, not {base_port} {afresh}"
+        )
+    return existing
+
+
+async def run_cluster_up(
+    root: Path,
+    echo: Callable[[str], None],
+    node_count: int | None = None,
+    base_port: int | None = None,
+    flush: str | None = None,
+    restart: bool = True,
+) -> None:
+    """``dledger-mq cluster up``: create the cluster under ``root`` unless it exists, then
+    supervise it until a signal stops it."""
+    harness = HarnessOptions.from_environment()
+    # Under the harness's power-loss model the configs go through the same lossy disk as the
+    # nodes' logs: what was not fsynced does not survive a kill.
+    disk = PowerLossDisk() if harness.lose_unsynced else OsDisk()
+    make_directories(disk, str(root))
+    with hold_supervisor_lock(root):
+        layout = _layout_for(root, node_count, base_port)
+        layout.write_configs(flush or "sync", disk)
+        for line in startup_lines(layout):
+            echo(line)
+        await Supervisor(layout, echo, restart=restart).run()
