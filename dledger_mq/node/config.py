@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from dledger_mq.broker.records import DEFAULT_IDEMPOTENCE_WINDOW, MAX_IDEMPOTENCE_WINDOW
 from dledger_mq.errors import BadRequest
 from dledger_mq.raft.commitlog import FlushPolicy
 from dledger_mq.wire.address import Address
@@ -60,6 +61,15 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ConfigError(f"{attribute.name}: must be positive, got {value}")
 
 
+def _at_most(highest: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+        _positive(instance, attribute, value)
+        if value > highest:
+            raise ConfigError(f"{attribute.name}: must be at most {highest}, got {value}")
+
+    return check
+
+
 @attrs.frozen
 class NodeConfig:
     node_id: str
@@ -83,6 +93,10 @@ class NodeConfig:
     auto_create_topics: bool = True
     default_queue_count: int = attrs.field(default=4, validator=_positive)
     max_body_bytes: int = attrs.field(default=4 << 20, validator=_positive)
+    #: Sequences remembered per idempotent producer (producers learn it from their routes).
+    idempotence_window: int = attrs.field(
+        default=DEFAULT_IDEMPOTENCE_WINDOW, validator=_at_most(MAX_IDEMPOTENCE_WINDOW)
+    )
     #: Run a naming node inside this node at this address ("" for none).
     naming_listen: str = ""
     #: Every naming node this replica registers with (and heartbeats to).

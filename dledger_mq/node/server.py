@@ -331,6 +331,7 @@ async def run_node(
                     auto_create_topics=config.auto_create_topics,
                     default_queue_count=config.default_queue_count,
                     max_body_bytes=config.max_body_bytes,
+                    idempotence_window=config.idempotence_window,
                 ),
             )
             transport.deliver = replica.deliver

@@ -198,12 +198,16 @@ class Supervisor:
         *,
         restart: bool = True,
         environment: Mapping[str, str] | None = None,
+        command: Callable[[LocalNode], list[str]] = lambda node: node_command(node.config_path),
+        backoff: Callable[[], RestartBackoff] = RestartBackoff,
     ) -> None:
         self.layout = layout
         self.echo = echo
         self.restart = restart
         self.environment = None if environment is None else dict(environment)
-        self.nodes = {node.node_id: _Node(node) for node in layout.nodes}
+        #: What runs as a node (tests stand a plain process in for it).
+        self.command = command
+        self.nodes = {node.node_id: _Node(node, backoff=backoff()) for node in layout.nodes}
         self.stopping = False
         self.changed = trio.Event()
 
@@ -250,7 +254,7 @@ class Supervisor:
         layout = node.layout
         with open(layout.log_path, "ab") as log_file:
             process = await trio.lowlevel.open_process(
-                node_command(layout.config_path),
+                self.command(layout),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
