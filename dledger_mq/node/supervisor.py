@@ -549,7 +549,10 @@ async def run_cluster_up(
     make_directories(disk, str(root))
     with hold_supervisor_lock(root):
         layout = _layout_for(root, node_count, base_port)
+        created = ClusterLayout.load(root) is None
         layout.write_configs(flush or "sync", disk)
+        what = "a new cluster" if created else "the cluster"
+        echo(f"{what} in {root}: {len(layout.nodes)} nodes, base port {layout.base_port}")
         for line in startup_lines(layout):
             echo(line)
         await Supervisor(layout, echo, restart=restart).run()
