@@ -189,16 +189,16 @@ class ClusterUp:
             return len(leaders) == 1
 
         statuses = await self.wait_until(one_leader, f"a leader other than {exclude}", timeout)
-        [leader] = [
-            s for n, s in statuses.items() if s and s.role == "leader" and n not in exclude
-        ]
+        [leader] = [s for n, s in statuses.items() if s and s.role == "leader" and n not in exclude]
         return leader
 
     async def wait_caught_up(self, node_id: str, index: int) -> StatusReply:
         statuses = await self.wait_until(
-            lambda statuses: (status := statuses.get(node_id)) is not None
-            and status.role == "follower"
-            and status.applied_index >= index,
+            lambda statuses: (
+                (status := statuses.get(node_id)) is not None
+                and status.role == "follower"
+                and status.applied_index >= index
+            ),
             f"{node_id} following and applied up to {index}",
         )
         status = statuses[node_id]

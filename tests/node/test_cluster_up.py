@@ -133,8 +133,8 @@ async def test_a_killed_supervisor_leaves_the_nodes_serving_and_the_next_adopts_
         await up.dledger("send", "orders", "no supervisor", "--naming", up.naming)
 
         up.start()  # `cluster up` again, in the same folder
-        for node_id, pid in before.items():
-            await _until(lambda: f"{node_id}: already running (pid {pid})" in up.output())
+        adopted = [f"{node_id}: already running (pid {pid})" for node_id, pid in before.items()]
+        await _until(lambda: all(line in up.output() for line in adopted))
         second = ClusterUp(tmp_path, base_port=up.base_port)
         refused = await trio.to_thread.run_sync(
             lambda: second.run("cluster", "up", "--base-port", str(up.base_port))

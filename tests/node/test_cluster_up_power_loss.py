@@ -59,22 +59,21 @@ async def test_a_power_cut_under_load_keeps_every_acknowledged_message(tmp_path:
     with cluster_up(tmp_path, environment=POWER_LOSS) as up:
         await up.wait_for_leader()
         naming = up.naming.split(",")
-        async with trio.open_nursery() as nursery:
-            async with Producer(naming=naming) as producer:
+        async with trio.open_nursery() as nursery, Producer(naming=naming) as producer:
 
-                async def send_forever(writer: int) -> None:
-                    for number in range(1_000_000):
-                        body = f"{writer}-{number}".encode()
-                        await producer.send("orders", body)
-                        acknowledged.append(body)
+            async def send_forever(writer: int) -> None:
+                for number in range(1_000_000):
+                    body = f"{writer}-{number}".encode()
+                    await producer.send("orders", body)
+                    acknowledged.append(body)
 
-                for writer in range(4):
-                    nursery.start_soon(send_forever, writer)
-                with trio.fail_after(DEADLINE_SECONDS):
-                    while len(acknowledged) < 300:
-                        await trio.sleep(0.01)
-                power_cut(up)  # in the middle of the sends
-                nursery.cancel_scope.cancel()
+            for writer in range(4):
+                nursery.start_soon(send_forever, writer)
+            with trio.fail_after(DEADLINE_SECONDS):
+                while len(acknowledged) < 300:
+                    await trio.sleep(0.01)
+            power_cut(up)  # in the middle of the sends
+            nursery.cancel_scope.cancel()
 
         up.start()
         stored = await stored_bodies(up, "orders")

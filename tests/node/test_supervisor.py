@@ -287,9 +287,7 @@ async def test_nodes_left_running_by_a_killed_supervisor_are_adopted(tmp_path: P
                 await process.wait()
 
 
-async def test_verbs_name_what_they_refuse(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_verbs_name_what_they_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(supervisor_module, "LEADER_WAIT_SECONDS", 0.2)
     async with supervising(tmp_path):
         with pytest.raises(ControlRefused, match=r"no node 'n9' in .* \(nodes: n1, n2, n3\)"):
@@ -304,9 +302,12 @@ async def test_verbs_name_what_they_refuse(
 
 
 async def test_a_second_supervisor_of_one_folder_is_refused(tmp_path: Path) -> None:
-    with hold_supervisor_lock(tmp_path), pytest.raises(SupervisorAlreadyRunning):
-        with hold_supervisor_lock(tmp_path):
-            pass
+    with (
+        hold_supervisor_lock(tmp_path),
+        pytest.raises(SupervisorAlreadyRunning),
+        hold_supervisor_lock(tmp_path),
+    ):
+        pass
     with hold_supervisor_lock(tmp_path):  # released by the first one's end
         pass
 
