@@ -58,18 +58,28 @@ class Connections:
         self.name = name
         self._open: dict[str, tuple[RpcConnection, trio.CancelScope]] = {}
         self._held: set[trio.CancelScope] = set()
+        #: Addresses being connected to, and the event their connecting sets when done.
+        self._connecting: dict[str, trio.Event] = {}
         self._closed = False
 
     async def get(self, address: str) -> RpcConnection:
-        if self._closed:
-            raise Unavailable("the client is closed")
-        if address not in self._open:
-            held = await self.nursery.start(self._hold, address)
+        """The connection to ``address``, opened by the first caller that needs it while the
+        others wait for it (a thousand sends at once must not open a thousand connections)."""
+        while True:
+            if self._closed:
+                raise Unavailable("the client is closed")
             if address in self._open:
-                held[1].cancel()  # another caller connected meanwhile: keep one
-            else:
-                self._open[address] = held
-        return self._open[address][0]
+                return self._open[address][0]
+            connecting = self._connecting.get(address)
+            if connecting is not None:
+                await connecting.wait()  # then use it, or try in turn if it failed
+                continue
+            connecting = self._connecting[address] = trio.Event()
+            try:
+                self._open[address] = await self.nursery.start(self._hold, address)
+            finally:
+                del self._connecting[address]
+                connecting.set()
 
     def drop(self, address: str) -> None:
         held = self._open.pop(address, None)
@@ -146,12 +156,31 @@ class Routes:
         self.rng = rng
         self.stalls = stalls or Stalls()
         self._routes: dict[str, tuple[Route, float]] = {}
+        #: Topics whose route is being asked for, and the event set when the asking ends.
+        self._asking: dict[str, trio.Event] = {}
 
     async def route(self, topic: str) -> Route:
-        """The topic's route, from the cache or else from naming (asked until it answers)."""
-        cached = self._routes.get(topic)
-        if cached is not None and time.monotonic() - cached[1] < ROUTE_REFRESH_SECONDS:
-            return cached[0]
+        """The topic's route, from the cache or else from naming (asked until it answers).
+
+        One caller asks naming for a topic at a time, the others wait for its answer: many
+        sends that lose their route at once (a failover) must not each ask every naming node.
+        """
+        while True:
+            cached = self._routes.get(topic)
+            if cached is not None and time.monotonic() - cached[1] < ROUTE_REFRESH_SECONDS:
+                return cached[0]
+            asking = self._asking.get(topic)
+            if asking is not None:
+                await asking.wait()
+                continue
+            asking = self._asking[topic] = trio.Event()
+            try:
+                return await self._ask_until_answered(topic)
+            finally:
+                del self._asking[topic]
+                asking.set()
+
+    async def _ask_until_answered(self, topic: str) -> Route:
         backoff = BACKOFF_MIN_SECONDS
         while True:
             route, problems = await self._ask_naming(topic)

@@ -187,7 +187,12 @@ class Node:
             term=core.term,
             address=self.config.me.client,
             topics=self.topics(),
-            idempotence_window=self.state.settings.idempotence_window,
+            # The smaller of what is applied and what this node will make it when it leads: a
+            # producer told the larger one while a smaller one is being applied would be
+            # refused its retries.
+            idempotence_window=min(
+                self.state.settings.idempotence_window, self.config.idempotence_window
+            ),
         )
 
     def topics(self) -> tuple[str, ...]:

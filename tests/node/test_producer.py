@@ -7,7 +7,7 @@ import trio
 
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.clients.producer import Producer
-from dledger_mq.errors import TopicNotFound, Unavailable
+from dledger_mq.errors import BadRequest, TopicNotFound, Unavailable
 from dledger_mq.wire.broker import PullReply, PullRequest, StoredMessage
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
@@ -186,3 +186,105 @@ async def test_messages_up_to_the_body_limit_go_through_and_pulls_stay_bounded(
             pulls.append([message.body for message in reply.messages])
             offset = reply.next_offset
     assert pulls == [[body] for body in bodies]
+
+
+# -- many sends in flight on one producer: the idempotence window is the producer's to keep ------
+
+
+async def stored_once(cluster: ProcessCluster, topic: str, expected: set[bytes]) -> None:
+    """Every expected body is stored, and none twice, as the leader sees the topic."""
+    leader = (await cluster.wait_for_leader()).node_id
+    pulled = await pull_everything(cluster, leader, topic, 4)
+    stored = [m.body for queue in pulled.values() for m in queue]
+    assert len(stored) == len(set(stored)), "a message was stored twice"
+    assert set(stored) == expected, f"{len(expected - set(stored))} missing"
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_eight_concurrent_batches_of_256_to_a_new_topic_are_each_stored_once(
+    cluster: ProcessCluster,
+) -> None:
+    await cluster.wait_for_leader()
+    expected = {f"{batch}-{number}".encode() for batch in range(8) for number in range(256)}
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+
+        async def send(batch: int) -> None:
+            bodies = [f"{batch}-{number}".encode() for number in range(256)]
+            receipts = await producer.send_batch("fresh", bodies)
+            assert len(receipts) == 256 and not any(r.duplicate for r in receipts)
+
+        with trio.fail_after(DEADLINE_SECONDS):
+            async with trio.open_nursery() as nursery:
+                for batch in range(8):
+                    nursery.start_soon(send, batch)
+        assert producer.sequences.span == 0
+    await stored_once(cluster, "fresh", expected)
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_two_thousand_concurrent_sends_on_one_producer_are_each_stored_once(
+    cluster: ProcessCluster,
+) -> None:
+    await cluster.wait_for_leader()
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+        with trio.fail_after(DEADLINE_SECONDS * 2):
+            async with trio.open_nursery() as nursery:
+                for number in range(2000):
+                    nursery.start_soon(producer.send, "fresh", f"m-{number}".encode())
+    await stored_once(cluster, "fresh", {f"m-{number}".encode() for number in range(2000)})
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_concurrent_batches_and_sends_through_a_leader_kill_are_each_stored_once(
+    cluster: ProcessCluster,
+) -> None:
+    old = (await cluster.wait_for_leader()).node_id
+    expected: set[bytes] = set()
+    acknowledged: list[bytes] = []
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+
+        async def batches(writer: int) -> None:
+            for round_number in range(6):
+                bodies = [f"b{writer}-{round_number}-{n}".encode() for n in range(256)]
+                expected.update(bodies)
+                await producer.send_batch("fresh", bodies)
+                acknowledged.extend(bodies)
+
+        async def one_at_a_time(writer: int) -> None:
+            for number in range(40):
+                body = f"s{writer}-{number}".encode()
+                expected.add(body)
+                await producer.send("fresh", body)
+                acknowledged.append(body)
+
+        with trio.fail_after(DEADLINE_SECONDS * 3):
+            async with trio.open_nursery() as nursery:
+                for writer in range(8):
+                    nursery.start_soon(batches, writer)
+                for writer in range(50):
+                    nursery.start_soon(one_at_a_time, writer)
+                while len(acknowledged) < 3000:
+                    await trio.sleep(0.01)
+                cluster.kill(old)  # with sends of both kinds in flight
+                await cluster.wait_for_leader(exclude=[old])
+                cluster.start(old)
+    assert len(acknowledged) == len(expected) == 8 * 6 * 256 + 50 * 40
+    await stored_once(cluster, "fresh", expected)
+
+
+@pytest.mark.cluster_options(**NAMING, idempotence_window=64)
+async def test_the_window_the_producer_keeps_is_the_brokers(cluster: ProcessCluster) -> None:
+    await cluster.wait_for_leader()
+    expected = {f"{batch}-{number}".encode() for batch in range(8) for number in range(32)}
+    async with Producer(naming=list(cluster.naming.values())) as producer:
+        with pytest.raises(BadRequest, match="exceeds the broker's idempotence window of 64"):
+            await producer.send_batch("fresh", [b"x"] * 65)
+
+        async def send(batch: int) -> None:
+            await producer.send_batch("fresh", [f"{batch}-{n}".encode() for n in range(32)])
+
+        with trio.fail_after(DEADLINE_SECONDS):
+            async with trio.open_nursery() as nursery:
+                for batch in range(8):
+                    nursery.start_soon(send, batch)
+    await stored_once(cluster, "fresh", expected)
