@@ -290,9 +290,6 @@ async def call_leader(
             stalls.note(what, str(error))
             connections.drop(address)
             routes.forget(topic)
-        except DledgerError:
-            stalls.clear()  # not a stall: the caller gets the error
-            raise
         await trio.sleep(backoff * (0.5 + rng.random()))
         backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 

@@ -312,3 +312,101 @@ async def test_a_consumer_stopped_by_cancellation_still_commits_what_was_acknowl
     async with connect_admin(cluster.client_address(leader)) as admin:
         described = await admin.describe_group("cancelled", "orders")
     assert sum(max(queue.committed_offset, 0) for queue in described.queues) == len(acked)
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_group_commands_and_json_output(cluster: ProcessCluster) -> None:
+    await cluster.wait_for_leader()
+    naming = ",".join(cluster.naming.values())
+    endpoints = ",".join(cluster.client_address(node) for node in cluster.nodes)
+
+    async def dledger(*args: str) -> str:
+        result = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "dledger_mq", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    receipt = json.loads(await dledger("send", "orders", "one", "--naming", naming, "--json"))
+    assert set(receipt) == {"msg_id", "topic", "queue_id", "offset", "duplicate"}
+    assert (receipt["topic"], receipt["offset"], receipt["duplicate"]) == ("orders", 0, False)
+    await dledger("consume", "orders", "--group", "billing", "--count", "1", "--naming", naming)
+
+    # The consumer's final commit reaches the leader a moment after it printed the message.
+    with trio.fail_after(DEADLINE_SECONDS):
+        while True:
+            described = json.loads(
+                await dledger(
+                    "group",
+                    "describe",
+                    "billing",
+                    "--topic",
+                    "orders",
+                    "--json",
+                    "--endpoints",
+                    endpoints,
+                )
+            )
+            if described["lag"] == 0:
+                break
+            await trio.sleep(0.1)
+    assert described["group"] == "billing" and len(described["queues"]) == 4
+    assert json.loads(await dledger("group", "list", "--json", "--endpoints", endpoints)) == [
+        {"group": "billing", "topics": ["orders"]}
+    ]
+    assert "billing  topics=orders" in await dledger("group", "list", "--endpoints", endpoints)
+    reset = await dledger(
+        "group",
+        "reset-offset",
+        "billing",
+        "--topic",
+        "orders",
+        "--to-offset",
+        "0",
+        "--endpoints",
+        endpoints,
+    )
+    assert reset.splitlines() == [f"queue {q}: offset 0" for q in range(4)]
+    text = await dledger(
+        "group", "describe", "billing", "--topic", "orders", "--endpoints", endpoints
+    )
+    assert "total lag 1" in text
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_consume_of_a_topic_not_created_yet_says_so_and_waits_for_it(
+    cluster: ProcessCluster,
+) -> None:
+    await cluster.wait_for_leader()
+    naming = ",".join(cluster.naming.values())
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "dledger_mq", "consume", "later", "--group", "g", "--count", "1"]
+        + ["--naming", naming],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None and process.stdout is not None
+        said = b""
+        with trio.fail_after(DEADLINE_SECONDS):
+            while b"\n" not in said:
+                said += await process.stderr.receive_some(4096)
+        assert said.decode() == (
+            "waiting for topic 'later': it does not exist yet (the first send creates it)\n"
+        )
+        async with Producer(naming=list(cluster.naming.values())) as producer:
+            await producer.send("later", b"at last")
+        with trio.fail_after(DEADLINE_SECONDS):
+            assert await process.wait() == 0
+        printed = await process.stdout.receive_some(4096)
+        assert printed.decode().endswith("] at last\n")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -104,8 +104,19 @@ async def test_topic_commands(cluster: ProcessCluster) -> None:
         {"name": "orders", "queues": 3, "fifo": False, "messages": 0}
     ]
     assert "queue 2: next offset 0" in await dledger("describe", "orders")
+    assert json.loads(await dledger("describe", "orders", "--json")) == {
+        "name": "orders",
+        "queues": 3,
+        "fifo": False,
+        "next_offsets": [0, 0, 0],
+    }
+    # A command changes only what it was asked to: the queue count leaves FIFO as it is.
+    assert await dledger("update", "orders", "--fifo") == "topic updated: orders (3 queues, fifo)\n"
+    assert "(5 queues, fifo)" in await dledger("update", "orders", "--queues", "5")
+    assert "(5 queues)\n" in await dledger("update", "orders", "--no-fifo")
     assert await dledger("delete", "orders", "--yes") == "topic deleted: orders\n"
     assert json.loads(await dledger("list", "--json")) == []
-    missing = await trio.to_thread.run_sync(lambda: run("describe", "orders"))
-    assert missing.returncode == 1
-    assert missing.stderr == "Error: no topic 'orders'\n"
+    for command in (("describe", "orders"), ("update", "orders", "--queues", "9")):
+        missing = await trio.to_thread.run_sync(lambda command=command: run(*command))
+        assert missing.returncode == 1
+        assert missing.stderr == "Error: topic 'orders' does not exist\n"
