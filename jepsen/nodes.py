@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from dledger_mq.bench.raft_bench import cluster_on_free_ports
+from dledger_mq.node.cluster_layout import write_text_durably
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member, parse_config, render_config
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
@@ -80,7 +81,7 @@ class Nodes:
                 }
             )
             path = directory / "node.toml"
-            path.write_text(render_config(config))
+            write_text_durably(path, render_config(config))  # read again at every restart
             self.nodes[node_id] = NodeProcess(node_id, path, directory / "node.log")
 
     # -- processes -------------------------------------------------------------------------------

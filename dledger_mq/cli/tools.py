@@ -172,6 +172,13 @@ def bench_raft(seconds: float, window: int, batch: int, kills: int, directory: s
 @one_line_errors
 def bench_transport(seconds: float) -> None:
     """Raw Trio TCP, trio-websocket and our WebSocket driver: same frames, two processes."""
+    try:
+        import trio_websocket  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "bench transport compares our WebSocket driver with trio-websocket, which only the "
+            "tests install: pip install -e '.[test]'"
+        ) from None
     from dledger_mq.bench.transport_bench import run
 
     click.echo(run(seconds, lambda text: click.echo(text, err=True)))

@@ -145,3 +145,20 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(main, [*path, "--help"], prog_name="dledger-mq")
         assert result.exit_code == 0, (path, result.output)
         assert result.output.startswith(f"Usage: dledger-mq {' '.join(path)}".rstrip()), path
+
+
+def test_bench_transport_without_the_test_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from click.testing import CliRunner
+
+    from dledger_mq.cli import main
+
+    monkeypatch.setitem(sys.modules, "trio_websocket", None)  # as if not installed
+    result = CliRunner().invoke(main, ["bench", "transport"], prog_name="dledger-mq")
+    assert result.exit_code == 1
+    assert "trio-websocket, which only the tests install: pip install -e '.[test]'" in (
+        result.output
+    )

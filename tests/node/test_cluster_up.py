@@ -72,7 +72,11 @@ async def test_every_lab_verb_from_another_terminal(tmp_path: Path) -> None:
         assert reply.startswith(f"killed {first.node_id} (the leader), pid ")
         assert reply.endswith(f"it stays down until `dledger-mq cluster start {first.node_id}`\n")
         second = await up.wait_for_leader(exclude=[first.node_id])
-        await up.dledger("send", "orders", "two of three", "--naming", up.naming)
+        # The README's lines as written: status as a table, send through the local naming.
+        table = await up.dledger("cluster", "status")
+        [row] = [line for line in table.splitlines() if line.startswith(f"{first.node_id} ")]
+        assert row.split()[2:4] == ["down", "-"]  # state, pid
+        assert (await up.dledger("send", "orders", "still here")).startswith("broker-a:")
         objects = await up.status()
         assert node(objects, first.node_id)["state"] == "down"
         assert node(objects, first.node_id)["role"] == "unreachable"
