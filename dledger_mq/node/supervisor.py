@@ -296,6 +296,8 @@ class Supervisor:
         handle.returncode = returncode
         handle.exit_text = describe_exit(returncode)
         node_id, log_path = node.node_id, node.layout.log_path
+        error = last_error_line(log_path) if returncode else None
+        why = f" ({error})" if error else ""
         if node.taken_down_by is not None:
             node.state = NodeState.DOWN
             self.echo(f"{node_id}: {node.taken_down_by}; {self._stays_down(node)}")
@@ -305,14 +307,16 @@ class Supervisor:
         elif not self.restart:
             node.state = NodeState.EXITED
             self.echo(
-                f"{node_id}: {handle.exit_text}; see {log_path}; not restarted (--no-restart): "
-                f"`dledger-mq cluster start {node_id}` starts it"
+                f"{node_id}: {handle.exit_text}{why}; see {log_path}; not restarted "
+                f"(--no-restart): `dledger-mq cluster start {node_id}` starts it"
             )
         else:
             delay = node.backoff.after_exit(trio.current_time() - handle.started_at)
             node.state = NodeState.RESTARTING
             node.restart_at = trio.current_time() + delay
-            self.echo(f"{node_id}: {handle.exit_text}; see {log_path}; restarting in {delay:g} s")
+            self.echo(
+                f"{node_id}: {handle.exit_text}{why}; see {log_path}; restarting in {delay:g} s"
+            )
         handle.gone.set()
         self._changed()
 
@@ -481,6 +485,25 @@ class Supervisor:
         handle.signal(signal.SIGCONT)
         node.paused = False
         return f"resumed {node.node_id} (pid {handle.pid})"
+
+
+#: How much of a node's log's end is searched for its last words.
+LOG_TAIL_BYTES = 8192
+
+
+def last_error_line(log_path: Path) -> str | None:
+    """What a node that failed said last (its one ``Error: ...`` line), if it said it."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, 2)
+            log.seek(max(0, log.tell() - LOG_TAIL_BYTES))
+            tail = log.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = tail.splitlines()
+    if lines and lines[-1].startswith("Error: "):
+        return lines[-1].removeprefix("Error: ")
+    return None
 
 
 def local_node_states(layout: ClusterLayout) -> dict[str, dict[str, object]]:

@@ -258,6 +258,12 @@ async def upgrade_client(
     except ProtocolError as error:
         await trio.aclose_forcefully(stream)
         raise WebSocketHandshakeError(f"{host}: {error}") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+        # A node that stops (or crashes) while we shake hands resets the connection: a
+        # failed connect like any other, never an error of the caller's.
+        await trio.aclose_forcefully(stream)
+        cause = error.__cause__ if isinstance(error.__cause__, OSError) else error
+        raise WebSocketHandshakeError(f"{host} closed during the handshake: {cause}") from None
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

@@ -353,3 +353,20 @@ def signal_pid(pid: int, signum: int) -> None:
     import os
 
     os.kill(pid, signum)
+
+
+async def test_the_exit_line_quotes_what_the_node_said_last(tmp_path: Path) -> None:
+    says_why = [
+        sys.executable,
+        "-c",
+        "import sys; print('Error: address already in use', file=sys.stderr); sys.exit(1)",
+    ]
+
+    def command(node: LocalNode) -> list[str]:
+        return says_why if node.node_id == "n3" else sleeper(node)
+
+    async with supervising(tmp_path, command, restart=False) as (supervisor, lines):
+        await until(supervisor, lambda: state_of(supervisor, "n3") == "exited", "n3 exited")
+        assert lines[-1].startswith("n3: exited with code 1 (address already in use); see "), lines[
+            -1
+        ]

@@ -188,7 +188,7 @@ async def test_connecting_to_something_that_is_not_a_websocket_server_fails_clea
             [listener] = await nursery.start(
                 functools.partial(trio.serve_tcp, http_refusal, 0, host="127.0.0.1")
             )
-            port = listener.socket.getsockname()[1]
+            port = listeners[0].socket.getsockname()[1]
             with pytest.raises(WebSocketHandshakeError, match="404"):
                 await connect_websocket("127.0.0.1", port)
             nursery.cancel_scope.cancel()
@@ -254,3 +254,34 @@ async def test_any_trio_stream_works_not_only_tcp() -> None:
             await client.aclose()
     assert server_side[0].closed is not None
     assert server_side[0].closed.code == NORMAL_CLOSURE
+
+
+async def test_a_connection_reset_during_the_handshake_is_a_failed_connect() -> None:
+    """A node that dies while a client shakes hands resets the connection: the client gets
+    the connect error it handles (``Unavailable`` through rpc), never a Trio stream error.
+    This once took down a node whose naming registration met a starting node that crashed."""
+    import socket
+    import struct
+
+    from dledger_mq.errors import Unavailable
+    from dledger_mq.wire.admin import ADMIN_CODEC
+    from dledger_mq.wire.rpc import connect
+
+    async def reset_after_the_request(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)  # the HTTP upgrade request
+        # SO_LINGER 0: close with a RST instead of a FIN.
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(
+                functools.partial(trio.serve_tcp, reset_after_the_request, 0, host="127.0.0.1")
+            )
+            port = listeners[0].socket.getsockname()[1]
+            with pytest.raises(WebSocketHandshakeError, match="closed during the handshake"):
+                await connect_websocket("127.0.0.1", port)
+            with pytest.raises(Unavailable, match="closed during the handshake"):
+                async with connect(f"127.0.0.1:{port}", ADMIN_CODEC, "local", "test"):
+                    pass
+            nursery.cancel_scope.cancel()
