@@ -35,6 +35,7 @@ from dledger_mq.raft.core import Config, RaftCore, Role
 from dledger_mq.raft.disk import OsDisk, PowerLossDisk
 from dledger_mq.raft.log_writer import open_log_writer
 from dledger_mq.raft.messages import Entry
+from dledger_mq.raft.progress import ProgressState
 from dledger_mq.raft.replica import Replica
 from dledger_mq.raft.transport import PeerTransport, TransportConfig
 from dledger_mq.wire.address import Address
@@ -247,7 +248,16 @@ class Node:
         core = self.replica.core
         if core.role is not Role.LEADER or not core.progress:
             return
-        target = max(core.progress, key=lambda peer: core.progress[peer].match)
+        # The most up-to-date of the followers that are answering: one that was just
+        # restarted may still hold a high match index but miss the TimeoutNow.
+        target = max(
+            core.progress,
+            key=lambda peer: (
+                core.progress[peer].recent_active,
+                core.progress[peer].state is ProgressState.REPLICATE,
+                core.progress[peer].match,
+            ),
+        )
         self.log.info("leadership_handover", target=target)
         try:
             self.replica.transfer_leadership(target)

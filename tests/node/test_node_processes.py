@@ -353,6 +353,9 @@ def _cluster_status_json(cluster: ProcessCluster) -> list[dict[str, object]]:
 STATUS_FIELDS = {
     "id",
     "address",
+    "state",
+    "pid",
+    "problem",
     "role",
     "term",
     "leader",

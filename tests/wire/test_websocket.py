@@ -188,7 +188,7 @@ async def test_connecting_to_something_that_is_not_a_websocket_server_fails_clea
             [listener] = await nursery.start(
                 functools.partial(trio.serve_tcp, http_refusal, 0, host="127.0.0.1")
             )
-            port = listeners[0].socket.getsockname()[1]
+            port = listener.socket.getsockname()[1]
             with pytest.raises(WebSocketHandshakeError, match="404"):
                 await connect_websocket("127.0.0.1", port)
             nursery.cancel_scope.cancel()
