@@ -21,10 +21,9 @@ from __future__ import annotations
 import heapq
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
-import attrs
 import trio
 
 from dledger_mq.clients.routing import RoutedClient
@@ -70,14 +69,22 @@ class SequenceWindow:
                 f"a batch of {count} messages exceeds the broker's idempotence window of "
                 f"{window}: a retry of it could not be deduplicated; send smaller batches"
             )
+        if not self._admission.locked() and self._fits(count, window):
+            return self._take(count)  # nobody waits and it fits: no trip to the scheduler
         async with self._admission:
-            while self._next + count - 1 - self.oldest_in_flight >= window:
+            while not self._fits(count, window):
                 released = self._released
                 await released.wait()
-            first = self._next
-            self._next += count
-            heapq.heappush(self._in_flight, first)
-            return first
+            return self._take(count)
+
+    def _fits(self, count: int, window: int) -> bool:
+        return self._next + count - 1 - self.oldest_in_flight < window
+
+    def _take(self, count: int) -> int:
+        first = self._next
+        self._next += count
+        heapq.heappush(self._in_flight, first)
+        return first
 
     def release(self, first: int) -> None:
         """The send that took ``first`` is answered (or given up): it is never retried."""
@@ -122,9 +129,12 @@ class Producer(RoutedClient):
         sharding_key: str | None = None,
     ) -> Receipt:
         """Store one message; returns where (``msg_id``, ``queue_id``, ``offset``)."""
-        [receipt] = await self._send(
-            topic, [self._message(topic, body, tags, keys, properties, sharding_key)]
-        )
+        keys, properties = tuple(keys), dict(properties or {})
+
+        def build(first: int | None) -> list[OutgoingMessage]:
+            return [self._message(topic, body, tags, keys, properties, sharding_key, first, 0)]
+
+        [receipt] = await self._send(topic, 1, build)
         return receipt
 
     async def send_batch(
@@ -136,41 +146,50 @@ class Producer(RoutedClient):
         sharding_key: str | None = None,
     ) -> list[Receipt]:
         """Store many messages in one request (one log entry); one receipt each, in order."""
-        messages = [self._message(topic, body, tags, (), None, sharding_key) for body in bodies]
-        return await self._send(topic, messages)
+
+        def build(first: int | None) -> list[OutgoingMessage]:
+            return [
+                self._message(topic, body, tags, (), {}, sharding_key, first, position)
+                for position, body in enumerate(bodies)
+            ]
+
+        return await self._send(topic, len(bodies), build)
 
     def _message(
         self,
         topic: str,
         body: bytes,
         tags: str | None,
-        keys: Sequence[str],
-        properties: Mapping[str, str] | None,
+        keys: tuple[str, ...],
+        properties: dict[str, str],
         sharding_key: str | None,
+        first_sequence: int | None,
+        position: int,
     ) -> OutgoingMessage:
         return OutgoingMessage(
             topic=topic,
             body=body,
             tags=tags,
-            keys=tuple(keys),
-            properties=dict(properties or {}),
+            keys=keys,
+            properties=properties,
             sharding_key=sharding_key,
             producer_id=self.producer_id,
+            sequence=None if first_sequence is None else first_sequence + position,
             born_timestamp_ms=int(time.time() * 1000),
         )
 
-    async def _send(self, topic: str, messages: list[OutgoingMessage]) -> list[Receipt]:
+    async def _send(
+        self, topic: str, count: int, build: Callable[[int | None], list[OutgoingMessage]]
+    ) -> list[Receipt]:
+        """Send what ``build`` makes of the first of ``count`` sequences (None when this
+        producer is not idempotent), once the window admits them."""
         if self.producer_id is None:
-            return await self._send_once(topic, messages)
+            return await self._send_once(topic, build(None))
         self._client_open()
         window = (await self.routes.route(topic)).idempotence_window
-        first = await self.sequences.acquire(len(messages), window)
+        first = await self.sequences.acquire(count, window)
         try:
-            numbered = [
-                attrs.evolve(message, sequence=first + position)
-                for position, message in enumerate(messages)
-            ]
-            return await self._send_once(topic, numbered)
+            return await self._send_once(topic, build(first))
         finally:
             self.sequences.release(first)
 
