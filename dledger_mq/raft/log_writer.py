@@ -41,6 +41,15 @@ INLINE_MAX_ENTRIES = 8
 INLINE_MAX_BYTES = 64 << 10
 
 
+def can_write_inline(entries: Sequence[Entry]) -> bool:
+    """Whether a write of ``entries`` is small enough to make inline, blocking the event loop
+    for its fsync (when nothing else is being written)."""
+    return (
+        len(entries) <= INLINE_MAX_ENTRIES
+        and sum(entry.size_bytes for entry in entries) <= INLINE_MAX_BYTES
+    )
+
+
 @attrs.define(eq=False)
 class _Request:
     entries: Sequence[Entry]
@@ -129,8 +138,7 @@ class LogWriter:
             and not self._writing
             and not self._closing
             and self._failure is None
-            and len(entries) <= INLINE_MAX_ENTRIES
-            and sum(entry.size_bytes for entry in entries) <= INLINE_MAX_BYTES
+            and can_write_inline(entries)
         )
 
     def write_now(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> None:

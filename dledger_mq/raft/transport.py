@@ -119,7 +119,7 @@ class PeerTransport:
         for peer, batch in by_peer.items():
             sock = self._idle_sockets.get(peer)
             if sock is not None:
-                data = encode_frames([PEER_CODEC.encode(m, 0, self.config.group) for m in batch])
+                data = encode_peer_messages(batch, self.config.group)
                 try:
                     sent = write_now(sock, data)
                 except OSError:
@@ -236,18 +236,7 @@ class PeerTransport:
             while True:
                 # Frames that came in the same packet as the Hello are already buffered.
                 for payload in decoder.next_frames():
-                    decoded = PEER_CODEC.decode(payload)
-                    message = decoded.message
-                    if not isinstance(message, RAFT_MESSAGE_TYPES):
-                        raise ProtocolError(
-                            f"{type(message).__name__} is not a Raft message (after the handshake)"
-                        )
-                    if decoded.group != self.config.group or message.source != peer:
-                        raise ProtocolError(
-                            f"message for group {decoded.group!r} from {message.source!r} "
-                            f"on {peer}'s link"
-                        )
-                    self.deliver(message)
+                    self.deliver(decode_peer_message(payload, self.config.group, peer))
                 data = await stream.receive_some(READ_BYTES)
                 if not data:
                     return
@@ -262,6 +251,25 @@ class PeerTransport:
 
 
 _Queued = Message | bytes
+
+
+def encode_peer_messages(messages: list[Message] | tuple[Message, ...], group: str) -> bytes:
+    """``messages`` as the frames a peer link carries."""
+    return encode_frames([PEER_CODEC.encode(message, 0, group) for message in messages])
+
+
+def decode_peer_message(payload: bytes, group: str, peer: str) -> Message:
+    """One frame's payload from ``peer``'s link, checked: a Raft message of our group, from
+    that peer. Raises ``ProtocolError`` otherwise (the link is then closed)."""
+    decoded = PEER_CODEC.decode(payload)
+    message = decoded.message
+    if not isinstance(message, RAFT_MESSAGE_TYPES):
+        raise ProtocolError(f"{type(message).__name__} is not a Raft message (after the handshake)")
+    if decoded.group != group or message.source != peer:
+        raise ProtocolError(
+            f"message for group {decoded.group!r} from {message.source!r} on {peer}'s link"
+        )
+    return message
 
 
 def _no_receiver(message: Message) -> None:

@@ -1,10 +1,13 @@
 """A simulated Raft cluster: nodes, a faulty network and a slow disk, all in virtual time.
 
-Each node is driven exactly as the real runtime drives it: take a ``Ready``, persist it (which
-takes simulated disk time, during which the node keeps ticking and receiving), then send, apply
-and advance. Each node's log is the real CommitLog on a ``MemoryDisk``: the batch is written
-when the Ready is taken and fsynced when the simulated disk latency has passed, and a crash
-loses everything not fsynced, possibly leaving a torn tail that recovery must cut back.
+Each node runs the production driver (``dledger_mq.raft.driver.ReplicaDriver``, the decisions
+the Trio runtime makes: what to send before the write, which hard states to write, which
+proposals to answer and how) around the production core, on the real CommitLog on a
+``MemoryDisk``. Only the doing is simulated, as the runtime does it: a write small enough for
+the ``LogWriter`` to make inline blocks the node for the disk's latency (the real one blocks the
+event loop), a bigger one goes to the background while the node keeps ticking and receiving.
+The batch is written when the work is taken and fsynced when the disk latency has passed, so a
+crash loses everything not fsynced, possibly leaving a torn tail that recovery must cut back.
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ from typing import Any
 
 from dledger_mq.errors import NotLeader, StorageError
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.core import Config, RaftCore, Ready, Role
+from dledger_mq.raft.core import Config, RaftCore, Role
 from dledger_mq.raft.disk import MemoryDisk
+from dledger_mq.raft.driver import Proposal, ReadyWork, ReplicaDriver
 from dledger_mq.raft.log_store import LogStore
-from dledger_mq.raft.messages import Entry, EntryKind, Message
+from dledger_mq.raft.log_writer import can_write_inline
+from dledger_mq.raft.messages import EntryKind, Message
+from dledger_mq.raft.transport import decode_peer_message, encode_peer_messages
+from dledger_mq.wire.frames import FrameDecoder
 from jepsen.sim.checker import SafetyChecker, SafetyViolation
 from jepsen.sim.options import UNITS_PER_TICK, SimOptions
 
 CoreFactory = Callable[[Config, LogStore, random.Random], RaftCore]
+DriverFactory = Callable[[RaftCore], ReplicaDriver]
+#: The Raft group every simulated node serves (peer frames name it).
+GROUP = "broker-a"
+#: Virtual time units are milliseconds: a tick (``UNITS_PER_TICK``) is the runtime's 10 ms.
+SECONDS_PER_UNIT = 0.001
 
 
 class LivenessViolation(Exception):
@@ -42,8 +54,11 @@ class SimNode:
         self.segment_size_bytes = segment_size_bytes
         self.store = self.open_store()
         self.core: RaftCore | None = None
-        self.pending: Ready | None = None
-        self.pending_sent = False
+        self.driver: ReplicaDriver | None = None
+        #: The work taken and not yet finished (its write in flight).
+        self.pending: ReadyWork | None = None
+        #: An inline write blocks the node (the event loop) until then.
+        self.busy_until = 0
         # Bumped at each crash so that events of an earlier life are ignored.
         self.incarnation = 0
         self.last_role: Role | None = None
@@ -66,13 +81,13 @@ class Cluster:
         self,
         options: SimOptions,
         core_factory: CoreFactory = RaftCore,
-        ack_before_persist: bool = False,
+        driver_factory: DriverFactory = ReplicaDriver,
         trace: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options
         self.rng = random.Random(options.seed)
         self.core_factory = core_factory
-        self.ack_before_persist = ack_before_persist
+        self.driver_factory = driver_factory
         self.trace = trace
         self.checker = SafetyChecker()
         self.now = 0
@@ -135,7 +150,9 @@ class Cluster:
     def _start(self, node: SimNode) -> None:
         rng = random.Random(f"{self.options.seed}-{node.id}-{node.incarnation}")
         node.core = self.core_factory(node.config, node.store, rng)
+        node.driver = self.driver_factory(node.core)
         node.pending = None
+        node.busy_until = 0
         node.last_role = None
         self.checker.node_started(node.id, node.store.hard_state().commit)
         self.log(f"{node.id} starts: {node.store.hard_state()} last={node.store.last_index()}")
@@ -147,6 +164,7 @@ class Cluster:
         # Whatever was written but not fsynced is lost, maybe leaving a torn tail.
         node.disk.crash(self.rng)
         node.core = None
+        node.driver = None
         node.pending = None
         node.incarnation += 1
         self.log(f"{node_id} crashes")
@@ -163,61 +181,73 @@ class Cluster:
     def _tick(self, node_id: str) -> None:
         self.schedule(UNITS_PER_TICK, self._tick, node_id)
         node = self.nodes[node_id]
-        if node.core is not None:
-            node.core.tick()
+        if node.driver is not None and not self._deferred(node, self._tick_now, node_id):
+            node.driver.tick()
             self._drive(node)
 
+    def _tick_now(self, node_id: str) -> None:
+        """A tick that waited for an inline write (the ticker task was not scheduled)."""
+        node = self.nodes[node_id]
+        if node.driver is not None and not self._deferred(node, self._tick_now, node_id):
+            node.driver.tick()
+            self._drive(node)
+
+    def _deferred(self, node: SimNode, action: Callable[..., None], *args: Any) -> bool:
+        """While an inline write blocks the node, what would run there waits, in order."""
+        if self.now < node.busy_until:
+            self.schedule(node.busy_until - self.now, action, *args)
+            return True
+        return False
+
     def _drive(self, node: SimNode) -> None:
+        driver = node.driver
         core = node.core
-        assert core is not None
+        assert driver is not None and core is not None
         self._observe_role(node, core)
-        if node.pending is not None or not core.has_ready():
+        if node.pending is not None or not driver.has_work():
             return
-        ready = core.ready()
+        inline = can_write_inline(core.log.unstable)
+        work = driver.take(self.now * SECONDS_PER_UNIT)
+        ready = work.ready
         self.checker.entries_appended(node.id, ready.entries, core)
         if ready.hard_state is not None:
             self.checker.commit_seen(node.id, ready.hard_state.commit, core)
-        node.pending = ready
-        node.pending_sent = False
-        self._send_all(ready.messages_before_persist)
-        self._write(node, ready)
-        if self.ack_before_persist:
-            # The deliberately broken driver: acknowledges what is not yet on disk.
-            self._send_all(ready.messages)
-            node.pending_sent = True
-        if ready.entries or ready.hard_state is not None:
-            self.schedule(
-                self.options.disk_latency_units, self._persisted, node.id, node.incarnation
-            )
-        else:
+        node.pending = work
+        self._send_all(work.send_first)
+        self._write(node, work)
+        if not work.writes:
             self._persisted(node.id, node.incarnation)
+            return
+        latency = self.options.disk_latency_units
+        if inline:
+            node.busy_until = self.now + latency
+        self.schedule(latency, self._persisted, node.id, node.incarnation)
 
     def _persisted(self, node_id: str, incarnation: int) -> None:
         node = self.nodes[node_id]
-        if node.incarnation != incarnation or node.core is None:
+        if node.incarnation != incarnation or node.driver is None:
             return
-        ready = node.pending
-        assert ready is not None
+        work = node.pending
+        assert work is not None
         node.store.sync()
-        if not node.pending_sent:
-            self._send_all(ready.messages)
-        if ready.committed_entries:
-            self.checker.entries_applied(node.id, ready.committed_entries)
-            self._acknowledge(node, ready.committed_entries)
+        self._send_all(work.send_after)
+        committed = work.ready.committed_entries
+        if committed:
+            self.checker.entries_applied(node.id, committed)
         node.pending = None
-        node.core.advance()
+        node.driver.finish(work)
         self._drive(node)
 
-    def _write(self, node: SimNode, ready: Ready) -> None:
-        """Write the Ready's batch to the page cache; ``_persisted`` fsyncs it later."""
-        if not ready.entries and ready.hard_state is None:
+    def _write(self, node: SimNode, work: ReadyWork) -> None:
+        """Write the work's batch to the page cache; ``_persisted`` fsyncs it later."""
+        if not work.writes:
             return
         store = node.store
-        if ready.entries and ready.entries[0].index <= store.last_index():
-            self.log(f"{node.id} truncates from {ready.entries[0].index}")
-        if ready.hard_state is not None:
-            self.checker.hard_state_persisted(node.id, store.hard_state(), ready.hard_state)
-        store.save(list(ready.entries), ready.hard_state)
+        if work.entries and work.entries[0].index <= store.last_index():
+            self.log(f"{node.id} truncates from {work.entries[0].index}")
+        if work.hard_state is not None:
+            self.checker.hard_state_persisted(node.id, store.hard_state(), work.hard_state)
+        store.save(list(work.entries), work.hard_state)
 
     def _observe_role(self, node: SimNode, core: RaftCore) -> None:
         if core.role is not node.last_role:
@@ -228,11 +258,14 @@ class Cluster:
     # -- network -----------------------------------------------------------------------------
 
     def _send_all(self, messages: tuple[Message, ...]) -> None:
+        """Each message goes out as the peer link's frame and arrives as the frame's bytes,
+        decoded and checked on arrival as the transport does (``decode_peer_message``)."""
         rng = self.rng
         options = self.options
         link_clear_at = self.link_clear_at
         for message in messages:
             link = (message.source, message.target)
+            frame = encode_peer_messages((message,), GROUP)
             if link in self.blocked:
                 continue
             if self.drop_rate and rng.random() < self.drop_rate:
@@ -241,18 +274,21 @@ class Cluster:
             if not (options.reorder_rate and rng.random() < options.reorder_rate):
                 delay = max(delay, link_clear_at.get(link, 0) - self.now)
                 link_clear_at[link] = self.now + delay
-            self.schedule(delay, self._deliver, message)
+            self.schedule(delay, self._deliver, link, frame)
             if self.duplicate_rate and rng.random() < self.duplicate_rate:
                 delay = rng.randint(options.min_delay_units, options.max_delay_units * 2)
-                self.schedule(delay, self._deliver, message)
+                self.schedule(delay, self._deliver, link, frame)
 
-    def _deliver(self, message: Message) -> None:
-        if (message.source, message.target) in self.blocked:
+    def _deliver(self, link: tuple[str, str], frame: bytes) -> None:
+        if link in self.blocked:
             return
-        node = self.nodes[message.target]
-        if node.core is None:
+        node = self.nodes[link[1]]
+        if node.driver is None or self._deferred(node, self._deliver, link, frame):
             return
-        node.core.step(message)
+        decoder = FrameDecoder()
+        decoder.receive_data(frame)
+        [payload] = decoder.next_frames()
+        node.driver.step(decode_peer_message(payload, GROUP, link[0]))
         self._drive(node)
 
     def heal_network(self) -> None:
@@ -274,29 +310,31 @@ class Cluster:
     # -- clients -----------------------------------------------------------------------------
 
     def propose(self, data: bytes) -> bool:
-        """A client proposes ``data`` where it believes the leader is, following hints."""
+        """A client proposes ``data`` where it believes the leader is, following hints; it
+        counts as acknowledged when the driver answers the proposal without an error."""
         target = self.client_leader_guess
-        if target is None or self.nodes[target].core is None:
+        if target is None or self.nodes[target].driver is None:
             target = self.rng.choice(sorted(self.nodes))
-        core = self.nodes[target].core
-        if core is None:
+        node = self.nodes[target]
+        driver = node.driver
+        if driver is None or self.now < node.busy_until:
             return False
+        proposal: Proposal | None = None
+
+        def answered() -> None:
+            assert proposal is not None
+            if proposal.error is None:
+                self.acknowledged.add(data)
+
         try:
-            index = core.propose(data)
+            proposal = driver.propose([data], answered)
         except NotLeader as error:
             self.client_leader_guess = error.leader_hint
             return False
         self.client_leader_guess = target
-        self.proposed[data] = (target, index, core.term)
-        self._drive(self.nodes[target])
+        self.proposed[data] = (target, proposal.last, proposal.term)
+        self._drive(node)
         return True
-
-    def _acknowledge(self, node: SimNode, entries: tuple[Entry, ...]) -> None:
-        for entry in entries:
-            if entry.kind is EntryKind.NORMAL:
-                proposal = self.proposed.get(entry.data)
-                if proposal == (node.id, entry.index, entry.term):
-                    self.acknowledged.add(entry.data)
 
     def leaders(self) -> list[str]:
         return [

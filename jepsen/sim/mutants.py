@@ -5,8 +5,9 @@ Each replaces one safety rule; the simulator's default seeds must find every one
 
 from __future__ import annotations
 
-from dledger_mq.raft.core import RaftCore
-from dledger_mq.raft.messages import VoteRequest
+from dledger_mq.raft.core import RaftCore, Ready
+from dledger_mq.raft.driver import ReplicaDriver
+from dledger_mq.raft.messages import Message, VoteRequest
 
 
 class VoteWithoutLogCheck(RaftCore):
@@ -23,10 +24,17 @@ class CommitOldTermByCounting(RaftCore):
         return True
 
 
-#: name -> (core class, whether the driver acknowledges before persisting)
-MUTANTS: dict[str, tuple[type[RaftCore], bool]] = {
-    "vote-without-log-check": (VoteWithoutLogCheck, False),
-    "commit-old-term": (CommitOldTermByCounting, False),
-    # A follower that acknowledges entries before they are on disk, then crashes and loses them.
-    "ack-before-persist": (RaftCore, True),
+class AckBeforePersist(ReplicaDriver):
+    """Sends every message before the write: a follower acknowledges entries that are not on
+    disk yet, then crashes and loses them."""
+
+    def _sends(self, ready: Ready) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+        return ready.messages_before_persist + ready.messages, ()
+
+
+#: name -> (core class, driver class)
+MUTANTS: dict[str, tuple[type[RaftCore], type[ReplicaDriver]]] = {
+    "vote-without-log-check": (VoteWithoutLogCheck, ReplicaDriver),
+    "commit-old-term": (CommitOldTermByCounting, ReplicaDriver),
+    "ack-before-persist": (RaftCore, AckBeforePersist),
 }

@@ -12,6 +12,7 @@ import attrs
 import structlog
 
 from dledger_mq.raft.core import RaftCore
+from dledger_mq.raft.driver import ReplicaDriver
 from jepsen.sim.checker import SafetyViolation
 from jepsen.sim.cluster import Cluster, LivenessViolation
 from jepsen.sim.mutants import MUTANTS
@@ -136,10 +137,10 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     options = SimOptions.draw(request.seed, request.nodes, request.safety_ticks, request.faults)
     core_factory: type[RaftCore] = RaftCore
-    ack_before_persist = False
+    driver_factory: type[ReplicaDriver] = ReplicaDriver
     if request.mutant is not None:
-        core_factory, ack_before_persist = MUTANTS[request.mutant]
-    cluster = Cluster(options, core_factory, ack_before_persist, trace)
+        core_factory, driver_factory = MUTANTS[request.mutant]
+    cluster = Cluster(options, core_factory, driver_factory, trace)
     try:
         _run_phases(cluster)
     except (SafetyViolation, LivenessViolation, AssertionError) as error:

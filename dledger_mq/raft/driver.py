@@ -1,0 +1,199 @@
+"""What a replica does with its Raft core's work, decided without doing it: the one driver.
+
+The pure core (``core.py``) says what must happen, one ``Ready`` at a time. This module decides
+how a replica carries a Ready out, with no I/O, clock, randomness or Trio of its own, so that
+the Trio runtime (``replica.py``) and the simulator (``jepsen/sim``) run the same decisions:
+
+- the order: send what may go before the write (a leader's appends, so that followers write
+  while it does), write the entries and the hard state worth saving, send the rest, apply the
+  committed entries, advance;
+- which hard states are written: a term or vote change always; a commit-index-only change at
+  most every ``commit_save_interval`` (a restarted node relearns the rest from its leader);
+- which proposals are answered, and how: by the index of their last entry once it is applied
+  here, with what the state machine made of it, or ``NotLeader`` when another leader's entry
+  took that index or leadership was lost first.
+
+A runtime calls :meth:`ReplicaDriver.take` for the next piece of work, carries out its
+``send_first``, its write and its ``send_after`` in that order, and then :meth:`finish`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import attrs
+
+from dledger_mq.errors import BadRequest, NotLeader
+from dledger_mq.raft.core import RaftCore, Ready, Role, SoftState
+from dledger_mq.raft.messages import Entry, EntryKind, HardState, Message
+
+#: A commit-index-only hard state is written at most this often (seconds of the runtime's clock).
+COMMIT_SAVE_INTERVAL_SECONDS = 1.0
+
+
+@attrs.define(eq=False)
+class Proposal:
+    """A proposal waiting for its last entry to be applied; ``notify`` is called once, when
+    ``result`` or ``error`` is set."""
+
+    term: int
+    first: int
+    last: int
+    notify: Callable[[], None]
+    error: Exception | None = None
+    #: What the state machine's ``apply`` returned for the last entry.
+    result: object = None
+    done: bool = False
+
+    def _resolve(self, result: object = None, error: Exception | None = None) -> None:
+        self.result, self.error, self.done = result, error, True
+        self.notify()
+
+
+@attrs.frozen
+class ReadyWork:
+    """One Ready as the runtime carries it out, in this order: send ``send_first``; write
+    ``entries`` then ``hard_state`` (durably, when ``must_sync``); send ``send_after``; call
+    ``ReplicaDriver.finish``."""
+
+    ready: Ready
+    send_first: tuple[Message, ...]
+    entries: tuple[Entry, ...]
+    hard_state: HardState | None
+    send_after: tuple[Message, ...]
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.entries) or self.hard_state is not None
+
+    @property
+    def must_sync(self) -> bool:
+        return self.ready.must_sync
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+class ReplicaDriver:
+    def __init__(
+        self,
+        core: RaftCore,
+        apply: Callable[[Entry], object] | None = None,
+        *,
+        commit_save_interval: float = COMMIT_SAVE_INTERVAL_SECONDS,
+        on_soft_state: Callable[[SoftState], None] = _ignore,
+        on_refused: Callable[[Message, BadRequest], None] = _ignore,
+    ) -> None:
+        self.core = core
+        self.apply = apply
+        self.commit_save_interval = commit_save_interval
+        #: Called with every change of role, term or leader, before its Ready is written.
+        self.on_soft_state = on_soft_state
+        #: Called with a peer message the core refused (it changed nothing).
+        self.on_refused = on_refused
+        self._proposals: dict[int, Proposal] = {}
+        self._last_commit_save = -math.inf
+        self._work: ReadyWork | None = None
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def step(self, message: Message) -> None:
+        try:
+            self.core.step(message)
+        except BadRequest as error:
+            self.on_refused(message, error)
+
+    def tick(self) -> None:
+        self.core.tick()
+
+    def propose(self, batch: list[bytes], notify: Callable[[], None] = _ignore) -> Proposal:
+        """Append every entry of ``batch`` at consecutive indexes. Raises ``NotLeader`` (or
+        ``LeadershipTransferInProgress``) at once if this replica cannot take proposals."""
+        if not batch:
+            raise BadRequest("an empty batch")
+        first = last = self.core.propose(batch[0])
+        for data in batch[1:]:
+            last = self.core.propose(data)
+        # The entries commit together: a log commits a prefix, so the last one is enough.
+        proposal = Proposal(self.core.term, first, last, notify)
+        self._proposals[last] = proposal
+        return proposal
+
+    def transfer_leadership(self, target: str) -> None:
+        self.core.transfer_leadership(target)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core.role is Role.LEADER
+
+    # -- the work ----------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        """A Ready can be taken (none is being carried out, and the core has one)."""
+        return self._work is None and self.core.has_ready()
+
+    @property
+    def handling(self) -> bool:
+        """A Ready was taken and is not finished yet."""
+        return self._work is not None
+
+    def take(self, now: float) -> ReadyWork:
+        """The next Ready as work to carry out; ``now`` (seconds) decides commit saves."""
+        assert self._work is None, "take() again before finish()"
+        ready = self.core.ready()
+        if ready.soft_state is not None:
+            self._soft_state_changed(ready.soft_state)
+        send_first, send_after = self._sends(ready)
+        work = ReadyWork(
+            ready=ready,
+            send_first=send_first,
+            entries=ready.entries,
+            hard_state=self._hard_state_to_save(ready, now),
+            send_after=send_after,
+        )
+        self._work = work
+        return work
+
+    def finish(self, work: ReadyWork) -> None:
+        """``work``'s write is done (durable when it must be) and ``send_after`` went out:
+        apply its committed entries, answer their proposals, advance the core."""
+        assert work is self._work, "finish() of work that was not taken last"
+        for entry in work.ready.committed_entries:
+            result = None
+            if self.apply is not None and entry.kind == EntryKind.NORMAL:
+                result = self.apply(entry)
+            proposal = self._proposals.pop(entry.index, None)
+            if proposal is not None:
+                if entry.term != proposal.term:
+                    proposal._resolve(
+                        error=NotLeader(self.core.leader, "entry overwritten by a new leader")
+                    )
+                else:
+                    proposal._resolve(result)
+        self._work = None
+        self.core.advance()
+
+    def _sends(self, ready: Ready) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+        """What goes before the write, and what only once it is durable: a vote or an
+        acknowledgement promises that what it answers for survives a crash."""
+        return ready.messages_before_persist, ready.messages
+
+    def _hard_state_to_save(self, ready: Ready, now: float) -> HardState | None:
+        if ready.hard_state is None:
+            return None
+        if ready.vote_changed or now - self._last_commit_save >= self.commit_save_interval:
+            self._last_commit_save = now
+            return ready.hard_state
+        return None
+
+    def _soft_state_changed(self, soft: SoftState) -> None:
+        self.on_soft_state(soft)
+        if soft.role is not Role.LEADER and self._proposals:
+            # Proposals of a deposed leader may still commit under the next one; say so.
+            proposals, self._proposals = self._proposals, {}
+            for proposal in proposals.values():
+                proposal._resolve(
+                    error=NotLeader(soft.leader, "leadership lost before the entry committed")
+                )
