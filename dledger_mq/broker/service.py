@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
+import attrs
 import trio
 
 from dledger_mq.broker.assignment import (
@@ -45,8 +47,8 @@ from dledger_mq.broker.state import (
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
 from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
+from dledger_mq.raft.core import RaftCore
 from dledger_mq.raft.log_store import LogStore
-from dledger_mq.raft.replica import Replica
 from dledger_mq.wire.broker import (
     CommitOffsetsReply,
     CommitOffsetsRequest,
@@ -73,17 +75,34 @@ MAX_PULL_BYTES = 4 << 20
 CONSUMER_EXPIRY_MS = 3000
 
 
+class ReplicaHandle(Protocol):
+    """What the service needs of its replica: who leads, and a way to propose. The Trio
+    ``Replica`` is one; the simulator hands the synchronous parts of the service its driver."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def core(self) -> RaftCore: ...
+
+    async def propose_and_apply(self, data: bytes) -> object: ...
+
+
 class BrokerService:
     def __init__(
         self,
         state: BrokerState,
-        replica: Replica,
+        replica: ReplicaHandle,
         log: LogStore,
         desired_settings: BrokerSettings | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic_ms: Callable[[], int] = lambda: int(trio.current_time() * 1000),
+        consumer_expiry_ms: int = CONSUMER_EXPIRY_MS,
     ) -> None:
         self.state = state
+        #: A consumer silent this long leaves its group (the simulator shortens it with the
+        #: consumers' heartbeat interval).
+        self.consumer_expiry_ms = consumer_expiry_ms
         self.replica = replica
         self.log = log
         self.clock_ms = clock_ms
@@ -205,7 +224,7 @@ class BrokerService:
         key = (heartbeat.group, heartbeat.topic)
         members = self.consumers.setdefault(key, {})
         holders = self.holders.setdefault(key, {})
-        members[heartbeat.consumer_id] = now + CONSUMER_EXPIRY_MS
+        members[heartbeat.consumer_id] = now + self.consumer_expiry_ms
         holders[heartbeat.consumer_id] = heartbeat.held
         for consumer_id, expires_at_ms in list(members.items()):
             if expires_at_ms <= now:
@@ -214,7 +233,7 @@ class BrokerService:
         live = tuple(sorted(members))
         queues = queues_of(heartbeat.consumer_id, range(topic.queue_count), live)
         if topic.fifo:
-            settling = now - self._leading_since_ms < CONSUMER_EXPIRY_MS
+            settling = now - self._leading_since_ms < self.consumer_expiry_ms
             queues = fifo_grant(heartbeat.consumer_id, queues, holders, settling)
             # It holds them from this reply on, before its next heartbeat says so.
             holders[heartbeat.consumer_id] = tuple(sorted(set(heartbeat.held) | set(queues)))
@@ -225,6 +244,15 @@ class BrokerService:
     # -- send ----------------------------------------------------------------------------------
 
     async def send(self, request: SendRequest) -> SendReply:
+        prepared = self.prepare_send(request)
+        return send_reply(prepared, await self.replica.propose_and_apply(prepared.data))
+
+    def prepare_send(self, request: SendRequest) -> PreparedSend:
+        """The entry a send proposes: queues picked, checked against the state, stamped.
+
+        Raises the typed error at once for a send apply would refuse (it costs no entry), and
+        ``Unavailable`` while a new leader's settings are not applied yet.
+        """
         if not request.messages:
             raise BadRequest("a send needs at least one message")
         if not self.settings_current():
@@ -233,17 +261,7 @@ class BrokerService:
         messages = tuple(self._to_record(message) for message in request.messages)
         self.state.validate_send(messages)
         stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
-        data = encode_command(SendBatch(stamp, messages))
-        result = await self.replica.propose_and_apply(data)
-        if isinstance(result, Refused):
-            raise result.error
-        assert isinstance(result, SendBatchResult), result
-        return SendReply(
-            tuple(
-                _receipt(message.topic, outcome)
-                for message, outcome in zip(messages, result.outcomes, strict=True)
-            )
-        )
+        return PreparedSend(encode_command(SendBatch(stamp, messages)), messages)
 
     def _to_record(self, message: OutgoingMessage) -> Message:
         queue_id = message.queue_id
@@ -268,24 +286,29 @@ class BrokerService:
     # -- pull ----------------------------------------------------------------------------------
 
     async def pull(self, request: PullRequest) -> PullReply:
-        tag_filter = parse_tag_expression(request.tag_expression)
-        max_count = max(1, min(request.max_count, MAX_PULL_COUNT))
         wait_seconds = max(0, min(request.wait_ms, MAX_PULL_WAIT_MS)) / 1000
         offset = request.offset
         with trio.move_on_after(wait_seconds):
             while True:
-                scan = self.state.scan(
-                    request.topic, request.queue_id, offset, max_count, tag_filter
-                )
-                messages = self._read(request.topic, request.queue_id, scan.positions)
-                found = [m for m in messages if tag_filter.matches(m.tags)]
-                if found or wait_seconds == 0:
-                    found, next_offset = _within_pull_bytes(found, scan.next_offset)
-                    return self._pull_reply(request, found, next_offset)
+                reply = self.pull_now(attrs.evolve(request, offset=offset))
+                if reply.messages or wait_seconds == 0:
+                    return reply
                 # Nothing matching yet: skip what the filter refused, wait for the next apply.
-                offset = scan.next_offset
+                offset = reply.next_offset
                 await self.applied.wait()
         return self._pull_reply(request, [], offset)
+
+    def pull_now(self, request: PullRequest) -> PullReply:
+        """What this replica holds for ``request`` now, without waiting (``wait_ms`` aside)."""
+        tag_filter = parse_tag_expression(request.tag_expression)
+        max_count = max(1, min(request.max_count, MAX_PULL_COUNT))
+        scan = self.state.scan(
+            request.topic, request.queue_id, request.offset, max_count, tag_filter
+        )
+        messages = self._read(request.topic, request.queue_id, scan.positions)
+        found = [m for m in messages if tag_filter.matches(m.tags)]
+        found, next_offset = _within_pull_bytes(found, scan.next_offset)
+        return self._pull_reply(request, found, next_offset)
 
     def _pull_reply(
         self, request: PullRequest, found: list[StoredMessage], next_offset: int
@@ -324,18 +347,8 @@ class BrokerService:
     # -- offsets -------------------------------------------------------------------------------
 
     async def commit_offsets(self, request: CommitOffsetsRequest) -> CommitOffsetsReply:
-        command = CommitOffsets(
-            request.group,
-            tuple(
-                OffsetCommit(request.topic, item.queue_id, item.offset) for item in request.offsets
-            ),
-            request.reset_generation,
-        )
-        result = await self.replica.propose_and_apply(encode_command(command))
-        if isinstance(result, Refused):
-            raise result.error
-        assert isinstance(result, OffsetsCommitted), result
-        return CommitOffsetsReply(CommitOutcome.STALE_GENERATION in result.outcomes)
+        data = prepare_commit(request)
+        return commit_reply(await self.replica.propose_and_apply(data))
 
     def query_offsets(self, request: QueryOffsetsRequest) -> QueryOffsetsReply:
         topic = self.state.topic(request.topic)
@@ -346,6 +359,45 @@ class BrokerService:
             committed = self.state.committed_offset(request.group, request.topic, queue_id)
             offsets.append(QueueOffset(queue_id, -1 if committed is None else committed))
         return QueryOffsetsReply(tuple(offsets), self.state.reset_generation(request.group))
+
+
+@attrs.frozen
+class PreparedSend:
+    """A send's entry, and its messages as the records the entry holds."""
+
+    data: bytes
+    messages: tuple[Message, ...]
+
+
+def send_reply(prepared: PreparedSend, result: object) -> SendReply:
+    """What a send answers once its entry is applied (``result``: what apply made of it)."""
+    if isinstance(result, Refused):
+        raise result.error
+    assert isinstance(result, SendBatchResult), result
+    return SendReply(
+        tuple(
+            _receipt(message.topic, outcome)
+            for message, outcome in zip(prepared.messages, result.outcomes, strict=True)
+        )
+    )
+
+
+def prepare_commit(request: CommitOffsetsRequest) -> bytes:
+    """The entry an offset commit proposes."""
+    command = CommitOffsets(
+        request.group,
+        tuple(OffsetCommit(request.topic, item.queue_id, item.offset) for item in request.offsets),
+        request.reset_generation,
+    )
+    return encode_command(command)
+
+
+def commit_reply(result: object) -> CommitOffsetsReply:
+    """What an offset commit answers once its entry is applied."""
+    if isinstance(result, Refused):
+        raise result.error
+    assert isinstance(result, OffsetsCommitted), result
+    return CommitOffsetsReply(CommitOutcome.STALE_GENERATION in result.outcomes)
 
 
 def _receipt(topic: str, outcome: SendReceipt | Refused) -> Receipt:

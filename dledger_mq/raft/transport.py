@@ -253,9 +253,14 @@ class PeerTransport:
 _Queued = Message | bytes
 
 
+def encode_peer_message(message: Message, group: str) -> bytes:
+    """The payload of the frame that carries ``message`` on a peer link."""
+    return PEER_CODEC.encode(message, 0, group)
+
+
 def encode_peer_messages(messages: list[Message] | tuple[Message, ...], group: str) -> bytes:
     """``messages`` as the frames a peer link carries."""
-    return encode_frames([PEER_CODEC.encode(message, 0, group) for message in messages])
+    return encode_frames([encode_peer_message(message, group) for message in messages])
 
 
 def decode_peer_message(payload: bytes, group: str, peer: str) -> Message:

@@ -17,6 +17,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from dledger_mq.broker.records import BrokerSettings
+from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import NotLeader, StorageError
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.core import Config, RaftCore, Role
@@ -24,14 +26,16 @@ from dledger_mq.raft.disk import MemoryDisk
 from dledger_mq.raft.driver import Proposal, ReadyWork, ReplicaDriver
 from dledger_mq.raft.log_store import LogStore
 from dledger_mq.raft.log_writer import can_write_inline
-from dledger_mq.raft.messages import EntryKind, Message
-from dledger_mq.raft.transport import decode_peer_message, encode_peer_messages
-from dledger_mq.wire.frames import FrameDecoder
+from dledger_mq.raft.messages import Entry, EntryKind, Message
+from dledger_mq.raft.transport import decode_peer_message, encode_peer_message
+from jepsen.sim.broker import SimBroker, StateFactory
 from jepsen.sim.checker import SafetyChecker, SafetyViolation
 from jepsen.sim.options import UNITS_PER_TICK, SimOptions
 
 CoreFactory = Callable[[Config, LogStore, random.Random], RaftCore]
-DriverFactory = Callable[[RaftCore], ReplicaDriver]
+DriverFactory = Callable[[RaftCore, Callable[[Entry], object]], ReplicaDriver]
+#: Wall-clock milliseconds at virtual time 0 (store timestamps are drawn from it).
+EPOCH_MS = 1_760_000_000_000
 #: The Raft group every simulated node serves (peer frames name it).
 GROUP = "broker-a"
 #: Virtual time units are milliseconds: a tick (``UNITS_PER_TICK``) is the runtime's 10 ms.
@@ -55,6 +59,7 @@ class SimNode:
         self.store = self.open_store()
         self.core: RaftCore | None = None
         self.driver: ReplicaDriver | None = None
+        self.broker: SimBroker | None = None
         #: The work taken and not yet finished (its write in flight).
         self.pending: ReadyWork | None = None
         #: An inline write blocks the node (the event loop) until then.
@@ -83,11 +88,16 @@ class Cluster:
         core_factory: CoreFactory = RaftCore,
         driver_factory: DriverFactory = ReplicaDriver,
         trace: Callable[[str], None] | None = None,
+        state_factory: StateFactory = BrokerState,
     ) -> None:
         self.options = options
         self.rng = random.Random(options.seed)
         self.core_factory = core_factory
         self.driver_factory = driver_factory
+        self.state_factory = state_factory
+        self.group = GROUP
+        #: What every node's configuration asks of the replicated broker settings.
+        self.broker_settings = BrokerSettings(idempotence_window=options.idempotence_window)
         self.trace = trace
         self.checker = SafetyChecker()
         self.now = 0
@@ -150,7 +160,17 @@ class Cluster:
     def _start(self, node: SimNode) -> None:
         rng = random.Random(f"{self.options.seed}-{node.id}-{node.incarnation}")
         node.core = self.core_factory(node.config, node.store, rng)
-        node.driver = self.driver_factory(node.core)
+        # The state machine is derived from the log: a restarted node applies it from the start.
+        broker: SimBroker | None = None
+
+        def apply(entry: Entry) -> object:
+            assert broker is not None
+            return broker.apply(entry)
+
+        node.driver = self.driver_factory(node.core, apply)
+        broker = node.broker = SimBroker(
+            self, node, node.driver, node.store, self.broker_settings, self.state_factory
+        )
         node.pending = None
         node.busy_until = 0
         node.last_role = None
@@ -165,6 +185,7 @@ class Cluster:
         node.disk.crash(self.rng)
         node.core = None
         node.driver = None
+        node.broker = None
         node.pending = None
         node.incarnation += 1
         self.log(f"{node_id} crashes")
@@ -199,11 +220,22 @@ class Cluster:
             return True
         return False
 
+    def drive(self, node_id: str) -> None:
+        """Carry out the node's work now (after a client put some there)."""
+        node = self.nodes[node_id]
+        if node.driver is not None and self.now >= node.busy_until:
+            self._drive(node)
+
+    def wall_clock_ms(self, node_id: str) -> int:
+        return EPOCH_MS + self.now
+
     def _drive(self, node: SimNode) -> None:
         driver = node.driver
         core = node.core
         assert driver is not None and core is not None
         self._observe_role(node, core)
+        if driver.is_leader and node.broker is not None:
+            node.broker.keep_settings()
         if node.pending is not None or not driver.has_work():
             return
         inline = can_write_inline(core.log.unstable)
@@ -258,36 +290,33 @@ class Cluster:
     # -- network -----------------------------------------------------------------------------
 
     def _send_all(self, messages: tuple[Message, ...]) -> None:
-        """Each message goes out as the peer link's frame and arrives as the frame's bytes,
-        decoded and checked on arrival as the transport does (``decode_peer_message``)."""
+        """Each message goes out as the payload of a peer link's frame and is decoded and
+        checked on arrival as the transport does it (``decode_peer_message``)."""
         rng = self.rng
         options = self.options
         link_clear_at = self.link_clear_at
         for message in messages:
             link = (message.source, message.target)
-            frame = encode_peer_messages((message,), GROUP)
             if link in self.blocked:
                 continue
             if self.drop_rate and rng.random() < self.drop_rate:
                 continue
+            payload = encode_peer_message(message, GROUP)
             delay = rng.randint(options.min_delay_units, options.max_delay_units)
             if not (options.reorder_rate and rng.random() < options.reorder_rate):
                 delay = max(delay, link_clear_at.get(link, 0) - self.now)
                 link_clear_at[link] = self.now + delay
-            self.schedule(delay, self._deliver, link, frame)
+            self.schedule(delay, self._deliver, link, payload)
             if self.duplicate_rate and rng.random() < self.duplicate_rate:
                 delay = rng.randint(options.min_delay_units, options.max_delay_units * 2)
-                self.schedule(delay, self._deliver, link, frame)
+                self.schedule(delay, self._deliver, link, payload)
 
-    def _deliver(self, link: tuple[str, str], frame: bytes) -> None:
+    def _deliver(self, link: tuple[str, str], payload: bytes) -> None:
         if link in self.blocked:
             return
         node = self.nodes[link[1]]
-        if node.driver is None or self._deferred(node, self._deliver, link, frame):
+        if node.driver is None or self._deferred(node, self._deliver, link, payload):
             return
-        decoder = FrameDecoder()
-        decoder.receive_data(frame)
-        [payload] = decoder.next_frames()
         node.driver.step(decode_peer_message(payload, GROUP, link[0]))
         self._drive(node)
 

@@ -45,6 +45,8 @@ class SimOptions:
     safety_ticks: int
     liveness_ticks: int
     faults: tuple[str, ...]
+    #: The broker's idempotence window every node is configured with (a new leader proposes it).
+    idempotence_window: int = 1024
 
     @classmethod
     def draw(
@@ -86,6 +88,7 @@ class SimOptions:
         propose_interval_units = rng.randint(slowest_propose_units, 60 + slowest_propose_units)
         # Tiny segments make the log roll, and crashes tear, at segment boundaries too.
         segment_size_bytes = rng.choice((256, 4096, 1 << 20))
+        idempotence_window = rng.choice((8, 1024))
         return cls(
             seed=seed,
             nodes=node_count,
@@ -106,6 +109,7 @@ class SimOptions:
             safety_ticks=safety_ticks,
             liveness_ticks=max(40 * election_timeout, 400),
             faults=swarm,
+            idempotence_window=idempotence_window,
         )
 
     def describe(self) -> str:

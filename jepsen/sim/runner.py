@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -13,6 +14,7 @@ import structlog
 
 from dledger_mq.raft.core import RaftCore
 from dledger_mq.raft.driver import ReplicaDriver
+from jepsen.sim.broker import BrokerViolation, BrokerWorkload
 from jepsen.sim.checker import SafetyViolation
 from jepsen.sim.cluster import Cluster, LivenessViolation
 from jepsen.sim.mutants import MUTANTS
@@ -143,7 +145,7 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
     cluster = Cluster(options, core_factory, driver_factory, trace)
     try:
         _run_phases(cluster)
-    except (SafetyViolation, LivenessViolation, AssertionError) as error:
+    except (SafetyViolation, LivenessViolation, BrokerViolation, AssertionError) as error:
         kind = type(error).__name__
         return SeedResult(
             request.seed, False, f"{kind} at t={cluster.now}: {error}", options.describe()
@@ -164,9 +166,12 @@ def _run_phases(cluster: Cluster) -> None:
     faults.start()
     client = _Client(cluster)
     client.start()
+    workload = BrokerWorkload(cluster, random.Random(f"broker-{options.seed}"))
+    workload.start()
     cluster.run_until(options.safety_ticks * UNITS_PER_TICK)
 
     # Liveness: faults stop, the network heals, every node is up; a proposal must commit.
+    workload.stopped = True
     faults.stop_and_heal()
     cluster.drop_rate = 0.0
     cluster.duplicate_rate = 0.0
@@ -178,6 +183,7 @@ def _run_phases(cluster: Cluster) -> None:
             f"healing (leaders: {cluster.leaders()})"
         )
     cluster.check_converged()
+    workload.check_converged()
 
 
 class _Client:

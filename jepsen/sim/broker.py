@@ -1,0 +1,498 @@
+"""The broker in the simulator: every node applies the log to the production ``BrokerState``,
+and simulated clients go through the production ``BrokerService`` of the node they reach.
+
+- **Producers** (idempotent) send small batches to the node they believe leads and retry the
+  same batch, same sequences, on a ``NotLeader`` answer or when no answer came in time (the
+  first attempt may still commit: the retry must then get the original's receipt).
+- **Consumers** of one group heartbeat to the leader for their queues, pull from it, and commit
+  what they read through the log.
+
+Checked every run (``BrokerViolation``): a receipt never changes (a retried send gets the
+original's place); a node's committed offsets never go back; no two consumers hold one FIFO
+queue at once; and once healed, every acknowledged send is readable at its receipt's place on
+every replica, and no message is stored twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dledger_mq.broker.records import (
+    BrokerSettings,
+    ConfigureBroker,
+    CreateTopic,
+    encode_command,
+)
+from dledger_mq.broker.service import (
+    BrokerService,
+    PreparedSend,
+    commit_reply,
+    prepare_commit,
+    send_reply,
+)
+from dledger_mq.broker.state import ApplyResult, BrokerState, OffsetsCommitted, OffsetsReset
+from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
+from dledger_mq.raft.core import RaftCore
+from dledger_mq.raft.driver import Proposal, ReplicaDriver
+from dledger_mq.raft.log_store import LogStore
+from dledger_mq.raft.messages import Entry
+from dledger_mq.wire.broker import (
+    CommitOffsetsRequest,
+    ConsumerHeartbeat,
+    OutgoingMessage,
+    PullRequest,
+    QueryOffsetsRequest,
+    QueueOffset,
+    Receipt,
+    SendRequest,
+)
+
+if TYPE_CHECKING:
+    from jepsen.sim.cluster import Cluster, SimNode
+
+TOPIC = "orders"
+GROUP_NAME = "billing"
+QUEUES = 4
+#: Time units (ms) between a producer's sends, and before an unanswered send is retried.
+SEND_INTERVAL_UNITS = (20, 120)
+#: An attempt not answered within this long is made again (the producer's silence timeout).
+RETRY_UNITS = 300
+HEARTBEAT_UNITS = 100
+#: A FIFO consumer that no leader answered for this long stops reading its queues: less than
+#: the three heartbeats after which the leader hands them to another consumer.
+FIFO_LEASE_UNITS = 3 * HEARTBEAT_UNITS // 2
+PULL_UNITS = 40
+COMMIT_UNITS = 60
+
+
+class BrokerViolation(Exception):
+    """A broker guarantee was broken; the message says which."""
+
+
+StateFactory = Callable[[str], BrokerState]
+
+
+class _DriverHandle:
+    """The service's view of its replica in the simulator: the driver says who leads; proposals
+    go through the driver by the simulator itself, never through the service."""
+
+    def __init__(self, driver: ReplicaDriver) -> None:
+        self.driver = driver
+
+    @property
+    def is_leader(self) -> bool:
+        return self.driver.is_leader
+
+    @property
+    def core(self) -> RaftCore:
+        return self.driver.core
+
+    async def propose_and_apply(self, data: bytes) -> object:
+        raise AssertionError("the simulator proposes through the driver")
+
+
+class SimBroker:
+    """One node's broker: its state (rebuilt from the log on every start) and its service."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        node: SimNode,
+        driver: ReplicaDriver,
+        store: LogStore,
+        settings: BrokerSettings,
+        state_factory: StateFactory,
+    ) -> None:
+        self.cluster = cluster
+        self.node_id = node.id
+        self.state = state_factory(cluster.group)
+        self.service = BrokerService(
+            self.state,
+            _DriverHandle(driver),
+            store,
+            settings,
+            clock_ms=lambda: cluster.wall_clock_ms(node.id),
+            monotonic_ms=lambda: cluster.now,
+            # Three heartbeats, as in production (1 s beats, 3 s expiry), at the simulated pace.
+            consumer_expiry_ms=3 * HEARTBEAT_UNITS,
+        )
+        self.driver = driver
+        #: The term in which this node last proposed its settings (as ``keep_settings`` does).
+        self.settings_proposed_term = -1
+        #: The highest committed offset seen per (group, topic, queue) in this life.
+        self.offsets_seen: dict[tuple[str, str, int], int] = {}
+
+    def apply(self, entry: Entry) -> ApplyResult:
+        result = self.state.apply(entry.index, entry.data)
+        if isinstance(result, OffsetsCommitted):
+            self._check_offsets()
+        elif isinstance(result, OffsetsReset):
+            for key in list(self.offsets_seen):
+                if key[:2] == (result.group, result.topic):
+                    del self.offsets_seen[key]
+        return result
+
+    def _check_offsets(self) -> None:
+        for queue_id in range(QUEUES):
+            key = (GROUP_NAME, TOPIC, queue_id)
+            offset = self.state.committed_offset(*key)
+            if offset is None:
+                continue
+            if offset > self.state.max_offset(TOPIC, queue_id):
+                raise BrokerViolation(
+                    f"{self.node_id}: committed offset {offset} of {key} is past the end "
+                    f"({self.state.max_offset(TOPIC, queue_id)})"
+                )
+            seen = self.offsets_seen.get(key, -1)
+            if offset < seen:
+                raise BrokerViolation(
+                    f"{self.node_id}: committed offset of {key} went back from {seen} to {offset}"
+                )
+            self.offsets_seen[key] = offset
+
+    def keep_settings(self) -> None:
+        """While leading, propose this node's settings once per term if the log's differ."""
+        driver = self.driver
+        term = driver.core.term
+        if not driver.is_leader or self.settings_proposed_term == term:
+            return
+        if self.service.settings_current():
+            return
+        desired = self.service.desired_settings
+        assert desired is not None
+        self.settings_proposed_term = term
+        with contextlib.suppress(NotLeader):
+            driver.propose([encode_command(ConfigureBroker(desired))])
+
+
+class _Producer:
+    def __init__(self, workload: BrokerWorkload, number: int) -> None:
+        self.workload = workload
+        self.producer_id = f"p{number}"
+        self.next_sequence = 1
+        self.next_body = 0
+        #: The batch being sent (retried until answered), and how many attempts it took.
+        self.batch: tuple[OutgoingMessage, ...] | None = None
+        self.attempt = 0
+        #: When the last attempt went out, and whether it was refused (retry at once).
+        self.sent_at = 0
+        self.refused = False
+        self.leader_guess: str | None = None
+
+    def tick(self) -> None:
+        workload = self.workload
+        if workload.stopped:
+            return
+        if self.batch is None:
+            count = workload.rng.randint(1, 4)
+            messages = []
+            for _ in range(count):
+                self.next_body += 1
+                messages.append(
+                    OutgoingMessage(
+                        topic=TOPIC,
+                        body=f"{self.producer_id}-{self.next_body}".encode(),
+                        producer_id=self.producer_id,
+                        sequence=self.next_sequence,
+                    )
+                )
+                self.next_sequence += 1
+            self.batch = tuple(messages)
+            self.attempt = 0
+        elif not self.refused and workload.cluster.now - self.sent_at < RETRY_UNITS:
+            workload.schedule_producer(self)  # the last attempt may still be answered
+            return
+        self.attempt += 1
+        self.sent_at, self.refused = workload.cluster.now, False
+        self._send(self.batch, self.attempt)
+        workload.schedule_producer(self)
+
+    def _send(self, batch: tuple[OutgoingMessage, ...], attempt: int) -> None:
+        workload = self.workload
+        node_id = workload.pick_node(self.leader_guess)
+        broker = workload.broker_at(node_id)
+        if broker is None:
+            self.leader_guess = None
+            self.refused = True
+            return
+        try:
+            prepared = broker.service.prepare_send(SendRequest(batch))
+            proposal: Proposal | None = None
+
+            def answered() -> None:
+                assert proposal is not None
+                self._answered(batch, attempt, prepared, proposal)
+
+            proposal = broker.driver.propose([prepared.data], answered)
+        except NotLeader as error:
+            self.leader_guess = error.leader_hint
+            self.refused = True
+            return
+        except Unavailable:
+            self.refused = True
+            return  # settings being applied: retried at the next tick
+        except BadRequest as error:
+            raise BrokerViolation(f"{self.producer_id} was refused {batch}: {error!r}") from None
+        self.leader_guess = node_id
+        workload.cluster.drive(node_id)
+
+    def _answered(
+        self,
+        batch: tuple[OutgoingMessage, ...],
+        attempt: int,
+        prepared: PreparedSend,
+        proposal: Proposal,
+    ) -> None:
+        if proposal.error is not None:
+            if batch is self.batch:
+                self.refused = True
+            return  # not stored here (maybe elsewhere): the retry finds out
+        try:
+            reply = send_reply(prepared, proposal.result)
+        except BadRequest as error:
+            raise BrokerViolation(f"{self.producer_id}'s send was refused: {error!r}") from None
+        for message, receipt in zip(batch, reply.receipts, strict=True):
+            if receipt.error_code:
+                raise BrokerViolation(
+                    f"{self.producer_id} sequence {message.sequence} refused: "
+                    f"{receipt.error_code} {receipt.error_message}"
+                )
+            self.workload.acknowledged(message.body, receipt)
+        if batch is self.batch:
+            self.batch = None
+
+
+class _Consumer:
+    def __init__(self, workload: BrokerWorkload, number: int) -> None:
+        self.workload = workload
+        self.consumer_id = f"c{number}"
+        self.leader_guess: str | None = None
+        self.queues: tuple[int, ...] = ()
+        #: queue -> the next offset to read, once known.
+        self.offsets: dict[int, int] = {}
+        self.fifo = False
+        #: When a leader last answered a heartbeat.
+        self.last_reply = 0
+
+    def heartbeat(self) -> None:
+        workload = self.workload
+        if workload.stopped:
+            return
+        workload.cluster.schedule(HEARTBEAT_UNITS, self.heartbeat)
+        if self.fifo and self.queues and workload.cluster.now - self.last_reply > FIFO_LEASE_UNITS:
+            # Unheard by the leader for longer than its lease: it may hand our queues to
+            # another consumer any moment, so stop reading them first (RocketMQ's client lock
+            # expires before the broker's for the same reason).
+            self._release_all()
+        node_id = workload.pick_node(self.leader_guess)
+        broker = workload.broker_at(node_id)
+        if broker is None:
+            self.leader_guess = None
+            return
+        try:
+            reply = broker.service.consumer_heartbeat(
+                ConsumerHeartbeat(GROUP_NAME, TOPIC, self.consumer_id, held=self.queues)
+            )
+        except NotLeader as error:
+            self.leader_guess = error.leader_hint
+            return
+        except TopicNotFound:
+            return
+        self.leader_guess = node_id
+        self.last_reply = workload.cluster.now
+        self.fifo = reply.fifo
+        if reply.queue_ids != self.queues:
+            workload.cluster.log(
+                f"{self.consumer_id} heartbeat at {node_id} (term {broker.driver.core.term}): "
+                f"queues {self.queues} -> {reply.queue_ids}"
+            )
+            for queue_id in set(self.queues) - set(reply.queue_ids):
+                self.offsets.pop(queue_id, None)
+            self.queues = reply.queue_ids
+        if reply.fifo:
+            workload.holding(self, reply.queue_ids)
+
+    def _release_all(self) -> None:
+        self.workload.cluster.log(f"{self.consumer_id} lets go of {self.queues}: leader unheard")
+        self.queues = ()
+        self.offsets.clear()
+        self.workload.holding(self, ())
+
+    def pull(self) -> None:
+        workload = self.workload
+        if workload.stopped:
+            return
+        workload.cluster.schedule(PULL_UNITS, self.pull)
+        if not self.queues or self.leader_guess is None:
+            return
+        broker = workload.broker_at(self.leader_guess)
+        if broker is None:
+            return
+        service = broker.service
+        try:
+            if any(queue_id not in self.offsets for queue_id in self.queues):
+                reply = service.query_offsets(QueryOffsetsRequest(GROUP_NAME, TOPIC))
+                for item in reply.offsets:
+                    if item.queue_id in self.queues:
+                        self.offsets.setdefault(item.queue_id, max(item.offset, 0))
+            for queue_id in self.queues:
+                pulled = service.pull_now(PullRequest(TOPIC, queue_id, self.offsets[queue_id], 8))
+                self.offsets[queue_id] = pulled.next_offset
+        except (BadRequest, KeyError):
+            return  # the topic is not there yet, or this node is behind: later
+
+    def commit(self) -> None:
+        workload = self.workload
+        if workload.stopped:
+            return
+        workload.cluster.schedule(COMMIT_UNITS, self.commit)
+        if not self.offsets or self.leader_guess is None:
+            return
+        broker = workload.broker_at(self.leader_guess)
+        if broker is None:
+            return
+        offsets = dict(self.offsets)
+        if workload.rng.random() < 0.1:
+            # A client bug the broker must refuse: an offset past the end of the queue.
+            queue_id = workload.rng.choice(sorted(offsets))
+            offsets[queue_id] += 1000
+        request = CommitOffsetsRequest(
+            GROUP_NAME,
+            TOPIC,
+            tuple(QueueOffset(queue_id, offset) for queue_id, offset in sorted(offsets.items())),
+        )
+        proposal: Proposal | None = None
+
+        def answered() -> None:
+            assert proposal is not None
+            if proposal.error is None:
+                commit_reply(proposal.result)
+
+        try:
+            proposal = broker.driver.propose([prepare_commit(request)], answered)
+        except NotLeader as error:
+            self.leader_guess = error.leader_hint
+            return
+        workload.cluster.drive(self.leader_guess)
+
+
+class BrokerWorkload:
+    """Producers and consumers of one topic, through the brokers of the simulated nodes."""
+
+    def __init__(self, cluster: Cluster, rng: random.Random) -> None:
+        self.cluster = cluster
+        self.rng = rng
+        self.fifo = rng.random() < 0.5
+        self.producers = [_Producer(self, number) for number in range(rng.randint(1, 3))]
+        self.consumers = [_Consumer(self, number) for number in range(rng.randint(1, 2))]
+        #: body -> the receipt of its first acknowledgement.
+        self.receipts: dict[bytes, Receipt] = {}
+        #: FIFO queue -> the consumer that holds it.
+        self.holders: dict[int, _Consumer] = {}
+        self.topic_created = False
+        #: Once stopped (the liveness phase), clients start nothing new.
+        self.stopped = False
+
+    def start(self) -> None:
+        for producer in self.producers:
+            self.schedule_producer(producer)
+        for consumer in self.consumers:
+            self.cluster.schedule(self.rng.randint(1, HEARTBEAT_UNITS), consumer.heartbeat)
+            self.cluster.schedule(self.rng.randint(1, PULL_UNITS), consumer.pull)
+            self.cluster.schedule(self.rng.randint(1, COMMIT_UNITS), consumer.commit)
+        self.cluster.schedule(1, self._create_topic)
+
+    def schedule_producer(self, producer: _Producer) -> None:
+        self.cluster.schedule(self.rng.randint(*SEND_INTERVAL_UNITS), producer.tick)
+
+    def _create_topic(self) -> None:
+        """The topic is created once, explicitly (FIFO or not), before the first send lands:
+        retried until a leader takes it."""
+        if self.topic_created or self.stopped:
+            return
+        self.cluster.schedule(50, self._create_topic)
+        for node_id in self.cluster.leaders():
+            broker = self.broker_at(node_id)
+            if broker is None:
+                continue
+            try:
+                broker.driver.propose(
+                    [encode_command(CreateTopic(TOPIC, QUEUES, self.fifo))], self._topic_answered
+                )
+            except NotLeader:
+                continue
+            self.cluster.drive(node_id)
+            return
+
+    def _topic_answered(self) -> None:
+        self.topic_created = True
+
+    # -- where clients go ------------------------------------------------------------------------
+
+    def pick_node(self, guess: str | None) -> str:
+        if guess is not None and guess in self.cluster.nodes:
+            return guess
+        return self.rng.choice(sorted(self.cluster.nodes))
+
+    def broker_at(self, node_id: str) -> SimBroker | None:
+        """The broker of ``node_id`` if a client can reach it now (it runs, it is not busy)."""
+        node = self.cluster.nodes[node_id]
+        if node.broker is None or self.cluster.now < node.busy_until:
+            return None
+        return node.broker
+
+    # -- what the clients saw ------------------------------------------------------------------
+
+    def acknowledged(self, body: bytes, receipt: Receipt) -> None:
+        first = self.receipts.setdefault(body, receipt)
+        where = (first.msg_id, first.queue_id, first.offset)
+        if (receipt.msg_id, receipt.queue_id, receipt.offset) != where:
+            raise BrokerViolation(
+                f"{body!r} acknowledged at {where}, then at "
+                f"{(receipt.msg_id, receipt.queue_id, receipt.offset)}"
+            )
+
+    def holding(self, consumer: _Consumer, queues: tuple[int, ...]) -> None:
+        for queue_id, holder in list(self.holders.items()):
+            if holder is consumer and queue_id not in queues:
+                del self.holders[queue_id]
+        for queue_id in queues:
+            holder = self.holders.setdefault(queue_id, consumer)
+            if holder is not consumer:
+                raise BrokerViolation(
+                    f"FIFO queue {queue_id} granted to {consumer.consumer_id} while "
+                    f"{holder.consumer_id} holds it"
+                )
+
+    def check_converged(self) -> None:
+        """Every acknowledged send is where its receipt says on every replica; none twice."""
+        for node in self.cluster.nodes.values():
+            broker = node.broker
+            assert broker is not None
+            stored: dict[bytes, tuple[int, int]] = {}
+            state = broker.state
+            if state.topic(TOPIC) is None:
+                if self.receipts:
+                    raise BrokerViolation(f"{node.id} lost topic {TOPIC}")
+                continue
+            for queue_id in range(QUEUES):
+                offset = state.min_offset(TOPIC, queue_id)
+                while offset < state.max_offset(TOPIC, queue_id):
+                    reply = broker.service.pull_now(PullRequest(TOPIC, queue_id, offset, 256))
+                    for message in reply.messages:
+                        if message.body in stored:
+                            raise BrokerViolation(
+                                f"{node.id} stores {message.body!r} twice: at "
+                                f"{stored[message.body]} and {(queue_id, message.offset)}"
+                            )
+                        stored[message.body] = (queue_id, message.offset)
+                    offset = reply.next_offset
+            for body, receipt in self.receipts.items():
+                if stored.get(body) != (receipt.queue_id, receipt.offset):
+                    raise BrokerViolation(
+                        f"{node.id}: acknowledged {body!r} at {(receipt.queue_id, receipt.offset)}"
+                        f" but holds it at {stored.get(body)}"
+                    )
