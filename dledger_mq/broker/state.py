@@ -508,6 +508,11 @@ class BrokerState:
         self._producers.move_to_end(producer_id)
         return self._original_receipt(window, ring_slot)
 
+    @staticmethod
+    def _offset_in_queue(offset: int, queue: _ConsumeQueue) -> bool:
+        """A group's offset may point at most just past the queue's last message."""
+        return offset <= queue.max_offset
+
     def _original_receipt(self, window: _ProducerWindow, ring_slot: int) -> SendReceipt:
         position = window.positions[ring_slot]
         return SendReceipt(
@@ -544,7 +549,7 @@ class BrokerState:
                 outcomes.append(CommitOutcome.STALE_GENERATION)
             elif topic is None or commit.queue_id >= topic.config.queue_count:
                 outcomes.append(CommitOutcome.UNKNOWN_QUEUE)
-            elif commit.offset > topic.queues[commit.queue_id].max_offset:
+            elif not self._offset_in_queue(commit.offset, topic.queues[commit.queue_id]):
                 outcomes.append(CommitOutcome.BEYOND_MAX_OFFSET)
             else:
                 if group is None:

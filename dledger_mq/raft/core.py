@@ -392,6 +392,15 @@ class RaftCore:
         """Raft 5.4.2: commit by counting replicas only for an entry of the leader's own term."""
         return self.log.term(index) == self.term
 
+    def _own_match(self) -> int:
+        """What the leader counts for itself towards a commit: only what it has persisted."""
+        return self.log.unstable_offset - 1
+
+    def _heartbeat_commit(self, progress: Progress) -> int:
+        """The commit index a heartbeat tells a follower: never beyond what it is known to
+        share with the leader (its own entries there may still be another leader's)."""
+        return min(progress.match, self.log.committed)
+
     # -- role changes ----------------------------------------------------------------------
 
     def _reset(self, term: int) -> None:
@@ -604,7 +613,7 @@ class RaftCore:
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
             self.heartbeat_elapsed = 0
             for peer, progress in self.progress.items():
-                commit = min(progress.match, self.log.committed)
+                commit = self._heartbeat_commit(progress)
                 self._send(Heartbeat(term=self.term, source=self.id, target=peer, commit=commit))
 
     def _quorum_recently_active(self) -> bool:
@@ -659,9 +668,9 @@ class RaftCore:
             self._send_appends(response.source, send_empty=True)
 
     def _maybe_commit(self) -> bool:
-        # Only persisted entries count for the leader itself.
-        own_match = self.log.unstable_offset - 1
-        matches = sorted([own_match, *(p.match for p in self.progress.values())], reverse=True)
+        matches = sorted(
+            [self._own_match(), *(p.match for p in self.progress.values())], reverse=True
+        )
         candidate = matches[self.quorum - 1]
         if candidate > self.log.committed and self._may_commit(candidate):
             return self.log.commit_to(candidate)

@@ -436,6 +436,11 @@ class MemoryDisk:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    @property
+    def faults_pending(self) -> int:
+        """Injected faults that have not fired yet."""
+        return sum(fault.remaining for fault in self._faults)
+
     # -- crash ---------------------------------------------------------------------------------
 
     def crash(self, rng: random.Random, *, torn_writes: bool = True) -> None:

@@ -406,7 +406,12 @@ class BrokerWorkload:
         self.cluster.schedule(1, self._create_topic)
 
     def schedule_producer(self, producer: _Producer) -> None:
-        self.cluster.schedule(self.rng.randint(*SEND_INTERVAL_UNITS), producer.tick)
+        # Each producer at the raw client's pace or slower, so that the drawn pipeline keeps
+        # up (the liveness phase measures recovery, not the draining of a backlog).
+        interval = self.cluster.options.propose_interval_units
+        low = max(SEND_INTERVAL_UNITS[0], interval)
+        high = max(SEND_INTERVAL_UNITS[1], 3 * interval)
+        self.cluster.schedule(self.rng.randint(low, high), producer.tick)
 
     def _create_topic(self) -> None:
         """The topic is created once, explicitly (FIFO or not), before the first send lands:
@@ -470,6 +475,8 @@ class BrokerWorkload:
     def check_converged(self) -> None:
         """Every acknowledged send is where its receipt says on every replica; none twice."""
         for node in self.cluster.nodes.values():
+            if node.lost:
+                continue  # refused its rotten log: down until an operator replaces it
             broker = node.broker
             assert broker is not None
             stored: dict[bytes, tuple[int, int]] = {}

@@ -1,7 +1,7 @@
 """Safety invariants, checked after every step of a simulation.
 
 - Election safety: at most one leader per term.
-- Leader completeness: a new leader's log holds every entry known to be committed.
+- Leader completeness: a new leader's log holds every entry committed in an earlier term.
 - Log matching: two entries with the same index and term have the same content and the same
   term before them (so, by induction, identical logs up to there).
 - State machine safety: a committed entry is never lost or changed, and every node applies the
@@ -26,6 +26,9 @@ class SafetyChecker:
         self.entry_at: dict[tuple[int, int], tuple[EntryKind, bytes, int]] = {}
         # committed[i - 1] is (term, kind, data) of the entry committed at index i.
         self.committed: list[tuple[int, EntryKind, bytes]] = []
+        #: commit_terms[i - 1]: the term of the node that first reported index i committed (its
+        #: leader's, or later): the entry was committed in that term or an earlier one.
+        self.commit_terms: list[int] = []
         self.applied_index: dict[str, int] = {}
         self.commit_index: dict[str, int] = {}
 
@@ -49,6 +52,10 @@ class SafetyChecker:
             raise SafetyViolation(f"two leaders in term {term}: {elected} and {node_id}")
         log = core.log
         for index, (committed_term, _, _) in enumerate(self.committed, start=1):
+            if self.commit_terms[index - 1] >= term:
+                # Committed in this term or a later one: not this leader's to hold. A leader of
+                # an old term can appear late (a candidate paused with its votes on the way).
+                continue
             if log.term(index) != committed_term:
                 raise SafetyViolation(
                     f"leader {node_id} of term {term} lacks committed entry {index} "
@@ -92,6 +99,7 @@ class SafetyChecker:
             else:
                 assert entry.index == len(committed) + 1
                 committed.append(record)
+                self.commit_terms.append(core.term)
 
     def entries_applied(self, node_id: str, entries: tuple[Entry, ...]) -> None:
         applied = self.applied_index[node_id]
@@ -111,6 +119,7 @@ class SafetyChecker:
                     )
             else:
                 committed.append(record)
+                self.commit_terms.append(1 << 62)  # learned by applying: its term unknown here
         self.applied_index[node_id] = applied
 
     def role_seen(self, node_id: str, role: Role, term: int, core: RaftCore) -> None:

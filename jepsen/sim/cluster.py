@@ -19,8 +19,13 @@ from typing import Any
 
 from dledger_mq.broker.records import BrokerSettings
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import NotLeader, StorageError
+from dledger_mq.errors import CorruptLog, NotLeader, StorageError
 from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.commitlog_format import (
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    parse_segment_file_name,
+)
 from dledger_mq.raft.core import Config, RaftCore, Role
 from dledger_mq.raft.disk import MemoryDisk
 from dledger_mq.raft.driver import Proposal, ReadyWork, ReplicaDriver
@@ -62,8 +67,14 @@ class SimNode:
         self.broker: SimBroker | None = None
         #: The work taken and not yet finished (its write in flight).
         self.pending: ReadyWork | None = None
-        #: An inline write blocks the node (the event loop) until then.
+        #: An inline write (the event loop blocked) or a pause (SIGSTOP) holds the node until then.
         self.busy_until = 0
+        #: Its clock: virtual units between two ticks; its disk: units per write and fsync.
+        self.tick_units = UNITS_PER_TICK
+        self.disk_latency_units = 1
+        #: Bit rot was planted in its log: it must refuse to start, and stays down for good.
+        self.rotten = False
+        self.lost = False
         # Bumped at each crash so that events of an earlier life are ignored.
         self.incarnation = 0
         self.last_role: Role | None = None
@@ -130,6 +141,13 @@ class Cluster:
         self.client_leader_guess: str | None = None
         self.next_value = 0
         for number, node in enumerate(self.nodes.values()):
+            if options.tick_units:
+                node.tick_units = options.tick_units[number]
+            node.disk_latency_units = (
+                options.disk_latency_per_node[number]
+                if options.disk_latency_per_node
+                else options.disk_latency_units
+            )
             self._start(node)
             # Spread the nodes' tick phases so that they do not all tick at the same instant.
             self.schedule(number, self._tick, node.id)
@@ -192,16 +210,78 @@ class Cluster:
 
     def restart(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        if node.core is None:
-            try:
-                node.store = node.open_store()
-            except StorageError as error:
+        if node.core is not None or node.lost:
+            return
+        if self.options.amnesia and self.rng.random() < 0.3:
+            self.log(f"{node_id} comes back with an empty data directory")
+            node.disk = MemoryDisk()
+        injected = node.disk.faults_pending > 0
+        try:
+            node.store = node.open_store()
+        except CorruptLog as error:
+            if not node.rotten:
                 raise SafetyViolation(f"{node_id} cannot recover its log: {error}") from None
-            self._start(node)
+            # Detected, never served: the node stays down until an operator replaces it.
+            self.log(f"{node_id} refuses its rotten log: {error}")
+            node.lost = True
+            return
+        except StorageError as error:
+            if not injected:
+                raise SafetyViolation(f"{node_id} cannot recover its log: {error}") from None
+            # An injected disk error met while opening: the start fails, as it would for real,
+            # and is tried again (the fault fired, so the next attempt gets past it).
+            self.log(f"{node_id} fails to start: {error}")
+            self.schedule(5 * UNITS_PER_TICK, self.restart, node_id)
+            return
+        if node.rotten:
+            raise SafetyViolation(f"{node_id} opened a log with a rotten record")
+        self._start(node)
+
+    def pause(self, node_id: str, duration: int) -> None:
+        """SIGSTOP for ``duration``: nothing runs there; what arrives meanwhile waits."""
+        node = self.nodes[node_id]
+        node.busy_until = max(node.busy_until, self.now + duration)
+        self.log(f"{node_id} paused until {node.busy_until}")
+
+    def fail_disk(self, node_id: str, operation: str, error_number: int) -> None:
+        """The next ``operation`` (append or fsync) on the node's disk fails."""
+        node = self.nodes[node_id]
+        node.disk.inject_fault(operation, error_number)  # type: ignore[arg-type]
+        self.log(f"{node_id}: the next {operation} fails with errno {error_number}")
+
+    def rot(self, node_id: str) -> bool:
+        """Flip a byte of a durable record early in a down node's log (not its tail, where it
+        would pass for a torn write); False if there is nothing to rot yet."""
+        node = self.nodes[node_id]
+        if node.core is not None or node.rotten or any(n.rotten for n in self.nodes.values()):
+            return False
+        directory = f"/{node.id}"
+        for name in node.disk.list_directory(directory):
+            if parse_segment_file_name(name) is None:
+                continue
+            path = f"{directory}/{name}"
+            data = node.disk.durable_contents(path)
+            if len(data) < SEGMENT_HEADER_SIZE + 4 * 64:
+                continue
+            # Inside the first record's header: never the last record of a log this long.
+            position = SEGMENT_HEADER_SIZE + self.rng.randrange(RECORD_HEADER_SIZE)
+            rotten = bytearray(data)
+            rotten[position] ^= 1 << self.rng.randrange(8)
+            node.disk.set_contents(path, bytes(rotten))
+            node.rotten = True
+            self.log(f"{node_id}: bit rot at {path}:{position}")
+            return True
+        return False
+
+    def _storage_failed(self, node: SimNode, error: StorageError) -> None:
+        """A write or fsync failed: the replica stops (the process exits), and comes back
+        when its fault ends (the restart in ``FaultInjector``) or when the run heals."""
+        self.log(f"{node.id} stops: {error}")
+        self.crash(node.id)
 
     def _tick(self, node_id: str) -> None:
-        self.schedule(UNITS_PER_TICK, self._tick, node_id)
         node = self.nodes[node_id]
+        self.schedule(node.tick_units, self._tick, node_id)
         if node.driver is not None and not self._deferred(node, self._tick_now, node_id):
             node.driver.tick()
             self._drive(node)
@@ -246,22 +326,32 @@ class Cluster:
             self.checker.commit_seen(node.id, ready.hard_state.commit, core)
         node.pending = work
         self._send_all(work.send_first)
-        self._write(node, work)
+        try:
+            self._write(node, work)
+        except StorageError as error:
+            self._storage_failed(node, error)
+            return
         if not work.writes:
             self._persisted(node.id, node.incarnation)
             return
-        latency = self.options.disk_latency_units
+        latency = node.disk_latency_units
         if inline:
-            node.busy_until = self.now + latency
+            node.busy_until = max(node.busy_until, self.now + latency)
         self.schedule(latency, self._persisted, node.id, node.incarnation)
 
     def _persisted(self, node_id: str, incarnation: int) -> None:
         node = self.nodes[node_id]
         if node.incarnation != incarnation or node.driver is None:
             return
+        if self._deferred(node, self._persisted, node_id, incarnation):
+            return  # paused: its fsync is done, but nothing runs there to carry on
         work = node.pending
         assert work is not None
-        node.store.sync()
+        try:
+            node.store.sync()
+        except StorageError as error:
+            self._storage_failed(node, error)
+            return
         self._send_all(work.send_after)
         committed = work.ready.committed_entries
         if committed:

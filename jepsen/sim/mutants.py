@@ -1,13 +1,27 @@
 """Deliberately broken variants, to prove that the simulator catches real bugs.
 
-Each replaces one safety rule; the simulator's default seeds must find every one of them.
+Each breaks one rule of the core, the driver or the broker state machine; the simulator's
+default seeds must catch every one of them (``tests/jepsen/test_simulator.py``). Each is the
+smallest change that plants its bug: an override of one of the hooks the production classes
+keep for this, or of one method of the log.
 """
 
 from __future__ import annotations
 
-from dledger_mq.raft.core import RaftCore, Ready
-from dledger_mq.raft.driver import ReplicaDriver
-from dledger_mq.raft.messages import Message, VoteRequest
+import random
+from collections.abc import Callable
+
+import attrs
+
+from dledger_mq.broker.state import BrokerState
+from dledger_mq.raft.core import Config, RaftCore, Ready
+from dledger_mq.raft.driver import ReadyWork, ReplicaDriver
+from dledger_mq.raft.log_store import LogStore
+from dledger_mq.raft.messages import Entry, Message, VoteRequest
+from dledger_mq.raft.progress import Progress
+from dledger_mq.raft.raft_log import RaftLog
+
+# -- the core ------------------------------------------------------------------------------------
 
 
 class VoteWithoutLogCheck(RaftCore):
@@ -24,6 +38,103 @@ class CommitOldTermByCounting(RaftCore):
         return True
 
 
+class VoteTwiceInATerm(RaftCore):
+    """Forgets whom it voted for when another candidate of the same term asks."""
+
+    def _handle_vote_request(self, request: VoteRequest) -> None:
+        if not request.pre_vote and request.term == self.term:
+            self.vote, self.leader = None, None
+        super()._handle_vote_request(request)
+
+
+class UnclampedHeartbeatCommit(RaftCore):
+    """Tells every follower the leader's commit index in heartbeats, also one whose entries up
+    there are another leader's: it commits them."""
+
+    def _heartbeat_commit(self, progress: Progress) -> int:
+        return self.log.committed
+
+
+class LeaderCountsUnpersistedEntries(RaftCore):
+    """Counts its own entries towards a commit before they are on its disk."""
+
+    def _own_match(self) -> int:
+        return self.log.last_index()
+
+
+class _BrokenLog(RaftLog):
+    """A log whose follower side of AppendEntries breaks one rule (see the subclasses)."""
+
+
+class _NoPrevTermCheckLog(_BrokenLog):
+    def match_term(self, index: int, term: int) -> bool:
+        return index <= self.last_index()
+
+
+class _TruncateOnStaleAppendLog(_BrokenLog):
+    def maybe_append(
+        self, prev_index: int, prev_term: int, leader_commit: int, entries: tuple[Entry, ...]
+    ) -> int | None:
+        if not self.match_term(prev_index, prev_term):
+            return None
+        if entries and entries[0].index > self.committed:
+            self.append(list(entries))  # even when they all match: newer entries go
+        last_new = prev_index + len(entries)
+        self.commit_to(min(leader_commit, last_new))
+        return last_new
+
+
+class _CommitToLastIndexLog(_BrokenLog):
+    def maybe_append(
+        self, prev_index: int, prev_term: int, leader_commit: int, entries: tuple[Entry, ...]
+    ) -> int | None:
+        last_new = super().maybe_append(prev_index, prev_term, leader_commit, entries)
+        if last_new is not None:
+            self.commit_to(min(leader_commit, self.last_index()))
+        return last_new
+
+
+class _AcknowledgeLastIndexLog(_BrokenLog):
+    def maybe_append(
+        self, prev_index: int, prev_term: int, leader_commit: int, entries: tuple[Entry, ...]
+    ) -> int | None:
+        last_new = super().maybe_append(prev_index, prev_term, leader_commit, entries)
+        return None if last_new is None else self.last_index()
+
+
+def _core_with_log(log_class: type[_BrokenLog], doc: str) -> type[RaftCore]:
+    class Core(RaftCore):
+        def __init__(self, config: Config, store: LogStore, rng: random.Random) -> None:
+            super().__init__(config, store, rng)
+            self.log.__class__ = log_class
+
+    Core.__doc__ = doc
+    Core.__name__ = Core.__qualname__ = log_class.__name__.strip("_").replace("Log", "")
+    return Core
+
+
+NoPrevTermCheck = _core_with_log(
+    _NoPrevTermCheckLog,
+    "Accepts an append whenever it has an entry at prev_index, whatever its term.",
+)
+TruncateOnStaleAppend = _core_with_log(
+    _TruncateOnStaleAppendLog,
+    "Rewrites its log from a stale append's first entry, dropping newer entries it had "
+    "already acknowledged.",
+)
+FollowerCommitsToLastIndex = _core_with_log(
+    _CommitToLastIndexLog,
+    "Advances its commit index up to its own last index, past what the leader's append "
+    "vouched for.",
+)
+AcknowledgeLastIndex = _core_with_log(
+    _AcknowledgeLastIndexLog,
+    "Acknowledges its last index instead of the last index it knows matches the leader's.",
+)
+
+# -- the driver ----------------------------------------------------------------------------------
+
+
 class AckBeforePersist(ReplicaDriver):
     """Sends every message before the write: a follower acknowledges entries that are not on
     disk yet, then crashes and loses them."""
@@ -32,9 +143,66 @@ class AckBeforePersist(ReplicaDriver):
         return ready.messages_before_persist + ready.messages, ()
 
 
-#: name -> (core class, driver class)
-MUTANTS: dict[str, tuple[type[RaftCore], type[ReplicaDriver]]] = {
-    "vote-without-log-check": (VoteWithoutLogCheck, ReplicaDriver),
-    "commit-old-term": (CommitOldTermByCounting, ReplicaDriver),
-    "ack-before-persist": (RaftCore, AckBeforePersist),
+class ApplyTwice(ReplicaDriver):
+    """Applies the first committed entry of each batch twice."""
+
+    def finish(self, work: ReadyWork) -> None:
+        committed = work.ready.committed_entries
+        if committed and self.apply is not None:
+            self.apply(committed[0])
+        super().finish(work)
+
+
+class AnswerBeforeCommit(ReplicaDriver):
+    """Answers a proposal as soon as the leader has written its entries, before they commit."""
+
+    def finish(self, work: ReadyWork) -> None:
+        written = {entry.index for entry in work.entries}
+        for index in sorted(written & set(self._proposals)):
+            self._proposals.pop(index)._resolve()
+        super().finish(work)
+
+
+# -- the broker ----------------------------------------------------------------------------------
+
+
+class SkipIdempotenceCheck(BrokerState):
+    """Stores a retried send again instead of answering with the original's receipt."""
+
+    def _find_original(self, producer_id: str, window: object, sequence: int) -> None:
+        return None
+
+
+class CommitOffsetPastTheEnd(BrokerState):
+    """Takes a group's committed offset beyond the end of its queue."""
+
+    @staticmethod
+    def _offset_in_queue(offset: int, queue: object) -> bool:
+        return True
+
+
+@attrs.frozen
+class Mutant:
+    core: Callable[..., RaftCore] = RaftCore
+    driver: Callable[..., ReplicaDriver] = ReplicaDriver
+    state: Callable[[str], BrokerState] = BrokerState
+    #: Why the default seeds cannot catch it, if they cannot (None: they must).
+    unreachable: str | None = None
+
+
+MUTANTS: dict[str, Mutant] = {
+    "vote-without-log-check": Mutant(core=VoteWithoutLogCheck),
+    "commit-old-term": Mutant(core=CommitOldTermByCounting),
+    "vote-twice": Mutant(core=VoteTwiceInATerm),
+    "no-prev-term-check": Mutant(core=NoPrevTermCheck),
+    "unclamped-heartbeat-commit": Mutant(core=UnclampedHeartbeatCommit),
+    "truncate-on-stale-append": Mutant(core=TruncateOnStaleAppend),
+    "follower-commits-to-last-index": Mutant(core=FollowerCommitsToLastIndex),
+    "acknowledge-last-index": Mutant(core=AcknowledgeLastIndex),
+    "leader-counts-unpersisted": Mutant(core=LeaderCountsUnpersistedEntries),
+    "ack-before-persist": Mutant(driver=AckBeforePersist),
+    "apply-twice": Mutant(driver=ApplyTwice),
+    "answer-before-commit": Mutant(driver=AnswerBeforeCommit),
+    "skip-idempotence-check": Mutant(state=SkipIdempotenceCheck),
+    "commit-offset-past-the-end": Mutant(state=CommitOffsetPastTheEnd),
 }

@@ -16,9 +16,16 @@ FAULTS = (
     "drop",
     "duplicate",
     "reorder",
+    "pause",
+    "clock-skew",
+    "slow-disk",
+    "disk-error",
+    "bit-rot",
 )
 #: Faults that are rates on every message rather than events with a start and an end.
 MESSAGE_FAULTS = ("drop", "duplicate", "reorder")
+#: Faults that are properties of the nodes, drawn once, rather than events.
+NODE_FAULTS = ("clock-skew", "slow-disk")
 
 #: Virtual time units per Raft tick; message and disk latencies are drawn in these units.
 UNITS_PER_TICK = 10
@@ -47,6 +54,13 @@ class SimOptions:
     faults: tuple[str, ...]
     #: The broker's idempotence window every node is configured with (a new leader proposes it).
     idempotence_window: int = 1024
+    #: Per node (n1 first): virtual time units between two of its ticks (its clock's rate).
+    tick_units: tuple[int, ...] = ()
+    #: Per node: how long its disk takes to write and fsync a batch.
+    disk_latency_per_node: tuple[int, ...] = ()
+    #: A crashed node may come back with an empty data directory (off by default: until the
+    #: lifecycle issue, such a node rejoins as a voter and can lose committed entries).
+    amnesia: bool = False
 
     @classmethod
     def draw(
@@ -55,13 +69,16 @@ class SimOptions:
         nodes: int | None = None,
         safety_ticks: int = 500,
         faults: tuple[str, ...] = FAULTS,
+        amnesia: bool = False,
     ) -> SimOptions:
         rng = random.Random(f"options-{seed}")
         # Swarm testing: each seed enables a random subset of the faults, so that no fault is
         # always diluted by the others (a run of only leader isolations finds other bugs).
         # Message faults are rarer: a lossy network hides the sequences some bugs need.
         swarm = tuple(
-            fault for fault in faults if rng.random() < (0.25 if fault in MESSAGE_FAULTS else 0.5)
+            fault
+            for fault in faults
+            if rng.random() < (0.5 if fault not in MESSAGE_FAULTS + NODE_FAULTS else 0.25)
         )
         if faults and not swarm:
             swarm = (rng.choice(faults),)
@@ -84,11 +101,24 @@ class SimOptions:
         # Heavy reordering defeats pipelining: a batch overtaken by the next one is rejected.
         pipelined = max_inflight_appends if reorder_rate < 0.3 else 1
         entries_per_round_trip = max(1, max_append_bytes // 32) * pipelined
-        slowest_propose_units = max(5, 4 * 2 * max_delay_units // entries_per_round_trip)
+        # One disk much slower than the others: its node persists last, even when it leads.
+        disk_latency_per_node = tuple(
+            disk_latency_units * rng.choice((1, 1, 2, 4))
+            if "slow-disk" in swarm
+            else disk_latency_units
+            for _ in range(node_count)
+        )
+        round_trip_units = 2 * max_delay_units + max(disk_latency_per_node)
+        slowest_propose_units = max(5, 4 * round_trip_units // entries_per_round_trip)
         propose_interval_units = rng.randint(slowest_propose_units, 60 + slowest_propose_units)
         # Tiny segments make the log roll, and crashes tear, at segment boundaries too.
         segment_size_bytes = rng.choice((256, 4096, 1 << 20))
         idempotence_window = rng.choice((8, 1024))
+        # A node whose clock runs fast times out sooner; one that runs slow, later.
+        tick_units = tuple(
+            rng.randint(7, 13) if "clock-skew" in swarm else UNITS_PER_TICK
+            for _ in range(node_count)
+        )
         return cls(
             seed=seed,
             nodes=node_count,
@@ -110,6 +140,9 @@ class SimOptions:
             liveness_ticks=max(40 * election_timeout, 400),
             faults=swarm,
             idempotence_window=idempotence_window,
+            tick_units=tick_units,
+            disk_latency_per_node=disk_latency_per_node,
+            amnesia=amnesia,
         )
 
     def describe(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import random
@@ -12,13 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 import attrs
 import structlog
 
-from dledger_mq.raft.core import RaftCore
-from dledger_mq.raft.driver import ReplicaDriver
 from jepsen.sim.broker import BrokerViolation, BrokerWorkload
 from jepsen.sim.checker import SafetyViolation
 from jepsen.sim.cluster import Cluster, LivenessViolation
-from jepsen.sim.mutants import MUTANTS
-from jepsen.sim.options import FAULTS, MESSAGE_FAULTS, UNITS_PER_TICK, SimOptions
+from jepsen.sim.mutants import MUTANTS, Mutant
+from jepsen.sim.options import FAULTS, MESSAGE_FAULTS, NODE_FAULTS, UNITS_PER_TICK, SimOptions
 
 
 @attrs.frozen
@@ -49,7 +48,11 @@ class FaultInjector:
         self.rng = cluster.rng
         self.active_crashes: set[str] = set()
         self.blocked: Counter[tuple[str, str]] = Counter()
-        self.kinds = [fault for fault in cluster.options.faults if fault not in MESSAGE_FAULTS]
+        self.kinds = [
+            fault
+            for fault in cluster.options.faults
+            if fault not in MESSAGE_FAULTS and fault not in NODE_FAULTS
+        ]
         self.stopped = False
 
     def start(self) -> None:
@@ -81,6 +84,22 @@ class FaultInjector:
             cluster.crash(target)
             self.active_crashes.add(target)
             cluster.schedule(duration, self._restart, target)
+            return
+        if kind == "pause":
+            target = leaders[0] if leaders and rng.random() < 0.5 else rng.choice(node_ids)
+            cluster.pause(target, duration)
+            return
+        if kind == "disk-error":
+            target = leaders[0] if leaders and rng.random() < 0.5 else rng.choice(node_ids)
+            operation = rng.choice(("append", "fsync"))
+            cluster.fail_disk(target, operation, rng.choice((errno.EIO, errno.ENOSPC)))
+            # The replica stops when it meets the error; it is started again after a while.
+            cluster.schedule(duration, self._restart, target)
+            return
+        if kind == "bit-rot":
+            down = sorted(node_id for node_id in node_ids if cluster.nodes[node_id].core is None)
+            if down:
+                cluster.rot(rng.choice(down))
             return
         if kind == "isolate":
             pairs = self._isolation_pairs(rng.choice(node_ids))
@@ -129,6 +148,8 @@ class FaultInjector:
         self.stopped = True
         self.blocked.clear()
         self.cluster.heal_network()
+        for node in self.cluster.nodes.values():
+            node.disk.clear_faults()
         for node_id in self.cluster.nodes:
             self.cluster.restart(node_id)
         self.active_crashes.clear()
@@ -138,11 +159,8 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
     # The CommitLog logs every open and recovery; thousands per second would drown the output.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     options = SimOptions.draw(request.seed, request.nodes, request.safety_ticks, request.faults)
-    core_factory: type[RaftCore] = RaftCore
-    driver_factory: type[ReplicaDriver] = ReplicaDriver
-    if request.mutant is not None:
-        core_factory, driver_factory = MUTANTS[request.mutant]
-    cluster = Cluster(options, core_factory, driver_factory, trace)
+    mutant = MUTANTS[request.mutant] if request.mutant is not None else Mutant()
+    cluster = Cluster(options, mutant.core, mutant.driver, trace, mutant.state)
     try:
         _run_phases(cluster)
     except (SafetyViolation, LivenessViolation, BrokerViolation, AssertionError) as error:
@@ -232,6 +250,7 @@ class _Client:
         return all(
             node.core is not None and applied[node_id] >= self.marker_index
             for node_id, node in cluster.nodes.items()
+            if not node.lost
         )
 
 
