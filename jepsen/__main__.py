@@ -106,7 +106,9 @@ def sim(
         if result.passed:
             click.echo(
                 f"seed {seed} passed: {result.committed} committed, "
-                f"{result.acknowledged} acknowledged, {result.elections} terms with a leader"
+                f"{result.acknowledged} acknowledged, {result.elections} terms with a leader, "
+                f"{result.sends} messages sent through the broker ({result.duplicates} retries "
+                "answered with the original)"
             )
             return
         click.echo(f"seed {seed} FAILED: {result.failure}")

@@ -390,6 +390,8 @@ class BrokerWorkload:
         self.consumers = [_Consumer(self, number) for number in range(rng.randint(1, 2))]
         #: body -> the receipt of its first acknowledgement.
         self.receipts: dict[bytes, Receipt] = {}
+        #: Acknowledgements of a retried send that answered with the original's receipt.
+        self.duplicates = 0
         #: FIFO queue -> the consumer that holds it.
         self.holders: dict[int, _Consumer] = {}
         self.topic_created = False
@@ -452,6 +454,7 @@ class BrokerWorkload:
     # -- what the clients saw ------------------------------------------------------------------
 
     def acknowledged(self, body: bytes, receipt: Receipt) -> None:
+        self.duplicates += receipt.duplicate
         first = self.receipts.setdefault(body, receipt)
         where = (first.msg_id, first.queue_id, first.offset)
         if (receipt.msg_id, receipt.queue_id, receipt.offset) != where:

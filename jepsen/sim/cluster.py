@@ -274,10 +274,12 @@ class Cluster:
         return False
 
     def _storage_failed(self, node: SimNode, error: StorageError) -> None:
-        """A write or fsync failed: the replica stops (the process exits), and comes back
-        when its fault ends (the restart in ``FaultInjector``) or when the run heals."""
+        """A write or fsync failed: the replica stops (the process exits), and is started
+        again a little later."""
         self.log(f"{node.id} stops: {error}")
         self.crash(node.id)
+        # What a supervisor does: start it again after a while.
+        self.schedule(self.rng.randint(1, 20) * UNITS_PER_TICK, self.restart, node.id)
 
     def _tick(self, node_id: str) -> None:
         node = self.nodes[node_id]
@@ -429,8 +431,12 @@ class Cluster:
     # -- clients -----------------------------------------------------------------------------
 
     def propose(self, data: bytes) -> bool:
-        """A client proposes ``data`` where it believes the leader is, following hints; it
-        counts as acknowledged when the driver answers the proposal without an error."""
+        return self.propose_batch([data])
+
+    def propose_batch(self, batch: list[bytes]) -> bool:
+        """A client proposes ``batch`` (entries at consecutive indexes) where it believes the
+        leader is, following hints; each value counts as acknowledged when the driver answers
+        the proposal without an error."""
         target = self.client_leader_guess
         if target is None or self.nodes[target].driver is None:
             target = self.rng.choice(sorted(self.nodes))
@@ -443,15 +449,16 @@ class Cluster:
         def answered() -> None:
             assert proposal is not None
             if proposal.error is None:
-                self.acknowledged.add(data)
+                self.acknowledged.update(batch)
 
         try:
-            proposal = driver.propose([data], answered)
+            proposal = driver.propose(batch, answered)
         except NotLeader as error:
             self.client_leader_guess = error.leader_hint
             return False
         self.client_leader_guess = target
-        self.proposed[data] = (target, proposal.last, proposal.term)
+        for position, data in enumerate(batch):
+            self.proposed[data] = (target, proposal.first + position, proposal.term)
         self._drive(node)
         return True
 

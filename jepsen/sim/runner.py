@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 import attrs
 import structlog
 
+from dledger_mq.raft.log_writer import INLINE_MAX_ENTRIES
 from jepsen.sim.broker import BrokerViolation, BrokerWorkload
 from jepsen.sim.checker import SafetyViolation
 from jepsen.sim.cluster import Cluster, LivenessViolation
@@ -29,6 +30,9 @@ class SeedResult:
     committed: int = 0
     acknowledged: int = 0
     elections: int = 0
+    #: Messages the broker acknowledged, and retried sends answered with the original.
+    sends: int = 0
+    duplicates: int = 0
 
 
 @attrs.frozen
@@ -92,9 +96,8 @@ class FaultInjector:
         if kind == "disk-error":
             target = leaders[0] if leaders and rng.random() < 0.5 else rng.choice(node_ids)
             operation = rng.choice(("append", "fsync"))
+            # The replica stops when it meets the error and is started again after a while.
             cluster.fail_disk(target, operation, rng.choice((errno.EIO, errno.ENOSPC)))
-            # The replica stops when it meets the error; it is started again after a while.
-            cluster.schedule(duration, self._restart, target)
             return
         if kind == "bit-rot":
             down = sorted(node_id for node_id in node_ids if cluster.nodes[node_id].core is None)
@@ -162,7 +165,7 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
     mutant = MUTANTS[request.mutant] if request.mutant is not None else Mutant()
     cluster = Cluster(options, mutant.core, mutant.driver, trace, mutant.state)
     try:
-        _run_phases(cluster)
+        workload = _run_phases(cluster)
     except (SafetyViolation, LivenessViolation, BrokerViolation, AssertionError) as error:
         kind = type(error).__name__
         return SeedResult(
@@ -175,10 +178,12 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
         committed=len(cluster.checker.committed),
         acknowledged=len(cluster.acknowledged),
         elections=len(cluster.checker.leader_by_term),
+        sends=len(workload.receipts),
+        duplicates=workload.duplicates,
     )
 
 
-def _run_phases(cluster: Cluster) -> None:
+def _run_phases(cluster: Cluster) -> BrokerWorkload:
     options = cluster.options
     faults = FaultInjector(cluster)
     faults.start()
@@ -202,6 +207,7 @@ def _run_phases(cluster: Cluster) -> None:
         )
     cluster.check_converged()
     workload.check_converged()
+    return workload
 
 
 class _Client:
@@ -232,6 +238,15 @@ class _Client:
                 self.markers and cluster.now - self.last_marker_at < patience
             ):
                 return
+        if not self.marker_phase and cluster.rng.random() < 0.05:
+            # Now and then a batch too big to write inline (as a producer's send_batch makes):
+            # the leader keeps receiving acknowledgements while its own write is under way.
+            batch = []
+            for _ in range(cluster.rng.randint(INLINE_MAX_ENTRIES + 1, 2 * INLINE_MAX_ENTRIES)):
+                self.counter += 1
+                batch.append(f"value-{self.counter}".encode())
+            cluster.propose_batch(batch)
+            return
         self.counter += 1
         value = f"{'marker' if self.marker_phase else 'value'}-{self.counter}".encode()
         if cluster.propose(value) and self.marker_phase:
