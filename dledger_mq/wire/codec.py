@@ -109,10 +109,16 @@ class Codec:
         for kind in types.values():
             _resolve(kind)
         self._field_counts = {kind: len(attrs.fields(kind)) for kind in types.values()}
+        # The hooks of each class, looked up once rather than dispatched on every message.
+        self._structure = {kind: self.converter.get_structure_hook(kind) for kind in types.values()}
+        self._unstructure = {
+            kind: self.converter.get_unstructure_hook(kind) for kind in types.values()
+        }
 
     def encode(self, message: Any, request_id: int = 0, group: str = "") -> bytes:
-        tag = self.tag_by_type[type(message)]
-        fields = self.converter.unstructure(message)
+        kind = type(message)
+        tag = self.tag_by_type[kind]
+        fields = self._unstructure[kind](message)
         payload: bytes = msgpack.packb([tag, request_id, group, *fields], use_bin_type=True)
         return payload
 
@@ -137,7 +143,7 @@ class Codec:
                 f"{kind.__name__} has {self._field_counts[kind]} fields, got {len(fields)}"
             )
         try:
-            message: Any = self.converter.structure(fields, kind)
+            message: Any = self._structure[kind](fields, kind)
         except Exception as error:  # cattrs wraps field errors in exception groups
             raise ProtocolError(f"malformed {kind.__name__}: {_describe(error)}") from None
         return Decoded(request_id, group, message)

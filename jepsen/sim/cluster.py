@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,10 @@ class SimNode:
         #: Bit rot was planted in its log: it must refuse to start, and stays down for good.
         self.rotten = False
         self.lost = False
+        #: What arrived while the node was blocked, in order (``Cluster._deferred``).
+        self.inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self.drain_scheduled = False
+        self.draining = False
         # Bumped at each crash so that events of an earlier life are ignored.
         self.incarnation = 0
         self.last_role: Role | None = None
@@ -201,6 +206,7 @@ class Cluster:
             return
         # Whatever was written but not fsynced is lost, maybe leaving a torn tail.
         node.disk.crash(self.rng)
+        node.inbox.clear()  # what a dead process had not read is gone with it
         node.core = None
         node.driver = None
         node.broker = None
@@ -296,11 +302,29 @@ class Cluster:
             self._drive(node)
 
     def _deferred(self, node: SimNode, action: Callable[..., None], *args: Any) -> bool:
-        """While an inline write blocks the node, what would run there waits, in order."""
-        if self.now < node.busy_until:
-            self.schedule(node.busy_until - self.now, action, *args)
+        """While the node is blocked (an inline write, a pause), what would run there waits in
+        its inbox, in order, and runs when it is free (``_drain``)."""
+        if self.now < node.busy_until or (node.inbox and not node.draining):
+            node.inbox.append((action, args))
+            if not node.drain_scheduled:
+                node.drain_scheduled = True
+                self.schedule(max(0, node.busy_until - self.now), self._drain, node.id)
             return True
         return False
+
+    def _drain(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        node.drain_scheduled = False
+        node.draining = True
+        try:
+            while node.inbox and self.now >= node.busy_until:
+                action, args = node.inbox.popleft()
+                action(*args)
+        finally:
+            node.draining = False
+        if node.inbox and not node.drain_scheduled:
+            node.drain_scheduled = True
+            self.schedule(max(0, node.busy_until - self.now), self._drain, node.id)
 
     def drive(self, node_id: str) -> None:
         """Carry out the node's work now (after a client put some there)."""

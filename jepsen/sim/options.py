@@ -88,7 +88,7 @@ class SimOptions:
         max_inflight_appends = rng.choice((1, 4, 64))
         max_delay_units = rng.randint(4, 30)
         node_count = nodes if nodes is not None else rng.choice((3, 3, 5))
-        heartbeat_interval = rng.choice((1, 2, 3))
+        heartbeat_interval = rng.choice((1, 2, 3, 4))
         min_delay_units = rng.randint(1, 3)
         reorder_rate = rng.choice((0.05, 0.3, 1.0)) if "reorder" in swarm else 0.0
         drop_rate = rng.choice((0.02, 0.1, 0.25)) if "drop" in swarm else 0.0
