@@ -136,6 +136,8 @@ class Cluster:
             for node_id in ids
         }
         self.blocked: set[tuple[str, str]] = set()
+        #: Directed links that are congested: every message on them takes this much longer.
+        self.slow_links: dict[tuple[str, str], int] = {}
         # Links behave like TCP (first in, first out) except for a reordered message now and then.
         self.link_clear_at: dict[tuple[str, str], int] = {}
         self.drop_rate = options.drop_rate
@@ -419,6 +421,7 @@ class Cluster:
                 continue
             payload = encode_peer_message(message, GROUP)
             delay = rng.randint(options.min_delay_units, options.max_delay_units)
+            delay += self.slow_links.get(link, 0)
             if not (options.reorder_rate and rng.random() < options.reorder_rate):
                 delay = max(delay, link_clear_at.get(link, 0) - self.now)
                 link_clear_at[link] = self.now + delay
@@ -438,6 +441,7 @@ class Cluster:
 
     def heal_network(self) -> None:
         self.blocked.clear()
+        self.slow_links.clear()
 
     def isolate(self, node_id: str) -> None:
         for other in self.nodes:

@@ -191,10 +191,13 @@ class Mutant:
 
 
 _STALE_TAIL_REASON = (
-    "a follower keeps a stale tail past an append only when that append matches entirely and "
-    "ends below the tail; the leader's term-hint probing makes its first successful append to "
-    "such a follower carry the conflicting entry, which truncates the tail, so only a delayed "
-    "duplicate of an append sent before the tail appeared reaches it: no default seed does"
+    "not reached by the default seeds (reachable, not proven otherwise): it needs a follower "
+    "that holds a deposed leader's entries beyond an append from the new leader that matches "
+    "entirely below them, the new leader having committed past them; the leader's term-hint "
+    "probing truncates such a tail with its first successful append, so only an append sent "
+    "before the tail arrived, delivered after it (in five nodes: old leader and follower cut "
+    "off together, the new leader's link to the follower one-way and slow, small appends) gets "
+    "there"
 )
 
 MUTANTS: dict[str, Mutant] = {

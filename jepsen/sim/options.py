@@ -21,6 +21,7 @@ FAULTS = (
     "slow-disk",
     "disk-error",
     "bit-rot",
+    "slow-link",
 )
 #: Faults that are rates on every message rather than events with a start and an end.
 MESSAGE_FAULTS = ("drop", "duplicate", "reorder")

@@ -99,6 +99,18 @@ class FaultInjector:
             # The replica stops when it meets the error and is started again after a while.
             cluster.fail_disk(target, operation, rng.choice((errno.EIO, errno.ENOSPC)))
             return
+        if kind == "slow-link":
+            # A congested path (one direction): what crosses it arrives far behind what other
+            # links carry, as from a new leader whose append lands after a deposed one's.
+            source, target = rng.sample(node_ids, 2)
+            if leaders and rng.random() < 0.5:
+                source = leaders[0]
+                target = rng.choice([node_id for node_id in node_ids if node_id != source])
+            link = (source, target)
+            cluster.slow_links[link] = rng.randint(5, 30) * UNITS_PER_TICK
+            cluster.log(f"fault slow-link: {link} +{cluster.slow_links[link]}")
+            cluster.schedule(duration, self._unslow, link)
+            return
         if kind == "bit-rot":
             down = sorted(node_id for node_id in node_ids if cluster.nodes[node_id].core is None)
             if down:
@@ -139,6 +151,9 @@ class FaultInjector:
     def _restart(self, node_id: str) -> None:
         self.active_crashes.discard(node_id)
         self.cluster.restart(node_id)
+
+    def _unslow(self, link: tuple[str, str]) -> None:
+        self.cluster.slow_links.pop(link, None)
 
     def _unblock(self, pairs: list[tuple[str, str]]) -> None:
         for pair in pairs:

@@ -97,13 +97,13 @@ def test_cli_prints_the_replay_command_of_a_failing_seed() -> None:
     result = _jepsen(
         "sim", "--seeds", "3", "--start", "1", "--jobs", "1", "--mutant", "vote-without-log-check"
     )
-    # Of seeds 1..3, this mutant is caught by seed 1 (tests/jepsen/sim_regressions.txt).
+    # Of seeds 1..3, this mutant is caught by seed 3 (tests/jepsen/sim_regressions.txt).
     assert result.returncode == 1, result.stdout
-    assert "replay: python -m jepsen sim --seed 1 --mutant vote-without-log-check" in result.stdout
-    replay = _jepsen("sim", "--seed", "1", "--mutant", "vote-without-log-check", "--quiet")
+    assert "replay: python -m jepsen sim --seed 3 --mutant vote-without-log-check" in result.stdout
+    replay = _jepsen("sim", "--seed", "3", "--mutant", "vote-without-log-check", "--quiet")
     assert replay.returncode == 1
-    assert "seed 1 FAILED: SafetyViolation" in replay.stdout
-    assert replay.stdout.splitlines()[0].startswith("seed 1: seed=1 nodes=")
+    assert "seed 3 FAILED: SafetyViolation" in replay.stdout
+    assert replay.stdout.splitlines()[0].startswith("seed 3: seed=3 nodes=")
 
 
 def test_cli_finds_the_seeds_that_catch_a_mutant() -> None:
