@@ -191,13 +191,13 @@ class Mutant:
 
 
 _STALE_TAIL_REASON = (
-    "not reached by the default seeds (reachable, not proven otherwise): it needs a follower "
-    "that holds a deposed leader's entries beyond an append from the new leader that matches "
-    "entirely below them, the new leader having committed past them; the leader's term-hint "
-    "probing truncates such a tail with its first successful append, so only an append sent "
-    "before the tail arrived, delivered after it (in five nodes: old leader and follower cut "
-    "off together, the new leader's link to the follower one-way and slow, small appends) gets "
-    "there"
+    "unreachable with this leader: the bug shows only when a follower holds a deposed "
+    "leader's entries beyond an append from the new leader that it accepts; but it heard "
+    "nothing of the new term before those entries (else it would refuse them), the new "
+    "leader's first append probes at its own no-op (a term the follower cannot hold yet), and "
+    "its later ones start at the first index where the two logs differ (found from the "
+    "follower's refusals), so the first append it accepts truncates them; a follower that "
+    "acknowledges beyond the leader's last index is refused by the leader's range check"
 )
 
 MUTANTS: dict[str, Mutant] = {
