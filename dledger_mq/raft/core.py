@@ -35,6 +35,7 @@ from dledger_mq.raft.messages import (
     TimeoutNow,
     VoteRequest,
     VoteResponse,
+    check_append_shape,
 )
 from dledger_mq.raft.progress import Progress, ProgressState
 from dledger_mq.raft.raft_log import RaftLog
@@ -146,20 +147,6 @@ class Status:
     followers: tuple[FollowerStatus, ...]
 
 
-def _check_append_shape(request: AppendRequest) -> None:
-    """A correct leader's entries follow ``prev_index`` one by one, terms never above its own."""
-    expected_index = request.prev_index + 1
-    previous_term = request.prev_term
-    for entry in request.entries:
-        if entry.index != expected_index or not previous_term <= entry.term <= request.term:
-            raise BadRequest(
-                f"malformed append from {request.source}: entry {entry.index}@{entry.term} "
-                f"after {expected_index - 1}@{previous_term} in term {request.term}"
-            )
-        expected_index += 1
-        previous_term = entry.term
-
-
 class RaftCore:
     def __init__(self, config: Config, store: LogStore, rng: Rng, applied: int = 0) -> None:
         self.config = config
@@ -251,6 +238,9 @@ class RaftCore:
                 f"message from {message.source!r} to {message.target!r} reached {self.id!r}, "
                 f"whose peers are {self.peers}"
             )
+        if isinstance(message, AppendRequest):
+            # Before the term is looked at: a malformed append must change nothing.
+            check_append_shape(message)
         if message.term > self.term:
             if isinstance(message, VoteRequest):
                 in_lease = (
@@ -553,7 +543,6 @@ class RaftCore:
             self._become_candidate(leadership_transfer=True)
 
     def _handle_append(self, request: AppendRequest) -> None:
-        _check_append_shape(request)
         if request.prev_index < self.log.committed:
             # Everything up to our commit index matches the leader's log already.
             self._send(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import attrs
 
-from dledger_mq.errors import BadRequest, NotLeader
+from dledger_mq.errors import BadRequest, NotLeader, ProtocolError
 from dledger_mq.raft.core import RaftCore, Ready, Role, SoftState
 from dledger_mq.raft.messages import Entry, EntryKind, HardState, Message
 
@@ -84,7 +84,7 @@ class ReplicaDriver:
         *,
         commit_save_interval: float = COMMIT_SAVE_INTERVAL_SECONDS,
         on_soft_state: Callable[[SoftState], None] = _ignore,
-        on_refused: Callable[[Message, BadRequest], None] = _ignore,
+        on_refused: Callable[[Message, BadRequest | ProtocolError], None] = _ignore,
     ) -> None:
         self.core = core
         self.apply = apply
@@ -102,7 +102,7 @@ class ReplicaDriver:
     def step(self, message: Message) -> None:
         try:
             self.core.step(message)
-        except BadRequest as error:
+        except (BadRequest, ProtocolError) as error:
             self.on_refused(message, error)
 
     def tick(self) -> None:

@@ -10,6 +10,8 @@ import enum
 
 import attrs
 
+from dledger_mq.errors import ProtocolError
+
 
 class EntryKind(enum.IntEnum):
     NORMAL = 0
@@ -132,3 +134,78 @@ Message = (
     | HeartbeatResponse
     | TimeoutNow
 )
+
+
+#: The largest term or index a peer may send. Both are stored as unsigned 64-bit numbers on
+#: disk, and a node adds one to them (a candidate's term, the next index): this bound leaves
+#: that room, and keeps them within signed 64-bit arrays too.
+MAX_TERM = (1 << 62) - 1
+MAX_INDEX = (1 << 62) - 1
+
+_TERMS = {
+    VoteRequest: ("term", "last_log_term"),
+    VoteResponse: ("term",),
+    AppendRequest: ("term", "prev_term"),
+    AppendResponse: ("term", "hint_term"),
+    Heartbeat: ("term",),
+    HeartbeatResponse: ("term",),
+    TimeoutNow: ("term",),
+}
+_INDEXES = {
+    VoteRequest: ("last_log_index",),
+    VoteResponse: (),
+    AppendRequest: ("prev_index", "leader_commit"),
+    AppendResponse: ("match_index", "rejected_index", "hint_index"),
+    Heartbeat: ("commit",),
+    HeartbeatResponse: (),
+    TimeoutNow: (),
+}
+
+
+def check_peer_message(message: Message, source: str, target: str) -> None:
+    """Raise ``ProtocolError`` unless ``message`` is one a correct peer ``source`` could send to
+    ``target``: terms and indexes in range, an append whose entries follow its ``prev_index``
+    one by one with terms that never go back nor exceed its own. Remote input is checked here,
+    once, before anything of it reaches the core."""
+    kind = type(message)
+    if kind not in _TERMS:
+        raise ProtocolError(f"{kind.__name__} is not a Raft message")
+    if message.source != source or message.target != target:
+        raise ProtocolError(
+            f"a message from {message.source!r} to {message.target!r} on the link from "
+            f"{source!r} to {target!r}"
+        )
+    for name in _TERMS[kind]:
+        value = getattr(message, name)
+        if not 0 <= value <= MAX_TERM:
+            raise ProtocolError(f"{kind.__name__}.{name} {value} is out of range")
+    for name in _INDEXES[kind]:
+        value = getattr(message, name)
+        if not 0 <= value <= MAX_INDEX:
+            raise ProtocolError(f"{kind.__name__}.{name} {value} is out of range")
+    if isinstance(message, VoteRequest) and message.last_log_term > message.term:
+        raise ProtocolError(f"a vote request of term {message.term} with a later log")
+    if isinstance(message, AppendRequest):
+        check_append_shape(message)
+
+
+def check_append_shape(request: AppendRequest) -> None:
+    """A correct leader's entries follow ``prev_index`` one by one, their terms never going
+    back and never above its own; raises ``ProtocolError`` otherwise."""
+    expected_index = request.prev_index + 1
+    previous_term = request.prev_term
+    if previous_term > request.term:
+        raise ProtocolError(
+            f"malformed append from {request.source}: previous term {previous_term} after "
+            f"its own term {request.term}"
+        )
+    for entry in request.entries:
+        if entry.index != expected_index or not previous_term <= entry.term <= request.term:
+            raise ProtocolError(
+                f"malformed append from {request.source}: entry {entry.index}@{entry.term} "
+                f"after {expected_index - 1}@{previous_term} in term {request.term}"
+            )
+        expected_index += 1
+        previous_term = entry.term
+    if expected_index - 1 > MAX_INDEX:
+        raise ProtocolError(f"malformed append from {request.source}: index out of range")

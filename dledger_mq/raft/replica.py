@@ -24,7 +24,7 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import BadRequest, ProtocolError
 from dledger_mq.raft.commitlog import CommitLog
 from dledger_mq.raft.core import RaftCore, Role, SoftState
 from dledger_mq.raft.driver import ReadyWork, ReplicaDriver
@@ -171,7 +171,7 @@ class Replica:
                 term=self.core.term,
             )
 
-    def _refused(self, message: Message, error: BadRequest) -> None:
+    def _refused(self, message: Message, error: BadRequest | ProtocolError) -> None:
         self.log_events.warning("peer_message_refused", reason=str(error))
 
     def _soft_state_changed(self, soft: SoftState) -> None:

@@ -35,6 +35,7 @@ from dledger_mq.raft.messages import (
     TimeoutNow,
     VoteRequest,
     VoteResponse,
+    check_peer_message,
 )
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.codec import Codec
@@ -236,7 +237,9 @@ class PeerTransport:
             while True:
                 # Frames that came in the same packet as the Hello are already buffered.
                 for payload in decoder.next_frames():
-                    self.deliver(decode_peer_message(payload, self.config.group, peer))
+                    self.deliver(
+                        decode_peer_message(payload, self.config.group, peer, self.config.node_id)
+                    )
                 data = await stream.receive_some(READ_BYTES)
                 if not data:
                     return
@@ -263,17 +266,17 @@ def encode_peer_messages(messages: list[Message] | tuple[Message, ...], group: s
     return encode_frames([encode_peer_message(message, group) for message in messages])
 
 
-def decode_peer_message(payload: bytes, group: str, peer: str) -> Message:
-    """One frame's payload from ``peer``'s link, checked: a Raft message of our group, from
-    that peer. Raises ``ProtocolError`` otherwise (the link is then closed)."""
+def decode_peer_message(payload: bytes, group: str, peer: str, me: str) -> Message:
+    """One frame's payload from ``peer``'s link to ``me``, checked: a Raft message of our
+    group, from that peer to us, every field in range (``check_peer_message``). Raises
+    ``ProtocolError`` otherwise (the link is then closed); nothing of it reaches the core."""
     decoded = PEER_CODEC.decode(payload)
     message = decoded.message
     if not isinstance(message, RAFT_MESSAGE_TYPES):
         raise ProtocolError(f"{type(message).__name__} is not a Raft message (after the handshake)")
-    if decoded.group != group or message.source != peer:
-        raise ProtocolError(
-            f"message for group {decoded.group!r} from {message.source!r} on {peer}'s link"
-        )
+    if decoded.group != group:
+        raise ProtocolError(f"a message for group {decoded.group!r} on {peer}'s link")
+    check_peer_message(message, peer, me)
     return message
 
 

@@ -436,7 +436,7 @@ class Cluster:
         node = self.nodes[link[1]]
         if node.driver is None or self._deferred(node, self._deliver, link, payload):
             return
-        node.driver.step(decode_peer_message(payload, GROUP, link[0]))
+        node.driver.step(decode_peer_message(payload, GROUP, link[0], link[1]))
         self._drive(node)
 
     def heal_network(self) -> None:

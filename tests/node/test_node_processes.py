@@ -19,6 +19,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader
 from dledger_mq.node.cluster_status import fetch_status
+from dledger_mq.raft.messages import AppendResponse, Heartbeat
 from dledger_mq.raft.transport import PEER_CODEC
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import ADMIN_CODEC
@@ -249,8 +250,11 @@ async def test_sigterm_of_the_leader_hands_leadership_over(cluster: ProcessClust
 # -- hostile peers -------------------------------------------------------------------------------
 
 
-async def _converse(address: str, data: bytes, *, end: bool = False) -> list[ErrorReply]:
-    """Send ``data`` to a peer port and read until the node hangs up: the errors it answered."""
+async def _converse(
+    address: str, data: bytes, *, end: bool = False, member: bool = False
+) -> list[ErrorReply]:
+    """Send ``data`` to a peer port and read until the node hangs up: the errors it answered
+    (after its ``Welcome`` when ``data`` opens with a member's Hello)."""
     peer = Address.parse(address)
     stream = await trio.open_tcp_stream(peer.host, peer.port)
     decoder = FrameDecoder()
@@ -270,6 +274,8 @@ async def _converse(address: str, data: bytes, *, end: bool = False) -> list[Err
                 decoder.receive_data(chunk)
                 for frame in decoder.next_frames():
                     reply = PEER_CODEC.decode(frame).message
+                    if member and isinstance(reply, Welcome) and not replies:
+                        continue
                     assert isinstance(reply, ErrorReply), f"a stranger got {reply!r}"
                     replies.append(reply)
     return replies
@@ -426,3 +432,29 @@ def _all_equal_and_at_least(statuses: Statuses, index: int) -> bool:
         and min(reply.commit_index for reply in replies) >= index
         and agreed_leader(statuses) is not None
     )
+
+
+async def test_a_forged_term_from_a_member_link_is_refused_and_changes_nothing(
+    cluster: ProcessCluster,
+) -> None:
+    """A Heartbeat with term 2^64-1 once killed the replica (the term did not fit the state
+    file); a negative index was accepted by the codec. Now both close the link, nothing else."""
+    leader = await cluster.wait_for_leader()
+    member = next(node_id for node_id in cluster.nodes if node_id != leader.node_id)
+    before = await cluster.status(leader.node_id)
+    assert before is not None
+    hello = PEER_CODEC.encode(Hello(CLUSTER_ID, member, PROTOCOL_VERSION))
+    for forged in (
+        Heartbeat(term=(1 << 64) - 1, source=member, target=leader.node_id, commit=0),
+        AppendResponse(
+            term=before.term, source=member, target=leader.node_id, success=True, match_index=-1
+        ),
+    ):
+        frames = encode_frames([hello, PEER_CODEC.encode(forged, 0, "broker-a")])
+        replies = await _converse(cluster.peer_address(leader.node_id), frames, member=True)
+        assert [reply.code for reply in replies] == ["ProtocolError"], replies
+        assert "out of range" in replies[0].message
+    assert await cluster.propose(b"after the forged messages") > 0
+    after = await cluster.status(leader.node_id)
+    assert after is not None and after.term == before.term and after.role == "leader"
+    assert sorted(cluster.running) == sorted(cluster.nodes)
