@@ -1,33 +1,96 @@
-"""Errors shared by every layer.
+"""Errors shared by every layer, and their registry.
 
-Each error says whether retrying can help (``retriable``) and carries what the caller needs to
-recover, such as the id of the node believed to lead.
+Each error class says whether retrying can help (``retriable``) and whether the client should
+ask for routes again (``refresh_routes``: the leader moved or is unknown), and carries what the
+caller needs to recover as attributes named like its constructor's arguments (``fields``). On
+the wire an error travels as its class name (its code), its text and those fields
+(``wire/rpc.py``), and comes back as the same class with the same fields
+(``DledgerError.from_fields``), as aiokafka's ``errors.py`` does with its codes. Every class is
+registered in ``ERRORS`` when it is defined; two classes of one name are refused.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+#: code (the class name) -> class, for every error class defined.
+ERRORS: dict[str, type[DledgerError]] = {}
+
+
+def _constructor_fields(kind: type[DledgerError]) -> tuple[str, ...]:
+    """The arguments of ``kind``'s constructor but ``message``: what travels with it."""
+    init = kind.__init__
+    if init in (Exception.__init__, object.__init__):
+        return ()
+    parameters = inspect.signature(init).parameters
+    return tuple(name for name in parameters if name not in ("self", "message"))
 
 
 class DledgerError(Exception):
     """Base class of every error the product raises on purpose."""
 
-    retriable: bool = False
+    retriable: ClassVar[bool] = False
+    refresh_routes: ClassVar[bool] = False
+    fields: ClassVar[tuple[str, ...]] = ()
+    #: Where the leader is, when the error knows (``NotLeader``); None otherwise.
+    leader_address: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.fields = _constructor_fields(cls)
+        registered = ERRORS.setdefault(cls.__name__, cls)
+        if registered is not cls:
+            raise TypeError(f"two error classes are named {cls.__name__}: codes must be unique")
+
+    @property
+    def code(self) -> str:
+        return type(self).__name__
+
+    def field_values(self) -> dict[str, Any]:
+        """The values of ``fields``, as they travel."""
+        return {name: getattr(self, name) for name in self.fields}
+
+    @classmethod
+    def from_fields(cls, message: str, values: Mapping[str, Any]) -> DledgerError:
+        """The error again from its text and field values; raises ``TypeError`` when the
+        values are not this class's fields."""
+        if set(values) != set(cls.fields):
+            raise TypeError(f"{cls.__name__} has fields {cls.fields}, got {sorted(values)}")
+        error = cls(**values)
+        error.args = (message,)
+        return error
+
+
+ERRORS[DledgerError.__name__] = DledgerError
 
 
 class NotLeader(DledgerError):
-    """This replica does not lead its group; ``leader_hint`` names the one believed to (or None)."""
+    """This replica does not lead its group; ``leader_hint`` names the one believed to (or None)
+    and ``leader_address`` its client address when known."""
 
     retriable = True
+    refresh_routes = True
 
-    def __init__(self, leader_hint: str | None, message: str | None = None) -> None:
+    def __init__(
+        self,
+        leader_hint: str | None,
+        message: str | None = None,
+        leader_address: str | None = None,
+    ) -> None:
         self.leader_hint = leader_hint
+        self.leader_address = leader_address
         super().__init__(message or f"not the leader; leader hint: {leader_hint}")
 
 
 class LeadershipTransferInProgress(NotLeader):
     """The leader is handing over to ``leader_hint`` and takes no proposals meanwhile."""
 
-    def __init__(self, target: str) -> None:
-        super().__init__(target, f"leadership is being transferred to {target}")
+    def __init__(self, leader_hint: str, leader_address: str | None = None) -> None:
+        super().__init__(
+            leader_hint, f"leadership is being transferred to {leader_hint}", leader_address
+        )
 
 
 class BadRequest(DledgerError):
@@ -108,9 +171,11 @@ class HandshakeRefused(DledgerError):
 
 
 class Unavailable(DledgerError):
-    """The replica cannot serve right now (starting, stopping, no quorum); try again later."""
+    """The replica cannot serve right now (starting, stopping, no quorum, unreachable); try
+    again later, maybe elsewhere."""
 
     retriable = True
+    refresh_routes = True
 
 
 class InternalError(DledgerError):

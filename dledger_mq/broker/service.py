@@ -65,6 +65,7 @@ from dledger_mq.wire.broker import (
     SendRequest,
     StoredMessage,
 )
+from dledger_mq.wire.rpc import error_reply
 
 #: Upper bounds a client cannot raise. A pull reply carries at most MAX_PULL_BYTES of bodies
 #: (but always one message), so that it stays far below the connection's message limit.
@@ -402,7 +403,8 @@ def commit_reply(result: object) -> CommitOffsetsReply:
 
 def _receipt(topic: str, outcome: SendReceipt | Refused) -> Receipt:
     if isinstance(outcome, Refused):
-        return Receipt("", topic, -1, -1, False, type(outcome.error).__name__, str(outcome.error))
+        refusal = error_reply(outcome.error)
+        return Receipt("", topic, -1, -1, False, refusal.code, refusal.message, refusal.fields)
     return Receipt(outcome.msg_id, topic, outcome.queue_id, outcome.offset, outcome.duplicate)
 
 

@@ -44,26 +44,24 @@ class AdminConnection:
         self.node_id = connection.node_id
 
     async def status(self) -> StatusReply:
-        reply: StatusReply = await self.connection.request(StatusRequest())
+        reply = await self.connection.call(StatusRequest(), StatusReply)
         return reply
 
     async def propose(self, data: bytes) -> int:
-        reply: ProposeReply = await self.connection.request(ProposeRequest(data))
+        reply = await self.connection.call(ProposeRequest(data), ProposeReply)
         return reply.index
 
     async def propose_batch(self, entries: list[bytes]) -> int:
         """Propose many entries at once; returns the index of the first."""
-        reply: ProposeBatchReply = await self.connection.request(
-            ProposeBatchRequest(tuple(entries))
-        )
+        reply = await self.connection.call(ProposeBatchRequest(tuple(entries)), ProposeBatchReply)
         return reply.first_index
 
     async def create_topic(
         self, name: str, queue_count: int, fifo: bool = False
     ) -> CreateTopicReply:
         """Create ``name`` (on the leader); creating it again alike is not an error."""
-        reply: CreateTopicReply = await self.connection.request(
-            CreateTopicRequest(name, queue_count, fifo)
+        reply = await self.connection.call(
+            CreateTopicRequest(name, queue_count, fifo), CreateTopicReply
         )
         return reply
 
@@ -71,39 +69,37 @@ class AdminConnection:
         self, name: str, queue_count: int | None = None, fifo: bool | None = None
     ) -> TopicInfo:
         """Change what is given; None keeps the topic's queue count or FIFO flag as it is."""
-        reply: TopicChangedReply = await self.connection.request(
-            UpdateTopicRequest(name, queue_count, fifo)
+        reply = await self.connection.call(
+            UpdateTopicRequest(name, queue_count, fifo), TopicChangedReply
         )
         assert reply.topic is not None
         return reply.topic
 
     async def delete_topic(self, name: str) -> None:
-        await self.connection.request(DeleteTopicRequest(name))
+        await self.connection.call(DeleteTopicRequest(name), TopicChangedReply)
 
     async def list_topics(self) -> tuple[TopicInfo, ...]:
-        reply: ListTopicsReply = await self.connection.request(ListTopicsRequest())
+        reply = await self.connection.call(ListTopicsRequest(), ListTopicsReply)
         return reply.topics
 
     async def list_groups(self) -> tuple[GroupInfo, ...]:
-        reply: ListGroupsReply = await self.connection.request(ListGroupsRequest())
+        reply = await self.connection.call(ListGroupsRequest(), ListGroupsReply)
         return reply.groups
 
     async def describe_group(self, group: str, topic: str) -> DescribeGroupReply:
-        reply: DescribeGroupReply = await self.connection.request(
-            DescribeGroupRequest(group, topic)
-        )
+        reply = await self.connection.call(DescribeGroupRequest(group, topic), DescribeGroupReply)
         return reply
 
     async def reset_offset(
         self, group: str, topic: str, to_offset: int = -1, to_time_ms: int = -1
     ) -> tuple[QueueLagInfo, ...]:
-        reply: ResetOffsetReply = await self.connection.request(
-            ResetOffsetRequest(group, topic, to_offset, to_time_ms)
+        reply = await self.connection.call(
+            ResetOffsetRequest(group, topic, to_offset, to_time_ms), ResetOffsetReply
         )
         return reply.offsets
 
     async def transfer_leader(self, target: str) -> str:
-        reply: TransferLeaderReply = await self.connection.request(TransferLeaderRequest(target))
+        reply = await self.connection.call(TransferLeaderRequest(target), TransferLeaderReply)
         return reply.leader
 
 

@@ -39,6 +39,7 @@ from dledger_mq.wire.broker import (
     QueueOffset,
     StoredMessage,
 )
+from dledger_mq.wire.rpc import ReplyT
 
 HEARTBEAT_SECONDS = 1.0
 COMMIT_SECONDS = 0.2
@@ -182,11 +183,11 @@ class Consumer(RoutedClient):
         if progress is not None:
             progress.done(offset)
 
-    async def _call(self, request: object) -> object:
+    async def _call(self, request: object, reply_type: type[ReplyT]) -> ReplyT:
         silence = SILENCE_SECONDS
         if isinstance(request, PullRequest):
             silence += request.wait_ms / 1000  # a long poll is silent on purpose
-        return await self.call_leader(self.topic, request, silence)
+        return await self.call_leader(self.topic, request, reply_type, silence)
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -205,14 +206,13 @@ class Consumer(RoutedClient):
                 self.group, self.topic, self.consumer_id, self.broadcasting, self.held_queues()
             )
             try:
-                reply = await self._call(heartbeat)
+                reply = await self._call(heartbeat, ConsumerHeartbeatReply)
             except TopicNotFound:
                 queue_ids: tuple[int, ...] = ()  # not created yet: wait for the first send
                 self.stalls.note(
                     f"topic {self.topic!r}", "it does not exist yet (the first send creates it)"
                 )
             else:
-                assert isinstance(reply, ConsumerHeartbeatReply)
                 queue_ids = reply.queue_ids
                 self.fifo = reply.fifo
                 if self.reset_generation is not None and (
@@ -263,8 +263,7 @@ class Consumer(RoutedClient):
                 request = PullRequest(
                     self.topic, queue_id, offset, PULL_BATCH, self.tags, LONG_POLL_MS
                 )
-                reply = await self._call(request)
-                assert isinstance(reply, PullReply)
+                reply = await self._call(request, PullReply)
                 delivered = {stored.offset for stored in reply.messages}
                 for skipped in range(offset, reply.next_offset):
                     # What the tag filter left out counts as consumed.
@@ -281,13 +280,11 @@ class Consumer(RoutedClient):
     async def _committed_offset(self, queue_id: int) -> int:
         if self.broadcasting:
             # Only what is stored from now on; an empty pull says where the queue ends.
-            reply = await self._call(PullRequest(self.topic, queue_id, 0, 1, "*", 0))
-            assert isinstance(reply, PullReply)
-            return reply.max_offset
-        reply = await self._call(QueryOffsetsRequest(self.group, self.topic))
-        assert isinstance(reply, QueryOffsetsReply)
-        self.reset_generation = reply.reset_generation
-        for item in reply.offsets:
+            end = await self._call(PullRequest(self.topic, queue_id, 0, 1, "*", 0), PullReply)
+            return end.max_offset
+        offsets = await self._call(QueryOffsetsRequest(self.group, self.topic), QueryOffsetsReply)
+        self.reset_generation = offsets.reset_generation
+        for item in offsets.offsets:
             if item.queue_id == queue_id:
                 return max(item.offset, 0)
         return 0
@@ -310,9 +307,9 @@ class Consumer(RoutedClient):
         if not offsets:
             return
         reply = await self._call(
-            CommitOffsetsRequest(self.group, self.topic, offsets, self.reset_generation)
+            CommitOffsetsRequest(self.group, self.topic, offsets, self.reset_generation),
+            CommitOffsetsReply,
         )
-        assert isinstance(reply, CommitOffsetsReply)
         if reply.stale:
             await self._restart_pullers()
             return

@@ -23,19 +23,19 @@ class NamingConnection:
         self.connection = connection
 
     async def routes(self, topic: str = "") -> tuple[TopicRoute, ...]:
-        reply: RoutesReply = await self.connection.request(GetRoutes(topic))
+        reply = await self.connection.call(GetRoutes(topic), RoutesReply)
         return reply.routes
 
     async def routes_and_groups(
         self, topic: str = ""
     ) -> tuple[tuple[TopicRoute, ...], tuple[GroupRoute, ...]]:
         """The topic's routes and every live group (where a new topic can be created)."""
-        reply: RoutesReply = await self.connection.request(GetRoutes(topic))
+        reply = await self.connection.call(GetRoutes(topic), RoutesReply)
         return reply.routes, reply.groups
 
     async def register(self, registration: BrokerRegistration) -> int:
         """Register (or heartbeat); returns how many ms the registration lives."""
-        reply: RegisterReply = await self.connection.request(RegisterBroker(registration))
+        reply = await self.connection.call(RegisterBroker(registration), RegisterReply)
         return reply.expires_in_ms
 
 

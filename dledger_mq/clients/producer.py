@@ -194,9 +194,12 @@ class Producer(RoutedClient):
             self.sequences.release(first)
 
     async def _send_once(self, topic: str, messages: list[OutgoingMessage]) -> list[Receipt]:
-        reply = await self.call_leader(topic, SendRequest(tuple(messages)))
-        assert isinstance(reply, SendReply)
+        reply = await self.call_leader(topic, SendRequest(tuple(messages)), SendReply)
         for receipt in reply.receipts:
             if receipt.error_code:
-                raise_error_reply(ErrorReply(receipt.error_code, receipt.error_message))
+                raise_error_reply(
+                    ErrorReply(
+                        receipt.error_code, receipt.error_message, False, receipt.error_fields
+                    )
+                )
         return list(reply.receipts)

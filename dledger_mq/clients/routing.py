@@ -11,11 +11,11 @@ import attrs
 import trio
 
 from dledger_mq.clients.naming import connect_naming
-from dledger_mq.errors import BadRequest, DledgerError, NotLeader, Unavailable
+from dledger_mq.errors import BadRequest, DledgerError, Unavailable
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import NODE_CODEC
 from dledger_mq.wire.naming import GroupRoute, TopicRoute
-from dledger_mq.wire.rpc import RpcConnection, connect
+from dledger_mq.wire.rpc import ReplyT, RpcConnection, connect
 
 #: A cached route is asked for again after this long, leader change or not.
 ROUTE_REFRESH_SECONDS = 30.0
@@ -258,38 +258,45 @@ async def call_leader(
     connections: Connections,
     topic: str,
     request: object,
+    reply_type: type[ReplyT],
     rng: random.Random,
     silence_seconds: float = SILENCE_SECONDS,
-) -> object:
+) -> ReplyT:
     """Send ``request`` to the leader of ``topic``'s group until it answers.
 
-    A ``NotLeader`` answer's leader address is followed at once; a broken connection, a node
-    silent for ``silence_seconds`` or an unknown leader makes the route be asked for again,
-    after a jittered backoff. Other errors are the caller's.
+    A retriable error is retried after a jittered backoff, others are the caller's. One that
+    says to refresh routes (``NotLeader``, ``Unavailable``) follows its leader address at once
+    when it has one, else asks naming again; a broken connection or a node silent for
+    ``silence_seconds`` is dropped, and the next try opens another.
     """
     backoff = BACKOFF_MIN_SECONDS
     stalls = routes.stalls
     what = f"the leader of topic {topic!r}"
     while True:
         address = await routes.leader_of(topic)
+        connection: RpcConnection | None = None
         try:
             with trio.move_on_after(silence_seconds):
                 connection = await connections.get(address)
-                reply = await connection.request(request)
+                reply = await connection.call(request, reply_type)
                 stalls.clear()
                 return reply
+            # Silent: a paused node or a half-open connection; the next try opens another.
+            connection = None
             raise Unavailable(f"{address} did not answer within {silence_seconds:g} s")
-        except NotLeader as error:
-            hint = getattr(error, "leader_address", None)
-            if hint and hint != address:
+        except DledgerError as error:
+            # What to do is the error's to say (its flags), not a list of types here.
+            if not error.retriable:
+                raise
+            if connection is None or connection.closed:
+                connections.drop(address)
+            hint = error.leader_address
+            if error.refresh_routes and hint and hint != address:
                 routes.follow(topic, hint)
                 continue  # the leader is known: go there at once
-            stalls.note(what, f"{address}: {error}")
-            routes.forget(topic)
-        except Unavailable as error:
-            stalls.note(what, str(error))
-            connections.drop(address)
-            routes.forget(topic)
+            stalls.note(what, str(error) if address in str(error) else f"{address}: {error}")
+            if error.refresh_routes:
+                routes.forget(topic)
         await trio.sleep(backoff * (0.5 + rng.random()))
         backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
@@ -333,10 +340,15 @@ class RoutedClient:
         return self._connections
 
     async def call_leader(
-        self, topic: str, request: object, silence_seconds: float = SILENCE_SECONDS
-    ) -> object:
-        """``request`` answered by the leader of ``topic``'s group (see ``call_leader``)."""
+        self,
+        topic: str,
+        request: object,
+        reply_type: type[ReplyT],
+        silence_seconds: float = SILENCE_SECONDS,
+    ) -> ReplyT:
+        """``request`` answered by the leader of ``topic``'s group with a ``reply_type`` (see
+        ``call_leader``)."""
         connections = self._client_open()
         return await call_leader(
-            self.routes, connections, topic, request, self.rng, silence_seconds
+            self.routes, connections, topic, request, reply_type, self.rng, silence_seconds
         )

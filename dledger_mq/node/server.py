@@ -274,8 +274,9 @@ def _or_minus_one(value: int | None) -> int:
 
 def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
     """The typed error reply, with the leader's client address when the error names a leader."""
-    leader_id = getattr(error, "leader_hint", None)
-    leader_address = config.members[leader_id].client if leader_id in config.members else None
+    leader_address = None
+    if isinstance(error, NotLeader) and error.leader_hint in config.members:
+        leader_address = config.members[error.leader_hint].client
     return rpc_error_reply(error, leader_address)
 
 

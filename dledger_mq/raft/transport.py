@@ -48,6 +48,7 @@ from dledger_mq.wire.handshake import (
     Welcome,
     check_peer,
 )
+from dledger_mq.wire.rpc import error_reply
 from dledger_mq.wire.socket_io import write_now
 
 logger = structlog.get_logger()
@@ -297,6 +298,6 @@ async def _read_one(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> ob
 
 
 async def _send_error(stream: trio.abc.SendStream, error: DledgerError) -> None:
-    reply = ErrorReply(code=type(error).__name__, message=str(error))
+    reply = error_reply(error)
     with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
         await stream.send_all(encode_frames([PEER_CODEC.encode(reply)]))

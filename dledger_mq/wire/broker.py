@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 from dledger_mq.wire.codec import Codec
-from dledger_mq.wire.handshake import HANDSHAKE_TYPES
+from dledger_mq.wire.handshake import HANDSHAKE_TYPES, ErrorFieldValue
 
 
 @attrs.frozen
@@ -46,6 +46,8 @@ class Receipt:
     duplicate: bool
     error_code: str = ""
     error_message: str = ""
+    #: The refusal's fields (``errors.DledgerError.fields``), as an ``ErrorReply`` carries them.
+    error_fields: dict[str, ErrorFieldValue] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ Decoding is strict: a field of the wrong type is refused, never coerced, and eve
 from __future__ import annotations
 
 import enum
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -58,10 +59,30 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_factory(
         attrs.has, lambda kind: _tuple_structurer(converter, kind)
     )
+    converter.register_structure_hook_func(_is_scalar_union, _structure_scalar_union)
     converter.register_unstructure_hook_factory(
         attrs.has, lambda kind: _tuple_unstructurer(converter, kind)
     )
     return converter
+
+
+_SCALARS = (str, int, bool, float, bytes, type(None))
+
+
+def _is_scalar_union(target: Any) -> bool:
+    """A union of two or more scalar types besides None (``str | int | bool | None``)."""
+    members = typing.get_args(target)
+    return (
+        typing.get_origin(target) in (typing.Union, types.UnionType)
+        and all(member in _SCALARS for member in members)
+        and len([member for member in members if member is not type(None)]) >= 2
+    )
+
+
+def _structure_scalar_union(value: Any, target: Any) -> Any:
+    if type(value) not in typing.get_args(target):
+        raise TypeError(f"expected one of {target}, got {type(value).__name__} {value!r:.40}")
+    return value
 
 
 def _tuple_structurer(converter: cattrs.Converter, kind: type) -> Any:

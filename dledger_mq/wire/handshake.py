@@ -31,15 +31,20 @@ class Welcome:
     protocol_version: int
 
 
+#: Field values an error may carry on the wire (``DledgerError.field_values``).
+ErrorFieldValue = str | int | bool | float | None
+
+
 @attrs.frozen
 class ErrorReply:
-    """A typed error for one request: ``code`` is the error class's name."""
+    """A typed error for one request: ``code`` is the error class's name (``errors.ERRORS``),
+    ``fields`` its constructor's arguments (``NotLeader``: ``leader_hint``,
+    ``leader_address``); ``retriable`` says what to do with a code this side does not know."""
 
     code: str
     message: str
     retriable: bool = False
-    leader_id: str | None = None
-    leader_address: str | None = None
+    fields: dict[str, ErrorFieldValue] = attrs.field(factory=dict)
 
 
 HANDSHAKE_TYPES.update({1: Hello, 2: Welcome, 3: ErrorReply})

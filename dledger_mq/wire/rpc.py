@@ -14,7 +14,7 @@ import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 import trio
@@ -25,8 +25,6 @@ from dledger_mq.errors import (
     DledgerError,
     HandshakeRefused,
     InternalError,
-    LeadershipTransferInProgress,
-    NotLeader,
     ProtocolError,
     Unavailable,
 )
@@ -42,40 +40,43 @@ from dledger_mq.wire.websocket import (
 
 logger = structlog.get_logger()
 
+ReplyT = TypeVar("ReplyT")
+
 #: Requests of one connection answered at once; a client may have more in flight, but the
 #: server reads no further until one is answered.
 MAX_REQUESTS_IN_FLIGHT = 1024
 
 
 def error_reply(error: DledgerError, leader_address: str | None = None) -> ErrorReply:
-    return ErrorReply(
-        code=type(error).__name__,
-        message=str(error),
-        retriable=error.retriable,
-        leader_id=getattr(error, "leader_hint", None),
-        leader_address=leader_address,
-    )
+    """The wire form of ``error``: its code, text and fields (``leader_address`` filled in for
+    an error that has one and does not know it yet)."""
+    fields = error.field_values()
+    if "leader_address" in fields and fields["leader_address"] is None:
+        fields["leader_address"] = leader_address
+    for name, value in fields.items():
+        if not isinstance(value, str | int | bool | float | type(None)):
+            fields[name] = str(value)  # a path or the like: its text travels
+    return ErrorReply(code=error.code, message=str(error), retriable=error.retriable, fields=fields)
+
+
+def error_from_reply(reply: ErrorReply) -> DledgerError:
+    """The error an ``ErrorReply`` stands for: the same class with the same fields. A code this
+    side does not know is a plain ``DledgerError`` keeping the reply's ``retriable``; fields
+    that do not fit the code are the sender's fault, a ``ProtocolError``."""
+    kind = errors.ERRORS.get(reply.code)
+    if kind is None:
+        unknown = DledgerError(f"{reply.code}: {reply.message}")
+        unknown.retriable = reply.retriable  # type: ignore[misc]
+        return unknown
+    try:
+        return kind.from_fields(reply.message, reply.fields)
+    except (TypeError, ValueError) as error:
+        return ProtocolError(f"an error reply {reply.code} that does not fit its code: {error}")
 
 
 def raise_error_reply(reply: ErrorReply) -> None:
-    """Raise the error an ``ErrorReply`` stands for, with its leader hint and address."""
-    if reply.code in ("NotLeader", "LeadershipTransferInProgress"):
-        not_leader = NotLeader(reply.leader_id, reply.message)
-        if reply.code == "LeadershipTransferInProgress" and reply.leader_id is not None:
-            not_leader = LeadershipTransferInProgress(reply.leader_id)
-        not_leader.leader_address = reply.leader_address  # type: ignore[attr-defined]
-        raise not_leader
-    kind = getattr(errors, reply.code, None)
-    if not (isinstance(kind, type) and issubclass(kind, DledgerError)):
-        unknown = DledgerError(f"{reply.code}: {reply.message}")
-        unknown.retriable = reply.retriable
-        raise unknown
-    # The same class as on the server, so that callers catch what the server raised; built
-    # around its message alone, since some classes take other arguments than a message.
-    error = kind.__new__(kind)
-    Exception.__init__(error, reply.message)
-    error.retriable = reply.retriable
-    raise error
+    """Raise the error an ``ErrorReply`` stands for (see ``error_from_reply``)."""
+    raise error_from_reply(reply)
 
 
 def describe_os_error(error: OSError) -> str:
@@ -227,6 +228,11 @@ class RpcConnection:
         self._turn = trio.Event()
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """The connection is gone (closed, reset, or it sent garbage): open another."""
+        return self._closed
+
     async def request(self, message: object) -> Any:
         """Send ``message`` and return its reply; an ``ErrorReply`` is raised as its error."""
         request_id = next(self._request_ids)
@@ -248,6 +254,17 @@ class RpcConnection:
             self._replies.pop(request_id, None)
         if isinstance(reply, ErrorReply):
             raise_error_reply(reply)
+        return reply
+
+    async def call(self, message: object, reply_type: type[ReplyT]) -> ReplyT:
+        """``request``, whose reply must be a ``reply_type``: any other is the other side's
+        fault, a ``ProtocolError`` (never an ``AssertionError`` in the caller)."""
+        reply = await self.request(message)
+        if not isinstance(reply, reply_type):
+            raise ProtocolError(
+                f"{self.node_id} answered {type(message).__name__} with "
+                f"{type(reply).__name__}, not {reply_type.__name__}"
+            )
         return reply
 
     async def _read_one(self) -> None:

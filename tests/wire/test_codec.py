@@ -50,7 +50,17 @@ messages = st.one_of(
     ),
     st.builds(Heartbeat, counters, names, names, counters),
     st.builds(Hello, names, names, counters),
-    st.builds(ErrorReply, names, st.text(), st.booleans(), st.none() | names, st.none() | names),
+    st.builds(
+        ErrorReply,
+        names,
+        st.text(),
+        st.booleans(),
+        st.dictionaries(
+            names,
+            st.none() | names | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1),
+            max_size=5,
+        ),
+    ),
 )
 
 
