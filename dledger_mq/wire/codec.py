@@ -30,17 +30,27 @@ MAX_NAME_LENGTH = 255
 
 
 def strict_structure_hook(expected: type) -> Any:
-    """A cattrs structure hook that refuses a value of another type instead of coercing it."""
-    return _strict(expected)
+    """A cattrs structure hook that refuses a value of another type instead of coercing it
+    (for configuration files: integers unbounded, their own validators say what fits)."""
+    return _strict(expected, bound_ints=False)
 
 
-def _strict(expected: type) -> Any:
+#: Every integer field on the wire lies in [MIN_INT, MAX_INT]: -1 is the wire's "none" (the
+#: broker picks the queue, no offset yet), and 2^63 - 1 the largest a signed 64-bit field holds.
+#: Protocols check tighter bounds of their own where they matter (peer terms and indexes).
+MIN_INT = -1
+MAX_INT = (1 << 63) - 1
+
+
+def _strict(expected: type, bound_ints: bool = True) -> Any:
     def structure(value: Any, target: Any) -> Any:
         # bool is an int subclass; a true/false where a number belongs is still garbage.
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             shown = repr(value)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             raise TypeError(f"expected {expected.__name__}, got {type(value).__name__} {shown}")
+        if bound_ints and isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+            raise TypeError(f"{value} is outside [{MIN_INT}, {MAX_INT}]")
         if target is not expected and isinstance(target, type) and issubclass(target, enum.Enum):
             # An IntEnum (an entry's kind) reaches this hook as an int subclass: it must come
             # out as its member, or `kind is EntryKind.NORMAL` is silently false.

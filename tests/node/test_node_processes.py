@@ -453,7 +453,7 @@ async def test_a_forged_term_from_a_member_link_is_refused_and_changes_nothing(
         frames = encode_frames([hello, PEER_CODEC.encode(forged, 0, "broker-a")])
         replies = await _converse(cluster.peer_address(leader.node_id), frames, member=True)
         assert [reply.code for reply in replies] == ["ProtocolError"], replies
-        assert "out of range" in replies[0].message
+        assert "out of range" in replies[0].message or "outside" in replies[0].message
     assert await cluster.propose(b"after the forged messages") > 0
     after = await cluster.status(leader.node_id)
     assert after is not None and after.term == before.term and after.role == "leader"

@@ -1,0 +1,107 @@
+"""Whatever a client asks of the broker service, within what the decoder lets through, is
+answered or refused with a typed error; it never fails with anything else (which the node
+would answer as an InternalError: a bug)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dledger_mq.broker.records import CreateTopic, encode_command
+from dledger_mq.broker.service import BrokerService
+from dledger_mq.broker.state import BrokerState
+from dledger_mq.errors import DledgerError
+from dledger_mq.raft.core import Config, RaftCore
+from dledger_mq.raft.log_store import MemoryLogStore
+from dledger_mq.wire.broker import (
+    ConsumerHeartbeat,
+    OutgoingMessage,
+    PullRequest,
+    QueryOffsetsRequest,
+    SendRequest,
+)
+from dledger_mq.wire.codec import MAX_INT, MIN_INT
+
+WIRE_INTS = st.integers(min_value=MIN_INT, max_value=MAX_INT)
+SMALL_INTS = st.integers(min_value=MIN_INT, max_value=2000)
+NAMES = st.sampled_from(["orders", "missing", "", "bad name!", "x" * 300, "%RETRY%g"])
+
+
+class _Leader:
+    def __init__(self) -> None:
+        self.core = RaftCore(Config("n1", ("n1",)), MemoryLogStore(), random.Random(0))
+        self.core.campaign()
+
+    @property
+    def is_leader(self) -> bool:
+        return True
+
+    async def propose_and_apply(self, data: bytes) -> object:
+        raise AssertionError("not in this test")
+
+
+def service() -> BrokerService:
+    state = BrokerState("broker-a")
+    state.apply(1, encode_command(CreateTopic("orders", 4, True)))
+    return BrokerService(state, _Leader(), MemoryLogStore(), monotonic_ms=lambda: 0)
+
+
+REQUESTS = st.one_of(
+    st.builds(
+        PullRequest,
+        NAMES,
+        SMALL_INTS | WIRE_INTS,
+        SMALL_INTS | WIRE_INTS,
+        SMALL_INTS | WIRE_INTS,
+        st.text(max_size=12),
+        st.just(0),
+    ),
+    st.builds(QueryOffsetsRequest, NAMES, NAMES),
+    st.builds(
+        ConsumerHeartbeat,
+        NAMES,
+        NAMES,
+        st.text(max_size=8),
+        st.booleans(),
+        st.lists(SMALL_INTS | WIRE_INTS, max_size=4).map(tuple),
+    ),
+    st.builds(
+        SendRequest,
+        st.lists(
+            st.builds(
+                OutgoingMessage,
+                NAMES,
+                st.binary(max_size=20),
+                st.none() | st.text(max_size=8),
+                st.lists(st.text(max_size=8), max_size=3).map(tuple),
+                st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+                st.none() | st.text(max_size=8),
+                st.none() | st.text(max_size=8),
+                st.none() | WIRE_INTS,
+                WIRE_INTS,
+                SMALL_INTS | WIRE_INTS,
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(REQUESTS)
+def test_every_request_is_answered_or_refused_with_a_typed_error(request: Any) -> None:
+    broker = service()
+    try:
+        if isinstance(request, PullRequest):
+            broker.pull_now(request)
+        elif isinstance(request, QueryOffsetsRequest):
+            broker.query_offsets(request)
+        elif isinstance(request, ConsumerHeartbeat):
+            broker.consumer_heartbeat(request)
+        else:
+            broker.prepare_send(request)
+    except DledgerError:
+        pass
