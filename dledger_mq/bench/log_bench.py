@@ -16,9 +16,9 @@ from contextlib import contextmanager
 
 import attrs
 
-from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.disk import OsDisk
-from dledger_mq.raft.messages import Entry
+from dledger_mq.raft.pure.messages import Entry
+from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.storage.disk import OsDisk
 
 #: Bytes per read request in the sequential read case.
 READ_CHUNK_BYTES = 1 << 20

@@ -23,8 +23,8 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
 
 from dledger_mq.bench.raft_bench import free_ports, percentile
-from dledger_mq.raft.messages import Heartbeat
-from dledger_mq.raft.transport import PEER_CODEC
+from dledger_mq.raft.pure.messages import Heartbeat
+from dledger_mq.raft.runtime.transport import PEER_CODEC
 from dledger_mq.wire.frames import FrameDecoder, encode_frame
 from dledger_mq.wire.websocket import (
     WebSocket,

@@ -47,8 +47,8 @@ from dledger_mq.broker.state import (
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
 from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
-from dledger_mq.raft.core import RaftCore
-from dledger_mq.raft.log_store import LogStore
+from dledger_mq.raft.pure.core import RaftCore
+from dledger_mq.raft.pure.log_store import LogStore
 from dledger_mq.wire.broker import (
     CommitOffsetsReply,
     CommitOffsetsRequest,

@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 
 from dledger_mq.node.config import ConfigError, Member, load_config, parse_config, render_config
-from dledger_mq.raft.disk import Disk, OsDisk, make_directories, write_file_atomically
+from dledger_mq.raft.storage.disk import Disk, OsDisk, make_directories, write_file_atomically
 
 DEFAULT_ROOT = Path(".dledger-mq")
 DEFAULT_BASE_PORT = 9876

@@ -27,7 +27,7 @@ import cattrs
 
 from dledger_mq.broker.records import DEFAULT_IDEMPOTENCE_WINDOW, MAX_IDEMPOTENCE_WINDOW
 from dledger_mq.errors import BadRequest
-from dledger_mq.raft.commitlog import FlushPolicy
+from dledger_mq.raft.storage.commitlog import FlushPolicy
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.codec import strict_structure_hook
 

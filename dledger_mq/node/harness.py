@@ -3,8 +3,9 @@
 They are not config keys or flags on purpose: an operator cannot turn them on by accident, and
 ``--help`` does not offer them. ``DLEDGER_MQ_HARNESS`` holds a comma-separated list:
 
-- ``lose-unsynced``: the CommitLog writes through :class:`~dledger_mq.raft.disk.PowerLossDisk`,
-  so killing the process loses every byte not yet fsynced, as a power cut would.
+- ``lose-unsynced``: the CommitLog writes through ``PowerLossDisk``
+  (``dledger_mq/raft/storage/simulated_disks.py``), so killing the process loses every byte not
+  yet fsynced, as a power cut would.
 - ``ack-before-fsync``: entries count as persisted once written, and fsync waits for an hour:
   the deliberately broken node the harness's negative control must catch losing data.
 """

@@ -30,14 +30,15 @@ from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
 from dledger_mq.node.registration import register_forever
-from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.core import Config, RaftCore, Role
-from dledger_mq.raft.disk import OsDisk, PowerLossDisk
-from dledger_mq.raft.log_writer import open_log_writer
-from dledger_mq.raft.messages import Entry
-from dledger_mq.raft.progress import ProgressState
-from dledger_mq.raft.replica import Replica
-from dledger_mq.raft.transport import PeerTransport, TransportConfig
+from dledger_mq.raft.pure.core import Config, RaftCore, Role
+from dledger_mq.raft.pure.messages import Entry
+from dledger_mq.raft.pure.progress import ProgressState
+from dledger_mq.raft.runtime.log_writer import open_log_writer
+from dledger_mq.raft.runtime.replica import Replica
+from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
+from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.storage.disk import OsDisk
+from dledger_mq.raft.storage.simulated_disks import PowerLossDisk
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,

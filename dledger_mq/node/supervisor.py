@@ -57,7 +57,8 @@ from dledger_mq.node.processes import (
     signal_group,
     write_pid_file,
 )
-from dledger_mq.raft.disk import OsDisk, PowerLossDisk, make_directories
+from dledger_mq.raft.storage.disk import OsDisk, make_directories
+from dledger_mq.raft.storage.simulated_disks import PowerLossDisk
 
 #: A graceful stop: the node hands leadership over and finishes its last fsync (about 3 s at
 #: most); after this long it is killed.

@@ -35,10 +35,10 @@ from dledger_mq.broker.service import (
 )
 from dledger_mq.broker.state import ApplyResult, BrokerState, OffsetsCommitted, OffsetsReset
 from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
-from dledger_mq.raft.core import RaftCore
-from dledger_mq.raft.driver import Proposal, ReplicaDriver
-from dledger_mq.raft.log_store import LogStore
-from dledger_mq.raft.messages import Entry
+from dledger_mq.raft.pure.core import RaftCore
+from dledger_mq.raft.pure.driver import Proposal, ReplicaDriver
+from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
-from dledger_mq.raft.core import RaftCore, Role
-from dledger_mq.raft.messages import Entry, EntryKind, HardState
+from dledger_mq.raft.pure.core import RaftCore, Role
+from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState
 
 
 class SafetyViolation(Exception):

@@ -1,6 +1,6 @@
 """A simulated Raft cluster: nodes, a faulty network and a slow disk, all in virtual time.
 
-Each node runs the production driver (``dledger_mq.raft.driver.ReplicaDriver``, the decisions
+Each node runs the production driver (``dledger_mq.raft.pure.driver.ReplicaDriver``, the decisions
 the Trio runtime makes: what to send before the write, which hard states to write, which
 proposals to answer and how) around the production core, on the real CommitLog on a
 ``MemoryDisk``. Only the doing is simulated, as the runtime does it: a write small enough for
@@ -21,19 +21,19 @@ from typing import Any
 from dledger_mq.broker.records import BrokerSettings
 from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import CorruptLog, NotLeader, StorageError
-from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.commitlog_format import (
+from dledger_mq.raft.pure.core import Config, RaftCore, Role
+from dledger_mq.raft.pure.driver import Proposal, ReadyWork, ReplicaDriver
+from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.messages import Entry, EntryKind, Message
+from dledger_mq.raft.runtime.log_writer import can_write_inline
+from dledger_mq.raft.runtime.transport import decode_peer_message, encode_peer_message
+from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     parse_segment_file_name,
 )
-from dledger_mq.raft.core import Config, RaftCore, Role
-from dledger_mq.raft.disk import MemoryDisk
-from dledger_mq.raft.driver import Proposal, ReadyWork, ReplicaDriver
-from dledger_mq.raft.log_store import LogStore
-from dledger_mq.raft.log_writer import can_write_inline
-from dledger_mq.raft.messages import Entry, EntryKind, Message
-from dledger_mq.raft.transport import decode_peer_message, encode_peer_message
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 from jepsen.sim.broker import SimBroker, StateFactory
 from jepsen.sim.checker import SafetyChecker, SafetyViolation
 from jepsen.sim.options import UNITS_PER_TICK, SimOptions

@@ -14,12 +14,12 @@ from collections.abc import Callable
 import attrs
 
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.raft.core import Config, RaftCore, Ready
-from dledger_mq.raft.driver import ReadyWork, ReplicaDriver
-from dledger_mq.raft.log_store import LogStore
-from dledger_mq.raft.messages import Entry, Message, VoteRequest
-from dledger_mq.raft.progress import Progress
-from dledger_mq.raft.raft_log import RaftLog
+from dledger_mq.raft.pure.core import Config, RaftCore, Ready
+from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
+from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.messages import Entry, Message, VoteRequest
+from dledger_mq.raft.pure.progress import Progress
+from dledger_mq.raft.pure.raft_log import RaftLog
 
 # -- the core ------------------------------------------------------------------------------------
 

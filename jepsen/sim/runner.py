@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 import attrs
 import structlog
 
-from dledger_mq.raft.log_writer import INLINE_MAX_ENTRIES
+from dledger_mq.raft.runtime.log_writer import INLINE_MAX_ENTRIES
 from jepsen.sim.broker import BrokerViolation, BrokerWorkload
 from jepsen.sim.checker import SafetyViolation
 from jepsen.sim.cluster import Cluster, LivenessViolation

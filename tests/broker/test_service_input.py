@@ -14,8 +14,8 @@ from dledger_mq.broker.records import CreateTopic, encode_command
 from dledger_mq.broker.service import BrokerService
 from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import DledgerError
-from dledger_mq.raft.core import Config, RaftCore
-from dledger_mq.raft.log_store import MemoryLogStore
+from dledger_mq.raft.pure.core import Config, RaftCore
+from dledger_mq.raft.pure.log_store import MemoryLogStore
 from dledger_mq.wire.broker import (
     ConsumerHeartbeat,
     OutgoingMessage,

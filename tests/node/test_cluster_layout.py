@@ -20,7 +20,8 @@ from dledger_mq.node.processes import (
     read_pid_file,
     write_pid_file,
 )
-from dledger_mq.raft.disk import MemoryDisk, make_directories
+from dledger_mq.raft.storage.disk import make_directories
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 
 def test_the_default_layout_keeps_the_documented_ports() -> None:
@@ -103,7 +104,7 @@ def test_relative_directories_are_made_from_the_working_directory(tmp_path: Path
     previous = os.getcwd()
     os.chdir(tmp_path)
     try:
-        from dledger_mq.raft.disk import OsDisk
+        from dledger_mq.raft.storage.disk import OsDisk
 
         make_directories(OsDisk(), "x/y")
     finally:

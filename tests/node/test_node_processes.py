@@ -19,8 +19,8 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader
 from dledger_mq.node.cluster_status import fetch_status
-from dledger_mq.raft.messages import AppendResponse, Heartbeat
-from dledger_mq.raft.transport import PEER_CODEC
+from dledger_mq.raft.pure.messages import AppendResponse, Heartbeat
+from dledger_mq.raft.runtime.transport import PEER_CODEC
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import ADMIN_CODEC
 from dledger_mq.wire.frames import FrameDecoder, encode_frames

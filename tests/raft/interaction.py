@@ -30,9 +30,9 @@ import random
 from pathlib import Path
 
 from dledger_mq.errors import DledgerError
-from dledger_mq.raft.core import Config, RaftCore, Ready
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import (
+from dledger_mq.raft.pure.core import Config, RaftCore, Ready
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import (
     AppendRequest,
     AppendResponse,
     Entry,

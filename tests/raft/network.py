@@ -12,9 +12,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dledger_mq.raft.core import Config, RaftCore, Ready, Role
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import Entry, HardState, Message
+from dledger_mq.raft.pure.core import Config, RaftCore, Ready, Role
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry, HardState, Message
 
 THREE_NODES = ("n1", "n2", "n3")
 FIVE_NODES = ("n1", "n2", "n3", "n4", "n5")

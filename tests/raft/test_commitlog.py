@@ -18,16 +18,17 @@ from dledger_mq.errors import (
     FsyncFailed,
     StorageError,
 )
-from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.commitlog_format import (
+from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable, MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState
+from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.storage.commitlog_format import (
     FORMAT_VERSION,
     META_MAGIC,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
 )
-from dledger_mq.raft.disk import MemoryDisk, OsDisk
-from dledger_mq.raft.log_store import LogCompacted, LogUnavailable, MemoryLogStore
-from dledger_mq.raft.messages import Entry, EntryKind, HardState
+from dledger_mq.raft.storage.disk import OsDisk
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 DIRECTORY = "/node1"
 

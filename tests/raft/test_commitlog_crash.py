@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dledger_mq.errors import CorruptRecord, FsyncFailed, StorageError
-from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.disk import MemoryDisk
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import Entry, HardState
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry, HardState
+from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 DIRECTORY = "/node"
 SEGMENT_SIZE_BYTES = 300

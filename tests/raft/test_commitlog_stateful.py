@@ -18,10 +18,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from dledger_mq.raft.commitlog import CommitLog
-from dledger_mq.raft.disk import Disk, MemoryDisk, OsDisk
-from dledger_mq.raft.log_store import LogCompacted, LogUnavailable, MemoryLogStore
-from dledger_mq.raft.messages import Entry, EntryKind, HardState
+from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable, MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState
+from dledger_mq.raft.storage.commitlog import CommitLog
+from dledger_mq.raft.storage.disk import Disk, OsDisk
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 SEGMENT_SIZE_BYTES = 256
 

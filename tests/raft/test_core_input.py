@@ -7,9 +7,9 @@ import random
 import pytest
 
 from dledger_mq.errors import BadRequest
-from dledger_mq.raft.core import Config, RaftCore
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import AppendResponse, Heartbeat, VoteRequest, VoteResponse
+from dledger_mq.raft.pure.core import Config, RaftCore
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import AppendResponse, Heartbeat, VoteRequest, VoteResponse
 
 MEMBERS = ("n1", "n2", "n3")
 

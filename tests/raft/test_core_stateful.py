@@ -40,9 +40,9 @@ from hypothesis.stateful import (
 )
 
 from dledger_mq.errors import BadRequest, NotLeader
-from dledger_mq.raft.core import Config, RaftCore, Ready, Role
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import Entry, Message
+from dledger_mq.raft.pure.core import Config, RaftCore, Ready, Role
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry, Message
 from jepsen.sim.checker import SafetyChecker
 
 NODES = ("n1", "n2", "n3")

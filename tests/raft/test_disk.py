@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from dledger_mq.raft.disk import (
+from dledger_mq.raft.storage.disk import Disk, FsyncError, OsDisk, write_file_atomically
+from dledger_mq.raft.storage.simulated_disks import (
     TORN_GARBAGE_WINDOW_BYTES,
-    Disk,
-    FsyncError,
     MemoryDisk,
-    OsDisk,
     PowerLossDisk,
-    write_file_atomically,
 )
 
 
@@ -229,7 +226,7 @@ def test_a_killed_process_loses_exactly_what_it_did_not_fsync(tmp_path: Path) ->
     path = tmp_path / "segment"
     script = (
         "import os, signal\n"
-        "from dledger_mq.raft.disk import PowerLossDisk\n"
+        "from dledger_mq.raft.storage.simulated_disks import PowerLossDisk\n"
         f"f = PowerLossDisk().open({str(path)!r}, create=True)\n"
         "f.append(b'acknowledged'); f.fsync(); f.append(b'-in-flight')\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

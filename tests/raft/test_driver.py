@@ -8,10 +8,10 @@ import random
 import pytest
 
 from dledger_mq.errors import NotLeader
-from dledger_mq.raft.core import Config, RaftCore, Ready, Role, SoftState
-from dledger_mq.raft.driver import ReplicaDriver
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import AppendRequest, Entry, HardState, VoteResponse
+from dledger_mq.raft.pure.core import Config, RaftCore, Ready, Role, SoftState
+from dledger_mq.raft.pure.driver import ReplicaDriver
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import AppendRequest, Entry, HardState, VoteResponse
 
 
 def single_node_leader(

@@ -14,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dledger_mq.errors import FsyncFailed
-from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.disk import MemoryDisk, Operation
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.log_writer import INLINE_MAX_ENTRIES, merge_requests, open_log_writer
-from dledger_mq.raft.messages import Entry, HardState
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry, HardState
+from dledger_mq.raft.runtime.log_writer import INLINE_MAX_ENTRIES, merge_requests, open_log_writer
+from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk, Operation
 
 DIRECTORY = "/node"
 

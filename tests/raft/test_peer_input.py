@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dledger_mq.errors import BadRequest, ProtocolError
-from dledger_mq.raft.core import Config, RaftCore
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import (
+from dledger_mq.raft.pure.core import Config, RaftCore
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import (
     MAX_INDEX,
     MAX_TERM,
     AppendRequest,
@@ -25,7 +25,7 @@ from dledger_mq.raft.messages import (
     TimeoutNow,
     VoteRequest,
 )
-from dledger_mq.raft.transport import PEER_CODEC, decode_peer_message, encode_peer_message
+from dledger_mq.raft.runtime.transport import PEER_CODEC, decode_peer_message, encode_peer_message
 
 GROUP = "broker-a"
 

@@ -17,10 +17,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import Entry, HardState
-from dledger_mq.raft.progress import Progress, ProgressState
-from dledger_mq.raft.raft_log import RaftLog
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry, HardState
+from dledger_mq.raft.pure.progress import Progress, ProgressState
+from dledger_mq.raft.pure.raft_log import RaftLog
 from tests.raft.network import store_with, stored_entries
 
 ALL_BYTES = 1 << 62

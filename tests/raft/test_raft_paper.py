@@ -16,9 +16,9 @@ import random
 import pytest
 
 from dledger_mq.errors import LeadershipTransferInProgress, NotLeader, ProtocolError
-from dledger_mq.raft.core import Config, RaftCore, Ready, Role
-from dledger_mq.raft.log_store import MemoryLogStore
-from dledger_mq.raft.messages import (
+from dledger_mq.raft.pure.core import Config, RaftCore, Ready, Role
+from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import (
     AppendRequest,
     AppendResponse,
     Entry,

@@ -9,12 +9,12 @@ import pytest
 import trio
 
 from dledger_mq.errors import StorageError
-from dledger_mq.raft.commitlog import CommitLog
-from dledger_mq.raft.core import Config, RaftCore
-from dledger_mq.raft.disk import MemoryDisk
-from dledger_mq.raft.log_writer import open_log_writer
-from dledger_mq.raft.replica import Replica
-from dledger_mq.raft.transport import PeerTransport, TransportConfig
+from dledger_mq.raft.pure.core import Config, RaftCore
+from dledger_mq.raft.runtime.log_writer import open_log_writer
+from dledger_mq.raft.runtime.replica import Replica
+from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
+from dledger_mq.raft.storage.commitlog import CommitLog
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 
 async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(

@@ -7,8 +7,8 @@ import random
 
 import trio
 
-from dledger_mq.raft.messages import AppendRequest, Entry, Message
-from dledger_mq.raft.transport import PeerTransport, TransportConfig
+from dledger_mq.raft.pure.messages import AppendRequest, Entry, Message
+from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
 from dledger_mq.wire.address import Address
 
 DEADLINE_SECONDS = 20

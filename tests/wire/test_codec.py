@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dledger_mq.errors import FrameTooLarge, ProtocolError
-from dledger_mq.raft.messages import (
+from dledger_mq.raft.pure.messages import (
     AppendRequest,
     AppendResponse,
     Entry,
@@ -16,7 +16,7 @@ from dledger_mq.raft.messages import (
     Heartbeat,
     VoteRequest,
 )
-from dledger_mq.raft.transport import PEER_CODEC
+from dledger_mq.raft.runtime.transport import PEER_CODEC
 from dledger_mq.wire.frames import FrameDecoder, encode_frame, encode_frames
 from dledger_mq.wire.handshake import ErrorReply, Hello
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dledger_mq.errors import ProtocolError
-from dledger_mq.raft.transport import PEER_CODEC
+from dledger_mq.raft.runtime.transport import PEER_CODEC
 from dledger_mq.wire.admin import NODE_CODEC
 from dledger_mq.wire.codec import MAX_INT, MIN_INT, Codec
 from dledger_mq.wire.naming import NAMING_CODEC

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dledger_mq.raft.messages import Entry, HardState
+from dledger_mq.raft.pure.messages import Entry, HardState
 
 
 class LogCompacted(Exception):

@@ -15,7 +15,8 @@ import attrs
 import structlog
 
 from dledger_mq.errors import CorruptRecord, DataDirError, FormatVersionError
-from dledger_mq.raft.commitlog_format import (
+from dledger_mq.raft.pure.messages import HardState
+from dledger_mq.raft.storage.commitlog_format import (
     FORMAT_VERSION,
     META_FILE_NAME,
     RECORD_HEADER_SIZE,
@@ -36,8 +37,7 @@ from dledger_mq.raft.commitlog_format import (
     record_checksum_matches,
     segment_file_name,
 )
-from dledger_mq.raft.disk import Disk, DiskFile, make_directories, write_file_atomically
-from dledger_mq.raft.messages import HardState
+from dledger_mq.raft.storage.disk import Disk, DiskFile, make_directories, write_file_atomically
 
 _logger = structlog.get_logger()
 

@@ -11,8 +11,8 @@ Invariant: applied <= committed <= last_index.
 
 from __future__ import annotations
 
-from dledger_mq.raft.log_store import LogStore
-from dledger_mq.raft.messages import Entry
+from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.messages import Entry
 
 
 class RaftLog:

@@ -1,6 +1,6 @@
 """The on-disk Raft log: segmented, checksummed, fsynced, and recovered on open.
 
-A ``CommitLog`` is a :class:`~dledger_mq.raft.log_store.LogStore` whose entries live in
+A ``CommitLog`` is a :class:`~dledger_mq.raft.pure.log_store.LogStore` whose entries live in
 append-only segment files named after their first index; a small state file holds the hard state
 and the trim point. docs/commitlog.md describes the format, the flush policies and recovery.
 
@@ -35,7 +35,9 @@ from dledger_mq.errors import (
     FsyncFailed,
     StorageError,
 )
-from dledger_mq.raft.commitlog_format import (
+from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
+from dledger_mq.raft.pure.messages import ENTRY_OVERHEAD_BYTES, Entry, HardState
+from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     STATE_FILE_NAME,
@@ -47,16 +49,14 @@ from dledger_mq.raft.commitlog_format import (
     encode_state,
     segment_file_name,
 )
-from dledger_mq.raft.commitlog_recovery import (
+from dledger_mq.raft.storage.commitlog_recovery import (
     Cut,
     RecoveredLog,
     prepare_directory,
     read_state,
     recover_segments,
 )
-from dledger_mq.raft.disk import Disk, DiskFile, FsyncError, write_file_atomically
-from dledger_mq.raft.log_store import LogCompacted, LogUnavailable
-from dledger_mq.raft.messages import ENTRY_OVERHEAD_BYTES, Entry, HardState
+from dledger_mq.raft.storage.disk import Disk, DiskFile, FsyncError, write_file_atomically
 
 __all__ = ["CommitLog", "Cut", "FlushPolicy", "RecoveryReport"]
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 import attrs
 
 from dledger_mq.errors import BadRequest, NotLeader, ProtocolError
-from dledger_mq.raft.core import RaftCore, Ready, Role, SoftState
-from dledger_mq.raft.messages import Entry, EntryKind, HardState, Message
+from dledger_mq.raft.pure.core import RaftCore, Ready, Role, SoftState
+from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState, Message
 
 #: A commit-index-only hard state is written at most this often (seconds of the runtime's clock).
 COMMIT_SAVE_INTERVAL_SECONDS = 1.0

@@ -25,12 +25,12 @@ import structlog
 import trio
 
 from dledger_mq.errors import BadRequest, ProtocolError
-from dledger_mq.raft.commitlog import CommitLog
-from dledger_mq.raft.core import RaftCore, Role, SoftState
-from dledger_mq.raft.driver import ReadyWork, ReplicaDriver
-from dledger_mq.raft.log_writer import LogWriter
-from dledger_mq.raft.messages import Entry, Message
-from dledger_mq.raft.transport import PeerTransport
+from dledger_mq.raft.pure.core import RaftCore, Role, SoftState
+from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
+from dledger_mq.raft.pure.messages import Entry, Message
+from dledger_mq.raft.runtime.log_writer import LogWriter
+from dledger_mq.raft.runtime.transport import PeerTransport
+from dledger_mq.raft.storage.commitlog import CommitLog
 
 logger = structlog.get_logger()
 

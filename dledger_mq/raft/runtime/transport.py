@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from dledger_mq.errors import DledgerError, HandshakeRefused, ProtocolError
-from dledger_mq.raft.messages import (
+from dledger_mq.raft.pure.messages import (
     AppendRequest,
     AppendResponse,
     Heartbeat,

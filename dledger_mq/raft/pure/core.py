@@ -22,8 +22,8 @@ from typing import Protocol
 import attrs
 
 from dledger_mq.errors import BadRequest, LeadershipTransferInProgress, NotLeader
-from dledger_mq.raft.log_store import LogStore
-from dledger_mq.raft.messages import (
+from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.messages import (
     AppendRequest,
     AppendResponse,
     Entry,
@@ -37,8 +37,8 @@ from dledger_mq.raft.messages import (
     VoteResponse,
     check_append_shape,
 )
-from dledger_mq.raft.progress import Progress, ProgressState
-from dledger_mq.raft.raft_log import RaftLog
+from dledger_mq.raft.pure.progress import Progress, ProgressState
+from dledger_mq.raft.pure.raft_log import RaftLog
 
 
 class Role(enum.Enum):

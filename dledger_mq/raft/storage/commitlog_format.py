@@ -11,7 +11,7 @@ import struct
 import attrs
 from crc32c import crc32c
 
-from dledger_mq.raft.messages import Entry, EntryKind, HardState
+from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState
 
 #: Bumped on any change to a layout below; a data directory of another version is refused.
 FORMAT_VERSION = 1

@@ -31,8 +31,8 @@ import structlog
 import trio
 
 from dledger_mq.errors import StorageError
-from dledger_mq.raft.commitlog import CommitLog, FlushPolicy
-from dledger_mq.raft.messages import Entry, HardState
+from dledger_mq.raft.pure.messages import Entry, HardState
+from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
 
 _logger = structlog.get_logger()
 

@@ -1,0 +1,1 @@
+"""Storage: the CommitLog on a ``Disk`` (real files; the simulated disks apart)."""
