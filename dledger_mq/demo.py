@@ -18,9 +18,9 @@ from pathlib import Path
 import attrs
 import trio
 
-from dledger_mq.bench.raft_bench import LocalCluster
 from dledger_mq.clients import Consumer, Producer
 from dledger_mq.node.cluster_status import fetch_all
+from dledger_mq.node.local_cluster import LocalCluster
 
 TOPIC = "demo"
 GROUP = "demo-viewers"

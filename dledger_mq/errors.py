@@ -94,7 +94,14 @@ class LeadershipTransferInProgress(NotLeader):
 
 
 class BadRequest(DledgerError):
-    """The caller asked for something invalid; retrying the same request cannot help."""
+    """A client asked for something invalid; retrying the same request cannot help."""
+
+
+class UsageError(DledgerError):
+    """This program used an API as no correct caller does: an invalid argument, a call out of
+    order, a component or a node configured wrongly. A bug or a misconfiguration here, never
+    something a remote side sent (a client's bad request is ``BadRequest``, a peer's or a
+    malformed frame ``ProtocolError``); not retriable, and not sent over the wire."""
 
 
 class StorageError(DledgerError):

@@ -17,11 +17,11 @@ from pathlib import Path
 import attrs
 import trio
 
-from dledger_mq.bench.raft_bench import cluster_on_free_ports
 from dledger_mq.node.cluster_layout import write_text_durably
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member, parse_config, render_config
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
+from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.node.processes import start_node, stop_processes
 from dledger_mq.wire.admin import StatusReply
 

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import trio
 
-from dledger_mq.bench.raft_bench import LocalCluster, Throughput, percentile
+from dledger_mq.bench.raft_bench import Throughput, percentile
 from dledger_mq.clients.consumer import Consumer
 from dledger_mq.clients.producer import Producer
+from dledger_mq.node.local_cluster import LocalCluster
 
 TOPIC = "bench"
 

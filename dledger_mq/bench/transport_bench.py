@@ -22,7 +22,8 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
 
-from dledger_mq.bench.raft_bench import free_ports, percentile
+from dledger_mq.bench.raft_bench import percentile
+from dledger_mq.node.local_cluster import free_ports
 from dledger_mq.raft.pure.messages import Heartbeat
 from dledger_mq.raft.runtime.transport import PEER_CODEC
 from dledger_mq.wire.frames import FrameDecoder, encode_frame

@@ -1,4 +1,6 @@
-"""The broker's request handlers on one replica: send (leader only), pull, offsets.
+"""The broker's request handlers on one replica: send (leader only), pull, offsets, and the
+administration of topics and consumer groups. ``handlers()`` maps each request type to its
+handler; the node adds its replica's own requests to that one table.
 
 A send becomes one SEND_BATCH entry: the leader picks queues, validates, stamps the store time
 and proposes; the reply is what ``BrokerState.apply`` made of it (receipts, or the original's
@@ -11,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -28,10 +30,13 @@ from dledger_mq.broker.records import (
     BrokerSettings,
     CommitOffsets,
     ConfigureBroker,
+    CreateTopic,
+    DeleteTopic,
     Message,
     OffsetCommit,
     ResetOffsets,
     SendBatch,
+    UpdateTopic,
     encode_command,
     read_messages,
 )
@@ -44,11 +49,32 @@ from dledger_mq.broker.state import (
     Refused,
     SendBatchResult,
     SendReceipt,
+    TopicCreated,
+    TopicDeleted,
+    TopicUpdated,
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
 from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
 from dledger_mq.raft.pure.core import RaftCore
 from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.wire.admin import (
+    CreateTopicReply,
+    CreateTopicRequest,
+    DeleteTopicRequest,
+    DescribeGroupReply,
+    DescribeGroupRequest,
+    GroupInfo,
+    ListGroupsReply,
+    ListGroupsRequest,
+    ListTopicsReply,
+    ListTopicsRequest,
+    QueueLagInfo,
+    ResetOffsetReply,
+    ResetOffsetRequest,
+    TopicChangedReply,
+    TopicInfo,
+    UpdateTopicRequest,
+)
 from dledger_mq.wire.broker import (
     CommitOffsetsReply,
     CommitOffsetsRequest,
@@ -75,6 +101,25 @@ MAX_PULL_BYTES = 4 << 20
 #: A consumer that has not heartbeat for this long leaves its group (clients beat every 1 s).
 CONSUMER_EXPIRY_MS = 3000
 
+#: Answers one request (of the type it is registered for) with its reply.
+RequestHandler = Callable[[Any], Awaitable[object]]
+
+
+class AppliedSignal:
+    """Fires whenever an entry is applied; long polls wait on it. Made before the replica and
+    the service, so that the replica's ``apply`` can fire it and the service wait on it."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        """Until the next entry is applied."""
+        await self._event.wait()
+
 
 class ReplicaHandle(Protocol):
     """What the service needs of its replica: who leads, and a way to propose. The Trio
@@ -99,6 +144,7 @@ class BrokerService:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         monotonic_ms: Callable[[], int] = lambda: int(trio.current_time() * 1000),
         consumer_expiry_ms: int = CONSUMER_EXPIRY_MS,
+        applied: AppliedSignal | None = None,
     ) -> None:
         self.state = state
         #: A consumer silent this long leaves its group (the simulator shortens it with the
@@ -119,26 +165,35 @@ class BrokerService:
         #: leader-local, so a new term starts it afresh.
         self._leading_term = -1
         self._leading_since_ms = 0
-        #: Set (and replaced) whenever an entry is applied: long polls wait on it.
-        self.applied = trio.Event()
+        #: Fired whenever an entry is applied (by whoever applies them): long polls wait on it.
+        self.applied = applied or AppliedSignal()
+        self._handlers = self.handlers()
 
-    def entry_applied(self) -> None:
-        self.applied.set()
-        self.applied = trio.Event()
+    # -- dispatch ------------------------------------------------------------------------------
 
-    async def handle(self, message: object) -> object | None:
-        """The reply to a broker request, or None if ``message`` is not one."""
-        if isinstance(message, SendRequest):
-            return await self.send(message)
-        if isinstance(message, PullRequest):
-            return await self.pull(message)
-        if isinstance(message, CommitOffsetsRequest):
-            return await self.commit_offsets(message)
-        if isinstance(message, QueryOffsetsRequest):
-            return self.query_offsets(message)
-        if isinstance(message, ConsumerHeartbeat):
-            return self.consumer_heartbeat(message)
-        return None
+    def handlers(self) -> dict[type, RequestHandler]:
+        """Request type -> its handler, for every request the broker answers."""
+        return {
+            SendRequest: self.send,
+            PullRequest: self.pull,
+            CommitOffsetsRequest: self.commit_offsets,
+            QueryOffsetsRequest: _now(self.query_offsets),
+            ConsumerHeartbeat: _now(self.consumer_heartbeat),
+            CreateTopicRequest: self.create_topic,
+            UpdateTopicRequest: self.update_topic,
+            DeleteTopicRequest: self.delete_topic,
+            ListTopicsRequest: _now(self.list_topics),
+            ListGroupsRequest: _now(self.list_groups),
+            DescribeGroupRequest: _now(self.describe_group),
+            ResetOffsetRequest: self.reset_offset,
+        }
+
+    async def handle(self, message: object) -> object:
+        """The reply to a broker request; ``BadRequest`` if ``message`` is not one."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise BadRequest(f"{type(message).__name__} is not a broker request")
+        return await handler(message)
 
     # -- settings ------------------------------------------------------------------------------
 
@@ -159,12 +214,88 @@ class BrokerService:
             with trio.move_on_after(1):
                 await changed.wait()
 
+    # -- topics --------------------------------------------------------------------------------
+
+    async def create_topic(self, request: CreateTopicRequest) -> CreateTopicReply:
+        command = CreateTopic(request.name, request.queue_count, request.fifo)
+        result = await self._propose(encode_command(command))
+        assert isinstance(result, TopicCreated), result
+        return CreateTopicReply(self.topic_info(result.topic.name), result.created)
+
+    async def update_topic(self, request: UpdateTopicRequest) -> TopicChangedReply:
+        """Changes only what the request gives; the rest is read from the leader's state."""
+        if not self.replica.is_leader:
+            raise NotLeader(self.replica.core.leader)  # its topics may be behind
+        current = self.state.topic(request.name)
+        if current is None:
+            raise TopicNotFound(request.name)
+        command = UpdateTopic(
+            request.name,
+            current.queue_count if request.queue_count is None else request.queue_count,
+            current.fifo if request.fifo is None else request.fifo,
+        )
+        result = await self._propose(encode_command(command))
+        assert isinstance(result, TopicUpdated), result
+        return TopicChangedReply(self.topic_info(result.topic.name))
+
+    async def delete_topic(self, request: DeleteTopicRequest) -> TopicChangedReply:
+        result = await self._propose(encode_command(DeleteTopic(request.name)))
+        assert isinstance(result, TopicDeleted), result
+        return TopicChangedReply(None)
+
+    def list_topics(self, request: ListTopicsRequest) -> ListTopicsReply:
+        return ListTopicsReply(tuple(self.topic_info(t.name) for t in self.state.topics()))
+
+    def topic_info(self, name: str) -> TopicInfo:
+        description = self.state.describe_topic(name)
+        return TopicInfo(
+            name=description.name,
+            queue_count=description.queue_count,
+            fifo=description.fifo,
+            max_offsets=tuple(queue.max_offset for queue in description.queues),
+        )
+
+    async def _propose(self, data: bytes) -> object:
+        """Propose ``data``; what apply made of it, or the error it refused it with."""
+        result = await self.replica.propose_and_apply(data)
+        if isinstance(result, Refused):
+            raise result.error
+        return result
+
     # -- consumer groups -------------------------------------------------------------------------
 
     def live_consumers(self, group: str, topic: str) -> tuple[str, ...]:
         now = self.monotonic_ms()
         members = self.consumers.get((group, topic), {})
         return tuple(sorted(c for c, expires_at_ms in members.items() if expires_at_ms > now))
+
+    def list_groups(self, request: ListGroupsRequest) -> ListGroupsReply:
+        return ListGroupsReply(
+            tuple(GroupInfo(g, self.state.group_topics(g)) for g in self.state.groups())
+        )
+
+    def describe_group(self, request: DescribeGroupRequest) -> DescribeGroupReply:
+        return DescribeGroupReply(
+            self._lag(request.group, request.topic),
+            self.live_consumers(request.group, request.topic),
+        )
+
+    async def reset_offset(self, request: ResetOffsetRequest) -> ResetOffsetReply:
+        await self.reset_offsets(
+            request.group, request.topic, request.to_offset, request.to_time_ms
+        )
+        return ResetOffsetReply(self._lag(request.group, request.topic))
+
+    def _lag(self, group: str, topic: str) -> tuple[QueueLagInfo, ...]:
+        return tuple(
+            QueueLagInfo(
+                lag.queue_id,
+                -1 if lag.committed_offset is None else lag.committed_offset,
+                lag.max_offset,
+                lag.lag,
+            )
+            for lag in self.state.lag(group, topic)
+        )
 
     async def reset_offsets(
         self, group: str, topic: str, to_offset: int, to_time_ms: int
@@ -191,9 +322,7 @@ class BrokerService:
                 )
             offsets.append(RecordQueueOffset(queue_id, offset))
         command = ResetOffsets(group, topic, tuple(offsets))
-        result = await self.replica.propose_and_apply(encode_command(command))
-        if isinstance(result, Refused):
-            raise result.error
+        result = await self._propose(encode_command(command))
         assert isinstance(result, OffsetsReset), result
         return tuple((item.queue_id, item.offset) for item in offsets)
 
@@ -419,3 +548,12 @@ def _within_pull_bytes(
         if total > MAX_PULL_BYTES and kept > 0:
             return found[:kept], message.offset
     return found, next_offset
+
+
+def _now(handler: Callable[[Any], object]) -> RequestHandler:
+    """A handler that answers without waiting, as a ``RequestHandler``."""
+
+    async def answer(request: object) -> object:
+        return handler(request)
+
+    return answer

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
-from dledger_mq.errors import BadRequest, DledgerError, TopicNotFound
+from dledger_mq.errors import DledgerError, TopicNotFound, UsageError
 from dledger_mq.wire.broker import (
     CommitOffsetsReply,
     CommitOffsetsRequest,
@@ -128,7 +128,7 @@ class Consumer(RoutedClient):
         """``broadcasting``: every consumer of the group receives every message; progress is
         this consumer's own (in memory, from the topic's current end), never committed."""
         if not group or not topic:
-            raise BadRequest("a consumer needs a group and a topic")
+            raise UsageError("a consumer needs a group and a topic")
         self.broadcasting = broadcasting
         self.group = group
         self.topic = topic

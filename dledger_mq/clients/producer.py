@@ -27,7 +27,7 @@ from types import TracebackType
 import trio
 
 from dledger_mq.clients.routing import RoutedClient
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import UsageError
 from dledger_mq.wire.broker import OutgoingMessage, Receipt, SendReply, SendRequest
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.rpc import raise_error_reply
@@ -65,7 +65,7 @@ class SequenceWindow:
         """The first of ``count`` consecutive sequences, once sending them keeps the span
         within ``window``."""
         if count > window:
-            raise BadRequest(
+            raise UsageError(
                 f"a batch of {count} messages exceeds the broker's idempotence window of "
                 f"{window}: a retry of it could not be deduplicated; send smaller batches"
             )

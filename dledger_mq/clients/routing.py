@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from dledger_mq.clients.naming import connect_naming
-from dledger_mq.errors import BadRequest, DledgerError, Unavailable
+from dledger_mq.errors import DledgerError, Unavailable, UsageError
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import NODE_CODEC
 from dledger_mq.wire.naming import GroupRoute, TopicRoute
@@ -34,12 +34,12 @@ def naming_addresses(naming: str | Sequence[str]) -> list[str]:
     items = naming.split(",") if isinstance(naming, str) else list(naming)
     addresses = [item.strip() for item in items if item.strip()]
     if not addresses:
-        raise BadRequest("at least one naming address is needed")
+        raise UsageError("at least one naming address is needed")
     for address in addresses:
         try:
             Address.parse(address)
         except ValueError as error:
-            raise BadRequest(f"naming address: {error}") from None
+            raise UsageError(f"naming address: {error}") from None
     return addresses
 
 
@@ -336,7 +336,7 @@ class RoutedClient:
 
     def _client_open(self) -> Connections:
         if self._connections is None:
-            raise BadRequest(f"use the {type(self).__name__.lower()} inside `async with`")
+            raise UsageError(f"use the {type(self).__name__.lower()} inside `async with`")
         return self._connections
 
     async def call_leader(

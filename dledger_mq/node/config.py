@@ -26,13 +26,13 @@ import attrs
 import cattrs
 
 from dledger_mq.broker.records import DEFAULT_IDEMPOTENCE_WINDOW, MAX_IDEMPOTENCE_WINDOW
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import UsageError
 from dledger_mq.raft.storage.commitlog import FlushPolicy
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.codec import strict_structure_hook
 
 
-class ConfigError(BadRequest):
+class ConfigError(UsageError):
     """A configuration value is missing or wrong; the message names the key and the reason."""
 
 
@@ -102,6 +102,9 @@ class NodeConfig:
     #: Every naming node this replica registers with (and heartbeats to).
     naming: list[str] = attrs.field(factory=list)
     naming_heartbeat_ms: int = attrs.field(default=1000, validator=_positive)
+    #: The longest a graceful stop takes (SIGTERM): accepting no clients, handing leadership
+    #: over while open connections get their answers; then the node stops regardless.
+    graceful_stop_ms: int = attrs.field(default=3000, validator=_positive)
     #: Where to dial a peer when not at its ``members`` peer address (a proxy, a NAT):
     #: peer id -> "HOST:PORT". The fault-injection harness routes every link through its proxy.
     peer_dial: dict[str, str] = attrs.field(factory=dict)

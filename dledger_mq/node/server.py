@@ -1,31 +1,35 @@
-"""One `dledger-mq node` process: a Raft replica on the CommitLog, its peer listener (TCP) and
-its client listener (WebSocket), all in one nursery.
+"""One `dledger-mq node` process, assembled from its parts.
 
-Stopping (SIGTERM or SIGINT): stop accepting clients, hand leadership to the most up-to-date
-follower if this node leads, let the in-flight fsync finish, close connections.
+``assemble_node`` builds them in dependency order, each from what exists before it: the broker
+state and the signal its long polls wait on, then the replica (its core, its peer transport,
+and the ``apply`` that feeds the state), then the broker service on top, then the ``Node``
+that answers clients. ``run_node`` runs them: the replica and the peer listener first, the
+naming node and the registration, the client listener last.
+
+Stopping, as hypercorn's Trio worker does: the ``shutdown_trigger`` (by default SIGTERM or
+SIGINT) returns, and the graceful stop runs under one deadline (``graceful_stop_ms``): stop
+accepting clients; if this node leads, hand leadership to the most up-to-date follower while
+the open connections still get their answers (a request in flight learns where the leader
+went); then close the connections and stop; the last fsync finishes as the log writer closes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import posixpath
 import random
 import signal
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 import structlog
 import trio
 
-from dledger_mq.broker.records import CreateTopic, DeleteTopic, UpdateTopic, encode_command
-from dledger_mq.broker.service import BrokerService
-from dledger_mq.broker.state import (
-    BrokerState,
-    Refused,
-    TopicCreated,
-    TopicDeleted,
-    TopicUpdated,
-)
-from dledger_mq.errors import BadRequest, DledgerError, NotLeader, TopicNotFound
+from dledger_mq.broker.records import BrokerSettings
+from dledger_mq.broker.service import AppliedSignal, BrokerService, RequestHandler
+from dledger_mq.broker.state import BrokerState
+from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
@@ -33,40 +37,24 @@ from dledger_mq.node.registration import register_forever
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
 from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.raft.pure.progress import ProgressState
-from dledger_mq.raft.runtime.log_writer import open_log_writer
+from dledger_mq.raft.runtime.log_writer import LogWriter, open_log_writer
 from dledger_mq.raft.runtime.replica import Replica
-from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
+from dledger_mq.raft.runtime.transport import TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.storage.disk import OsDisk
 from dledger_mq.raft.storage.simulated_disks import PowerLossDisk
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
-    CreateTopicReply,
-    CreateTopicRequest,
-    DeleteTopicRequest,
-    DescribeGroupReply,
-    DescribeGroupRequest,
     FollowerLag,
-    GroupInfo,
-    ListGroupsReply,
-    ListGroupsRequest,
-    ListTopicsReply,
-    ListTopicsRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
-    QueueLagInfo,
-    ResetOffsetReply,
-    ResetOffsetRequest,
     StatusReply,
     StatusRequest,
-    TopicChangedReply,
-    TopicInfo,
     TransferLeaderReply,
     TransferLeaderRequest,
-    UpdateTopicRequest,
 )
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.naming import BrokerRegistration
@@ -76,19 +64,50 @@ from dledger_mq.wire.websocket import WebSocket, serve_websockets
 
 logger = structlog.get_logger()
 
-#: Upper bound of a graceful stop: leadership hand-over, then the last fsync.
-STOP_TIMEOUT_SECONDS = 3.0
+#: What ends a node's run: an awaitable that returns when the node should stop.
+ShutdownTrigger = Callable[[], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[ShutdownTrigger]:
+    """The default shutdown trigger: SIGTERM or SIGINT, caught from the moment this is entered,
+    so that one that arrives while the node is still starting (recovering its log) stops it
+    gracefully once it has started, instead of killing it."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+        async def trigger() -> None:
+            async for signum in signals:
+                logger.info("node_stopping", signal=signal.Signals(signum).name)
+                return
+
+        yield trigger
 
 
 class Node:
+    """One replica of a broker group as its clients see it: one table from request type to
+    handler, the broker's requests and the replica's own (status, raw proposals, transfers)."""
+
     def __init__(
-        self, config: NodeConfig, replica: Replica, state: BrokerState, broker: BrokerService
+        self,
+        config: NodeConfig,
+        replica: Replica,
+        state: BrokerState,
+        broker: BrokerService,
+        rng: random.Random,
     ) -> None:
         self.config = config
         self.replica = replica
         self.state = state
         self.broker = broker
+        self.rng = rng
         self.log = logger.bind(node=config.node_id, group=config.group)
+        self.handlers: dict[type, RequestHandler] = {
+            **broker.handlers(),
+            StatusRequest: self._status,
+            ProposeRequest: self._propose,
+            ProposeBatchRequest: self._propose_batch,
+            TransferLeaderRequest: self._transfer_leader,
+        }
 
     # -- the client API ------------------------------------------------------------------------
 
@@ -104,79 +123,37 @@ class Node:
         )
 
     async def serve(self, message: object) -> object:
-        reply = await self.broker.handle(message)
-        if reply is not None:
-            return reply
-        if isinstance(message, StatusRequest):
-            return self.status()
-        if isinstance(message, ProposeRequest):
-            return ProposeReply(await self.replica.propose(message.data))
-        if isinstance(message, ProposeBatchRequest):
-            first = await self.replica.propose_batch(list(message.entries))
-            return ProposeBatchReply(first, len(message.entries))
-        if isinstance(message, CreateTopicRequest):
-            return await self.create_topic(message)
-        if isinstance(message, UpdateTopicRequest):
-            if not self.replica.is_leader:
-                raise NotLeader(self.replica.core.leader)  # its topics may be behind
-            current = self.state.topic(message.name)
-            if current is None:
-                raise TopicNotFound(message.name)
-            result = await self._propose_topic_change(
-                UpdateTopic(
-                    message.name,
-                    current.queue_count if message.queue_count is None else message.queue_count,
-                    current.fifo if message.fifo is None else message.fifo,
-                )
-            )
-            assert isinstance(result, TopicUpdated), result
-            return TopicChangedReply(self.topic_info(result.topic.name))
-        if isinstance(message, DeleteTopicRequest):
-            result = await self._propose_topic_change(DeleteTopic(message.name))
-            assert isinstance(result, TopicDeleted), result
-            return TopicChangedReply(None)
-        if isinstance(message, ListTopicsRequest):
-            return ListTopicsReply(tuple(self.topic_info(t.name) for t in self.state.topics()))
-        if isinstance(message, ListGroupsRequest):
-            return ListGroupsReply(
-                tuple(GroupInfo(g, self.state.group_topics(g)) for g in self.state.groups())
-            )
-        if isinstance(message, DescribeGroupRequest):
-            return DescribeGroupReply(
-                tuple(
-                    QueueLagInfo(
-                        lag.queue_id, _or_minus_one(lag.committed_offset), lag.max_offset, lag.lag
-                    )
-                    for lag in self.state.lag(message.group, message.topic)
-                ),
-                self.broker.live_consumers(message.group, message.topic),
-            )
-        if isinstance(message, ResetOffsetRequest):
-            await self.broker.reset_offsets(
-                message.group, message.topic, message.to_offset, message.to_time_ms
-            )
-            return ResetOffsetReply(
-                tuple(
-                    QueueLagInfo(
-                        lag.queue_id, _or_minus_one(lag.committed_offset), lag.max_offset, lag.lag
-                    )
-                    for lag in self.state.lag(message.group, message.topic)
-                )
-            )
-        if isinstance(message, TransferLeaderRequest):
-            if message.target == self.config.node_id and self.replica.core.role is Role.LEADER:
-                return TransferLeaderReply(self.config.node_id)
-            self.replica.transfer_leadership(message.target)
-            with trio.move_on_after(
-                self.replica.core.config.election_timeout_ticks * self.config.tick_ms / 1000 * 2
-            ):
-                while self.replica.core.leader != message.target:
-                    await self.replica.leader_changed.wait()
-            leader = self.replica.core.leader
-            if leader != message.target:
-                raise NotLeader(leader, f"transfer to {message.target} did not complete")
-            return TransferLeaderReply(leader)
-        raise BadRequest(f"{type(message).__name__} is not a request")
+        handler = self.handlers.get(type(message))
+        if handler is None:
+            raise BadRequest(f"{type(message).__name__} is not a request")
+        return await handler(message)
+
+    async def _status(self, request: StatusRequest) -> StatusReply:
+        return self.status()
+
+    async def _propose(self, request: ProposeRequest) -> ProposeReply:
+        return ProposeReply(await self.replica.propose(request.data))
+
+    async def _propose_batch(self, request: ProposeBatchRequest) -> ProposeBatchReply:
+        if not request.entries:
+            raise BadRequest("a batch needs at least one entry")
+        first = await self.replica.propose_batch(list(request.entries))
+        return ProposeBatchReply(first, len(request.entries))
+
+    async def _transfer_leader(self, request: TransferLeaderRequest) -> TransferLeaderReply:
+        if request.target == self.config.node_id and self.replica.core.role is Role.LEADER:
+            return TransferLeaderReply(self.config.node_id)
+        self.replica.transfer_leadership(request.target)
+        with trio.move_on_after(self._election_timeout_seconds() * 2):
+            while self.replica.core.leader != request.target:
+                await self.replica.leader_changed.wait()
+        leader = self.replica.core.leader
+        if leader != request.target:
+            raise NotLeader(leader, f"transfer to {request.target} did not complete")
+        return TransferLeaderReply(leader)
+
+    def _election_timeout_seconds(self) -> float:
+        return self.replica.core.config.election_timeout_ticks * self.config.tick_ms / 1000
 
     def registration(self) -> BrokerRegistration:
         """How this replica describes itself to naming nodes."""
@@ -188,39 +165,13 @@ class Node:
             role=role,
             term=core.term,
             address=self.config.me.client,
-            topics=self.topics(),
+            topics=tuple(topic.name for topic in self.state.topics()),
             # The smaller of what is applied and what this node will make it when it leads: a
             # producer told the larger one while a smaller one is being applied would be
             # refused its retries.
             idempotence_window=min(
                 self.state.settings.idempotence_window, self.config.idempotence_window
             ),
-        )
-
-    def topics(self) -> tuple[str, ...]:
-        return tuple(topic.name for topic in self.state.topics())
-
-    async def create_topic(self, request: CreateTopicRequest) -> CreateTopicReply:
-        command = CreateTopic(request.name, request.queue_count, request.fifo)
-        result = await self.replica.propose_and_apply(encode_command(command))
-        if isinstance(result, Refused):
-            raise result.error
-        assert isinstance(result, TopicCreated), result
-        return CreateTopicReply(self.topic_info(result.topic.name), result.created)
-
-    async def _propose_topic_change(self, command: UpdateTopic | DeleteTopic) -> object:
-        result = await self.replica.propose_and_apply(encode_command(command))
-        if isinstance(result, Refused):
-            raise result.error
-        return result
-
-    def topic_info(self, name: str) -> TopicInfo:
-        description = self.state.describe_topic(name)
-        return TopicInfo(
-            name=description.name,
-            queue_count=description.queue_count,
-            fifo=description.fifo,
-            max_offsets=tuple(queue.max_offset for queue in description.queues),
         )
 
     def status(self) -> StatusReply:
@@ -246,6 +197,8 @@ class Node:
     # -- stopping ------------------------------------------------------------------------------
 
     async def hand_over_leadership(self) -> None:
+        """If this node leads, make the most up-to-date answering follower lead instead, and
+        wait (at most an election timeout) until this node knows it does."""
         core = self.replica.core
         if core.role is not Role.LEADER or not core.progress:
             return
@@ -264,13 +217,10 @@ class Node:
             self.replica.transfer_leadership(target)
         except DledgerError:
             return
-        with trio.move_on_after(core.config.election_timeout_ticks * self.config.tick_ms / 1000):
-            while core.role is Role.LEADER:
+        with trio.move_on_after(self._election_timeout_seconds()):
+            # Until another node is known to lead: a request answered meanwhile learns where.
+            while core.leader in (None, core.id):
                 await self.replica.leader_changed.wait()
-
-
-def _or_minus_one(value: int | None) -> int:
-    return -1 if value is None else value
 
 
 def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
@@ -281,30 +231,24 @@ def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
     return rpc_error_reply(error, leader_address)
 
 
-async def run_node(
-    config: NodeConfig,
-    *,
-    harness: HarnessOptions = NO_HARNESS,
-    handle_signals: bool = True,
-    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    log = logger.bind(node=config.node_id, group=config.group)
-    directory = posixpath.join(config.data_dir, "raft", config.group)
-    flush_policy = FlushPolicy(config.flush)
-    flush_interval_ms = config.flush_interval_ms
-    if harness.any:
-        log.warning("harness_options", **attrs.asdict(harness))
+# -- the parts -------------------------------------------------------------------------------------
+
+
+def open_commit_log(config: NodeConfig, harness: HarnessOptions) -> CommitLog:
+    flush_policy, flush_interval_ms = FlushPolicy(config.flush), config.flush_interval_ms
     if harness.ack_before_fsync:
         flush_policy, flush_interval_ms = FlushPolicy.ASYNC, UNSAFE_FLUSH_INTERVAL_MS
-    commit_log = CommitLog.open(
+    return CommitLog.open(
         PowerLossDisk() if harness.lose_unsynced else OsDisk(),
-        directory,
+        posixpath.join(config.data_dir, "raft", config.group),
         segment_size_bytes=config.segment_size_bytes,
         flush_policy=flush_policy,
         flush_interval_ms=flush_interval_ms,
     )
-    rng = random.Random()
-    core = RaftCore(
+
+
+def raft_core(config: NodeConfig, commit_log: CommitLog, rng: random.Random) -> RaftCore:
+    return RaftCore(
         Config(
             node_id=config.node_id,
             members=tuple(config.members),
@@ -316,88 +260,131 @@ async def run_node(
         commit_log,
         rng,
     )
-    transport = PeerTransport(
-        TransportConfig(
-            cluster_id=config.cluster_id,
-            node_id=config.node_id,
-            group=config.group,
-            peers=config.peers,
-            max_frame_bytes=config.max_frame_bytes,
-        ),
-        rng,
+
+
+def transport_config(config: NodeConfig) -> TransportConfig:
+    return TransportConfig(
+        cluster_id=config.cluster_id,
+        node_id=config.node_id,
+        group=config.group,
+        peers=config.peers,
+        max_frame_bytes=config.max_frame_bytes,
     )
+
+
+def desired_settings(config: NodeConfig, state: BrokerState) -> BrokerSettings:
+    """What this node's configuration asks of the replicated broker settings."""
+    return attrs.evolve(
+        state.settings,
+        auto_create_topics=config.auto_create_topics,
+        default_queue_count=config.default_queue_count,
+        max_body_bytes=config.max_body_bytes,
+        idempotence_window=config.idempotence_window,
+    )
+
+
+def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) -> Node:
+    """Every part of a node, each built from the ones before it."""
+    rng = random.Random()
+    # The broker state is derived from the log: rebuilt by re-applying it after a restart.
+    state = BrokerState(config.group)
+    applied = AppliedSignal()
+
+    def apply(entry: Entry) -> object:
+        result = state.apply(entry.index, entry.data)
+        applied.notify()
+        return result
+
+    replica = Replica(
+        raft_core(config, commit_log, rng),
+        commit_log,
+        writer,
+        transport_config(config),
+        rng,
+        config.tick_ms / 1000,
+        apply,
+    )
+    broker = BrokerService(
+        state, replica, commit_log, desired_settings(config, state), applied=applied
+    )
+    return Node(config, replica, state, broker, rng)
+
+
+async def serve_peers_and_naming(
+    node: Node, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The replica, the peer listener, the settings keeper, the naming node this node runs (if
+    any) and the registration with every naming node; returns when cancelled."""
+    config, replica = node.config, node.replica
+    peer_address = Address.parse(config.me.peer)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(replica.run)
+        nursery.start_soon(node.broker.keep_settings, lambda: replica.leader_changed)
+        await nursery.start(
+            functools.partial(
+                trio.serve_tcp,
+                replica.transport.handle_incoming,
+                peer_address.port,
+                host=peer_address.host,
+            )
+        )
+        if config.naming_listen:
+            naming_address = Address.parse(config.naming_listen)
+            await nursery.start(
+                serve_naming,
+                naming_address.host,
+                naming_address.port,
+                config.cluster_id,
+                f"naming@{config.node_id}",
+                config.naming_heartbeat_ms,
+            )
+        if config.naming:
+            nursery.start_soon(
+                register_forever,
+                config.naming,
+                config.cluster_id,
+                node.registration,
+                lambda: replica.leader_changed,
+                config.naming_heartbeat_ms / 1000,
+                node.rng,
+            )
+        task_status.started()
+
+
+async def run_node(
+    config: NodeConfig,
+    *,
+    harness: HarnessOptions = NO_HARNESS,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one node until ``shutdown_trigger`` returns (by default: SIGTERM or SIGINT), then
+    stop it gracefully within ``config.graceful_stop_ms`` (module docstring)."""
+    with contextlib.ExitStack() as stack:
+        if shutdown_trigger is None:
+            shutdown_trigger = stack.enter_context(stop_signals())
+        await _run_node(config, harness, shutdown_trigger, task_status)
+
+
+async def _run_node(
+    config: NodeConfig,
+    harness: HarnessOptions,
+    shutdown_trigger: ShutdownTrigger,
+    task_status: trio.TaskStatus[Node],
+) -> None:
+    log = logger.bind(node=config.node_id, group=config.group)
+    if harness.any:
+        log.warning("harness_options", **attrs.asdict(harness))
+    commit_log = open_commit_log(config, harness)
     try:
         async with open_log_writer(commit_log) as writer:
-            # The broker state is derived from the log: rebuilt by re-applying it after a restart.
-            state = BrokerState(config.group)
-
-            def apply(entry: Entry) -> object:
-                result = state.apply(entry.index, entry.data)
-                broker.entry_applied()
-                return result
-
-            replica = Replica(
-                core, commit_log, writer, transport, config.group, config.tick_ms / 1000, apply
-            )
-            broker = BrokerService(
-                state,
-                replica,
-                commit_log,
-                attrs.evolve(
-                    state.settings,
-                    auto_create_topics=config.auto_create_topics,
-                    default_queue_count=config.default_queue_count,
-                    max_body_bytes=config.max_body_bytes,
-                    idempotence_window=config.idempotence_window,
-                ),
-            )
-            transport.deliver = replica.deliver
-            node = Node(config, replica, state, broker)
+            node = assemble_node(config, commit_log, writer)
             async with trio.open_nursery() as nursery:
-                await nursery.start(replica.run)
-                nursery.start_soon(broker.keep_settings, lambda: replica.leader_changed)
-                peer_address = Address.parse(config.me.peer)
-                client_address = Address.parse(config.me.client)
-                # The peer listener outlives the client one: a stopping leader still needs its
+                # The peer side outlives the client side: a stopping leader still needs its
                 # followers' answers to hand leadership over.
-                await nursery.start(
-                    functools.partial(
-                        trio.serve_tcp,
-                        transport.handle_incoming,
-                        peer_address.port,
-                        host=peer_address.host,
-                    )
-                )
-                if config.naming_listen:
-                    naming_address = Address.parse(config.naming_listen)
-                    await nursery.start(
-                        serve_naming,
-                        naming_address.host,
-                        naming_address.port,
-                        config.cluster_id,
-                        f"naming@{config.node_id}",
-                        config.naming_heartbeat_ms,
-                    )
-                if config.naming:
-                    nursery.start_soon(
-                        register_forever,
-                        config.naming,
-                        config.cluster_id,
-                        node.registration,
-                        lambda: replica.leader_changed,
-                        config.naming_heartbeat_ms / 1000,
-                        rng,
-                    )
-                async with trio.open_nursery() as clients:
-                    await clients.start(
-                        functools.partial(
-                            serve_websockets,
-                            node.handle_client,
-                            client_address.host,
-                            client_address.port,
-                            max_message_bytes=config.max_frame_bytes,
-                        )
-                    )
+                await nursery.start(serve_peers_and_naming, node)
+                async with trio.open_nursery() as connections:
+                    listener = await _start_client_listener(nursery, connections, node)
                     log.info(
                         "node_started",
                         peer=config.me.peer,
@@ -406,16 +393,37 @@ async def run_node(
                         flush=config.flush,
                     )
                     task_status.started(node)
-                    if not handle_signals:
-                        await trio.sleep_forever()
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                        async for signum in signals:
-                            log.info("node_stopping", signal=signal.Signals(signum).name)
-                            break
-                    clients.cancel_scope.cancel()
-                with trio.move_on_after(STOP_TIMEOUT_SECONDS):
-                    await node.hand_over_leadership()
+                    await shutdown_trigger()
+                    with trio.move_on_after(config.graceful_stop_ms / 1000) as graceful:
+                        listener.cancel()
+                        await node.hand_over_leadership()
+                    if graceful.cancelled_caught:
+                        log.warning("graceful_stop_cut_short", limit_ms=config.graceful_stop_ms)
+                    connections.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
     finally:
         commit_log.close()
         log.info("node_stopped")
+
+
+async def _start_client_listener(
+    nursery: trio.Nursery, connections: trio.Nursery, node: Node
+) -> trio.CancelScope:
+    """Accept clients in ``nursery`` and serve each connection in ``connections``; returns the
+    scope that stops accepting (the connections go on until their nursery is cancelled)."""
+    address = Address.parse(node.config.me.client)
+    accepting = trio.CancelScope()
+
+    async def accept(*, task_status: trio.TaskStatus[int]) -> None:
+        with accepting:
+            await serve_websockets(
+                node.handle_client,
+                address.host,
+                address.port,
+                max_message_bytes=node.config.max_frame_bytes,
+                handler_nursery=connections,
+                task_status=task_status,
+            )
+
+    await nursery.start(accept)
+    return accepting

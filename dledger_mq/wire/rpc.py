@@ -21,12 +21,12 @@ import trio
 
 from dledger_mq import errors
 from dledger_mq.errors import (
-    BadRequest,
     DledgerError,
     HandshakeRefused,
     InternalError,
     ProtocolError,
     Unavailable,
+    UsageError,
 )
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.codec import Codec, Decoded
@@ -157,6 +157,15 @@ class _ReadAndAnswer:
     def start(self) -> None:
         self.nursery.start_soon(self._read_then_answer)
 
+    @staticmethod
+    def _bug(decoded: Decoded) -> InternalError:
+        """A bug met while answering one request (an unexpected exception, or a ``UsageError``:
+        the node misusing its own parts), logged with its traceback; it must not take the node
+        and every connection down, and it is not the client's mistake."""
+        request = type(decoded.message).__name__
+        logger.exception("request_failed", request=request)
+        return InternalError(f"the node failed on {request}; see its log")
+
     async def _read_then_answer(self) -> None:
         while self.in_flight >= MAX_REQUESTS_IN_FLIGHT:
             self._answered = trio.Event()
@@ -168,15 +177,11 @@ class _ReadAndAnswer:
             try:
                 reply = await self.handle(decoded.message)
             except DledgerError as error:
-                reply = self.to_reply(error)
-            except Exception:
-                # A bug met by one request must not take the node and every connection down.
-                logger.exception("request_failed", request=type(decoded.message).__name__)
                 reply = self.to_reply(
-                    InternalError(
-                        f"the node failed on {type(decoded.message).__name__}; see its log"
-                    )
+                    error if not isinstance(error, UsageError) else self._bug(decoded)
                 )
+            except Exception:
+                reply = self.to_reply(self._bug(decoded))
             await _send_quietly(
                 self.websocket, self.codec.encode(reply, decoded.request_id, decoded.group)
             )
@@ -290,7 +295,7 @@ async def connect(
     try:
         host_port = Address.parse(address)
     except ValueError as error:
-        raise BadRequest(str(error)) from None
+        raise UsageError(str(error)) from None
     try:
         websocket = await connect_websocket(host_port.host, host_port.port)
     except OSError as error:

@@ -20,6 +20,7 @@ Rules, as in Trio's streams: one task reads at a time (callers take turns, see
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -309,10 +310,14 @@ async def serve_websockets(
     port: int,
     *,
     max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket connections on ``host:port`` and run ``handler`` for each, until
-    cancelled; ``task_status.started`` gets the port (the one chosen, if ``port`` is 0)."""
+    cancelled; ``task_status.started`` gets the port (the one chosen, if ``port`` is 0).
+
+    Connections run in ``handler_nursery`` when given, so that they outlive the listener (a
+    graceful stop stops accepting first); else they stop with it."""
 
     async def serve_one(stream: trio.SocketStream) -> None:
         websocket = await accept_websocket(stream, max_message_bytes)
@@ -326,5 +331,9 @@ async def serve_websockets(
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, serve_one, listeners)
+        nursery.start_soon(
+            functools.partial(trio.serve_listeners, handler_nursery=handler_nursery),
+            serve_one,
+            listeners,
+        )
         task_status.started(bound_port)

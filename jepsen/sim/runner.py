@@ -175,7 +175,17 @@ class FaultInjector:
 
 def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) -> SeedResult:
     # The CommitLog logs every open and recovery; thousands per second would drown the output.
+    # Only for this seed: the configuration is global, and whoever runs seeds in-process (the
+    # tests) logs as before afterwards.
+    saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    try:
+        return _run_seed(request, trace)
+    finally:
+        structlog.configure(**saved)
+
+
+def _run_seed(request: SimRequest, trace: Callable[[str], None] | None) -> SeedResult:
     options = SimOptions.draw(request.seed, request.nodes, request.safety_ticks, request.faults)
     mutant = MUTANTS[request.mutant] if request.mutant is not None else Mutant()
     cluster = Cluster(options, mutant.core, mutant.driver, trace, mutant.state)

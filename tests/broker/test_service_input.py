@@ -4,18 +4,31 @@ would answer as an InternalError: a bug)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
+import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dledger_mq.broker.records import CreateTopic, encode_command
 from dledger_mq.broker.service import BrokerService
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import DledgerError
+from dledger_mq.errors import BadRequest, DledgerError
 from dledger_mq.raft.pure.core import Config, RaftCore
 from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.wire.admin import (
+    CreateTopicRequest,
+    DeleteTopicRequest,
+    DescribeGroupRequest,
+    ListGroupsRequest,
+    ListTopicsRequest,
+    ResetOffsetRequest,
+    StatusRequest,
+    UpdateTopicRequest,
+)
 from dledger_mq.wire.broker import (
     ConsumerHeartbeat,
     OutgoingMessage,
@@ -31,22 +44,27 @@ NAMES = st.sampled_from(["orders", "missing", "", "bad name!", "x" * 300, "%RETR
 
 
 class _Leader:
-    def __init__(self) -> None:
+    """A single replica that commits at once: what it is given is applied to ``state``."""
+
+    def __init__(self, state: BrokerState) -> None:
         self.core = RaftCore(Config("n1", ("n1",)), MemoryLogStore(), random.Random(0))
         self.core.campaign()
+        self.state = state
+        self.next_index = 2
 
     @property
     def is_leader(self) -> bool:
         return True
 
     async def propose_and_apply(self, data: bytes) -> object:
-        raise AssertionError("not in this test")
+        self.next_index += 1
+        return self.state.apply(self.next_index - 1, data)
 
 
 def service() -> BrokerService:
     state = BrokerState("broker-a")
     state.apply(1, encode_command(CreateTopic("orders", 4, True)))
-    return BrokerService(state, _Leader(), MemoryLogStore(), monotonic_ms=lambda: 0)
+    return BrokerService(state, _Leader(state), MemoryLogStore(), monotonic_ms=lambda: 0)
 
 
 REQUESTS = st.one_of(
@@ -105,3 +123,39 @@ def test_every_request_is_answered_or_refused_with_a_typed_error(request: Any) -
             broker.prepare_send(request)
     except DledgerError:
         pass
+
+
+ADMIN_REQUESTS = st.one_of(
+    st.builds(CreateTopicRequest, NAMES, SMALL_INTS | WIRE_INTS, st.booleans()),
+    st.builds(
+        UpdateTopicRequest, NAMES, st.none() | SMALL_INTS | WIRE_INTS, st.none() | st.booleans()
+    ),
+    st.builds(DeleteTopicRequest, NAMES),
+    st.just(ListTopicsRequest()),
+    st.just(ListGroupsRequest()),
+    st.builds(DescribeGroupRequest, NAMES, NAMES),
+    st.builds(ResetOffsetRequest, NAMES, NAMES, SMALL_INTS | WIRE_INTS, SMALL_INTS | WIRE_INTS),
+    st.builds(QueryOffsetsRequest, NAMES, NAMES),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ADMIN_REQUESTS, min_size=1, max_size=4))
+def test_every_administration_request_is_answered_or_refused_with_a_typed_error(
+    requests: list[Any],
+) -> None:
+    """Through the service's one dispatch table, as the node serves them, several in a row so
+    that one request's effect (a topic created, deleted, resized) meets the next."""
+    broker = service()
+
+    async def ask_all() -> None:
+        for request in requests:
+            with contextlib.suppress(DledgerError):
+                await broker.handle(request)
+
+    trio.run(ask_all)
+
+
+async def test_a_request_the_broker_does_not_answer_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="StatusRequest is not a broker request"):
+        await service().handle(StatusRequest())

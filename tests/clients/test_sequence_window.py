@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dledger_mq.clients.producer import SequenceWindow
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import UsageError
 
 
 async def test_a_send_waits_while_the_oldest_in_flight_would_fall_out_of_the_window() -> None:
@@ -58,7 +58,7 @@ async def test_sends_are_admitted_in_call_order() -> None:
 
 async def test_a_batch_larger_than_the_window_is_refused_at_once() -> None:
     window = SequenceWindow()
-    with pytest.raises(BadRequest, match="exceeds the broker's idempotence window of 8"):
+    with pytest.raises(UsageError, match="exceeds the broker's idempotence window of 8"):
         await window.acquire(9, window=8)
     assert await window.acquire(8, window=8) == 1
 

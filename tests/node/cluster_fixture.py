@@ -21,10 +21,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from dledger_mq.bench.raft_bench import cluster_on_free_ports
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader, Unavailable
 from dledger_mq.node.config import NodeConfig, parse_config, render_config
+from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.wire.admin import StatusReply
 
 #: Fast Raft timing: heartbeats every 30 ms, elections after 200-400 ms.

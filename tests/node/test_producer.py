@@ -7,7 +7,7 @@ import trio
 
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.clients.producer import Producer
-from dledger_mq.errors import BadRequest, TopicNotFound, Unavailable
+from dledger_mq.errors import TopicNotFound, Unavailable, UsageError
 from dledger_mq.wire.broker import PullReply, PullRequest, StoredMessage
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
@@ -277,7 +277,7 @@ async def test_the_window_the_producer_keeps_is_the_brokers(cluster: ProcessClus
     await cluster.wait_for_leader()
     expected = {f"{batch}-{number}".encode() for batch in range(8) for number in range(32)}
     async with Producer(naming=list(cluster.naming.values())) as producer:
-        with pytest.raises(BadRequest, match="exceeds the broker's idempotence window of 64"):
+        with pytest.raises(UsageError, match="exceeds the broker's idempotence window of 64"):
             await producer.send_batch("fresh", [b"x"] * 65)
 
         async def send(batch: int) -> None:

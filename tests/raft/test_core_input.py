@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import BadRequest, ProtocolError, UsageError
 from dledger_mq.raft.pure.core import Config, RaftCore
 from dledger_mq.raft.pure.log_store import MemoryLogStore
 from dledger_mq.raft.pure.messages import AppendResponse, Heartbeat, VoteRequest, VoteResponse
@@ -23,13 +23,13 @@ def leader_n1() -> RaftCore:
 
 def test_message_from_a_stranger_is_refused() -> None:
     core = leader_n1()
-    with pytest.raises(BadRequest, match="'n9'"):
+    with pytest.raises(ProtocolError, match="'n9'"):
         core.step(Heartbeat(term=1, source="n9", target="n1", commit=0))
 
 
 def test_message_addressed_to_another_node_is_refused() -> None:
     core = leader_n1()
-    with pytest.raises(BadRequest, match="reached 'n1'"):
+    with pytest.raises(ProtocolError, match="reached 'n1'"):
         core.step(Heartbeat(term=1, source="n2", target="n3", commit=0))
 
 
@@ -39,7 +39,7 @@ def test_acknowledgement_beyond_the_leaders_log_is_refused() -> None:
     core.step(VoteResponse(term=1, source="n2", target="n1", granted=True))
     assert core.role.value == "leader"
     bogus = AppendResponse(term=1, source="n2", target="n1", success=True, match_index=99)
-    with pytest.raises(BadRequest, match="beyond"):
+    with pytest.raises(ProtocolError, match="beyond"):
         core.step(bogus)
     assert core.log.committed == 0
 
@@ -56,7 +56,7 @@ def test_acknowledgement_beyond_the_leaders_log_is_refused() -> None:
 )
 def test_invalid_configuration_says_why(kwargs: dict[str, object], reason: str) -> None:
     arguments: dict[str, object] = {"node_id": "n1", "members": MEMBERS, **kwargs}
-    with pytest.raises(BadRequest, match=reason):
+    with pytest.raises(UsageError, match=reason):
         Config(**arguments)  # type: ignore[arg-type]
 
 

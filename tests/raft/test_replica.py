@@ -12,7 +12,7 @@ from dledger_mq.errors import StorageError
 from dledger_mq.raft.pure.core import Config, RaftCore
 from dledger_mq.raft.runtime.log_writer import open_log_writer
 from dledger_mq.raft.runtime.replica import Replica
-from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
+from dledger_mq.raft.runtime.transport import TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
@@ -26,12 +26,12 @@ async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(
         node_id="n1", members=("n1",), election_timeout_ticks=10, heartbeat_interval_ticks=2
     )
     core = RaftCore(config, log, random.Random(0))
-    transport = PeerTransport(TransportConfig("c", "n1", "g", {}), random.Random(0))
     proposal_failed = False
     with pytest.raises(BaseExceptionGroup) as stopped:
         async with open_log_writer(log) as writer:
-            replica = Replica(core, log, writer, transport, "g", 0.01)
-            transport.deliver = replica.deliver
+            replica = Replica(
+                core, log, writer, TransportConfig("c", "n1", "g", {}), random.Random(0), 0.01
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(replica.run)
                 while not replica.is_leader:

@@ -32,20 +32,22 @@ async def test_messages_arrive_in_order_through_direct_writes_and_the_queue() ->
     total = 3000
     with trio.fail_after(DEADLINE_SECONDS):
         async with trio.open_nursery() as nursery:
-            receiver = PeerTransport(
-                TransportConfig("c", "b", "g", {"a": Address("127.0.0.1", 1)}), random.Random(0)
-            )
 
             def deliver(message: Message) -> None:
                 received.append(message)
                 if len(received) == total:
                     got_all.set()
 
-            receiver.deliver = deliver
+            receiver = PeerTransport(
+                TransportConfig("c", "b", "g", {"a": Address("127.0.0.1", 1)}),
+                random.Random(0),
+                deliver,
+            )
             address = await listen(nursery, receiver)
             sender = PeerTransport(
                 TransportConfig("c", "a", "g", {"b": address}, queue_messages=total),
                 random.Random(0),
+                received.append,
             )
             nursery.start_soon(sender.run_senders)
             while not sender.connected["b"]:
@@ -68,7 +70,9 @@ async def test_messages_arrive_in_order_through_direct_writes_and_the_queue() ->
 
 async def test_a_batch_for_a_disconnected_peer_is_queued_not_lost_in_a_dead_socket() -> None:
     sender = PeerTransport(
-        TransportConfig("c", "a", "g", {"b": Address("127.0.0.1", 1)}), random.Random(0)
+        TransportConfig("c", "a", "g", {"b": Address("127.0.0.1", 1)}),
+        random.Random(0),
+        lambda message: None,
     )
     sender.send([append(0, 10)])
     assert (sender.direct_writes, sender.queued) == (0, 1)

@@ -155,3 +155,35 @@ def test_the_protocol_doc_lists_every_error_code() -> None:
         if kind.__module__ == "dledger_mq.errors" and f"| `{name}` |" not in doc
     ]
     assert missing == [], f"docs/protocol.md lacks error codes {missing}"
+
+
+@pytest.mark.parametrize(
+    ("raised", "received"),
+    [
+        (errors.UsageError("an empty batch"), errors.InternalError),
+        (errors.BadRequest("the client's mistake"), errors.BadRequest),
+    ],
+)
+async def test_local_misuse_while_serving_is_the_nodes_bug_not_the_clients(
+    raised: DledgerError, received: type[DledgerError]
+) -> None:
+    """A ``UsageError`` (the node misusing its own parts) is answered as an ``InternalError``;
+    a ``BadRequest`` goes back to the client as itself."""
+
+    async def fail(message: object) -> object:
+        raise raised
+
+    from dledger_mq.wire.admin import ProposeReply
+    from dledger_mq.wire.rpc import connect
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as server:
+            address = await serve_admin_requests(server, fail)
+            async with connect(address, ADMIN_CODEC, "local", "test") as connection:
+                with pytest.raises(DledgerError) as caught:
+                    await connection.call(ProposeRequest(b"x"), ProposeReply)
+                # Served once more on the same connection: the bug took nothing down.
+                with pytest.raises(DledgerError):
+                    await connection.call(ProposeRequest(b"x"), ProposeReply)
+            server.cancel_scope.cancel()
+    assert type(caught.value) is received

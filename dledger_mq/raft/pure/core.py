@@ -21,7 +21,13 @@ from typing import Protocol
 
 import attrs
 
-from dledger_mq.errors import BadRequest, LeadershipTransferInProgress, NotLeader
+from dledger_mq.errors import (
+    BadRequest,
+    LeadershipTransferInProgress,
+    NotLeader,
+    ProtocolError,
+    UsageError,
+)
 from dledger_mq.raft.pure.log_store import LogStore
 from dledger_mq.raft.pure.messages import (
     AppendRequest,
@@ -72,15 +78,15 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         if self.node_id not in self.members:
-            raise BadRequest(f"node {self.node_id!r} is not among the members {self.members}")
+            raise UsageError(f"node {self.node_id!r} is not among the members {self.members}")
         if len(set(self.members)) != len(self.members):
-            raise BadRequest(f"members must be distinct: {self.members}")
+            raise UsageError(f"members must be distinct: {self.members}")
         if self.heartbeat_interval_ticks < 1:
-            raise BadRequest("heartbeat_interval_ticks must be at least 1")
+            raise UsageError("heartbeat_interval_ticks must be at least 1")
         if self.election_timeout_ticks <= self.heartbeat_interval_ticks:
-            raise BadRequest("election_timeout_ticks must exceed heartbeat_interval_ticks")
+            raise UsageError("election_timeout_ticks must exceed heartbeat_interval_ticks")
         if self.max_inflight_appends < 1:
-            raise BadRequest("max_inflight_appends must be at least 1")
+            raise UsageError("max_inflight_appends must be at least 1")
 
 
 @attrs.frozen
@@ -231,10 +237,11 @@ class RaftCore:
     def step(self, message: Message) -> None:
         """Handle a message from a peer. The term is dealt with here, once, then per role.
 
-        Raises ``BadRequest`` for a message no correct peer of this group could have sent.
+        Raises ``ProtocolError`` for a message no correct peer of this group could have sent
+        (the transport checks every message before it gets here; this is the last line).
         """
         if message.source not in self.peers or message.target != self.id:
-            raise BadRequest(
+            raise ProtocolError(
                 f"message from {message.source!r} to {message.target!r} reached {self.id!r}, "
                 f"whose peers are {self.peers}"
             )
@@ -632,7 +639,7 @@ class RaftCore:
         progress = self.progress[response.source]
         progress.recent_active = True
         if response.match_index > self.log.last_index():
-            raise BadRequest(
+            raise ProtocolError(
                 f"{response.source} acknowledged index {response.match_index} beyond the "
                 f"leader's last index {self.log.last_index()}"
             )

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import attrs
 
-from dledger_mq.errors import BadRequest, NotLeader, ProtocolError
+from dledger_mq.errors import NotLeader, ProtocolError, UsageError
 from dledger_mq.raft.pure.core import RaftCore, Ready, Role, SoftState
 from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState, Message
 
@@ -84,7 +84,7 @@ class ReplicaDriver:
         *,
         commit_save_interval: float = COMMIT_SAVE_INTERVAL_SECONDS,
         on_soft_state: Callable[[SoftState], None] = _ignore,
-        on_refused: Callable[[Message, BadRequest | ProtocolError], None] = _ignore,
+        on_refused: Callable[[Message, ProtocolError], None] = _ignore,
     ) -> None:
         self.core = core
         self.apply = apply
@@ -102,7 +102,7 @@ class ReplicaDriver:
     def step(self, message: Message) -> None:
         try:
             self.core.step(message)
-        except (BadRequest, ProtocolError) as error:
+        except ProtocolError as error:
             self.on_refused(message, error)
 
     def tick(self) -> None:
@@ -112,7 +112,7 @@ class ReplicaDriver:
         """Append every entry of ``batch`` at consecutive indexes. Raises ``NotLeader`` (or
         ``LeadershipTransferInProgress``) at once if this replica cannot take proposals."""
         if not batch:
-            raise BadRequest("an empty batch")
+            raise UsageError("an empty batch")
         first = last = self.core.propose(batch[0])
         for data in batch[1:]:
             last = self.core.propose(data)

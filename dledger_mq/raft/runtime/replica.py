@@ -19,17 +19,18 @@ The Ready loop handles whatever remains, and everything while a write must wait.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import structlog
 import trio
 
-from dledger_mq.errors import BadRequest, ProtocolError
+from dledger_mq.errors import ProtocolError
 from dledger_mq.raft.pure.core import RaftCore, Role, SoftState
 from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
 from dledger_mq.raft.pure.messages import Entry, Message
 from dledger_mq.raft.runtime.log_writer import LogWriter
-from dledger_mq.raft.runtime.transport import PeerTransport
+from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
 
 logger = structlog.get_logger()
@@ -41,18 +42,19 @@ class Replica:
         core: RaftCore,
         log: CommitLog,
         writer: LogWriter,
-        transport: PeerTransport,
-        group: str,
+        transport: TransportConfig,
+        rng: random.Random,
         tick_seconds: float,
         apply: Callable[[Entry], object] | None = None,
     ) -> None:
         self.core = core
         self.log = log
         self.writer = writer
-        self.transport = transport
-        self.group = group
+        #: This replica's peer links; what they receive is stepped into the core at once.
+        self.transport = PeerTransport(transport, rng, self.deliver)
+        self.group = transport.group
         self.tick_seconds = tick_seconds
-        self.log_events = logger.bind(node=core.id, group=group)
+        self.log_events = logger.bind(node=core.id, group=self.group)
         self.driver = ReplicaDriver(
             core, apply, on_soft_state=self._soft_state_changed, on_refused=self._refused
         )
@@ -171,7 +173,7 @@ class Replica:
                 term=self.core.term,
             )
 
-    def _refused(self, message: Message, error: BadRequest | ProtocolError) -> None:
+    def _refused(self, message: Message, error: ProtocolError) -> None:
         self.log_events.warning("peer_message_refused", reason=str(error))
 
     def _soft_state_changed(self, soft: SoftState) -> None:

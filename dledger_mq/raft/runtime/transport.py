@@ -93,10 +93,12 @@ class TransportConfig:
 
 
 class PeerTransport:
-    def __init__(self, config: TransportConfig, rng: random.Random) -> None:
+    def __init__(
+        self, config: TransportConfig, rng: random.Random, deliver: Callable[[Message], None]
+    ) -> None:
         self.config = config
-        #: Where received messages go; the replica sets it to its own ``deliver``.
-        self.deliver: Callable[[Message], None] = _no_receiver
+        #: Where received messages go (the replica's ``deliver``).
+        self.deliver = deliver
         self.rng = rng
         # A queued item is a message, or bytes already framed (the rest of a direct write).
         self._queues: dict[
@@ -279,10 +281,6 @@ def decode_peer_message(payload: bytes, group: str, peer: str, me: str) -> Messa
         raise ProtocolError(f"a message for group {decoded.group!r} on {peer}'s link")
     check_peer_message(message, peer, me)
     return message
-
-
-def _no_receiver(message: Message) -> None:
-    raise RuntimeError("PeerTransport.deliver was never set")
 
 
 async def _read_one(stream: trio.abc.ReceiveStream, decoder: FrameDecoder) -> object:
