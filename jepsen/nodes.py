@@ -20,6 +20,7 @@ import trio
 from dledger_mq.node.cluster_layout import write_text_durably
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member, parse_config, render_config
+from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.node.processes import start_node, stop_processes
@@ -82,6 +83,8 @@ class Nodes:
             )
             path = directory / "node.toml"
             write_text_durably(path, render_config(config))  # read again at every restart
+            if not has_log(config):
+                initialise_log(config)  # as `dledger-mq node --init` would
             self.nodes[node_id] = NodeProcess(node_id, path, directory / "node.log")
 
     # -- processes -------------------------------------------------------------------------------

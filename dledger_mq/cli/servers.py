@@ -39,6 +39,12 @@ from dledger_mq.cli.main import main, one_line_errors
     help="A member and its addresses, e.g. n1=127.0.0.1:9891,127.0.0.1:9881; "
     "repeat for each (replaces [members]).",
 )
+@click.option(
+    "--init",
+    is_flag=True,
+    help="Make this new node's empty log first (refused if it has one). Only for a node of a "
+    "new cluster: a node that lost its log must not come back empty.",
+)
 @one_line_errors
 def node(
     config_path: Path | None,
@@ -48,14 +54,19 @@ def node(
     flush: str | None,
     log_level: str | None,
     members: tuple[str, ...],
+    init: bool,
 ) -> None:
     """Run one replica: its Raft group on the CommitLog, peer and client listeners.
 
     SIGTERM or SIGINT stops it gracefully: it hands leadership to an up-to-date follower,
     lets the in-flight fsync finish and closes its connections.
+
+    Its log must exist: `--init` makes it, once, for a node of a new cluster (`cluster up`
+    makes it for its nodes). A node whose log is missing or incomplete refuses to start.
     """
     from dledger_mq.logs import configure_logging
     from dledger_mq.node.config import load_config
+    from dledger_mq.node.data_dir import initialise_log
     from dledger_mq.node.harness import HarnessOptions
     from dledger_mq.node.server import run_node
 
@@ -76,6 +87,8 @@ def node(
     config = load_config(config_path, overrides)
     harness = HarnessOptions.from_environment()
     configure_logging(config.log_level)
+    if init:
+        initialise_log(config)
     trio.run(functools.partial(run_node, config, harness=harness))
 
 

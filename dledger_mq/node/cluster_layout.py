@@ -22,6 +22,7 @@ from pathlib import Path
 import attrs
 
 from dledger_mq.node.config import ConfigError, Member, load_config, parse_config, render_config
+from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.raft.storage.disk import Disk, OsDisk, make_directories, write_file_atomically
 
 DEFAULT_ROOT = Path(".dledger-mq")
@@ -172,6 +173,8 @@ def write_configs(
         make_directories(disk, str(directory))
         path = directory / CONFIG_FILE_NAME
         if not disk.exists(str(path)) or _is_empty(disk, str(path)):
+            # A new node: its log is made here, on purpose, before its config (a crash in
+            # between writes the config again next time and finds the log made).
             config = parse_config(
                 {
                     "node_id": node_id,
@@ -182,6 +185,8 @@ def write_configs(
                     "naming": list(naming.values()),
                 }
             )
+            if not has_log(config, disk):
+                initialise_log(config, disk)
             write_file_atomically(disk, str(path), render_config(config).encode())
         paths.append(path)
     return paths

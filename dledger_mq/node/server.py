@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import posixpath
 import random
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,9 +28,10 @@ import trio
 from dledger_mq.broker.records import BrokerSettings
 from dledger_mq.broker.service import AppliedSignal, BrokerService, RequestHandler
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import BadRequest, DledgerError, NotLeader
+from dledger_mq.errors import BadRequest, DataDirError, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
+from dledger_mq.node.data_dir import NO_LOG_HINT, has_log, identity_of, log_directory
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
 from dledger_mq.node.registration import register_forever
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
@@ -235,16 +235,25 @@ def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
 
 
 def open_commit_log(config: NodeConfig, harness: HarnessOptions) -> CommitLog:
+    """This node's log, which must exist and be this node's (``node/data_dir.py``)."""
     flush_policy, flush_interval_ms = FlushPolicy(config.flush), config.flush_interval_ms
     if harness.ack_before_fsync:
         flush_policy, flush_interval_ms = FlushPolicy.ASYNC, UNSAFE_FLUSH_INTERVAL_MS
-    return CommitLog.open(
-        PowerLossDisk() if harness.lose_unsynced else OsDisk(),
-        posixpath.join(config.data_dir, "raft", config.group),
-        segment_size_bytes=config.segment_size_bytes,
-        flush_policy=flush_policy,
-        flush_interval_ms=flush_interval_ms,
-    )
+    directory = log_directory(config)
+    try:
+        return CommitLog.open(
+            PowerLossDisk() if harness.lose_unsynced else OsDisk(),
+            directory,
+            segment_size_bytes=config.segment_size_bytes,
+            flush_policy=flush_policy,
+            flush_interval_ms=flush_interval_ms,
+            create=False,
+            identity=identity_of(config),
+        )
+    except DataDirError as error:
+        if error.path == directory and not has_log(config):
+            raise DataDirError(directory, f"{error.reason}: {NO_LOG_HINT}") from None
+        raise
 
 
 def raft_core(config: NodeConfig, commit_log: CommitLog, rng: random.Random) -> RaftCore:

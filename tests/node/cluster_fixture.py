@@ -24,6 +24,7 @@ import trio
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader, Unavailable
 from dledger_mq.node.config import NodeConfig, parse_config, render_config
+from dledger_mq.node.data_dir import initialise_log
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.wire.admin import StatusReply
 
@@ -90,6 +91,7 @@ class ProcessCluster:
             )
             config_path = directory / "node.toml"
             config_path.write_text(render_config(config))
+            initialise_log(config)  # as `dledger-mq node --init` would
             self.nodes[node_id] = NodeProcess(node_id, config, config_path, directory / "node.log")
 
     # -- addresses -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -13,14 +14,17 @@ from pathlib import Path
 import pytest
 
 from dledger_mq.node.cluster_layout import ClusterLayout, write_configs
-from dledger_mq.node.config import ConfigError, parse_config
+from dledger_mq.node.config import ConfigError, load_config, parse_config
+from dledger_mq.node.data_dir import log_directory
 from dledger_mq.node.processes import (
     PidRecord,
     process_start_time,
     read_pid_file,
     write_pid_file,
 )
-from dledger_mq.raft.storage.disk import make_directories
+from dledger_mq.raft.storage.commitlog_format import LogIdentity
+from dledger_mq.raft.storage.commitlog_recovery import read_identity
+from dledger_mq.raft.storage.disk import OsDisk, make_directories
 from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 
@@ -91,6 +95,20 @@ def test_configs_that_exist_are_never_rewritten(tmp_path: Path) -> None:
     first.write_text("# edited by hand\n" + first.read_text())
     write_configs(tmp_path, layout.members, "async", layout.naming)
     assert first.read_text().startswith("# edited by hand\n")
+
+
+def test_the_first_cluster_up_makes_each_nodes_log_and_never_again(tmp_path: Path) -> None:
+    """A new node's log is made with its config, on purpose; a log lost afterwards is not
+    made again (the node refuses to start instead of coming back empty)."""
+    layout = ClusterLayout.derive(tmp_path)
+    paths = write_configs(tmp_path, layout.members, "sync", layout.naming)
+    configs = [load_config(path, {}) for path in paths]
+    assert [read_identity(OsDisk(), log_directory(c)) for c in configs] == [
+        LogIdentity("local", "broker-a", node_id) for node_id in ("n1", "n2", "n3")
+    ]
+    shutil.rmtree(log_directory(configs[2]))
+    write_configs(tmp_path, layout.members, "sync", layout.naming)
+    assert not os.path.exists(log_directory(configs[2]))
 
 
 def test_new_directories_survive_a_power_cut() -> None:

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader
 from dledger_mq.node.config import NodeConfig, parse_config
+from dledger_mq.node.data_dir import initialise_log
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.node.server import Node, run_node
 
@@ -52,6 +53,8 @@ async def three_nodes(root: Path, **settings: Any) -> AsyncIterator[dict[str, In
         )
         for node_id in members
     }
+    for entry in nodes.values():
+        initialise_log(entry.config)
 
     async def run(entry: InProcessNode, *, task_status: trio.TaskStatus[Node]) -> None:
         await run_node(entry.config, shutdown_trigger=entry.stop.wait, task_status=task_status)

@@ -41,6 +41,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     STATE_FILE_NAME,
+    LogIdentity,
     LogState,
     SegmentHeader,
     decode_entries,
@@ -181,10 +182,13 @@ class CommitLog:
         clock: Callable[[], float] = time.monotonic,
         create: bool = True,
         repair: bool = False,
+        identity: LogIdentity | None = None,
     ) -> CommitLog:
-        """Open (or with ``create``, make) the log in ``directory`` and recover it.
+        """Open (or with ``create``, make) the log in ``directory`` and recover it; with
+        ``identity``, only if it is that node's log (recorded when the log is made).
 
-        Raises ``DataDirError`` for a missing or foreign directory, ``FormatVersionError`` for
+        Raises ``DataDirError`` for a missing, incomplete or foreign directory or another
+        node's log, ``FormatVersionError`` for
         another format version, and ``CorruptLog`` for damage before the tail, unless ``repair``
         (which cuts the log at the damage; see ``.recovery`` for what was dropped).
         """
@@ -192,7 +196,7 @@ class CommitLog:
             raise ValueError(f"segment_size_bytes {segment_size_bytes} out of range")
         directory = posixpath.normpath(directory)
         try:
-            prepare_directory(disk, directory, create=create)
+            prepare_directory(disk, directory, create=create, identity=identity)
             state = read_state(disk, directory)
             recovered = recover_segments(disk, directory, state, repair=repair)
             if recovered.state_changed:

@@ -17,6 +17,7 @@ from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState
 FORMAT_VERSION = 1
 
 META_FILE_NAME = "meta"
+IDENTITY_FILE_NAME = "identity"
 STATE_FILE_NAME = "state"
 SEGMENT_SUFFIX = ".log"
 TEMPORARY_SUFFIX = ".tmp"
@@ -214,6 +215,65 @@ def decode_meta_version(data: bytes) -> int | str:
     if version == FORMAT_VERSION and crc32c(data[: META.size - 4]) != checksum:
         return "meta file checksum mismatch"
     return int(version)
+
+
+# -- identity file ------------------------------------------------------------------------------
+
+IDENTITY_MAGIC = b"DQID"
+#: magic | then three times: length u16 + UTF-8 (cluster id, group, node id) | CRC32C of all before
+_IDENTITY_LENGTH = struct.Struct("<H")
+MAX_IDENTITY_PART_BYTES = 1024
+
+
+@attrs.frozen(slots=True)
+class LogIdentity:
+    """Whose log this is: checked on every open, so that a node never runs on another's log."""
+
+    cluster_id: str
+    group: str
+    node_id: str
+
+    def describe(self) -> str:
+        return f"node {self.node_id} of group {self.group} in cluster {self.cluster_id}"
+
+
+def encode_identity(identity: LogIdentity) -> bytes:
+    body = bytearray(IDENTITY_MAGIC)
+    for part in (identity.cluster_id, identity.group, identity.node_id):
+        data = part.encode()
+        if len(data) > MAX_IDENTITY_PART_BYTES:
+            raise ValueError(f"identity part of {len(data)} bytes")
+        body += _IDENTITY_LENGTH.pack(len(data)) + data
+    return bytes(body) + RECORD_CHECKSUM.pack(crc32c(bytes(body)))
+
+
+def decode_identity(data: bytes) -> LogIdentity | str:
+    """The identity an identity file records, or why ``data`` is not one."""
+    if not data.startswith(IDENTITY_MAGIC):
+        return "no identity magic"
+    if (
+        len(data) < len(IDENTITY_MAGIC) + 4
+        or crc32c(data[:-4]) != RECORD_CHECKSUM.unpack_from(data, len(data) - 4)[0]
+    ):
+        return "identity checksum mismatch"
+    parts: list[str] = []
+    offset = len(IDENTITY_MAGIC)
+    end = len(data) - 4
+    for _ in range(3):
+        if offset + _IDENTITY_LENGTH.size > end:
+            return "identity cut short"
+        (length,) = _IDENTITY_LENGTH.unpack_from(data, offset)
+        offset += _IDENTITY_LENGTH.size
+        if offset + length > end:
+            return "identity cut short"
+        try:
+            parts.append(data[offset : offset + length].decode())
+        except UnicodeDecodeError:
+            return "identity is not UTF-8"
+        offset += length
+    if offset != end:
+        return "identity has trailing bytes"
+    return LogIdentity(*parts)
 
 
 # -- state file ---------------------------------------------------------------------------------

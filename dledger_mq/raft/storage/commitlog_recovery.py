@@ -18,17 +18,22 @@ from dledger_mq.errors import CorruptRecord, DataDirError, FormatVersionError
 from dledger_mq.raft.pure.messages import HardState
 from dledger_mq.raft.storage.commitlog_format import (
     FORMAT_VERSION,
+    IDENTITY_FILE_NAME,
+    MAX_IDENTITY_PART_BYTES,
     META_FILE_NAME,
     RECORD_HEADER_SIZE,
     RECORD_MAGIC_BYTES,
     SEGMENT_HEADER_SIZE,
     STATE_FILE_NAME,
     TEMPORARY_SUFFIX,
+    LogIdentity,
     LogState,
     SegmentHeader,
+    decode_identity,
     decode_meta_version,
     decode_segment_header,
     decode_state,
+    encode_identity,
     encode_meta,
     encode_segment_header,
     encode_state,
@@ -178,6 +183,8 @@ def _is_intact_record(file: DiskFile, offset: int, file_size: int, index: int) -
 #: What an initialisation interrupted by a crash can leave behind (the meta file comes last).
 _INITIALISATION_LEFTOVERS = frozenset(
     {
+        IDENTITY_FILE_NAME,
+        IDENTITY_FILE_NAME + TEMPORARY_SUFFIX,
         STATE_FILE_NAME,
         STATE_FILE_NAME + TEMPORARY_SUFFIX,
         META_FILE_NAME + TEMPORARY_SUFFIX,
@@ -186,13 +193,23 @@ _INITIALISATION_LEFTOVERS = frozenset(
 )
 
 
-def prepare_directory(disk: Disk, directory: str, *, create: bool) -> None:
-    """Check that ``directory`` is a dledger-mq log of our format version, or make a new one."""
+def prepare_directory(
+    disk: Disk, directory: str, *, create: bool, identity: LogIdentity | None = None
+) -> None:
+    """Check that ``directory`` is a dledger-mq log of our format version and, when
+    ``identity`` is given, that it is that node's log; with ``create``, make a new one where
+    there is none.
+
+    A log is never made because files are missing: without ``create`` a missing or incomplete
+    directory is a ``DataDirError``; with it, only a missing directory or the leftovers of an
+    interrupted initialisation that holds no record are (re)initialised. A replica that came
+    back empty and voted could elect a leader without entries it had acknowledged.
+    """
     if not disk.exists(directory):
         if not create:
             raise DataDirError(directory, "does not exist")
         make_directories(disk, directory)
-        _initialise(disk, directory)
+        _initialise(disk, directory, identity)
         return
     if not disk.is_directory(directory):
         raise DataDirError(directory, "is not a directory")
@@ -203,8 +220,15 @@ def prepare_directory(disk: Disk, directory: str, *, create: bool) -> None:
             shown = ", ".join(strangers[:5])
             raise DataDirError(directory, f"not a dledger-mq log (no meta file; holds {shown})")
         if not create:
-            raise DataDirError(directory, "is not an initialised dledger-mq log")
-        _initialise(disk, directory)
+            raise DataDirError(directory, "is not an initialised dledger-mq log (no meta file)")
+        first_segment = posixpath.join(directory, segment_file_name(1))
+        if disk.exists(first_segment) and _file_size(disk, first_segment) > SEGMENT_HEADER_SIZE:
+            raise DataDirError(
+                directory,
+                "holds records but no meta file: not initialised again over them "
+                "(restore the meta file, or move the directory away)",
+            )
+        _initialise(disk, directory, identity)
         return
     meta_path = posixpath.join(directory, META_FILE_NAME)
     file = disk.open(meta_path)
@@ -216,16 +240,62 @@ def prepare_directory(disk: Disk, directory: str, *, create: bool) -> None:
         raise DataDirError(directory, f"not a dledger-mq log ({META_FILE_NAME}: {version})")
     if version != FORMAT_VERSION:
         raise FormatVersionError(directory, version, FORMAT_VERSION)
+    if identity is not None:
+        _check_identity(disk, directory, identity, IDENTITY_FILE_NAME in names)
 
 
-def _initialise(disk: Disk, directory: str) -> None:
-    """First segment, then state, then meta: the meta file marks a complete initialisation."""
+def read_identity(disk: Disk, directory: str) -> LogIdentity | None:
+    """The identity recorded in ``directory``, None for a log made before identities were."""
+    path = posixpath.join(directory, IDENTITY_FILE_NAME)
+    if not disk.exists(path):
+        return None
+    file = disk.open(path)
+    try:
+        found = decode_identity(file.read(0, min(file.size(), 4 * MAX_IDENTITY_PART_BYTES)))
+    finally:
+        file.close()
+    if isinstance(found, str):
+        raise CorruptRecord(path, 0, found)
+    return found
+
+
+def _check_identity(disk: Disk, directory: str, identity: LogIdentity, recorded: bool) -> None:
+    if not recorded:
+        # A log made before identities were recorded: it becomes this node's from now on.
+        write_file_atomically(
+            disk, posixpath.join(directory, IDENTITY_FILE_NAME), encode_identity(identity)
+        )
+        _logger.info("commitlog.identity_recorded", directory=directory, **attrs.asdict(identity))
+        return
+    found = read_identity(disk, directory)
+    if found != identity:
+        assert found is not None
+        raise DataDirError(
+            directory, f"is the log of {found.describe()}, not of {identity.describe()}"
+        )
+
+
+def _file_size(disk: Disk, path: str) -> int:
+    file = disk.open(path)
+    try:
+        return file.size()
+    finally:
+        file.close()
+
+
+def _initialise(disk: Disk, directory: str, identity: LogIdentity | None) -> None:
+    """First segment, then identity and state, then meta: the meta file marks a complete
+    initialisation."""
     file = disk.open(posixpath.join(directory, segment_file_name(1)), create=True, truncate=True)
     try:
         file.append(encode_segment_header(SegmentHeader(base_index=1, previous_term=0)))
         file.fsync()
     finally:
         file.close()
+    if identity is not None:
+        write_file_atomically(
+            disk, posixpath.join(directory, IDENTITY_FILE_NAME), encode_identity(identity)
+        )
     state = LogState(HardState(), first_index=1, term_before_first=0)
     write_file_atomically(disk, posixpath.join(directory, STATE_FILE_NAME), encode_state(state))
     write_file_atomically(disk, posixpath.join(directory, META_FILE_NAME), encode_meta())
@@ -338,7 +408,7 @@ class _Recovery:
             elif name.endswith(TEMPORARY_SUFFIX):
                 # An atomic write interrupted before its rename: the old file is still in place.
                 self.disk.remove(posixpath.join(self.directory, name))
-            elif name not in (META_FILE_NAME, STATE_FILE_NAME):
+            elif name not in (META_FILE_NAME, STATE_FILE_NAME, IDENTITY_FILE_NAME):
                 _logger.warning(
                     "commitlog.unknown_file_ignored", directory=self.directory, name=name
                 )
