@@ -1,9 +1,12 @@
-"""A node's data directory: where its log lives, whose it is, and its one explicit creation.
+"""A node's data directory: where its log lives, whose it is, and how it is made.
 
-A node's log is made only on purpose: by ``dledger-mq node --init`` or by the first ``cluster
-up`` of a folder (when it writes the node's config). A node that finds its log missing or
-incomplete refuses to start instead of starting empty: an empty replica that votes can elect a
-leader that lacks entries it had acknowledged (amnesia), and the committed entries are lost.
+A voting member's log is made only on purpose: by ``dledger-mq node --init`` or by the first
+``cluster up`` of a folder (when it writes the node's config). A node that finds its log
+missing (a replaced disk, a deleted folder) makes a *recovering* one instead: it follows a
+leader and takes its entries but does not vote until that leader has caught it up
+(``RaftCore``), because an empty replica that votes can elect a leader that lacks entries it
+had acknowledged (amnesia), and the committed entries would be lost. A log that is damaged
+(its meta file gone, records left) or another node's is refused.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.commitlog_format import META_FILE_NAME, LogIdentity
 from dledger_mq.raft.storage.disk import Disk, OsDisk
 
-#: What a node that finds no log is told (docs/operations.md, "A lost data directory").
-NO_LOG_HINT = (
-    "a new node's log is made only by `dledger-mq node --init`; a node that lost its log "
-    "must not come back empty (docs/operations.md, 'A lost data directory')"
+#: What a recovering node says when it starts (docs/operations.md, "A lost data directory").
+RECOVERING_HINT = (
+    "this node has no log of its own yet: it does not vote until a leader has caught it up; "
+    "the nodes of a new cluster need `dledger-mq node --init` once "
+    "(docs/operations.md, 'A lost data directory')"
 )
 
 

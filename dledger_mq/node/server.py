@@ -28,10 +28,10 @@ import trio
 from dledger_mq.broker.records import BrokerSettings
 from dledger_mq.broker.service import AppliedSignal, BrokerService, RequestHandler
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import BadRequest, DataDirError, DledgerError, NotLeader
+from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
 from dledger_mq.node.config import NodeConfig
-from dledger_mq.node.data_dir import NO_LOG_HINT, has_log, identity_of, log_directory
+from dledger_mq.node.data_dir import RECOVERING_HINT, identity_of, log_directory
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
 from dledger_mq.node.registration import register_forever
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
@@ -177,11 +177,13 @@ class Node:
     def status(self) -> StatusReply:
         status = self.replica.core.status()
         members = self.config.members
+        # A follower that lost its log and does not vote until caught up says so.
+        recovering = self.replica.core.recovering and status.role is Role.FOLLOWER
         return StatusReply(
             node_id=status.node_id,
             group=self.config.group,
             address=members[status.node_id].client,
-            role=status.role.value,
+            role="recovering" if recovering else status.role.value,
             term=status.term,
             leader=status.leader,
             leader_address=members[status.leader].client if status.leader else None,
@@ -235,25 +237,22 @@ def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
 
 
 def open_commit_log(config: NodeConfig, harness: HarnessOptions) -> CommitLog:
-    """This node's log, which must exist and be this node's (``node/data_dir.py``)."""
+    """This node's log (``node/data_dir.py``): refused if it is another node's or damaged; made
+    as a recovering replica's if it is missing (it lost its log: it votes again only once a
+    leader has caught it up)."""
     flush_policy, flush_interval_ms = FlushPolicy(config.flush), config.flush_interval_ms
     if harness.ack_before_fsync:
         flush_policy, flush_interval_ms = FlushPolicy.ASYNC, UNSAFE_FLUSH_INTERVAL_MS
-    directory = log_directory(config)
-    try:
-        return CommitLog.open(
-            PowerLossDisk() if harness.lose_unsynced else OsDisk(),
-            directory,
-            segment_size_bytes=config.segment_size_bytes,
-            flush_policy=flush_policy,
-            flush_interval_ms=flush_interval_ms,
-            create=False,
-            identity=identity_of(config),
-        )
-    except DataDirError as error:
-        if error.path == directory and not has_log(config):
-            raise DataDirError(directory, f"{error.reason}: {NO_LOG_HINT}") from None
-        raise
+    return CommitLog.open(
+        PowerLossDisk() if harness.lose_unsynced else OsDisk(),
+        log_directory(config),
+        segment_size_bytes=config.segment_size_bytes,
+        flush_policy=flush_policy,
+        flush_interval_ms=flush_interval_ms,
+        create=True,
+        recovering_if_created=True,
+        identity=identity_of(config),
+    )
 
 
 def raft_core(config: NodeConfig, commit_log: CommitLog, rng: random.Random) -> RaftCore:
@@ -268,6 +267,7 @@ def raft_core(config: NodeConfig, commit_log: CommitLog, rng: random.Random) -> 
         ),
         commit_log,
         rng,
+        recovering=commit_log.recovering,
     )
 
 
@@ -401,6 +401,8 @@ async def _run_node(
                         data_dir=config.data_dir,
                         flush=config.flush,
                     )
+                    if node.replica.core.recovering:
+                        log.warning("recovering", hint=RECOVERING_HINT)
                     task_status.started(node)
                     await shutdown_trigger()
                     with trio.move_on_after(config.graceful_stop_ms / 1000) as graceful:

@@ -16,7 +16,7 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from dledger_mq.broker.records import BrokerSettings
 from dledger_mq.broker.state import BrokerState
@@ -38,7 +38,13 @@ from jepsen.sim.broker import SimBroker, StateFactory
 from jepsen.sim.checker import SafetyChecker, SafetyViolation
 from jepsen.sim.options import UNITS_PER_TICK, SimOptions
 
-CoreFactory = Callable[[Config, LogStore, random.Random], RaftCore]
+
+class CoreFactory(Protocol):
+    def __call__(
+        self, config: Config, store: LogStore, rng: random.Random, *, recovering: bool
+    ) -> RaftCore: ...
+
+
 DriverFactory = Callable[[RaftCore, Callable[[Entry], object]], ReplicaDriver]
 #: Wall-clock milliseconds at virtual time 0 (store timestamps are drawn from it).
 EPOCH_MS = 1_760_000_000_000
@@ -62,7 +68,8 @@ class SimNode:
         self.config = config
         self.disk = MemoryDisk()
         self.segment_size_bytes = segment_size_bytes
-        self.store = self.open_store()
+        # Made on purpose, as `dledger-mq node --init` does: a voting member's log.
+        self.store = self.open_store(recovering_if_created=False)
         self.core: RaftCore | None = None
         self.driver: ReplicaDriver | None = None
         self.broker: SimBroker | None = None
@@ -84,7 +91,7 @@ class SimNode:
         self.incarnation = 0
         self.last_role: Role | None = None
 
-    def open_store(self) -> CommitLog:
+    def open_store(self, recovering_if_created: bool = True) -> CommitLog:
         # The simulator decides when to fsync (``sync()`` when the disk latency has passed),
         # so the log's own interval never fires.
         return CommitLog.open(
@@ -94,6 +101,8 @@ class SimNode:
             flush_policy=FlushPolicy.ASYNC,
             flush_interval_ms=1 << 40,
             clock=_frozen_clock,
+            # An empty disk later (amnesia) is a replica that lost its log, as in the node.
+            recovering_if_created=recovering_if_created,
         )
 
 
@@ -184,7 +193,9 @@ class Cluster:
 
     def _start(self, node: SimNode) -> None:
         rng = random.Random(f"{self.options.seed}-{node.id}-{node.incarnation}")
-        node.core = self.core_factory(node.config, node.store, rng)
+        node.core = self.core_factory(
+            node.config, node.store, rng, recovering=node.store.recovering
+        )
         # The state machine is derived from the log: a restarted node applies it from the start.
         broker: SimBroker | None = None
 
@@ -220,9 +231,10 @@ class Cluster:
         node = self.nodes[node_id]
         if node.core is not None or node.lost:
             return
-        if self.options.amnesia and self.rng.random() < 0.3:
+        if self.options.amnesia and self._may_lose_a_disk(node) and self.rng.random() < 0.3:
             self.log(f"{node_id} comes back with an empty data directory")
             node.disk = MemoryDisk()
+            node.rotten = False  # the rot went with the old disk
         injected = node.disk.faults_pending > 0
         try:
             node.store = node.open_store()
@@ -245,6 +257,14 @@ class Cluster:
             raise SafetyViolation(f"{node_id} opened a log with a rotten record")
         self._start(node)
 
+    def _may_lose_a_disk(self, node: SimNode) -> bool:
+        """One lost disk at a time, as the product promises to survive: not while another
+        node is still recovering from one, or lost for good (bit rot)."""
+        return not any(
+            other is not node and (other.lost or other.store.recovering)
+            for other in self.nodes.values()
+        )
+
     def pause(self, node_id: str, duration: int) -> None:
         """SIGSTOP for ``duration``: nothing runs there; what arrives meanwhile waits."""
         node = self.nodes[node_id]
@@ -263,6 +283,8 @@ class Cluster:
         node = self.nodes[node_id]
         if node.core is not None or node.rotten or any(n.rotten for n in self.nodes.values()):
             return False
+        if not self._may_lose_a_disk(node):
+            return False  # a rotten log is a lost disk too: one at a time
         directory = f"/{node.id}"
         for name in node.disk.list_directory(directory):
             if parse_segment_file_name(name) is None:
@@ -377,6 +399,9 @@ class Cluster:
         assert work is not None
         try:
             node.store.sync()
+            if work.recovered:
+                node.store.finish_recovery()
+                self.log(f"{node_id} has caught up: it votes again")
         except StorageError as error:
             self._storage_failed(node, error)
             return

@@ -47,6 +47,16 @@ class VoteTwiceInATerm(RaftCore):
         super()._handle_vote_request(request)
 
 
+class VoteWhileRecovering(RaftCore):
+    """Ignores that it lost its log (amnesia): votes and campaigns with an empty one, and can
+    help elect a leader that lacks entries committed with its forgotten acknowledgements."""
+
+    def __init__(
+        self, config: Config, store: LogStore, rng: random.Random, recovering: bool = False
+    ) -> None:
+        super().__init__(config, store, rng, recovering=False)
+
+
 class UnclampedHeartbeatCommit(RaftCore):
     """Tells every follower the leader's commit index in heartbeats, also one whose entries up
     there are another leader's: it commits them."""
@@ -104,8 +114,10 @@ class _AcknowledgeLastIndexLog(_BrokenLog):
 
 def _core_with_log(log_class: type[_BrokenLog], doc: str) -> type[RaftCore]:
     class Core(RaftCore):
-        def __init__(self, config: Config, store: LogStore, rng: random.Random) -> None:
-            super().__init__(config, store, rng)
+        def __init__(
+            self, config: Config, store: LogStore, rng: random.Random, recovering: bool = False
+        ) -> None:
+            super().__init__(config, store, rng, recovering=recovering)
             self.log.__class__ = log_class
 
     Core.__doc__ = doc
@@ -204,6 +216,7 @@ MUTANTS: dict[str, Mutant] = {
     "vote-without-log-check": Mutant(core=VoteWithoutLogCheck),
     "commit-old-term": Mutant(core=CommitOldTermByCounting),
     "vote-twice": Mutant(core=VoteTwiceInATerm),
+    "vote-while-recovering": Mutant(core=VoteWhileRecovering),
     "no-prev-term-check": Mutant(core=NoPrevTermCheck),
     "unclamped-heartbeat-commit": Mutant(core=UnclampedHeartbeatCommit),
     "truncate-on-stale-append": Mutant(core=TruncateOnStaleAppend),

@@ -59,9 +59,9 @@ class SimOptions:
     tick_units: tuple[int, ...] = ()
     #: Per node: how long its disk takes to write and fsync a batch.
     disk_latency_per_node: tuple[int, ...] = ()
-    #: A crashed node may come back with an empty data directory (off by default: until the
-    #: lifecycle issue, such a node rejoins as a voter and can lose committed entries).
-    amnesia: bool = False
+    #: A crashed node may come back with an empty data directory: it rejoins recovering, and
+    #: votes again only once a leader has caught it up (``RaftCore``).
+    amnesia: bool = True
 
     @classmethod
     def draw(
@@ -70,7 +70,7 @@ class SimOptions:
         nodes: int | None = None,
         safety_ticks: int = 500,
         faults: tuple[str, ...] = FAULTS,
-        amnesia: bool = False,
+        amnesia: bool = True,
     ) -> SimOptions:
         rng = random.Random(f"options-{seed}")
         # Swarm testing: each seed enables a random subset of the faults, so that no fault is

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -119,6 +120,29 @@ async def test_every_lab_verb_from_another_terminal(tmp_path: Path) -> None:
         for node_id in ("n1", "n2", "n3"):
             if node_id != leader.node_id:
                 await up.wait_caught_up(node_id, leader.commit_index)
+
+
+async def test_a_node_whose_disk_is_lost_comes_back_caught_up_and_votes_again(
+    tmp_path: Path,
+) -> None:
+    """The failover lab's lost disk, as docs/operations.md shows it: `cluster stop n3`,
+    `rm -rf .dledger-mq/n3/data`, `cluster start n3`."""
+    with cluster_up(tmp_path) as up:
+        leader = await up.wait_for_leader()
+        for number in range(10):
+            await up.dledger("send", "orders", f"before the disk is lost {number}")
+        victim = next(n for n in ("n3", "n2") if n != leader.node_id)
+        await up.dledger("cluster", "stop", victim)
+        shutil.rmtree(up.root / victim / "data")
+        await up.dledger("cluster", "start", victim)
+        # Recovering (no vote) until the leader has caught it up; then a follower again.
+        leader = await up.wait_for_leader()
+        await up.wait_caught_up(victim, leader.commit_index)
+        assert "recovering" in (up.root / victim / "node.log").read_text()
+        # It votes again: with the leader killed, it and the third node elect a new one.
+        await up.dledger("cluster", "kill", "leader")
+        await up.wait_for_leader(exclude=[leader.node_id])
+        assert (await up.dledger("send", "orders", "after")).startswith("broker-a:")
 
 
 async def test_a_killed_supervisor_leaves_the_nodes_serving_and_the_next_adopts_them(

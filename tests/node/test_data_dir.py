@@ -41,13 +41,29 @@ def run_to_exit(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_node_without_a_log_refuses_to_start_and_says_how_to_make_one(tmp_path: Path) -> None:
+def test_a_node_without_a_log_starts_recovering_and_says_so(tmp_path: Path) -> None:
+    """Alone and without a log it can never lead (it lost what it had, as far as it knows):
+    it says so, and what a node of a new cluster needs instead."""
     path = single_node_config(tmp_path)
-    result = run_to_exit("--config", str(path))
-    assert result.returncode != 0
-    [line] = result.stderr.strip().splitlines()[-1:]
-    assert line.startswith("Error: ") and "does not exist" in line and "--init" in line, line
-    assert not (tmp_path / "data").exists()
+    process = subprocess.Popen(
+        node_command("--config", str(path)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stderr is not None
+        warning = next(line for line in process.stderr if '"recovering"' in line)
+        assert "--init" in warning
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_SECONDS) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert (tmp_path / "data" / "raft" / "broker-a" / "recovering").exists()
 
 
 def test_init_makes_the_log_once(tmp_path: Path) -> None:
@@ -77,20 +93,30 @@ def test_init_makes_the_log_once(tmp_path: Path) -> None:
     assert "already holds a log: start the node without --init" in again.stderr.splitlines()[-1]
 
 
-async def test_a_node_whose_data_directory_was_deleted_does_not_come_back_empty(
+async def test_a_node_whose_data_directory_was_deleted_rejoins_and_then_votes_again(
     cluster: ProcessCluster,
 ) -> None:
     """The amnesia the old code allowed: a wiped node restarted as an empty voter. Now it
-    refuses to start, and the other two keep serving."""
+    comes back recovering, is caught up by the leader, and only then votes: after that, with
+    the leader killed, it and the third node elect a new one, which holds everything."""
     leader = await cluster.wait_for_leader()
-    await cluster.propose(b"committed before the wipe")
+    for number in range(20):
+        await cluster.propose(b"before the wipe %d" % number)
     victim = next(node_id for node_id in cluster.nodes if node_id != leader.node_id)
     assert await cluster.stop(victim) == 0
-    shutil.rmtree(log_directory(cluster.nodes[victim].config))
-    mark = cluster.log_mark(victim)
+    directory = log_directory(cluster.nodes[victim].config)
+    shutil.rmtree(directory)
     cluster.start(victim)
-    assert await cluster.wait_exit(victim) != 0
-    assert "does not exist" in cluster.log_text(victim, since=mark)
-    assert not Path(log_directory(cluster.nodes[victim].config)).exists()
+    index = await cluster.propose(b"after the wipe")
+    await cluster.wait_caught_up(index)
     with trio.fail_after(DEADLINE_SECONDS):
-        await cluster.propose(b"the others go on")
+        while Path(directory, "recovering").exists():
+            await trio.sleep(0.05)
+    events = [e["event"] for e in cluster.log_events(victim)]
+    assert "recovering" in events and "recovery_finished" in events
+
+    cluster.kill(leader.node_id)
+    new = await cluster.wait_for_leader(exclude=[leader.node_id], min_term=leader.term)
+    index = await cluster.propose(b"after the failover")
+    statuses = await cluster.wait_caught_up(index, [new.node_id, victim])
+    assert all(status is not None for status in statuses.values())

@@ -88,6 +88,8 @@ class Network:
         self.queue: deque[Message] = deque()
         self.sent: list[Message] = []
         self.cut_links: set[tuple[str, str]] = set()
+        #: Nodes whose (durable) recovering mark is set: they lost their log (``wipe``).
+        self.recovering_marks: set[str] = set()
         for node_id in members:
             self.start(node_id)
 
@@ -99,7 +101,13 @@ class Network:
     def start(self, node_id: str, applied: int = 0) -> RaftCore:
         """Build ``node_id``'s core from its store, as a process does when it starts."""
         rng = random.Random(f"{self.seed}-{node_id}-{self.lives[node_id]}")
-        core = RaftCore(self.config(node_id), self.stores[node_id], rng, applied=applied)
+        core = RaftCore(
+            self.config(node_id),
+            self.stores[node_id],
+            rng,
+            applied=applied,
+            recovering=node_id in self.recovering_marks,
+        )
         self.cores[node_id] = core
         self.applied[node_id] = []
         self.hard_states[node_id] = []
@@ -109,6 +117,14 @@ class Network:
         """Stop ``node_id``; whatever it had not persisted is gone, its messages are dropped."""
         del self.cores[node_id]
         self.lives[node_id] += 1
+
+    def wipe(self, node_id: str) -> RaftCore:
+        """``node_id`` lost its disk: it starts again from an empty log, recovering."""
+        if node_id in self.cores:
+            self.crash(node_id)
+        self.stores[node_id] = MemoryLogStore()
+        self.recovering_marks.add(node_id)
+        return self.start(node_id)
 
     def restart(self, node_id: str, applied: int = 0) -> RaftCore:
         if node_id in self.cores:
@@ -144,6 +160,8 @@ class Network:
         if ready.hard_state is not None:
             store.set_hard_state(ready.hard_state)
             self.hard_states[node_id].append(ready.hard_state)
+        if ready.recovered:
+            self.recovering_marks.discard(node_id)
         for message in ready.messages:
             self.send(message)
         self.applied[node_id].extend(ready.committed_entries)

@@ -122,6 +122,10 @@ class Ready:
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     messages_before_persist: tuple[Message, ...] = ()
+    #: A recovering replica has caught up (``RaftCore`` "recovering"): once this Ready's
+    #: entries and hard state are persisted, and before its messages go, the driver makes that
+    #: durable (the log's recovering mark goes); from then on it votes.
+    recovered: bool = False
 
     @property
     def must_sync(self) -> bool:
@@ -154,7 +158,28 @@ class Status:
 
 
 class RaftCore:
-    def __init__(self, config: Config, store: LogStore, rng: Rng, applied: int = 0) -> None:
+    """One replica's Raft, with no I/O (module docstring).
+
+    **Recovering.** A replica that lost its log (an empty or replaced disk) must not vote until
+    it holds again what it may have acknowledged before: a vote from an empty log can elect a
+    leader that lacks entries committed with that replica's forgotten acknowledgements, and a
+    lost vote could be given twice in one term. So a core made with ``recovering`` neither
+    campaigns, votes (pre-votes included) nor takes leadership (``TimeoutNow``); it follows a
+    leader and takes its entries. It has caught up once its log matches a leader's up to that
+    leader's last index as the leader sent it in a heartbeat of its term after this replica
+    started (so past anything acknowledged before the loss); then it records the vote it could
+    have given in that term, for that leader, and ``Ready.recovered`` tells the driver to make
+    the end of recovery durable.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: LogStore,
+        rng: Rng,
+        applied: int = 0,
+        recovering: bool = False,
+    ) -> None:
         self.config = config
         self.id = config.node_id
         self.peers = tuple(member for member in config.members if member != self.id)
@@ -178,6 +203,11 @@ class RaftCore:
         self._persisted_hard_state = hard_state
         self._last_soft_state = SoftState(self.role, self.leader, self.term)
         self._ready_in_progress: Ready | None = None
+        #: See the class docstring; ``_recovered_durably`` is what the driver has persisted.
+        self.recovering = recovering
+        self._recovering_durably = recovering
+        #: (term, leader's last index) to catch up to, from a heartbeat of the current leader.
+        self._recovery_target: tuple[int, int] | None = None
         self._reset_election_timeout()
 
     # -- inputs ----------------------------------------------------------------------------
@@ -191,8 +221,9 @@ class RaftCore:
                 self.campaign()
 
     def campaign(self) -> None:
-        """Start an election now (pre-vote first when enabled), as an election timeout would."""
-        if self.role is Role.LEADER:
+        """Start an election now (pre-vote first when enabled), as an election timeout would;
+        never while recovering."""
+        if self.role is Role.LEADER or self.recovering:
             return
         if self.config.pre_vote:
             self._become_pre_candidate()
@@ -314,6 +345,7 @@ class RaftCore:
             or self.role is not soft.role
             or self.leader != soft.leader
             or self.term != soft.term
+            or self.recovering != self._recovering_durably
         )
 
     def ready(self) -> Ready:
@@ -340,6 +372,7 @@ class RaftCore:
             committed_entries=tuple(self.log.next_committed_entries(self.config.max_apply_bytes)),
             vote_changed=vote_changed,
             messages_before_persist=tuple(early),
+            recovered=self._recovering_durably and not self.recovering,
         )
         self.outbox = []
         self._ready_in_progress = ready
@@ -359,6 +392,8 @@ class RaftCore:
             self.log.stable_to(last.index, last.term)
         if ready.committed_entries:
             self.log.applied_to(ready.committed_entries[-1].index)
+        if ready.recovered:
+            self._recovering_durably = False
         if self.role is Role.LEADER and ready.entries:
             self._maybe_commit()
 
@@ -477,7 +512,7 @@ class RaftCore:
     # -- elections -------------------------------------------------------------------------
 
     def _handle_vote_request(self, request: VoteRequest) -> None:
-        can_vote = (
+        can_vote = not self.recovering and (
             self.vote == request.source
             or (self.vote is None and self.leader is None)
             or (request.pre_vote and request.term > self.term)
@@ -544,10 +579,37 @@ class RaftCore:
             self.election_elapsed = 0
             self.leader = message.source
             self.log.commit_to(min(message.commit, self.log.last_index()))
-            self._send(HeartbeatResponse(term=self.term, source=self.id, target=message.source))
-        elif isinstance(message, TimeoutNow):
+            self._send(
+                HeartbeatResponse(
+                    term=self.term,
+                    source=self.id,
+                    target=message.source,
+                    recovering=self.recovering,
+                    last_index=self.log.last_index() if self.recovering else 0,
+                )
+            )
+            if self.recovering:
+                if self._recovery_target is None or self._recovery_target[0] != self.term:
+                    self._recovery_target = (self.term, message.last_index)
+                # What an earlier append of this term matched is ours up to the commit index.
+                self._maybe_finish_recovery(self.log.committed)
+        elif isinstance(message, TimeoutNow) and not self.recovering:
             # Leadership transfer: skip pre-vote, the leader itself asked us to take over.
             self._become_candidate(leadership_transfer=True)
+
+    def _maybe_finish_recovery(self, matched: int) -> None:
+        """Recovered once our log matches this term's leader's up to its last index as sent in
+        a heartbeat of this term (``matched``: an index up to which it does)."""
+        target = self._recovery_target
+        if not self.recovering or target is None or target[0] != self.term:
+            return
+        if matched < target[1] or self.leader is None:
+            return
+        self.recovering = False
+        self._recovery_target = None
+        # The vote we may have given in this term is unknown: give it to the leader that
+        # won it, so that we cannot give another in this term, even after a restart.
+        self.vote = self.leader
 
     def _handle_append(self, request: AppendRequest) -> None:
         if request.prev_index < self.log.committed:
@@ -575,6 +637,7 @@ class RaftCore:
                     match_index=match_index,
                 )
             )
+            self._maybe_finish_recovery(match_index)
             return
         hint_index, hint_term = self.log.find_conflict_by_term(
             min(request.prev_index, self.log.last_index()), request.prev_term
@@ -610,7 +673,15 @@ class RaftCore:
             self.heartbeat_elapsed = 0
             for peer, progress in self.progress.items():
                 commit = self._heartbeat_commit(progress)
-                self._send(Heartbeat(term=self.term, source=self.id, target=peer, commit=commit))
+                self._send(
+                    Heartbeat(
+                        term=self.term,
+                        source=self.id,
+                        target=peer,
+                        commit=commit,
+                        last_index=self.log.last_index(),
+                    )
+                )
 
     def _quorum_recently_active(self) -> bool:
         active = 1  # ourselves
@@ -627,6 +698,9 @@ class RaftCore:
             progress = self.progress[message.source]
             progress.recent_active = True
             progress.probe_sent = False
+            if message.recovering and message.last_index < progress.match:
+                # It lost what it had acknowledged: send it everything again from what it has.
+                progress.lost_entries(message.last_index)
             if progress.state is ProgressState.REPLICATE and progress.is_paused(
                 self.config.max_inflight_appends
             ):

@@ -54,8 +54,8 @@ class Proposal:
 @attrs.frozen
 class ReadyWork:
     """One Ready as the runtime carries it out, in this order: send ``send_first``; write
-    ``entries`` then ``hard_state`` (durably, when ``must_sync``); send ``send_after``; call
-    ``ReplicaDriver.finish``."""
+    ``entries`` then ``hard_state`` (durably, when ``must_sync``); if ``recovered``, make the
+    end of the recovery durable; send ``send_after``; call ``ReplicaDriver.finish``."""
 
     ready: Ready
     send_first: tuple[Message, ...]
@@ -70,6 +70,10 @@ class ReadyWork:
     @property
     def must_sync(self) -> bool:
         return self.ready.must_sync
+
+    @property
+    def recovered(self) -> bool:
+        return self.ready.recovered
 
 
 def _ignore(*_: object) -> None:

@@ -101,19 +101,27 @@ class AppendResponse:
 
 @attrs.frozen(slots=True)
 class Heartbeat:
-    """Leader liveness and commit propagation; ``commit`` is capped at the follower's match."""
+    """Leader liveness and commit propagation; ``commit`` is capped at the follower's match.
+    ``last_index`` is the leader's last index when it sent this: how far a replica that lost
+    its log must catch up before it votes again (``RaftCore`` "recovering")."""
 
     term: int
     source: str
     target: str
     commit: int
+    last_index: int = 0
 
 
 @attrs.frozen(slots=True)
 class HeartbeatResponse:
+    """``recovering``: the replica lost its log and holds only up to ``last_index`` now, so
+    the leader must not believe what it acknowledged before (its match goes back)."""
+
     term: int
     source: str
     target: str
+    recovering: bool = False
+    last_index: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -156,8 +164,8 @@ _INDEXES = {
     VoteResponse: (),
     AppendRequest: ("prev_index", "leader_commit"),
     AppendResponse: ("match_index", "rejected_index", "hint_index"),
-    Heartbeat: ("commit",),
-    HeartbeatResponse: (),
+    Heartbeat: ("commit", "last_index"),
+    HeartbeatResponse: ("last_index",),
     TimeoutNow: (),
 }
 

@@ -74,6 +74,12 @@ class Progress:
         while inflight and inflight[0] <= index:
             inflight.popleft()
 
+    def lost_entries(self, last_index: int) -> None:
+        """The follower lost its log and holds only up to ``last_index`` now (it is
+        recovering): its match goes back, the only time it does, and probing starts there."""
+        self.match = min(self.match, last_index)
+        self.become_probe()
+
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
         self.next = self.match + 1

@@ -113,6 +113,7 @@ class Replica:
                     self._send_first(work)
                     if work.writes:
                         self.writer.write_now(work.entries, work.hard_state)
+                    self._finish_recovery(work)
                     self.transport.send(work.send_after)
                     driver.finish(work)
                 except BaseException as error:
@@ -157,10 +158,16 @@ class Replica:
                     self._send_first(work)
                     if work.writes:
                         await self.writer.append(work.entries, work.hard_state)
+                    self._finish_recovery(work)
                     self.transport.send(work.send_after)
                 finally:
                     self._handling = False
                 driver.finish(work)
+
+    def _finish_recovery(self, work: ReadyWork) -> None:
+        if work.recovered:
+            self.log.finish_recovery()
+            self.log_events.info("recovery_finished", term=self.core.term, vote=self.core.vote)
 
     def _send_first(self, work: ReadyWork) -> None:
         self.transport.send(work.send_first)

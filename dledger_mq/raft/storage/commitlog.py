@@ -39,6 +39,7 @@ from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
 from dledger_mq.raft.pure.messages import ENTRY_OVERHEAD_BYTES, Entry, HardState
 from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
+    RECOVERING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
     STATE_FILE_NAME,
     LogIdentity,
@@ -138,6 +139,9 @@ class CommitLog:
         self._flush_interval_seconds = flush_interval_ms / 1000
         self._clock = clock
         self.recovery = RecoveryReport(tuple(recovered.cuts), recovered.trim_point_moved_from)
+        #: This replica lost its log and must not vote until a leader has caught it up
+        #: (``RaftCore``'s "recovering"); set by ``open``, cleared by ``finish_recovery``.
+        self.recovering = False
 
         state = recovered.state
         self._persisted_state = state
@@ -183,12 +187,14 @@ class CommitLog:
         create: bool = True,
         repair: bool = False,
         identity: LogIdentity | None = None,
+        recovering_if_created: bool = False,
     ) -> CommitLog:
         """Open (or with ``create``, make) the log in ``directory`` and recover it; with
         ``identity``, only if it is that node's log (recorded when the log is made).
 
         Raises ``DataDirError`` for a missing, incomplete or foreign directory or another
-        node's log, ``FormatVersionError`` for
+        node's log. With ``recovering_if_created``, a log made here is a recovering replica's
+        (``recovering``; ``finish_recovery`` ends it). ``FormatVersionError`` for
         another format version, and ``CorruptLog`` for damage before the tail, unless ``repair``
         (which cuts the log at the damage; see ``.recovery`` for what was dropped).
         """
@@ -196,7 +202,9 @@ class CommitLog:
             raise ValueError(f"segment_size_bytes {segment_size_bytes} out of range")
         directory = posixpath.normpath(directory)
         try:
-            prepare_directory(disk, directory, create=create, identity=identity)
+            prepare_directory(
+                disk, directory, create=create, identity=identity, recovering=recovering_if_created
+            )
             state = read_state(disk, directory)
             recovered = recover_segments(disk, directory, state, repair=repair)
             if recovered.state_changed:
@@ -215,6 +223,7 @@ class CommitLog:
             flush_interval_ms=flush_interval_ms,
             clock=clock,
         )
+        log.recovering = disk.exists(posixpath.join(directory, RECOVERING_FILE_NAME))
         _logger.info(
             "commitlog.opened",
             directory=directory,
@@ -224,6 +233,20 @@ class CommitLog:
             bytes_dropped=log.recovery.bytes_dropped,
         )
         return log
+
+    def finish_recovery(self) -> None:
+        """Make the end of this replica's recovery durable: it votes again after a restart.
+        Call only once the entries and hard state that ended it are persisted."""
+        if not self.recovering:
+            return
+        path = posixpath.join(self._directory, RECOVERING_FILE_NAME)
+        try:
+            self._disk.remove(path)
+            self._disk.fsync_directory(self._directory)
+        except OSError as error:
+            raise StorageError(f"{path}: cannot end the recovery: {error}") from error
+        self.recovering = False
+        _logger.info("commitlog.recovery_finished", directory=self._directory)
 
     @property
     def flush_policy(self) -> FlushPolicy:

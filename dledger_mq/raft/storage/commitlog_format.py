@@ -18,6 +18,8 @@ FORMAT_VERSION = 1
 
 META_FILE_NAME = "meta"
 IDENTITY_FILE_NAME = "identity"
+#: Present while the replica is recovering: it lost its log and does not vote until caught up.
+RECOVERING_FILE_NAME = "recovering"
 STATE_FILE_NAME = "state"
 SEGMENT_SUFFIX = ".log"
 TEMPORARY_SUFFIX = ".tmp"

@@ -23,6 +23,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     META_FILE_NAME,
     RECORD_HEADER_SIZE,
     RECORD_MAGIC_BYTES,
+    RECOVERING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
     STATE_FILE_NAME,
     TEMPORARY_SUFFIX,
@@ -185,6 +186,8 @@ _INITIALISATION_LEFTOVERS = frozenset(
     {
         IDENTITY_FILE_NAME,
         IDENTITY_FILE_NAME + TEMPORARY_SUFFIX,
+        RECOVERING_FILE_NAME,
+        RECOVERING_FILE_NAME + TEMPORARY_SUFFIX,
         STATE_FILE_NAME,
         STATE_FILE_NAME + TEMPORARY_SUFFIX,
         META_FILE_NAME + TEMPORARY_SUFFIX,
@@ -194,7 +197,12 @@ _INITIALISATION_LEFTOVERS = frozenset(
 
 
 def prepare_directory(
-    disk: Disk, directory: str, *, create: bool, identity: LogIdentity | None = None
+    disk: Disk,
+    directory: str,
+    *,
+    create: bool,
+    identity: LogIdentity | None = None,
+    recovering: bool = False,
 ) -> None:
     """Check that ``directory`` is a dledger-mq log of our format version and, when
     ``identity`` is given, that it is that node's log; with ``create``, make a new one where
@@ -203,13 +211,14 @@ def prepare_directory(
     A log is never made because files are missing: without ``create`` a missing or incomplete
     directory is a ``DataDirError``; with it, only a missing directory or the leftovers of an
     interrupted initialisation that holds no record are (re)initialised. A replica that came
-    back empty and voted could elect a leader without entries it had acknowledged.
+    back empty and voted could elect a leader without entries it had acknowledged; with
+    ``recovering`` a log made here is marked as a recovering replica's (``RaftCore``).
     """
     if not disk.exists(directory):
         if not create:
             raise DataDirError(directory, "does not exist")
         make_directories(disk, directory)
-        _initialise(disk, directory, identity)
+        _initialise(disk, directory, identity, recovering)
         return
     if not disk.is_directory(directory):
         raise DataDirError(directory, "is not a directory")
@@ -228,7 +237,7 @@ def prepare_directory(
                 "holds records but no meta file: not initialised again over them "
                 "(restore the meta file, or move the directory away)",
             )
-        _initialise(disk, directory, identity)
+        _initialise(disk, directory, identity, recovering)
         return
     meta_path = posixpath.join(directory, META_FILE_NAME)
     file = disk.open(meta_path)
@@ -283,9 +292,9 @@ def _file_size(disk: Disk, path: str) -> int:
         file.close()
 
 
-def _initialise(disk: Disk, directory: str, identity: LogIdentity | None) -> None:
-    """First segment, then identity and state, then meta: the meta file marks a complete
-    initialisation."""
+def _initialise(disk: Disk, directory: str, identity: LogIdentity | None, recovering: bool) -> None:
+    """First segment, then identity, recovering mark and state, then meta: the meta file marks
+    a complete initialisation."""
     file = disk.open(posixpath.join(directory, segment_file_name(1)), create=True, truncate=True)
     try:
         file.append(encode_segment_header(SegmentHeader(base_index=1, previous_term=0)))
@@ -296,6 +305,8 @@ def _initialise(disk: Disk, directory: str, identity: LogIdentity | None) -> Non
         write_file_atomically(
             disk, posixpath.join(directory, IDENTITY_FILE_NAME), encode_identity(identity)
         )
+    if recovering:
+        write_file_atomically(disk, posixpath.join(directory, RECOVERING_FILE_NAME), b"")
     state = LogState(HardState(), first_index=1, term_before_first=0)
     write_file_atomically(disk, posixpath.join(directory, STATE_FILE_NAME), encode_state(state))
     write_file_atomically(disk, posixpath.join(directory, META_FILE_NAME), encode_meta())
@@ -408,7 +419,12 @@ class _Recovery:
             elif name.endswith(TEMPORARY_SUFFIX):
                 # An atomic write interrupted before its rename: the old file is still in place.
                 self.disk.remove(posixpath.join(self.directory, name))
-            elif name not in (META_FILE_NAME, STATE_FILE_NAME, IDENTITY_FILE_NAME):
+            elif name not in (
+                META_FILE_NAME,
+                STATE_FILE_NAME,
+                IDENTITY_FILE_NAME,
+                RECOVERING_FILE_NAME,
+            ):
                 _logger.warning(
                     "commitlog.unknown_file_ignored", directory=self.directory, name=name
                 )
