@@ -18,6 +18,10 @@ loss             one, all                                each chunk, with probab
 lose-unsynced    majority, all                           SIGKILL at once nodes that write through
                                                          PowerLossDisk, so they lose what they
                                                          had not fsynced (a power cut); restart
+wipe             one, leader                             SIGKILL the node and delete its data
+                                                         directory (a lost disk; only once no
+                                                         node is recovering); start it: it
+                                                         rejoins recovering
 ===============  ======================================  =========================================
 
 ``halves`` cuts a random minority from the majority; ``one-way`` stops the leader's messages to
@@ -45,7 +49,10 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "delay": ("one", "all"),
     "loss": ("one", "all"),
     "lose-unsynced": ("majority", "all"),
+    "wipe": ("one", "leader"),
 }
+#: How long a ``wipe`` waits for an earlier lost disk to be caught up (one at a time).
+WIPE_WAIT_SECONDS = 60.0
 FAULTS = tuple(TARGETS)
 
 
@@ -172,6 +179,13 @@ class Nemesis:
         if fault in {"kill", "lose-unsynced"}:
             for node_id in chosen:
                 self.nodes.kill(node_id)
+            return functools.partial(self._for_each, self.nodes.start, chosen), value
+        if fault == "wipe":
+            # The product survives one lost disk at a time: an earlier one must be caught up.
+            with trio.move_on_after(WIPE_WAIT_SECONDS):
+                await self.nodes.wait_none_recovering()
+            for node_id in chosen:
+                self.nodes.wipe(node_id)
             return functools.partial(self._for_each, self.nodes.start, chosen), value
         if fault == "pause":
             for node_id in chosen:

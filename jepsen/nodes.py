@@ -9,6 +9,7 @@ by PID. ``close`` (always called, from a ``finally``) resumes and stops whatever
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -110,6 +111,12 @@ class Nodes:
             process.wait()
         self.nodes[node_id].paused = False
 
+    def wipe(self, node_id: str) -> None:
+        """SIGKILL the node and delete its data directory: its disk is lost. Started again, it
+        rejoins recovering (no vote until a leader has caught it up)."""
+        self.kill(node_id)
+        shutil.rmtree(self.root / node_id / "data", ignore_errors=True)
+
     def pause(self, node_id: str) -> None:
         node = self.nodes[node_id]
         if node.running and node.process is not None:
@@ -156,6 +163,14 @@ class Nodes:
             if status is not None and status.role == "leader"
         ]
         return max(leaders)[1] if leaders else None
+
+    async def wait_none_recovering(self, poll_seconds: float = 0.1) -> None:
+        """Until no node says it is recovering (a node down says nothing)."""
+        while any(
+            status is not None and status.role == "recovering"
+            for status in (await self.statuses()).values()
+        ):
+            await trio.sleep(poll_seconds)
 
     async def wait_recovered(self, poll_seconds: float = 0.1) -> None:
         """Until every node answers, one leads, and all have applied the leader's commit index."""

@@ -45,6 +45,36 @@ async def test_a_short_run_with_kills_and_partitions_passes_every_checker(tmp_pa
     assert json.loads((outcome.directory / "run.json").read_text())["verdict"] == "PASS"
 
 
+async def test_a_short_run_with_lost_disks_passes_every_checker(tmp_path: Path) -> None:
+    """The ``wipe`` fault: a node's data directory deleted while it is down; it rejoins
+    recovering and nothing acknowledged is lost."""
+    options = RunOptions(
+        time_s=20,
+        nemesis=tuple(FaultSpec.parse_list("wipe", 3)),
+        workload=WorkloadOptions(rate=150),
+        schedule=Schedule(2.0, 3.0, 1.5, 2.5),
+        seed=SMOKE_SEED,
+        out=tmp_path / "run",
+        recovery_timeout_s=20,
+        drain_timeout_s=20,
+    )
+
+    outcome = await run(options, lambda line: None)
+
+    failed = {r.name: r.examples[:5] for r in outcome.results if not r.valid}
+    assert not failed, failed
+    assert outcome.recovered
+    wipes = [
+        op.value
+        for op in read_history(outcome.directory / "history.jsonl")
+        if op.f == "fault" and op.value["phase"] == "start"
+    ]
+    assert wipes and all(value["fault"] == "wipe" for value in wipes)
+    logs = "".join(path.read_text() for path in outcome.directory.rglob("node.log"))
+    assert '"recovery_finished"' in logs
+    assert json.loads((outcome.directory / "run.json").read_text())["verdict"] == "PASS"
+
+
 async def test_the_negative_control_is_caught_losing_acknowledged_messages(
     tmp_path: Path,
 ) -> None:
