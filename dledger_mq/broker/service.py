@@ -133,6 +133,11 @@ class ReplicaHandle(Protocol):
 
     async def propose_and_apply(self, data: bytes) -> object: ...
 
+    async def read_barrier(self) -> None:
+        """Until this replica's state may be read linearizably (it still leads, and has
+        applied what was committed when the barrier began); ``NotLeader`` otherwise."""
+        ...
+
 
 class BrokerService:
     def __init__(
@@ -177,8 +182,8 @@ class BrokerService:
             SendRequest: self.send,
             PullRequest: self.pull,
             CommitOffsetsRequest: self.commit_offsets,
-            QueryOffsetsRequest: _now(self.query_offsets),
-            ConsumerHeartbeat: _now(self.consumer_heartbeat),
+            QueryOffsetsRequest: self.query_offsets,
+            ConsumerHeartbeat: self.consumer_heartbeat,
             CreateTopicRequest: self.create_topic,
             UpdateTopicRequest: self.update_topic,
             DeleteTopicRequest: self.delete_topic,
@@ -330,8 +335,18 @@ class BrokerService:
         [entry] = self.log.entries(raft_index, raft_index + 1, MAX_PULL_BYTES)
         return read_messages(entry.data, []).store_timestamp_ms
 
-    def consumer_heartbeat(self, heartbeat: ConsumerHeartbeat) -> ConsumerHeartbeatReply:
-        """Leader only: group membership lives on the leader, not in the log (docs/broker.md)."""
+    async def consumer_heartbeat(self, heartbeat: ConsumerHeartbeat) -> ConsumerHeartbeatReply:
+        """Leader only, and through a read barrier: a deposed leader that does not know it yet
+        must not grant FIFO queues or hand out a reset generation the new leader has moved
+        past."""
+        if not self.replica.is_leader:
+            raise NotLeader(self.replica.core.leader)
+        await self.replica.read_barrier()
+        return self.consumer_heartbeat_now(heartbeat)
+
+    def consumer_heartbeat_now(self, heartbeat: ConsumerHeartbeat) -> ConsumerHeartbeatReply:
+        """Leader only: group membership lives on the leader, not in the log (docs/broker.md).
+        What ``consumer_heartbeat`` answers once its read barrier passed."""
         if not self.replica.is_leader:
             raise NotLeader(self.replica.core.leader)
         topic = self.state.topic(heartbeat.topic)
@@ -480,7 +495,13 @@ class BrokerService:
         data = prepare_commit(request)
         return commit_reply(await self.replica.propose_and_apply(data))
 
-    def query_offsets(self, request: QueryOffsetsRequest) -> QueryOffsetsReply:
+    async def query_offsets(self, request: QueryOffsetsRequest) -> QueryOffsetsReply:
+        """Through a read barrier (on the leader): offsets never go back for a consumer that
+        asks a deposed leader, which would redeliver what the group had committed since."""
+        await self.replica.read_barrier()
+        return self.query_offsets_now(request)
+
+    def query_offsets_now(self, request: QueryOffsetsRequest) -> QueryOffsetsReply:
         topic = self.state.topic(request.topic)
         if topic is None:
             raise BadRequest(f"no topic {request.topic!r}")

@@ -36,7 +36,7 @@ from dledger_mq.broker.service import (
 from dledger_mq.broker.state import ApplyResult, BrokerState, OffsetsCommitted, OffsetsReset
 from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
 from dledger_mq.raft.pure.core import RaftCore
-from dledger_mq.raft.pure.driver import Proposal, ReplicaDriver
+from dledger_mq.raft.pure.driver import Proposal, Read, ReplicaDriver
 from dledger_mq.raft.pure.log_store import LogStore
 from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.wire.broker import (
@@ -92,6 +92,9 @@ class _DriverHandle:
 
     async def propose_and_apply(self, data: bytes) -> object:
         raise AssertionError("the simulator proposes through the driver")
+
+    async def read_barrier(self) -> None:
+        raise AssertionError("the simulator reads through the driver")
 
 
 class SimBroker:
@@ -292,8 +295,29 @@ class _Consumer:
         if broker is None:
             self.leader_guess = None
             return
+        # As the production service does: a read barrier first, so that a deposed leader
+        # that does not know it yet answers nothing (no FIFO grant, no stale membership).
+        sent_at = workload.cluster.now
+        read: list[Read] = []
         try:
-            reply = broker.service.consumer_heartbeat(
+            read.append(
+                broker.driver.read(lambda: self._answered(node_id, broker, read[0], sent_at))
+            )
+        except NotLeader as error:
+            self.leader_guess = error.leader_hint
+            return
+        workload.cluster.drive(node_id)
+
+    def _answered(self, node_id: str, broker: SimBroker, read: Read, sent_at: int) -> None:
+        """The read barrier of a heartbeat passed (or failed): the service answers it now."""
+        workload = self.workload
+        if workload.stopped or workload.broker_at(node_id) is not broker:
+            return
+        if read.error is not None:
+            self.leader_guess = None
+            return
+        try:
+            reply = broker.service.consumer_heartbeat_now(
                 ConsumerHeartbeat(GROUP_NAME, TOPIC, self.consumer_id, held=self.queues)
             )
         except NotLeader as error:
@@ -302,7 +326,8 @@ class _Consumer:
         except TopicNotFound:
             return
         self.leader_guess = node_id
-        self.last_reply = workload.cluster.now
+        # The lease runs from when the heartbeat was sent: the leader counted it from then.
+        self.last_reply = sent_at
         self.fifo = reply.fifo
         if reply.queue_ids != self.queues:
             workload.cluster.log(
@@ -334,7 +359,7 @@ class _Consumer:
         service = broker.service
         try:
             if any(queue_id not in self.offsets for queue_id in self.queues):
-                reply = service.query_offsets(QueryOffsetsRequest(GROUP_NAME, TOPIC))
+                reply = service.query_offsets_now(QueryOffsetsRequest(GROUP_NAME, TOPIC))
                 for item in reply.offsets:
                     if item.queue_id in self.queues:
                         self.offsets.setdefault(item.queue_id, max(item.offset, 0))

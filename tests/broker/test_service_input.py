@@ -56,6 +56,9 @@ class _Leader:
     def is_leader(self) -> bool:
         return True
 
+    async def read_barrier(self) -> None:
+        pass  # a single replica that leads: always current
+
     async def propose_and_apply(self, data: bytes) -> object:
         self.next_index += 1
         return self.state.apply(self.next_index - 1, data)
@@ -116,9 +119,9 @@ def test_every_request_is_answered_or_refused_with_a_typed_error(request: Any) -
         if isinstance(request, PullRequest):
             broker.pull_now(request)
         elif isinstance(request, QueryOffsetsRequest):
-            broker.query_offsets(request)
+            broker.query_offsets_now(request)
         elif isinstance(request, ConsumerHeartbeat):
-            broker.consumer_heartbeat(request)
+            broker.consumer_heartbeat_now(request)
         else:
             broker.prepare_send(request)
     except DledgerError:

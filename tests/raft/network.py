@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dledger_mq.raft.pure.core import Config, RaftCore, Ready, Role
+from dledger_mq.raft.pure.core import Config, RaftCore, ReadState, Ready, Role
 from dledger_mq.raft.pure.log_store import MemoryLogStore
 from dledger_mq.raft.pure.messages import Entry, HardState, Message
 
@@ -90,6 +90,8 @@ class Network:
         self.cut_links: set[tuple[str, str]] = set()
         #: Nodes whose (durable) recovering mark is set: they lost their log (``wipe``).
         self.recovering_marks: set[str] = set()
+        #: Every read confirmed, per node (``Ready.read_states``).
+        self.read_states: dict[str, list[ReadState]] = {node_id: [] for node_id in members}
         for node_id in members:
             self.start(node_id)
 
@@ -162,6 +164,7 @@ class Network:
             self.hard_states[node_id].append(ready.hard_state)
         if ready.recovered:
             self.recovering_marks.discard(node_id)
+        self.read_states[node_id].extend(ready.read_states)
         for message in ready.messages:
             self.send(message)
         self.applied[node_id].extend(ready.committed_entries)

@@ -122,6 +122,8 @@ class Ready:
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     messages_before_persist: tuple[Message, ...] = ()
+    #: Reads confirmed since the last Ready (``RaftCore.read_index``).
+    read_states: tuple[ReadState, ...] = ()
     #: A recovering replica has caught up (``RaftCore`` "recovering"): once this Ready's
     #: entries and hard state are persisted, and before its messages go, the driver makes that
     #: durable (the log's recovering mark goes); from then on it votes.
@@ -134,6 +136,15 @@ class Ready:
 
     #: Whether ``hard_state``'s term or vote differs from the last persisted one.
     vote_changed: bool = False
+
+
+@attrs.frozen
+class ReadState:
+    """A read confirmed by a quorum: the state at ``index`` (once applied) is what a
+    linearizable read made when ``read_index`` returned ``context`` may return."""
+
+    context: int
+    index: int
 
 
 @attrs.frozen
@@ -208,6 +219,13 @@ class RaftCore:
         self._recovering_durably = recovering
         #: (term, leader's last index) to catch up to, from a heartbeat of the current leader.
         self._recovery_target: tuple[int, int] | None = None
+        #: ReadIndex: the last read context given out, the leader's reads not yet confirmed
+        #: (context, index; the index is None until this term has committed an entry), those
+        #: confirmed for the next Ready, and whether a heartbeat round must carry a new context.
+        self._read_context = 0
+        self._pending_reads: list[list[int | None]] = []
+        self._read_states: list[ReadState] = []
+        self._read_round_pending = False
         self._reset_election_timeout()
 
     # -- inputs ----------------------------------------------------------------------------
@@ -244,6 +262,62 @@ class RaftCore:
         self.log.append([Entry(index=index, term=self.term, data=data)])
         self._broadcast_pending = True
         return index
+
+    def read_index(self) -> int:
+        """Start a linearizable read on the leader; returns its context. Once a quorum has
+        answered a heartbeat round sent after this call (so this node still led when the read
+        began), ``Ready.read_states`` gives the context with the index to read at: the commit
+        index then, or when this term's first entry commits, whichever is later (etcd's
+        ReadIndex). Raises ``NotLeader`` elsewhere; a read not confirmed when leadership is lost
+        never is (the driver fails it on the role change)."""
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        self._read_context += 1
+        self._pending_reads.append([self._read_context, self._own_term_commit()])
+        if self.quorum == 1:
+            self._confirm_reads()  # no one else to ask
+        else:
+            self._read_round_pending = True
+        return self._read_context
+
+    def _own_term_commit(self) -> int | None:
+        """The commit index once this leader's term has committed an entry, else None: only
+        then does it know every entry committed before it (Raft 5.4.2, 6.4)."""
+        committed = self.log.committed
+        return committed if self.log.term(committed) == self.term else None
+
+    def _confirm_reads(self) -> None:
+        """Move the reads a quorum has vouched for (in order) to ``_read_states``."""
+        pending = self._pending_reads
+        while pending:
+            context, index = pending[0]
+            assert context is not None
+            if index is None:
+                index = pending[0][1] = self._own_term_commit()
+                if index is None:
+                    return
+            acknowledged = 1 + sum(
+                1 for progress in self.progress.values() if progress.read_context >= context
+            )
+            if acknowledged < self.quorum:
+                return
+            pending.pop(0)
+            self._read_states.append(ReadState(context, index))
+
+    def _send_read_round(self) -> None:
+        self._read_round_pending = False
+        for peer, progress in self.progress.items():
+            self._send(self._heartbeat(peer, progress))
+
+    def _heartbeat(self, peer: str, progress: Progress) -> Heartbeat:
+        return Heartbeat(
+            term=self.term,
+            source=self.id,
+            target=peer,
+            commit=self._heartbeat_commit(progress),
+            last_index=self.log.last_index(),
+            context=self._read_context,
+        )
 
     def transfer_leadership(self, target: str) -> None:
         """Hand leadership to ``target``: bring it up to date, then tell it to campaign at once.
@@ -346,12 +420,17 @@ class RaftCore:
             or self.leader != soft.leader
             or self.term != soft.term
             or self.recovering != self._recovering_durably
+            or bool(self._read_states)
+            or self._read_round_pending
         )
 
     def ready(self) -> Ready:
         assert self._ready_in_progress is None, "ready() called again before advance()"
         if self._broadcast_pending:
             self._broadcast_appends()
+        if self._read_round_pending:
+            self._send_read_round()
+        read_states, self._read_states = tuple(self._read_states), []
         soft_state = self._soft_state()
         hard_state = self._hard_state()
         persisted = self._persisted_hard_state
@@ -373,6 +452,7 @@ class RaftCore:
             vote_changed=vote_changed,
             messages_before_persist=tuple(early),
             recovered=self._recovering_durably and not self.recovering,
+            read_states=read_states,
         )
         self.outbox = []
         self._ready_in_progress = ready
@@ -447,6 +527,9 @@ class RaftCore:
         self.progress = {}
         self.transfer_target = None
         self._broadcast_pending = False
+        # Reads not confirmed yet never will be by this leadership (the driver fails them).
+        self._pending_reads = []
+        self._read_round_pending = False
 
     def _reset_election_timeout(self) -> None:
         timeout = self.config.election_timeout_ticks
@@ -586,6 +669,7 @@ class RaftCore:
                     target=message.source,
                     recovering=self.recovering,
                     last_index=self.log.last_index() if self.recovering else 0,
+                    context=message.context,
                 )
             )
             if self.recovering:
@@ -672,16 +756,7 @@ class RaftCore:
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks:
             self.heartbeat_elapsed = 0
             for peer, progress in self.progress.items():
-                commit = self._heartbeat_commit(progress)
-                self._send(
-                    Heartbeat(
-                        term=self.term,
-                        source=self.id,
-                        target=peer,
-                        commit=commit,
-                        last_index=self.log.last_index(),
-                    )
-                )
+                self._send(self._heartbeat(peer, progress))
 
     def _quorum_recently_active(self) -> bool:
         active = 1  # ourselves
@@ -698,6 +773,9 @@ class RaftCore:
             progress = self.progress[message.source]
             progress.recent_active = True
             progress.probe_sent = False
+            if message.context > progress.read_context:
+                progress.read_context = message.context
+                self._confirm_reads()
             if message.recovering and message.last_index < progress.match:
                 # It lost what it had acknowledged: send it everything again from what it has.
                 progress.lost_entries(message.last_index)
@@ -743,7 +821,10 @@ class RaftCore:
         )
         candidate = matches[self.quorum - 1]
         if candidate > self.log.committed and self._may_commit(candidate):
-            return self.log.commit_to(candidate)
+            committed = self.log.commit_to(candidate)
+            if self._pending_reads:
+                self._confirm_reads()  # the first commit of this term gives reads their index
+            return committed
         return False
 
     def _broadcast_appends(self) -> None:

@@ -51,6 +51,24 @@ class Proposal:
         self.notify()
 
 
+@attrs.define(eq=False)
+class Read:
+    """A linearizable read waiting for its index to be confirmed by a quorum and applied here
+    (``RaftCore.read_index``); ``notify`` is called once, when it is ``done`` (``error`` set if
+    leadership was lost first)."""
+
+    context: int
+    term: int
+    notify: Callable[[], None]
+    index: int | None = None
+    error: Exception | None = None
+    done: bool = False
+
+    def _resolve(self, error: Exception | None = None) -> None:
+        self.error, self.done = error, True
+        self.notify()
+
+
 @attrs.frozen
 class ReadyWork:
     """One Ready as the runtime carries it out, in this order: send ``send_first``; write
@@ -98,6 +116,8 @@ class ReplicaDriver:
         #: Called with a peer message the core refused (it changed nothing).
         self.on_refused = on_refused
         self._proposals: dict[int, Proposal] = {}
+        #: Reads by context, until they are answered.
+        self._reads: dict[int, Read] = {}
         self._last_commit_save = -math.inf
         self._work: ReadyWork | None = None
 
@@ -125,6 +145,15 @@ class ReplicaDriver:
         self._proposals[last] = proposal
         return proposal
 
+    def read(self, notify: Callable[[], None] = _ignore) -> Read:
+        """A linearizable read barrier: done once this replica, still leading when the read
+        began as a quorum confirmed, has applied the commit index of that moment; the state
+        machine may then be read. Raises ``NotLeader`` at once on a follower."""
+        context = self.core.read_index()
+        read = Read(context, self.core.term, notify)
+        self._reads[context] = read
+        return read
+
     def transfer_leadership(self, target: str) -> None:
         self.core.transfer_leadership(target)
 
@@ -149,6 +178,12 @@ class ReplicaDriver:
         ready = self.core.ready()
         if ready.soft_state is not None:
             self._soft_state_changed(ready.soft_state)
+        for state in ready.read_states:
+            read = self._reads.get(state.context)
+            if read is not None:
+                read.index = state.index
+        if self._reads:
+            self._fail_unconfirmed_reads()
         send_first, send_after = self._sends(ready)
         work = ReadyWork(
             ready=ready,
@@ -178,6 +213,24 @@ class ReplicaDriver:
                     proposal._resolve(result)
         self._work = None
         self.core.advance()
+        if self._reads:
+            self._answer_reads()
+
+    def _answer_reads(self) -> None:
+        """Answer the reads whose confirmed index is applied here."""
+        applied = self.core.log.applied
+        for context, read in list(self._reads.items()):
+            if read.index is not None and read.index <= applied:
+                del self._reads[context]
+                read._resolve()
+
+    def _fail_unconfirmed_reads(self) -> None:
+        """A read not confirmed in the term and leadership it began in never will be."""
+        core = self.core
+        for context, read in list(self._reads.items()):
+            if read.index is None and (core.role is not Role.LEADER or core.term != read.term):
+                del self._reads[context]
+                read._resolve(NotLeader(core.leader, "leadership lost before the read"))
 
     def _sends(self, ready: Ready) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
         """What goes before the write, and what only once it is durable: a vote or an

@@ -110,6 +110,8 @@ class Heartbeat:
     target: str
     commit: int
     last_index: int = 0
+    #: The leader's latest read context (``RaftCore.read_index``); echoed in the response.
+    context: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -122,6 +124,8 @@ class HeartbeatResponse:
     target: str
     recovering: bool = False
     last_index: int = 0
+    #: The heartbeat's ``context``: this follower knew the leader when it got that read's round.
+    context: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -164,8 +168,8 @@ _INDEXES = {
     VoteResponse: (),
     AppendRequest: ("prev_index", "leader_commit"),
     AppendResponse: ("match_index", "rejected_index", "hint_index"),
-    Heartbeat: ("commit", "last_index"),
-    HeartbeatResponse: ("last_index",),
+    Heartbeat: ("commit", "last_index", "context"),
+    HeartbeatResponse: ("last_index", "context"),
     TimeoutNow: (),
 }
 

@@ -19,7 +19,15 @@ class ProgressState(enum.Enum):
 class Progress:
     """Invariant: match < next."""
 
-    __slots__ = ("match", "next", "state", "probe_sent", "inflight", "recent_active")
+    __slots__ = (
+        "match",
+        "next",
+        "state",
+        "probe_sent",
+        "inflight",
+        "recent_active",
+        "read_context",
+    )
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -31,6 +39,8 @@ class Progress:
         self.inflight: deque[int] = deque()
         # Heard from since the leader last checked its quorum.
         self.recent_active = False
+        # The latest read context it answered a heartbeat of (``RaftCore.read_index``).
+        self.read_context = 0
 
     def is_paused(self, max_inflight_appends: int) -> bool:
         if self.state is ProgressState.PROBE:

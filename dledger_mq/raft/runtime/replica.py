@@ -99,6 +99,17 @@ class Replica:
             raise proposal.error
         return proposal.first, proposal.result
 
+    async def read_barrier(self) -> None:
+        """Return once this replica's state may be read linearizably: it led when the barrier
+        began (a quorum confirmed it) and has applied everything committed then. Raises
+        ``NotLeader`` on a follower, or if leadership is lost first."""
+        done = trio.Event()
+        read = self.driver.read(done.set)
+        self._handle_ready_now()
+        await done.wait()
+        if read.error is not None:
+            raise read.error
+
     @property
     def is_leader(self) -> bool:
         return self.core.role is Role.LEADER
