@@ -64,6 +64,10 @@ from dledger_mq.wire.websocket import WebSocket, serve_websockets
 
 logger = structlog.get_logger()
 
+#: Committed entries applied in one Ready: about 20 ms of applying 100 B messages here, so
+#: that the replica yields to the event loop often during a catch-up or a replay.
+APPLY_BATCH_BYTES = 256 << 10
+
 #: What ends a node's run: an awaitable that returns when the node should stop.
 ShutdownTrigger = Callable[[], Awaitable[None]]
 
@@ -264,6 +268,7 @@ def raft_core(config: NodeConfig, commit_log: CommitLog, rng: random.Random) -> 
             heartbeat_interval_ticks=config.heartbeat_ticks,
             max_append_bytes=config.max_append_bytes,
             max_inflight_appends=config.max_inflight_appends,
+            max_apply_bytes=APPLY_BATCH_BYTES,
         ),
         commit_log,
         rng,

@@ -10,6 +10,7 @@ import trio
 
 from dledger_mq.errors import StorageError
 from dledger_mq.raft.pure.core import Config, RaftCore
+from dledger_mq.raft.pure.messages import Entry, HardState
 from dledger_mq.raft.runtime.log_writer import open_log_writer
 from dledger_mq.raft.runtime.replica import Replica
 from dledger_mq.raft.runtime.transport import TransportConfig
@@ -47,3 +48,54 @@ async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(
                     await trio.sleep_forever()
     assert proposal_failed
     assert stopped.value.subgroup(StorageError) is not None
+
+
+async def test_a_replay_after_a_restart_lets_other_tasks_run_between_batches() -> None:
+    """Restarted, a replica applies its whole committed log again; it does so a bounded batch
+    per Ready and yields between them, so that heartbeats and clients are served meanwhile."""
+    disk = MemoryDisk()
+    log = CommitLog.open(disk, "/node")
+    log.append([Entry(index, 1, b"x" * 100) for index in range(1, 1001)])
+    log.set_hard_state(HardState(1, "n1", 1000))
+    config = Config(
+        node_id="n1",
+        members=("n1",),
+        election_timeout_ticks=10,
+        heartbeat_interval_ticks=2,
+        max_apply_bytes=2048,
+    )
+    core = RaftCore(config, log, random.Random(0))
+    events: list[str] = []
+    replayed = trio.Event()
+
+    def apply(entry: Entry) -> object:
+        events.append("apply")
+        if entry.index == 1000:
+            replayed.set()
+        return None
+
+    async def another_task() -> None:
+        while not replayed.is_set():
+            events.append("other")
+            await trio.lowlevel.checkpoint()
+
+    # The real clock: the other task never sleeps, so a mock one would never move.
+    with trio.fail_after(30):
+        async with open_log_writer(log) as writer:
+            replica = Replica(
+                core,
+                log,
+                writer,
+                TransportConfig("c", "n1", "g", {}),
+                random.Random(0),
+                0.01,
+                apply,
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(another_task)
+                await nursery.start(replica.run)
+                await replayed.wait()
+                nursery.cancel_scope.cancel()
+    applying = events[events.index("apply") : len(events) - events[::-1].index("apply")]
+    batches = len([e for e in applying if e == "apply"]) // 15  # about 15 entries per Ready
+    assert applying.count("other") >= batches // 2, (batches, applying.count("other"))

@@ -93,10 +93,10 @@ def test_garbage_is_refused_with_a_protocol_error_only(payload: bytes) -> None:
 
 
 def test_a_field_of_the_wrong_type_is_refused_not_coerced() -> None:
-    payload = msgpack.packb([14, 0, "g", 1, 2, "n2", 3, 0])  # a number where a node id belongs
+    payload = msgpack.packb([14, 0, "g", 1, 2, "n2", 3, 0, 0])  # a number where a node id belongs
     with pytest.raises(ProtocolError, match="Heartbeat"):
         PEER_CODEC.decode(payload)
-    payload = msgpack.packb([14, 0, "g", True, "n1", "n2", 3, 0])  # a boolean for a term
+    payload = msgpack.packb([14, 0, "g", True, "n1", "n2", 3, 0, 0])  # a boolean for a term
     with pytest.raises(ProtocolError, match="expected int"):
         PEER_CODEC.decode(payload)
 
@@ -104,7 +104,7 @@ def test_a_field_of_the_wrong_type_is_refused_not_coerced() -> None:
 def test_unknown_tag_and_wrong_arity_are_refused() -> None:
     with pytest.raises(ProtocolError, match="unknown message tag 99"):
         PEER_CODEC.decode(msgpack.packb([99, 0, "g"]))
-    with pytest.raises(ProtocolError, match="has 5 fields, got 2"):
+    with pytest.raises(ProtocolError, match="has 6 fields, got 2"):
         PEER_CODEC.decode(msgpack.packb([14, 0, "g", 1, "n1"]))
 
 

@@ -20,6 +20,7 @@ The Ready loop handles whatever remains, and everything while a write must wait.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 
 import structlog
@@ -34,6 +35,12 @@ from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
 
 logger = structlog.get_logger()
+
+#: The longest a task other than the Ready loop handles Readies before it leaves the rest to
+#: the loop, which yields to the event loop between Readies: with Readies whose committed
+#: entries are bounded (``Config.max_apply_bytes``), a long catch-up or a replay after a
+#: restart never holds the event loop for long, and heartbeats are answered meanwhile.
+INLINE_BUDGET_SECONDS = 0.01
 
 
 class Replica:
@@ -118,7 +125,12 @@ class Replica:
         """Handle Readies in the calling task while no write must wait; else wake the loop."""
         driver = self.driver
         if not self._handling:
-            while driver.has_work() and self.writer.can_write_now(self.core.log.unstable):
+            started = time.perf_counter()
+            while (
+                driver.has_work()
+                and self.writer.can_write_now(self.core.log.unstable)
+                and time.perf_counter() - started < INLINE_BUDGET_SECONDS
+            ):
                 try:
                     work = driver.take(trio.current_time())
                     self._send_first(work)
@@ -174,6 +186,10 @@ class Replica:
                 finally:
                     self._handling = False
                 driver.finish(work)
+                # Between two Readies, whatever else waits runs (heartbeats, clients).
+                await trio.lowlevel.checkpoint()
+                if self._failure is not None:
+                    raise self._failure
 
     def _finish_recovery(self, work: ReadyWork) -> None:
         if work.recovered:
