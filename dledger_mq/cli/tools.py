@@ -297,3 +297,53 @@ def bench_e2e(
             lambda text: click.echo(text, err=True),
         )
     )
+
+
+@bench.command("soak")
+@click.option(
+    "--messages",
+    type=click.IntRange(min=1),
+    default=10_000_000,
+    show_default=True,
+    help="Messages to send in all.",
+)
+@click.option(
+    "--checkpoints",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Evenly spaced points at which to measure (after an empty cluster).",
+)
+@click.option("--size", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None)
+@one_line_errors
+def bench_soak(
+    messages: int,
+    checkpoints: int,
+    size: int,
+    batch: int,
+    concurrency: int,
+    directory: str | None,
+) -> None:
+    """How costs grow with history: per node, RSS, disk and the time from a restart of every
+    node to ready (a leader, everything applied), empty and at each checkpoint."""
+    sigterm_as_interrupt()
+    from dledger_mq.bench.soak_bench import run
+    from dledger_mq.logs import configure_logging
+
+    configure_logging("warning")  # the report alone on standard output
+
+    click.echo(
+        trio.run(
+            run,
+            messages,
+            checkpoints,
+            size,
+            batch,
+            concurrency,
+            directory,
+            lambda text: click.echo(text, err=True),
+        )
+    )

@@ -118,3 +118,19 @@ def test_a_bench_stopped_by_sigterm_stops_the_nodes_it_started(tmp_path: Path) -
         for pid in nodes:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_bench_soak_reports_memory_disk_and_restart_time_at_each_checkpoint(
+    tmp_path: Path,
+) -> None:
+    result = _bench(tmp_path, "soak", "--messages", "3000", "--checkpoints", "2", "--batch", "64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, *rows = result.stdout.splitlines()
+    assert header.split()[:3] == ["messages", "node", "RSS"]
+    # An empty cluster, then two checkpoints: three nodes each.
+    assert [row.split()[0] for row in rows] == ["0"] * 3 + ["1,500"] * 3 + ["3,000"] * 3
+    disks = [float(row.split()[4]) for row in rows]
+    assert disks[-1] > disks[0]  # the log grew
+    assert all(float(row.split()[2]) > 0 for row in rows)  # RSS measured
+    assert "ready" in result.stderr
+    assert not list(tmp_path.glob("bench-soak-*"))

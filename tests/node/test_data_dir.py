@@ -41,12 +41,11 @@ def run_to_exit(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_node_without_a_log_starts_recovering_and_says_so(tmp_path: Path) -> None:
-    """Alone and without a log it can never lead (it lost what it had, as far as it knows):
-    it says so, and what a node of a new cluster needs instead."""
-    path = single_node_config(tmp_path)
+def run_until_logged(event: str, *arguments: str) -> str:
+    """Run `dledger-mq node ARGUMENTS` until it logs ``event`` (JSON lines on standard error),
+    then stop it with SIGTERM, which must end it with code 0; returns that log line."""
     process = subprocess.Popen(
-        node_command("--config", str(path)),
+        node_command(*arguments),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -55,39 +54,30 @@ def test_a_node_without_a_log_starts_recovering_and_says_so(tmp_path: Path) -> N
     )
     try:
         assert process.stderr is not None
-        warning = next(line for line in process.stderr if '"recovering"' in line)
-        assert "--init" in warning
+        line = next(line for line in process.stderr if f'"{event}"' in line)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=DEADLINE_SECONDS) == 0
+        return line
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_node_without_a_log_starts_recovering_and_says_so(tmp_path: Path) -> None:
+    """Alone and without a log it can never lead (it lost what it had, as far as it knows):
+    it says so, and what a node of a new cluster needs instead."""
+    path = single_node_config(tmp_path)
+    warning = run_until_logged("recovering", "--config", str(path))
+    assert "--init" in warning
     assert (tmp_path / "data" / "raft" / "broker-a" / "recovering").exists()
 
 
 def test_init_makes_the_log_once(tmp_path: Path) -> None:
     path = single_node_config(tmp_path)
-    process = subprocess.Popen(
-        node_command("--config", str(path), "--init"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:  # JSON log lines, one event each
-            if '"node_started"' in line:
-                break
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=DEADLINE_SECONDS) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    run_until_logged("node_started", "--config", str(path), "--init")
     assert (tmp_path / "data" / "raft" / "broker-a" / "identity").exists()
+    assert not (tmp_path / "data" / "raft" / "broker-a" / "recovering").exists()
     again = run_to_exit("--config", str(path), "--init")
     assert again.returncode != 0
     assert "already holds a log: start the node without --init" in again.stderr.splitlines()[-1]
