@@ -122,6 +122,15 @@ class CorruptRecord(CorruptLog):
         super().__init__(f"{path} at offset {offset}: {reason}")
 
 
+class SnapshotError(StorageError):
+    """A snapshot that cannot be read (``reason``): damaged, of another format version or group;
+    the replica rebuilds its state from the log instead."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class DataDirError(StorageError):
     """``path`` is missing, not a directory, or not a dledger-mq log; nothing was changed."""
 

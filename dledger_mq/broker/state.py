@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import bisect
 import enum
+import sys
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import attrs
+import msgpack
 
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
@@ -59,6 +61,7 @@ from dledger_mq.errors import (
     MessageTooLarge,
     QueueNotFound,
     SequenceOutsideWindow,
+    SnapshotError,
     TopicExists,
     TopicNotFound,
 )
@@ -400,6 +403,132 @@ class BrokerState:
         self._groups: dict[str, _Group] = {}
         #: Least recently active first.
         self._producers: OrderedDict[str, _ProducerWindow] = OrderedDict()
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def to_snapshot(self) -> bytes:
+        """Every replicated fact as of ``applied_index``, what ``from_snapshot`` rebuilds.
+        Message bodies are not in it: they stay in the log (consume queues point at them)."""
+        data: bytes = msgpack.packb(
+            [
+                SNAPSHOT_FORMAT_VERSION,
+                self.group,
+                self._applied_index,
+                list(attrs.astuple(self._settings)),
+                self._clock_ms,
+                [
+                    [
+                        topic.config.name,
+                        topic.config.queue_count,
+                        topic.config.fifo,
+                        [
+                            [queue.first_offset, _packed(queue.positions), _packed(queue.tag_codes)]
+                            for queue in topic.queues
+                        ],
+                    ]
+                    for topic in self._topics.values()
+                ],
+                [
+                    [
+                        name,
+                        group.reset_generation,
+                        [[t, list(q.items())] for t, q in group.offsets.items()],
+                    ]
+                    for name, group in self._groups.items()
+                ],
+                [
+                    [
+                        producer_id,
+                        window.highest_sequence,
+                        window.forgotten_up_to,
+                        window.last_active_ms,
+                        _packed(window.sequences),
+                        _packed(window.positions),
+                        _packed(window.offsets),
+                        _packed(window.queue_ids),
+                    ]
+                    for producer_id, window in self._producers.items()
+                ],
+            ],
+            use_bin_type=True,
+        )
+        return data
+
+    @classmethod
+    def from_snapshot(cls, group: str, data: bytes) -> BrokerState:
+        """The state ``to_snapshot`` recorded; ``SnapshotError`` for anything else (another
+        format version, another group, a malformed record)."""
+        try:
+            return cls._from_snapshot(group, data)
+        except SnapshotError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
+            raise SnapshotError(f"malformed broker snapshot: {error}") from None
+
+    @classmethod
+    def _from_snapshot(cls, group: str, data: bytes) -> BrokerState:
+        fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if not isinstance(fields, list) or len(fields) != 8:
+            raise SnapshotError("a broker snapshot is an array of 8 fields")
+        version, snapshot_group, applied, settings, clock_ms, topics, groups, producers = fields
+        if version != SNAPSHOT_FORMAT_VERSION:
+            raise SnapshotError(
+                f"broker snapshot format version {version}; this build reads "
+                f"{SNAPSHOT_FORMAT_VERSION}"
+            )
+        if snapshot_group != group:
+            raise SnapshotError(f"a snapshot of group {snapshot_group!r}, not {group!r}")
+        state = cls(group)
+        state._applied_index = _int(applied)
+        state._settings = BrokerSettings(*settings)
+        state._clock_ms = _int(clock_ms)
+        for name, queue_count, fifo, queues in topics:
+            topic = _Topic(TopicConfig(str(name), _int(queue_count), bool(fifo)))
+            if len(queues) != topic.config.queue_count:
+                raise SnapshotError(f"topic {name!r}: {len(queues)} queues recorded")
+            for queue, (first_offset, positions, tag_codes) in zip(
+                topic.queues, queues, strict=True
+            ):
+                queue.first_offset = _int(first_offset)
+                queue.positions = _unpacked("q", positions)
+                queue.tag_codes = _unpacked("I", tag_codes)
+                if len(queue.positions) != len(queue.tag_codes):
+                    raise SnapshotError(f"topic {name!r}: positions and tags differ in length")
+            state._topics[topic.config.name] = topic
+        for name, reset_generation, offsets in groups:
+            consumer_group = _Group()
+            consumer_group.reset_generation = _int(reset_generation)
+            consumer_group.offsets = {
+                str(topic): {_int(queue_id): _int(offset) for queue_id, offset in queue_offsets}
+                for topic, queue_offsets in offsets
+            }
+            state._groups[str(name)] = consumer_group
+        for producer_id, highest, forgotten, last_active, *rings in producers:
+            window = _ProducerWindow()
+            window.highest_sequence = _int(highest)
+            window.forgotten_up_to = _int(forgotten)
+            window.last_active_ms = _int(last_active)
+            window.sequences = _unpacked("q", rings[0])
+            window.positions = _unpacked("q", rings[1])
+            window.offsets = _unpacked("q", rings[2])
+            window.queue_ids = _unpacked("H", rings[3])
+            if (
+                len(
+                    {
+                        len(ring)
+                        for ring in (
+                            window.sequences,
+                            window.positions,
+                            window.offsets,
+                            window.queue_ids,
+                        )
+                    }
+                )
+                != 1
+            ):
+                raise SnapshotError(f"producer {producer_id!r}: rings of different sizes")
+            state._producers[str(producer_id)] = window
+        return state
 
     @classmethod
     def replay(cls, group: str, entries: Iterable[tuple[int, bytes]]) -> BrokerState:
@@ -863,3 +992,34 @@ class BrokerState:
         return self._comparable() == other._comparable()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+#: The layout of ``BrokerState.to_snapshot``; a snapshot of another version is not read.
+SNAPSHOT_FORMAT_VERSION = 1
+
+
+def _packed(values: array[int]) -> bytes:
+    """An array's items, little-endian, whatever this machine's byte order."""
+    if sys.byteorder == "little":
+        return values.tobytes()
+    swapped = array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def _unpacked(typecode: str, data: object) -> array[int]:
+    if not isinstance(data, bytes):
+        raise SnapshotError(f"expected bytes for an array of {typecode!r}")
+    values = array(typecode)
+    if len(data) % values.itemsize:
+        raise SnapshotError(f"{len(data)} bytes are not whole items of {values.itemsize}")
+    values.frombytes(data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values
+
+
+def _int(value: object) -> int:
+    if type(value) is not int:
+        raise SnapshotError(f"expected an integer, got {type(value).__name__}")
+    return value

@@ -34,6 +34,7 @@ from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import RECOVERING_HINT, identity_of, log_directory
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
 from dledger_mq.node.registration import register_forever
+from dledger_mq.node.snapshots import restore_state, snapshot_store, take_snapshots
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
 from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.raft.pure.progress import ProgressState
@@ -43,6 +44,7 @@ from dledger_mq.raft.runtime.transport import TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog, FlushPolicy
 from dledger_mq.raft.storage.disk import OsDisk
 from dledger_mq.raft.storage.simulated_disks import PowerLossDisk
+from dledger_mq.raft.storage.snapshots import SnapshotStore
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
@@ -98,8 +100,10 @@ class Node:
         state: BrokerState,
         broker: BrokerService,
         rng: random.Random,
+        snapshots: SnapshotStore,
     ) -> None:
         self.config = config
+        self.snapshots = snapshots
         self.replica = replica
         self.state = state
         self.broker = broker
@@ -259,7 +263,9 @@ def open_commit_log(config: NodeConfig, harness: HarnessOptions) -> CommitLog:
     )
 
 
-def raft_core(config: NodeConfig, commit_log: CommitLog, rng: random.Random) -> RaftCore:
+def raft_core(
+    config: NodeConfig, commit_log: CommitLog, rng: random.Random, applied: int = 0
+) -> RaftCore:
     return RaftCore(
         Config(
             node_id=config.node_id,
@@ -272,6 +278,7 @@ def raft_core(config: NodeConfig, commit_log: CommitLog, rng: random.Random) -> 
         ),
         commit_log,
         rng,
+        applied=applied,
         recovering=commit_log.recovering,
     )
 
@@ -300,8 +307,10 @@ def desired_settings(config: NodeConfig, state: BrokerState) -> BrokerSettings:
 def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) -> Node:
     """Every part of a node, each built from the ones before it."""
     rng = random.Random()
-    # The broker state is derived from the log: rebuilt by re-applying it after a restart.
-    state = BrokerState(config.group)
+    # The broker state is derived from the log: after a restart, the newest usable snapshot
+    # and then the entries after it, applied again.
+    snapshots = snapshot_store(config)
+    state = restore_state(config, commit_log, snapshots)
     applied = AppliedSignal()
 
     def apply(entry: Entry) -> object:
@@ -310,7 +319,7 @@ def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) 
         return result
 
     replica = Replica(
-        raft_core(config, commit_log, rng),
+        raft_core(config, commit_log, rng, applied=state.applied_index),
         commit_log,
         writer,
         transport_config(config),
@@ -321,7 +330,7 @@ def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) 
     broker = BrokerService(
         state, replica, commit_log, desired_settings(config, state), applied=applied
     )
-    return Node(config, replica, state, broker, rng)
+    return Node(config, replica, state, broker, rng, snapshots)
 
 
 async def serve_peers_and_naming(
@@ -334,6 +343,9 @@ async def serve_peers_and_naming(
     async with trio.open_nursery() as nursery:
         await nursery.start(replica.run)
         nursery.start_soon(node.broker.keep_settings, lambda: replica.leader_changed)
+        nursery.start_soon(
+            take_snapshots, config, node.state, replica.log, node.broker.applied, node.snapshots
+        )
         await nursery.start(
             functools.partial(
                 trio.serve_tcp,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dledger_mq.broker.records import (
@@ -39,6 +38,7 @@ from dledger_mq.raft.pure.core import RaftCore
 from dledger_mq.raft.pure.driver import Proposal, Read, ReplicaDriver
 from dledger_mq.raft.pure.log_store import LogStore
 from dledger_mq.raft.pure.messages import Entry
+from dledger_mq.raft.storage.snapshots import Snapshot
 from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,
@@ -72,7 +72,9 @@ class BrokerViolation(Exception):
     """A broker guarantee was broken; the message says which."""
 
 
-StateFactory = Callable[[str], BrokerState]
+StateFactory = type[BrokerState]
+#: A node snapshots its broker state every this many applied entries (kept as if fsynced).
+SNAPSHOT_ENTRIES = 16
 
 
 class _DriverHandle:
@@ -107,11 +109,14 @@ class SimBroker:
         driver: ReplicaDriver,
         store: LogStore,
         settings: BrokerSettings,
-        state_factory: StateFactory,
+        state: BrokerState,
     ) -> None:
         self.cluster = cluster
         self.node_id = node.id
-        self.state = state_factory(cluster.group)
+        self.node = node
+        self.store = store
+        self.state = state
+        self.last_snapshot = state.applied_index
         self.service = BrokerService(
             self.state,
             _DriverHandle(driver),
@@ -130,6 +135,12 @@ class SimBroker:
 
     def apply(self, entry: Entry) -> ApplyResult:
         result = self.state.apply(entry.index, entry.data)
+        if (
+            entry.index - self.last_snapshot >= SNAPSHOT_ENTRIES
+            and entry.index <= self.node.store.durable_index()
+        ):
+            self.node.snapshot = Snapshot(entry.index, entry.term, self.state.to_snapshot())
+            self.last_snapshot = entry.index
         if isinstance(result, OffsetsCommitted):
             self._check_offsets()
         elif isinstance(result, OffsetsReset):

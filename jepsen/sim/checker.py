@@ -32,11 +32,12 @@ class SafetyChecker:
         self.applied_index: dict[str, int] = {}
         self.commit_index: dict[str, int] = {}
 
-    def node_started(self, node_id: str, durable_commit: int) -> None:
-        # A restarted node rebuilds its state machine from the log, from the first entry, and
-        # its commit index starts from the durable one (written lazily, so maybe behind).
-        self.applied_index[node_id] = 0
-        self.commit_index[node_id] = durable_commit
+    def node_started(self, node_id: str, durable_commit: int, applied: int = 0) -> None:
+        # A restarted node rebuilds its state machine from its snapshot (at ``applied``) and
+        # the log after it, and its commit index starts from the durable one (written lazily,
+        # so maybe behind, but never behind what it applied).
+        self.applied_index[node_id] = applied
+        self.commit_index[node_id] = max(durable_commit, applied)
 
     def hard_state_persisted(self, node_id: str, old: HardState, new: HardState) -> None:
         if new.term < old.term or new.commit < old.commit:

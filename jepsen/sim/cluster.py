@@ -34,6 +34,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     parse_segment_file_name,
 )
 from dledger_mq.raft.storage.simulated_disks import MemoryDisk
+from dledger_mq.raft.storage.snapshots import Snapshot
 from jepsen.sim.broker import SimBroker, StateFactory
 from jepsen.sim.checker import SafetyChecker, SafetyViolation
 from jepsen.sim.options import UNITS_PER_TICK, SimOptions
@@ -41,7 +42,13 @@ from jepsen.sim.options import UNITS_PER_TICK, SimOptions
 
 class CoreFactory(Protocol):
     def __call__(
-        self, config: Config, store: LogStore, rng: random.Random, *, recovering: bool
+        self,
+        config: Config,
+        store: LogStore,
+        rng: random.Random,
+        applied: int = 0,
+        *,
+        recovering: bool,
     ) -> RaftCore: ...
 
 
@@ -83,6 +90,8 @@ class SimNode:
         #: Bit rot was planted in its log: it must refuse to start, and stays down for good.
         self.rotten = False
         self.lost = False
+        #: Its newest broker snapshot, durable: it survives crashes, not a lost disk.
+        self.snapshot: Snapshot | None = None
         #: What arrived while the node was blocked, in order (``Cluster._deferred``).
         self.inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self.drain_scheduled = False
@@ -193,10 +202,16 @@ class Cluster:
 
     def _start(self, node: SimNode) -> None:
         rng = random.Random(f"{self.options.seed}-{node.id}-{node.incarnation}")
+        # The state machine is derived from the log: a restarted node restores its newest
+        # usable snapshot and applies the entries after it (all of them without one).
+        state = self._restored_state(node)
         node.core = self.core_factory(
-            node.config, node.store, rng, recovering=node.store.recovering
+            node.config,
+            node.store,
+            rng,
+            state.applied_index,
+            recovering=node.store.recovering,
         )
-        # The state machine is derived from the log: a restarted node applies it from the start.
         broker: SimBroker | None = None
 
         def apply(entry: Entry) -> object:
@@ -205,12 +220,12 @@ class Cluster:
 
         node.driver = self.driver_factory(node.core, apply)
         broker = node.broker = SimBroker(
-            self, node, node.driver, node.store, self.broker_settings, self.state_factory
+            self, node, node.driver, node.store, self.broker_settings, state
         )
         node.pending = None
         node.busy_until = 0
         node.last_role = None
-        self.checker.node_started(node.id, node.store.hard_state().commit)
+        self.checker.node_started(node.id, node.store.hard_state().commit, state.applied_index)
         self.log(f"{node.id} starts: {node.store.hard_state()} last={node.store.last_index()}")
 
     def crash(self, node_id: str) -> None:
@@ -235,6 +250,7 @@ class Cluster:
             self.log(f"{node_id} comes back with an empty data directory")
             node.disk = MemoryDisk()
             node.rotten = False  # the rot went with the old disk
+            node.snapshot = None
         injected = node.disk.faults_pending > 0
         try:
             node.store = node.open_store()
@@ -261,7 +277,7 @@ class Cluster:
         """One lost disk at a time, as the product promises to survive: not while another
         node is still recovering from one, or lost for good (bit rot)."""
         return not any(
-            other is not node and (other.lost or other.store.recovering)
+            other is not node and (other.lost or other.rotten or other.store.recovering)
             for other in self.nodes.values()
         )
 
@@ -349,6 +365,19 @@ class Cluster:
         if node.inbox and not node.drain_scheduled:
             node.drain_scheduled = True
             self.schedule(max(0, node.busy_until - self.now), self._drain, node.id)
+
+    def _restored_state(self, node: SimNode) -> BrokerState:
+        """As the node does (``node/snapshots.py``): the snapshot if the log holds its entry."""
+        snapshot = node.snapshot
+        store = node.store
+        if (
+            snapshot is not None
+            and store.first_index() - 1 <= snapshot.index <= store.last_index()
+            and store.term(snapshot.index) == snapshot.term
+        ):
+            self.log(f"{node.id} restores its snapshot at {snapshot.index}")
+            return self.state_factory.from_snapshot(self.group, snapshot.data)
+        return self.state_factory(self.group)
 
     def drive(self, node_id: str) -> None:
         """Carry out the node's work now (after a client put some there)."""

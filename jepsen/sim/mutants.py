@@ -52,9 +52,14 @@ class VoteWhileRecovering(RaftCore):
     help elect a leader that lacks entries committed with its forgotten acknowledgements."""
 
     def __init__(
-        self, config: Config, store: LogStore, rng: random.Random, recovering: bool = False
+        self,
+        config: Config,
+        store: LogStore,
+        rng: random.Random,
+        applied: int = 0,
+        recovering: bool = False,
     ) -> None:
-        super().__init__(config, store, rng, recovering=False)
+        super().__init__(config, store, rng, applied, recovering=False)
 
 
 class UnclampedHeartbeatCommit(RaftCore):
@@ -115,9 +120,14 @@ class _AcknowledgeLastIndexLog(_BrokenLog):
 def _core_with_log(log_class: type[_BrokenLog], doc: str) -> type[RaftCore]:
     class Core(RaftCore):
         def __init__(
-            self, config: Config, store: LogStore, rng: random.Random, recovering: bool = False
+            self,
+            config: Config,
+            store: LogStore,
+            rng: random.Random,
+            applied: int = 0,
+            recovering: bool = False,
         ) -> None:
-            super().__init__(config, store, rng, recovering=recovering)
+            super().__init__(config, store, rng, applied, recovering=recovering)
             self.log.__class__ = log_class
 
     Core.__doc__ = doc
@@ -197,7 +207,7 @@ class CommitOffsetPastTheEnd(BrokerState):
 class Mutant:
     core: Callable[..., RaftCore] = RaftCore
     driver: Callable[..., ReplicaDriver] = ReplicaDriver
-    state: Callable[[str], BrokerState] = BrokerState
+    state: type[BrokerState] = BrokerState
     #: Why the default seeds do not catch it, if they do not (None: they must).
     uncaught_reason: str | None = None
 

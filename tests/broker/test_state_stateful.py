@@ -410,6 +410,16 @@ class BrokerAgainstModel(RuleBasedStateMachine):
         event(f"restarted with {sum(map(len, self.queues.values())) // 10 * 10}+ messages")
         self.state = rebuilt
 
+    @rule()
+    def restart_from_a_snapshot(self) -> None:
+        """A restart from a snapshot instead of the whole log: the same state, and it goes on
+        as the model says (every rule and invariant keeps running against it)."""
+        restored = BrokerState.from_snapshot(GROUP, self.state.to_snapshot())
+        assert restored == self.state
+        assert restored.applied_index == self.state.applied_index
+        event("restarted from a snapshot")
+        self.state = restored
+
     @rule(data=st.binary(max_size=40))
     def garbage_entry(self, data: bytes) -> None:
         try:

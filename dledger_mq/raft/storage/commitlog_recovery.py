@@ -25,6 +25,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     RECORD_MAGIC_BYTES,
     RECOVERING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
+    SNAPSHOTS_DIRECTORY_NAME,
     STATE_FILE_NAME,
     TEMPORARY_SUFFIX,
     LogIdentity,
@@ -424,6 +425,7 @@ class _Recovery:
                 STATE_FILE_NAME,
                 IDENTITY_FILE_NAME,
                 RECOVERING_FILE_NAME,
+                SNAPSHOTS_DIRECTORY_NAME,
             ):
                 _logger.warning(
                     "commitlog.unknown_file_ignored", directory=self.directory, name=name

@@ -1,0 +1,60 @@
+"""A node snapshots its broker state as it goes and, restarted, restores the newest snapshot
+and applies only the entries after it: real node processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dledger_mq.clients.admin import connect_admin
+from dledger_mq.node.data_dir import log_directory
+from tests.node.cluster_fixture import ProcessCluster
+
+
+@pytest.mark.cluster_options(snapshot_interval_entries=10)
+async def test_a_restarted_node_restores_its_snapshot_and_applies_only_the_tail(
+    cluster: ProcessCluster,
+) -> None:
+    leader = await cluster.wait_for_leader()
+    async with connect_admin(cluster.client_address(leader.node_id)) as admin:
+        await admin.create_topic("orders", 3)
+    for number in range(40):
+        await cluster.propose(b"entry %d" % number)
+    follower = next(n for n in cluster.nodes if n != leader.node_id)
+    snapshots = Path(log_directory(cluster.nodes[follower].config), "snapshots")
+    index = await cluster.propose(b"last")
+    await cluster.wait_caught_up(index)
+    assert len(list(snapshots.glob("SNAPSHOT-*.snap"))) == 2  # the two newest are kept
+
+    assert await cluster.stop(follower) == 0
+    mark = cluster.log_mark(follower)
+    cluster.start(follower)
+    await cluster.wait_caught_up(index)
+    [restored] = [e for e in cluster.log_events(follower, mark) if e["event"] == "state_restored"]
+    assert 10 <= int(str(restored["index"])) <= index
+    async with connect_admin(cluster.client_address(follower)) as admin:
+        assert [(t.name, t.queue_count) for t in await admin.list_topics()] == [("orders", 3)]
+
+
+@pytest.mark.cluster_options(snapshot_interval_entries=5)
+async def test_a_damaged_snapshot_is_skipped_for_the_one_before(cluster: ProcessCluster) -> None:
+    leader = await cluster.wait_for_leader()
+    for number in range(30):
+        await cluster.propose(b"entry %d" % number)
+    index = await cluster.propose(b"last")
+    await cluster.wait_caught_up(index)
+    follower = next(n for n in cluster.nodes if n != leader.node_id)
+    snapshots = Path(log_directory(cluster.nodes[follower].config), "snapshots")
+    assert await cluster.stop(follower) == 0
+    newest, older = sorted(snapshots.glob("SNAPSHOT-*.snap"), reverse=True)
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0x01
+    newest.write_bytes(bytes(data))
+    mark = cluster.log_mark(follower)
+    cluster.start(follower)
+    await cluster.wait_caught_up(index)
+    events = cluster.log_events(follower, mark)
+    assert any(e["event"] == "snapshot_unreadable" for e in events)
+    [restored] = [e for e in events if e["event"] == "state_restored"]
+    assert f"{int(str(restored['index'])):020d}" in older.name

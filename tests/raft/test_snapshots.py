@@ -1,0 +1,67 @@
+"""Snapshot files: written durably and checksummed, the newest whole one used, two kept."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dledger_mq.errors import SnapshotError
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
+from dledger_mq.raft.storage.snapshots import (
+    Snapshot,
+    SnapshotStore,
+    decode_snapshot,
+    encode_snapshot,
+    snapshot_file_name,
+)
+
+DIRECTORY = "/log/snapshots"
+
+
+def test_the_newest_snapshot_comes_back_and_two_are_kept() -> None:
+    disk = MemoryDisk()
+    store = SnapshotStore(disk, DIRECTORY)
+    assert store.latest() is None
+    for index in (10, 20, 30):
+        store.save(Snapshot(index, 2, b"state at %d" % index))
+    assert store.indexes() == [30, 20]
+    assert store.latest() == Snapshot(30, 2, b"state at 30")
+
+
+def test_a_saved_snapshot_survives_a_power_cut() -> None:
+    disk = MemoryDisk()
+    SnapshotStore(disk, DIRECTORY).save(Snapshot(7, 1, b"x" * 1000))
+    disk.crash(random.Random(0))
+    assert SnapshotStore(disk, DIRECTORY).latest() == Snapshot(7, 1, b"x" * 1000)
+
+
+def test_a_damaged_newest_snapshot_falls_back_to_the_one_before() -> None:
+    disk = MemoryDisk()
+    store = SnapshotStore(disk, DIRECTORY)
+    store.save(Snapshot(10, 1, b"older"))
+    store.save(Snapshot(20, 1, b"newer"))
+    path = f"{DIRECTORY}/{snapshot_file_name(20)}"
+    data = bytearray(encode_snapshot(Snapshot(20, 1, b"newer")))
+    data[-1] ^= 0x40
+    disk.set_contents(path, bytes(data))
+    assert store.latest() == Snapshot(10, 1, b"older")
+
+
+@given(st.integers(min_value=0, max_value=60))
+def test_a_cut_snapshot_is_refused(length: int) -> None:
+    data = encode_snapshot(Snapshot(5, 3, b"0123456789"))
+    if length < len(data):
+        with pytest.raises(SnapshotError):
+            decode_snapshot(data[:length])
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_are_a_snapshot_or_a_snapshot_error(data: bytes) -> None:
+    try:
+        snapshot = decode_snapshot(data)
+    except SnapshotError:
+        return
+    assert encode_snapshot(snapshot) == data
