@@ -111,8 +111,11 @@ class AppliedSignal:
 
     def __init__(self) -> None:
         self._event = trio.Event()
+        #: Bytes of entry data applied since the start (what a snapshot saves replaying).
+        self.applied_bytes = 0
 
-    def notify(self) -> None:
+    def notify(self, size: int = 0) -> None:
+        self.applied_bytes += size
         self._event.set()
         self._event = trio.Event()
 

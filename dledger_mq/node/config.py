@@ -105,8 +105,10 @@ class NodeConfig:
     #: The longest a graceful stop takes (SIGTERM): accepting no clients, handing leadership
     #: over while open connections get their answers; then the node stops regardless.
     graceful_stop_ms: int = attrs.field(default=3000, validator=_positive)
-    #: Applied entries between two snapshots of the broker state (a restart applies the tail).
+    #: A snapshot of the broker state is taken after this many applied entries, or this many
+    #: bytes of them, whichever comes first (a restart applies only what came after it).
     snapshot_interval_entries: int = attrs.field(default=10_000, validator=_positive)
+    snapshot_interval_bytes: int = attrs.field(default=16 << 20, validator=_positive)
     #: Where to dial a peer when not at its ``members`` peer address (a proxy, a NAT):
     #: peer id -> "HOST:PORT". The fault-injection harness routes every link through its proxy.
     peer_dial: dict[str, str] = attrs.field(factory=dict)

@@ -315,7 +315,7 @@ def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) 
 
     def apply(entry: Entry) -> object:
         result = state.apply(entry.index, entry.data)
-        applied.notify()
+        applied.notify(len(entry.data))
         return result
 
     replica = Replica(

@@ -71,15 +71,19 @@ async def take_snapshots(
     applied: AppliedSignal,
     store: SnapshotStore,
 ) -> None:
-    """Forever: once ``snapshot_interval_entries`` entries were applied since the last
-    snapshot (and are durable here), snapshot the state and write it in a worker thread."""
-    last = state.applied_index
-    interval = config.snapshot_interval_entries
+    """Forever: once ``snapshot_interval_entries`` entries or ``snapshot_interval_bytes`` of
+    them were applied since the last snapshot (and are durable here), snapshot the state and
+    write it in a worker thread."""
+    last_index, last_bytes = state.applied_index, applied.applied_bytes
     while True:
         await applied.wait()
         index = state.applied_index
-        if index - last < interval or index > log.durable_index():
+        due = (
+            index - last_index >= config.snapshot_interval_entries
+            or applied.applied_bytes - last_bytes >= config.snapshot_interval_bytes
+        )
+        if not due or index > log.durable_index():
             continue
         snapshot = Snapshot(index, log.term(index), state.to_snapshot())
         await trio.to_thread.run_sync(store.save, snapshot)
-        last = index
+        last_index, last_bytes = index, applied.applied_bytes

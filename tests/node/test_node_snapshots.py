@@ -58,3 +58,15 @@ async def test_a_damaged_snapshot_is_skipped_for_the_one_before(cluster: Process
     assert any(e["event"] == "snapshot_unreadable" for e in events)
     [restored] = [e for e in events if e["event"] == "state_restored"]
     assert f"{int(str(restored['index'])):020d}" in older.name
+
+
+@pytest.mark.cluster_options(snapshot_interval_entries=1_000_000, snapshot_interval_bytes=2000)
+async def test_a_snapshot_is_also_due_after_so_many_bytes(cluster: ProcessCluster) -> None:
+    leader = await cluster.wait_for_leader()
+    for number in range(12):
+        await cluster.propose(b"%04d" % number + b"x" * 500)
+    index = await cluster.propose(b"last")
+    await cluster.wait_caught_up(index)
+    follower = next(n for n in cluster.nodes if n != leader.node_id)
+    snapshots = Path(log_directory(cluster.nodes[follower].config), "snapshots")
+    assert list(snapshots.glob("SNAPSHOT-*.snap"))
