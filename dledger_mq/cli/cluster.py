@@ -69,8 +69,11 @@ def cluster_up(
     restart and pause). Running it again resumes the same data; a node still running from a
     `cluster up` that was killed is supervised again, not started twice.
     """
+    from dledger_mq.logs import configure_logging
     from dledger_mq.node.supervisor import run_cluster_up
 
+    # Its own lines only: the logs of making the nodes' data directories are not news.
+    configure_logging("warning")
     trio.run(
         run_cluster_up,
         root,

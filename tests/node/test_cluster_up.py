@@ -29,6 +29,8 @@ async def test_a_sigkill_of_the_leader_elects_another_and_the_node_comes_back(
 ) -> None:
     with cluster_up(tmp_path) as up:
         old = await up.wait_for_leader()
+        assert "a new cluster in .dledger-mq: 3 nodes" in up.output()
+        assert "commitlog." not in up.output()  # its own lines, not the logs of making them
         # The supervisor calls a node running once its own probe saw it answer (a moment
         # after the leader is known here).
         with trio.fail_after(10):
