@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
+import structlog
 import trio
 
 from dledger_mq.broker.assignment import (
@@ -56,7 +57,7 @@ from dledger_mq.broker.state import (
 from dledger_mq.broker.tag_filter import parse_tag_expression
 from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
 from dledger_mq.raft.pure.core import RaftCore
-from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.log_store import LogCompacted, LogStore
 from dledger_mq.wire.admin import (
     CreateTopicReply,
     CreateTopicRequest,
@@ -92,6 +93,8 @@ from dledger_mq.wire.broker import (
     StoredMessage,
 )
 from dledger_mq.wire.rpc import error_reply
+
+logger = structlog.get_logger()
 
 #: Upper bounds a client cannot raise. A pull reply carries at most MAX_PULL_BYTES of bodies
 #: (but always one message), so that it stays far below the connection's message limit.
@@ -295,15 +298,22 @@ class BrokerService:
         return ResetOffsetReply(self._lag(request.group, request.topic))
 
     def _lag(self, group: str, topic: str) -> tuple[QueueLagInfo, ...]:
-        return tuple(
-            QueueLagInfo(
-                lag.queue_id,
-                -1 if lag.committed_offset is None else lag.committed_offset,
-                lag.max_offset,
-                lag.lag,
+        """Per queue; a committed offset below the first message retention kept counts from
+        that message (``min_offset``): consumers continue from there."""
+        lags = []
+        for lag in self.state.lag(group, topic):
+            held = self.held_offset(topic, lag.queue_id)
+            consumed = held if lag.committed_offset is None else max(held, lag.committed_offset)
+            lags.append(
+                QueueLagInfo(
+                    lag.queue_id,
+                    -1 if lag.committed_offset is None else lag.committed_offset,
+                    lag.max_offset,
+                    max(0, lag.max_offset - consumed),
+                    min_offset=held,
+                )
             )
-            for lag in self.state.lag(group, topic)
-        )
+        return tuple(lags)
 
     async def reset_offsets(
         self, group: str, topic: str, to_offset: int, to_time_ms: int
@@ -320,13 +330,13 @@ class BrokerService:
             raise TopicNotFound(topic)
         offsets = []
         for queue_id in range(topic_config.queue_count):
-            low = self.state.min_offset(topic, queue_id)
+            low = self.held_offset(topic, queue_id)
             high = self.state.max_offset(topic, queue_id)
             if to_offset >= 0:
                 offset = min(max(to_offset, low), high)
             else:
                 offset = self.state.offset_for_timestamp(
-                    topic, queue_id, to_time_ms, self._store_timestamp_of
+                    topic, queue_id, to_time_ms, self._store_timestamp_of, from_offset=low
                 )
             offsets.append(RecordQueueOffset(queue_id, offset))
         command = ResetOffsets(group, topic, tuple(offsets))
@@ -446,14 +456,33 @@ class BrokerService:
                 await self.applied.wait()
         return self._pull_reply(request, [], offset)
 
+    def held_offset(self, topic: str, queue_id: int) -> int:
+        """The queue's first offset whose message this replica's log still holds."""
+        return self.state.first_held_offset(topic, queue_id, self.log.first_index())
+
     def pull_now(self, request: PullRequest) -> PullReply:
-        """What this replica holds for ``request`` now, without waiting (``wait_ms`` aside)."""
+        """What this replica holds for ``request`` now, without waiting (``wait_ms`` aside).
+        An offset whose message retention deleted reads on from the first one still held."""
         tag_filter = parse_tag_expression(request.tag_expression)
         max_count = max(1, min(request.max_count, MAX_PULL_COUNT))
-        scan = self.state.scan(
-            request.topic, request.queue_id, request.offset, max_count, tag_filter
-        )
-        messages = self._read(request.topic, request.queue_id, scan.positions)
+        while True:
+            offset = request.offset
+            held = self.held_offset(request.topic, request.queue_id)
+            if offset < held:
+                logger.info(
+                    "pull_below_retained_offset",
+                    topic=request.topic,
+                    queue_id=request.queue_id,
+                    offset=offset,
+                    min_offset=held,
+                )
+                offset = held
+            scan = self.state.scan(request.topic, request.queue_id, offset, max_count, tag_filter)
+            try:
+                messages = self._read(request.topic, request.queue_id, scan.positions)
+            except LogCompacted:
+                continue  # trimmed meanwhile (retention runs in a worker thread): again
+            break
         found = [m for m in messages if tag_filter.matches(m.tags)]
         found, next_offset = _within_pull_bytes(found, scan.next_offset)
         return self._pull_reply(request, found, next_offset)

@@ -454,6 +454,12 @@ class BrokerState:
         )
         return data
 
+    def load_snapshot(self, data: bytes) -> None:
+        """Become the state ``data`` records (a leader's snapshot, InstallSnapshot), in place:
+        whoever holds this object sees the new state. ``SnapshotError`` changes nothing."""
+        restored = BrokerState.from_snapshot(self.group, data)
+        vars(self).update(vars(restored))
+
     @classmethod
     def from_snapshot(cls, group: str, data: bytes) -> BrokerState:
         """The state ``to_snapshot`` recorded; ``SnapshotError`` for anything else (another
@@ -894,21 +900,31 @@ class BrokerState:
             return queue.first_offset + array_index
         return None
 
+    def first_held_offset(self, topic: str, queue_id: int, log_first_index: int) -> int:
+        """The first offset whose message a log starting at ``log_first_index`` still holds
+        (retention trims the log, not the queues); ``max_offset`` if none. Local to a replica:
+        never used by ``apply``."""
+        queue = self._require_queue(self._require_topic(topic), queue_id)
+        held = bisect.bisect_left(queue.positions, log_first_index << SLOT_BITS)
+        return queue.first_offset + held
+
     def offset_for_timestamp(
         self,
         topic: str,
         queue_id: int,
         timestamp_ms: int,
         store_timestamp_of: Callable[[int], int],
+        from_offset: int = 0,
     ) -> int:
         """The first offset stored at or after ``timestamp_ms`` (``max_offset`` if none).
 
         ``store_timestamp_of(raft_index)`` reads an entry's store timestamp from the log; a
-        binary search calls it about log2(queue length) times. Exact when store timestamps do
+        binary search calls it about log2(queue length) times, over offsets from
+        ``from_offset`` (the first one the log still holds) on. Exact when store timestamps do
         not go back along the log (see ``last_store_timestamp_ms``).
         """
         queue = self._require_queue(self._require_topic(topic), queue_id)
-        low, high = 0, len(queue.positions)
+        low, high = max(0, from_offset - queue.first_offset), len(queue.positions)
         while low < high:
             middle = (low + high) // 2
             if store_timestamp_of(queue.positions[middle] >> SLOT_BITS) < timestamp_ms:

@@ -205,6 +205,7 @@ def group_describe(
                 {
                     "queue_id": q.queue_id,
                     "committed_offset": None if q.committed_offset < 0 else q.committed_offset,
+                    "min_offset": q.min_offset,
                     "max_offset": q.max_offset,
                     "lag": q.lag,
                 }
@@ -223,9 +224,17 @@ def group_describe(
     click.echo(f"group {name}, topic {topic}: {len(consumers)} live consumers")
     for queue in queues:
         committed = "-" if queue["committed_offset"] is None else queue["committed_offset"]
+        # Retention deleted messages the group had not consumed: it continues from min.
+        skipped = (
+            f"  (below min {queue['min_offset']}: retention deleted {skipped_count}, "
+            f"consumption continues from {queue['min_offset']})"
+            if (skipped_count := queue["min_offset"] - (queue["committed_offset"] or 0)) > 0
+            and queue["committed_offset"] is not None
+            else ""
+        )
         click.echo(
-            f"  queue {queue['queue_id']}: committed {committed}"
-            f"  max {queue['max_offset']}  lag {queue['lag']}"
+            f"  queue {queue['queue_id']}: committed {committed}  min {queue['min_offset']}"
+            f"  max {queue['max_offset']}  lag {queue['lag']}{skipped}"
         )
     click.echo(f"  total lag {described['lag']}")
 

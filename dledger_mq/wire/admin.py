@@ -150,6 +150,9 @@ class QueueLagInfo:
     committed_offset: int
     max_offset: int
     lag: int
+    #: The first offset whose message the replica still holds (retention deletes older ones):
+    #: a committed offset below it continues from it.
+    min_offset: int = 0
 
 
 @attrs.frozen

@@ -38,7 +38,7 @@ from dledger_mq.raft.pure.core import RaftCore
 from dledger_mq.raft.pure.driver import Proposal, Read, ReplicaDriver
 from dledger_mq.raft.pure.log_store import LogStore
 from dledger_mq.raft.pure.messages import Entry
-from dledger_mq.raft.storage.snapshots import Snapshot
+from dledger_mq.raft.storage.snapshots import Snapshot, trim_floor
 from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,
@@ -73,7 +73,8 @@ class BrokerViolation(Exception):
 
 
 StateFactory = type[BrokerState]
-#: A node snapshots its broker state every this many applied entries (kept as if fsynced).
+#: A node snapshots its broker state every this many applied entries, and trims its log below
+#: the older snapshot it keeps: followers that fall further behind get a snapshot.
 SNAPSHOT_ENTRIES = 16
 
 
@@ -117,6 +118,8 @@ class SimBroker:
         self.store = store
         self.state = state
         self.last_snapshot = state.applied_index
+        #: Where retention trims the log to next (0: nothing to do).
+        self.trim_to = 0
         self.service = BrokerService(
             self.state,
             _DriverHandle(driver),
@@ -139,8 +142,16 @@ class SimBroker:
             entry.index - self.last_snapshot >= SNAPSHOT_ENTRIES
             and entry.index <= self.node.store.durable_index()
         ):
-            self.node.snapshot = Snapshot(entry.index, entry.term, self.state.to_snapshot())
-            self.last_snapshot = entry.index
+            snapshots = self.node.snapshots
+            try:
+                snapshots.save(Snapshot(entry.index, entry.term, self.state.to_snapshot()))
+            except OSError as error:
+                # As the node's snapshot task: reported, and tried again at the next interval.
+                self.cluster.log(f"{self.node_id} could not save a snapshot: {error}")
+            else:
+                self.last_snapshot = entry.index
+                if self.cluster.options.trim_log:
+                    self.trim_to = trim_floor(snapshots)
         if isinstance(result, OffsetsCommitted):
             self._check_offsets()
         elif isinstance(result, OffsetsReset):
@@ -148,6 +159,21 @@ class SimBroker:
                 if key[:2] == (result.group, result.topic):
                     del self.offsets_seen[key]
         return result
+
+    def trim(self) -> None:
+        """Retention, once the work that applied is finished: whole segments below the
+        oldest snapshot kept go. ``StorageError`` as for any write of the log."""
+        trim_to, self.trim_to = self.trim_to, 0
+        if trim_to > self.node.store.first_index():
+            self.node.store.trim_prefix(trim_to)
+
+    def restore(self, index: int, term: int) -> None:
+        """InstallSnapshot: the state becomes the leader's snapshot, now the newest here."""
+        snapshot = self.node.snapshots.latest()
+        if snapshot is None or (snapshot.index, snapshot.term) != (index, term):
+            raise BrokerViolation(f"{self.node_id}: the snapshot {index}@{term} to install is gone")
+        self.state.load_snapshot(snapshot.data)
+        self.last_snapshot = index
 
     def _check_offsets(self) -> None:
         for queue_id in range(QUEUES):
@@ -524,8 +550,11 @@ class BrokerWorkload:
                 if self.receipts:
                     raise BrokerViolation(f"{node.id} lost topic {TOPIC}")
                 continue
+            # Retention deleted the messages below each queue's held offset: their bodies can no
+            # longer be read, only their places counted.
+            held = [broker.service.held_offset(TOPIC, queue_id) for queue_id in range(QUEUES)]
             for queue_id in range(QUEUES):
-                offset = state.min_offset(TOPIC, queue_id)
+                offset = held[queue_id]
                 while offset < state.max_offset(TOPIC, queue_id):
                     reply = broker.service.pull_now(PullRequest(TOPIC, queue_id, offset, 256))
                     for message in reply.messages:
@@ -537,6 +566,8 @@ class BrokerWorkload:
                         stored[message.body] = (queue_id, message.offset)
                     offset = reply.next_offset
             for body, receipt in self.receipts.items():
+                if receipt.offset < held[receipt.queue_id]:
+                    continue
                 if stored.get(body) != (receipt.queue_id, receipt.offset):
                     raise BrokerViolation(
                         f"{node.id}: acknowledged {body!r} at {(receipt.queue_id, receipt.offset)}"

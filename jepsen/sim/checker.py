@@ -52,7 +52,9 @@ class SafetyChecker:
         if elected != node_id:
             raise SafetyViolation(f"two leaders in term {term}: {elected} and {node_id}")
         log = core.log
-        for index, (committed_term, _, _) in enumerate(self.committed, start=1):
+        # Below its log's start the leader holds the committed entries in its snapshot.
+        start = max(1, log.first_index() - 1)
+        for index, (committed_term, _, _) in enumerate(self.committed[start - 1 :], start=start):
             if self.commit_terms[index - 1] >= term:
                 # Committed in this term or a later one: not this leader's to hold. A leader of
                 # an old term can appear late (a candidate paused with its votes on the way).
@@ -101,6 +103,17 @@ class SafetyChecker:
                 assert entry.index == len(committed) + 1
                 committed.append(record)
                 self.commit_terms.append(core.term)
+
+    def snapshot_installed(self, node_id: str, index: int, term: int) -> None:
+        """A follower starts over from a leader's snapshot at (index, term): it must be of
+        committed state; the node's state machine and commit index are then at ``index``."""
+        committed = self.committed
+        if index > len(committed) or committed[index - 1][0] != term:
+            raise SafetyViolation(
+                f"{node_id} installed a snapshot at {index}@{term}, not a committed entry"
+            )
+        self.applied_index[node_id] = max(self.applied_index.get(node_id, 0), index)
+        self.commit_index[node_id] = max(self.commit_index.get(node_id, 0), index)
 
     def entries_applied(self, node_id: str, entries: tuple[Entry, ...]) -> None:
         applied = self.applied_index[node_id]

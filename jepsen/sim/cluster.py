@@ -34,7 +34,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     parse_segment_file_name,
 )
 from dledger_mq.raft.storage.simulated_disks import MemoryDisk
-from dledger_mq.raft.storage.snapshots import Snapshot
+from dledger_mq.raft.storage.snapshots import SnapshotStore, start_from_snapshot
 from jepsen.sim.broker import SimBroker, StateFactory
 from jepsen.sim.checker import SafetyChecker, SafetyViolation
 from jepsen.sim.options import UNITS_PER_TICK, SimOptions
@@ -52,7 +52,9 @@ class CoreFactory(Protocol):
     ) -> RaftCore: ...
 
 
-DriverFactory = Callable[[RaftCore, Callable[[Entry], object]], ReplicaDriver]
+DriverFactory = Callable[..., ReplicaDriver]
+#: Snapshot chunks are tiny here so that a transfer takes many, and loses some.
+SNAPSHOT_CHUNK_BYTES = 64
 #: Wall-clock milliseconds at virtual time 0 (store timestamps are drawn from it).
 EPOCH_MS = 1_760_000_000_000
 #: The Raft group every simulated node serves (peer frames name it).
@@ -90,8 +92,6 @@ class SimNode:
         #: Bit rot was planted in its log: it must refuse to start, and stays down for good.
         self.rotten = False
         self.lost = False
-        #: Its newest broker snapshot, durable: it survives crashes, not a lost disk.
-        self.snapshot: Snapshot | None = None
         #: What arrived while the node was blocked, in order (``Cluster._deferred``).
         self.inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self.drain_scheduled = False
@@ -99,6 +99,12 @@ class SimNode:
         # Bumped at each crash so that events of an earlier life are ignored.
         self.incarnation = 0
         self.last_role: Role | None = None
+
+    @property
+    def snapshots(self) -> SnapshotStore:
+        """Its broker snapshots, on its disk beside the log: they survive crashes, not a lost
+        disk."""
+        return SnapshotStore(self.disk, f"/{self.id}/snapshots")
 
     def open_store(self, recovering_if_created: bool = True) -> CommitLog:
         # The simulator decides when to fsync (``sync()`` when the disk latency has passed),
@@ -218,7 +224,18 @@ class Cluster:
             assert broker is not None
             return broker.apply(entry)
 
-        node.driver = self.driver_factory(node.core, apply)
+        def restore(index: int, term: int) -> None:
+            assert broker is not None
+            self.log(f"{node.id} installs the snapshot at {index}")
+            broker.restore(index, term)
+
+        node.driver = self.driver_factory(
+            node.core,
+            apply,
+            snapshots=node.snapshots,
+            restore=restore,
+            snapshot_chunk_bytes=SNAPSHOT_CHUNK_BYTES,
+        )
         broker = node.broker = SimBroker(
             self, node, node.driver, node.store, self.broker_settings, state
         )
@@ -250,7 +267,6 @@ class Cluster:
             self.log(f"{node_id} comes back with an empty data directory")
             node.disk = MemoryDisk()
             node.rotten = False  # the rot went with the old disk
-            node.snapshot = None
         injected = node.disk.faults_pending > 0
         try:
             node.store = node.open_store()
@@ -367,17 +383,16 @@ class Cluster:
             self.schedule(max(0, node.busy_until - self.now), self._drain, node.id)
 
     def _restored_state(self, node: SimNode) -> BrokerState:
-        """As the node does (``node/snapshots.py``): the snapshot if the log holds its entry."""
-        snapshot = node.snapshot
-        store = node.store
-        if (
-            snapshot is not None
-            and store.first_index() - 1 <= snapshot.index <= store.last_index()
-            and store.term(snapshot.index) == snapshot.term
-        ):
-            self.log(f"{node.id} restores its snapshot at {snapshot.index}")
-            return self.state_factory.from_snapshot(self.group, snapshot.data)
-        return self.state_factory(self.group)
+        """As the node does (``start_from_snapshot``): the newest snapshot, the log made to
+        follow it if an install was cut short, or the log's start without one."""
+        try:
+            snapshot = start_from_snapshot(node.store, node.snapshots)
+        except StorageError as error:
+            raise SafetyViolation(f"{node.id} cannot start: {error}") from None
+        if snapshot is None:
+            return self.state_factory(self.group)
+        self.log(f"{node.id} restores its snapshot at {snapshot.index}")
+        return self.state_factory.from_snapshot(self.group, snapshot.data)
 
     def drive(self, node_id: str) -> None:
         """Carry out the node's work now (after a client put some there)."""
@@ -400,6 +415,8 @@ class Cluster:
         inline = can_write_inline(core.log.unstable)
         work = driver.take(self.now * SECONDS_PER_UNIT)
         ready = work.ready
+        if work.snapshot is not None:
+            self.checker.snapshot_installed(node.id, *work.snapshot)
         self.checker.entries_appended(node.id, ready.entries, core)
         if ready.hard_state is not None:
             self.checker.commit_seen(node.id, ready.hard_state.commit, core)
@@ -440,13 +457,21 @@ class Cluster:
             self.checker.entries_applied(node.id, committed)
         node.pending = None
         node.driver.finish(work)
+        if node.broker is not None and node.broker.trim_to:
+            try:
+                node.broker.trim()
+            except StorageError as error:
+                self._storage_failed(node, error)
+                return
         self._drive(node)
 
     def _write(self, node: SimNode, work: ReadyWork) -> None:
         """Write the work's batch to the page cache; ``_persisted`` fsyncs it later."""
+        store = node.store
+        if work.snapshot is not None:
+            store.reset_to_snapshot(*work.snapshot)
         if not work.writes:
             return
-        store = node.store
         if work.entries and work.entries[0].index <= store.last_index():
             self.log(f"{node.id} truncates from {work.entries[0].index}")
         if work.hard_state is not None:

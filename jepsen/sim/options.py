@@ -62,6 +62,8 @@ class SimOptions:
     #: A crashed node may come back with an empty data directory: it rejoins recovering, and
     #: votes again only once a leader has caught it up (``RaftCore``).
     amnesia: bool = True
+    #: Nodes trim their logs below their snapshots: a follower left behind gets a snapshot.
+    trim_log: bool = True
 
     @classmethod
     def draw(

@@ -37,7 +37,11 @@ from dledger_mq.raft.pure.messages import (
     HardState,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     Message,
+    SnapshotChunk,
+    SnapshotChunkAck,
+    SnapshotNeeded,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
@@ -128,11 +132,19 @@ class Ready:
     #: entries and hard state are persisted, and before its messages go, the driver makes that
     #: durable (the log's recovering mark goes); from then on it votes.
     recovered: bool = False
+    #: (index, term) of a leader's snapshot this follower installs (``InstallSnapshot``):
+    #: before step 1 the driver makes its log start after it (every entry it held goes) and
+    #: its state machine the snapshot's; ``committed_entries`` follow the snapshot.
+    snapshot: tuple[int, int] | None = None
 
     @property
     def must_sync(self) -> bool:
         """Entries or a term/vote change to make durable; a commit-only change may be lazy."""
-        return bool(self.entries) or (self.hard_state is not None and self.vote_changed)
+        return (
+            bool(self.entries)
+            or self.snapshot is not None
+            or (self.hard_state is not None and self.vote_changed)
+        )
 
     #: Whether ``hard_state``'s term or vote differs from the last persisted one.
     vote_changed: bool = False
@@ -350,6 +362,8 @@ class RaftCore:
                 f"message from {message.source!r} to {message.target!r} reached {self.id!r}, "
                 f"whose peers are {self.peers}"
             )
+        if isinstance(message, SnapshotNeeded | SnapshotChunk | SnapshotChunkAck):
+            raise ProtocolError(f"{type(message).__name__} is the driver's, not the core's")
         if isinstance(message, AppendRequest):
             # Before the term is looked at: a malformed append must change nothing.
             check_append_shape(message)
@@ -367,12 +381,12 @@ class RaftCore:
                 pass  # a pre-vote never changes our term
             elif isinstance(message, VoteResponse) and message.pre_vote and message.granted:
                 pass  # granted pre-votes carry the term we would campaign at
-            elif isinstance(message, AppendRequest | Heartbeat | TimeoutNow):
+            elif isinstance(message, AppendRequest | Heartbeat | TimeoutNow | InstallSnapshot):
                 self._become_follower(message.term, message.source)
             else:
                 self._become_follower(message.term, None)
         elif message.term < self.term:
-            if isinstance(message, AppendRequest | Heartbeat):
+            if isinstance(message, AppendRequest | Heartbeat | InstallSnapshot):
                 # A deposed leader (maybe partitioned away while we moved on) learns our term
                 # from this and steps down; otherwise pre-vote could leave it stuck forever.
                 self._send(
@@ -420,6 +434,7 @@ class RaftCore:
             or self.leader != soft.leader
             or self.term != soft.term
             or self.recovering != self._recovering_durably
+            or self.log.pending_snapshot is not None
             or bool(self._read_states)
             or self._read_round_pending
         )
@@ -453,6 +468,7 @@ class RaftCore:
             messages_before_persist=tuple(early),
             recovered=self._recovering_durably and not self.recovering,
             read_states=read_states,
+            snapshot=self.log.pending_snapshot,
         )
         self.outbox = []
         self._ready_in_progress = ready
@@ -465,6 +481,8 @@ class RaftCore:
         self._ready_in_progress = None
         if ready.soft_state is not None:
             self._last_soft_state = ready.soft_state
+        if ready.snapshot is not None:
+            self.log.snapshot_installed(*ready.snapshot)
         if ready.hard_state is not None:
             self._persisted_hard_state = ready.hard_state
         if ready.entries:
@@ -634,7 +652,7 @@ class RaftCore:
         return "pending"
 
     def _step_candidate(self, message: Message) -> None:
-        if isinstance(message, AppendRequest | Heartbeat):
+        if isinstance(message, AppendRequest | Heartbeat | InstallSnapshot):
             # Same term: someone else won this election.
             self._become_follower(self.term, message.source)
             self._step_follower(message)
@@ -677,6 +695,10 @@ class RaftCore:
                     self._recovery_target = (self.term, message.last_index)
                 # What an earlier append of this term matched is ours up to the commit index.
                 self._maybe_finish_recovery(self.log.committed)
+        elif isinstance(message, InstallSnapshot):
+            self.election_elapsed = 0
+            self.leader = message.source
+            self._handle_install_snapshot(message)
         elif isinstance(message, TimeoutNow) and not self.recovering:
             # Leadership transfer: skip pre-vote, the leader itself asked us to take over.
             self._become_candidate(leadership_transfer=True)
@@ -694,6 +716,31 @@ class RaftCore:
         # The vote we may have given in this term is unknown: give it to the leader that
         # won it, so that we cannot give another in this term, even after a restart.
         self.vote = self.leader
+
+    def _handle_install_snapshot(self, message: InstallSnapshot) -> None:
+        """The leader's snapshot is durable here: answer as for an append that matched up to
+        its index. Entries up to the commit index already match; so does a log holding the
+        snapshot's entry. Any other log starts over after the snapshot (``Ready.snapshot``):
+        the entries it drops did not match the leader's, so no quorum counted them."""
+        log = self.log
+        if message.index <= log.committed:
+            match_index = log.committed
+        elif log.match_term(message.index, message.snapshot_term):
+            log.commit_to(message.index)
+            match_index = message.index
+        else:
+            log.restore(message.index, message.snapshot_term)
+            match_index = message.index
+        self._send(
+            AppendResponse(
+                term=self.term,
+                source=self.id,
+                target=message.source,
+                success=True,
+                match_index=match_index,
+            )
+        )
+        self._maybe_finish_recovery(match_index)
 
     def _handle_append(self, request: AppendRequest) -> None:
         if request.prev_index < self.log.committed:
@@ -784,7 +831,11 @@ class RaftCore:
             ):
                 # An append may have been lost; free one slot so that the pipeline moves again.
                 progress.inflight.popleft()
-            if progress.match < self.log.last_index():
+            if progress.state is ProgressState.SNAPSHOT:
+                # Again now and then: the driver may have given up a transfer, or finished
+                # one whose answer was lost (it ignores this while a transfer runs).
+                self._send(SnapshotNeeded(term=self.term, source=self.id, target=message.source))
+            elif progress.match < self.log.last_index():
                 self._send_appends(message.source, send_empty=True)
 
     def _handle_append_response(self, response: AppendResponse) -> None:
@@ -797,7 +848,7 @@ class RaftCore:
             )
         if response.success:
             if progress.acknowledged(response.match_index):
-                if progress.state is ProgressState.PROBE:
+                if progress.state is not ProgressState.REPLICATE:
                     progress.become_replicate()
                 self._maybe_commit()
                 if (
@@ -838,6 +889,11 @@ class RaftCore:
         config = self.config
         last_index = self.log.last_index()
         while not progress.is_paused(config.max_inflight_appends):
+            if progress.next < self.log.first_index():
+                # What it needs next is in no log any more, only in the snapshot.
+                progress.become_snapshot()
+                self._send(SnapshotNeeded(term=self.term, source=self.id, target=peer))
+                return
             prev_index = progress.next - 1
             entries = self.log.slice(progress.next, last_index + 1, config.max_append_bytes)
             if not entries and not send_empty:

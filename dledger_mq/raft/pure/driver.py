@@ -11,7 +11,9 @@ the Trio runtime (``replica.py``) and the simulator (``jepsen/sim``) run the sam
   most every ``commit_save_interval`` (a restarted node relearns the rest from its leader);
 - which proposals are answered, and how: by the index of their last entry once it is applied
   here, with what the state machine made of it, or ``NotLeader`` when another leader's entry
-  took that index or leadership was lost first.
+  took that index or leadership was lost first;
+- moving snapshots to followers whose next entries were trimmed (``snapshot_transfer.py``),
+  and, on a follower, starting its log and state machine over from one.
 
 A runtime calls :meth:`ReplicaDriver.take` for the next piece of work, carries out its
 ``send_first``, its write and its ``send_after`` in that order, and then :meth:`finish`.
@@ -26,7 +28,19 @@ import attrs
 
 from dledger_mq.errors import NotLeader, ProtocolError, UsageError
 from dledger_mq.raft.pure.core import RaftCore, Ready, Role, SoftState
-from dledger_mq.raft.pure.messages import Entry, EntryKind, HardState, Message
+from dledger_mq.raft.pure.messages import (
+    MAX_SNAPSHOT_CHUNK_BYTES,
+    Entry,
+    EntryKind,
+    HardState,
+    InstallSnapshot,
+    Message,
+    SnapshotChunk,
+    SnapshotChunkAck,
+    SnapshotNeeded,
+)
+from dledger_mq.raft.pure.progress import ProgressState
+from dledger_mq.raft.pure.snapshot_transfer import SnapshotFiles, SnapshotTransfers
 
 #: A commit-index-only hard state is written at most this often (seconds of the runtime's clock).
 COMMIT_SAVE_INTERVAL_SECONDS = 1.0
@@ -71,9 +85,11 @@ class Read:
 
 @attrs.frozen
 class ReadyWork:
-    """One Ready as the runtime carries it out, in this order: send ``send_first``; write
+    """One Ready as the runtime carries it out, in this order: send ``send_first``; if
+    ``snapshot``, make the log start after it (``CommitLog.reset_to_snapshot``); write
     ``entries`` then ``hard_state`` (durably, when ``must_sync``); if ``recovered``, make the
-    end of the recovery durable; send ``send_after``; call ``ReplicaDriver.finish``."""
+    end of the recovery durable; send ``send_after``; call ``ReplicaDriver.finish`` (which
+    restores the state machine from the snapshot before applying anything)."""
 
     ready: Ready
     send_first: tuple[Message, ...]
@@ -86,6 +102,10 @@ class ReadyWork:
         return bool(self.entries) or self.hard_state is not None
 
     @property
+    def snapshot(self) -> tuple[int, int] | None:
+        return self.ready.snapshot
+
+    @property
     def must_sync(self) -> bool:
         return self.ready.must_sync
 
@@ -94,7 +114,7 @@ class ReadyWork:
         return self.ready.recovered
 
 
-def _ignore(*_: object) -> None:
+def _ignore(*_: object, **__: object) -> None:
     pass
 
 
@@ -107,9 +127,15 @@ class ReplicaDriver:
         commit_save_interval: float = COMMIT_SAVE_INTERVAL_SECONDS,
         on_soft_state: Callable[[SoftState], None] = _ignore,
         on_refused: Callable[[Message, ProtocolError], None] = _ignore,
+        snapshots: SnapshotFiles | None = None,
+        restore: Callable[[int, int], None] = _ignore,
+        snapshot_chunk_bytes: int = MAX_SNAPSHOT_CHUNK_BYTES,
+        on_event: Callable[..., None] = _ignore,
     ) -> None:
         self.core = core
         self.apply = apply
+        #: Makes the state machine the snapshot's (index, term), now in ``snapshots``.
+        self.restore = restore
         self.commit_save_interval = commit_save_interval
         #: Called with every change of role, term or leader, before its Ready is written.
         self.on_soft_state = on_soft_state
@@ -120,17 +146,54 @@ class ReplicaDriver:
         self._reads: dict[int, Read] = {}
         self._last_commit_save = -math.inf
         self._work: ReadyWork | None = None
+        #: What the driver itself sends (snapshot chunks and their answers), with the next work.
+        self._outbox: list[Message] = []
+        self.transfers = (
+            SnapshotTransfers(
+                core.id,
+                snapshots,
+                self._outbox.append,
+                chunk_bytes=snapshot_chunk_bytes,
+                on_event=on_event,
+            )
+            if snapshots is not None
+            else None
+        )
 
     # -- inputs ------------------------------------------------------------------------------
 
     def step(self, message: Message) -> None:
         try:
-            self.core.step(message)
+            if isinstance(message, SnapshotChunk | SnapshotChunkAck):
+                self._step_transfer(message)
+            else:
+                self.core.step(message)
         except ProtocolError as error:
             self.on_refused(message, error)
 
+    def _step_transfer(self, message: SnapshotChunk | SnapshotChunkAck) -> None:
+        if self.transfers is None:
+            raise ProtocolError("this replica takes no snapshots")
+        if isinstance(message, SnapshotChunkAck):
+            self.transfers.acked(message)
+        else:
+            self.transfers.received_chunk(message, self.core.log.committed, self._install)
+
+    def _install(self, message: InstallSnapshot) -> None:
+        self.core.step(message)
+
     def tick(self) -> None:
         self.core.tick()
+        if self.transfers is not None:
+            self.transfers.tick(self._needs_snapshot)
+
+    def _needs_snapshot(self, peer: str) -> bool:
+        progress = self.core.progress.get(peer)
+        return (
+            self.core.role is Role.LEADER
+            and progress is not None
+            and progress.state is ProgressState.SNAPSHOT
+        )
 
     def propose(self, batch: list[bytes], notify: Callable[[], None] = _ignore) -> Proposal:
         """Append every entry of ``batch`` at consecutive indexes. Raises ``NotLeader`` (or
@@ -165,7 +228,7 @@ class ReplicaDriver:
 
     def has_work(self) -> bool:
         """A Ready can be taken (none is being carried out, and the core has one)."""
-        return self._work is None and self.core.has_ready()
+        return self._work is None and (self.core.has_ready() or bool(self._outbox))
 
     @property
     def handling(self) -> bool:
@@ -185,6 +248,9 @@ class ReplicaDriver:
         if self._reads:
             self._fail_unconfirmed_reads()
         send_first, send_after = self._sends(ready)
+        if self._outbox:
+            send_first += tuple(self._outbox)
+            self._outbox.clear()
         work = ReadyWork(
             ready=ready,
             send_first=send_first,
@@ -199,6 +265,8 @@ class ReplicaDriver:
         """``work``'s write is done (durable when it must be) and ``send_after`` went out:
         apply its committed entries, answer their proposals, advance the core."""
         assert work is self._work, "finish() of work that was not taken last"
+        if work.snapshot is not None:
+            self.restore(*work.snapshot)
         for entry in work.ready.committed_entries:
             result = None
             if self.apply is not None and entry.kind == EntryKind.NORMAL:
@@ -234,8 +302,18 @@ class ReplicaDriver:
 
     def _sends(self, ready: Ready) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
         """What goes before the write, and what only once it is durable: a vote or an
-        acknowledgement promises that what it answers for survives a crash."""
-        return ready.messages_before_persist, ready.messages
+        acknowledgement promises that what it answers for survives a crash. A follower that
+        needs the snapshot is the transfer's (its chunks go first: they promise nothing)."""
+        if not any(isinstance(message, SnapshotNeeded) for message in ready.messages):
+            return ready.messages_before_persist, ready.messages
+        after: list[Message] = []
+        for message in ready.messages:
+            if isinstance(message, SnapshotNeeded):
+                if self.transfers is not None:
+                    self.transfers.needed(message)
+            else:
+                after.append(message)
+        return ready.messages_before_persist, tuple(after)
 
     def _hard_state_to_save(self, ready: Ready, now: float) -> HardState | None:
         if ready.hard_state is None:
@@ -247,6 +325,8 @@ class ReplicaDriver:
 
     def _soft_state_changed(self, soft: SoftState) -> None:
         self.on_soft_state(soft)
+        if soft.role is not Role.LEADER and self.transfers is not None:
+            self.transfers.stop_sending()
         if soft.role is not Role.LEADER and self._proposals:
             # Proposals of a deposed leader may still commit under the next one; say so.
             proposals, self._proposals = self._proposals, {}

@@ -137,6 +137,64 @@ class TimeoutNow:
     target: str
 
 
+@attrs.frozen(slots=True)
+class SnapshotNeeded:
+    """From a leader's core to its own driver, never on the wire: ``target`` needs entries this
+    log no longer holds, so it must get the leader's latest snapshot (``SnapshotChunk``s)."""
+
+    term: int
+    source: str
+    target: str
+
+
+@attrs.frozen(slots=True)
+class InstallSnapshot:
+    """From a follower's driver to its own core, never on the wire: the snapshot of the
+    state at ``index`` (entry term ``snapshot_term``) that leader ``source`` sent is durable
+    here. The core answers it as an append that matched up to ``index``."""
+
+    term: int
+    source: str
+    target: str
+    index: int
+    snapshot_term: int
+
+
+#: The largest ``SnapshotChunk.data``: a chunk is one frame, well under the frame bound.
+MAX_SNAPSHOT_CHUNK_BYTES = 256 << 10
+#: The largest snapshot a replica takes in (a broker snapshot holds no message bodies).
+MAX_SNAPSHOT_BYTES = 1 << 36
+
+
+@attrs.frozen(slots=True)
+class SnapshotChunk:
+    """Bytes ``[offset, offset + len(data))`` of the leader's snapshot file at (``index``,
+    ``snapshot_term``) of ``total_bytes``; ``checksum`` is the CRC32C of ``data``."""
+
+    term: int
+    source: str
+    target: str
+    index: int
+    snapshot_term: int
+    total_bytes: int
+    offset: int
+    data: bytes
+    checksum: int
+
+
+@attrs.frozen(slots=True)
+class SnapshotChunkAck:
+    """The receiver holds the snapshot at (``index``, ``snapshot_term``) up to ``next_offset``:
+    the sender goes on from there (after a dropped link or a restart too)."""
+
+    term: int
+    source: str
+    target: str
+    index: int
+    snapshot_term: int
+    next_offset: int
+
+
 Message = (
     VoteRequest
     | VoteResponse
@@ -145,6 +203,10 @@ Message = (
     | Heartbeat
     | HeartbeatResponse
     | TimeoutNow
+    | SnapshotNeeded
+    | InstallSnapshot
+    | SnapshotChunk
+    | SnapshotChunkAck
 )
 
 
@@ -162,6 +224,8 @@ _TERMS = {
     Heartbeat: ("term",),
     HeartbeatResponse: ("term",),
     TimeoutNow: ("term",),
+    SnapshotChunk: ("term", "snapshot_term"),
+    SnapshotChunkAck: ("term", "snapshot_term"),
 }
 _INDEXES = {
     VoteRequest: ("last_log_index",),
@@ -171,6 +235,8 @@ _INDEXES = {
     Heartbeat: ("commit", "last_index", "context"),
     HeartbeatResponse: ("last_index", "context"),
     TimeoutNow: (),
+    SnapshotChunk: ("index",),
+    SnapshotChunkAck: ("index",),
 }
 
 
@@ -199,6 +265,27 @@ def check_peer_message(message: Message, source: str, target: str) -> None:
         raise ProtocolError(f"a vote request of term {message.term} with a later log")
     if isinstance(message, AppendRequest):
         check_append_shape(message)
+    if isinstance(message, SnapshotChunk):
+        check_chunk_shape(message)
+    if isinstance(message, SnapshotChunkAck) and not 0 <= message.next_offset <= MAX_SNAPSHOT_BYTES:
+        raise ProtocolError(f"SnapshotChunkAck.next_offset {message.next_offset} is out of range")
+
+
+def check_chunk_shape(chunk: SnapshotChunk) -> None:
+    """A chunk lies within its snapshot, which is bounded, and carries a bounded piece of it."""
+    if len(chunk.data) > MAX_SNAPSHOT_CHUNK_BYTES:
+        raise ProtocolError(f"a snapshot chunk of {len(chunk.data)} bytes")
+    if not 0 < chunk.total_bytes <= MAX_SNAPSHOT_BYTES:
+        raise ProtocolError(f"a snapshot of {chunk.total_bytes} bytes")
+    if not 0 <= chunk.offset <= chunk.total_bytes - len(chunk.data):
+        raise ProtocolError(
+            f"a chunk at {chunk.offset} of {len(chunk.data)} bytes in a snapshot of "
+            f"{chunk.total_bytes}"
+        )
+    if not 0 <= chunk.checksum < 1 << 32:
+        raise ProtocolError(f"a chunk checksum {chunk.checksum} out of range")
+    if chunk.snapshot_term > chunk.term:
+        raise ProtocolError(f"a snapshot of term {chunk.snapshot_term} sent in term {chunk.term}")
 
 
 def check_append_shape(request: AppendRequest) -> None:

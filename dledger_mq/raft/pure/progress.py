@@ -2,7 +2,9 @@
 
 A follower starts in PROBE: one AppendRequest at a time until one succeeds and the match point is
 known. Then it is in REPLICATE: the leader pushes batches optimistically, up to
-``max_inflight_appends`` unacknowledged at once (DLedger's entry pusher, etcd's inflights).
+``max_inflight_appends`` unacknowledged at once (DLedger's entry pusher, etcd's inflights). A
+follower that needs entries the leader's log no longer holds is in SNAPSHOT: nothing is pushed
+until it acknowledges the leader's snapshot (an append response matching up to its index).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import deque
 class ProgressState(enum.Enum):
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 class Progress:
@@ -43,6 +46,8 @@ class Progress:
         self.read_context = 0
 
     def is_paused(self, max_inflight_appends: int) -> bool:
+        if self.state is ProgressState.SNAPSHOT:
+            return True
         if self.state is ProgressState.PROBE:
             return self.probe_sent
         return len(self.inflight) >= max_inflight_appends
@@ -68,6 +73,8 @@ class Progress:
 
     def rejected(self, rejected_index: int, next_probe_index: int) -> bool:
         """A rejection of the append at ``rejected_index``; returns False when it is stale."""
+        if self.state is ProgressState.SNAPSHOT:
+            return False  # an answer to an append sent before the snapshot was needed
         if self.state is ProgressState.REPLICATE:
             if rejected_index <= self.match:
                 return False
@@ -93,6 +100,11 @@ class Progress:
     def become_probe(self) -> None:
         self.state = ProgressState.PROBE
         self.next = self.match + 1
+        self.probe_sent = False
+        self.inflight.clear()
+
+    def become_snapshot(self) -> None:
+        self.state = ProgressState.SNAPSHOT
         self.probe_sent = False
         self.inflight.clear()
 

@@ -6,6 +6,10 @@ driver reports them persisted (``stable_to``). An index at or after ``unstable_o
 from the unstable tail even if the store still holds an older entry there: that older entry was
 overwritten by a conflict and will be replaced on disk when the Ready is persisted.
 
+A follower that takes in a leader's snapshot (``restore``) holds no entries until after it; until
+the driver has made its store start there too (``snapshot_installed``), ``pending_snapshot`` stands
+in for the store's start.
+
 Invariant: applied <= committed <= last_index.
 """
 
@@ -25,10 +29,15 @@ class RaftLog:
         # ``applied`` is the state machine's own: it rebuilds from the log after a restart.
         assert 0 <= applied <= store.last_index(), (applied, store.last_index())
         self.applied = applied
+        #: (index, term) of a snapshot to install: the log starts after it; the store does too
+        #: once the driver has carried out the Ready that takes it.
+        self.pending_snapshot: tuple[int, int] | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
     def first_index(self) -> int:
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot[0] + 1
         return self.store.first_index()
 
     def last_index(self) -> int:
@@ -46,6 +55,9 @@ class RaftLog:
             if position < len(self.unstable):
                 return self.unstable[position].term
             return 0
+        if self.pending_snapshot is not None:
+            snapshot_index, snapshot_term = self.pending_snapshot
+            return snapshot_term if index == snapshot_index else 0
         if index < self.store.first_index() - 1:
             return 0
         return self.store.term(index)
@@ -85,7 +97,7 @@ class RaftLog:
         entries from a term it does not have instead of probing one index at a time.
         """
         index = min(index, self.last_index())
-        floor = self.store.first_index() - 1
+        floor = self.first_index() - 1
         while index > floor:
             entry_term = self.term(index)
             if entry_term <= term:
@@ -136,7 +148,7 @@ class RaftLog:
         return list(self.unstable)
 
     def next_committed_entries(self, max_bytes: int) -> list[Entry]:
-        if self.committed <= self.applied:
+        if self.committed <= self.applied or self.pending_snapshot is not None:
             return []
         return self.slice(self.applied + 1, self.committed + 1, max_bytes)
 
@@ -147,6 +159,21 @@ class RaftLog:
             return
         del self.unstable[: index + 1 - self.unstable_offset]
         self.unstable_offset = index + 1
+
+    def restore(self, index: int, term: int) -> None:
+        """Start over after a leader's snapshot at (index, term), committed there: every entry
+        held goes (they did not match the leader's log beyond the commit index)."""
+        assert index > self.committed, (index, self.committed)
+        self.pending_snapshot = (index, term)
+        self.unstable = []
+        self.unstable_offset = index + 1
+        self.committed = index
+
+    def snapshot_installed(self, index: int, term: int) -> None:
+        """The driver made the store start after the snapshot and the state machine hold it."""
+        self.applied = max(self.applied, index)
+        if self.pending_snapshot == (index, term):
+            self.pending_snapshot = None
 
     def applied_to(self, index: int) -> None:
         assert self.applied <= index <= self.committed, (self.applied, index, self.committed)

@@ -32,6 +32,8 @@ from dledger_mq.raft.pure.messages import (
     Heartbeat,
     HeartbeatResponse,
     Message,
+    SnapshotChunk,
+    SnapshotChunkAck,
     TimeoutNow,
     VoteRequest,
     VoteResponse,
@@ -61,6 +63,8 @@ RAFT_MESSAGE_TYPES = (
     Heartbeat,
     HeartbeatResponse,
     TimeoutNow,
+    SnapshotChunk,
+    SnapshotChunkAck,
 )
 
 PEER_CODEC = Codec(
@@ -73,6 +77,8 @@ PEER_CODEC = Codec(
         14: Heartbeat,
         15: HeartbeatResponse,
         16: TimeoutNow,
+        17: SnapshotChunk,
+        18: SnapshotChunkAck,
     }
 )
 

@@ -34,12 +34,14 @@ from dledger_mq.errors import (
     DiskFull,
     FsyncFailed,
     StorageError,
+    UsageError,
 )
 from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
 from dledger_mq.raft.pure.messages import ENTRY_OVERHEAD_BYTES, Entry, HardState
 from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
     RECOVERING_FILE_NAME,
+    RESETTING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
     STATE_FILE_NAME,
     LogIdentity,
@@ -224,6 +226,14 @@ class CommitLog:
             clock=clock,
         )
         log.recovering = disk.exists(posixpath.join(directory, RECOVERING_FILE_NAME))
+        resetting = posixpath.join(directory, RESETTING_FILE_NAME)
+        if disk.exists(resetting):
+            # A reset to a snapshot that recovery has finished (or that never started).
+            try:
+                disk.remove(resetting)
+                disk.fsync_directory(directory)
+            except OSError as error:
+                raise StorageError(f"{resetting}: cannot end the reset: {error}") from error
         _logger.info(
             "commitlog.opened",
             directory=directory,
@@ -488,6 +498,16 @@ class CommitLog:
             self._fsync(current)
             self._durable_index = self._first_index + len(self._terms) - 1
             self._unsynced = False
+        segment = self._create_segment(first)
+        with self._lock:
+            self._segments.append(segment)
+        _logger.debug("commitlog.segment_rolled", file=segment.path, base_index=first)
+        # After trimming the whole log, the segment before this one holds only trimmed entries.
+        self._remove_segments_before_first_index()
+        return segment
+
+    def _create_segment(self, first: int) -> _Segment:
+        """A new, empty, durable segment file whose first entry will be ``first``."""
         header = SegmentHeader(first, self._term(first - 1))
         path = posixpath.join(self._directory, segment_file_name(first))
         try:
@@ -507,13 +527,7 @@ class CommitLog:
             self._disk.fsync_directory(self._directory)
         except OSError as error:
             self._fail(FsyncFailed(path, error.errno))
-        segment = _Segment(path, file, first, header.previous_term, SEGMENT_HEADER_SIZE)
-        with self._lock:
-            self._segments.append(segment)
-        _logger.debug("commitlog.segment_rolled", file=path, base_index=first)
-        # After trimming the whole log, the segment before this one holds only trimmed entries.
-        self._remove_segments_before_first_index()
-        return segment
+        return _Segment(path, file, first, header.previous_term, SEGMENT_HEADER_SIZE)
 
     def _remove_quietly(self, path: str) -> None:
         try:
@@ -590,6 +604,65 @@ class CommitLog:
                 self._first_index = index
                 self._term_before_first = term_before_first
             self._remove_segments_before_first_index()
+
+    def reset_to_snapshot(self, index: int, term: int) -> None:
+        """Start the log after a snapshot of the state at (index, term) that it does not hold
+        (a leader's, InstallSnapshot): entries after it follow; every entry held goes.
+
+        Crash-safe in durable steps, each leaving a log recovery accepts: the entries after
+        the commit index go first (they may conflict with the snapshot; committed ones match
+        every leader's log); a ``resetting`` mark is made; the state file records the new start;
+        the old segments go and a new one starts after the snapshot; the mark goes. Recovery
+        that finds the mark and a log ending before its trim point finishes the reset.
+        """
+        with self._write_lock:
+            self._check_writable()
+            last_index = self._first_index + len(self._terms) - 1
+            if self._first_index - 1 <= index <= last_index and self._term(index) == term:
+                raise UsageError(f"the log holds entry {index}@{term}: trim it instead")
+            if index < self._first_index - 1:
+                raise UsageError(f"snapshot {index} is before the log's start {self._first_index}")
+            commit = min(self._hard_state.commit, self._durable_index)
+            cut = max(self._first_index, commit + 1)
+            if cut <= last_index:
+                self._truncate_suffix(cut)
+            if self._unsynced:
+                self._sync()
+            mark = posixpath.join(self._directory, RESETTING_FILE_NAME)
+            try:
+                write_file_atomically(self._disk, mark, b"")
+            except OSError as error:
+                self._fail(StorageError(f"{mark}: cannot mark the reset: {error}"))
+            hard_state = attrs.evolve(self._hard_state, commit=max(self._hard_state.commit, index))
+            self._durable_index = index
+            self._write_state(hard_state, index + 1, term)
+            with self._lock:
+                old_segments = list(self._segments)
+                del self._terms[:]
+                del self._locations[:]
+                self._first_slot += len(self._segments)
+                self._segments = []
+                self._first_index = index + 1
+                self._term_before_first = term
+                self._hard_state = hard_state
+            try:
+                for segment in old_segments:
+                    segment.file.close()
+                    self._disk.remove(segment.path)
+                self._disk.fsync_directory(self._directory)
+            except OSError as error:
+                self._fail(StorageError(f"{self._directory}: dropping the old log failed: {error}"))
+            segment = self._create_segment(index + 1)
+            with self._lock:
+                self._segments.append(segment)
+            try:
+                self._disk.remove(mark)
+                self._disk.fsync_directory(self._directory)
+            except OSError as error:
+                self._fail(StorageError(f"{mark}: cannot end the reset: {error}"))
+        _logger.info(
+            "commitlog.reset_to_snapshot", directory=self._directory, index=index, term=term
+        )
 
     def _remove_segments_before_first_index(self) -> None:
         """Delete segments wholly before the trim point (never the last one).

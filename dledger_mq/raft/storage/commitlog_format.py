@@ -20,6 +20,8 @@ META_FILE_NAME = "meta"
 IDENTITY_FILE_NAME = "identity"
 #: Present while the replica is recovering: it lost its log and does not vote until caught up.
 RECOVERING_FILE_NAME = "recovering"
+#: Present while the log is reset to start after a snapshot (``CommitLog.reset_to_snapshot``).
+RESETTING_FILE_NAME = "resetting"
 #: Where the state machine's snapshots live, beside the log (``snapshots.py``).
 SNAPSHOTS_DIRECTORY_NAME = "snapshots"
 STATE_FILE_NAME = "state"

@@ -24,6 +24,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
     RECORD_MAGIC_BYTES,
     RECOVERING_FILE_NAME,
+    RESETTING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
     SNAPSHOTS_DIRECTORY_NAME,
     STATE_FILE_NAME,
@@ -425,6 +426,7 @@ class _Recovery:
                 STATE_FILE_NAME,
                 IDENTITY_FILE_NAME,
                 RECOVERING_FILE_NAME,
+                RESETTING_FILE_NAME,
                 SNAPSHOTS_DIRECTORY_NAME,
             ):
                 _logger.warning(
@@ -577,6 +579,16 @@ class _Recovery:
         first = self.segments[0]
         last = self.segments[-1]
         if last.last_index < first_index - 1:
+            if self.disk.exists(posixpath.join(self.directory, RESETTING_FILE_NAME)):
+                # A reset to a snapshot stopped before its new segment (the state file has the
+                # new start): finish it. Every old segment goes; ``run`` makes the new one.
+                for segment in self.segments:
+                    segment.file.close()
+                    self.disk.remove(segment.path)
+                self.disk.fsync_directory(self.directory)
+                self.segments = []
+                _logger.info("commitlog.reset_finished", directory=self.directory)
+                return
             if not self.repair:
                 raise CorruptRecord(
                     last.path,

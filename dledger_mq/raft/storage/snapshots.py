@@ -5,6 +5,11 @@ snapshot is used only with a log that holds the same entry there). Each file is 
 durably (temporary file, fsync, rename, fsync of the directory) and checksummed; the newest that
 reads back whole is the one used, and the two newest are kept, so that a snapshot damaged on
 disk falls back to the one before. docs/commitlog.md, "Snapshots", has the layout.
+
+A follower receives a leader's snapshot file as it is (InstallSnapshot,
+``raft/pure/snapshot_transfer.py``) into ``RECEIVING-<index>-<term>.part``, not fsynced: it is
+checked whole (header, checksum, index, term) before it is saved as a snapshot, so a part torn by
+a crash is found then, and the transfer starts over.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import attrs
 import structlog
 from crc32c import crc32c
 
-from dledger_mq.errors import SnapshotError
+from dledger_mq.errors import SnapshotError, StorageError
+from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
+from dledger_mq.raft.pure.snapshot_transfer import SnapshotInfo
+from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.disk import Disk, make_directories, write_file_atomically
 
 _logger = structlog.get_logger()
@@ -26,6 +34,7 @@ SNAPSHOT_FORMAT_VERSION = 1
 #: magic | format version u32 | index u64 | term u64 | body length u64 | CRC32C of the body u32
 _HEADER = struct.Struct("<4sIQQQI")
 _PREFIX, _SUFFIX = "SNAPSHOT-", ".snap"
+_PART_PREFIX, _PART_SUFFIX = "RECEIVING-", ".part"
 _INDEX_DIGITS = 20
 #: Snapshots kept: the newest, and the one before should the newest be damaged.
 KEEP = 2
@@ -80,10 +89,84 @@ def decode_snapshot(data: bytes) -> Snapshot:
     return Snapshot(index, term, body)
 
 
+def _part_file_name(index: int, term: int) -> str:
+    return f"{_PART_PREFIX}{index:0{_INDEX_DIGITS}d}-{term:0{_INDEX_DIGITS}d}{_PART_SUFFIX}"
+
+
 class SnapshotStore:
+    """A replica's snapshot files; also what InstallSnapshot reads and writes
+    (``SnapshotFiles``)."""
+
     def __init__(self, disk: Disk, directory: str) -> None:
         self.disk = disk
         self.directory = directory
+
+    # -- InstallSnapshot -----------------------------------------------------------------------
+
+    def newest(self) -> SnapshotInfo | None:
+        snapshot = self.latest()
+        if snapshot is None:
+            return None
+        return SnapshotInfo(snapshot.index, snapshot.term, _HEADER.size + len(snapshot.data))
+
+    def read_chunk(self, index: int, offset: int, max_bytes: int) -> bytes | None:
+        path = posixpath.join(self.directory, snapshot_file_name(index))
+        try:
+            file = self.disk.open(path)
+        except OSError:
+            return None  # deleted since: a newer one took its place
+        try:
+            return file.read(offset, max(0, min(max_bytes, file.size() - offset)))
+        finally:
+            file.close()
+
+    def received(self, index: int, term: int) -> int:
+        path = posixpath.join(self.directory, _part_file_name(index, term))
+        if not self.disk.exists(path):
+            return 0
+        file = self.disk.open(path)
+        try:
+            return file.size()
+        finally:
+            file.close()
+
+    def receive(self, index: int, term: int, offset: int, data: bytes) -> None:
+        name = _part_file_name(index, term)
+        make_directories(self.disk, self.directory)
+        if offset == 0:
+            for other in self.disk.list_directory(self.directory):
+                if other.startswith(_PART_PREFIX) and other != name:
+                    self.disk.remove(posixpath.join(self.directory, other))
+        path = posixpath.join(self.directory, name)
+        file = self.disk.open(path, create=True, truncate=offset == 0)
+        try:
+            if file.size() != offset:
+                raise SnapshotError(f"{path}: {file.size()} bytes held, a chunk at {offset}")
+            file.append(data)
+        finally:
+            file.close()
+
+    def finish_receiving(self, index: int, term: int, total_bytes: int) -> bool:
+        path = posixpath.join(self.directory, _part_file_name(index, term))
+        file = self.disk.open(path)
+        try:
+            data = file.read(0, file.size())
+        finally:
+            file.close()
+        try:
+            snapshot = decode_snapshot(data)
+            if (snapshot.index, snapshot.term, len(data)) != (index, term, total_bytes):
+                raise SnapshotError(
+                    f"received {snapshot.index}@{snapshot.term} of {len(data)} bytes, "
+                    f"announced {index}@{term} of {total_bytes}"
+                )
+        except SnapshotError as error:
+            _logger.warning("snapshot_received_unusable", path=path, reason=error.reason)
+            self.disk.remove(path)
+            return False
+        self.save(snapshot)
+        self.disk.remove(path)
+        return True
 
     def indexes(self) -> list[int]:
         """The indexes of the snapshot files present, newest first."""
@@ -123,3 +206,53 @@ class SnapshotStore:
                 continue
             return snapshot
         return None
+
+
+def log_holds(log: CommitLog, index: int, term: int) -> bool:
+    """The log holds entry ``index`` with ``term`` (or has it just before its first entry)."""
+    if not log.first_index() - 1 <= index <= log.last_index():
+        return False
+    try:
+        return log.term(index) == term
+    except (LogCompacted, LogUnavailable):
+        return False
+
+
+def start_from_snapshot(log: CommitLog, store: SnapshotStore) -> Snapshot | None:
+    """The snapshot a starting replica's state machine begins from (None: the log's start),
+    with its log made to follow it.
+
+    The newest snapshot is used if the log holds its entry. One the log does not hold is a
+    leader's, received whole, whose install a crash interrupted (or one kept after the log was
+    lost): its state was committed, so the log is reset to start after it, as the install would
+    have. ``StorageError`` if the log was trimmed past every snapshot (nothing can rebuild it).
+    """
+    snapshot = store.latest()
+    if snapshot is None:
+        if log.first_index() > 1:
+            raise StorageError(
+                f"{log.directory}: the log starts at {log.first_index()} and no snapshot is left"
+            )
+        return None
+    if log_holds(log, snapshot.index, snapshot.term):
+        return snapshot
+    if snapshot.index < log.first_index() - 1:
+        raise StorageError(
+            f"{log.directory}: the log starts at {log.first_index()}, after the newest "
+            f"snapshot {snapshot.index}"
+        )
+    _logger.warning(
+        "snapshot_install_finished",
+        index=snapshot.index,
+        term=snapshot.term,
+        log_last_index=log.last_index(),
+    )
+    log.reset_to_snapshot(snapshot.index, snapshot.term)
+    return snapshot
+
+
+def trim_floor(store: SnapshotStore) -> int:
+    """The first index a log must keep: the entry after the oldest snapshot kept (so that the
+    one before the newest can still be used should the newest be damaged); 1 with none."""
+    indexes = store.indexes()
+    return min(indexes) + 1 if indexes else 1
