@@ -55,7 +55,7 @@ from dledger_mq.broker.state import (
     TopicUpdated,
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
-from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
+from dledger_mq.errors import BadRequest, DiskFull, NotLeader, TopicNotFound, Unavailable
 from dledger_mq.raft.pure.core import RaftCore
 from dledger_mq.raft.pure.log_store import LogCompacted, LogStore
 from dledger_mq.wire.admin import (
@@ -178,6 +178,9 @@ class BrokerService:
         self._leading_since_ms = 0
         #: Fired whenever an entry is applied (by whoever applies them): long polls wait on it.
         self.applied = applied or AppliedSignal()
+        #: While set (the volume of this path is nearly full, ``node/retention.py``), sends are
+        #: refused with ``DiskFull``; everything else goes on.
+        self.refuse_sends_path: str | None = None
         self._handlers = self.handlers()
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -413,6 +416,8 @@ class BrokerService:
         """
         if not request.messages:
             raise BadRequest("a send needs at least one message")
+        if self.refuse_sends_path is not None:
+            raise DiskFull(self.refuse_sends_path)
         if not self.settings_current():
             # A new leader first brings the replicated settings in line with its config.
             raise Unavailable("the broker settings are being applied; retry")

@@ -61,6 +61,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -
         raise ConfigError(f"{attribute.name}: must be positive, got {value}")
 
 
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.name}: must not be negative, got {value}")
+
+
 def _at_most(highest: int) -> Any:
     def check(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
         _positive(instance, attribute, value)
@@ -109,6 +114,18 @@ class NodeConfig:
     #: bytes of them, whichever comes first (a restart applies only what came after it).
     snapshot_interval_entries: int = attrs.field(default=10_000, validator=_positive)
     snapshot_interval_bytes: int = attrs.field(default=16 << 20, validator=_positive)
+    #: Retention (docs/operations.md): whole log segments last written this long ago go, as
+    #: RocketMQ's file reserved time (0: none go for their age) ...
+    retention_hours: float = attrs.field(default=72.0, validator=_not_negative)
+    #: ... and the oldest go while the log holds more than this (0: no limit) ...
+    retention_bytes: int = attrs.field(default=0, validator=_not_negative)
+    #: ... and while the data directory's volume is this full (percent); at
+    #: ``disk_refuse_percent`` sends are refused with ``DiskFull`` (consuming goes on). Only
+    #: what the oldest snapshot kept covers ever goes; a follower that needed it gets the
+    #: snapshot (InstallSnapshot).
+    disk_delete_percent: int = attrs.field(default=75, validator=_at_most(100))
+    disk_refuse_percent: int = attrs.field(default=90, validator=_at_most(100))
+    retention_check_ms: int = attrs.field(default=10_000, validator=_positive)
     #: Where to dial a peer when not at its ``members`` peer address (a proxy, a NAT):
     #: peer id -> "HOST:PORT". The fault-injection harness routes every link through its proxy.
     peer_dial: dict[str, str] = attrs.field(factory=dict)

@@ -34,7 +34,13 @@ from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import RECOVERING_HINT, identity_of, log_directory
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
 from dledger_mq.node.registration import register_forever
-from dledger_mq.node.snapshots import restore_state, snapshot_store, take_snapshots
+from dledger_mq.node.retention import keep_retention
+from dledger_mq.node.snapshots import (
+    install_snapshot,
+    restore_state,
+    snapshot_store,
+    take_snapshots,
+)
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
 from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.raft.pure.progress import ProgressState
@@ -326,6 +332,8 @@ def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) 
         rng,
         config.tick_ms / 1000,
         apply,
+        snapshots=snapshots,
+        restore=functools.partial(install_snapshot, state, snapshots),
     )
     broker = BrokerService(
         state, replica, commit_log, desired_settings(config, state), applied=applied
@@ -346,6 +354,7 @@ async def serve_peers_and_naming(
         nursery.start_soon(
             take_snapshots, config, node.state, replica.log, node.broker.applied, node.snapshots
         )
+        nursery.start_soon(keep_retention, config, replica.log, node.snapshots, node.broker)
         await nursery.start(
             functools.partial(
                 trio.serve_tcp,

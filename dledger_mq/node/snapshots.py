@@ -1,9 +1,8 @@
 """A node's snapshots of its broker state: taken every ``snapshot_interval_entries`` applied
 entries, in the background, and used on a restart so that only the log's tail is applied again.
 
-A snapshot is used only with a log that holds its entry (same index, same term): a log that lost
-its tail (``async`` flush) or was replaced (a recovering replica) is replayed from its start
-instead. The log itself is not trimmed yet (retention comes with InstallSnapshot, issue #14).
+The log is trimmed below the oldest snapshot kept (``retention.py``); a follower that needs
+what was trimmed gets the leader's snapshot (InstallSnapshot), which becomes its newest.
 """
 
 from __future__ import annotations
@@ -18,11 +17,10 @@ from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import SnapshotError
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import log_directory
-from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
 from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.commitlog_format import SNAPSHOTS_DIRECTORY_NAME
 from dledger_mq.raft.storage.disk import OsDisk
-from dledger_mq.raft.storage.snapshots import Snapshot, SnapshotStore
+from dledger_mq.raft.storage.snapshots import Snapshot, SnapshotStore, start_from_snapshot
 
 logger = structlog.get_logger()
 
@@ -32,36 +30,35 @@ def snapshot_store(config: NodeConfig) -> SnapshotStore:
 
 
 def restore_state(config: NodeConfig, log: CommitLog, store: SnapshotStore) -> BrokerState:
-    """The broker state of the newest usable snapshot, or an empty one (the whole log is then
-    applied again)."""
+    """The broker state of the newest snapshot (``start_from_snapshot``, which also finishes an
+    install a crash cut short), or an empty one when the log still starts at 1 (the whole log
+    is then applied again). ``SnapshotError`` when the snapshot cannot be read and the log no
+    longer holds what it covers."""
     log_events = logger.bind(node=config.node_id, group=config.group)
-    snapshot = store.latest()
+    snapshot = start_from_snapshot(log, store)
     if snapshot is None:
-        return BrokerState(config.group)
-    if not _log_holds(log, snapshot):
-        log_events.warning(
-            "snapshot_unusable",
-            index=snapshot.index,
-            reason="the log does not hold its entry",
-            log_last_index=log.last_index(),
-        )
         return BrokerState(config.group)
     try:
         state = BrokerState.from_snapshot(config.group, snapshot.data)
     except SnapshotError as error:
+        if log.first_index() > 1:
+            raise SnapshotError(
+                f"snapshot {snapshot.index} is unusable ({error.reason}) and the log before it "
+                "is gone: start this node with an empty data directory to have it caught up"
+            ) from None
         log_events.warning("snapshot_unusable", index=snapshot.index, reason=error.reason)
         return BrokerState(config.group)
     log_events.info("state_restored", index=snapshot.index, bytes=len(snapshot.data))
     return state
 
 
-def _log_holds(log: CommitLog, snapshot: Snapshot) -> bool:
-    if not log.first_index() - 1 <= snapshot.index <= log.last_index():
-        return False
-    try:
-        return log.term(snapshot.index) == snapshot.term
-    except (LogCompacted, LogUnavailable):
-        return False
+def install_snapshot(state: BrokerState, store: SnapshotStore, index: int, term: int) -> None:
+    """InstallSnapshot on a follower: the state becomes the leader's snapshot, just received."""
+    snapshot = store.latest()
+    if snapshot is None or (snapshot.index, snapshot.term) != (index, term):
+        raise SnapshotError(f"the snapshot {index}@{term} to install is not the newest here")
+    state.load_snapshot(snapshot.data)
+    logger.info("snapshot_installed", index=index, term=term, bytes=len(snapshot.data))
 
 
 async def take_snapshots(

@@ -26,10 +26,11 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from dledger_mq.errors import ProtocolError
+from dledger_mq.errors import ProtocolError, UsageError
 from dledger_mq.raft.pure.core import RaftCore, Role, SoftState
 from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
 from dledger_mq.raft.pure.messages import Entry, Message
+from dledger_mq.raft.pure.snapshot_transfer import SnapshotFiles
 from dledger_mq.raft.runtime.log_writer import LogWriter
 from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
@@ -43,6 +44,10 @@ logger = structlog.get_logger()
 INLINE_BUDGET_SECONDS = 0.01
 
 
+def _no_restore(index: int, term: int) -> None:
+    raise UsageError(f"a snapshot at {index}@{term} to install, and no state machine to restore")
+
+
 class Replica:
     def __init__(
         self,
@@ -53,6 +58,9 @@ class Replica:
         rng: random.Random,
         tick_seconds: float,
         apply: Callable[[Entry], object] | None = None,
+        *,
+        snapshots: SnapshotFiles | None = None,
+        restore: Callable[[int, int], None] | None = None,
     ) -> None:
         self.core = core
         self.log = log
@@ -63,7 +71,13 @@ class Replica:
         self.tick_seconds = tick_seconds
         self.log_events = logger.bind(node=core.id, group=self.group)
         self.driver = ReplicaDriver(
-            core, apply, on_soft_state=self._soft_state_changed, on_refused=self._refused
+            core,
+            apply,
+            on_soft_state=self._soft_state_changed,
+            on_refused=self._refused,
+            snapshots=snapshots,
+            restore=restore if restore is not None else _no_restore,
+            on_event=self._snapshot_event,
         )
         self._wakeup = trio.Event()
         #: The Ready loop is inside ``_handle`` (it may be waiting for a write): no one else may
@@ -128,6 +142,8 @@ class Replica:
             started = time.perf_counter()
             while (
                 driver.has_work()
+                # Resetting the log to a snapshot fsyncs several files: the loop does that.
+                and self.core.log.pending_snapshot is None
                 and self.writer.can_write_now(self.core.log.unstable)
                 and time.perf_counter() - started < INLINE_BUDGET_SECONDS
             ):
@@ -179,6 +195,8 @@ class Replica:
                 try:
                     work = driver.take(trio.current_time())
                     self._send_first(work)
+                    if work.snapshot is not None:
+                        await trio.to_thread.run_sync(self.log.reset_to_snapshot, *work.snapshot)
                     if work.writes:
                         await self.writer.append(work.entries, work.hard_state)
                     self._finish_recovery(work)
@@ -206,6 +224,9 @@ class Replica:
                 dropped=self.log.last_index() - entries[0].index + 1,
                 term=self.core.term,
             )
+
+    def _snapshot_event(self, event: str, **fields: object) -> None:
+        self.log_events.info(event, **fields)
 
     def _refused(self, message: Message, error: ProtocolError) -> None:
         self.log_events.warning("peer_message_refused", reason=str(error))
