@@ -57,6 +57,10 @@ class LogStore(Protocol):
         """Forget entries before ``index`` (retention); the driver never trims what it needs."""
         ...
 
+    def reset_to_snapshot(self, index: int, term: int) -> None:
+        """Hold no entries, starting after a snapshot at (index, term) (``Ready.snapshot``)."""
+        ...
+
 
 class MemoryLogStore:
     """A log store in memory: for tests, the simulator, and as the model of the on-disk one."""
@@ -124,6 +128,12 @@ class MemoryLogStore:
         assert index <= self.last_index() + 1
         keep = self._entries[index - 1 - offset]
         self._entries = [Entry(index=keep.index, term=keep.term), *self._entries[index - offset :]]
+
+    def reset_to_snapshot(self, index: int, term: int) -> None:
+        self._entries = [Entry(index=index, term=term)]
+        self._hard_state = HardState(
+            self._hard_state.term, self._hard_state.vote, max(self._hard_state.commit, index)
+        )
 
     def copy(self) -> MemoryLogStore:
         clone = MemoryLogStore()

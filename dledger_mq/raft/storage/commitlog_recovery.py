@@ -434,7 +434,10 @@ class _Recovery:
                 )
         bases.sort()
         bases = self.drop_segments_before_trim_point(bases)
-        if not bases and not self.repair:
+        resetting = self.disk.exists(posixpath.join(self.directory, RESETTING_FILE_NAME))
+        if not bases and not self.repair and not resetting:
+            # (A reset to a snapshot may have removed every segment before making its new one:
+            # ``run`` makes it, at the trim point.)
             raise CorruptRecord(self.directory, 0, "no segment files")
         for position, base_index in enumerate(bases):
             if not self.recover_one(base_index, is_last=position == len(bases) - 1):
