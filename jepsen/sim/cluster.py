@@ -54,7 +54,7 @@ class CoreFactory(Protocol):
 
 DriverFactory = Callable[..., ReplicaDriver]
 #: Snapshot chunks are tiny here so that a transfer takes many, and loses some.
-SNAPSHOT_CHUNK_BYTES = 64
+SNAPSHOT_CHUNK_BYTES = 1024
 #: Wall-clock milliseconds at virtual time 0 (store timestamps are drawn from it).
 EPOCH_MS = 1_760_000_000_000
 #: The Raft group every simulated node serves (peer frames name it).

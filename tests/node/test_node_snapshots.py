@@ -70,3 +70,40 @@ async def test_a_snapshot_is_also_due_after_so_many_bytes(cluster: ProcessCluste
     follower = next(n for n in cluster.nodes if n != leader.node_id)
     snapshots = Path(log_directory(cluster.nodes[follower].config), "snapshots")
     assert list(snapshots.glob("SNAPSHOT-*.snap"))
+
+
+@pytest.mark.cluster_options(
+    segment_size_bytes=4096,
+    snapshot_interval_entries=20,
+    retention_bytes=8192,
+    retention_check_ms=50,
+)
+async def test_a_follower_behind_the_leaders_trimmed_log_installs_its_snapshot(
+    cluster: ProcessCluster,
+) -> None:
+    """Retention trims the leader's log past what a stopped follower holds; restarted, the
+    follower gets the leader's snapshot (InstallSnapshot), then the tail, and serves reads."""
+    leader = await cluster.wait_for_leader()
+    follower = next(n for n in cluster.nodes if n != leader.node_id)
+    async with connect_admin(cluster.client_address(leader.node_id)) as admin:
+        await admin.create_topic("orders", 2)
+    assert await cluster.stop(follower) == 0
+    for number in range(300):
+        index = await cluster.propose(b"entry %03d " % number + b"x" * 100)
+    leader_log = Path(log_directory(cluster.nodes[leader.node_id].config))
+
+    def leader_log_start() -> int:
+        return min(int(path.stem) for path in leader_log.glob("*.log"))
+
+    await cluster.wait_until(lambda _: leader_log_start() > 100, "the leader trims its log")
+    mark = cluster.log_mark(follower)
+    cluster.start(follower)
+    await cluster.wait_caught_up(index)
+    events = cluster.log_events(follower, mark)
+    [installed] = [e for e in events if e["event"] == "snapshot_installed"]
+    assert int(str(installed["index"])) >= leader_log_start() - 1
+    async with connect_admin(cluster.client_address(follower)) as admin:
+        assert [(t.name, t.queue_count) for t in await admin.list_topics()] == [("orders", 2)]
+    # Its log starts after the snapshot too: nothing before it was sent.
+    follower_log = Path(log_directory(cluster.nodes[follower].config))
+    assert min(int(path.stem) for path in follower_log.glob("*.log")) > 100

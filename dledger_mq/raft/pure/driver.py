@@ -247,6 +247,7 @@ class ReplicaDriver:
                 read.index = state.index
         if self._reads:
             self._fail_unconfirmed_reads()
+        ready = self._start_transfers(ready)
         send_first, send_after = self._sends(ready)
         if self._outbox:
             send_first += tuple(self._outbox)
@@ -302,18 +303,22 @@ class ReplicaDriver:
 
     def _sends(self, ready: Ready) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
         """What goes before the write, and what only once it is durable: a vote or an
-        acknowledgement promises that what it answers for survives a crash. A follower that
-        needs the snapshot is the transfer's (its chunks go first: they promise nothing)."""
+        acknowledgement promises that what it answers for survives a crash."""
+        return ready.messages_before_persist, ready.messages
+
+    def _start_transfers(self, ready: Ready) -> Ready:
+        """A follower that needs the snapshot is the transfer's (its chunks promise nothing,
+        so they go first); the Ready without those requests."""
         if not any(isinstance(message, SnapshotNeeded) for message in ready.messages):
-            return ready.messages_before_persist, ready.messages
-        after: list[Message] = []
+            return ready
+        others: list[Message] = []
         for message in ready.messages:
             if isinstance(message, SnapshotNeeded):
                 if self.transfers is not None:
                     self.transfers.needed(message)
             else:
-                after.append(message)
-        return ready.messages_before_persist, tuple(after)
+                others.append(message)
+        return attrs.evolve(ready, messages=tuple(others))
 
     def _hard_state_to_save(self, ready: Ready, now: float) -> HardState | None:
         if ready.hard_state is None:
