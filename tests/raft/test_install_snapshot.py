@@ -54,9 +54,7 @@ def test_a_log_reset_to_a_snapshot_starts_after_it_and_keeps_only_what_follows()
     assert [e.index for e in reopened.entries(41, 46, 1 << 20)] == [41, 42, 43, 44, 45]
     assert reopened.term(40) == 2
     # Only the new segment is left: the old ones, all before the snapshot, are gone.
-    assert [n for n in disk.list_directory("/log") if n.endswith(".log")] == [
-        f"{41:020d}.log"
-    ]
+    assert [n for n in disk.list_directory("/log") if n.endswith(".log")] == [f"{41:020d}.log"]
 
 
 def test_a_log_that_holds_the_snapshot_entry_is_not_reset() -> None:
