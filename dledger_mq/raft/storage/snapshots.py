@@ -148,11 +148,7 @@ class SnapshotStore:
 
     def finish_receiving(self, index: int, term: int, total_bytes: int) -> bool:
         path = posixpath.join(self.directory, _part_file_name(index, term))
-        file = self.disk.open(path)
-        try:
-            data = file.read(0, file.size())
-        finally:
-            file.close()
+        data = self._read_whole(path)
         try:
             snapshot = decode_snapshot(data)
             if (snapshot.index, snapshot.term, len(data)) != (index, term, total_bytes):
@@ -186,16 +182,19 @@ class SnapshotStore:
             "snapshot_saved", index=snapshot.index, term=snapshot.term, bytes=len(snapshot.data)
         )
 
+    def _read_whole(self, path: str) -> bytes:
+        file = self.disk.open(path)
+        try:
+            return file.read(0, file.size())
+        finally:
+            file.close()
+
     def latest(self) -> Snapshot | None:
         """The newest snapshot that reads back whole (a damaged one is reported and skipped),
         or None."""
         for index in self.indexes():
             path = posixpath.join(self.directory, snapshot_file_name(index))
-            file = self.disk.open(path)
-            try:
-                data = file.read(0, file.size())
-            finally:
-                file.close()
+            data = self._read_whole(path)
             try:
                 snapshot = decode_snapshot(data)
             except SnapshotError as error:
