@@ -17,7 +17,13 @@ from dledger_mq.broker.state import BrokerState
 from dledger_mq.raft.pure.core import Config, RaftCore, Ready
 from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
 from dledger_mq.raft.pure.log_store import LogStore
-from dledger_mq.raft.pure.messages import Entry, Message, VoteRequest
+from dledger_mq.raft.pure.messages import (
+    AppendResponse,
+    Entry,
+    InstallSnapshot,
+    Message,
+    VoteRequest,
+)
 from dledger_mq.raft.pure.progress import Progress
 from dledger_mq.raft.pure.raft_log import RaftLog
 
@@ -75,6 +81,26 @@ class LeaderCountsUnpersistedEntries(RaftCore):
 
     def _own_match(self) -> int:
         return self.log.last_index()
+
+
+class InstallWithoutReset(RaftCore):
+    """Answers a leader's snapshot as installed without starting its log over after it: the
+    leader then counts this replica for entries it never held."""
+
+    def _handle_install_snapshot(self, message: InstallSnapshot) -> None:
+        log = self.log
+        if message.index <= log.committed or log.match_term(message.index, message.snapshot_term):
+            super()._handle_install_snapshot(message)
+            return
+        self._send(
+            AppendResponse(
+                term=self.term,
+                source=self.id,
+                target=message.source,
+                success=True,
+                match_index=message.index,
+            )
+        )
 
 
 class _BrokenLog(RaftLog):
@@ -185,6 +211,20 @@ class AnswerBeforeCommit(ReplicaDriver):
         super().finish(work)
 
 
+class InstallWithoutRestore(ReplicaDriver):
+    """Starts the log over after a leader's snapshot but keeps its old state machine."""
+
+    def finish(self, work: ReadyWork) -> None:
+        if work.snapshot is not None:
+            restore, self.restore = self.restore, lambda index, term: None
+            try:
+                super().finish(work)
+            finally:
+                self.restore = restore
+            return
+        super().finish(work)
+
+
 # -- the broker ----------------------------------------------------------------------------------
 
 
@@ -243,6 +283,8 @@ MUTANTS: dict[str, Mutant] = {
             "asynchronous writes"
         ),
     ),
+    "install-without-reset": Mutant(core=InstallWithoutReset),
+    "install-without-restore": Mutant(driver=InstallWithoutRestore),
     "ack-before-persist": Mutant(driver=AckBeforePersist),
     "apply-twice": Mutant(driver=ApplyTwice),
     "answer-before-commit": Mutant(driver=AnswerBeforeCommit),
