@@ -20,7 +20,6 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import enum
 import sys
 from array import array
@@ -31,6 +30,7 @@ from typing import Any, NamedTuple
 import attrs
 import msgpack
 
+from dledger_mq.broker.consume_queue import ConsumeQueue, MemoryQueueStore, QueueStore
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
     MAX_BATCH_MESSAGES,
@@ -236,37 +236,17 @@ class QueueLag:
 # Internal state.
 
 
-class _ConsumeQueue:
-    """Offsets ``first_offset, first_offset + 1, ...`` of one queue, 12 bytes a message."""
-
-    __slots__ = ("first_offset", "positions", "tag_codes")
-
-    def __init__(self) -> None:
-        #: Stays 0 until the log can be trimmed; kept so that offset arithmetic is right then.
-        self.first_offset = 0
-        #: ``raft_index << SLOT_BITS | slot``, strictly increasing.
-        self.positions = array("q")
-        self.tag_codes = array("I")
-
-    @property
-    def max_offset(self) -> int:
-        return self.first_offset + len(self.positions)
-
-    def append(self, position: int, code: int) -> int:
-        self.positions.append(position)
-        self.tag_codes.append(code)
-        return self.first_offset + len(self.positions) - 1
-
-    def comparable(self) -> tuple[int, array[int], array[int]]:
-        return (self.first_offset, self.positions, self.tag_codes)
-
-
 class _Topic:
     __slots__ = ("config", "queues")
 
-    def __init__(self, config: TopicConfig) -> None:
+    def __init__(self, config: TopicConfig, queues: list[ConsumeQueue]) -> None:
         self.config = config
-        self.queues = [_ConsumeQueue() for _ in range(config.queue_count)]
+        self.queues = queues
+
+
+def _comparable_queue(queue: ConsumeQueue) -> tuple[Any, ...]:
+    positions, codes = queue.read(queue.base_offset, queue.max_offset)
+    return (queue.base_offset, queue.max_offset, list(positions), list(codes))
 
 
 class _Group:
@@ -392,8 +372,10 @@ class BrokerState:
     every replica and never reused for a new log.
     """
 
-    def __init__(self, group: str) -> None:
+    def __init__(self, group: str, queues: QueueStore | None = None) -> None:
         self.group = group
+        #: Where the consume queues live (files in a node: memory must not grow with history).
+        self.queues: QueueStore = queues if queues is not None else MemoryQueueStore()
         self._applied_index = 0
         self._settings = BrokerSettings()
         #: The highest store timestamp applied: the producers' expiry clock, which never goes
@@ -421,10 +403,9 @@ class BrokerState:
                         topic.config.name,
                         topic.config.queue_count,
                         topic.config.fifo,
-                        [
-                            [queue.first_offset, _packed(queue.positions), _packed(queue.tag_codes)]
-                            for queue in topic.queues
-                        ],
+                        # Only where each queue ends: its entries are in the queue store, which
+                        # the node makes durable before it saves the snapshot.
+                        [queue.max_offset for queue in topic.queues],
                     ]
                     for topic in self._topics.values()
                 ],
@@ -456,23 +437,30 @@ class BrokerState:
 
     def load_snapshot(self, data: bytes) -> None:
         """Become the state ``data`` records (a leader's snapshot, InstallSnapshot), in place:
-        whoever holds this object sees the new state. ``SnapshotError`` changes nothing."""
-        restored = BrokerState.from_snapshot(self.group, data)
+        whoever holds this object sees the new state. The queues' entries go: the leader's
+        are before this log's start, so the queues hold only what comes after (their
+        ``base_offset``). ``SnapshotError`` before anything changes."""
+        BrokerState.from_snapshot(self.group, data, MemoryQueueStore())  # checks it first
+        self.queues.clear()
+        restored = BrokerState.from_snapshot(self.group, data, self.queues)
         vars(self).update(vars(restored))
 
     @classmethod
-    def from_snapshot(cls, group: str, data: bytes) -> BrokerState:
-        """The state ``to_snapshot`` recorded; ``SnapshotError`` for anything else (another
-        format version, another group, a malformed record)."""
+    def from_snapshot(
+        cls, group: str, data: bytes, queues: QueueStore | None = None
+    ) -> BrokerState:
+        """The state ``to_snapshot`` recorded, its queues reopened from ``queues`` as of then;
+        ``SnapshotError`` for anything else (another format version, another group, a
+        malformed record)."""
         try:
-            return cls._from_snapshot(group, data)
+            return cls._from_snapshot(group, data, queues)
         except SnapshotError:
             raise
         except (ValueError, TypeError, KeyError, IndexError, OverflowError) as error:
             raise SnapshotError(f"malformed broker snapshot: {error}") from None
 
     @classmethod
-    def _from_snapshot(cls, group: str, data: bytes) -> BrokerState:
+    def _from_snapshot(cls, group: str, data: bytes, queues: QueueStore | None) -> BrokerState:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if not isinstance(fields, list) or len(fields) != 8:
             raise SnapshotError("a broker snapshot is an array of 8 fields")
@@ -484,23 +472,21 @@ class BrokerState:
             )
         if snapshot_group != group:
             raise SnapshotError(f"a snapshot of group {snapshot_group!r}, not {group!r}")
-        state = cls(group)
+        state = cls(group, queues)
         state._applied_index = _int(applied)
         state._settings = BrokerSettings(*settings)
         state._clock_ms = _int(clock_ms)
-        for name, queue_count, fifo, queues in topics:
-            topic = _Topic(TopicConfig(str(name), _int(queue_count), bool(fifo)))
-            if len(queues) != topic.config.queue_count:
-                raise SnapshotError(f"topic {name!r}: {len(queues)} queues recorded")
-            for queue, (first_offset, positions, tag_codes) in zip(
-                topic.queues, queues, strict=True
-            ):
-                queue.first_offset = _int(first_offset)
-                queue.positions = _unpacked("q", positions)
-                queue.tag_codes = _unpacked("I", tag_codes)
-                if len(queue.positions) != len(queue.tag_codes):
-                    raise SnapshotError(f"topic {name!r}: positions and tags differ in length")
-            state._topics[topic.config.name] = topic
+        for name, queue_count, fifo, max_offsets in topics:
+            config = TopicConfig(str(name), _int(queue_count), bool(fifo))
+            if len(max_offsets) != config.queue_count:
+                raise SnapshotError(f"topic {name!r}: {len(max_offsets)} queues recorded")
+            state._topics[config.name] = _Topic(
+                config,
+                [
+                    state.queues.open_queue(config.name, queue_id, _int(max_offset))
+                    for queue_id, max_offset in enumerate(max_offsets)
+                ],
+            )
         for name, reset_generation, offsets in groups:
             consumer_group = _Group()
             consumer_group.reset_generation = _int(reset_generation)
@@ -619,7 +605,7 @@ class BrokerState:
         elif queue_id >= topic.config.queue_count:
             raise QueueNotFound(topic_name, queue_id, topic.config.queue_count)
         if topic is None:
-            topic = _Topic(TopicConfig(topic_name, settings.default_queue_count, False))
+            topic = self._new_topic(TopicConfig(topic_name, settings.default_queue_count, False))
             self._topics[topic_name] = topic
             created_topics.append(topic_name)
         offset = topic.queues[queue_id].append(position, tag_code(tags))
@@ -643,8 +629,12 @@ class BrokerState:
         self._producers.move_to_end(producer_id)
         return self._original_receipt(window, ring_slot)
 
+    def _new_topic(self, config: TopicConfig) -> _Topic:
+        queues = [self.queues.new_queue(config.name, i) for i in range(config.queue_count)]
+        return _Topic(config, queues)
+
     @staticmethod
-    def _offset_in_queue(offset: int, queue: _ConsumeQueue) -> bool:
+    def _offset_in_queue(offset: int, queue: ConsumeQueue) -> bool:
         """A group's offset may point at most just past the queue's last message."""
         return offset <= queue.max_offset
 
@@ -702,10 +692,9 @@ class BrokerState:
         topic = self._require_topic(command.topic)
         for item in command.offsets:
             queue = self._require_queue(topic, item.queue_id)
-            if not queue.first_offset <= item.offset <= queue.max_offset:
-                raise InvalidOffset(
-                    command.topic, item.queue_id, item.offset, queue.first_offset, queue.max_offset
-                )
+            # From 0: what a replica holds of a queue is its own (retention), never apply's.
+            if not 0 <= item.offset <= queue.max_offset:
+                raise InvalidOffset(command.topic, item.queue_id, item.offset, 0, queue.max_offset)
         group = self._groups.get(command.group)
         if group is None:
             group = self._groups[command.group] = _Group()
@@ -723,7 +712,7 @@ class BrokerState:
             if existing.config != config:
                 raise TopicExists(command.name)
             return TopicCreated(config, created=False)
-        self._topics[command.name] = _Topic(config)
+        self._topics[command.name] = self._new_topic(config)
         return TopicCreated(config, created=True)
 
     def _apply_update_topic(self, command: UpdateTopic) -> TopicUpdated:
@@ -735,7 +724,8 @@ class BrokerState:
                 f"cannot shrink from {topic.config.queue_count} to {command.queue_count} queues",
             )
         topic.queues.extend(
-            _ConsumeQueue() for _ in range(command.queue_count - topic.config.queue_count)
+            self.queues.new_queue(command.name, queue_id)
+            for queue_id in range(topic.config.queue_count, command.queue_count)
         )
         topic.config = TopicConfig(command.name, command.queue_count, command.fifo)
         return TopicUpdated(topic.config)
@@ -743,6 +733,7 @@ class BrokerState:
     def _apply_delete_topic(self, command: DeleteTopic) -> TopicDeleted:
         self._require_topic(command.name)
         del self._topics[command.name]
+        self.queues.drop_topic(command.name)
         for group in self._groups.values():
             group.offsets.pop(command.name, None)
         return TopicDeleted(command.name)
@@ -831,14 +822,14 @@ class BrokerState:
     def describe_topic(self, name: str) -> TopicDescription:
         topic = self._require_topic(name)
         queues = tuple(
-            QueueStatus(queue_id, queue.first_offset, queue.max_offset)
+            QueueStatus(queue_id, queue.base_offset, queue.max_offset)
             for queue_id, queue in enumerate(topic.queues)
         )
         config = topic.config
         return TopicDescription(config.name, config.queue_count, config.fifo, queues)
 
     def min_offset(self, topic: str, queue_id: int) -> int:
-        return self._require_queue(self._require_topic(topic), queue_id).first_offset
+        return self._require_queue(self._require_topic(topic), queue_id).base_offset
 
     def max_offset(self, topic: str, queue_id: int) -> int:
         """The offset the next message of the queue will get (its message count, untrimmed)."""
@@ -865,39 +856,41 @@ class BrokerState:
         Raises ``TopicNotFound`` or ``QueueNotFound``.
         """
         queue = self._require_queue(self._require_topic(topic), queue_id)
-        base = queue.first_offset
-        start = max(from_offset, base) - base
-        if start >= len(queue.positions) or max_count <= 0 or max_scanned <= 0:
-            return ScanResult([], base + start)
+        start = max(from_offset, queue.base_offset)
+        if start >= queue.max_offset or max_count <= 0 or max_scanned <= 0:
+            return ScanResult([], start)
         codes = tag_filter.codes
         if codes is None:
-            # Every position matches: one slice, no per-message test.
-            stop = min(len(queue.positions), start + min(max_count, max_scanned))
+            # Every position matches: one read, no per-message test.
+            stop = min(queue.max_offset, start + min(max_count, max_scanned))
+            positions, _ = queue.read(start, stop)
             every = [
-                QueuePosition(base + start + number, packed >> SLOT_BITS, packed & _SLOT_MASK)
-                for number, packed in enumerate(queue.positions[start:stop])
+                QueuePosition(start + number, packed >> SLOT_BITS, packed & _SLOT_MASK)
+                for number, packed in enumerate(positions)
             ]
-            return ScanResult(every, base + stop)
-        positions: list[QueuePosition] = []
-        tag_codes = queue.tag_codes
-        stop = min(len(queue.positions), start + max_scanned)
-        for array_index in range(start, stop):
-            if tag_codes[array_index] in codes:
-                packed = queue.positions[array_index]
-                positions.append(
-                    QueuePosition(base + array_index, packed >> SLOT_BITS, packed & _SLOT_MASK)
+            return ScanResult(every, stop)
+        found: list[QueuePosition] = []
+        stop = min(queue.max_offset, start + max_scanned)
+        positions, tag_codes = queue.read(start, stop)
+        for number, code in enumerate(tag_codes):
+            if code in codes:
+                packed = positions[number]
+                found.append(
+                    QueuePosition(start + number, packed >> SLOT_BITS, packed & _SLOT_MASK)
                 )
-                if len(positions) >= max_count:
-                    return ScanResult(positions, base + array_index + 1)
-        return ScanResult(positions, base + stop)
+                if len(found) >= max_count:
+                    return ScanResult(found, start + number + 1)
+        return ScanResult(found, stop)
 
     def offset_of(self, topic: str, queue_id: int, raft_index: int, slot: int) -> int | None:
         """The queue offset of the message at (raft index, slot), if it is in that queue."""
         queue = self._require_queue(self._require_topic(topic), queue_id)
         packed = raft_index << SLOT_BITS | slot
-        array_index = bisect.bisect_left(queue.positions, packed)
-        if array_index < len(queue.positions) and queue.positions[array_index] == packed:
-            return queue.first_offset + array_index
+        offset = queue.find(packed)
+        if offset < queue.max_offset:
+            [found], _ = queue.read(offset, offset + 1)
+            if found == packed:
+                return offset
         return None
 
     def first_held_offset(self, topic: str, queue_id: int, log_first_index: int) -> int:
@@ -905,8 +898,7 @@ class BrokerState:
         (retention trims the log, not the queues); ``max_offset`` if none. Local to a replica:
         never used by ``apply``."""
         queue = self._require_queue(self._require_topic(topic), queue_id)
-        held = bisect.bisect_left(queue.positions, log_first_index << SLOT_BITS)
-        return queue.first_offset + held
+        return queue.find(log_first_index << SLOT_BITS)
 
     def offset_for_timestamp(
         self,
@@ -924,14 +916,15 @@ class BrokerState:
         not go back along the log (see ``last_store_timestamp_ms``).
         """
         queue = self._require_queue(self._require_topic(topic), queue_id)
-        low, high = max(0, from_offset - queue.first_offset), len(queue.positions)
+        low, high = max(from_offset, queue.base_offset), queue.max_offset
         while low < high:
             middle = (low + high) // 2
-            if store_timestamp_of(queue.positions[middle] >> SLOT_BITS) < timestamp_ms:
+            [position], _ = queue.read(middle, middle + 1)
+            if store_timestamp_of(position >> SLOT_BITS) < timestamp_ms:
                 low = middle + 1
             else:
                 high = middle
-        return queue.first_offset + low
+        return low
 
     def groups(self) -> tuple[str, ...]:
         """Consumer groups that ever committed or reset an offset, sorted."""
@@ -959,7 +952,7 @@ class BrokerState:
         lags = []
         for queue_id, queue in enumerate(existing.queues):
             committed = self.committed_offset(group, topic, queue_id)
-            consumed_up_to = queue.first_offset if committed is None else committed
+            consumed_up_to = queue.base_offset if committed is None else committed
             lags.append(
                 QueueLag(
                     topic, queue_id, committed, queue.max_offset, queue.max_offset - consumed_up_to
@@ -976,7 +969,7 @@ class BrokerState:
             raise TopicNotFound(name)
         return topic
 
-    def _require_queue(self, topic: _Topic, queue_id: int) -> _ConsumeQueue:
+    def _require_queue(self, topic: _Topic, queue_id: int) -> ConsumeQueue:
         if not 0 <= queue_id < topic.config.queue_count:
             raise QueueNotFound(topic.config.name, queue_id, topic.config.queue_count)
         return topic.queues[queue_id]
@@ -990,7 +983,7 @@ class BrokerState:
             self._settings,
             self._clock_ms,
             sorted(
-                (name, topic.config, [queue.comparable() for queue in topic.queues])
+                (name, topic.config, [_comparable_queue(queue) for queue in topic.queues])
                 for name, topic in self._topics.items()
             ),
             sorted(
@@ -1011,7 +1004,7 @@ class BrokerState:
 
 
 #: The layout of ``BrokerState.to_snapshot``; a snapshot of another version is not read.
-SNAPSHOT_FORMAT_VERSION = 1
+SNAPSHOT_FORMAT_VERSION = 2
 
 
 def _packed(values: array[int]) -> bytes:

@@ -19,6 +19,7 @@ import attrs
 import structlog
 import trio
 
+from dledger_mq.broker.records import SLOT_BITS
 from dledger_mq.broker.service import BrokerService
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
@@ -98,6 +99,8 @@ async def keep_retention(
         outcome = await trio.to_thread.run_sync(
             lambda: enforce_retention(config, log, snapshots, disk_usage=disk_usage)
         )
+        # The consume queues' files that only point below the log's start go too.
+        broker.state.queues.trim(outcome.first_index << SLOT_BITS)
         if outcome.first_index > outcome.first_index_before:
             log_events.info(
                 "log_trimmed",

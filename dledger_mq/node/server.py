@@ -36,6 +36,7 @@ from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, Harnes
 from dledger_mq.node.registration import register_forever
 from dledger_mq.node.retention import keep_retention
 from dledger_mq.node.snapshots import (
+    consume_queue_store,
     install_snapshot,
     restore_state,
     snapshot_store,
@@ -316,7 +317,7 @@ def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) 
     # The broker state is derived from the log: after a restart, the newest usable snapshot
     # and then the entries after it, applied again.
     snapshots = snapshot_store(config)
-    state = restore_state(config, commit_log, snapshots)
+    state = restore_state(config, commit_log, snapshots, consume_queue_store(config))
     applied = AppliedSignal()
 
     def apply(entry: Entry) -> object:
@@ -334,6 +335,7 @@ def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) 
         apply,
         snapshots=snapshots,
         restore=functools.partial(install_snapshot, state, snapshots),
+        before_reset=state.queues.clear,
     )
     broker = BrokerService(
         state, replica, commit_log, desired_settings(config, state), applied=applied

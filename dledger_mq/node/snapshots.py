@@ -12,13 +12,17 @@ import posixpath
 import structlog
 import trio
 
+from dledger_mq.broker.consume_queue import FileQueueStore, QueueStore
 from dledger_mq.broker.service import AppliedSignal
 from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import SnapshotError
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import log_directory
 from dledger_mq.raft.storage.commitlog import CommitLog
-from dledger_mq.raft.storage.commitlog_format import SNAPSHOTS_DIRECTORY_NAME
+from dledger_mq.raft.storage.commitlog_format import (
+    CONSUME_QUEUE_DIRECTORY_NAME,
+    SNAPSHOTS_DIRECTORY_NAME,
+)
 from dledger_mq.raft.storage.disk import OsDisk
 from dledger_mq.raft.storage.snapshots import Snapshot, SnapshotStore, start_from_snapshot
 
@@ -29,17 +33,29 @@ def snapshot_store(config: NodeConfig) -> SnapshotStore:
     return SnapshotStore(OsDisk(), posixpath.join(log_directory(config), SNAPSHOTS_DIRECTORY_NAME))
 
 
-def restore_state(config: NodeConfig, log: CommitLog, store: SnapshotStore) -> BrokerState:
+def consume_queue_store(config: NodeConfig) -> FileQueueStore:
+    return FileQueueStore(
+        OsDisk(), posixpath.join(log_directory(config), CONSUME_QUEUE_DIRECTORY_NAME)
+    )
+
+
+def restore_state(
+    config: NodeConfig, log: CommitLog, store: SnapshotStore, queues: QueueStore
+) -> BrokerState:
     """The broker state of the newest snapshot (``start_from_snapshot``, which also finishes an
-    install a crash cut short), or an empty one when the log still starts at 1 (the whole log
-    is then applied again). ``SnapshotError`` when the snapshot cannot be read and the log no
-    longer holds what it covers."""
+    install a crash cut short), with its consume queues reopened as of it; or an empty one when
+    the log still starts at 1 (the whole log is then applied again). ``SnapshotError`` when the
+    snapshot cannot be read and the log no longer holds what it covers; ``CorruptRecord`` when
+    the consume queues lost what the snapshot says they hold."""
     log_events = logger.bind(node=config.node_id, group=config.group)
-    snapshot = start_from_snapshot(log, store)
+    snapshot, reset = start_from_snapshot(log, store)
     if snapshot is None:
-        return BrokerState(config.group)
+        queues.clear()  # they are rebuilt with the state, from the log's first entry
+        return BrokerState(config.group, queues)
+    if reset:
+        queues.clear()  # a leader's snapshot: what was derived here before is not of it
     try:
-        state = BrokerState.from_snapshot(config.group, snapshot.data)
+        state = BrokerState.from_snapshot(config.group, snapshot.data, queues)
     except SnapshotError as error:
         if log.first_index() > 1:
             raise SnapshotError(
@@ -47,7 +63,8 @@ def restore_state(config: NodeConfig, log: CommitLog, store: SnapshotStore) -> B
                 "is gone: start this node with an empty data directory to have it caught up"
             ) from None
         log_events.warning("snapshot_unusable", index=snapshot.index, reason=error.reason)
-        return BrokerState(config.group)
+        queues.clear()
+        return BrokerState(config.group, queues)
     log_events.info("state_restored", index=snapshot.index, bytes=len(snapshot.data))
     return state
 
@@ -82,5 +99,13 @@ async def take_snapshots(
         if not due or index > log.durable_index():
             continue
         snapshot = Snapshot(index, log.term(index), state.to_snapshot())
-        await trio.to_thread.run_sync(store.save, snapshot)
+        # The queues as of the snapshot go to disk before it, durably (in the worker thread,
+        # while apply goes on appending to them).
+        state.queues.flush()
+
+        def save(snapshot: Snapshot = snapshot) -> None:
+            state.queues.sync()
+            store.save(snapshot)
+
+        await trio.to_thread.run_sync(save)
         last_index, last_bytes = index, applied.applied_bytes

@@ -20,6 +20,7 @@ import random
 from typing import TYPE_CHECKING
 
 from dledger_mq.broker.records import (
+    SLOT_BITS,
     BrokerSettings,
     ConfigureBroker,
     CreateTopic,
@@ -144,7 +145,11 @@ class SimBroker:
         ):
             snapshots = self.node.snapshots
             try:
-                snapshots.save(Snapshot(entry.index, entry.term, self.state.to_snapshot()))
+                data = self.state.to_snapshot()
+                # As the node: the queues as of the snapshot are durable before it is saved.
+                self.state.queues.flush()
+                self.state.queues.sync()
+                snapshots.save(Snapshot(entry.index, entry.term, data))
             except OSError as error:
                 # As the node's snapshot task: reported, and tried again at the next interval.
                 self.cluster.log(f"{self.node_id} could not save a snapshot: {error}")
@@ -166,6 +171,7 @@ class SimBroker:
         trim_to, self.trim_to = self.trim_to, 0
         if trim_to > self.node.store.first_index():
             self.node.store.trim_prefix(trim_to)
+            self.state.queues.trim(self.node.store.first_index() << SLOT_BITS)
 
     def restore(self, index: int, term: int) -> None:
         """InstallSnapshot: the state becomes the leader's snapshot, now the newest here."""

@@ -106,14 +106,18 @@ class SafetyChecker:
 
     def snapshot_installed(self, node_id: str, index: int, term: int) -> None:
         """A follower starts over from a leader's snapshot at (index, term): it must be of
-        committed state; the node's state machine and commit index are then at ``index``."""
+        committed state; the node's commit index is then at ``index`` (and its state machine,
+        once ``snapshot_applied``)."""
         committed = self.committed
         if index > len(committed) or committed[index - 1][0] != term:
             raise SafetyViolation(
                 f"{node_id} installed a snapshot at {index}@{term}, not a committed entry"
             )
-        self.applied_index[node_id] = max(self.applied_index.get(node_id, 0), index)
         self.commit_index[node_id] = max(self.commit_index.get(node_id, 0), index)
+
+    def snapshot_applied(self, node_id: str, index: int) -> None:
+        """The follower's state machine became the snapshot's."""
+        self.applied_index[node_id] = max(self.applied_index.get(node_id, 0), index)
 
     def entries_applied(self, node_id: str, entries: tuple[Entry, ...]) -> None:
         applied = self.applied_index[node_id]

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from dledger_mq.broker.consume_queue import FileQueueStore
 from dledger_mq.broker.records import BrokerSettings
 from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import CorruptLog, NotLeader, StorageError
@@ -383,16 +384,25 @@ class Cluster:
             self.schedule(max(0, node.busy_until - self.now), self._drain, node.id)
 
     def _restored_state(self, node: SimNode) -> BrokerState:
-        """As the node does (``start_from_snapshot``): the newest snapshot, the log made to
-        follow it if an install was cut short, or the log's start without one."""
+        """As the node does (``node/snapshots.py``): the newest snapshot with its consume
+        queues, the log made to follow it if an install was cut short, or the log's start."""
+        # Files of few entries, written in small pieces: rolled, trimmed and torn often.
+        queues = FileQueueStore(
+            node.disk, f"/{node.id}/consumequeue", entries_per_file=16, flush_entries=4
+        )
         try:
-            snapshot = start_from_snapshot(node.store, node.snapshots)
+            snapshot, reset = start_from_snapshot(node.store, node.snapshots)
         except StorageError as error:
             raise SafetyViolation(f"{node.id} cannot start: {error}") from None
+        if snapshot is None or reset:
+            queues.clear()
         if snapshot is None:
-            return self.state_factory(self.group)
+            return self.state_factory(self.group, queues)
         self.log(f"{node.id} restores its snapshot at {snapshot.index}")
-        return self.state_factory.from_snapshot(self.group, snapshot.data)
+        try:
+            return self.state_factory.from_snapshot(self.group, snapshot.data, queues)
+        except StorageError as error:
+            raise SafetyViolation(f"{node.id} cannot open its consume queues: {error}") from None
 
     def drive(self, node_id: str) -> None:
         """Carry out the node's work now (after a client put some there)."""
@@ -452,6 +462,8 @@ class Cluster:
             self._storage_failed(node, error)
             return
         self._send_all(work.send_after)
+        if work.snapshot is not None:
+            self.checker.snapshot_applied(node.id, work.snapshot[0])
         committed = work.ready.committed_entries
         if committed:
             self.checker.entries_applied(node.id, committed)
@@ -469,6 +481,9 @@ class Cluster:
         """Write the work's batch to the page cache; ``_persisted`` fsyncs it later."""
         store = node.store
         if work.snapshot is not None:
+            # As the node: what was derived from the old log goes first, durably.
+            assert node.broker is not None
+            node.broker.state.queues.clear()
             store.reset_to_snapshot(*work.snapshot)
         if not work.writes:
             return

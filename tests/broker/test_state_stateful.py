@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 )
 
 from dledger_mq.broker.assignment import assign_queues
+from dledger_mq.broker.consume_queue import FileQueueStore
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
     BrokerSettings,
@@ -67,6 +68,7 @@ from dledger_mq.errors import (
     TopicExists,
     TopicNotFound,
 )
+from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 GROUP = "broker-a"
 TOPICS = ("orders", "payments", "audit")
@@ -106,7 +108,11 @@ message_plans = st.tuples(
 class BrokerAgainstModel(RuleBasedStateMachine):
     @initialize(auto_create=st.booleans())
     def start(self, auto_create: bool) -> None:
-        self.state = BrokerState(GROUP)
+        # The node's queue store, in files on a simulated disk, small enough to roll files.
+        self.state = BrokerState(
+            GROUP,
+            FileQueueStore(MemoryDisk(), "/consumequeue", entries_per_file=5, flush_entries=3),
+        )
         self.entries: list[tuple[int, bytes]] = []
         self.last_index = 0
         self.clock_ms = START_MS
@@ -414,7 +420,11 @@ class BrokerAgainstModel(RuleBasedStateMachine):
     def restart_from_a_snapshot(self) -> None:
         """A restart from a snapshot instead of the whole log: the same state, and it goes on
         as the model says (every rule and invariant keeps running against it)."""
-        restored = BrokerState.from_snapshot(GROUP, self.state.to_snapshot())
+        # The queues' files outlive the process; the snapshot is taken with them flushed.
+        data = self.state.to_snapshot()
+        self.state.queues.flush()
+        self.state.queues.sync()
+        restored = BrokerState.from_snapshot(GROUP, data, self.state.queues)
         assert restored == self.state
         assert restored.applied_index == self.state.applied_index
         event("restarted from a snapshot")

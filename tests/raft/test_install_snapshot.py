@@ -109,8 +109,8 @@ def test_a_node_restarted_after_receiving_a_snapshot_finishes_the_install() -> N
     log.save(_entries(1, 10, 1), HardState(term=1, commit=5))
     store = SnapshotStore(disk, "/log/snapshots")
     store.save(Snapshot(25, 2, b"state at 25"))
-    snapshot = start_from_snapshot(log, store)
-    assert snapshot is not None and snapshot.index == 25
+    snapshot, reset = start_from_snapshot(log, store)
+    assert snapshot is not None and snapshot.index == 25 and reset
     assert (log.first_index(), log.last_index(), log.term(25)) == (26, 25, 2)
 
 

@@ -61,6 +61,7 @@ class Replica:
         *,
         snapshots: SnapshotFiles | None = None,
         restore: Callable[[int, int], None] | None = None,
+        before_reset: Callable[[], None] | None = None,
     ) -> None:
         self.core = core
         self.log = log
@@ -86,6 +87,9 @@ class Replica:
         #: What broke a Ready handled outside the loop; the loop raises it.
         self._failure: BaseException | None = None
         self.leader_changed = trio.Event()
+        #: Drops, durably, what was derived from the log before a leader's snapshot is
+        #: installed (the broker's consume queues): called before the log starts over.
+        self.before_reset = before_reset
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -196,7 +200,7 @@ class Replica:
                     work = driver.take(trio.current_time())
                     self._send_first(work)
                     if work.snapshot is not None:
-                        await trio.to_thread.run_sync(self.log.reset_to_snapshot, *work.snapshot)
+                        await trio.to_thread.run_sync(self._reset_to_snapshot, *work.snapshot)
                     if work.writes:
                         await self.writer.append(work.entries, work.hard_state)
                     self._finish_recovery(work)
@@ -208,6 +212,11 @@ class Replica:
                 await trio.lowlevel.checkpoint()
                 if self._failure is not None:
                     raise self._failure
+
+    def _reset_to_snapshot(self, index: int, term: int) -> None:
+        if self.before_reset is not None:
+            self.before_reset()
+        self.log.reset_to_snapshot(index, term)
 
     def _finish_recovery(self, work: ReadyWork) -> None:
         if work.recovered:

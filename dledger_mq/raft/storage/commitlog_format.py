@@ -24,6 +24,8 @@ RECOVERING_FILE_NAME = "recovering"
 RESETTING_FILE_NAME = "resetting"
 #: Where the state machine's snapshots live, beside the log (``snapshots.py``).
 SNAPSHOTS_DIRECTORY_NAME = "snapshots"
+#: Where the broker's consume queues live, beside the log (``broker/consume_queue.py``).
+CONSUME_QUEUE_DIRECTORY_NAME = "consumequeue"
 STATE_FILE_NAME = "state"
 SEGMENT_SUFFIX = ".log"
 TEMPORARY_SUFFIX = ".tmp"

@@ -17,6 +17,7 @@ import structlog
 from dledger_mq.errors import CorruptRecord, DataDirError, FormatVersionError
 from dledger_mq.raft.pure.messages import HardState
 from dledger_mq.raft.storage.commitlog_format import (
+    CONSUME_QUEUE_DIRECTORY_NAME,
     FORMAT_VERSION,
     IDENTITY_FILE_NAME,
     MAX_IDENTITY_PART_BYTES,
@@ -428,6 +429,7 @@ class _Recovery:
                 RECOVERING_FILE_NAME,
                 RESETTING_FILE_NAME,
                 SNAPSHOTS_DIRECTORY_NAME,
+                CONSUME_QUEUE_DIRECTORY_NAME,
             ):
                 _logger.warning(
                     "commitlog.unknown_file_ignored", directory=self.directory, name=name

@@ -217,9 +217,10 @@ def log_holds(log: CommitLog, index: int, term: int) -> bool:
         return False
 
 
-def start_from_snapshot(log: CommitLog, store: SnapshotStore) -> Snapshot | None:
+def start_from_snapshot(log: CommitLog, store: SnapshotStore) -> tuple[Snapshot | None, bool]:
     """The snapshot a starting replica's state machine begins from (None: the log's start),
-    with its log made to follow it.
+    with its log made to follow it, and whether that took a reset of the log (the snapshot is a
+    leader's: what the replica derived locally before it is not of it).
 
     The newest snapshot is used if the log holds its entry. One the log does not hold is a
     leader's, received whole, whose install a crash interrupted (or one kept after the log was
@@ -232,9 +233,9 @@ def start_from_snapshot(log: CommitLog, store: SnapshotStore) -> Snapshot | None
             raise StorageError(
                 f"{log.directory}: the log starts at {log.first_index()} and no snapshot is left"
             )
-        return None
+        return None, False
     if log_holds(log, snapshot.index, snapshot.term):
-        return snapshot
+        return snapshot, False
     if snapshot.index < log.first_index() - 1:
         raise StorageError(
             f"{log.directory}: the log starts at {log.first_index()}, after the newest "
@@ -247,7 +248,7 @@ def start_from_snapshot(log: CommitLog, store: SnapshotStore) -> Snapshot | None
         log_last_index=log.last_index(),
     )
     log.reset_to_snapshot(snapshot.index, snapshot.term)
-    return snapshot
+    return snapshot, True
 
 
 def trim_floor(store: SnapshotStore) -> int:
