@@ -395,7 +395,10 @@ class FileConsumeQueue:
             end = self._files[number + 1] if number + 1 < len(self._files) else self._written_end
             count = min(stop, end) - offset
             path = self._path(first)
-            file = self._disk.open(path)
+            try:
+                file = self._disk.open(path)
+            except FileNotFoundError:
+                raise CorruptRecord(path, 0, "consume queue file missing") from None
             try:
                 data = file.read((offset - first) * ENTRY_BYTES, count * ENTRY_BYTES)
             finally:
@@ -492,7 +495,10 @@ class FileQueueStore:
             self._queues.pop(key).remove_all()
 
     def clear(self) -> None:
-        self._queues.clear()
+        # The queues in use stay usable, holding nothing (readers see no entries, not missing
+        # files) until the state that holds them is replaced.
+        for queue in self._queues.values():
+            queue.restart_at(queue.max_offset)
         if not self._disk.exists(self._directory):
             return
         for topic_directory in self._disk.list_directory(self._directory):

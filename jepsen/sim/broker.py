@@ -34,7 +34,7 @@ from dledger_mq.broker.service import (
     send_reply,
 )
 from dledger_mq.broker.state import ApplyResult, BrokerState, OffsetsCommitted, OffsetsReset
-from dledger_mq.errors import BadRequest, NotLeader, TopicNotFound, Unavailable
+from dledger_mq.errors import BadRequest, NotLeader, StorageError, TopicNotFound, Unavailable
 from dledger_mq.raft.pure.core import RaftCore
 from dledger_mq.raft.pure.driver import Proposal, Read, ReplicaDriver
 from dledger_mq.raft.pure.log_store import LogStore
@@ -545,6 +545,12 @@ class BrokerWorkload:
 
     def check_converged(self) -> None:
         """Every acknowledged send is where its receipt says on every replica; none twice."""
+        try:
+            self._check_converged()
+        except StorageError as error:
+            raise BrokerViolation(f"a replica cannot read its messages: {error}") from None
+
+    def _check_converged(self) -> None:
         for node in self.cluster.nodes.values():
             if node.lost:
                 continue  # refused its rotten log: down until an operator replaces it
