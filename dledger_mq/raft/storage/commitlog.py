@@ -61,6 +61,7 @@ from dledger_mq.raft.storage.commitlog_recovery import (
     recover_segments,
 )
 from dledger_mq.raft.storage.disk import Disk, DiskFile, FsyncError, write_file_atomically
+from dledger_mq.raft.storage.term_runs import TermRuns
 
 __all__ = ["CommitLog", "Cut", "FlushPolicy", "RecoveryReport"]
 
@@ -150,9 +151,9 @@ class CommitLog:
         self._hard_state = state.hard_state
         self._first_index = state.first_index
         self._term_before_first = state.term_before_first
-        # Entry first_index + i has term _terms[i] and sits at _locations[i] (slot, offset);
+        # Entry first_index + i sits at _locations[i] (slot, offset); its term is in _terms;
         # segment slot s is _segments[s - _first_slot].
-        self._terms: array[int] = array("Q")
+        self._terms = TermRuns()
         self._locations: array[int] = array("Q")
         self._segments: list[_Segment] = []
         self._first_slot = 0
@@ -163,10 +164,10 @@ class CommitLog:
                 )
             )
             skip = max(0, self._first_index - found.base_index)
-            self._terms.extend(found.terms[skip:])
+            self._terms.extend(found.base_index + skip, found.terms[skip:])
             slot_bits = slot << _OFFSET_BITS
             self._locations.extend(slot_bits | offset for offset in found.offsets[skip:])
-        self._durable_index = self._first_index + len(self._terms) - 1
+        self._durable_index = self._first_index + len(self._locations) - 1
         self._unsynced = False
         self._last_sync_seconds = clock()
         self._failure: StorageError | None = None
@@ -280,7 +281,7 @@ class CommitLog:
 
     def last_index(self) -> int:
         with self._lock:
-            return self._first_index + len(self._terms) - 1
+            return self._first_index + len(self._locations) - 1
 
     def durable_index(self) -> int:
         """The last index known to be fsynced; equals ``last_index()`` under ``sync``."""
@@ -294,17 +295,17 @@ class CommitLog:
         position = index - self._first_index
         if position < -1:
             raise LogCompacted(index)
-        if position >= len(self._terms):
+        if position >= len(self._locations):
             raise LogUnavailable(index)
         if position == -1:
             return self._term_before_first
-        return self._terms[position]
+        return self._terms.term(index)
 
     def entries(self, low: int, high: int, max_bytes: int) -> list[Entry]:
         with self._lock:
             if low < self._first_index:
                 raise LogCompacted(low)
-            if high > self._first_index + len(self._terms):
+            if high > self._first_index + len(self._locations):
                 raise LogUnavailable(high)
             if low >= high:
                 return []
@@ -352,7 +353,10 @@ class CommitLog:
             raise StorageError(f"{segment.path}: read failed: {error}") from error
         offsets = [(location & _OFFSET_MASK) - begin for location in self._locations[start:stop]]
         decoded = decode_entries(
-            data, offsets, self._first_index + start, self._terms[start:stop].tolist()
+            data,
+            offsets,
+            self._first_index + start,
+            self._terms.terms(self._first_index + start, self._first_index + stop),
         )
         if isinstance(decoded, tuple):
             offset, reason = decoded
@@ -393,7 +397,7 @@ class CommitLog:
 
     def _append(self, entries: list[Entry]) -> None:
         first = entries[0].index
-        last_index = self._first_index + len(self._terms) - 1
+        last_index = self._first_index + len(self._locations) - 1
         assert self._first_index <= first <= last_index + 1, (first, self._first_index, last_index)
         # Where the batch will start: at the first entry it replaces, or at the end of the log.
         if first <= last_index:
@@ -420,13 +424,12 @@ class CommitLog:
         if self._flush_policy is FlushPolicy.SYNC:
             self._fsync(segment)
         term = entries[0].term
-        if entries[-1].term == term:
-            # Terms never decrease (checked while encoding): same at both ends, same throughout.
-            terms = array("Q", (term,)) * len(entries)
-        else:
-            terms = array("Q", [entry.term for entry in entries])
         with self._lock:
-            self._terms.extend(terms)
+            if entries[-1].term == term:
+                # Terms never decrease (checked while encoding): same at both ends, throughout.
+                self._terms.extend(first, (term,))
+            else:
+                self._terms.extend(first, [entry.term for entry in entries])
             self._locations.extend(locations)
             segment.end_offset = start + len(batch)
         if self._flush_policy is FlushPolicy.SYNC:
@@ -470,7 +473,7 @@ class CommitLog:
         with self._lock:
             position = first - self._first_index
             location = self._locations[position]
-            del self._terms[position:]
+            self._terms.truncate(first)
             del self._locations[position:]
             keep = (location >> _OFFSET_BITS) - self._first_slot
             doomed = self._segments[keep + 1 :]
@@ -496,7 +499,7 @@ class CommitLog:
         current = self._segments[-1]
         if self._unsynced:
             self._fsync(current)
-            self._durable_index = self._first_index + len(self._terms) - 1
+            self._durable_index = self._first_index + len(self._locations) - 1
             self._unsynced = False
         segment = self._create_segment(first)
         with self._lock:
@@ -574,7 +577,7 @@ class CommitLog:
             self._sync()
 
     def _sync(self) -> None:
-        last_index = self._first_index + len(self._terms) - 1
+        last_index = self._first_index + len(self._locations) - 1
         self._fsync(self._segments[-1])
         self._durable_index = last_index
         self._unsynced = False
@@ -592,14 +595,14 @@ class CommitLog:
             first_index = self._first_index
             if index <= first_index:
                 return
-            assert index <= first_index + len(self._terms), (index, first_index)
+            assert index <= first_index + len(self._locations), (index, first_index)
             if self._unsynced and index - 1 > self._durable_index:
                 # The trim point must never be durable ahead of the entry before it.
                 self._sync()
             term_before_first = self._term(index - 1)
             self._write_state(self._hard_state, index, term_before_first)
             with self._lock:
-                del self._terms[: index - first_index]
+                self._terms.drop_before(index)
                 del self._locations[: index - first_index]
                 self._first_index = index
                 self._term_before_first = term_before_first
@@ -617,7 +620,7 @@ class CommitLog:
         """
         with self._write_lock:
             self._check_writable()
-            last_index = self._first_index + len(self._terms) - 1
+            last_index = self._first_index + len(self._locations) - 1
             if self._first_index - 1 <= index <= last_index and self._term(index) == term:
                 raise UsageError(f"the log holds entry {index}@{term}: trim it instead")
             if index < self._first_index - 1:
@@ -638,7 +641,7 @@ class CommitLog:
             self._write_state(hard_state, index + 1, term)
             with self._lock:
                 old_segments = list(self._segments)
-                del self._terms[:]
+                self._terms.clear()
                 del self._locations[:]
                 self._first_slot += len(self._segments)
                 self._segments = []
