@@ -156,9 +156,10 @@ async def run(
     concurrency: int,
     directory: str | None,
     echo: Callable[[str], None],
+    settings: dict[str, object] | None = None,
 ) -> str:
     root = Path(tempfile.mkdtemp(prefix="bench-soak-", dir=directory or "."))
-    cluster = LocalCluster(root, "sync", with_naming=True)
+    cluster = LocalCluster(root, "sync", with_naming=True, settings=settings)
     naming = list(cluster.naming.values())
     lines = [HEADER]
     try:

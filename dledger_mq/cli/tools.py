@@ -318,6 +318,19 @@ def bench_e2e(
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None)
+@click.option(
+    "--retention-bytes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The nodes' retention_bytes (0: none; retention_hours stays 72).",
+)
+@click.option(
+    "--segment-size-bytes",
+    type=click.IntRange(min=1 << 20),
+    default=None,
+    help="The nodes' log segment size (default: the node's, 1 GiB).",
+)
 @one_line_errors
 def bench_soak(
     messages: int,
@@ -326,11 +339,21 @@ def bench_soak(
     batch: int,
     concurrency: int,
     directory: str | None,
+    retention_bytes: int,
+    segment_size_bytes: int | None,
 ) -> None:
     """How costs grow with history: per node, RSS, disk and the time from a restart of every
     node to ready (a leader, everything applied), empty and at each checkpoint."""
     sigterm_as_interrupt()
     from dledger_mq.bench.soak_bench import run
+
+    settings: dict[str, object] = {
+        "retention_bytes": retention_bytes,
+        # Retention looks every 10 s by default; a soak fills the disk faster.
+        "retention_check_ms": 1000,
+    }
+    if segment_size_bytes:
+        settings["segment_size_bytes"] = segment_size_bytes
     from dledger_mq.logs import configure_logging
 
     configure_logging("warning")  # the report alone on standard output
@@ -345,5 +368,6 @@ def bench_soak(
             concurrency,
             directory,
             lambda text: click.echo(text, err=True),
+            settings,
         )
     )

@@ -159,11 +159,13 @@ def write_configs(
     flush: str,
     naming: dict[str, str] | None = None,
     disk: Disk | None = None,
+    settings: dict[str, object] | None = None,
 ) -> list[Path]:
     """Write each node's config under ``root`` unless it exists (so data and ports persist).
 
     Durably: a power cut after this returns leaves every config whole. ``naming`` maps a node
     id to the address of the naming node it runs; every node registers with all of them.
+    ``settings``: further ``node.toml`` keys for every node (the benchmarks' retention).
     """
     disk = disk or OsDisk()
     naming = naming or {}
@@ -183,6 +185,7 @@ def write_configs(
                     "flush": flush,
                     "naming_listen": naming.get(node_id, ""),
                     "naming": list(naming.values()),
+                    **(settings or {}),
                 }
             )
             if not has_log(config, disk):

@@ -63,11 +63,17 @@ def cluster_on_free_ports(
 class LocalCluster:
     """Three node processes on free ports; always stopped by ``close``."""
 
-    def __init__(self, root: Path, flush: str, with_naming: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        flush: str,
+        with_naming: bool = False,
+        settings: dict[str, object] | None = None,
+    ) -> None:
         self.root = root
         #: ``naming``: node id -> the naming node it runs, when ``with_naming``.
         self.members, self.naming = cluster_on_free_ports(3, with_naming)
-        paths = write_configs(root, self.members, flush, self.naming)
+        paths = write_configs(root, self.members, flush, self.naming, settings=settings)
         self.paths = dict(zip(self.members, paths, strict=True))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
