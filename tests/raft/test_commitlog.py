@@ -373,12 +373,47 @@ def test_corruption_in_an_earlier_segment_refuses_to_start_even_at_its_end() -> 
     data = bytearray(disk.contents(first_segment))
     data[-1] ^= 1
     disk.set_contents(first_segment, bytes(data))
+    # Without its index file a sealed segment is scanned on open (with it, see below).
+    disk.remove(first_segment[: -len(".log")] + ".idx")
     with pytest.raises(CorruptRecord) as raised:
         CommitLog.open(disk, DIRECTORY, segment_size_bytes=200)
     assert raised.value.path == first_segment
     repaired = CommitLog.open(disk, DIRECTORY, segment_size_bytes=200, repair=True)
     assert len(segment_names(disk)) == 1
     assert all_entries(repaired) == make_entries(1, repaired.last_index())
+
+
+def test_a_sealed_segment_with_its_index_is_not_read_on_open_and_rot_in_it_is_found_on_read() -> (
+    None
+):
+    disk = MemoryDisk()
+    log = CommitLog.open(disk, DIRECTORY, segment_size_bytes=200)
+    for first in range(1, 31, 3):
+        log.append(make_entries(first, 3))
+    log.close()
+    first_segment = segment_path(disk, 0)
+    data = bytearray(disk.contents(first_segment))
+    data[-1] ^= 1
+    disk.set_contents(first_segment, bytes(data))
+    indexes = [n for n in disk.list_directory(DIRECTORY) if n.endswith(".idx")]
+    assert len(indexes) == len(segment_names(disk)) - 1  # every sealed segment has one
+    reopened = CommitLog.open(disk, DIRECTORY, segment_size_bytes=200)
+    assert reopened.last_index() == 30
+    last_of_first = reopened.first_index()
+    while True:
+        try:
+            reopened.entries(last_of_first, last_of_first + 1, 1000)
+        except CorruptRecord as error:
+            assert error.path == first_segment
+            break
+        last_of_first += 1
+    assert all_entries_from(reopened, last_of_first + 1) == make_entries(
+        last_of_first + 1, 30 - last_of_first
+    )
+
+
+def all_entries_from(log: CommitLog, first: int) -> list[Entry]:
+    return log.entries(first, log.last_index() + 1, 1 << 30)
 
 
 def test_a_record_that_rots_after_open_is_never_served() -> None:

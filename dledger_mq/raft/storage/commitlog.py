@@ -43,6 +43,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     RECOVERING_FILE_NAME,
     RESETTING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
+    SEGMENT_SUFFIX,
     STATE_FILE_NAME,
     LogIdentity,
     LogState,
@@ -61,6 +62,7 @@ from dledger_mq.raft.storage.commitlog_recovery import (
     recover_segments,
 )
 from dledger_mq.raft.storage.disk import Disk, DiskFile, FsyncError, write_file_atomically
+from dledger_mq.raft.storage.location_index import INDEX_SUFFIX, LocationIndex, encode_index
 from dledger_mq.raft.storage.term_runs import TermRuns
 
 __all__ = ["CommitLog", "Cut", "FlushPolicy", "RecoveryReport"]
@@ -78,6 +80,10 @@ _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 MAX_SEGMENT_SIZE_BYTES = 1 << (_OFFSET_BITS - 1)
 
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _index_path(segment_path: str) -> str:
+    return segment_path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX
 
 
 class FlushPolicy(enum.Enum):
@@ -154,7 +160,7 @@ class CommitLog:
         # Entry first_index + i sits at _locations[i] (slot, offset); its term is in _terms;
         # segment slot s is _segments[s - _first_slot].
         self._terms = TermRuns()
-        self._locations: array[int] = array("Q")
+        self._locations = LocationIndex(disk, self._first_index, _OFFSET_BITS)
         self._segments: list[_Segment] = []
         self._first_slot = 0
         for slot, found in enumerate(recovered.segments):
@@ -163,10 +169,18 @@ class CommitLog:
                     found.path, found.file, found.base_index, found.previous_term, found.end_offset
                 )
             )
-            skip = max(0, self._first_index - found.base_index)
-            self._terms.extend(found.base_index + skip, found.terms[skip:])
-            slot_bits = slot << _OFFSET_BITS
-            self._locations.extend(slot_bits | offset for offset in found.offsets[skip:])
+            if found.index is not None:
+                for start, term in found.index.runs:
+                    self._terms.extend(max(start, self._first_index), (term,))
+                self._locations.add_segment(
+                    slot, found.base_index, None, found.count, found.index_path
+                )
+            else:
+                skip = max(0, self._first_index - found.base_index)
+                self._terms.extend(found.base_index + skip, found.terms[skip:])
+                self._locations.add_segment(
+                    slot, found.base_index, array("Q", found.offsets), found.count, ""
+                )
         self._durable_index = self._first_index + len(self._locations) - 1
         self._unsynced = False
         self._last_sync_seconds = clock()
@@ -351,7 +365,9 @@ class CommitLog:
             data = segment.file.read(begin, length)
         except OSError as error:
             raise StorageError(f"{segment.path}: read failed: {error}") from error
-        offsets = [(location & _OFFSET_MASK) - begin for location in self._locations[start:stop]]
+        offsets = [
+            (location & _OFFSET_MASK) - begin for location in self._locations.slice(start, stop)
+        ]
         decoded = decode_entries(
             data,
             offsets,
@@ -474,7 +490,7 @@ class CommitLog:
             position = first - self._first_index
             location = self._locations[position]
             self._terms.truncate(first)
-            del self._locations[position:]
+            self._locations.truncate(position)
             keep = (location >> _OFFSET_BITS) - self._first_slot
             doomed = self._segments[keep + 1 :]
             del self._segments[keep + 1 :]
@@ -485,7 +501,12 @@ class CommitLog:
         try:
             for doomed_segment in reversed(doomed):
                 doomed_segment.file.close()
+                self._remove_index_of(doomed_segment.path)
                 self._disk.remove(doomed_segment.path)
+                self._disk.fsync_directory(self._directory)
+            # The cut segment is written again: its index (if sealed) no longer says what it
+            # holds, and goes first.
+            if self._remove_index_of(segment.path):
                 self._disk.fsync_directory(self._directory)
             segment.file.truncate(cut_offset)
             segment.file.fsync()
@@ -501,6 +522,7 @@ class CommitLog:
             self._fsync(current)
             self._durable_index = self._first_index + len(self._locations) - 1
             self._unsynced = False
+        self._seal(current, self._first_slot + len(self._segments) - 1)
         segment = self._create_segment(first)
         with self._lock:
             self._segments.append(segment)
@@ -508,6 +530,31 @@ class CommitLog:
         # After trimming the whole log, the segment before this one holds only trimmed entries.
         self._remove_segments_before_first_index()
         return segment
+
+    def _seal(self, segment: _Segment, slot: int) -> None:
+        """Write the index file of a segment no longer written (fsynced already), and let its
+        offsets leave memory. Failing to is no harm: the offsets stay, the next open scans."""
+        base, offsets = self._locations.offsets_of(slot)
+        last = base + len(offsets) - 1
+        if not offsets or last < self._first_index:
+            return  # nothing, or only trimmed entries: the segment goes soon
+        try:
+            runs = self._terms.runs(max(base, self._first_index), last + 1)
+            data = encode_index(base, offsets, segment.end_offset, self._term(last), runs)
+            path = _index_path(segment.path)
+            write_file_atomically(self._disk, path, data)
+        except (OSError, LogCompacted) as error:
+            _logger.warning("commitlog.index_not_written", file=segment.path, error=str(error))
+            return
+        with self._lock:
+            self._locations.seal(slot, path)
+
+    def _remove_index_of(self, segment_path: str) -> bool:
+        path = _index_path(segment_path)
+        if not self._disk.exists(path):
+            return False
+        self._disk.remove(path)
+        return True
 
     def _create_segment(self, first: int) -> _Segment:
         """A new, empty, durable segment file whose first entry will be ``first``."""
@@ -603,7 +650,7 @@ class CommitLog:
             self._write_state(self._hard_state, index, term_before_first)
             with self._lock:
                 self._terms.drop_before(index)
-                del self._locations[: index - first_index]
+                self._locations.drop_prefix(index - first_index)
                 self._first_index = index
                 self._term_before_first = term_before_first
             self._remove_segments_before_first_index()
@@ -642,7 +689,7 @@ class CommitLog:
             with self._lock:
                 old_segments = list(self._segments)
                 self._terms.clear()
-                del self._locations[:]
+                self._locations.reset(index + 1)
                 self._first_slot += len(self._segments)
                 self._segments = []
                 self._first_index = index + 1
@@ -651,6 +698,7 @@ class CommitLog:
             try:
                 for segment in old_segments:
                     segment.file.close()
+                    self._remove_index_of(segment.path)
                     self._disk.remove(segment.path)
                 self._disk.fsync_directory(self._directory)
             except OSError as error:
@@ -680,6 +728,8 @@ class CommitLog:
                 self._first_slot += 1
         for segment in removable:
             segment.file.close()
+            if self._disk.exists(_index_path(segment.path)):
+                self._remove_quietly(_index_path(segment.path))
             self._remove_quietly(segment.path)
         if removable:
             try:

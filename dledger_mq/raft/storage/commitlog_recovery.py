@@ -8,6 +8,7 @@ unless asked to repair). See docs/commitlog.md, "Recovery".
 
 from __future__ import annotations
 
+import bisect
 import posixpath
 from array import array
 
@@ -27,6 +28,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     RECOVERING_FILE_NAME,
     RESETTING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
+    SEGMENT_SUFFIX,
     SNAPSHOTS_DIRECTORY_NAME,
     STATE_FILE_NAME,
     TEMPORARY_SUFFIX,
@@ -47,6 +49,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     segment_file_name,
 )
 from dledger_mq.raft.storage.disk import Disk, DiskFile, make_directories, write_file_atomically
+from dledger_mq.raft.storage.location_index import INDEX_SUFFIX, SegmentIndex, read_index
 
 _logger = structlog.get_logger()
 
@@ -353,14 +356,29 @@ class RecoveredSegment:
     end_offset: int
     terms: array[int]
     offsets: array[int]
+    #: A sealed segment's index file, trusted instead of a scan (``terms``/``offsets`` empty).
+    index: SegmentIndex | None = None
+    index_path: str = ""
+
+    @property
+    def count(self) -> int:
+        return self.index.count if self.index is not None else len(self.terms)
 
     @property
     def last_index(self) -> int:
-        return self.base_index + len(self.terms) - 1
+        return self.base_index + self.count - 1
 
     @property
     def last_term(self) -> int:
+        if self.index is not None:
+            return self.index.last_term
         return self.terms[-1] if self.terms else self.previous_term
+
+    def term_at(self, index: int) -> int:
+        if self.index is None:
+            return self.terms[index - self.base_index]
+        runs = self.index.runs
+        return runs[bisect.bisect_right([start for start, _ in runs], index) - 1][1]
 
 
 @attrs.define(slots=True)
@@ -405,6 +423,7 @@ class _Recovery:
         self.apply_cuts()
         if not self.segments:
             self.segments.append(self.create_empty_segment())
+        self.remove_stale_indexes()
         # What we read may have come from the page cache of a process that crashed before its
         # fsync; make it durable before counting it as such.
         self.segments[-1].file.fsync()
@@ -419,6 +438,8 @@ class _Recovery:
             base_index = parse_segment_file_name(name)
             if base_index is not None:
                 bases.append(base_index)
+            elif name.endswith(INDEX_SUFFIX):
+                pass  # a sealed segment's index: ``remove_stale_indexes`` decides
             elif name.endswith(TEMPORARY_SUFFIX):
                 # An atomic write interrupted before its rename: the old file is still in place.
                 self.disk.remove(posixpath.join(self.directory, name))
@@ -445,6 +466,10 @@ class _Recovery:
             if not self.recover_one(base_index, is_last=position == len(bases) - 1):
                 self.plan_removals(bases[position + 1 :])
                 break
+        if self.segments and self.segments[-1].index is not None:
+            # The segment after it was cut away: this one is written again, so it is read
+            # whole like any last segment (and its index goes).
+            self.rescan_last()
         if self.segments:
             # With no segment left, an empty one is made at the trim point: consistent as is.
             self.check_trim_point()
@@ -488,9 +513,14 @@ class _Recovery:
         return bases
 
     def recover_one(self, base_index: int, *, is_last: bool) -> bool:
-        """Scan one segment and keep what is intact; False once nothing after it can be kept."""
+        """Scan one segment and keep what is intact; False once nothing after it can be kept.
+        A sealed segment (not the last) with a whole index file that agrees is not scanned: it
+        was fsynced before the log moved on, so no crash can have touched it (rot in it is
+        found when it is read: every record is checked then)."""
         path = self.path(base_index)
         file = self.disk.open(path)
+        if not is_last and self.recover_indexed(path, file, base_index):
+            return True
         scan = scan_segment(file, base_index)
         damage = scan.damage
         header = scan.header
@@ -524,6 +554,68 @@ class _Recovery:
         bytes_dropped = scan.file_size - damage.offset
         self.cuts.append(Cut(path, damage.offset, bytes_dropped, damage.reason, repaired=not torn))
         return torn
+
+    def rescan_last(self) -> None:
+        last = self.segments[-1]
+        scan = scan_segment(last.file, last.base_index)
+        if scan.damage is not None:
+            # It was sealed (fsynced whole): damage in it is rot, never a torn write.
+            last.file.close()
+            self.segments.pop()
+            raise CorruptRecord(last.path, scan.damage.offset, scan.damage.reason)
+        self.segments[-1] = RecoveredSegment(
+            last.path,
+            last.file,
+            last.base_index,
+            last.previous_term,
+            scan.file_size,
+            scan.terms,
+            scan.offsets,
+        )
+
+    def remove_stale_indexes(self) -> None:
+        """Index files of segments that are gone, were cut, or are the last (being written)."""
+        sealed = {segment.path for segment in self.segments[:-1]}
+        cut = {c.path for c in self.cuts}
+        for name in self.disk.list_directory(self.directory):
+            if not name.endswith(INDEX_SUFFIX):
+                continue
+            segment_path = posixpath.join(
+                self.directory, name[: -len(INDEX_SUFFIX)] + SEGMENT_SUFFIX
+            )
+            if segment_path not in sealed or segment_path in cut:
+                self.disk.remove(posixpath.join(self.directory, name))
+
+    def recover_indexed(self, path: str, file: DiskFile, base_index: int) -> bool:
+        index_path = path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX
+        if not self.disk.exists(index_path):
+            return False
+        index_file = self.disk.open(index_path)
+        try:
+            index = read_index(index_file, base_index, file.size())
+        finally:
+            index_file.close()
+        if index is None or index.count == 0:
+            return False
+        header = decode_segment_header(file.read(0, SEGMENT_HEADER_SIZE))
+        if isinstance(header, str) or header.base_index != base_index:
+            return False
+        if self.check_continuity(header) is not None:
+            return False  # the scan reports it
+        self.segments.append(
+            RecoveredSegment(
+                path,
+                file,
+                header.base_index,
+                header.previous_term,
+                index.end_offset,
+                array("Q"),
+                array("Q"),
+                index,
+                index_path,
+            )
+        )
+        return True
 
     def check_continuity(self, header: SegmentHeader) -> str | None:
         if self.segments:
@@ -603,7 +695,7 @@ class _Recovery:
             self.move_trim_point(last.last_index + 1, last.last_term, "log ends before it")
             return
         if first.base_index < first_index:
-            term = first.terms[first_index - 1 - first.base_index]
+            term = first.term_at(first_index - 1)
             if term != self.state.term_before_first:
                 if not self.repair:
                     raise CorruptRecord(

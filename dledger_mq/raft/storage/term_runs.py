@@ -50,6 +50,15 @@ class TermRuns:
                 self._terms.append(term)
                 last = term
 
+    def runs(self, low: int, high: int) -> list[tuple[int, int]]:
+        """The runs of entries ``[low, high)``, the first starting at ``low``."""
+        if low >= high or not self._starts:
+            return []
+        first = max(0, bisect.bisect_right(self._starts, low) - 1)
+        last = bisect.bisect_left(self._starts, high)
+        result = [(max(self._starts[k], low), self._terms[k]) for k in range(first, last)]
+        return result
+
     def truncate(self, index: int) -> None:
         """Forget entries from ``index`` on."""
         while self._starts and self._starts[-1] >= index:
