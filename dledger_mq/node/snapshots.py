@@ -106,6 +106,8 @@ async def take_snapshots(
         def save(snapshot: Snapshot = snapshot) -> None:
             state.queues.sync()
             store.save(snapshot)
+            # And where the log stands: a restart reads only what comes after.
+            log.checkpoint()
 
         await trio.to_thread.run_sync(save)
         last_index, last_bytes = index, applied.applied_bytes

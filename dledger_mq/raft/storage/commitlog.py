@@ -531,7 +531,17 @@ class CommitLog:
         self._remove_segments_before_first_index()
         return segment
 
-    def _seal(self, segment: _Segment, slot: int) -> None:
+    def checkpoint(self) -> None:
+        """Record where the segment being written stands (what is durable of it), so that the
+        next open reads only what came after (RocketMQ's store checkpoint). The node takes one
+        with each snapshot and on a graceful stop."""
+        with self._write_lock:
+            self._check_writable()
+            if self._unsynced:
+                self._sync()
+            self._seal(self._segments[-1], self._first_slot + len(self._segments) - 1, live=True)
+
+    def _seal(self, segment: _Segment, slot: int, live: bool = False) -> None:
         """Write the index file of a segment no longer written (fsynced already), and let its
         offsets leave memory. Failing to is no harm: the offsets stay, the next open scans."""
         base, offsets = self._locations.offsets_of(slot)
@@ -546,8 +556,9 @@ class CommitLog:
         except (OSError, LogCompacted) as error:
             _logger.warning("commitlog.index_not_written", file=segment.path, error=str(error))
             return
-        with self._lock:
-            self._locations.seal(slot, path)
+        if not live:
+            with self._lock:
+                self._locations.seal(slot, path)
 
     def _remove_index_of(self, segment_path: str) -> bool:
         path = _index_path(segment_path)
@@ -797,6 +808,9 @@ class CommitLog:
                 if self._failure is None:
                     if self._unsynced:
                         self._sync()
+                    self._seal(
+                        self._segments[-1], self._first_slot + len(self._segments) - 1, live=True
+                    )
                     if self._hard_state != self._persisted_state.hard_state:
                         self._write_state(
                             self._hard_state, self._first_index, self._term_before_first

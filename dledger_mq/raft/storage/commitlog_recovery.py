@@ -49,7 +49,12 @@ from dledger_mq.raft.storage.commitlog_format import (
     segment_file_name,
 )
 from dledger_mq.raft.storage.disk import Disk, DiskFile, make_directories, write_file_atomically
-from dledger_mq.raft.storage.location_index import INDEX_SUFFIX, SegmentIndex, read_index
+from dledger_mq.raft.storage.location_index import (
+    INDEX_SUFFIX,
+    SegmentIndex,
+    read_index,
+    read_offsets,
+)
 
 _logger = structlog.get_logger()
 
@@ -97,10 +102,23 @@ class _Window:
         return self._view, offset - self._start
 
 
-def scan_segment(file: DiskFile, base_index_from_name: int) -> SegmentScan:
+@attrs.frozen
+class ScanStart:
+    """Where a scan of a segment starts when a checkpoint vouches for what is before."""
+
+    offset: int
+    index: int
+    previous_term: int
+    terms: array[int]
+    offsets: array[int]
+
+
+def scan_segment(
+    file: DiskFile, base_index_from_name: int, start: ScanStart | None = None
+) -> SegmentScan:
     file_size = file.size()
-    terms: array[int] = array("Q")
-    offsets: array[int] = array("Q")
+    terms: array[int] = array("Q") if start is None else start.terms
+    offsets: array[int] = array("Q") if start is None else start.offsets
     header_or_reason = decode_segment_header(file.read(0, SEGMENT_HEADER_SIZE))
     if isinstance(header_or_reason, SegmentHeader) and (
         header_or_reason.base_index != base_index_from_name
@@ -115,6 +133,8 @@ def scan_segment(file: DiskFile, base_index_from_name: int) -> SegmentScan:
     offset = SEGMENT_HEADER_SIZE
     expected_index = header.base_index
     previous_term = header.previous_term
+    if start is not None:
+        offset, expected_index, previous_term = start.offset, start.index, start.previous_term
     reason: str | None = None
     while offset < file_size:
         if file_size - offset < RECORD_HEADER_SIZE:
@@ -521,7 +541,7 @@ class _Recovery:
         file = self.disk.open(path)
         if not is_last and self.recover_indexed(path, file, base_index):
             return True
-        scan = scan_segment(file, base_index)
+        scan = scan_segment(file, base_index, self.checkpoint_of(path, file, base_index))
         damage = scan.damage
         header = scan.header
         if header is not None:
@@ -574,8 +594,9 @@ class _Recovery:
         )
 
     def remove_stale_indexes(self) -> None:
-        """Index files of segments that are gone, were cut, or are the last (being written)."""
-        sealed = {segment.path for segment in self.segments[:-1]}
+        """Index files of segments that are gone or were cut."""
+        # The last segment's is its checkpoint: kept unless the segment was cut.
+        sealed = {segment.path for segment in self.segments}
         cut = {c.path for c in self.cuts}
         for name in self.disk.list_directory(self.directory):
             if not name.endswith(INDEX_SUFFIX):
@@ -585,6 +606,30 @@ class _Recovery:
             )
             if segment_path not in sealed or segment_path in cut:
                 self.disk.remove(posixpath.join(self.directory, name))
+
+    def checkpoint_of(self, path: str, file: DiskFile, base_index: int) -> ScanStart | None:
+        """The last segment's checkpoint (``CommitLog.checkpoint``): what it vouches for is
+        durable, so the scan starts after it."""
+        index_path = path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX
+        if not self.disk.exists(index_path):
+            return None
+        index_file = self.disk.open(index_path)
+        try:
+            index = read_index(index_file, base_index, file.size(), checkpoint=True)
+            if index is None or index.count == 0:
+                return None
+            offsets = read_offsets(index_file, index.count)
+        finally:
+            index_file.close()
+        terms = array("Q")
+        bounds = [start for start, _ in index.runs[1:]] + [base_index + index.count]
+        for (start, term), end in zip(index.runs, bounds, strict=True):
+            terms.extend(array("Q", [term]) * (end - start))
+        if len(terms) != index.count or len(offsets) != index.count:
+            return None
+        return ScanStart(
+            index.end_offset, base_index + index.count, index.last_term, terms, offsets
+        )
 
     def recover_indexed(self, path: str, file: DiskFile, base_index: int) -> bool:
         index_path = path[: -len(SEGMENT_SUFFIX)] + INDEX_SUFFIX

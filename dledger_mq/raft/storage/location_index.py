@@ -8,7 +8,8 @@ the memory of the index no longer grows with history, and opening the log need n
 record of a sealed segment to find them (recovery checks the index file instead).
 
 Index file: a 48-byte header (magic ``DQLX``, version u32, first index u64, entry count u64, end
-offset u64, term of the last entry u64, CRC32C of the body u32, 4 zero bytes) then the body: each
+offset u64, term of the last entry u64, CRC32C of the header's fields before it and of the body
+u32, 4 zero bytes) then the body: each
 entry's offset as u64, then the segment's term runs as (first index u64, term u64) pairs.
 """
 
@@ -28,6 +29,9 @@ INDEX_SUFFIX = ".idx"
 _MAGIC = b"DQLX"
 _VERSION = 1
 _HEADER = struct.Struct("<4sIQQQQI4x")
+#: The header's fields before its checksum, which covers them (a flipped end offset must not
+#: send a scan to the wrong place).
+_HEADER_FIELDS = struct.Struct("<4sIQQQQ")
 #: Offsets read from an index file at a time, and blocks kept per log.
 _BLOCK_ENTRIES = 1024
 _CACHED_BLOCKS = 32
@@ -53,28 +57,33 @@ def encode_index(
     runs: list[tuple[int, int]],
 ) -> bytes:
     body = array("Q", offsets).tobytes() + array("Q", [v for run in runs for v in run]).tobytes()
-    header = _HEADER.pack(
-        _MAGIC, _VERSION, base_index, len(offsets), end_offset, last_term, crc32c(body)
-    )
-    return header + body
+    fields = (_MAGIC, _VERSION, base_index, len(offsets), end_offset, last_term)
+    checksum = crc32c(body, crc32c(_HEADER_FIELDS.pack(*fields)))
+    return _HEADER.pack(*fields, checksum) + body
 
 
-def read_index(file: DiskFile, base_index: int, segment_size: int) -> SegmentIndex | None:
+def read_index(
+    file: DiskFile, base_index: int, segment_size: int, *, checkpoint: bool = False
+) -> SegmentIndex | None:
     """The index file's content if it is whole and agrees with its segment; None otherwise
-    (then the segment is scanned, as without one)."""
+    (then the segment is scanned, as without one). A sealed segment's index covers all of it;
+    a ``checkpoint`` of the segment being written covers a durable prefix of it."""
     size = file.size()
     if size < _HEADER.size:
         return None
     header = file.read(0, _HEADER.size)
     magic, version, base, count, end_offset, last_term, checksum = _HEADER.unpack(header)
-    if (magic, version, base) != (_MAGIC, _VERSION, base_index) or end_offset != segment_size:
+    if (magic, version, base) != (_MAGIC, _VERSION, base_index):
+        return None
+    if end_offset > segment_size or (not checkpoint and end_offset != segment_size):
         return None
     body_size = size - _HEADER.size
     runs_size = body_size - 8 * count
     if runs_size < 16 or runs_size % 16:
         return None
     body = file.read(_HEADER.size, body_size)
-    if len(body) != body_size or crc32c(body) != checksum:
+    fields = _HEADER_FIELDS.pack(magic, version, base, count, end_offset, last_term)
+    if len(body) != body_size or crc32c(body, crc32c(fields)) != checksum:
         return None
     values = array("Q")
     values.frombytes(body[8 * count :])
@@ -82,6 +91,13 @@ def read_index(file: DiskFile, base_index: int, segment_size: int) -> SegmentInd
     if runs[0][0] != base_index or runs[-1][1] != last_term:
         return None
     return SegmentIndex(base_index, count, end_offset, last_term, runs)
+
+
+def read_offsets(file: DiskFile, count: int) -> array[int]:
+    """Every offset an index file holds (a checkpoint's, loaded for the segment written on)."""
+    offsets = array("Q")
+    offsets.frombytes(file.read(_HEADER.size, 8 * count))
+    return offsets
 
 
 class _Chunk:
@@ -134,7 +150,7 @@ class LocationIndex:
         for chunk in self._chunks:
             if chunk.slot == slot:
                 return chunk.base, self._chunk_offsets(chunk, 0, chunk.count)
-        raise KeyError(slot)
+        return 0, array("Q")  # a segment no entry was written to yet
 
     # -- the sequence the CommitLog reads ------------------------------------------------------
 
