@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from dledger_mq.broker.records import CreateTopic, encode_command
 from dledger_mq.broker.service import BrokerService
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import BadRequest, DledgerError
+from dledger_mq.errors import BadRequest, DiskFull, DledgerError
 from dledger_mq.raft.pure.core import Config, RaftCore
 from dledger_mq.raft.pure.log_store import MemoryLogStore
 from dledger_mq.wire.admin import (
@@ -162,3 +162,17 @@ def test_every_administration_request_is_answered_or_refused_with_a_typed_error(
 async def test_a_request_the_broker_does_not_answer_is_a_bad_request() -> None:
     with pytest.raises(BadRequest, match="StatusRequest is not a broker request"):
         await service().handle(StatusRequest())
+
+
+async def test_a_nearly_full_disk_refuses_sends_only_with_a_retriable_disk_full() -> None:
+    broker = service()
+    send = SendRequest((OutgoingMessage("orders", b"x", None, (), {}, None, None, None, 0, 0),))
+    await broker.send(send)
+    broker.refuse_sends_path = "/data/log"  # what retention sets past disk_refuse_percent
+    with pytest.raises(DiskFull) as refused:
+        await broker.send(send)
+    assert refused.value.retriable and refused.value.path == "/data/log"
+    assert broker.state.max_offset("orders", 0) == 1  # nothing was stored
+    broker.refuse_sends_path = None
+    await broker.send(send)
+    assert broker.state.max_offset("orders", 0) == 2
