@@ -99,12 +99,21 @@ class _QueueProgress:
         self.advanced = trio.Event()
 
     def done(self, offset: int) -> None:
-        if offset >= self.next_to_commit:
-            self._done.add(offset)
+        self.done_range(offset, offset + 1)
+
+    def done_range(self, start: int, end: int) -> None:
+        """Offsets ``[start, end)`` are done: in constant time when they extend the done
+        prefix (a filter left them out, or retention deleted millions of them)."""
         before = self.next_to_commit
+        if start <= self.next_to_commit:
+            self.next_to_commit = max(self.next_to_commit, end)
+        else:
+            self._done.update(range(start, end))
         while self.next_to_commit in self._done:
             self._done.discard(self.next_to_commit)
             self.next_to_commit += 1
+        if self._done and min(self._done) < self.next_to_commit:
+            self._done = {offset for offset in self._done if offset >= self.next_to_commit}
         if self.next_to_commit != before:
             self.advanced.set()
             self.advanced = trio.Event()
@@ -264,11 +273,14 @@ class Consumer(RoutedClient):
                     self.topic, queue_id, offset, PULL_BATCH, self.tags, LONG_POLL_MS
                 )
                 reply = await self._call(request, PullReply)
-                delivered = {stored.offset for stored in reply.messages}
-                for skipped in range(offset, reply.next_offset):
-                    # What the tag filter left out counts as consumed.
-                    if skipped not in delivered:
-                        progress.done(skipped)
+                # What the tag filter left out, or retention deleted, counts as consumed.
+                gap_start = offset
+                for stored in reply.messages:
+                    if stored.offset > gap_start:
+                        progress.done_range(gap_start, stored.offset)
+                    gap_start = stored.offset + 1
+                if reply.next_offset > gap_start:
+                    progress.done_range(gap_start, reply.next_offset)
                 for stored in reply.messages:
                     await self._send.send(ReceivedMessage(stored, self))
                     self._delivered_end[queue_id] = stored.offset + 1
