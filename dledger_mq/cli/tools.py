@@ -299,6 +299,38 @@ def bench_e2e(
     )
 
 
+@bench.command("open")
+@click.option(
+    "--entries",
+    type=click.IntRange(min=1),
+    default=10_000_000,
+    show_default=True,
+    help="Entries to write.",
+)
+@click.option("--size", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None)
+@one_line_errors
+def bench_open(entries: int, size: int, runs: int, directory: str | None) -> None:
+    """How long opening a CommitLog of --entries takes, with its index files and checkpoint
+    and without them (every record read)."""
+    import logging
+    import shutil
+    import tempfile
+
+    import structlog
+
+    from dledger_mq.bench.open_bench import run
+
+    # The log's own info events (one per open) would drown the report.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    where = tempfile.mkdtemp(prefix="bench-open-", dir=directory or ".")
+    try:
+        click.echo(run(where, entries, size, runs, lambda text: click.echo(text, err=True)))
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
 @bench.command("soak")
 @click.option(
     "--messages",

@@ -134,3 +134,32 @@ def test_bench_soak_reports_memory_disk_and_restart_time_at_each_checkpoint(
     assert all(float(row.split()[2]) > 0 for row in rows)  # RSS measured
     assert "ready" in result.stderr
     assert not list(tmp_path.glob("bench-soak-*"))
+
+
+def test_bench_open_reports_the_open_with_and_without_index_files(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "open", "--entries", "20000", "--runs", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    *_, row = result.stdout.splitlines()
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:2] == ["20,000", "100"]
+    assert cells[2].count("/") == 2 and cells[3].endswith(" s")
+    assert not list(tmp_path.glob("bench-open-*"))
+
+
+def test_bench_soak_takes_the_retention_settings(tmp_path: Path) -> None:
+    result = _bench(
+        tmp_path,
+        "soak",
+        "--messages",
+        "2000",
+        "--checkpoints",
+        "1",
+        "--batch",
+        "64",
+        "--retention-bytes",
+        "1048576",
+        "--segment-size-bytes",
+        "1048576",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.splitlines()) == 1 + 2 * 3
