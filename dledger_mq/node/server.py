@@ -40,6 +40,7 @@ from dledger_mq.node.snapshots import (
     install_snapshot,
     restore_state,
     snapshot_store,
+    take_final_snapshot,
     take_snapshots,
 )
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
@@ -440,6 +441,8 @@ async def _run_node(
                         log.warning("graceful_stop_cut_short", limit_ms=config.graceful_stop_ms)
                     connections.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
+            # Nothing applies any more: a restart then applies nothing again.
+            take_final_snapshot(config, node.state, commit_log, node.snapshots)
     finally:
         commit_log.close()
         log.info("node_stopped")

@@ -15,9 +15,10 @@ import trio
 from dledger_mq.broker.consume_queue import FileQueueStore, QueueStore
 from dledger_mq.broker.service import AppliedSignal
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import SnapshotError
+from dledger_mq.errors import SnapshotError, StorageError
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import log_directory
+from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
 from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.commitlog_format import (
     CONSUME_QUEUE_DIRECTORY_NAME,
@@ -111,3 +112,25 @@ async def take_snapshots(
 
         await trio.to_thread.run_sync(save)
         last_index, last_bytes = index, applied.applied_bytes
+
+
+def take_final_snapshot(
+    config: NodeConfig, state: BrokerState, log: CommitLog, store: SnapshotStore
+) -> None:
+    """On a graceful stop, once nothing applies any more: a snapshot of everything applied (and
+    the log's checkpoint with the close), so that the restart applies nothing again. A crash
+    replays from the last periodic one instead. Failing is reported, never fatal."""
+    index = state.applied_index
+    newest = store.indexes()
+    if index == 0 or (newest and newest[0] >= index):
+        return
+    try:
+        log.sync()
+        if index > log.durable_index():
+            return
+        snapshot = Snapshot(index, log.term(index), state.to_snapshot())
+        state.queues.flush()
+        state.queues.sync()
+        store.save(snapshot)
+    except (OSError, StorageError, LogCompacted, LogUnavailable) as error:
+        logger.warning("final_snapshot_failed", node=config.node_id, error=str(error))

@@ -107,3 +107,20 @@ async def test_a_follower_behind_the_leaders_trimmed_log_installs_its_snapshot(
     # Its log starts after the snapshot too: nothing before it was sent.
     follower_log = Path(log_directory(cluster.nodes[follower].config))
     assert min(int(path.stem) for path in follower_log.glob("*.log")) > 100
+
+
+async def test_a_graceful_stop_takes_a_last_snapshot_so_the_restart_applies_nothing(
+    cluster: ProcessCluster,
+) -> None:
+    leader = await cluster.wait_for_leader()
+    for number in range(25):  # fewer than a snapshot interval: no periodic one yet
+        await cluster.propose(b"entry %d" % number)
+    index = await cluster.propose(b"last")
+    await cluster.wait_caught_up(index)
+    follower = next(n for n in cluster.nodes if n != leader.node_id)
+    assert await cluster.stop(follower) == 0
+    mark = cluster.log_mark(follower)
+    cluster.start(follower)
+    await cluster.wait_caught_up(index)
+    [restored] = [e for e in cluster.log_events(follower, mark) if e["event"] == "state_restored"]
+    assert int(str(restored["index"])) >= index
