@@ -366,7 +366,8 @@ def test_repair_cuts_at_the_corruption_and_reports_what_it_dropped() -> None:
     assert CommitLog.open(disk, DIRECTORY, segment_size_bytes=200).last_index() == 27
 
 
-def test_corruption_in_an_earlier_segment_refuses_to_start_even_at_its_end() -> None:
+def rot_at_the_end_of_the_first_of_many_segments() -> tuple[MemoryDisk, str]:
+    """Ten closed segments of 3 entries; a bit flipped in the last byte of the first."""
     disk = MemoryDisk()
     log = CommitLog.open(disk, DIRECTORY, segment_size_bytes=200)
     for first in range(1, 31, 3):
@@ -376,6 +377,11 @@ def test_corruption_in_an_earlier_segment_refuses_to_start_even_at_its_end() -> 
     data = bytearray(disk.contents(first_segment))
     data[-1] ^= 1
     disk.set_contents(first_segment, bytes(data))
+    return disk, first_segment
+
+
+def test_corruption_in_an_earlier_segment_refuses_to_start_even_at_its_end() -> None:
+    disk, first_segment = rot_at_the_end_of_the_first_of_many_segments()
     # Without its index file a sealed segment is scanned on open (with it, see below).
     disk.remove(first_segment[: -len(".log")] + ".idx")
     with pytest.raises(CorruptRecord) as raised:
@@ -389,15 +395,7 @@ def test_corruption_in_an_earlier_segment_refuses_to_start_even_at_its_end() -> 
 def test_a_sealed_segment_with_its_index_is_not_read_on_open_and_rot_in_it_is_found_on_read() -> (
     None
 ):
-    disk = MemoryDisk()
-    log = CommitLog.open(disk, DIRECTORY, segment_size_bytes=200)
-    for first in range(1, 31, 3):
-        log.append(make_entries(first, 3))
-    log.close()
-    first_segment = segment_path(disk, 0)
-    data = bytearray(disk.contents(first_segment))
-    data[-1] ^= 1
-    disk.set_contents(first_segment, bytes(data))
+    disk, first_segment = rot_at_the_end_of_the_first_of_many_segments()
     indexes = [n for n in disk.list_directory(DIRECTORY) if n.endswith(".idx")]
     # Every sealed segment has one, and the last its checkpoint (written on close).
     assert len(indexes) == len(segment_names(disk))
