@@ -297,7 +297,14 @@ class FileConsumeQueue:
         self._tail_positions.append(position)
         self._tail_codes.append(code)
         if len(self._tail_positions) >= self._flush_entries:
-            self.flush()
+            try:
+                self.flush()
+            except OSError as error:
+                # Apply must not fail for a disk (a full one, say): the entries stay in memory
+                # and the next flush writes them (a snapshot's flush fails loudly instead).
+                _logger.warning(
+                    "consume_queue_not_written", directory=self._directory, error=str(error)
+                )
         return self._written_end + len(self._tail_positions) - 1
 
     def read(self, start: int, stop: int) -> tuple[Sequence[int], Sequence[int]]:

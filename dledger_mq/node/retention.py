@@ -21,6 +21,7 @@ import trio
 
 from dledger_mq.broker.records import SLOT_BITS
 from dledger_mq.broker.service import BrokerService
+from dledger_mq.errors import StorageError
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.snapshots import SnapshotStore, trim_floor
@@ -100,7 +101,10 @@ async def keep_retention(
             lambda: enforce_retention(config, log, snapshots, disk_usage=disk_usage)
         )
         # The consume queues' files that only point below the log's start go too.
-        broker.state.queues.trim(outcome.first_index << SLOT_BITS)
+        try:
+            broker.state.queues.trim(outcome.first_index << SLOT_BITS)
+        except (OSError, StorageError) as error:
+            log_events.warning("consume_queue_trim_failed", error=str(error))
         if outcome.first_index > outcome.first_index_before:
             log_events.info(
                 "log_trimmed",

@@ -110,7 +110,12 @@ async def take_snapshots(
             # And where the log stands: a restart reads only what comes after.
             log.checkpoint()
 
-        await trio.to_thread.run_sync(save)
+        try:
+            await trio.to_thread.run_sync(save)
+        except (OSError, StorageError) as error:
+            # A full or failing disk: reported, and tried again one interval later; the log
+            # is never trimmed past the last snapshot that was saved.
+            logger.warning("snapshot_failed", node=config.node_id, index=index, error=str(error))
         last_index, last_bytes = index, applied.applied_bytes
 
 

@@ -104,3 +104,17 @@ def test_a_cleared_store_stays_cleared_after_a_crash() -> None:
     disk.crash(random.Random(1))
     reopened = _store(disk).open_queue("orders", 0, 20)
     assert (reopened.base_offset, reopened.max_offset) == (20, 20)
+
+
+def test_a_queue_whose_disk_fails_keeps_its_entries_in_memory_and_writes_them_later() -> None:
+    disk = MemoryDisk()
+    store = _store(disk)
+    queue = store.new_queue("orders", 0)
+    disk.inject_fault("append", 28)  # ENOSPC on the first flush
+    for number in range(5):
+        queue.append((number + 1) * 10, 0)  # never raises: apply must not fail for a disk
+    assert list(queue.read(0, 5)[0]) == [10, 20, 30, 40, 50]
+    store.flush()
+    store.sync()
+    reopened = _store(disk).open_queue("orders", 0, 5)
+    assert list(reopened.read(0, 5)[0]) == [10, 20, 30, 40, 50]
