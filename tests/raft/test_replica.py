@@ -99,3 +99,38 @@ async def test_a_replay_after_a_restart_lets_other_tasks_run_between_batches() -
     applying = events[events.index("apply") : len(events) - events[::-1].index("apply")]
     batches = len([e for e in applying if e == "apply"]) // 15  # about 15 entries per Ready
     assert applying.count("other") >= batches // 2, (batches, applying.count("other"))
+
+
+async def test_a_full_disk_makes_the_replica_wait_for_space_not_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    disk = MemoryDisk()
+    log = CommitLog.open(disk, "/node")
+    config = Config(
+        node_id="n1", members=("n1",), election_timeout_ticks=10, heartbeat_interval_ticks=2
+    )
+    core = RaftCore(config, log, random.Random(0))
+    async with open_log_writer(log) as writer:
+        replica = Replica(
+            core, log, writer, TransportConfig("c", "n1", "g", {}), random.Random(0), 0.01
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(replica.run)
+            while not replica.is_leader:
+                await replica.leader_changed.wait()
+            disk.capacity_bytes = disk.used_bytes  # full: the next append fails with ENOSPC
+            done = trio.Event()
+
+            async def propose() -> None:
+                await replica.propose(b"x" * 100)
+                done.set()
+
+            nursery.start_soon(propose)
+            with trio.move_on_after(5):
+                await done.wait()
+            assert not done.is_set()  # waiting, not failed: the replica is still running
+            disk.capacity_bytes = None  # retention freed space
+            with trio.fail_after(5):
+                await done.wait()
+            assert log.entries(log.last_index(), log.last_index() + 1, 1000)[0].data == b"x" * 100
+            nursery.cancel_scope.cancel()

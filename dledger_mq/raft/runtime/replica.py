@@ -26,7 +26,7 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from dledger_mq.errors import ProtocolError, UsageError
+from dledger_mq.errors import DiskFull, ProtocolError, UsageError
 from dledger_mq.raft.pure.core import RaftCore, Role, SoftState
 from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
 from dledger_mq.raft.pure.messages import Entry, Message
@@ -42,6 +42,9 @@ logger = structlog.get_logger()
 #: entries are bounded (``Config.max_apply_bytes``), a long catch-up or a replay after a
 #: restart never holds the event loop for long, and heartbeats are answered meanwhile.
 INLINE_BUDGET_SECONDS = 0.01
+#: A write refused for lack of space is tried again after this long, doubling up to the most:
+#: the replica waits for space (retention frees it) rather than stop.
+DISK_FULL_RETRY_SECONDS = (0.05, 1.0)
 
 
 def _no_restore(index: int, term: int) -> None:
@@ -86,6 +89,8 @@ class Replica:
         self._handling = False
         #: What broke a Ready handled outside the loop; the loop raises it.
         self._failure: BaseException | None = None
+        #: A Ready taken outside the loop whose write met a full disk: the loop retries it.
+        self._stalled: ReadyWork | None = None
         self.leader_changed = trio.Event()
         #: Drops, durably, what was derived from the log before a leader's snapshot is
         #: installed (the broker's consume queues): called before the log starts over.
@@ -155,7 +160,15 @@ class Replica:
                     work = driver.take(trio.current_time())
                     self._send_first(work)
                     if work.writes:
-                        self.writer.write_now(work.entries, work.hard_state)
+                        try:
+                            self.writer.write_now(work.entries, work.hard_state)
+                        except DiskFull:
+                            # Not a failure: the loop writes it once there is space, and takes
+                            # nothing else meanwhile.
+                            self._stalled = work
+                            self._handling = True
+                            self._wakeup.set()
+                            return
                     self._finish_recovery(work)
                     self.transport.send(work.send_after)
                     driver.finish(work)
@@ -194,6 +207,15 @@ class Replica:
             self._wakeup = trio.Event()
             if self._failure is not None:
                 raise self._failure
+            if self._stalled is not None:
+                work, self._stalled = self._stalled, None
+                try:
+                    await self._write(work)
+                    self._finish_recovery(work)
+                    self.transport.send(work.send_after)
+                finally:
+                    self._handling = False
+                driver.finish(work)
             while driver.has_work():
                 self._handling = True
                 try:
@@ -202,7 +224,7 @@ class Replica:
                     if work.snapshot is not None:
                         await trio.to_thread.run_sync(self._reset_to_snapshot, *work.snapshot)
                     if work.writes:
-                        await self.writer.append(work.entries, work.hard_state)
+                        await self._write(work)
                     self._finish_recovery(work)
                     self.transport.send(work.send_after)
                 finally:
@@ -212,6 +234,27 @@ class Replica:
                 await trio.lowlevel.checkpoint()
                 if self._failure is not None:
                     raise self._failure
+
+    async def _write(self, work: ReadyWork) -> None:
+        """Write the work's entries and hard state; while the disk is full, wait and try again
+        (nothing of a refused write counts). The node stays up (retention frees space) but
+        sends nothing new meanwhile: a leader stops heartbeating, so one with space takes over;
+        a follower acknowledges nothing it has not written."""
+        delay, longest = DISK_FULL_RETRY_SECONDS
+        waiting = False
+        while True:
+            try:
+                await self.writer.append(work.entries, work.hard_state)
+            except DiskFull as error:
+                if not waiting:
+                    self.log_events.error("disk_full_write_waiting", path=error.path)
+                    waiting = True
+                await trio.sleep(delay)
+                delay = min(delay * 2, longest)
+                continue
+            if waiting:
+                self.log_events.info("disk_full_write_done")
+            return
 
     def _reset_to_snapshot(self, index: int, term: int) -> None:
         if self.before_reset is not None:
