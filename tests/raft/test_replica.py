@@ -18,15 +18,20 @@ from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 
-async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+def _single_replica() -> tuple[MemoryDisk, CommitLog, RaftCore]:
+    """The disk, log and core of a one-member group (it elects itself)."""
     disk = MemoryDisk()
     log = CommitLog.open(disk, "/node")
     config = Config(
         node_id="n1", members=("n1",), election_timeout_ticks=10, heartbeat_interval_ticks=2
     )
-    core = RaftCore(config, log, random.Random(0))
+    return disk, log, RaftCore(config, log, random.Random(0))
+
+
+async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    disk, log, core = _single_replica()
     proposal_failed = False
     with pytest.raises(BaseExceptionGroup) as stopped:
         async with open_log_writer(log) as writer:
@@ -104,12 +109,7 @@ async def test_a_replay_after_a_restart_lets_other_tasks_run_between_batches() -
 async def test_a_full_disk_makes_the_replica_wait_for_space_not_stop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    disk = MemoryDisk()
-    log = CommitLog.open(disk, "/node")
-    config = Config(
-        node_id="n1", members=("n1",), election_timeout_ticks=10, heartbeat_interval_ticks=2
-    )
-    core = RaftCore(config, log, random.Random(0))
+    disk, log, core = _single_replica()
     async with open_log_writer(log) as writer:
         replica = Replica(
             core, log, writer, TransportConfig("c", "n1", "g", {}), random.Random(0), 0.01
