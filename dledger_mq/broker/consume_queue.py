@@ -226,6 +226,8 @@ class FileConsumeQueue:
         self._tail_positions = array("q")
         self._tail_codes = array("I")
         self._base = 0
+        #: (position, offset) of the last ``find`` answered from the files.
+        self._found: tuple[int, int] | None = None
         #: Files written to since the last ``sync``, and whether one was created.
         self.dirty: set[str] = set()
         self.created_files = False
@@ -241,6 +243,7 @@ class FileConsumeQueue:
             self._disk.fsync_directory(self._directory)
         self._files = []
         self._written_end = self._base = offset
+        self._found = None
         self._tail_positions = array("q")
         self._tail_codes = array("I")
 
@@ -324,6 +327,11 @@ class FileConsumeQueue:
         tail = self._tail_positions
         if tail and tail[0] <= position:
             return self._written_end + bisect.bisect_left(tail, position)
+        # Every pull asks for the same position (the log's first index) until retention moves
+        # it: an answer inside the files never changes, so the binary search over them (a read
+        # per step) is made once per position.
+        if self._found is not None and self._found[0] == position:
+            return max(self._found[1], self._base)
         low, high = self._base, self._written_end
         while low < high:
             middle = (low + high) // 2
@@ -332,6 +340,8 @@ class FileConsumeQueue:
                 low = middle + 1
             else:
                 high = middle
+        if low < self._written_end:
+            self._found = (position, low)
         return low
 
     def flush(self) -> None:

@@ -118,3 +118,16 @@ def test_a_queue_whose_disk_fails_keeps_its_entries_in_memory_and_writes_them_la
     store.sync()
     reopened = _store(disk).open_queue("orders", 0, 5)
     assert list(reopened.read(0, 5)[0]) == [10, 20, 30, 40, 50]
+
+
+def test_find_answers_from_files_stay_right_as_the_queue_grows_and_is_trimmed() -> None:
+    store = _store(MemoryDisk())
+    _fill(store, 11)
+    store.flush()
+    queue = store._queues[("orders", 0)]
+    assert queue.find(35) == 3
+    queue.append(120, 0)
+    assert queue.find(35) == 3  # the same answer, remembered
+    store.trim(below_position=95)
+    assert queue.find(35) == queue.base_offset == 8
+    assert queue.find(105) == 10
