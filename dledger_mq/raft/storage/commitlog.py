@@ -21,7 +21,6 @@ import errno
 import posixpath
 import threading
 import time
-from array import array
 from collections.abc import Callable
 from types import TracebackType
 from typing import NoReturn
@@ -178,9 +177,7 @@ class CommitLog:
             else:
                 skip = max(0, self._first_index - found.base_index)
                 self._terms.extend(found.base_index + skip, found.terms[skip:])
-                self._locations.add_segment(
-                    slot, found.base_index, array("Q", found.offsets), found.count, ""
-                )
+                self._locations.add_segment(slot, found.base_index, found.offsets, found.count, "")
         self._durable_index = self._first_index + len(self._locations) - 1
         self._unsynced = False
         self._last_sync_seconds = clock()

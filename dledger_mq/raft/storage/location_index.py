@@ -162,7 +162,13 @@ class LocationIndex:
 
     def __getitem__(self, position: int) -> int:
         absolute = self._origin + position
-        chunk = self._chunks[bisect.bisect_right(self._bases, absolute) - 1]
+        chunk = self._chunks[-1]
+        if absolute < chunk.base:
+            chunk = self._chunks[bisect.bisect_right(self._bases, absolute) - 1]
+        elif chunk.offsets is not None:
+            # The hot case (a leader reading what it just wrote to send it): the segment being
+            # written, in memory.
+            return (chunk.slot << self._bits) | chunk.offsets[absolute - chunk.base]
         offset = self._offset(chunk, absolute - chunk.base)
         return (chunk.slot << self._bits) | offset
 
