@@ -11,7 +11,7 @@ import trio
 from dledger_mq.errors import StorageError
 from dledger_mq.raft.pure.core import Config, RaftCore
 from dledger_mq.raft.pure.messages import Entry, HardState
-from dledger_mq.raft.runtime.log_writer import open_log_writer
+from dledger_mq.raft.runtime.log_writer import LogWriter, open_log_writer
 from dledger_mq.raft.runtime.replica import Replica
 from dledger_mq.raft.runtime.transport import TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
@@ -28,29 +28,36 @@ def _single_replica() -> tuple[MemoryDisk, CommitLog, RaftCore]:
     return disk, log, RaftCore(config, log, random.Random(0))
 
 
+async def _run_leading(
+    nursery: trio.Nursery, log: CommitLog, core: RaftCore, writer: LogWriter
+) -> Replica:
+    """The one-member replica, running in ``nursery``, once it leads."""
+    replica = Replica(
+        core, log, writer, TransportConfig("c", "n1", "g", {}), random.Random(0), 0.01
+    )
+    await nursery.start(replica.run)
+    while not replica.is_leader:
+        await replica.leader_changed.wait()
+    return replica
+
+
 async def test_a_failed_inline_write_fails_the_proposal_and_stops_the_replica(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     disk, log, core = _single_replica()
     proposal_failed = False
     with pytest.raises(BaseExceptionGroup) as stopped:
-        async with open_log_writer(log) as writer:
-            replica = Replica(
-                core, log, writer, TransportConfig("c", "n1", "g", {}), random.Random(0), 0.01
-            )
-            async with trio.open_nursery() as nursery:
-                await nursery.start(replica.run)
-                while not replica.is_leader:
-                    await replica.leader_changed.wait()
-                disk.inject_fault("fsync", errno.EIO)
-                # Written inline, in this task: the proposer sees the error...
-                with pytest.raises(StorageError):
-                    await replica.propose(b"x")
-                proposal_failed = True
-                # ...and the replica stops by itself rather than run on with a wedged core
-                # (virtual seconds: the clock jumps whenever every task waits).
-                with trio.fail_after(60):
-                    await trio.sleep_forever()
+        async with open_log_writer(log) as writer, trio.open_nursery() as nursery:
+            replica = await _run_leading(nursery, log, core, writer)
+            disk.inject_fault("fsync", errno.EIO)
+            # Written inline, in this task: the proposer sees the error...
+            with pytest.raises(StorageError):
+                await replica.propose(b"x")
+            proposal_failed = True
+            # ...and the replica stops by itself rather than run on with a wedged core
+            # (virtual seconds: the clock jumps whenever every task waits).
+            with trio.fail_after(60):
+                await trio.sleep_forever()
     assert proposal_failed
     assert stopped.value.subgroup(StorageError) is not None
 
@@ -110,27 +117,21 @@ async def test_a_full_disk_makes_the_replica_wait_for_space_not_stop(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     disk, log, core = _single_replica()
-    async with open_log_writer(log) as writer:
-        replica = Replica(
-            core, log, writer, TransportConfig("c", "n1", "g", {}), random.Random(0), 0.01
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(replica.run)
-            while not replica.is_leader:
-                await replica.leader_changed.wait()
-            disk.capacity_bytes = disk.used_bytes  # full: the next append fails with ENOSPC
-            done = trio.Event()
+    async with open_log_writer(log) as writer, trio.open_nursery() as nursery:
+        replica = await _run_leading(nursery, log, core, writer)
+        disk.capacity_bytes = disk.used_bytes  # full: the next append fails with ENOSPC
+        done = trio.Event()
 
-            async def propose() -> None:
-                await replica.propose(b"x" * 100)
-                done.set()
+        async def propose() -> None:
+            await replica.propose(b"x" * 100)
+            done.set()
 
-            nursery.start_soon(propose)
-            with trio.move_on_after(5):
-                await done.wait()
-            assert not done.is_set()  # waiting, not failed: the replica is still running
-            disk.capacity_bytes = None  # retention freed space
-            with trio.fail_after(5):
-                await done.wait()
-            assert log.entries(log.last_index(), log.last_index() + 1, 1000)[0].data == b"x" * 100
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(propose)
+        with trio.move_on_after(5):
+            await done.wait()
+        assert not done.is_set()  # waiting, not failed: the replica is still running
+        disk.capacity_bytes = None  # retention freed space
+        with trio.fail_after(5):
+            await done.wait()
+        assert log.entries(log.last_index(), log.last_index() + 1, 1000)[0].data == b"x" * 100
+        nursery.cancel_scope.cancel()
