@@ -288,6 +288,7 @@ def raft_core(
         rng,
         applied=applied,
         recovering=commit_log.recovering,
+        lost_tail=commit_log.lost_tail,
     )
 
 

@@ -33,7 +33,9 @@ from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     parse_segment_file_name,
+    segment_file_name,
 )
+from dledger_mq.raft.storage.commitlog_recovery import read_state, scan_segment
 from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 from dledger_mq.raft.storage.snapshots import SnapshotStore, start_from_snapshot
 from jepsen.sim.broker import SimBroker, StateFactory
@@ -50,6 +52,7 @@ class CoreFactory(Protocol):
         applied: int = 0,
         *,
         recovering: bool,
+        lost_tail: bool,
     ) -> RaftCore: ...
 
 
@@ -92,6 +95,8 @@ class SimNode:
         self.disk_latency_units = 1
         #: Bit rot was planted in its log: it must refuse to start, and stays down for good.
         self.rotten = False
+        #: It lost power and has not started since: it may come back having lost its tail.
+        self.lost_power = False
         self.lost = False
         #: What arrived while the node was blocked, in order (``Cluster._deferred``).
         self.inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
@@ -218,6 +223,7 @@ class Cluster:
             rng,
             state.applied_index,
             recovering=node.store.recovering,
+            lost_tail=node.store.lost_tail,
         )
         broker: SimBroker | None = None
 
@@ -244,14 +250,25 @@ class Cluster:
         node.busy_until = 0
         node.last_role = None
         self.checker.node_started(node.id, node.store.hard_state().commit, state.applied_index)
-        self.log(f"{node.id} starts: {node.store.hard_state()} last={node.store.last_index()}")
+        recovering = " lost its tail" if node.store.lost_tail else ""
+        recovering = " recovering" + recovering if node.store.recovering else ""
+        self.log(
+            f"{node.id} starts: {node.store.hard_state()} last={node.store.last_index()}{recovering}"
+        )
 
     def crash(self, node_id: str) -> None:
+        """The process dies; half the time its machine loses power too, but not while a node
+        is lost for good: a power loss can leave a tail the log cannot judge (a torn write or
+        rot?), and such a replica must hear from every other replica of three to vote."""
         node = self.nodes[node_id]
         if node.core is None:
             return
-        # Whatever was written but not fsynced is lost, maybe leaving a torn tail.
-        node.disk.crash(self.rng)
+        permanent_loss = any(other.lost or other.rotten for other in self.nodes.values())
+        if not permanent_loss and self.rng.random() < 0.5:
+            # Whatever was written but not fsynced is lost, maybe leaving a torn tail.
+            node.disk.crash(self.rng)
+            node.lost_power = True
+            self.log(f"{node_id} loses power")
         node.inbox.clear()  # what a dead process had not read is gone with it
         node.core = None
         node.driver = None
@@ -288,13 +305,15 @@ class Cluster:
             return
         if node.rotten:
             raise SafetyViolation(f"{node_id} opened a log with a rotten record")
+        node.lost_power = False  # its log is judged: recovering (lost its tail) or not
         self._start(node)
 
     def _may_lose_a_disk(self, node: SimNode) -> bool:
         """One lost disk at a time, as the product promises to survive: not while another
         node is still recovering from one, or lost for good (bit rot)."""
         return not any(
-            other is not node and (other.lost or other.rotten or other.store.recovering)
+            other is not node
+            and (other.lost or other.rotten or other.lost_power or other.store.recovering)
             for other in self.nodes.values()
         )
 
@@ -341,6 +360,39 @@ class Cluster:
             self.log(f"{node_id}: bit rot at {path}:{position}")
             return True
         return False
+
+    def rot_tail(self, node_id: str) -> bool:
+        """Flip a byte in the last record of a down node's log, where recovery cuts it off as
+        it would a torn write: the node may have acknowledged it (it lost its tail)."""
+        node = self.nodes[node_id]
+        if node.core is not None or node.rotten or not self._may_lose_a_disk(node):
+            return False
+        directory = f"/{node.id}"
+        bases = [
+            base
+            for base in map(parse_segment_file_name, node.disk.list_directory(directory))
+            if base is not None
+        ]
+        if not bases:
+            return False
+        path = f"{directory}/{segment_file_name(max(bases))}"
+        data = node.disk.durable_contents(path)
+        node.disk.set_contents(path, data)
+        scan = scan_segment(node.disk.open(path), max(bases))
+        last_index = max(bases) + len(scan.offsets) - 1
+        if not scan.offsets or last_index < read_state(node.disk, directory).first_index:
+            return False  # no record the log still holds (all below its trim point)
+        last_record = scan.offsets[-1]
+        position = last_record + self.rng.randrange(scan.valid_end_offset - last_record)
+        rotten = bytearray(data)
+        rotten[position] ^= 1 << self.rng.randrange(8)
+        node.disk.set_contents(path, bytes(rotten))
+        # Its checkpoint would let the open skip the record: rot found when read, not this.
+        index_path = path[: -len(".log")] + ".idx"
+        if node.disk.exists(index_path):
+            node.disk.remove(index_path)
+        self.log(f"{node_id}: bit rot in its last record at {path}:{position}")
+        return True
 
     def _storage_failed(self, node: SimNode, error: StorageError) -> None:
         """A write or fsync failed: the replica stops (the process exits), and is started

@@ -64,8 +64,44 @@ class VoteWhileRecovering(RaftCore):
         rng: random.Random,
         applied: int = 0,
         recovering: bool = False,
+        lost_tail: bool = False,
     ) -> None:
         super().__init__(config, store, rng, applied, recovering=False)
+
+
+class VoteAfterLostTail(RaftCore):
+    """Ignores that recovery cut entries it may have acknowledged (rot in the last records):
+    votes with the shorter log at once, as a plain torn write would allow."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: LogStore,
+        rng: random.Random,
+        applied: int = 0,
+        recovering: bool = False,
+        lost_tail: bool = False,
+    ) -> None:
+        super().__init__(
+            config, store, rng, applied, recovering=recovering and not lost_tail
+        )
+
+
+class LostTailAsksTooFew(RaftCore):
+    """A replica that lost its tail votes once it heard where one other log ends, not
+    ``members - quorum + 1``: that one may be the member that lacked the lost entries."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: LogStore,
+        rng: random.Random,
+        applied: int = 0,
+        recovering: bool = False,
+        lost_tail: bool = False,
+    ) -> None:
+        super().__init__(config, store, rng, applied, recovering=recovering, lost_tail=lost_tail)
+        self._log_ends_needed = 1
 
 
 class UnclampedHeartbeatCommit(RaftCore):
@@ -152,8 +188,11 @@ def _core_with_log(log_class: type[_BrokenLog], doc: str) -> type[RaftCore]:
             rng: random.Random,
             applied: int = 0,
             recovering: bool = False,
+            lost_tail: bool = False,
         ) -> None:
-            super().__init__(config, store, rng, applied, recovering=recovering)
+            super().__init__(
+                config, store, rng, applied, recovering=recovering, lost_tail=lost_tail
+            )
             self.log.__class__ = log_class
 
     Core.__doc__ = doc
@@ -267,6 +306,8 @@ MUTANTS: dict[str, Mutant] = {
     "commit-old-term": Mutant(core=CommitOldTermByCounting),
     "vote-twice": Mutant(core=VoteTwiceInATerm),
     "vote-while-recovering": Mutant(core=VoteWhileRecovering),
+    "vote-after-lost-tail": Mutant(core=VoteAfterLostTail),
+    "lost-tail-asks-too-few": Mutant(core=LostTailAsksTooFew),
     "no-prev-term-check": Mutant(core=NoPrevTermCheck),
     "unclamped-heartbeat-commit": Mutant(core=UnclampedHeartbeatCommit),
     "truncate-on-stale-append": Mutant(core=TruncateOnStaleAppend),

@@ -114,7 +114,10 @@ class FaultInjector:
         if kind == "bit-rot":
             down = sorted(node_id for node_id in node_ids if cluster.nodes[node_id].core is None)
             if down:
-                cluster.rot(rng.choice(down))
+                # Early in the log (found on open: the node stays down) or in its last record
+                # (cut as a torn write would be: the node lost its tail and must recover).
+                rot = cluster.rot if rng.random() < 0.25 else cluster.rot_tail
+                rot(rng.choice(down))
             return
         if kind == "isolate":
             pairs = self._isolation_pairs(rng.choice(node_ids))

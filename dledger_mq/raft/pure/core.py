@@ -193,6 +193,18 @@ class RaftCore:
     started (so past anything acknowledged before the loss); then it records the vote it could
     have given in that term, for that leader, and ``Ready.recovered`` tells the driver to make
     the end of recovery durable.
+
+    **Lost tail.** A replica whose log recovery cut entries it may have acknowledged (rot at the
+    end, or a torn tail after a power loss: ``published_end.py``) kept its term and vote, and
+    could wait for a leader the same way; but after a power loss every replica may be in that
+    state, and then none would ever vote. So, as in Protocol-Aware Recovery (Alagappan et al.,
+    FAST '18), it asks the cluster: with ``lost_tail`` it also learns where the others' logs end
+    (from their vote requests; a recovering replica sends pre-vote requests it will not use, so
+    that the others learn its end), and once it has heard from ``members - quorum + 1`` of them
+    it votes, but only for a candidate whose log is at least as up to date as every end it
+    heard. An entry committed with its forgotten acknowledgement is on a quorum, which those
+    members meet outside this replica, so such a candidate holds it (Raft 5.4.3); once its own
+    log is that far, it has recovered. A replica alone in its group has no one to ask.
     """
 
     def __init__(
@@ -202,6 +214,7 @@ class RaftCore:
         rng: Rng,
         applied: int = 0,
         recovering: bool = False,
+        lost_tail: bool = False,
     ) -> None:
         self.config = config
         self.id = config.node_id
@@ -227,8 +240,13 @@ class RaftCore:
         self._last_soft_state = SoftState(self.role, self.leader, self.term)
         self._ready_in_progress: Ready | None = None
         #: See the class docstring; ``_recovered_durably`` is what the driver has persisted.
-        self.recovering = recovering
+        # Alone in its group, a replica has no one to recover from: what it kept is the log.
+        self.recovering = recovering and bool(self.peers)
         self._recovering_durably = recovering
+        self.lost_tail = recovering and lost_tail
+        #: Each peer's (last log term, last log index) from its latest vote request since start.
+        self._log_ends: dict[str, tuple[int, int]] = {}
+        self._log_ends_needed = len(config.members) - self.quorum + 1
         #: (term, leader's last index) to catch up to, from a heartbeat of the current leader.
         self._recovery_target: tuple[int, int] | None = None
         #: ReadIndex: the last read context given out, the leader's reads not yet confirmed
@@ -252,8 +270,11 @@ class RaftCore:
 
     def campaign(self) -> None:
         """Start an election now (pre-vote first when enabled), as an election timeout would;
-        never while recovering."""
-        if self.role is Role.LEADER or self.recovering:
+        never while recovering (it tells the others where its log ends instead)."""
+        if self.role is Role.LEADER:
+            return
+        if self.recovering:
+            self._tell_log_end()
             return
         if self.config.pre_vote:
             self._become_pre_candidate()
@@ -367,6 +388,9 @@ class RaftCore:
         if isinstance(message, AppendRequest):
             # Before the term is looked at: a malformed append must change nothing.
             check_append_shape(message)
+        if isinstance(message, VoteRequest):
+            # Where its log ends, whatever its term: a replica that lost its tail counts it.
+            self._heard_log_end(message)
         if message.term > self.term:
             if isinstance(message, VoteRequest):
                 in_lease = (
@@ -558,6 +582,45 @@ class RaftCore:
         self.role = Role.FOLLOWER
         self.leader = leader
 
+    def _tell_log_end(self) -> None:
+        """A recovering replica's pre-vote requests: never counted (it stays a follower), they
+        tell the others where its log ends (class docstring, "Lost tail")."""
+        self.election_elapsed = 0
+        self._reset_election_timeout()
+        for peer in self.peers:
+            self._send(
+                VoteRequest(
+                    term=self.term + 1,
+                    source=self.id,
+                    target=peer,
+                    last_log_index=self.log.last_index(),
+                    last_log_term=self.log.last_term(),
+                    pre_vote=True,
+                )
+            )
+
+    def _heard_log_end(self, request: VoteRequest) -> None:
+        if not self.lost_tail or not self.recovering:
+            return
+        self._log_ends[request.source] = (request.last_log_term, request.last_log_index)
+        self._maybe_finish_tail_recovery()
+
+    def _log_ends_allow_vote(self, request: VoteRequest) -> bool:
+        """A recovering replica that lost its tail votes only for a candidate at least as up to
+        date as every log end it heard, once it heard enough of them."""
+        if not self.lost_tail or len(self._log_ends) < self._log_ends_needed:
+            return False
+        return (request.last_log_term, request.last_log_index) >= max(self._log_ends.values())
+
+    def _maybe_finish_tail_recovery(self) -> None:
+        if not self.lost_tail or not self.recovering:
+            return
+        if len(self._log_ends) < self._log_ends_needed:
+            return
+        if (self.log.last_term(), self.log.last_index()) >= max(self._log_ends.values()):
+            self.recovering = False
+            self._recovery_target = None
+
     def _become_pre_candidate(self) -> None:
         # Unlike a real candidate, keep term and vote: only ask whether we *could* win.
         self.role = Role.PRE_CANDIDATE
@@ -613,7 +676,7 @@ class RaftCore:
     # -- elections -------------------------------------------------------------------------
 
     def _handle_vote_request(self, request: VoteRequest) -> None:
-        can_vote = not self.recovering and (
+        can_vote = (not self.recovering or self._log_ends_allow_vote(request)) and (
             self.vote == request.source
             or (self.vote is None and self.leader is None)
             or (request.pre_vote and request.term > self.term)
@@ -706,6 +769,7 @@ class RaftCore:
     def _maybe_finish_recovery(self, matched: int) -> None:
         """Recovered once our log matches this term's leader's up to its last index as sent in
         a heartbeat of this term (``matched``: an index up to which it does)."""
+        self._maybe_finish_tail_recovery()
         target = self._recovery_target
         if not self.recovering or target is None or target[0] != self.term:
             return
@@ -713,9 +777,11 @@ class RaftCore:
             return
         self.recovering = False
         self._recovery_target = None
-        # The vote we may have given in this term is unknown: give it to the leader that
-        # won it, so that we cannot give another in this term, even after a restart.
-        self.vote = self.leader
+        if self.vote is None:
+            # The vote we may have given in this term is unknown (a lost log): give it to the
+            # leader that won it, so that we cannot give another in this term, even after a
+            # restart. A replica that lost only its tail knows its vote.
+            self.vote = self.leader
 
     def _handle_install_snapshot(self, message: InstallSnapshot) -> None:
         """The leader's snapshot is durable here: answer as for an append that matched up to

@@ -39,6 +39,7 @@ from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
 from dledger_mq.raft.pure.messages import ENTRY_OVERHEAD_BYTES, Entry, HardState
 from dledger_mq.raft.storage.commitlog_format import (
     RECORD_HEADER_SIZE,
+    LOST_TAIL_MARK,
     RECOVERING_FILE_NAME,
     RESETTING_FILE_NAME,
     SEGMENT_HEADER_SIZE,
@@ -57,11 +58,13 @@ from dledger_mq.raft.storage.commitlog_recovery import (
     Cut,
     RecoveredLog,
     prepare_directory,
+    read_recovering_mark,
     read_state,
     recover_segments,
 )
 from dledger_mq.raft.storage.disk import Disk, DiskFile, FsyncError, write_file_atomically
 from dledger_mq.raft.storage.location_index import INDEX_SUFFIX, LocationIndex, encode_index
+from dledger_mq.raft.storage.published_end import PublishedEndWriter
 from dledger_mq.raft.storage.term_runs import TermRuns
 
 __all__ = ["CommitLog", "Cut", "FlushPolicy", "RecoveryReport"]
@@ -150,6 +153,9 @@ class CommitLog:
         #: This replica lost its log and must not vote until a leader has caught it up
         #: (``RaftCore``'s "recovering"); set by ``open``, cleared by ``finish_recovery``.
         self.recovering = False
+        #: ... and what it lost is only the end of its log (recovery cut entries it may have
+        #: acknowledged); its term and vote are intact (``RaftCore``'s ``lost_tail``).
+        self.lost_tail = False
 
         state = recovered.state
         self._persisted_state = state
@@ -187,6 +193,9 @@ class CommitLog:
         # _lock only to publish, never across file I/O, so readers never wait on an fsync.
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # Where the published log ends, after each write: recovery tells torn from rotten by it.
+        self._published_end = PublishedEndWriter(disk, directory)
+        self._published_end.record(self._segments[-1].base_index, self._segments[-1].end_offset)
 
     @classmethod
     def open(
@@ -224,6 +233,7 @@ class CommitLog:
             if recovered.state_changed:
                 path = posixpath.join(directory, STATE_FILE_NAME)
                 write_file_atomically(disk, path, encode_state(recovered.state))
+            mark = read_recovering_mark(disk, directory)
         except OSError as error:
             if error.errno in _DISK_FULL_ERRNOS:
                 raise DiskFull(error.filename or directory) from error
@@ -237,7 +247,8 @@ class CommitLog:
             flush_interval_ms=flush_interval_ms,
             clock=clock,
         )
-        log.recovering = disk.exists(posixpath.join(directory, RECOVERING_FILE_NAME))
+        log.recovering = mark is not None
+        log.lost_tail = mark == LOST_TAIL_MARK
         resetting = posixpath.join(directory, RESETTING_FILE_NAME)
         if disk.exists(resetting):
             # A reset to a snapshot that recovery has finished (or that never started).
@@ -253,6 +264,8 @@ class CommitLog:
             last_index=log.last_index(),
             segments=len(log._segments),
             bytes_dropped=log.recovery.bytes_dropped,
+            recovering=log.recovering,
+            lost_tail=log.lost_tail,
         )
         return log
 
@@ -268,6 +281,7 @@ class CommitLog:
         except OSError as error:
             raise StorageError(f"{path}: cannot end the recovery: {error}") from error
         self.recovering = False
+        self.lost_tail = False
         _logger.info("commitlog.recovery_finished", directory=self._directory)
 
     @property
@@ -445,6 +459,7 @@ class CommitLog:
                 self._terms.extend(first, [entry.term for entry in entries])
             self._locations.extend(locations)
             segment.end_offset = start + len(batch)
+        self._published_end.record(segment.base_index, segment.end_offset)
         if self._flush_policy is FlushPolicy.SYNC:
             self._durable_index = entries[-1].index
         else:
@@ -805,15 +820,16 @@ class CommitLog:
                 if self._failure is None:
                     if self._unsynced:
                         self._sync()
-                    self._seal(
-                        self._segments[-1], self._first_slot + len(self._segments) - 1, live=True
-                    )
+                    last = self._segments[-1]
+                    self._seal(last, self._first_slot + len(self._segments) - 1, live=True)
+                    self._published_end.close(last.base_index, last.end_offset)
                     if self._hard_state != self._persisted_state.hard_state:
                         self._write_state(
                             self._hard_state, self._first_index, self._term_before_first
                         )
             finally:
                 self._closed = True
+                self._published_end.abandon()
                 for segment in self._segments:
                     segment.file.close()
 

@@ -20,6 +20,10 @@ META_FILE_NAME = "meta"
 IDENTITY_FILE_NAME = "identity"
 #: Present while the replica is recovering: it lost its log and does not vote until caught up.
 RECOVERING_FILE_NAME = "recovering"
+#: The recovering mark's content when the replica kept its hard state and lost only entries at
+#: the end of its log (a cut): it may vote once it has heard from enough peers (``RaftCore``).
+#: An empty mark is a replica that lost its whole log (made when it came back empty).
+LOST_TAIL_MARK = b"lost-tail"
 #: Present while the log is reset to start after a snapshot (``CommitLog.reset_to_snapshot``).
 RESETTING_FILE_NAME = "resetting"
 #: Where the state machine's snapshots live, beside the log (``snapshots.py``).

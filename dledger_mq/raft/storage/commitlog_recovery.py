@@ -21,6 +21,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     CONSUME_QUEUE_DIRECTORY_NAME,
     FORMAT_VERSION,
     IDENTITY_FILE_NAME,
+    LOST_TAIL_MARK,
     MAX_IDENTITY_PART_BYTES,
     META_FILE_NAME,
     RECORD_HEADER_SIZE,
@@ -49,6 +50,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     segment_file_name,
 )
 from dledger_mq.raft.storage.disk import Disk, DiskFile, make_directories, write_file_atomically
+from dledger_mq.raft.storage.published_end import PUBLISHED_END_FILE_NAME, read_published_end
 from dledger_mq.raft.storage.location_index import (
     INDEX_SUFFIX,
     SegmentIndex,
@@ -217,6 +219,9 @@ _INITIALISATION_LEFTOVERS = frozenset(
         STATE_FILE_NAME,
         STATE_FILE_NAME + TEMPORARY_SUFFIX,
         META_FILE_NAME + TEMPORARY_SUFFIX,
+        # Written by every open: where the log ends, no record in it.
+        PUBLISHED_END_FILE_NAME,
+        PUBLISHED_END_FILE_NAME + TEMPORARY_SUFFIX,
         segment_file_name(1),
     }
 )
@@ -292,6 +297,18 @@ def read_identity(disk: Disk, directory: str) -> LogIdentity | None:
     if isinstance(found, str):
         raise CorruptRecord(path, 0, found)
     return found
+
+
+def read_recovering_mark(disk: Disk, directory: str) -> bytes | None:
+    """The recovering mark's content (``LOST_TAIL_MARK`` or empty), None without one."""
+    path = posixpath.join(directory, RECOVERING_FILE_NAME)
+    if not disk.exists(path):
+        return None
+    file = disk.open(path)
+    try:
+        return file.read(0, 64)
+    finally:
+        file.close()
 
 
 def _check_identity(disk: Disk, directory: str, identity: LogIdentity, recorded: bool) -> None:
@@ -440,6 +457,7 @@ class _Recovery:
             for segment in self.segments:
                 segment.file.close()
             raise
+        self.mark_lost_tail()
         self.apply_cuts()
         if not self.segments:
             self.segments.append(self.create_empty_segment())
@@ -494,6 +512,41 @@ class _Recovery:
             # With no segment left, an empty one is made at the trim point: consistent as is.
             self.check_trim_point()
         self.check_commit()
+
+    def mark_lost_tail(self) -> None:
+        """Before anything is cut: if the cut may take entries this replica acknowledged, mark
+        it recovering (it lost its tail: ``RaftCore``) durably, so that it does not vote on a
+        log that forgot them, even if it crashes again once the bytes are gone.
+
+        A repaired corruption always loses entries. A torn tail loses none if it starts at or
+        after where the log was published, as a record exact for this boot says
+        (``published_end.py``); without one (a power loss, a reboot, an old log) it cannot be
+        judged, and the replica asks the cluster instead.
+        """
+        cuts = [cut for cut in self.cuts if cut.bytes_dropped > 0]
+        mark = posixpath.join(self.directory, RECOVERING_FILE_NAME)
+        if not cuts or self.disk.exists(mark):
+            return
+        published = read_published_end(self.disk, self.directory)
+        reason = ""
+        if any(cut.repaired for cut in cuts):
+            reason = "a corrupt record and everything after it were cut"
+        elif published is None or not published.is_exact_on(self.disk):
+            reason = "a torn tail was cut and the log cannot tell if it was acknowledged"
+        else:
+            for cut in cuts:
+                base_index = parse_segment_file_name(posixpath.basename(cut.path)) or 0
+                if (base_index, cut.offset) < (published.base_index, published.end_offset):
+                    reason = "damage was cut before where the log had been published: rot"
+        if not reason:
+            return
+        write_file_atomically(self.disk, mark, LOST_TAIL_MARK)
+        _logger.warning(
+            "commitlog.lost_tail",
+            directory=self.directory,
+            reason=reason,
+            published=None if published is None else attrs.asdict(published),
+        )
 
     def apply_cuts(self) -> None:
         """Whole segments go newest first, each removal durable before the next; then the cut

@@ -66,6 +66,11 @@ class Disk(Protocol):
 
     def modified_time_seconds(self, path: str) -> float: ...
 
+    def boot_id(self) -> str:
+        """Changes whenever what was written but not fsynced may have been lost (a reboot, a
+        power loss); "" if unknown. Within one boot, the page cache outlives any process."""
+        ...
+
 
 class FsyncError(OSError):
     """An fsync of a file or directory failed inside :func:`write_file_atomically`."""
@@ -192,3 +197,17 @@ class OsDisk:
 
     def modified_time_seconds(self, path: str) -> float:
         return os.stat(path).st_mtime
+
+    def boot_id(self) -> str:
+        return _BOOT_ID
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            return file.read(64).strip()
+    except OSError:
+        return ""  # not Linux: every unsynced byte is treated as possibly lost
+
+
+_BOOT_ID = _read_boot_id()

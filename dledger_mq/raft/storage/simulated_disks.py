@@ -90,10 +90,17 @@ class PowerLossDisk(OsDisk):
     at once.
     """
 
+    def __init__(self) -> None:
+        # Each process is a new boot: what it did not fsync is gone when it dies.
+        self._boot_id = f"power-loss-{os.getpid()}-{random.getrandbits(64):016x}"
+
     def open(  # type: ignore[override]
         self, path: str, *, create: bool = False, truncate: bool = False
     ) -> PowerLossFile:
         return PowerLossFile(super().open(path, create=create, truncate=truncate))
+
+    def boot_id(self) -> str:
+        return self._boot_id
 
 
 # -- an in-memory file system with a page cache -------------------------------------------------
@@ -414,6 +421,10 @@ class MemoryDisk:
 
     def modified_time_seconds(self, path: str) -> float:
         return self._file(path).modified_time_seconds
+
+    def boot_id(self) -> str:
+        # A crash here is a power loss: the page cache does not survive it.
+        return f"memory-disk-{self.generation}"
 
     # -- path walking --------------------------------------------------------------------------
 
