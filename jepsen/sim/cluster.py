@@ -250,11 +250,10 @@ class Cluster:
         node.busy_until = 0
         node.last_role = None
         self.checker.node_started(node.id, node.store.hard_state().commit, state.applied_index)
-        recovering = " lost its tail" if node.store.lost_tail else ""
-        recovering = " recovering" + recovering if node.store.recovering else ""
-        self.log(
-            f"{node.id} starts: {node.store.hard_state()} last={node.store.last_index()}{recovering}"
-        )
+        store = node.store
+        recovering = " recovering" if store.recovering else ""
+        recovering += " (lost its tail)" if store.lost_tail else ""
+        self.log(f"{node.id} starts: {store.hard_state()} last={store.last_index()}{recovering}")
 
     def crash(self, node_id: str) -> None:
         """The process dies; half the time its machine loses power too, but not while a node

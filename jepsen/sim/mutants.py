@@ -82,9 +82,7 @@ class VoteAfterLostTail(RaftCore):
         recovering: bool = False,
         lost_tail: bool = False,
     ) -> None:
-        super().__init__(
-            config, store, rng, applied, recovering=recovering and not lost_tail
-        )
+        super().__init__(config, store, rng, applied, recovering=recovering and not lost_tail)
 
 
 class LostTailAsksTooFew(RaftCore):

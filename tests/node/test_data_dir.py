@@ -110,3 +110,37 @@ async def test_a_node_whose_data_directory_was_deleted_rejoins_and_then_votes_ag
     index = await cluster.propose(b"after the failover")
     statuses = await cluster.wait_caught_up(index, [new.node_id, victim])
     assert all(status is not None for status in statuses.values())
+
+
+async def test_a_node_whose_last_record_rotted_recovers_before_it_votes_again(
+    cluster: ProcessCluster,
+) -> None:
+    """Rot in the last record looks like a torn write, and recovery cuts it; but the node had
+    acknowledged it (it was published before the kill): it comes back having lost its tail,
+    votes only once caught up, and then helps elect a new leader."""
+    leader = await cluster.wait_for_leader()
+    for number in range(20):
+        await cluster.propose(b"before the rot %d" % number)
+    victim = next(node_id for node_id in cluster.nodes if node_id != leader.node_id)
+    cluster.kill(victim)
+    directory = Path(log_directory(cluster.nodes[victim].config))
+    last_segment = max(directory.glob("*.log"))
+    data = bytearray(last_segment.read_bytes())
+    data[-3] ^= 0x10  # inside the last record: nothing intact follows it
+    last_segment.write_bytes(bytes(data))
+    cluster.start(victim)
+    index = await cluster.propose(b"after the rot")
+    await cluster.wait_caught_up(index)
+    with trio.fail_after(DEADLINE_SECONDS):
+        while not any(e["event"] == "recovery_finished" for e in cluster.log_events(victim)):
+            await trio.sleep(0.05)
+    events = {e["event"]: e for e in cluster.log_events(victim)}
+    assert "rot" in events["commitlog.lost_tail"]["reason"]
+    assert events["commitlog.opened"]["lost_tail"] is True
+    assert not Path(directory, "recovering").exists()
+
+    cluster.kill(leader.node_id)
+    new = await cluster.wait_for_leader(exclude=[leader.node_id], min_term=leader.term)
+    index = await cluster.propose(b"after the failover")
+    statuses = await cluster.wait_caught_up(index, [new.node_id, victim])
+    assert all(status is not None for status in statuses.values())

@@ -88,8 +88,10 @@ class Network:
         self.queue: deque[Message] = deque()
         self.sent: list[Message] = []
         self.cut_links: set[tuple[str, str]] = set()
-        #: Nodes whose (durable) recovering mark is set: they lost their log (``wipe``).
+        #: Nodes whose (durable) recovering mark is set: they lost their log (``wipe``) or
+        #: the end of it (``lose_tail``: also in ``lost_tails``).
         self.recovering_marks: set[str] = set()
+        self.lost_tails: set[str] = set()
         #: Every read confirmed, per node (``Ready.read_states``).
         self.read_states: dict[str, list[ReadState]] = {node_id: [] for node_id in members}
         for node_id in members:
@@ -109,6 +111,7 @@ class Network:
             rng,
             applied=applied,
             recovering=node_id in self.recovering_marks,
+            lost_tail=node_id in self.lost_tails,
         )
         self.cores[node_id] = core
         self.applied[node_id] = []
@@ -126,6 +129,25 @@ class Network:
             self.crash(node_id)
         self.stores[node_id] = MemoryLogStore()
         self.recovering_marks.add(node_id)
+        return self.start(node_id)
+
+    def lose_tail(self, node_id: str, entries: int = 1) -> RaftCore:
+        """``node_id`` crashes and its log's last ``entries`` are cut at start (rot where a torn
+        write could be): its term and vote stay; it starts recovering, having lost its tail."""
+        if node_id in self.cores:
+            self.crash(node_id)
+        store = self.stores[node_id]
+        kept = stored_entries(store)[:-entries] if entries else stored_entries(store)
+        survivor = MemoryLogStore()
+        survivor.append(kept)
+        hard_state = store.hard_state()
+        last_index = kept[-1].index if kept else 0
+        survivor.set_hard_state(
+            HardState(hard_state.term, hard_state.vote, min(hard_state.commit, last_index))
+        )
+        self.stores[node_id] = survivor
+        self.recovering_marks.add(node_id)
+        self.lost_tails.add(node_id)
         return self.start(node_id)
 
     def restart(self, node_id: str, applied: int = 0) -> RaftCore:
@@ -164,6 +186,7 @@ class Network:
             self.hard_states[node_id].append(ready.hard_state)
         if ready.recovered:
             self.recovering_marks.discard(node_id)
+            self.lost_tails.discard(node_id)
         self.read_states[node_id].extend(ready.read_states)
         for message in ready.messages:
             self.send(message)

@@ -29,7 +29,8 @@ def test_a_wiped_replica_cannot_help_elect_a_leader_without_what_it_had_acknowle
         network.tick_all()
         assert network.leaders() == [], "a leader without X"
     since_wipe = [m for m in network.sent[wiped_at:] if m.source == "n2"]
-    assert not any(isinstance(m, VoteRequest) for m in since_wipe)
+    # It only tells where its log ends (pre-votes it never counts), and grants nothing.
+    assert all(m.pre_vote for m in since_wipe if isinstance(m, VoteRequest))
     assert not any(isinstance(m, VoteResponse) and m.granted for m in since_wipe)
     assert any(isinstance(m, VoteResponse) for m in since_wipe)  # it was asked, and refused
 
@@ -52,7 +53,7 @@ def test_a_recovering_replica_never_campaigns_nor_takes_leadership() -> None:
     assert core.role is Role.FOLLOWER and core.term == 0
     core.step(TimeoutNow(term=1, source="n1", target="n2"))
     assert core.role is Role.FOLLOWER
-    assert network.sent_by("n2", VoteRequest) == []
+    assert all(request.pre_vote for request in network.sent_by("n2", VoteRequest))
 
 
 def test_once_caught_up_it_keeps_the_leaders_vote_and_votes_again_later() -> None:
@@ -91,7 +92,8 @@ def test_a_crash_during_recovery_leaves_the_replica_recovering() -> None:
     assert n2.recovering
     n2.campaign()
     network.deliver_all()
-    assert network.sent_by("n2", VoteRequest) == []
+    assert all(request.pre_vote for request in network.sent_by("n2", VoteRequest))
+    assert n2.role is Role.FOLLOWER
 
 
 def test_it_catches_up_to_the_leaders_last_index_not_only_its_commit() -> None:

@@ -38,8 +38,8 @@ from dledger_mq.errors import (
 from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
 from dledger_mq.raft.pure.messages import ENTRY_OVERHEAD_BYTES, Entry, HardState
 from dledger_mq.raft.storage.commitlog_format import (
-    RECORD_HEADER_SIZE,
     LOST_TAIL_MARK,
+    RECORD_HEADER_SIZE,
     RECOVERING_FILE_NAME,
     RESETTING_FILE_NAME,
     SEGMENT_HEADER_SIZE,

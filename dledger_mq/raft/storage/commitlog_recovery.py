@@ -50,13 +50,13 @@ from dledger_mq.raft.storage.commitlog_format import (
     segment_file_name,
 )
 from dledger_mq.raft.storage.disk import Disk, DiskFile, make_directories, write_file_atomically
-from dledger_mq.raft.storage.published_end import PUBLISHED_END_FILE_NAME, read_published_end
 from dledger_mq.raft.storage.location_index import (
     INDEX_SUFFIX,
     SegmentIndex,
     read_index,
     read_offsets,
 )
+from dledger_mq.raft.storage.published_end import PUBLISHED_END_FILE_NAME, read_published_end
 
 _logger = structlog.get_logger()
 

@@ -86,11 +86,14 @@ def read_published_end(disk: Disk, directory: str) -> PublishedEnd | None:
         data = file.read(0, size)
     finally:
         file.close()
-    # The newest first; an append torn by a crash is skipped (it was never acted on).
-    for start in range((len(data) // RECORD_SIZE - 1) * RECORD_SIZE, -1, -RECORD_SIZE):
+    # The newest first; an append torn by a crash is skipped (it was never acted on), and the
+    # records after it, written by the next process, start wherever it ended: found by magic.
+    start = data.rfind(_MAGIC)
+    while start >= 0:
         end = decode_published_end(data[start : start + RECORD_SIZE])
         if end is not None:
             return end
+        start = data.rfind(_MAGIC, 0, start)
     return None
 
 
