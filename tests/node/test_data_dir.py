@@ -3,6 +3,7 @@ processes, as an operator runs them."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,13 @@ def run_to_exit(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _event_of(line: str) -> str | None:
+    try:
+        return str(json.loads(line).get("event"))
+    except ValueError:
+        return None
+
+
 def run_until_logged(event: str, *arguments: str) -> str:
     """Run `dledger-mq node ARGUMENTS` until it logs ``event`` (JSON lines on standard error),
     then stop it with SIGTERM, which must end it with code 0; returns that log line."""
@@ -54,7 +62,7 @@ def run_until_logged(event: str, *arguments: str) -> str:
     )
     try:
         assert process.stderr is not None
-        line = next(line for line in process.stderr if f'"{event}"' in line)
+        line = next(line for line in process.stderr if _event_of(line) == event)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=DEADLINE_SECONDS) == 0
         return line

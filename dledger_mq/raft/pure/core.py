@@ -240,8 +240,10 @@ class RaftCore:
         self._last_soft_state = SoftState(self.role, self.leader, self.term)
         self._ready_in_progress: Ready | None = None
         #: See the class docstring; ``_recovered_durably`` is what the driver has persisted.
-        # Alone in its group, a replica has no one to recover from: what it kept is the log.
-        self.recovering = recovering and bool(self.peers)
+        # Alone in its group, a replica that lost its tail has no one to ask: what it kept is
+        # the log. (One that lost its whole log stays recovering: it must not lead an empty
+        # log in place of the one it had; an operator starts a new one with --init.)
+        self.recovering = recovering and (bool(self.peers) or not lost_tail)
         self._recovering_durably = recovering
         self.lost_tail = recovering and lost_tail
         #: Each peer's (last log term, last log index) from its latest vote request since start.
