@@ -459,8 +459,10 @@ class CommitLog:
                 self._terms.extend(first, [entry.term for entry in entries])
             self._locations.extend(locations)
             segment.end_offset = start + len(batch)
-        self._published_end.record(segment.base_index, segment.end_offset)
         if self._flush_policy is FlushPolicy.SYNC:
+            # Under async, at each fsync instead (``_sync``): a record per write cost a third
+            # of the throughput of one-entry batches (docs/benchmarks.md).
+            self._published_end.record(segment.base_index, segment.end_offset)
             self._durable_index = entries[-1].index
         else:
             self._unsynced = True
@@ -648,7 +650,9 @@ class CommitLog:
 
     def _sync(self) -> None:
         last_index = self._first_index + len(self._locations) - 1
-        self._fsync(self._segments[-1])
+        segment = self._segments[-1]
+        self._fsync(segment)
+        self._published_end.record(segment.base_index, segment.end_offset)
         self._durable_index = last_index
         self._unsynced = False
         self._last_sync_seconds = self._clock()
