@@ -589,6 +589,9 @@ class RaftCore:
         tell the others where its log ends (class docstring, "Lost tail")."""
         self.election_elapsed = 0
         self._reset_election_timeout()
+        self._send_pre_vote_requests()
+
+    def _send_pre_vote_requests(self) -> None:
         for peer in self.peers:
             self._send(
                 VoteRequest(
@@ -633,17 +636,7 @@ class RaftCore:
         if self._tally() == "won":
             self._become_candidate(leadership_transfer=False)
             return
-        for peer in self.peers:
-            self._send(
-                VoteRequest(
-                    term=self.term + 1,
-                    source=self.id,
-                    target=peer,
-                    last_log_index=self.log.last_index(),
-                    last_log_term=self.log.last_term(),
-                    pre_vote=True,
-                )
-            )
+        self._send_pre_vote_requests()
 
     def _become_candidate(self, leadership_transfer: bool) -> None:
         self._reset(self.term + 1)
