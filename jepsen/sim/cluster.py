@@ -346,15 +346,7 @@ class Cluster:
                 continue
             # Inside the first record's header: never the last record of a log this long.
             position = SEGMENT_HEADER_SIZE + self.rng.randrange(RECORD_HEADER_SIZE)
-            rotten = bytearray(data)
-            rotten[position] ^= 1 << self.rng.randrange(8)
-            node.disk.set_contents(path, bytes(rotten))
-            # A sealed segment with its index file is not read on open (its rot is found when
-            # a record is read); the simulator's rot is the kind found on open: the index goes
-            # too, so that the segment is scanned. Rot found on read: tests/raft.
-            index_path = path[: -len(".log")] + ".idx"
-            if node.disk.exists(index_path):
-                node.disk.remove(index_path)
+            self._flip_a_bit(node, path, data, position)
             node.rotten = True
             self.log(f"{node_id}: bit rot at {path}:{position}")
             return True
@@ -383,15 +375,21 @@ class Cluster:
             return False  # no record the log still holds (all below its trim point)
         last_record = scan.offsets[-1]
         position = last_record + self.rng.randrange(scan.valid_end_offset - last_record)
+        self._flip_a_bit(node, path, data, position)
+        self.log(f"{node_id}: bit rot in its last record at {path}:{position}")
+        return True
+
+    def _flip_a_bit(self, node: SimNode, path: str, data: bytes, position: int) -> None:
+        """Rot at ``position`` of the segment ``path`` holding ``data``, durably. A sealed
+        segment with its index file (or the last one under its checkpoint) is not read on
+        open: its rot would be found when a record is read (tests/raft). The simulator's rot is
+        the kind found on open, so the index goes too and the segment is scanned."""
         rotten = bytearray(data)
         rotten[position] ^= 1 << self.rng.randrange(8)
         node.disk.set_contents(path, bytes(rotten))
-        # Its checkpoint would let the open skip the record: rot found when read, not this.
         index_path = path[: -len(".log")] + ".idx"
         if node.disk.exists(index_path):
             node.disk.remove(index_path)
-        self.log(f"{node_id}: bit rot in its last record at {path}:{position}")
-        return True
 
     def _storage_failed(self, node: SimNode, error: StorageError) -> None:
         """A write or fsync failed: the replica stops (the process exits), and is started

@@ -8,15 +8,14 @@ keep for this, or of one method of the log.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.raft.pure.core import Config, RaftCore, Ready
+from dledger_mq.raft.pure.core import RaftCore, Ready
 from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
-from dledger_mq.raft.pure.log_store import LogStore
 from dledger_mq.raft.pure.messages import (
     AppendResponse,
     Entry,
@@ -57,48 +56,25 @@ class VoteWhileRecovering(RaftCore):
     """Ignores that it lost its log (amnesia): votes and campaigns with an empty one, and can
     help elect a leader that lacks entries committed with its forgotten acknowledgements."""
 
-    def __init__(
-        self,
-        config: Config,
-        store: LogStore,
-        rng: random.Random,
-        applied: int = 0,
-        recovering: bool = False,
-        lost_tail: bool = False,
-    ) -> None:
-        super().__init__(config, store, rng, applied, recovering=False)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "recovering": False})
 
 
 class VoteAfterLostTail(RaftCore):
     """Ignores that recovery cut entries it may have acknowledged (rot in the last records):
     votes with the shorter log at once, as a plain torn write would allow."""
 
-    def __init__(
-        self,
-        config: Config,
-        store: LogStore,
-        rng: random.Random,
-        applied: int = 0,
-        recovering: bool = False,
-        lost_tail: bool = False,
-    ) -> None:
-        super().__init__(config, store, rng, applied, recovering=recovering and not lost_tail)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        recovering = kwargs.get("recovering", False) and not kwargs.get("lost_tail", False)
+        super().__init__(*args, **{**kwargs, "recovering": recovering})
 
 
 class LostTailAsksTooFew(RaftCore):
     """A replica that lost its tail votes once it heard where one other log ends, not
     ``members - quorum + 1``: that one may be the member that lacked the lost entries."""
 
-    def __init__(
-        self,
-        config: Config,
-        store: LogStore,
-        rng: random.Random,
-        applied: int = 0,
-        recovering: bool = False,
-        lost_tail: bool = False,
-    ) -> None:
-        super().__init__(config, store, rng, applied, recovering=recovering, lost_tail=lost_tail)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._log_ends_needed = 1
 
 
@@ -179,18 +155,8 @@ class _AcknowledgeLastIndexLog(_BrokenLog):
 
 def _core_with_log(log_class: type[_BrokenLog], doc: str) -> type[RaftCore]:
     class Core(RaftCore):
-        def __init__(
-            self,
-            config: Config,
-            store: LogStore,
-            rng: random.Random,
-            applied: int = 0,
-            recovering: bool = False,
-            lost_tail: bool = False,
-        ) -> None:
-            super().__init__(
-                config, store, rng, applied, recovering=recovering, lost_tail=lost_tail
-            )
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
             self.log.__class__ = log_class
 
     Core.__doc__ = doc

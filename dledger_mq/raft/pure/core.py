@@ -605,24 +605,26 @@ class RaftCore:
             )
 
     def _heard_log_end(self, request: VoteRequest) -> None:
-        if not self.lost_tail or not self.recovering:
-            return
-        self._log_ends[request.source] = (request.last_log_term, request.last_log_index)
-        self._maybe_finish_tail_recovery()
+        if self.lost_tail and self.recovering:
+            self._log_ends[request.source] = (request.last_log_term, request.last_log_index)
+            self._maybe_finish_tail_recovery()
+
+    def _log_end_floor(self) -> tuple[int, int] | None:
+        """For a replica that lost its tail, once it heard enough log ends: the furthest of
+        them, (last term, last index); a vote or its own recovery needs a log this far."""
+        if not self.lost_tail or len(self._log_ends) < self._log_ends_needed:
+            return None
+        return max(self._log_ends.values())
 
     def _log_ends_allow_vote(self, request: VoteRequest) -> bool:
-        """A recovering replica that lost its tail votes only for a candidate at least as up to
-        date as every log end it heard, once it heard enough of them."""
-        if not self.lost_tail or len(self._log_ends) < self._log_ends_needed:
-            return False
-        return (request.last_log_term, request.last_log_index) >= max(self._log_ends.values())
+        floor = self._log_end_floor()
+        return floor is not None and (request.last_log_term, request.last_log_index) >= floor
 
     def _maybe_finish_tail_recovery(self) -> None:
-        if not self.lost_tail or not self.recovering:
-            return
-        if len(self._log_ends) < self._log_ends_needed:
-            return
-        if (self.log.last_term(), self.log.last_index()) >= max(self._log_ends.values()):
+        if not self.recovering:
+            return  # the usual case: every append and heartbeat comes by here
+        floor = self._log_end_floor()
+        if floor is not None and (self.log.last_term(), self.log.last_index()) >= floor:
             self.recovering = False
             self._recovery_target = None
 

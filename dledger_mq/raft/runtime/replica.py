@@ -210,9 +210,7 @@ class Replica:
             if self._stalled is not None:
                 work, self._stalled = self._stalled, None
                 try:
-                    await self._write(work)
-                    self._finish_recovery(work)
-                    self.transport.send(work.send_after)
+                    await self._persist_and_send(work)
                 finally:
                     self._handling = False
                 driver.finish(work)
@@ -223,10 +221,7 @@ class Replica:
                     self._send_first(work)
                     if work.snapshot is not None:
                         await trio.to_thread.run_sync(self._reset_to_snapshot, *work.snapshot)
-                    if work.writes:
-                        await self._write(work)
-                    self._finish_recovery(work)
-                    self.transport.send(work.send_after)
+                    await self._persist_and_send(work)
                 finally:
                     self._handling = False
                 driver.finish(work)
@@ -234,6 +229,13 @@ class Replica:
                 await trio.lowlevel.checkpoint()
                 if self._failure is not None:
                     raise self._failure
+
+    async def _persist_and_send(self, work: ReadyWork) -> None:
+        """The rest of a Ready once its early messages went: write, then what may follow."""
+        if work.writes:
+            await self._write(work)
+        self._finish_recovery(work)
+        self.transport.send(work.send_after)
 
     async def _write(self, work: ReadyWork) -> None:
         """Write the work's entries and hard state; while the disk is full, wait and try again

@@ -49,7 +49,13 @@ from dledger_mq.raft.storage.commitlog_format import (
     record_checksum_matches,
     segment_file_name,
 )
-from dledger_mq.raft.storage.disk import Disk, DiskFile, make_directories, write_file_atomically
+from dledger_mq.raft.storage.disk import (
+    Disk,
+    DiskFile,
+    make_directories,
+    read_small_file,
+    write_file_atomically,
+)
 from dledger_mq.raft.storage.location_index import (
     INDEX_SUFFIX,
     SegmentIndex,
@@ -287,13 +293,10 @@ def prepare_directory(
 def read_identity(disk: Disk, directory: str) -> LogIdentity | None:
     """The identity recorded in ``directory``, None for a log made before identities were."""
     path = posixpath.join(directory, IDENTITY_FILE_NAME)
-    if not disk.exists(path):
+    data = read_small_file(disk, path, 4 * MAX_IDENTITY_PART_BYTES)
+    if data is None:
         return None
-    file = disk.open(path)
-    try:
-        found = decode_identity(file.read(0, min(file.size(), 4 * MAX_IDENTITY_PART_BYTES)))
-    finally:
-        file.close()
+    found = decode_identity(data)
     if isinstance(found, str):
         raise CorruptRecord(path, 0, found)
     return found
@@ -301,14 +304,7 @@ def read_identity(disk: Disk, directory: str) -> LogIdentity | None:
 
 def read_recovering_mark(disk: Disk, directory: str) -> bytes | None:
     """The recovering mark's content (``LOST_TAIL_MARK`` or empty), None without one."""
-    path = posixpath.join(directory, RECOVERING_FILE_NAME)
-    if not disk.exists(path):
-        return None
-    file = disk.open(path)
-    try:
-        return file.read(0, 64)
-    finally:
-        file.close()
+    return read_small_file(disk, posixpath.join(directory, RECOVERING_FILE_NAME), 64)
 
 
 def _check_identity(disk: Disk, directory: str, identity: LogIdentity, recorded: bool) -> None:
@@ -533,11 +529,12 @@ class _Recovery:
             reason = "a corrupt record and everything after it were cut"
         elif published is None or not published.is_exact_on(self.disk):
             reason = "a torn tail was cut and the log cannot tell if it was acknowledged"
-        else:
-            for cut in cuts:
-                base_index = parse_segment_file_name(posixpath.basename(cut.path)) or 0
-                if (base_index, cut.offset) < (published.base_index, published.end_offset):
-                    reason = "damage was cut before where the log had been published: rot"
+        elif any(
+            (parse_segment_file_name(posixpath.basename(cut.path)) or 0, cut.offset)
+            < (published.base_index, published.end_offset)
+            for cut in cuts
+        ):
+            reason = "damage was cut before where the log had been published: rot"
         if not reason:
             return
         write_file_atomically(self.disk, mark, LOST_TAIL_MARK)

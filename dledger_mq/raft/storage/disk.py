@@ -94,6 +94,18 @@ def write_file_atomically(disk: Disk, path: str, data: bytes) -> None:
     _fsync(lambda: disk.fsync_directory(posixpath.dirname(path) or "/"), path)
 
 
+def read_small_file(disk: Disk, path: str, max_bytes: int) -> bytes | None:
+    """Up to ``max_bytes`` of ``path`` from its start (a bound: the file may be damaged); None
+    if there is no such file."""
+    if not disk.exists(path):
+        return None
+    file = disk.open(path)
+    try:
+        return file.read(0, min(file.size(), max_bytes))
+    finally:
+        file.close()
+
+
 def make_directories(disk: Disk, directory: str) -> None:
     """Create ``directory`` and its missing parents so that they survive a crash: each new
     directory is durable only once its parent's entry for it is fsynced."""

@@ -24,7 +24,7 @@ import attrs
 import structlog
 from crc32c import crc32c
 
-from dledger_mq.raft.storage.disk import Disk, DiskFile, write_file_atomically
+from dledger_mq.raft.storage.disk import Disk, DiskFile, read_small_file, write_file_atomically
 
 PUBLISHED_END_FILE_NAME = "published"
 _MAGIC = b"DQLP"
@@ -77,15 +77,11 @@ def decode_published_end(data: bytes) -> PublishedEnd | None:
 
 def read_published_end(disk: Disk, directory: str) -> PublishedEnd | None:
     """The newest intact record, or None (no file, or nothing intact in it)."""
-    path = posixpath.join(directory, PUBLISHED_END_FILE_NAME)
-    if not disk.exists(path):
+    data = read_small_file(
+        disk, posixpath.join(directory, PUBLISHED_END_FILE_NAME), 2 * MAX_FILE_BYTES
+    )
+    if data is None:
         return None
-    file = disk.open(path)
-    try:
-        size = min(file.size(), 2 * MAX_FILE_BYTES)
-        data = file.read(0, size)
-    finally:
-        file.close()
     # The newest first; an append torn by a crash is skipped (it was never acted on), and the
     # records after it, written by the next process, start wherever it ended: found by magic.
     start = data.rfind(_MAGIC)
