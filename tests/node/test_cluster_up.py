@@ -163,6 +163,11 @@ async def test_rot_in_a_nodes_last_record_as_docs_operations_shows_it(tmp_path: 
         await up.wait_for_leader()
         for number in range(10):
             await up.dledger("send", "orders", f"before the rot {number}")
+        # n3 wrote and published everything (a record still being written at the kill would be
+        # a torn write, rightly not a lost tail).
+        leader = await up.wait_for_leader()
+        if leader.node_id != "n3":
+            await up.wait_caught_up("n3", leader.commit_index)
         await up.dledger("cluster", "kill", "n3")
         rot = await trio.to_thread.run_sync(
             lambda: subprocess.run(

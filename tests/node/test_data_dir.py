@@ -128,7 +128,10 @@ async def test_a_node_whose_last_record_rotted_recovers_before_it_votes_again(
     votes only once caught up, and then helps elect a new leader."""
     leader = await cluster.wait_for_leader()
     for number in range(20):
-        await cluster.propose(b"before the rot %d" % number)
+        index = await cluster.propose(b"before the rot %d" % number)
+    # Every node applied it, so wrote and published it: a kill now cannot tear that record
+    # (one still being written when the kill came is a torn write, rightly not a lost tail).
+    await cluster.wait_caught_up(index)
     victim = next(node_id for node_id in cluster.nodes if node_id != leader.node_id)
     cluster.kill(victim)
     directory = Path(log_directory(cluster.nodes[victim].config))

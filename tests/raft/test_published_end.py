@@ -7,6 +7,7 @@ import errno
 import random
 
 import pytest
+from structlog.testing import capture_logs
 
 from dledger_mq.errors import StorageError
 from dledger_mq.raft.storage.commitlog import CommitLog
@@ -135,3 +136,11 @@ def test_the_newest_intact_record_counts_and_the_file_stays_small() -> None:
     disk.crash(random.Random(0), torn_writes=False)
     closed = read_published_end(disk, DIRECTORY)
     assert closed == PublishedEnd(1, 7, "") and closed.is_exact_on(disk)
+
+
+def test_the_published_file_is_one_of_the_logs_own() -> None:
+    disk = MemoryDisk()
+    written_log(disk, close=True)
+    with capture_logs() as events:
+        CommitLog.open(disk, DIRECTORY)
+    assert not [e for e in events if e["event"] == "commitlog.unknown_file_ignored"]

@@ -485,6 +485,7 @@ class _Recovery:
                 RESETTING_FILE_NAME,
                 SNAPSHOTS_DIRECTORY_NAME,
                 CONSUME_QUEUE_DIRECTORY_NAME,
+                PUBLISHED_END_FILE_NAME,
             ):
                 _logger.warning(
                     "commitlog.unknown_file_ignored", directory=self.directory, name=name
