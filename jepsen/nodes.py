@@ -26,6 +26,7 @@ from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.node.processes import start_node, stop_processes
 from dledger_mq.wire.admin import StatusReply
+from dledger_mq.wire.peer_auth import CLUSTER_SECRET_FILE_NAME, write_cluster_secret
 
 CLUSTER_ID = "local"
 
@@ -65,6 +66,11 @@ class Nodes:
         return {node_id: member.peer for node_id, member in self.members.items()}
 
     def write_configs(self, dial: Callable[[str, str], str], **settings: object) -> None:
+        # Peer links authenticate (through the proxy too: it only relays bytes).
+        secret_path = self.root / CLUSTER_SECRET_FILE_NAME
+        if not secret_path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_cluster_secret(str(secret_path))
         for node_id in self.members:
             directory = self.root / node_id
             directory.mkdir(parents=True, exist_ok=True)
@@ -76,6 +82,7 @@ class Nodes:
                     "data_dir": str(directory / "data"),
                     "naming_listen": self.naming[node_id],
                     "naming": self.naming_addresses,
+                    "cluster_secret_file": str(secret_path),
                     "peer_dial": {
                         peer: dial(node_id, peer) for peer in self.members if peer != node_id
                     },

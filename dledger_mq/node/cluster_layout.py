@@ -24,6 +24,11 @@ import attrs
 from dledger_mq.node.config import ConfigError, Member, load_config, parse_config, render_config
 from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.raft.storage.disk import Disk, OsDisk, make_directories, write_file_atomically
+from dledger_mq.wire.peer_auth import (
+    CLUSTER_SECRET_FILE_NAME,
+    new_cluster_secret_text,
+    write_cluster_secret,
+)
 
 DEFAULT_ROOT = Path(".dledger-mq")
 DEFAULT_BASE_PORT = 9876
@@ -170,6 +175,13 @@ def write_configs(
     disk = disk or OsDisk()
     naming = naming or {}
     paths = []
+    make_directories(disk, str(root))
+    secret_path = root / CLUSTER_SECRET_FILE_NAME
+    if not disk.exists(str(secret_path)):
+        if isinstance(disk, OsDisk):
+            write_cluster_secret(str(secret_path))  # mode 0600 from its creation
+        else:  # a simulated disk (tests): no modes there
+            write_file_atomically(disk, str(secret_path), new_cluster_secret_text().encode())
     for node_id in members:
         directory = root / node_id
         make_directories(disk, str(directory))
@@ -185,6 +197,7 @@ def write_configs(
                     "flush": flush,
                     "naming_listen": naming.get(node_id, ""),
                     "naming": list(naming.values()),
+                    "cluster_secret_file": str(secret_path),
                     **(settings or {}),
                 }
             )

@@ -17,6 +17,7 @@ Example (the same ``members`` table goes into every node's file)::
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import tomllib
 from pathlib import Path
@@ -129,6 +130,9 @@ class NodeConfig:
     #: Where to dial a peer when not at its ``members`` peer address (a proxy, a NAT):
     #: peer id -> "HOST:PORT". The fault-injection harness routes every link through its proxy.
     peer_dial: dict[str, str] = attrs.field(factory=dict)
+    #: A file (mode 0600) holding the cluster secret every peer link proves it holds
+    #: (docs/security.md); `cluster up` makes one. Required unless every member is on loopback.
+    cluster_secret_file: str = ""
 
     def __attrs_post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -160,6 +164,17 @@ class NodeConfig:
         addresses = [a for member in self.members.values() for a in (member.peer, member.client)]
         if len(set(addresses)) != len(addresses):
             raise ConfigError(f"members: two addresses are the same: {sorted(addresses)}")
+        if not self.cluster_secret_file:
+            remote = [
+                node_id
+                for node_id, member in self.members.items()
+                if not _is_loopback(Address.parse(member.peer).host)
+            ]
+            if remote:
+                raise ConfigError(
+                    "cluster_secret_file: required when members are not all on loopback "
+                    f"({', '.join(remote)} not): peer links must prove they hold the secret"
+                )
 
     @property
     def me(self) -> Member:
@@ -172,6 +187,15 @@ class NodeConfig:
             for node_id, member in self.members.items()
             if node_id != self.node_id
         }
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)

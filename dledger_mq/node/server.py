@@ -68,6 +68,7 @@ from dledger_mq.wire.admin import (
 )
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.naming import BrokerRegistration
+from dledger_mq.wire.peer_auth import load_cluster_secret
 from dledger_mq.wire.rpc import error_reply as rpc_error_reply
 from dledger_mq.wire.rpc import serve_requests
 from dledger_mq.wire.websocket import WebSocket, serve_websockets
@@ -298,6 +299,9 @@ def transport_config(config: NodeConfig) -> TransportConfig:
         node_id=config.node_id,
         group=config.group,
         peers=config.peers,
+        secret=load_cluster_secret(config.cluster_secret_file)
+        if config.cluster_secret_file
+        else None,
         max_frame_bytes=config.max_frame_bytes,
     )
 

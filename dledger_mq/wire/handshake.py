@@ -22,6 +22,9 @@ class Hello:
     cluster_id: str
     node_id: str
     protocol_version: int
+    #: On a peer link of a cluster with a secret: the connecting node's challenge
+    #: (``peer_auth.py``); empty from clients and from nodes without a secret.
+    nonce: bytes = b""
 
 
 @attrs.frozen
@@ -29,6 +32,16 @@ class Welcome:
     cluster_id: str
     node_id: str
     protocol_version: int
+    #: On a peer link with a secret: the accepting node's challenge, and its proof over both.
+    nonce: bytes = b""
+    proof: bytes = b""
+
+
+@attrs.frozen
+class PeerProof:
+    """The connecting node's answer to ``Welcome.nonce`` (``peer_auth.py``), before anything."""
+
+    proof: bytes
 
 
 #: Field values an error may carry on the wire (``DledgerError.field_values``).
@@ -47,7 +60,7 @@ class ErrorReply:
     fields: dict[str, ErrorFieldValue] = attrs.field(factory=dict)
 
 
-HANDSHAKE_TYPES.update({1: Hello, 2: Welcome, 3: ErrorReply})
+HANDSHAKE_TYPES.update({1: Hello, 2: Welcome, 3: ErrorReply, 4: PeerProof})
 
 
 def check_peer(hello: Hello | Welcome, cluster_id: str, what: str = "peer") -> None:
@@ -58,7 +71,7 @@ def check_peer(hello: Hello | Welcome, cluster_id: str, what: str = "peer") -> N
             f"this node speaks {PROTOCOL_VERSION}"
         )
     if hello.cluster_id != cluster_id:
+        # Only what they sent: a refusal must not tell a stranger the cluster's id.
         raise HandshakeRefused(
-            f"{what} {hello.node_id!r} belongs to cluster {hello.cluster_id!r}, "
-            f"this node to {cluster_id!r}"
+            f"{what} {hello.node_id!r} belongs to cluster {hello.cluster_id!r}, not this one"
         )

@@ -27,6 +27,7 @@ from dledger_mq.node.config import NodeConfig, parse_config, render_config
 from dledger_mq.node.data_dir import initialise_log
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.wire.admin import StatusReply
+from dledger_mq.wire.peer_auth import CLUSTER_SECRET_FILE_NAME, write_cluster_secret
 
 #: Fast Raft timing: heartbeats every 30 ms, elections after 200-400 ms.
 TICK_MS = 10
@@ -72,6 +73,9 @@ class ProcessCluster:
         #: node id -> the naming node it runs, when ``with_naming``.
         self.naming = naming
         self.nodes: dict[str, NodeProcess] = {}
+        root.mkdir(parents=True, exist_ok=True)
+        secret_path = root / CLUSTER_SECRET_FILE_NAME
+        write_cluster_secret(str(secret_path))  # every peer link authenticates
         for node_id in node_ids:
             directory = root / node_id
             directory.mkdir(parents=True, exist_ok=True)
@@ -86,6 +90,7 @@ class ProcessCluster:
                     "election_ticks": ELECTION_TICKS,
                     "naming_listen": self.naming.get(node_id, ""),
                     "naming": list(self.naming.values()),
+                    "cluster_secret_file": str(secret_path),
                     **settings,
                 }
             )

@@ -32,6 +32,9 @@ async def test_a_sigkill_of_the_leader_elects_another_and_the_node_comes_back(
         old = await up.wait_for_leader()
         assert "a new cluster in .dledger-mq: 3 nodes" in up.output()
         assert "commitlog." not in up.output()  # its own lines, not the logs of making them
+        # Peer links authenticate with the secret it made (docs/security.md).
+        assert (up.root / "cluster.secret").stat().st_mode & 0o777 == 0o600
+        assert "cluster_secret_file" in (up.root / "n1" / "node.toml").read_text()
         # The supervisor calls a node running once its own probe saw it answer (a moment
         # after the leader is known here).
         with trio.fail_after(10):

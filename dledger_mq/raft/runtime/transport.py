@@ -47,9 +47,11 @@ from dledger_mq.wire.handshake import (
     PROTOCOL_VERSION,
     ErrorReply,
     Hello,
+    PeerProof,
     Welcome,
     check_peer,
 )
+from dledger_mq.wire.peer_auth import check_nonce, check_proof, new_nonce, peer_proof
 from dledger_mq.wire.rpc import error_reply
 from dledger_mq.wire.socket_io import write_now
 
@@ -92,6 +94,9 @@ class TransportConfig:
     node_id: str
     group: str
     peers: dict[str, Address]
+    #: The cluster secret (``wire/peer_auth.py``): every link proves both ends hold it. None
+    #: only where every member is on loopback (``node.toml``'s ``cluster_secret_file``).
+    secret: bytes | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     queue_messages: int = 4096
     reconnect_min_seconds: float = 0.02
@@ -185,16 +190,26 @@ class PeerTransport:
         with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
             stream = await trio.open_tcp_stream(address.host, address.port)
             try:
-                hello = Hello(self.config.cluster_id, self.config.node_id, PROTOCOL_VERSION)
+                config = self.config
+                secret = config.secret
+                nonce = new_nonce() if secret is not None else b""
+                hello = Hello(config.cluster_id, config.node_id, PROTOCOL_VERSION, nonce)
                 await stream.send_all(encode_frames([PEER_CODEC.encode(hello)]))
-                reply = await _read_one(stream, FrameDecoder(self.config.max_frame_bytes))
+                reply = await _read_one(stream, FrameDecoder(config.max_frame_bytes))
                 if isinstance(reply, ErrorReply):
                     raise HandshakeRefused(f"{peer} refused us: {reply.message}")
                 if not isinstance(reply, Welcome):
-                    raise ProtocolError(f"{peer} answered the handshake with {reply!r}")
-                check_peer(reply, self.config.cluster_id)
+                    raise ProtocolError(f"{peer} answered the handshake with {reply!r:.80}")
+                check_peer(reply, config.cluster_id)
                 if reply.node_id != peer:
                     raise HandshakeRefused(f"{address} is node {reply.node_id!r}, not {peer!r}")
+                if secret is not None:
+                    # Before anything of ours goes to it: it must hold the secret too.
+                    check_nonce(reply.nonce)
+                    proof = (config.cluster_id, config.node_id, peer, nonce, reply.nonce)
+                    check_proof(peer_proof(secret, "welcome", *proof), reply.proof)
+                    answer = PeerProof(peer_proof(secret, "hello", *proof))
+                    await stream.send_all(encode_frames([PEER_CODEC.encode(answer)]))
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -233,16 +248,30 @@ class PeerTransport:
             if not isinstance(hello, Hello):
                 raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
             peer = hello.node_id
+            config = self.config
             try:
-                check_peer(hello, self.config.cluster_id)
-                if peer not in self.config.peers:
-                    raise HandshakeRefused(f"{peer!r} is not a member of group {self.config.group}")
+                check_peer(hello, config.cluster_id)
+                if peer not in config.peers:
+                    raise HandshakeRefused(f"{peer!r} is not a member of group {config.group}")
+                nonce, proof = b"", b""
+                if config.secret is not None:
+                    check_nonce(hello.nonce)
+                    nonce = new_nonce()
+                    fields = (config.cluster_id, peer, config.node_id, hello.nonce, nonce)
+                    proof = peer_proof(config.secret, "welcome", *fields)
+                welcome = Welcome(config.cluster_id, config.node_id, PROTOCOL_VERSION, nonce, proof)
+                await stream.send_all(encode_frames([PEER_CODEC.encode(welcome)]))
+                if config.secret is not None:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
+                        answer = await _read_one(stream, decoder)
+                    if not isinstance(answer, PeerProof):
+                        raise HandshakeRefused(f"expected PeerProof, got {type(answer).__name__}")
+                    check_proof(peer_proof(config.secret, "hello", *fields), answer.proof)
             except HandshakeRefused as error:
+                # The reason stays here: a stranger learns nothing of the cluster from it.
                 self.log.warning("peer_refused", peer=peer, reason=str(error))
-                await _send_error(stream, error)
+                await _send_error(stream, HandshakeRefused("handshake refused"))
                 return
-            welcome = Welcome(self.config.cluster_id, self.config.node_id, PROTOCOL_VERSION)
-            await stream.send_all(encode_frames([PEER_CODEC.encode(welcome)]))
             while True:
                 # Frames that came in the same packet as the Hello are already buffered.
                 for payload in decoder.next_frames():
