@@ -342,3 +342,57 @@ class SequenceOutsideWindow(BadRequest):
             f"producer {producer_id!r} sequence {sequence} is older than the last {window} "
             f"sequences remembered (highest {highest_sequence})"
         )
+
+
+class AuthenticationFailed(HandshakeRefused):
+    """The client's credentials were not accepted. Deliberately vague: it does not say whether
+    the access key is unknown or the proof wrong."""
+
+
+class AuthenticationRequired(DledgerError):
+    """This request needs a user: connect with credentials (``--access-key``/``--secret-key``,
+    ``DLEDGER_MQ_ACCESS_KEY``/``DLEDGER_MQ_SECRET_KEY``, or ``credentials=`` in the SDK)."""
+
+
+class PermissionDenied(DledgerError):
+    """``user`` may not do ``action`` on ``resource`` (docs/security.md, "Permissions")."""
+
+    def __init__(self, user: str, action: str, resource: str) -> None:
+        self.user = user
+        self.action = action
+        self.resource = resource
+        super().__init__(f"user {user!r} may not {action} on {resource}")
+
+
+class UserNotFound(BadRequest):
+    def __init__(self, user: str) -> None:
+        self.user = user
+        super().__init__(f"no user {user!r}")
+
+
+class UserExists(BadRequest):
+    def __init__(self, user: str) -> None:
+        self.user = user
+        super().__init__(f"user {user!r} exists already")
+
+
+class InvalidRule(BadRequest):
+    """A permission rule that does not parse: ``problem`` says why."""
+
+    def __init__(self, rule: str, problem: str) -> None:
+        self.rule = rule
+        self.problem = problem
+        super().__init__(f"rule {rule!r}: {problem}")
+
+
+class TopicLimitReached(BadRequest):
+    """The group holds ``max_topics`` topics already (the ``max_topics`` setting)."""
+
+    def __init__(self, topic: str, max_topics: int) -> None:
+        self.topic = topic
+        self.max_topics = max_topics
+        super().__init__(f"cannot create topic {topic!r}: the group holds {max_topics} topics")
+
+
+class TooManyConnections(Unavailable):
+    """The listener holds as many connections as it takes (in all, or from this address)."""

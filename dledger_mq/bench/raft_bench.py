@@ -28,6 +28,7 @@ import trio
 from dledger_mq.clients.admin import AdminConnection, connect_admin
 from dledger_mq.errors import DledgerError, NotLeader
 from dledger_mq.node.cluster_status import fetch_all
+from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
 from dledger_mq.node.local_cluster import LocalCluster
 
 ENTRY_BYTES = 100
@@ -207,7 +208,10 @@ async def run(
     echo: Callable[[str], None],
 ) -> str:
     root = Path(tempfile.mkdtemp(prefix="bench-raft-", dir=directory or "."))
-    cluster = LocalCluster(root, "sync")
+    # Raw proposals measure Raft alone; only the harness switch opens them.
+    cluster = LocalCluster(
+        root, "sync", environment={**os.environ, HARNESS_ENVIRONMENT_VARIABLE: "raw-proposals"}
+    )
     try:
         for node_id in cluster.members:
             cluster.start(node_id)

@@ -28,14 +28,17 @@ from typing import Any
 import attrs
 import msgpack
 
+from dledger_mq.broker.access import MAX_RULES_PER_USER, Rule, check_access_key
 from dledger_mq.errors import (
     InvalidMessage,
     InvalidName,
+    InvalidRule,
     InvalidSettings,
     InvalidTopicConfig,
     MalformedCommand,
     UnsupportedCommandVersion,
 )
+from dledger_mq.wire.client_auth import STORED_KEY_BYTES
 
 #: The format version written first in every command; a reader refuses any other.
 FORMAT_VERSION = 1
@@ -64,12 +67,14 @@ MAX_OFFSET_ITEMS = 65536
 MAX_BODY_BYTES_CEILING = 32 << 20
 MAX_IDEMPOTENCE_WINDOW = 1 << 16
 MAX_PRODUCERS_CEILING = 1_000_000
+MAX_TOPICS_CEILING = 1_000_000
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_QUEUE_COUNT = 4
 DEFAULT_IDEMPOTENCE_WINDOW = 1024
 DEFAULT_MAX_PRODUCERS = 4096
 DEFAULT_PRODUCER_EXPIRY_MS = 24 * 3600 * 1000
+DEFAULT_MAX_TOPICS = 10_000
 
 #: Topic and consumer-group names: letters, digits and ``_ . % -`` (``%`` for the retry and
 #: dead-letter topics to come, as in RocketMQ's ``%RETRY%group``).
@@ -87,6 +92,10 @@ class CommandTag(enum.IntEnum):
     UPDATE_TOPIC = 5
     DELETE_TOPIC = 6
     CONFIGURE_BROKER = 7
+    ADD_USER = 8
+    REMOVE_USER = 9
+    GRANT = 10
+    REVOKE = 11
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +291,13 @@ class BrokerSettings:
     max_producers: int = DEFAULT_MAX_PRODUCERS
     #: A producer silent this long (by store timestamps) is forgotten.
     producer_expiry_ms: int = DEFAULT_PRODUCER_EXPIRY_MS
+    #: Topics the group holds at most; creating one more is refused (``TopicLimitReached``).
+    #: Last: a ``ConfigureBroker`` written before it existed has one field fewer.
+    max_topics: int = DEFAULT_MAX_TOPICS
 
     def __attrs_post_init__(self) -> None:
         bounds = {
+            "max_topics": (1, MAX_TOPICS_CEILING),
             "max_body_bytes": (1, MAX_BODY_BYTES_CEILING),
             "default_queue_count": (1, MAX_QUEUE_COUNT),
             "idempotence_window": (1, MAX_IDEMPOTENCE_WINDOW),
@@ -468,6 +481,48 @@ class ResetOffsets:
             seen.add(item.queue_id)
 
 
+@attrs.frozen
+class AddUser:
+    """A new user with its stored key (``wire/client_auth.stored_key``) and first rules."""
+
+    access_key: str
+    stored_key: bytes
+    rules: tuple[Rule, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        check_access_key(self.access_key)
+        if type(self.stored_key) is not bytes or len(self.stored_key) != STORED_KEY_BYTES:
+            raise MalformedCommand(f"a stored key is {STORED_KEY_BYTES} bytes")
+        if len(self.rules) > MAX_RULES_PER_USER:
+            raise InvalidRule("", f"a user has at most {MAX_RULES_PER_USER} rules")
+
+
+@attrs.frozen
+class RemoveUser:
+    access_key: str
+
+    def __attrs_post_init__(self) -> None:
+        check_access_key(self.access_key)
+
+
+@attrs.frozen
+class Grant:
+    access_key: str
+    rule: Rule
+
+    def __attrs_post_init__(self) -> None:
+        check_access_key(self.access_key)
+
+
+@attrs.frozen
+class Revoke:
+    access_key: str
+    rule: Rule
+
+    def __attrs_post_init__(self) -> None:
+        check_access_key(self.access_key)
+
+
 Command = (
     SendBatch
     | CommitOffsets
@@ -476,6 +531,10 @@ Command = (
     | UpdateTopic
     | DeleteTopic
     | ConfigureBroker
+    | AddUser
+    | RemoveUser
+    | Grant
+    | Revoke
 )
 
 
@@ -544,7 +603,18 @@ def encode_command(command: Command) -> bytes:
             settings.idempotence_window,
             settings.max_producers,
             settings.producer_expiry_ms,
+            settings.max_topics,
         ]
+    elif type(command) is AddUser:
+        tag = CommandTag.ADD_USER
+        rules = [[rule.resource, rule.action] for rule in command.rules]
+        fields = [command.access_key, command.stored_key, rules]
+    elif type(command) is RemoveUser:
+        tag = CommandTag.REMOVE_USER
+        fields = [command.access_key]
+    elif type(command) is Grant or type(command) is Revoke:
+        tag = CommandTag.GRANT if type(command) is Grant else CommandTag.REVOKE
+        fields = [command.access_key, command.rule.resource, command.rule.action]
     else:
         raise TypeError(f"not a broker command: {type(command).__name__}")
     return _pack([FORMAT_VERSION, int(tag), *fields])
@@ -563,13 +633,18 @@ class RawCommand:
 
 
 _FIELD_COUNTS = {
-    CommandTag.SEND_BATCH: 2,
-    CommandTag.COMMIT_OFFSETS: 3,
-    CommandTag.RESET_OFFSETS: 3,
-    CommandTag.CREATE_TOPIC: 3,
-    CommandTag.UPDATE_TOPIC: 3,
-    CommandTag.DELETE_TOPIC: 1,
-    CommandTag.CONFIGURE_BROKER: 6,
+    CommandTag.SEND_BATCH: (2,),
+    CommandTag.COMMIT_OFFSETS: (3,),
+    CommandTag.RESET_OFFSETS: (3,),
+    CommandTag.CREATE_TOPIC: (3,),
+    CommandTag.UPDATE_TOPIC: (3,),
+    CommandTag.DELETE_TOPIC: (1,),
+    # 6 before ``max_topics`` was a setting.
+    CommandTag.CONFIGURE_BROKER: (6, 7),
+    CommandTag.ADD_USER: (3,),
+    CommandTag.REMOVE_USER: (1,),
+    CommandTag.GRANT: (3,),
+    CommandTag.REVOKE: (3,),
 }
 
 
@@ -593,10 +668,9 @@ def unpack_command(data: bytes) -> RawCommand:
     if type(tag) is not int or tag not in _FIELD_COUNTS:
         raise MalformedCommand(f"unknown command tag {tag!r}")
     command_tag = CommandTag(tag)
-    if len(fields) != _FIELD_COUNTS[command_tag]:
-        raise MalformedCommand(
-            f"{command_tag.name} has {_FIELD_COUNTS[command_tag]} fields, got {len(fields)}"
-        )
+    if len(fields) not in _FIELD_COUNTS[command_tag]:
+        counts = " or ".join(map(str, _FIELD_COUNTS[command_tag]))
+        raise MalformedCommand(f"{command_tag.name} has {counts} fields, got {len(fields)}")
     return RawCommand(command_tag, fields)
 
 
@@ -656,6 +730,18 @@ def command_from_fields(raw: RawCommand) -> Command:
         return DeleteTopic(fields[0])
     if tag is CommandTag.CONFIGURE_BROKER:
         return ConfigureBroker(BrokerSettings(*fields))
+    if tag is CommandTag.ADD_USER:
+        access_key, stored, rules = fields
+        return AddUser(
+            access_key,
+            stored,
+            tuple(Rule(*_array_of(rule, 2, "a rule")) for rule in _list(rules, "rules")),
+        )
+    if tag is CommandTag.REMOVE_USER:
+        return RemoveUser(fields[0])
+    if tag is CommandTag.GRANT or tag is CommandTag.REVOKE:
+        access_key, resource, action = fields
+        return (Grant if tag is CommandTag.GRANT else Revoke)(access_key, Rule(resource, action))
     raise AssertionError(f"unhandled command tag {tag}")  # unpack_command knows every tag
 
 

@@ -20,6 +20,7 @@ import attrs
 import structlog
 import trio
 
+from dledger_mq.broker.access import Rule, User
 from dledger_mq.broker.assignment import (
     RoundRobinQueues,
     fifo_grant,
@@ -28,14 +29,18 @@ from dledger_mq.broker.assignment import (
 )
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
+    AddUser,
     BrokerSettings,
     CommitOffsets,
     ConfigureBroker,
     CreateTopic,
     DeleteTopic,
+    Grant,
     Message,
     OffsetCommit,
+    RemoveUser,
     ResetOffsets,
+    Revoke,
     SendBatch,
     UpdateTopic,
     encode_command,
@@ -53,28 +58,38 @@ from dledger_mq.broker.state import (
     TopicCreated,
     TopicDeleted,
     TopicUpdated,
+    UsersChanged,
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
 from dledger_mq.errors import BadRequest, DiskFull, NotLeader, TopicNotFound, Unavailable
 from dledger_mq.raft.pure.core import RaftCore
 from dledger_mq.raft.pure.log_store import LogCompacted, LogStore
 from dledger_mq.wire.admin import (
+    AddUserRequest,
     CreateTopicReply,
     CreateTopicRequest,
     DeleteTopicRequest,
     DescribeGroupReply,
     DescribeGroupRequest,
+    GrantRequest,
     GroupInfo,
     ListGroupsReply,
     ListGroupsRequest,
     ListTopicsReply,
     ListTopicsRequest,
+    ListUsersReply,
+    ListUsersRequest,
     QueueLagInfo,
+    RemoveUserRequest,
     ResetOffsetReply,
     ResetOffsetRequest,
+    RevokeRequest,
+    RuleInfo,
     TopicChangedReply,
     TopicInfo,
     UpdateTopicRequest,
+    UserChangedReply,
+    UserInfo,
 )
 from dledger_mq.wire.broker import (
     CommitOffsetsReply,
@@ -200,6 +215,11 @@ class BrokerService:
             ListGroupsRequest: _now(self.list_groups),
             DescribeGroupRequest: _now(self.describe_group),
             ResetOffsetRequest: self.reset_offset,
+            AddUserRequest: self.add_user,
+            RemoveUserRequest: self.remove_user,
+            GrantRequest: self.grant,
+            RevokeRequest: self.revoke,
+            ListUsersRequest: _now(self.list_users),
         }
 
     async def handle(self, message: object) -> object:
@@ -268,6 +288,34 @@ class BrokerService:
             fifo=description.fifo,
             max_offsets=tuple(queue.max_offset for queue in description.queues),
         )
+
+    # -- users ---------------------------------------------------------------------------------
+
+    async def add_user(self, request: AddUserRequest) -> UserChangedReply:
+        rules = tuple(Rule(rule.resource, rule.action) for rule in request.rules)
+        command = AddUser(request.access_key, request.stored_key, rules)
+        return await self._change_user(command)
+
+    async def remove_user(self, request: RemoveUserRequest) -> UserChangedReply:
+        return await self._change_user(RemoveUser(request.access_key))
+
+    async def grant(self, request: GrantRequest) -> UserChangedReply:
+        rule = Rule(request.rule.resource, request.rule.action)
+        return await self._change_user(Grant(request.access_key, rule))
+
+    async def revoke(self, request: RevokeRequest) -> UserChangedReply:
+        rule = Rule(request.rule.resource, request.rule.action)
+        return await self._change_user(Revoke(request.access_key, rule))
+
+    async def _change_user(
+        self, command: AddUser | RemoveUser | Grant | Revoke
+    ) -> UserChangedReply:
+        result = await self._propose(encode_command(command))
+        assert isinstance(result, UsersChanged), result
+        return UserChangedReply(user_info(result.user) if result.user is not None else None)
+
+    def list_users(self, request: ListUsersRequest) -> ListUsersReply:
+        return ListUsersReply(tuple(user_info(user) for user in self.state.users()))
 
     async def _propose(self, data: bytes) -> object:
         """Propose ``data``; what apply made of it, or the error it refused it with."""
@@ -606,6 +654,12 @@ def _within_pull_bytes(
         if total > MAX_PULL_BYTES and kept > 0:
             return found[:kept], message.offset
     return found, next_offset
+
+
+def user_info(user: User) -> UserInfo:
+    """A user as it travels: its rules, never its stored key."""
+    rules = tuple(RuleInfo(rule.resource, rule.action) for rule in sorted(user.rules))
+    return UserInfo(user.access_key, rules)
 
 
 def _now(handler: Callable[[Any], object]) -> RequestHandler:

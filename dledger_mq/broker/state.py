@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import attrs
 import msgpack
 
+from dledger_mq.broker.access import MAX_RULES_PER_USER, MAX_USERS, Rule, User
 from dledger_mq.broker.consume_queue import ConsumeQueue, MemoryQueueStore, QueueStore
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
@@ -37,14 +38,18 @@ from dledger_mq.broker.records import (
     MAX_RAFT_INDEX,
     MESSAGE_FIELD_COUNT,
     SLOT_BITS,
+    AddUser,
     BrokerSettings,
     CommandTag,
     CommitOffsets,
     ConfigureBroker,
     CreateTopic,
     DeleteTopic,
+    Grant,
     Message,
+    RemoveUser,
     ResetOffsets,
+    Revoke,
     UpdateTopic,
     check_message_fields,
     command_from_fields,
@@ -63,7 +68,10 @@ from dledger_mq.errors import (
     SequenceOutsideWindow,
     SnapshotError,
     TopicExists,
+    TopicLimitReached,
     TopicNotFound,
+    UserExists,
+    UserNotFound,
 )
 
 _SLOT_MASK = (1 << SLOT_BITS) - 1
@@ -175,6 +183,14 @@ class SettingsChanged:
     settings: BrokerSettings
 
 
+@attrs.frozen
+class UsersChanged:
+    """A user was added or removed, or its rules changed: ``user`` as it is now (None: gone)."""
+
+    access_key: str
+    user: User | None
+
+
 ApplyResult = (
     SendBatchResult
     | OffsetsCommitted
@@ -183,6 +199,7 @@ ApplyResult = (
     | TopicUpdated
     | TopicDeleted
     | SettingsChanged
+    | UsersChanged
     | Refused
 )
 
@@ -383,6 +400,7 @@ class BrokerState:
         self._clock_ms = 0
         self._topics: dict[str, _Topic] = {}
         self._groups: dict[str, _Group] = {}
+        self._users: dict[str, User] = {}
         #: Least recently active first.
         self._producers: OrderedDict[str, _ProducerWindow] = OrderedDict()
 
@@ -430,6 +448,14 @@ class BrokerState:
                     ]
                     for producer_id, window in self._producers.items()
                 ],
+                [
+                    [
+                        user.access_key,
+                        user.stored_key,
+                        [[rule.resource, rule.action] for rule in sorted(user.rules)],
+                    ]
+                    for user in self._users.values()
+                ],
             ],
             use_bin_type=True,
         )
@@ -462,9 +488,11 @@ class BrokerState:
     @classmethod
     def _from_snapshot(cls, group: str, data: bytes, queues: QueueStore | None) -> BrokerState:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if not isinstance(fields, list) or len(fields) != 8:
-            raise SnapshotError("a broker snapshot is an array of 8 fields")
-        version, snapshot_group, applied, settings, clock_ms, topics, groups, producers = fields
+        # 8 fields before users were replicated.
+        if not isinstance(fields, list) or len(fields) not in (8, 9):
+            raise SnapshotError("a broker snapshot is an array of 8 or 9 fields")
+        version, snapshot_group, applied, settings, clock_ms, topics, groups, producers = fields[:8]
+        users = fields[8] if len(fields) == 9 else []
         if version != SNAPSHOT_FORMAT_VERSION:
             raise SnapshotError(
                 f"broker snapshot format version {version}; this build reads "
@@ -520,6 +548,11 @@ class BrokerState:
             ):
                 raise SnapshotError(f"producer {producer_id!r}: rings of different sizes")
             state._producers[str(producer_id)] = window
+        for access_key, stored, rules in users:
+            user = AddUser(access_key, stored, tuple(Rule(*rule) for rule in rules))
+            state._users[user.access_key] = User(
+                user.access_key, user.stored_key, frozenset(user.rules)
+            )
         return state
 
     @classmethod
@@ -561,6 +594,8 @@ class BrokerState:
                 return self._apply_delete_topic(command)
             if type(command) is ConfigureBroker:
                 return self._apply_configure(command)
+            if isinstance(command, AddUser | RemoveUser | Grant | Revoke):
+                return self._apply_user_change(command)
             raise AssertionError(f"unhandled command {type(command).__name__}")
         except BadRequest as error:
             return Refused(error)
@@ -605,6 +640,7 @@ class BrokerState:
         elif queue_id >= topic.config.queue_count:
             raise QueueNotFound(topic_name, queue_id, topic.config.queue_count)
         if topic is None:
+            self._check_topic_room(topic_name)
             topic = self._new_topic(TopicConfig(topic_name, settings.default_queue_count, False))
             self._topics[topic_name] = topic
             created_topics.append(topic_name)
@@ -712,6 +748,7 @@ class BrokerState:
             if existing.config != config:
                 raise TopicExists(command.name)
             return TopicCreated(config, created=False)
+        self._check_topic_room(command.name)
         self._topics[command.name] = self._new_topic(config)
         return TopicCreated(config, created=True)
 
@@ -737,6 +774,37 @@ class BrokerState:
         for group in self._groups.values():
             group.offsets.pop(command.name, None)
         return TopicDeleted(command.name)
+
+    def _check_topic_room(self, name: str) -> None:
+        if len(self._topics) >= self._settings.max_topics:
+            raise TopicLimitReached(name, self._settings.max_topics)
+
+    def _apply_user_change(self, command: AddUser | RemoveUser | Grant | Revoke) -> UsersChanged:
+        key = command.access_key
+        if type(command) is AddUser:
+            if key in self._users:
+                raise UserExists(key)
+            if len(self._users) >= MAX_USERS:
+                raise BadRequest(f"cannot add user {key!r}: {MAX_USERS} users exist")
+            user: User | None = User(key, command.stored_key, frozenset(command.rules))
+        else:
+            existing = self._users.get(key)
+            if existing is None:
+                raise UserNotFound(key)
+            if type(command) is RemoveUser:
+                user = None
+            elif type(command) is Grant:
+                if len(existing.rules) >= MAX_RULES_PER_USER and command.rule not in existing.rules:
+                    raise BadRequest(f"user {key!r} has {MAX_RULES_PER_USER} rules already")
+                user = attrs.evolve(existing, rules=existing.rules | {command.rule})
+            else:
+                assert type(command) is Revoke
+                user = attrs.evolve(existing, rules=existing.rules - {command.rule})
+        if user is None:
+            del self._users[key]
+        else:
+            self._users[key] = user
+        return UsersChanged(key, user)
 
     def _apply_configure(self, command: ConfigureBroker) -> SettingsChanged:
         self._settings = command.settings
@@ -782,6 +850,7 @@ class BrokerState:
         if existing is not None:
             return existing.config.queue_count
         if self._settings.auto_create_topics:
+            self._check_topic_room(topic)
             return self._settings.default_queue_count
         raise TopicNotFound(topic)
 
@@ -811,6 +880,12 @@ class BrokerState:
         """The highest store timestamp applied. A leader stamps ``max(now, this)``, so that
         store timestamps never go back along the log, even across leaders with skewed clocks."""
         return self._clock_ms
+
+    def user(self, access_key: str) -> User | None:
+        return self._users.get(access_key)
+
+    def users(self) -> tuple[User, ...]:
+        return tuple(sorted(self._users.values(), key=lambda user: user.access_key))
 
     def topics(self) -> tuple[TopicConfig, ...]:
         return tuple(self._topics[name].config for name in sorted(self._topics))
@@ -992,6 +1067,7 @@ class BrokerState:
             ),
             # Order matters here: it decides which producer is forgotten first.
             [(name, window.comparable()) for name, window in self._producers.items()],
+            sorted((key, user.stored_key, sorted(user.rules)) for key, user in self._users.items()),
         )
 
     def __eq__(self, other: object) -> bool:

@@ -155,8 +155,58 @@ root_option = click.option(
 )
 
 
+def credentials_options(function: F) -> F:
+    """--access-key and --secret-key: whom a command signs in as (docs/security.md). Without
+    them: ``DLEDGER_MQ_ACCESS_KEY``/``DLEDGER_MQ_SECRET_KEY``, else the admin credentials
+    `cluster up` keeps under --root, else none. The command's clients then find them where the
+    SDK looks by default, in this process's environment."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, access_key: str | None, secret_key: str | None, **kwargs: Any) -> Any:
+        use_credentials(access_key, secret_key, kwargs["root"])
+        return function(*args, **kwargs)
+
+    wrapper = click.option(
+        "--secret-key",
+        default=None,
+        metavar="KEY",
+        help="Secret key to sign in with (or DLEDGER_MQ_SECRET_KEY).",
+    )(wrapper)
+    return click.option(  # type: ignore[return-value]
+        "--access-key",
+        default=None,
+        metavar="NAME",
+        help="User to sign in as (or DLEDGER_MQ_ACCESS_KEY; default: the admin `cluster up` "
+        "made under --root, if any).",
+    )(wrapper)
+
+
+def use_credentials(access_key: str | None, secret_key: str | None, root: Path) -> None:
+    from dledger_mq.errors import UsageError
+    from dledger_mq.wire.client_auth import (
+        ACCESS_KEY_ENVIRONMENT_VARIABLE,
+        CREDENTIALS_FILE_NAME,
+        SECRET_KEY_ENVIRONMENT_VARIABLE,
+        Credentials,
+        read_credentials_file,
+    )
+
+    if bool(access_key) != bool(secret_key):
+        raise UsageError("give both --access-key and --secret-key, or neither")
+    credentials = Credentials(access_key, secret_key) if access_key and secret_key else None
+    if credentials is None:
+        credentials = Credentials.from_environment() or read_credentials_file(
+            root / CREDENTIALS_FILE_NAME
+        )
+    if credentials is not None:
+        os.environ[ACCESS_KEY_ENVIRONMENT_VARIABLE] = credentials.access_key
+        os.environ[SECRET_KEY_ENVIRONMENT_VARIABLE] = credentials.secret_key
+
+
 def cluster_options(function: F) -> F:
-    """--endpoints, --root and --cluster-id: which cluster a command talks to."""
+    """--endpoints, --root, --cluster-id and credentials: which cluster a command talks to,
+    and as whom."""
+    function = credentials_options(function)
     function = click.option("--cluster-id", default="local", show_default=True)(function)
     function = root_option(function)
     return click.option(
@@ -197,6 +247,7 @@ async def leader_admin(
 
 
 def naming_option(function: F) -> F:
+    function = credentials_options(function)
     function = click.option("--cluster-id", default="local", show_default=True)(function)
     function = root_option(function)
     return click.option(

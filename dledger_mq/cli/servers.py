@@ -109,17 +109,33 @@ def node(
     help="Brokers' heartbeat; a route expires after three missed.",
 )
 @click.option(
+    "--cluster-secret-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The cluster's secret (mode 0600): only nodes that hold it may register. Without "
+    "it, registrations are taken from this machine only.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
 )
 @one_line_errors
-def naming(listen: str, cluster_id: str, heartbeat_interval_ms: int, log_level: str) -> None:
+def naming(
+    listen: str,
+    cluster_id: str,
+    heartbeat_interval_ms: int,
+    cluster_secret_file: str | None,
+    log_level: str,
+) -> None:
     """Run a naming node alone: a route registry brokers register with and clients ask."""
     from dledger_mq.logs import configure_logging
     from dledger_mq.naming.server import serve_naming
     from dledger_mq.wire.address import Address
+    from dledger_mq.wire.peer_auth import load_cluster_secret
+
+    secret = load_cluster_secret(cluster_secret_file) if cluster_secret_file else None
 
     try:
         address = Address.parse(listen)
@@ -136,6 +152,7 @@ def naming(listen: str, cluster_id: str, heartbeat_interval_ms: int, log_level: 
                 cluster_id,
                 f"naming@{listen}",
                 heartbeat_interval_ms,
+                secret,
             )
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:

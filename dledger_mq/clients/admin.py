@@ -1,4 +1,5 @@
-"""An operator's client: node status, raw proposals and leadership transfer, over WebSocket.
+"""An operator's client: node status, topics, groups, users, leadership transfer (and, on a
+node the harness runs with ``raw-proposals``, raw proposals), over WebSocket.
 
 Speaks only the wire format. No timeout arguments: callers bound calls with Trio cancel scopes.
 """
@@ -10,23 +11,30 @@ from contextlib import asynccontextmanager
 
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
+    AddUserRequest,
     CreateTopicReply,
     CreateTopicRequest,
     DeleteTopicRequest,
     DescribeGroupReply,
     DescribeGroupRequest,
+    GrantRequest,
     GroupInfo,
     ListGroupsReply,
     ListGroupsRequest,
     ListTopicsReply,
     ListTopicsRequest,
+    ListUsersReply,
+    ListUsersRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
     QueueLagInfo,
+    RemoveUserRequest,
     ResetOffsetReply,
     ResetOffsetRequest,
+    RevokeRequest,
+    RuleInfo,
     StatusReply,
     StatusRequest,
     TopicChangedReply,
@@ -34,7 +42,12 @@ from dledger_mq.wire.admin import (
     TransferLeaderReply,
     TransferLeaderRequest,
     UpdateTopicRequest,
+    UserChangedReply,
+    UserInfo,
+    WhoAmIReply,
+    WhoAmIRequest,
 )
+from dledger_mq.wire.client_auth import Credentials, as_credentials, stored_key
 from dledger_mq.wire.rpc import RpcConnection, connect
 
 
@@ -102,9 +115,46 @@ class AdminConnection:
         reply = await self.connection.call(TransferLeaderRequest(target), TransferLeaderReply)
         return reply.leader
 
+    # -- users (the leader's) ------------------------------------------------------------------
+
+    async def add_user(
+        self, access_key: str, secret_key: str, rules: tuple[RuleInfo, ...] = ()
+    ) -> UserInfo:
+        """A new user; only the stored key of ``secret_key`` leaves this machine."""
+        request = AddUserRequest(access_key, stored_key(secret_key), rules)
+        reply = await self.connection.call(request, UserChangedReply)
+        assert reply.user is not None
+        return reply.user
+
+    async def remove_user(self, access_key: str) -> None:
+        await self.connection.call(RemoveUserRequest(access_key), UserChangedReply)
+
+    async def grant(self, access_key: str, rule: RuleInfo) -> UserInfo:
+        reply = await self.connection.call(GrantRequest(access_key, rule), UserChangedReply)
+        assert reply.user is not None
+        return reply.user
+
+    async def revoke(self, access_key: str, rule: RuleInfo) -> UserInfo:
+        reply = await self.connection.call(RevokeRequest(access_key, rule), UserChangedReply)
+        assert reply.user is not None
+        return reply.user
+
+    async def list_users(self) -> tuple[UserInfo, ...]:
+        return (await self.connection.call(ListUsersRequest(), ListUsersReply)).users
+
+    async def who_am_i(self) -> WhoAmIReply:
+        return await self.connection.call(WhoAmIRequest(), WhoAmIReply)
+
 
 @asynccontextmanager
-async def connect_admin(address: str, cluster_id: str = "local") -> AsyncIterator[AdminConnection]:
-    """Connect to one node's client address (HOST:PORT) and shake hands."""
-    async with connect(address, ADMIN_CODEC, cluster_id, "admin-client") as connection:
+async def connect_admin(
+    address: str,
+    cluster_id: str = "local",
+    credentials: Credentials | tuple[str, str] | None = None,
+) -> AsyncIterator[AdminConnection]:
+    """Connect to one node's client address (HOST:PORT), shake hands and sign in with
+    ``credentials`` (by default from ``DLEDGER_MQ_ACCESS_KEY``/``DLEDGER_MQ_SECRET_KEY``)."""
+    async with connect(
+        address, ADMIN_CODEC, cluster_id, "admin-client", as_credentials(credentials)
+    ) as connection:
         yield AdminConnection(connection)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.naming import (
     NAMING_CODEC,
     BrokerRegistration,
@@ -41,7 +42,10 @@ class NamingConnection:
 
 @asynccontextmanager
 async def connect_naming(
-    address: str, cluster_id: str = "local", client_name: str = "client"
+    address: str,
+    cluster_id: str = "local",
+    client_name: str = "client",
+    credentials: Credentials | None = None,
 ) -> AsyncIterator[NamingConnection]:
-    async with connect(address, NAMING_CODEC, cluster_id, client_name) as connection:
+    async with connect(address, NAMING_CODEC, cluster_id, client_name, credentials) as connection:
         yield NamingConnection(connection)

@@ -29,6 +29,7 @@ import trio
 from dledger_mq.clients.routing import RoutedClient
 from dledger_mq.errors import UsageError
 from dledger_mq.wire.broker import OutgoingMessage, Receipt, SendReply, SendRequest
+from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.rpc import raise_error_reply
 
@@ -100,9 +101,10 @@ class Producer(RoutedClient):
         *,
         cluster_id: str = "local",
         idempotent: bool = True,
+        credentials: Credentials | tuple[str, str] | None = None,
     ) -> None:
         self.producer_id = uuid.uuid4().hex if idempotent else None
-        super().__init__(naming, cluster_id, f"producer-{self.producer_id}")
+        super().__init__(naming, cluster_id, f"producer-{self.producer_id}", credentials)
         self.sequences = SequenceWindow()
 
     async def __aenter__(self) -> Producer:

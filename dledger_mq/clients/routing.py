@@ -14,6 +14,7 @@ from dledger_mq.clients.naming import connect_naming
 from dledger_mq.errors import DledgerError, Unavailable, UsageError
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import NODE_CODEC
+from dledger_mq.wire.client_auth import Credentials, as_credentials
 from dledger_mq.wire.naming import GroupRoute, TopicRoute
 from dledger_mq.wire.rpc import ReplyT, RpcConnection, connect
 
@@ -52,7 +53,14 @@ class Connections:
     one of them — also one whose ``get`` was given up on, or that lost a race to another.
     """
 
-    def __init__(self, nursery: trio.Nursery, cluster_id: str, name: str) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        cluster_id: str,
+        name: str,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.credentials = credentials
         self.nursery = nursery
         self.cluster_id = cluster_id
         self.name = name
@@ -98,7 +106,9 @@ class Connections:
         *,
         task_status: trio.TaskStatus[tuple[RpcConnection, trio.CancelScope]],
     ) -> None:
-        async with connect(address, NODE_CODEC, self.cluster_id, self.name) as connection:
+        async with connect(
+            address, NODE_CODEC, self.cluster_id, self.name, self.credentials
+        ) as connection:
             with trio.CancelScope(shield=not self._closed) as scope:
                 self._held.add(scope)
                 try:
@@ -305,7 +315,17 @@ class RoutedClient:
     """What producers and consumers share: routes through naming, connections held by a
     nursery for the client's lifetime (``async with``), and calls that follow the leader."""
 
-    def __init__(self, naming: str | Sequence[str], cluster_id: str, name: str) -> None:
+    def __init__(
+        self,
+        naming: str | Sequence[str],
+        cluster_id: str,
+        name: str,
+        credentials: Credentials | tuple[str, str] | None = None,
+    ) -> None:
+        """``credentials``: (access key, secret key) to sign in with; by default
+        ``DLEDGER_MQ_ACCESS_KEY`` and ``DLEDGER_MQ_SECRET_KEY`` if set, else none (a cluster
+        without users lets anonymous clients in from its own machines)."""
+        self.credentials = as_credentials(credentials)
         self.rng = random.Random()
         #: What the client waits for right now, and why (None: nothing stalls).
         self.stalls = Stalls()
@@ -321,7 +341,7 @@ class RoutedClient:
 
     async def _open(self) -> None:
         nursery = await self._nursery_manager.__aenter__()
-        self._connections = Connections(nursery, self.cluster_id, self.name)
+        self._connections = Connections(nursery, self.cluster_id, self.name, self.credentials)
 
     async def _close(
         self,

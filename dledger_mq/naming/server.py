@@ -10,8 +10,9 @@ from __future__ import annotations
 import structlog
 import trio
 
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import AuthenticationRequired, BadRequest, PermissionDenied
 from dledger_mq.naming.route_table import RouteTable
+from dledger_mq.wire.client_auth import NODE_IDENTITY_PREFIX, node_secret_key, stored_key
 from dledger_mq.wire.naming import (
     NAMING_CODEC,
     GetRoutes,
@@ -19,14 +20,49 @@ from dledger_mq.wire.naming import (
     RegisterReply,
     RoutesReply,
 )
-from dledger_mq.wire.rpc import serve_requests
+from dledger_mq.wire.rpc import Session, serve_requests
 from dledger_mq.wire.websocket import WebSocket, serve_websockets
 
 logger = structlog.get_logger()
 
 
+class NamingAccess:
+    """Anyone may ask for routes (they name addresses, which clients need before they can sign
+    in anywhere); only a member may register, signed in as ``node:<its id>`` with the cluster
+    secret, or, with no secret configured, from this machine."""
+
+    def __init__(self, cluster_secret: bytes | None) -> None:
+        self.cluster_secret = cluster_secret
+
+    def stored_key(self, access_key: str) -> bytes | None:
+        if self.cluster_secret is None or not access_key.startswith(NODE_IDENTITY_PREFIX):
+            return None
+        node_id = access_key.removeprefix(NODE_IDENTITY_PREFIX)
+        return stored_key(node_secret_key(self.cluster_secret, node_id))
+
+    def admit(self, session: Session) -> None:
+        return None
+
+    def check_registration(self, session: Session, node_id: str) -> None:
+        if self.cluster_secret is None:
+            if not session.loopback:
+                raise PermissionDenied("anonymous", "register", f"node:{node_id}")
+            return
+        if session.user is None:
+            raise AuthenticationRequired("registering needs the cluster secret")
+        if session.user != NODE_IDENTITY_PREFIX + node_id:
+            raise PermissionDenied(session.user, "register", f"node:{node_id}")
+
+
 class NamingService:
-    def __init__(self, cluster_id: str, name: str, heartbeat_interval_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        cluster_id: str,
+        name: str,
+        heartbeat_interval_ms: int = 1000,
+        cluster_secret: bytes | None = None,
+    ) -> None:
+        self.access = NamingAccess(cluster_secret)
         self.cluster_id = cluster_id
         self.name = name
         self.table = RouteTable(heartbeat_interval_ms)
@@ -37,9 +73,10 @@ class NamingService:
     def now_ms(self) -> int:
         return int(trio.current_time() * 1000)
 
-    async def handle(self, message: object) -> object:
+    async def handle(self, message: object, session: Session) -> object:
         if isinstance(message, RegisterBroker):
             registration = message.registration
+            self.access.check_registration(session, registration.node_id)
             known = (registration.group, registration.node_id) in {
                 (r.group, r.node_id) for r in self.table.registrations(self.now_ms())
             }
@@ -61,7 +98,9 @@ class NamingService:
         raise BadRequest(f"{type(message).__name__} is not a naming request")
 
     async def handle_connection(self, websocket: WebSocket) -> None:
-        await serve_requests(websocket, NAMING_CODEC, self.cluster_id, self.name, self.handle)
+        await serve_requests(
+            websocket, NAMING_CODEC, self.cluster_id, self.name, self.handle, access=self.access
+        )
 
 
 async def serve_naming(
@@ -70,10 +109,11 @@ async def serve_naming(
     cluster_id: str = "local",
     name: str = "naming",
     heartbeat_interval_ms: int = 1000,
+    cluster_secret: bytes | None = None,
     *,
     task_status: trio.TaskStatus[NamingService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    service = NamingService(cluster_id, name, heartbeat_interval_ms)
+    service = NamingService(cluster_id, name, heartbeat_interval_ms, cluster_secret)
     async with trio.open_nursery() as nursery:
         bound_port = await nursery.start(serve_websockets, service.handle_connection, host, port)
         service.address = f"{host}:{bound_port}"

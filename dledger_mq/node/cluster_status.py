@@ -15,6 +15,7 @@ import trio
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, Unavailable
 from dledger_mq.wire.admin import StatusReply
+from dledger_mq.wire.client_auth import Credentials
 
 STATUS_TIMEOUT_SECONDS = 1.0
 #: How long "who leads?" waits while some node answers but none leads (an election).
@@ -26,11 +27,14 @@ UNREACHABLE_PATIENCE_SECONDS = 1.0
 Probe = tuple[str, str, StatusReply | str]
 
 
-async def probe(address: str, cluster_id: str = "local") -> StatusReply | str:
-    """The node's status, or why it gave none within a second."""
+async def probe(
+    address: str, cluster_id: str = "local", credentials: Credentials | None = None
+) -> StatusReply | str:
+    """The node's status, or why it gave none within a second (signed in with
+    ``credentials``, by default the environment's)."""
     with trio.move_on_after(STATUS_TIMEOUT_SECONDS):
         try:
-            async with connect_admin(address, cluster_id) as connection:
+            async with connect_admin(address, cluster_id, credentials) as connection:
                 return await connection.status()
         except DledgerError as error:
             return _reason(error, address)
@@ -49,11 +53,15 @@ async def fetch_status(address: str, cluster_id: str = "local") -> StatusReply |
     return found if isinstance(found, StatusReply) else None
 
 
-async def probe_all(endpoints: list[tuple[str, str]], cluster_id: str = "local") -> list[Probe]:
+async def probe_all(
+    endpoints: list[tuple[str, str]],
+    cluster_id: str = "local",
+    credentials: Credentials | None = None,
+) -> list[Probe]:
     results: dict[str, StatusReply | str] = {}
 
     async def one(node_id: str, address: str) -> None:
-        results[node_id] = await probe(address, cluster_id)
+        results[node_id] = await probe(address, cluster_id, credentials)
 
     async with trio.open_nursery() as nursery:
         for node_id, address in endpoints:

@@ -26,7 +26,12 @@ from typing import Any
 import attrs
 import cattrs
 
-from dledger_mq.broker.records import DEFAULT_IDEMPOTENCE_WINDOW, MAX_IDEMPOTENCE_WINDOW
+from dledger_mq.broker.records import (
+    DEFAULT_IDEMPOTENCE_WINDOW,
+    DEFAULT_MAX_TOPICS,
+    MAX_IDEMPOTENCE_WINDOW,
+    MAX_TOPICS_CEILING,
+)
 from dledger_mq.errors import UsageError
 from dledger_mq.raft.storage.commitlog import FlushPolicy
 from dledger_mq.wire.address import Address
@@ -133,6 +138,23 @@ class NodeConfig:
     #: A file (mode 0600) holding the cluster secret every peer link proves it holds
     #: (docs/security.md); `cluster up` makes one. Required unless every member is on loopback.
     cluster_secret_file: str = ""
+    #: Client bounds (docs/security.md, "Limits"). With no users, anonymous clients are let in
+    #: from loopback only, unless this is false.
+    protected_mode: bool = True
+    #: ``Hello`` (and signing in) within this long of connecting.
+    client_hello_timeout_ms: int = attrs.field(default=10_000, validator=_positive)
+    #: A client that sent nothing and answered no ping for this long is dropped (pinged after
+    #: half); it reconnects when it next needs to.
+    client_idle_timeout_ms: int = attrs.field(default=600_000, validator=_positive)
+    #: Bytes of one message taken from a connection before its handshake is done.
+    max_pre_auth_bytes: int = attrs.field(default=64 << 10, validator=_positive)
+    #: Client connections held at once, in all and from one IP address (each listener).
+    max_client_connections: int = attrs.field(default=10_000, validator=_positive)
+    max_connections_per_address: int = attrs.field(default=1_000, validator=_positive)
+    #: Replicated: topics the group holds at most (sends that would create more are refused).
+    max_topics: int = attrs.field(
+        default=DEFAULT_MAX_TOPICS, validator=_at_most(MAX_TOPICS_CEILING)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.node_id not in self.members:

@@ -8,6 +8,9 @@ They are not config keys or flags on purpose: an operator cannot turn them on by
   yet fsynced, as a power cut would.
 - ``ack-before-fsync``: entries count as persisted once written, and fsync waits for an hour:
   the deliberately broken node the harness's negative control must catch losing data.
+- ``raw-proposals``: the client port takes ``Propose``/``ProposeBatch`` (raw bytes appended to
+  the log, for ``bench raft`` and the harness's register workload). Never in a real cluster: raw
+  bytes bypass every check the broker makes (a forged store timestamp, for one).
 """
 
 from __future__ import annotations
@@ -27,21 +30,22 @@ UNSAFE_FLUSH_INTERVAL_MS = 3_600_000
 class HarnessOptions:
     lose_unsynced: bool = False
     ack_before_fsync: bool = False
+    raw_proposals: bool = False
 
     @property
     def any(self) -> bool:
-        return self.lose_unsynced or self.ack_before_fsync
+        return self.lose_unsynced or self.ack_before_fsync or self.raw_proposals
 
     @classmethod
     def parse(cls, text: str) -> HarnessOptions:
         names = {name.strip() for name in text.split(",") if name.strip()}
-        known = {"lose-unsynced", "ack-before-fsync"}
+        known = {"lose-unsynced", "ack-before-fsync", "raw-proposals"}
         if names - known:
             raise ConfigError(
                 f"{HARNESS_ENVIRONMENT_VARIABLE}: unknown {sorted(names - known)}; "
                 f"known: {sorted(known)}"
             )
-        return cls("lose-unsynced" in names, "ack-before-fsync" in names)
+        return cls("lose-unsynced" in names, "ack-before-fsync" in names, "raw-proposals" in names)
 
     @classmethod
     def from_environment(cls) -> HarnessOptions:

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import trio
@@ -69,7 +70,10 @@ class LocalCluster:
         flush: str,
         with_naming: bool = False,
         settings: dict[str, object] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        """``environment``: the nodes' (default: this process's)."""
+        self.environment = environment
         self.root = root
         #: ``naming``: node id -> the naming node it runs, when ``with_naming``.
         self.members, self.naming = cluster_on_free_ports(3, with_naming)
@@ -79,7 +83,7 @@ class LocalCluster:
 
     def start(self, node_id: str) -> None:
         path = self.paths[node_id]
-        self.processes[node_id] = start_node(path, path.parent / "node.log")
+        self.processes[node_id] = start_node(path, path.parent / "node.log", self.environment)
 
     def kill(self, node_id: str) -> None:
         process = self.processes[node_id]

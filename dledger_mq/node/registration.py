@@ -16,6 +16,7 @@ import trio
 
 from dledger_mq.clients.naming import connect_naming
 from dledger_mq.errors import DledgerError
+from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.naming import BrokerRegistration
 
 logger = structlog.get_logger()
@@ -28,11 +29,21 @@ async def register_forever(
     changed: Callable[[], trio.Event],
     interval_seconds: float,
     rng: random.Random,
+    credentials: Credentials | None = None,
 ) -> None:
+    """``credentials``: the node's sign-in (``client_auth.node_credentials``) when the cluster
+    has a secret."""
     async with trio.open_nursery() as nursery:
         for address in naming_addresses:
             nursery.start_soon(
-                _register_with, address, cluster_id, registration, changed, interval_seconds, rng
+                _register_with,
+                address,
+                cluster_id,
+                registration,
+                changed,
+                interval_seconds,
+                rng,
+                credentials,
             )
 
 
@@ -43,12 +54,15 @@ async def _register_with(
     changed: Callable[[], trio.Event],
     interval_seconds: float,
     rng: random.Random,
+    credentials: Credentials | None,
 ) -> None:
     log = logger.bind(naming=address)
     backoff = 0.05
     while True:
         try:
-            async with connect_naming(address, cluster_id, registration().node_id) as naming:
+            async with connect_naming(
+                address, cluster_id, registration().node_id, credentials
+            ) as naming:
                 log.info("naming_connected")
                 backoff = 0.05
                 while True:

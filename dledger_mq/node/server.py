@@ -20,11 +20,13 @@ import functools
 import random
 import signal
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import attrs
 import structlog
 import trio
 
+from dledger_mq.broker.authorization import BrokerAccess
 from dledger_mq.broker.records import BrokerSettings
 from dledger_mq.broker.service import AppliedSignal, BrokerService, RequestHandler
 from dledger_mq.broker.state import BrokerState
@@ -61,17 +63,21 @@ from dledger_mq.wire.admin import (
     ProposeBatchRequest,
     ProposeReply,
     ProposeRequest,
+    RuleInfo,
     StatusReply,
     StatusRequest,
     TransferLeaderReply,
     TransferLeaderRequest,
+    WhoAmIReply,
+    WhoAmIRequest,
 )
+from dledger_mq.wire.client_auth import Credentials, node_credentials
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.naming import BrokerRegistration
 from dledger_mq.wire.peer_auth import load_cluster_secret
+from dledger_mq.wire.rpc import ServerLimits, Session, serve_requests
 from dledger_mq.wire.rpc import error_reply as rpc_error_reply
-from dledger_mq.wire.rpc import serve_requests
-from dledger_mq.wire.websocket import WebSocket, serve_websockets
+from dledger_mq.wire.websocket import ConnectionLimits, WebSocket, serve_websockets
 
 logger = structlog.get_logger()
 
@@ -110,6 +116,7 @@ class Node:
         broker: BrokerService,
         rng: random.Random,
         snapshots: SnapshotStore,
+        harness: HarnessOptions = NO_HARNESS,
     ) -> None:
         self.config = config
         self.snapshots = snapshots
@@ -118,13 +125,24 @@ class Node:
         self.broker = broker
         self.rng = rng
         self.log = logger.bind(node=config.node_id, group=config.group)
+        self.access = BrokerAccess(state, config.protected_mode)
+        self.limits = ServerLimits(
+            hello_timeout_seconds=config.client_hello_timeout_ms / 1000,
+            idle_timeout_seconds=config.client_idle_timeout_ms / 1000,
+            max_pre_auth_bytes=config.max_pre_auth_bytes,
+        )
+        self.connection_limits = ConnectionLimits(
+            config.max_client_connections, config.max_connections_per_address
+        )
         self.handlers: dict[type, RequestHandler] = {
             **broker.handlers(),
             StatusRequest: self._status,
-            ProposeRequest: self._propose,
-            ProposeBatchRequest: self._propose_batch,
             TransferLeaderRequest: self._transfer_leader,
         }
+        if harness.raw_proposals:
+            # Raw bytes skip every check the broker makes: for benchmarks and the harness only.
+            self.handlers[ProposeRequest] = self._propose
+            self.handlers[ProposeBatchRequest] = self._propose_batch
 
     # -- the client API ------------------------------------------------------------------------
 
@@ -137,13 +155,28 @@ class Node:
             self.config.node_id,
             self.serve,
             lambda error: error_reply(error, self.config),
+            access=self.access,
+            limits=self.limits,
         )
 
-    async def serve(self, message: object) -> object:
+    async def serve(self, message: object, session: Session) -> object:
+        """The reply to one request of ``session``, once it is allowed (``authorization.py``)."""
+        self.access.authorize(session, message)
+        if isinstance(message, WhoAmIRequest):
+            return self._who_am_i(session)
         handler = self.handlers.get(type(message))
         if handler is None:
             raise BadRequest(f"{type(message).__name__} is not a request")
         return await handler(message)
+
+    def _who_am_i(self, session: Session) -> WhoAmIReply:
+        user = self.access.user_of(session)
+        rules = sorted(user.rules) if user is not None else []
+        return WhoAmIReply(
+            session.user,
+            tuple(RuleInfo(rule.resource, rule.action) for rule in rules),
+            self.access.anonymous_allowed(session),
+        )
 
     async def _status(self, request: StatusRequest) -> StatusReply:
         return self.status()
@@ -293,15 +326,17 @@ def raft_core(
     )
 
 
+def cluster_secret(config: NodeConfig) -> bytes | None:
+    return load_cluster_secret(config.cluster_secret_file) if config.cluster_secret_file else None
+
+
 def transport_config(config: NodeConfig) -> TransportConfig:
     return TransportConfig(
         cluster_id=config.cluster_id,
         node_id=config.node_id,
         group=config.group,
         peers=config.peers,
-        secret=load_cluster_secret(config.cluster_secret_file)
-        if config.cluster_secret_file
-        else None,
+        secret=cluster_secret(config),
         max_frame_bytes=config.max_frame_bytes,
     )
 
@@ -314,10 +349,16 @@ def desired_settings(config: NodeConfig, state: BrokerState) -> BrokerSettings:
         default_queue_count=config.default_queue_count,
         max_body_bytes=config.max_body_bytes,
         idempotence_window=config.idempotence_window,
+        max_topics=config.max_topics,
     )
 
 
-def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) -> Node:
+def assemble_node(
+    config: NodeConfig,
+    commit_log: CommitLog,
+    writer: LogWriter,
+    harness: HarnessOptions = NO_HARNESS,
+) -> Node:
     """Every part of a node, each built from the ones before it."""
     rng = random.Random()
     # The broker state is derived from the log: after a restart, the newest usable snapshot
@@ -346,7 +387,7 @@ def assemble_node(config: NodeConfig, commit_log: CommitLog, writer: LogWriter) 
     broker = BrokerService(
         state, replica, commit_log, desired_settings(config, state), applied=applied
     )
-    return Node(config, replica, state, broker, rng, snapshots)
+    return Node(config, replica, state, broker, rng, snapshots, harness)
 
 
 async def serve_peers_and_naming(
@@ -380,6 +421,7 @@ async def serve_peers_and_naming(
                 config.cluster_id,
                 f"naming@{config.node_id}",
                 config.naming_heartbeat_ms,
+                node.replica.transport.config.secret,
             )
         if config.naming:
             nursery.start_soon(
@@ -390,8 +432,14 @@ async def serve_peers_and_naming(
                 lambda: replica.leader_changed,
                 config.naming_heartbeat_ms / 1000,
                 node.rng,
+                _naming_credentials(node),
             )
         task_status.started()
+
+
+def _naming_credentials(node: Node) -> Credentials | None:
+    secret = node.replica.transport.config.secret
+    return node_credentials(secret, node.config.node_id) if secret is not None else None
 
 
 async def run_node(
@@ -421,7 +469,7 @@ async def _run_node(
     commit_log = open_commit_log(config, harness)
     try:
         async with open_log_writer(commit_log) as writer:
-            node = assemble_node(config, commit_log, writer)
+            node = assemble_node(config, commit_log, writer, harness)
             async with trio.open_nursery() as nursery:
                 # The peer side outlives the client side: a stopping leader still needs its
                 # followers' answers to hand leadership over.
@@ -437,6 +485,7 @@ async def _run_node(
                     )
                     if node.replica.core.recovering:
                         log.warning("recovering", hint=RECOVERING_HINT)
+                    _say_how_clients_get_in(node, log)
                     task_status.started(node)
                     await shutdown_trigger()
                     with trio.move_on_after(config.graceful_stop_ms / 1000) as graceful:
@@ -451,6 +500,20 @@ async def _run_node(
     finally:
         commit_log.close()
         log.info("node_stopped")
+
+
+def _say_how_clients_get_in(node: Node, log: Any) -> None:
+    """One line at start: whether clients must sign in, or who is let in without."""
+    if node.state.users():
+        log.info("clients_sign_in", users=len(node.state.users()))
+    elif node.config.protected_mode:
+        log.warning(
+            "protected_mode",
+            detail="no users exist: clients are let in from loopback only, without signing in; "
+            "add a user (dledger-mq user add) to let others in",
+        )
+    else:
+        log.warning("open_to_anonymous_clients", detail="no users and protected_mode = false")
 
 
 async def _start_client_listener(
@@ -469,6 +532,7 @@ async def _start_client_listener(
                 address.port,
                 max_message_bytes=node.config.max_frame_bytes,
                 handler_nursery=connections,
+                limits=node.connection_limits,
                 task_status=task_status,
             )
 

@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from dledger_mq.errors import BadRequest, DledgerError
+from dledger_mq.node.admin_user import admin_credentials, ensure_admin_user
 from dledger_mq.node.cluster_layout import (
     DEFAULT_BASE_PORT,
     DEFAULT_NODE_COUNT,
@@ -59,6 +60,7 @@ from dledger_mq.node.processes import (
 )
 from dledger_mq.raft.storage.disk import OsDisk, make_directories
 from dledger_mq.raft.storage.simulated_disks import PowerLossDisk
+from dledger_mq.wire.client_auth import Credentials
 
 #: A graceful stop: the node hands leadership over and finishes its last fsync (about 3 s at
 #: most); after this long it is killed.
@@ -211,6 +213,8 @@ class Supervisor:
         self.nodes = {node.node_id: _Node(node, backoff=backoff()) for node in layout.nodes}
         self.stopping = False
         self.changed = trio.Event()
+        #: Whom status probes sign in as (`cluster up`'s admin, once it exists).
+        self.credentials: Credentials | None = None
 
     def _changed(self) -> None:
         self.changed.set()
@@ -358,7 +362,7 @@ class Supervisor:
         while True:
             changed = self.changed
             states = {str(item["id"]): item for item in self.node_states()}
-            probes = await probe_all(self.layout.endpoints)
+            probes = await probe_all(self.layout.endpoints, credentials=self.credentials)
             for node_id, _, found in probes:
                 handle = self.nodes[node_id].handle
                 if handle is not None and not handle.answered and not isinstance(found, str):
@@ -408,7 +412,7 @@ class Supervisor:
         ]
         with trio.move_on_after(LEADER_WAIT_SECONDS):
             while True:
-                leader = leader_of(await probe_all(endpoints))
+                leader = leader_of(await probe_all(endpoints, credentials=self.credentials))
                 if leader is not None:
                     return leader.node_id
                 await trio.sleep(STATUS_TIMEOUT_SECONDS / 10)
@@ -579,4 +583,14 @@ async def run_cluster_up(
         echo(f"{what} in {root}: {len(layout.nodes)} nodes, base port {layout.base_port}")
         for line in startup_lines(layout):
             echo(line)
-        await Supervisor(layout, echo, restart=restart).run()
+        credentials = admin_credentials(root, echo)
+        supervisor = Supervisor(layout, echo, restart=restart)
+
+        def signed_in() -> None:
+            supervisor.credentials = credentials
+            supervisor._changed()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ensure_admin_user, layout, credentials, echo, signed_in)
+            await supervisor.run()
+            nursery.cancel_scope.cancel()

@@ -185,6 +185,79 @@ class ResetOffsetReply:
     offsets: tuple[QueueLagInfo, ...]
 
 
+@attrs.frozen
+class RuleInfo:
+    """``action`` (publish, subscribe, create, admin) on ``resource`` (``cluster``,
+    ``topic:PATTERN``, ``group:PATTERN``): ``broker/access.py``."""
+
+    resource: str
+    action: str
+
+
+@attrs.frozen
+class UserInfo:
+    access_key: str
+    rules: tuple[RuleInfo, ...]
+
+
+@attrs.frozen
+class AddUserRequest:
+    """A new user. Only the stored key travels (``client_auth.stored_key``): the secret key
+    never leaves the machine that made it."""
+
+    access_key: str
+    stored_key: bytes
+    rules: tuple[RuleInfo, ...] = ()
+
+
+@attrs.frozen
+class RemoveUserRequest:
+    access_key: str
+
+
+@attrs.frozen
+class GrantRequest:
+    access_key: str
+    rule: RuleInfo
+
+
+@attrs.frozen
+class RevokeRequest:
+    access_key: str
+    rule: RuleInfo
+
+
+@attrs.frozen
+class UserChangedReply:
+    #: The user as it is now; None once removed.
+    user: UserInfo | None
+
+
+@attrs.frozen
+class ListUsersRequest:
+    pass
+
+
+@attrs.frozen
+class ListUsersReply:
+    users: tuple[UserInfo, ...]
+
+
+@attrs.frozen
+class WhoAmIRequest:
+    pass
+
+
+@attrs.frozen
+class WhoAmIReply:
+    """Who this connection is signed in as (None: anonymous) and the rules that apply."""
+
+    access_key: str | None
+    rules: tuple[RuleInfo, ...]
+    #: Anonymous clients are let in (no users exist, or protected mode is off).
+    anonymous_allowed: bool
+
+
 ADMIN_TYPES: dict[int, type] = {
     30: StatusRequest,
     31: StatusReply,
@@ -208,6 +281,15 @@ ADMIN_TYPES: dict[int, type] = {
     49: DeleteTopicRequest,
     # 50-59 belong to naming; admin continues at 70.
     70: TopicChangedReply,
+    71: AddUserRequest,
+    72: RemoveUserRequest,
+    73: GrantRequest,
+    74: RevokeRequest,
+    75: UserChangedReply,
+    76: ListUsersRequest,
+    77: ListUsersReply,
+    78: WhoAmIRequest,
+    79: WhoAmIReply,
 }
 
 #: Everything a node's client port speaks: the handshake, admin and broker requests.

@@ -44,6 +44,21 @@ class PeerProof:
     proof: bytes
 
 
+@attrs.frozen
+class Authenticate:
+    """A client signs in (``client_auth.py``): its access key and its proof over both nonces.
+    Sent after ``Welcome`` by a client whose ``Hello`` carried a nonce; answered
+    ``Authenticated`` or an ``ErrorReply`` (``AuthenticationFailed``), then the link closes."""
+
+    access_key: str
+    proof: bytes
+
+
+@attrs.frozen
+class Authenticated:
+    access_key: str
+
+
 #: Field values an error may carry on the wire (``DledgerError.field_values``).
 ErrorFieldValue = str | int | bool | float | None
 
@@ -60,7 +75,9 @@ class ErrorReply:
     fields: dict[str, ErrorFieldValue] = attrs.field(factory=dict)
 
 
-HANDSHAKE_TYPES.update({1: Hello, 2: Welcome, 3: ErrorReply, 4: PeerProof})
+HANDSHAKE_TYPES.update(
+    {1: Hello, 2: Welcome, 3: ErrorReply, 4: PeerProof, 5: Authenticate, 6: Authenticated}
+)
 
 
 def check_peer(hello: Hello | Welcome, cluster_id: str, what: str = "peer") -> None:

@@ -10,28 +10,50 @@ is closed.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import attrs
 import structlog
 import trio
 
 from dledger_mq import errors
 from dledger_mq.errors import (
+    AuthenticationFailed,
     DledgerError,
     HandshakeRefused,
     InternalError,
     ProtocolError,
+    TooManyConnections,
     Unavailable,
     UsageError,
 )
 from dledger_mq.wire.address import Address
+from dledger_mq.wire.client_auth import (
+    MAX_ACCESS_KEY_LENGTH,
+    Credentials,
+    check_client_proof,
+    client_proof,
+)
 from dledger_mq.wire.codec import Codec, Decoded
-from dledger_mq.wire.handshake import PROTOCOL_VERSION, ErrorReply, Hello, Welcome, check_peer
+from dledger_mq.wire.handshake import (
+    PROTOCOL_VERSION,
+    Authenticate,
+    Authenticated,
+    ErrorReply,
+    Hello,
+    Welcome,
+    check_peer,
+)
+from dledger_mq.wire.peer_auth import check_nonce, new_nonce
 from dledger_mq.wire.websocket import (
+    GOING_AWAY,
+    TRY_AGAIN_LATER,
     WebSocket,
     WebSocketClosed,
     WebSocketHandshakeError,
@@ -98,7 +120,66 @@ def describe_os_error(error: OSError) -> str:
 # -- the server side -----------------------------------------------------------------------------
 
 
-Handler = Callable[[object], Awaitable[object]]
+@attrs.define
+class Session:
+    """Who is on the other end of one client connection: its address and, once it signed in,
+    its access key (``client_auth.py``)."""
+
+    peer_host: str
+    user: str | None = None
+
+    @property
+    def loopback(self) -> bool:
+        """The client runs on this machine (or is an in-memory test stream)."""
+        return is_loopback(self.peer_host)
+
+
+def is_loopback(host: str) -> bool:
+    if not host:
+        return True  # not a socket: a test's in-memory stream
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientAccess(Protocol):
+    """A service's policy for who may connect: the keys users sign in with, and whether an
+    authenticated (or anonymous) session may go on past the handshake."""
+
+    def stored_key(self, access_key: str) -> bytes | None: ...
+
+    def admit(self, session: Session) -> None:
+        """Raise (``AuthenticationRequired``, ``PermissionDenied``) to refuse ``session``."""
+
+
+class OpenAccess:
+    """Anyone may connect, and no one can sign in: for tests and tools that need no users."""
+
+    def stored_key(self, access_key: str) -> bytes | None:
+        return None
+
+    def admit(self, session: Session) -> None:
+        return None
+
+
+@attrs.frozen
+class ServerLimits:
+    """Bounds on one client connection (``node.toml``: ``client_hello_timeout_ms``,
+    ``client_idle_timeout_ms``, ``max_pre_auth_bytes``)."""
+
+    #: ``Hello`` (and, if it signs in, ``Authenticate``) within this long of the upgrade.
+    hello_timeout_seconds: float = 10.0
+    #: A client that sent no whole message and answered no ping for this long is dropped; it
+    #: is pinged after half of it.
+    idle_timeout_seconds: float = 600.0
+    #: Bytes of one message taken before the handshake is done; after it, the service's limit.
+    max_pre_auth_bytes: int = 64 << 10
+
+
+DEFAULT_LIMITS = ServerLimits()
+
+Handler = Callable[[object, Session], Awaitable[object]]
 
 
 async def serve_requests(
@@ -108,6 +189,8 @@ async def serve_requests(
     node_id: str,
     handle: Handler,
     to_reply: Callable[[DledgerError], ErrorReply] = error_reply,
+    access: ClientAccess | None = None,
+    limits: ServerLimits = DEFAULT_LIMITS,
 ) -> None:
     """Serve one client connection: handshake, then answer requests, many at once.
 
@@ -116,21 +199,80 @@ async def serve_requests(
     request (a long poll) never holds up the others.
     """
     log = logger.bind(node=node_id)
+    access = access or OpenAccess()
+    max_message_bytes = websocket.max_message_bytes
+    websocket.max_message_bytes = min(max_message_bytes, limits.max_pre_auth_bytes)
+    session = Session(websocket.peer_host)
     try:
-        hello = _decode(codec, await websocket.get_message()).message
-        if not isinstance(hello, Hello):
-            raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
-        check_peer(hello, cluster_id, what="client")
-        await websocket.send_message(codec.encode(Welcome(cluster_id, node_id, PROTOCOL_VERSION)))
+        with trio.fail_after(limits.hello_timeout_seconds):
+            await _shake_hands(websocket, codec, cluster_id, node_id, access, session)
+        access.admit(session)
+        websocket.max_message_bytes = max_message_bytes
         async with trio.open_nursery() as nursery:
-            _ReadAndAnswer(websocket, codec, handle, to_reply, nursery).start()
+            nursery.start_soon(_drop_when_idle, websocket, limits.idle_timeout_seconds, log)
+            _ReadAndAnswer(websocket, codec, handle, to_reply, nursery, session).start()
     except* WebSocketClosed:
         pass
+    except* trio.TooSlowError:
+        log.info("client_dropped", reason="no handshake in time", peer=session.peer_host)
+        await websocket.aclose(GOING_AWAY, "no handshake in time")
     except* DledgerError as group:
         error = _first_leaf(group)
-        log.warning("client_refused", reason=str(error))
+        log.warning("client_refused", reason=str(error), peer=session.peer_host)
         await _send_quietly(websocket, codec.encode(to_reply(error)))
         await websocket.aclose()
+
+
+async def _shake_hands(
+    websocket: WebSocket,
+    codec: Codec,
+    cluster_id: str,
+    node_id: str,
+    access: ClientAccess,
+    session: Session,
+) -> None:
+    hello = _decode(codec, await websocket.get_message()).message
+    if not isinstance(hello, Hello):
+        raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
+    check_peer(hello, cluster_id, what="client")
+    nonce = new_nonce()
+    await websocket.send_message(
+        codec.encode(Welcome(cluster_id, node_id, PROTOCOL_VERSION, nonce=nonce))
+    )
+    if not hello.nonce:
+        return  # anonymous: ``access.admit`` decides
+    check_nonce(hello.nonce)
+    sign_in = _decode(codec, await websocket.get_message()).message
+    if not isinstance(sign_in, Authenticate):
+        raise ProtocolError(f"expected Authenticate, got {type(sign_in).__name__}")
+    if not 0 < len(sign_in.access_key) <= MAX_ACCESS_KEY_LENGTH:
+        raise AuthenticationFailed("authentication failed")
+    check_client_proof(
+        access.stored_key(sign_in.access_key),
+        sign_in.access_key,
+        sign_in.proof,
+        cluster_id,
+        hello.nonce,
+        nonce,
+    )
+    session.user = sign_in.access_key
+    await websocket.send_message(codec.encode(Authenticated(sign_in.access_key)))
+
+
+async def _drop_when_idle(websocket: WebSocket, idle_seconds: float, log: Any) -> None:
+    """Ping a client silent for half of ``idle_seconds``; close it once silent for all of it."""
+    pinged_at = -math.inf
+    while True:
+        silent = trio.current_time() - websocket.last_heard
+        if silent >= idle_seconds:
+            log.info("client_dropped", reason="idle", peer=websocket.peer_host)
+            await websocket.aclose(GOING_AWAY, "idle")
+            return
+        if silent >= idle_seconds / 2 and pinged_at < websocket.last_heard:
+            pinged_at = trio.current_time()
+            await websocket.ping()
+        half_way = silent < idle_seconds / 2
+        await trio.sleep_until(websocket.last_heard + idle_seconds / (2 if half_way else 1))
 
 
 class _ReadAndAnswer:
@@ -143,7 +285,9 @@ class _ReadAndAnswer:
         handle: Handler,
         to_reply: Callable[[DledgerError], ErrorReply],
         nursery: trio.Nursery,
+        session: Session,
     ) -> None:
+        self.session = session
         self.websocket = websocket
         self.codec = codec
         self.handle = handle
@@ -175,7 +319,7 @@ class _ReadAndAnswer:
         self.start()
         try:
             try:
-                reply = await self.handle(decoded.message)
+                reply = await self.handle(decoded.message, self.session)
             except DledgerError as error:
                 reply = self.to_reply(
                     error if not isinstance(error, UsageError) else self._bug(decoded)
@@ -288,10 +432,16 @@ class RpcConnection:
 
 @asynccontextmanager
 async def connect(
-    address: str, codec: Codec, cluster_id: str, client_name: str
+    address: str,
+    codec: Codec,
+    cluster_id: str,
+    client_name: str,
+    credentials: Credentials | None = None,
 ) -> AsyncIterator[RpcConnection]:
-    """Connect to a service's address (HOST:PORT) and shake hands; ``Unavailable`` if it
-    cannot be reached, ``HandshakeRefused`` if it is not of our cluster and version."""
+    """Connect to a service's address (HOST:PORT), shake hands and sign in with
+    ``credentials`` if given; ``Unavailable`` if it cannot be reached (``TooManyConnections``
+    if it holds too many), ``HandshakeRefused`` if it is not of our cluster and version,
+    ``AuthenticationFailed`` if it does not take the credentials."""
     try:
         host_port = Address.parse(address)
     except ValueError as error:
@@ -303,16 +453,20 @@ async def connect(
     except WebSocketHandshakeError as error:
         raise Unavailable(f"cannot reach {address}: {error}") from None
     try:
-        hello = Hello(cluster_id, client_name, PROTOCOL_VERSION)
+        nonce = new_nonce() if credentials is not None else b""
+        hello = Hello(cluster_id, client_name, PROTOCOL_VERSION, nonce=nonce)
         await websocket.send_message(codec.encode(hello))
-        reply = _decode(codec, await websocket.get_message()).message
-        if isinstance(reply, ErrorReply):
-            raise HandshakeRefused(f"{address} refused us: {reply.message}")
-        if not isinstance(reply, Welcome):
-            raise ProtocolError(f"{address} answered the handshake with {reply!r}")
+        reply = await _handshake_reply(websocket, codec, address, Welcome)
         check_peer(reply, cluster_id, what="node")
+        if credentials is not None:
+            check_nonce(reply.nonce)
+            proof = client_proof(credentials, cluster_id, nonce, reply.nonce)
+            await websocket.send_message(codec.encode(Authenticate(credentials.access_key, proof)))
+            await _handshake_reply(websocket, codec, address, Authenticated)
     except WebSocketClosed as error:
         await websocket.aclose()
+        if error.code == TRY_AGAIN_LATER:
+            raise TooManyConnections(f"{address} refused us: {error.reason}") from None
         raise Unavailable(f"cannot reach {address}: {error}") from None
     except BaseException:
         await websocket.aclose()
@@ -321,3 +475,17 @@ async def connect(
         yield RpcConnection(websocket, codec, reply.node_id)
     finally:
         await websocket.aclose()
+
+
+async def _handshake_reply(
+    websocket: WebSocket, codec: Codec, address: str, expected: type[ReplyT]
+) -> ReplyT:
+    reply = _decode(codec, await websocket.get_message()).message
+    if isinstance(reply, ErrorReply):
+        error = error_from_reply(reply)
+        if isinstance(error, HandshakeRefused):
+            raise type(error)(f"{address} refused us: {reply.message}")
+        raise error
+    if not isinstance(reply, expected):
+        raise ProtocolError(f"{address} answered the handshake with {reply!r}")
+    return reply

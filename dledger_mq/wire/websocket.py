@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import h11
 import trio
@@ -33,6 +33,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    Pong,
     RejectConnection,
     Request,
     TextMessage,
@@ -49,8 +50,10 @@ HANDSHAKE_TIMEOUT_SECONDS = 10.0
 NORMAL_CLOSURE = 1000
 PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
+GOING_AWAY = 1001
 ABNORMAL_CLOSURE = 1006
 MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
 
 
 class WebSocketClosed(Exception):
@@ -89,6 +92,10 @@ class WebSocket:
         self._send_lock = trio.StrictFIFOLock()
         self._reading = False
         self._reader = SocketReader(self._socket) if self._socket is not None else None
+        #: When the other side last finished a message or answered a ping (Trio's clock): a
+        #: peer that trickles a byte now and then is still silent by this measure.
+        self.last_heard = trio.current_time()
+        self.peer_host = peer_host(stream)
 
     @property
     def closed(self) -> WebSocketClosed | None:
@@ -116,6 +123,11 @@ class WebSocket:
         if self._closed is not None:
             raise self._closed_error()
         await self._send(self._protocol.send(BytesMessage(data=payload)))
+
+    async def ping(self) -> None:
+        """Ask the other side to show it is there; its pong counts as heard (``last_heard``).
+        Answered only while it reads: an idle client that does not read stays silent."""
+        await self._send_quietly(Ping(payload=b"dledger-mq"))
 
     async def aclose(self, code: int = NORMAL_CLOSURE, reason: str | None = None) -> None:
         """Send a close frame (if still open) and close the socket; never raises."""
@@ -156,6 +168,7 @@ class WebSocket:
                 return
             self._partial.append(bytes(event.data))
             if event.message_finished:
+                self.last_heard = trio.current_time()
                 self._messages.append(b"".join(self._partial))
                 self._partial = []
                 self._partial_bytes = 0
@@ -163,6 +176,8 @@ class WebSocket:
             await self._refuse(UNSUPPORTED_DATA, "text messages are not part of the protocol")
         elif isinstance(event, Ping):
             await self._send_quietly(event.response())
+        elif isinstance(event, Pong):
+            self.last_heard = trio.current_time()
         elif isinstance(event, CloseConnection) and self._closed is None:
             self._closed = WebSocketClosed(event.code, event.reason)
             await self._send_quietly(event.response())
@@ -216,6 +231,49 @@ class WebSocket:
     async def _send_quietly(self, event: Event) -> None:
         with contextlib.suppress(WebSocketClosed, ProtocolError, h11.ProtocolError):
             await self._send(self._protocol.send(event))
+
+
+def peer_host(stream: trio.abc.Stream) -> str:
+    """The other side's IP address ("" for a stream that is not a socket's, as in tests)."""
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)  # through TLS
+        if not isinstance(inner, trio.abc.Stream):
+            return ""
+        stream = inner
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return ""
+
+
+class ConnectionLimits:
+    """At most ``max_connections`` open on a listener, ``max_per_address`` of them from one IP
+    address; one over is upgraded and closed at once with 1013 (try again later) and why."""
+
+    def __init__(self, max_connections: int, max_per_address: int) -> None:
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.open = 0
+        self.per_address: dict[str, int] = {}
+
+    def refusal(self, host: str) -> str | None:
+        if self.open >= self.max_connections:
+            return f"the listener holds {self.max_connections} connections"
+        if self.per_address.get(host, 0) >= self.max_per_address:
+            return f"{self.max_per_address} connections from {host} are open"
+        return None
+
+    @contextlib.contextmanager
+    def held(self, host: str) -> Iterator[None]:
+        self.open += 1
+        self.per_address[host] = self.per_address.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            self.per_address[host] -= 1
+            if not self.per_address[host]:
+                del self.per_address[host]
 
 
 # -- opening -------------------------------------------------------------------------------------
@@ -311,6 +369,7 @@ async def serve_websockets(
     *,
     max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     handler_nursery: trio.Nursery | None = None,
+    limits: ConnectionLimits | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket connections on ``host:port`` and run ``handler`` for each, until
@@ -320,13 +379,19 @@ async def serve_websockets(
     graceful stop stops accepting first); else they stop with it."""
 
     async def serve_one(stream: trio.SocketStream) -> None:
-        websocket = await accept_websocket(stream, max_message_bytes)
-        if websocket is None:
-            return
-        try:
-            await handler(websocket)
-        finally:
-            await websocket.aclose()
+        host = peer_host(stream)
+        refusal = limits.refusal(host) if limits is not None else None
+        with limits.held(host) if limits is not None else contextlib.nullcontext():
+            websocket = await accept_websocket(stream, max_message_bytes)
+            if websocket is None:
+                return
+            try:
+                if refusal is not None:
+                    await websocket.aclose(TRY_AGAIN_LATER, f"too many connections: {refusal}")
+                    return
+                await handler(websocket)
+            finally:
+                await websocket.aclose()
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound_port = listeners[0].socket.getsockname()[1]

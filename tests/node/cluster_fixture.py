@@ -25,6 +25,7 @@ from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader, Unavailable
 from dledger_mq.node.config import NodeConfig, parse_config, render_config
 from dledger_mq.node.data_dir import initialise_log
+from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.wire.admin import StatusReply
 from dledger_mq.wire.peer_auth import CLUSTER_SECRET_FILE_NAME, write_cluster_secret
@@ -125,6 +126,8 @@ class ProcessCluster:
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(
                 [sys.executable, "-m", "dledger_mq", "node", "--config", str(node.config_path)],
+                # Tests propose raw entries (``propose``): a harness-only door.
+                env={**os.environ, HARNESS_ENVIRONMENT_VARIABLE: "raw-proposals"},
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,

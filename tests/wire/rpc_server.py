@@ -17,7 +17,9 @@ async def serve_admin_requests(
     """Start serving in ``nursery``; returns the address (HOST:PORT)."""
 
     async def handler(websocket: WebSocket) -> None:
-        await serve_requests(websocket, ADMIN_CODEC, "local", "n1", answer)
+        await serve_requests(
+            websocket, ADMIN_CODEC, "local", "n1", lambda message, session: answer(message)
+        )
 
     port = await nursery.start(serve_websockets, handler, "127.0.0.1", 0)
     return f"127.0.0.1:{port}"

@@ -1,0 +1,127 @@
+"""Who may connect to a node, and what each request needs (docs/security.md, "Permissions").
+
+With no users in the group's state, a node is in *protected mode*: anonymous clients are let in
+from loopback only (as Redis does), or from anywhere when ``protected_mode = false``. Once a
+user exists, every client signs in, and each request needs the rules below:
+
+| request | needs |
+|---|---|
+| send | ``publish`` on each topic, and ``create`` on one that does not exist yet |
+| pull | ``subscribe`` on the topic |
+| commit/query offsets, consumer heartbeat | ``subscribe`` on the group and on the topic |
+| create/update/delete topic | ``admin`` on the topic |
+| reset offsets | ``admin`` on the group |
+| transfer leadership, users | ``admin`` on ``cluster`` |
+| status, list topics/groups, describe group, whoami | signing in |
+"""
+
+from __future__ import annotations
+
+from dledger_mq.broker.access import CLUSTER, User, group_resource, topic_resource
+from dledger_mq.broker.state import BrokerState
+from dledger_mq.errors import AuthenticationRequired, PermissionDenied
+from dledger_mq.wire.admin import (
+    AddUserRequest,
+    CreateTopicRequest,
+    DeleteTopicRequest,
+    GrantRequest,
+    ListUsersRequest,
+    ProposeBatchRequest,
+    ProposeRequest,
+    RemoveUserRequest,
+    ResetOffsetRequest,
+    RevokeRequest,
+    TransferLeaderRequest,
+    UpdateTopicRequest,
+)
+from dledger_mq.wire.broker import (
+    CommitOffsetsRequest,
+    ConsumerHeartbeat,
+    PullRequest,
+    QueryOffsetsRequest,
+    SendRequest,
+)
+from dledger_mq.wire.rpc import Session
+
+_CLUSTER_ADMIN = (
+    TransferLeaderRequest,
+    AddUserRequest,
+    RemoveUserRequest,
+    GrantRequest,
+    RevokeRequest,
+    ListUsersRequest,
+    ProposeRequest,
+    ProposeBatchRequest,
+)
+
+
+def required(message: object, state: BrokerState) -> set[tuple[str, str]]:
+    """The (action, resource) pairs ``message`` needs."""
+    if isinstance(message, SendRequest):
+        needs = set()
+        for outgoing in message.messages:
+            needs.add(("publish", topic_resource(outgoing.topic)))
+            if state.topic(outgoing.topic) is None:
+                needs.add(("create", topic_resource(outgoing.topic)))
+        return needs
+    if isinstance(message, PullRequest):
+        return {("subscribe", topic_resource(message.topic))}
+    if isinstance(message, CommitOffsetsRequest | QueryOffsetsRequest | ConsumerHeartbeat):
+        return {
+            ("subscribe", group_resource(message.group)),
+            ("subscribe", topic_resource(message.topic)),
+        }
+    if isinstance(message, CreateTopicRequest | UpdateTopicRequest | DeleteTopicRequest):
+        return {("admin", topic_resource(message.name))}
+    if isinstance(message, ResetOffsetRequest):
+        return {("admin", group_resource(message.group))}
+    if isinstance(message, _CLUSTER_ADMIN):
+        return {("admin", CLUSTER)}
+    return set()
+
+
+class BrokerAccess:
+    """A node's ``ClientAccess`` (``wire/rpc.py``): users from the replicated state."""
+
+    def __init__(self, state: BrokerState, protected_mode: bool = True) -> None:
+        self.state = state
+        self.protected_mode = protected_mode
+
+    def stored_key(self, access_key: str) -> bytes | None:
+        user = self.state.user(access_key)
+        return user.stored_key if user is not None else None
+
+    def anonymous_allowed(self, session: Session) -> bool:
+        if self.state.users():
+            return False
+        return session.loopback or not self.protected_mode
+
+    def admit(self, session: Session) -> None:
+        if session.user is None and not self.anonymous_allowed(session):
+            if self.state.users():
+                raise AuthenticationRequired("this cluster has users: sign in")
+            raise AuthenticationRequired(
+                "protected mode: no users exist, so only clients on the nodes' own machines "
+                "are let in; add a user (dledger-mq user add) and sign in"
+            )
+
+    def user_of(self, session: Session) -> User | None:
+        """The user ``session`` signed in as, None if anonymous and let in; raises if it may
+        not go on (anonymous where users exist, or a user removed since it signed in)."""
+        if session.user is None:
+            self.admit(session)
+            return None
+        user = self.state.user(session.user)
+        if user is None:
+            raise AuthenticationRequired(f"user {session.user!r} no longer exists")
+        return user
+
+    def authorize(self, session: Session, message: object) -> None:
+        """Raise ``AuthenticationRequired`` or ``PermissionDenied`` unless ``session`` may
+        send ``message``."""
+        user = self.user_of(session)
+        if user is None:
+            return
+        for action, resource in sorted(required(message, self.state)):
+            if not user.allows(action, resource):
+                raise PermissionDenied(user.access_key, action, resource)
