@@ -206,7 +206,6 @@ async def serve_requests(
     try:
         with trio.fail_after(limits.hello_timeout_seconds):
             await _shake_hands(websocket, codec, cluster_id, node_id, access, session)
-        access.admit(session)
         websocket.max_message_bytes = max_message_bytes
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drop_when_idle, websocket, limits.idle_timeout_seconds, log)
@@ -235,13 +234,16 @@ async def _shake_hands(
     if not isinstance(hello, Hello):
         raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
     check_peer(hello, cluster_id, what="client")
+    if not hello.nonce:
+        access.admit(session)  # anonymous: refused in place of Welcome, or let in
+    else:
+        check_nonce(hello.nonce)
     nonce = new_nonce()
     await websocket.send_message(
         codec.encode(Welcome(cluster_id, node_id, PROTOCOL_VERSION, nonce=nonce))
     )
     if not hello.nonce:
-        return  # anonymous: ``access.admit`` decides
-    check_nonce(hello.nonce)
+        return
     sign_in = _decode(codec, await websocket.get_message()).message
     if not isinstance(sign_in, Authenticate):
         raise ProtocolError(f"expected Authenticate, got {type(sign_in).__name__}")
@@ -256,6 +258,7 @@ async def _shake_hands(
         nonce,
     )
     session.user = sign_in.access_key
+    access.admit(session)
     await websocket.send_message(codec.encode(Authenticated(sign_in.access_key)))
 
 

@@ -176,3 +176,24 @@ async def test_a_nearly_full_disk_refuses_sends_only_with_a_retriable_disk_full(
     broker.refuse_sends_path = None
     await broker.send(send)
     assert broker.state.max_offset("orders", 0) == 2
+
+
+async def test_store_time_is_the_leaders_and_never_goes_back() -> None:
+    """Idempotence and producer expiry run on store timestamps: only the leader's clock sets
+    them (a client's born timestamp does not), and a new leader whose clock is behind stamps
+    no earlier than what is stored."""
+    state = BrokerState("broker-a")
+    clock = {"now": 5_000}
+    leader = BrokerService(
+        state,
+        _Leader(state),
+        MemoryLogStore(),
+        clock_ms=lambda: clock["now"],
+        monotonic_ms=lambda: 0,
+    )
+    future = OutgoingMessage("orders", b"x", born_timestamp_ms=2**62)
+    await leader.send(SendRequest((future,)))
+    assert state.last_store_timestamp_ms == 5_000
+    clock["now"] = 1_000  # the next leader's clock is behind
+    await leader.send(SendRequest((OutgoingMessage("orders", b"y"),)))
+    assert state.last_store_timestamp_ms == 5_000

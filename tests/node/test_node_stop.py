@@ -18,6 +18,7 @@ from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, NotLeader
 from dledger_mq.node.config import NodeConfig, parse_config
 from dledger_mq.node.data_dir import initialise_log
+from dledger_mq.node.harness import HarnessOptions
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.node.server import Node, run_node
 
@@ -57,7 +58,12 @@ async def three_nodes(root: Path, **settings: Any) -> AsyncIterator[dict[str, In
         initialise_log(entry.config)
 
     async def run(entry: InProcessNode, *, task_status: trio.TaskStatus[Node]) -> None:
-        await run_node(entry.config, shutdown_trigger=entry.stop.wait, task_status=task_status)
+        await run_node(
+            entry.config,
+            harness=HarnessOptions(raw_proposals=True),  # the tests propose raw entries
+            shutdown_trigger=entry.stop.wait,
+            task_status=task_status,
+        )
         entry.stopped.set()
 
     async with trio.open_nursery() as nursery:
