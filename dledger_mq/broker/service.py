@@ -29,6 +29,7 @@ from dledger_mq.broker.assignment import (
 )
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
+    MAX_PRODUCER_ID_LENGTH,
     AddUser,
     BrokerSettings,
     CommitOffsets,
@@ -43,6 +44,8 @@ from dledger_mq.broker.records import (
     Revoke,
     SendBatch,
     UpdateTopic,
+    check_group_name,
+    check_name,
     encode_command,
     read_messages,
 )
@@ -110,6 +113,11 @@ from dledger_mq.wire.broker import (
 from dledger_mq.wire.rpc import error_reply
 
 logger = structlog.get_logger()
+
+#: Bounds on the leader's consumer membership (not replicated: memory of the leader's).
+MAX_CONSUMER_ID_LENGTH = MAX_PRODUCER_ID_LENGTH
+MAX_CONSUMERS_PER_GROUP = 4096
+MAX_CONSUMER_GROUP_TOPICS = 65536
 
 #: Upper bounds a client cannot raise. A pull reply carries at most MAX_PULL_BYTES of bodies
 #: (but always one message), so that it stays far below the connection's message limit.
@@ -408,11 +416,33 @@ class BrokerService:
         await self.replica.read_barrier()
         return self.consumer_heartbeat_now(heartbeat)
 
+    def _make_room_for(self, key: tuple[str, str], consumer_id: str, now: int) -> None:
+        """Membership is memory on the leader: bounded per group and topic, and in all."""
+        members = self.consumers.get(key)
+        if members is None and len(self.consumers) >= MAX_CONSUMER_GROUP_TOPICS:
+            for stale in [
+                k for k, m in self.consumers.items() if max(m.values(), default=0) <= now
+            ]:
+                del self.consumers[stale]
+                self.holders.pop(stale, None)
+            if len(self.consumers) >= MAX_CONSUMER_GROUP_TOPICS:
+                raise BadRequest(
+                    f"consumers of {MAX_CONSUMER_GROUP_TOPICS} group and topic pairs are live"
+                )
+        if members is not None and consumer_id not in members:
+            live = sum(1 for expires_at_ms in members.values() if expires_at_ms > now)
+            if live >= MAX_CONSUMERS_PER_GROUP:
+                raise BadRequest(
+                    f"group {key[0]!r} has {MAX_CONSUMERS_PER_GROUP} live consumers of {key[1]!r}"
+                )
+
     def consumer_heartbeat_now(self, heartbeat: ConsumerHeartbeat) -> ConsumerHeartbeatReply:
         """Leader only: group membership lives on the leader, not in the log (docs/broker.md).
         What ``consumer_heartbeat`` answers once its read barrier passed."""
         if not self.replica.is_leader:
             raise NotLeader(self.replica.core.leader)
+        check_group_name(heartbeat.group)
+        check_name("consumer id", heartbeat.consumer_id, MAX_CONSUMER_ID_LENGTH)
         topic = self.state.topic(heartbeat.topic)
         if topic is None:
             raise TopicNotFound(heartbeat.topic)
@@ -431,6 +461,7 @@ class BrokerService:
             self.consumers.clear()
             self.holders.clear()
         key = (heartbeat.group, heartbeat.topic)
+        self._make_room_for(key, heartbeat.consumer_id, now)
         members = self.consumers.setdefault(key, {})
         holders = self.holders.setdefault(key, {})
         members[heartbeat.consumer_id] = now + self.consumer_expiry_ms

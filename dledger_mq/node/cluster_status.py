@@ -70,11 +70,13 @@ async def probe_all(
 
 
 async def fetch_all(
-    endpoints: list[tuple[str, str]], cluster_id: str = "local"
+    endpoints: list[tuple[str, str]],
+    cluster_id: str = "local",
+    credentials: Credentials | None = None,
 ) -> list[tuple[str, str, StatusReply | None]]:
     return [
         (node_id, address, found if isinstance(found, StatusReply) else None)
-        for node_id, address, found in await probe_all(endpoints, cluster_id)
+        for node_id, address, found in await probe_all(endpoints, cluster_id, credentials)
     ]
 
 

@@ -197,3 +197,19 @@ async def test_store_time_is_the_leaders_and_never_goes_back() -> None:
     clock["now"] = 1_000  # the next leader's clock is behind
     await leader.send(SendRequest((OutgoingMessage("orders", b"y"),)))
     assert state.last_store_timestamp_ms == 5_000
+
+
+async def test_consumer_membership_is_bounded() -> None:
+    from dledger_mq.broker import service as service_module
+
+    broker = service()
+    with pytest.raises(BadRequest, match="consumer id"):
+        broker.consumer_heartbeat_now(ConsumerHeartbeat("g", "orders", "x" * 300))
+    with pytest.raises(BadRequest, match="group"):
+        broker.consumer_heartbeat_now(ConsumerHeartbeat("", "orders", "c1"))
+    limit = service_module.MAX_CONSUMERS_PER_GROUP
+    for number in range(limit):
+        broker.consumer_heartbeat_now(ConsumerHeartbeat("g", "orders", f"c{number}"))
+    with pytest.raises(BadRequest, match="live consumers"):
+        broker.consumer_heartbeat_now(ConsumerHeartbeat("g", "orders", "one-more"))
+    broker.consumer_heartbeat_now(ConsumerHeartbeat("g", "orders", "c0"))  # a known one goes on

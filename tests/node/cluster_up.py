@@ -24,6 +24,11 @@ from dledger_mq.node.cluster_layout import PORT_SPAN, ClusterLayout
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.processes import process_start_time, read_pid_file
 from dledger_mq.wire.admin import StatusReply
+from dledger_mq.wire.client_auth import (
+    CREDENTIALS_FILE_NAME,
+    Credentials,
+    read_credentials_file,
+)
 
 DEADLINE_SECONDS = 20.0
 POLL_SECONDS = 0.05
@@ -154,11 +159,17 @@ class ClusterUp:
 
     # -- watching the nodes directly (fast enough to time an election) ---------------------------
 
+    @property
+    def credentials(self) -> Credentials | None:
+        """The admin `cluster up` made (None until it wrote them)."""
+        return read_credentials_file(self.root / CREDENTIALS_FILE_NAME)
+
     async def statuses(self) -> dict[str, StatusReply | None]:
         layout = ClusterLayout.load(self.root)
         if layout is None:
             return {}
-        return {node_id: status for node_id, _, status in await fetch_all(layout.endpoints)}
+        statuses = await fetch_all(layout.endpoints, credentials=self.credentials)
+        return {node_id: status for node_id, _, status in statuses}
 
     async def wait_until(
         self,

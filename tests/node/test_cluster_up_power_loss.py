@@ -23,7 +23,7 @@ async def stored_bodies(up: ClusterUp, topic: str) -> list[bytes]:
     """Every body of ``topic`` as the leader has it, every queue read to its end."""
     leader = await up.wait_for_leader()
     bodies: list[bytes] = []
-    async with connect_admin(leader.address) as admin:
+    async with connect_admin(leader.address, credentials=up.credentials) as admin:
         for queue_id in range(4):
             offset = 0
             while True:
@@ -59,7 +59,10 @@ async def test_a_power_cut_under_load_keeps_every_acknowledged_message(tmp_path:
     with cluster_up(tmp_path, environment=POWER_LOSS) as up:
         await up.wait_for_leader()
         naming = up.naming.split(",")
-        async with trio.open_nursery() as nursery, Producer(naming=naming) as producer:
+        async with (
+            trio.open_nursery() as nursery,
+            Producer(naming=naming, credentials=up.credentials) as producer,
+        ):
 
             async def send_forever(writer: int) -> None:
                 for number in range(1_000_000):
