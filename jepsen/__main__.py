@@ -264,6 +264,11 @@ def _fault_help() -> str:
     help="Seconds to wait for consumers to see every acknowledged value.",
 )
 @click.option(
+    "--secure",
+    is_flag=True,
+    help="TLS on every port (a CA made for the run) and clients that sign in as a user.",
+)
+@click.option(
     "--unsafe-ack-before-fsync",
     is_flag=True,
     help="Negative control: nodes acknowledge before fsync and lose unsynced writes "
@@ -284,6 +289,7 @@ def run_command(
     out: Path | None,
     recovery_timeout: float,
     drain_timeout: float,
+    secure: bool,
     unsafe_ack_before_fsync: bool,
 ) -> None:
     """Attack a real cluster of `dledger-mq node` processes and check what it acknowledged.
@@ -326,6 +332,7 @@ def run_command(
         seed=seed,
         out=out,
         ack_before_fsync=unsafe_ack_before_fsync,
+        secure=secure,
         recovery_timeout_s=recovery_timeout,
         drain_timeout_s=drain_timeout,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,16 @@ from pathlib import Path
 import attrs
 import trio
 
+from dledger_mq.clients.admin import AdminConnection
+from dledger_mq.errors import DledgerError
+from dledger_mq.node.certificates import (
+    CA_FILE_NAME,
+    CERT_FILE_NAME,
+    KEY_FILE_NAME,
+    TLS_DIRECTORY_NAME,
+    make_local_ca,
+    make_node_certificate,
+)
 from dledger_mq.node.cluster_layout import write_text_durably
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member, parse_config, render_config
@@ -25,8 +36,11 @@ from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
 from dledger_mq.node.local_cluster import cluster_on_free_ports
 from dledger_mq.node.processes import start_node, stop_processes
-from dledger_mq.wire.admin import StatusReply
+from dledger_mq.wire.admin import ADMIN_CODEC, RuleInfo, StatusReply
+from dledger_mq.wire.client_auth import Credentials, new_secret_key
 from dledger_mq.wire.peer_auth import CLUSTER_SECRET_FILE_NAME, write_cluster_secret
+from dledger_mq.wire.rpc import connect
+from dledger_mq.wire.tls import client_ssl_context
 
 CLUSTER_ID = "local"
 
@@ -53,6 +67,10 @@ class Nodes:
         self.members, self.naming = cluster_on_free_ports(size, with_naming=True)
         self.harness_options = harness_options
         self.nodes: dict[str, NodeProcess] = {}
+        #: With ``write_configs(tls=True)``: what clients trust; after ``add_user``: whom they
+        #: sign in as. None: plain connections, anonymous (protected mode, loopback).
+        self.tls: ssl.SSLContext | None = None
+        self.credentials: Credentials | None = None
 
     @property
     def node_ids(self) -> list[str]:
@@ -65,15 +83,31 @@ class Nodes:
     def peer_addresses(self) -> dict[str, str]:
         return {node_id: member.peer for node_id, member in self.members.items()}
 
-    def write_configs(self, dial: Callable[[str, str], str], **settings: object) -> None:
+    def write_configs(
+        self, dial: Callable[[str, str], str], tls: bool = False, **settings: object
+    ) -> None:
         # Peer links authenticate (through the proxy too: it only relays bytes).
         secret_path = self.root / CLUSTER_SECRET_FILE_NAME
         if not secret_path.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             write_cluster_secret(str(secret_path))
+        ca_directory = self.root / TLS_DIRECTORY_NAME
+        if tls and not (ca_directory / CA_FILE_NAME).exists():
+            make_local_ca(ca_directory)
+        if tls:
+            self.tls = client_ssl_context(str(ca_directory / CA_FILE_NAME))
         for node_id in self.members:
             directory = self.root / node_id
             directory.mkdir(parents=True, exist_ok=True)
+            tls_settings: dict[str, object] = {}
+            if tls:
+                tls_directory = directory / TLS_DIRECTORY_NAME
+                make_node_certificate(ca_directory, tls_directory, node_id, ["127.0.0.1"])
+                tls_settings = {
+                    "tls_cert_file": str(tls_directory / CERT_FILE_NAME),
+                    "tls_key_file": str(tls_directory / KEY_FILE_NAME),
+                    "tls_ca_file": str(ca_directory / CA_FILE_NAME),
+                }
             config = parse_config(
                 {
                     "node_id": node_id,
@@ -83,6 +117,7 @@ class Nodes:
                     "naming_listen": self.naming[node_id],
                     "naming": self.naming_addresses,
                     "cluster_secret_file": str(secret_path),
+                    **tls_settings,
                     "peer_dial": {
                         peer: dial(node_id, peer) for peer in self.members if peer != node_id
                     },
@@ -160,7 +195,31 @@ class Nodes:
         return [(node_id, member.client) for node_id, member in self.members.items()]
 
     async def statuses(self) -> dict[str, StatusReply | None]:
-        return {node_id: status for node_id, _, status in await fetch_all(self.endpoints)}
+        found = await fetch_all(self.endpoints, CLUSTER_ID, self.credentials, self.tls)
+        return {node_id: status for node_id, _, status in found}
+
+    async def add_user(self) -> None:
+        """A user allowed everything, added through protected mode's loopback door (as
+        `cluster up` does); from then on every client of the run signs in as it."""
+        credentials = Credentials("jepsen", new_secret_key())
+        while True:
+            leader = await self.leader()
+            if leader is not None:
+                address = self.members[leader].client
+                try:
+                    async with connect(
+                        address, ADMIN_CODEC, CLUSTER_ID, "jepsen", None, self.tls
+                    ) as anonymous:
+                        await AdminConnection(anonymous).add_user(
+                            credentials.access_key,
+                            credentials.secret_key,
+                            (RuleInfo("cluster", "admin"),),
+                        )
+                    self.credentials = credentials
+                    return
+                except DledgerError:
+                    pass
+            await trio.sleep(0.1)
 
     async def leader(self) -> str | None:
         """The node that says it leads in the highest term, if any answers."""

@@ -43,6 +43,9 @@ class RunOptions:
     out: Path | None = None
     #: Negative control: nodes acknowledge before fsync (they must be caught losing data).
     ack_before_fsync: bool = False
+    #: TLS on every port and clients that sign in (docs/security.md): the cluster as one
+    #: would run it, attacked the same way.
+    secure: bool = False
     startup_timeout_s: float = 30.0
     recovery_timeout_s: float = 30.0
     drain_timeout_s: float = 60.0
@@ -91,16 +94,18 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
 
     nodes = Nodes(directory / "nodes", options.nodes, options.harness_options)
     recovered = False
-    workload = Workload(options.workload, nodes.naming_addresses, history, now)
+    workload = Workload(options.workload, nodes, history, now)
     try:
         async with trio.open_nursery() as nursery:
             proxy = ProxyNetwork(nodes.peer_addresses(), rng)
             await nursery.start(proxy.run)
-            nodes.write_configs(proxy.address)
+            nodes.write_configs(proxy.address, tls=options.secure)
             nodes.start_all()
             echo(f"{options.nodes} nodes under {directory / 'nodes'}; waiting for a leader")
             with trio.fail_after(options.startup_timeout_s):
                 await nodes.wait_recovered()
+                if options.secure:
+                    await nodes.add_user()
                 await _create_topic(nodes, options.workload)
             nemesis = Nemesis(
                 list(options.nemesis), nodes, proxy, history, now, rng, options.schedule
@@ -126,6 +131,7 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         )
         or "none",
         "harness options": ",".join(options.harness_options) or "none",
+        "tls and users": options.secure,
         "seed": options.seed,
         "duration s": round(time.monotonic() - wall_began, 1),
         "started at": started_at,
@@ -141,7 +147,9 @@ async def _create_topic(nodes: Nodes, workload: WorkloadOptions) -> None:
         leader = await nodes.leader()
         if leader is not None:
             try:
-                async with connect_admin(nodes.members[leader].client, CLUSTER_ID) as admin:
+                async with connect_admin(
+                    nodes.members[leader].client, CLUSTER_ID, nodes.credentials, nodes.tls
+                ) as admin:
                     await admin.create_topic(TOPIC, workload.queues, fifo=workload.fifo)
                     return
             except DledgerError:

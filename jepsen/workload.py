@@ -23,6 +23,7 @@ from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import BadRequest, DledgerError
 from dledger_mq.wire.broker import PullReply, PullRequest
 from jepsen.history import ACK, FAIL, INFO, INVOKE, OK, READ, READER, RECEIVE, SEND, History
+from jepsen.nodes import Nodes
 
 TOPIC = "jepsen"
 GROUP = "jepsen-checker"
@@ -52,12 +53,14 @@ class Workload:
     def __init__(
         self,
         options: WorkloadOptions,
-        naming: list[str],
+        nodes: Nodes,
         history: History,
         now: Callable[[], float],
     ) -> None:
         self.options = options
-        self.naming = naming
+        #: Where clients find routes, how they sign in and speak TLS (``--secure``).
+        self.nodes = nodes
+        self.naming = nodes.naming_addresses
         self.history = history
         self.now = now
         self.acknowledged: set[str] = set()
@@ -87,7 +90,8 @@ class Workload:
         """Record every message still stored, reading each queue from offset 0 at ``address``
         (a node that has applied the leader's commit index); returns how many."""
         count = 0
-        async with connect_admin(address) as admin:
+        nodes = self.nodes
+        async with connect_admin(address, credentials=nodes.credentials, tls=nodes.tls) as admin:
             topic = next((t for t in await admin.list_topics() if t.name == TOPIC), None)
             if topic is None:
                 return 0
@@ -118,7 +122,9 @@ class Workload:
     async def _producer(self, index: int, stop: trio.Event) -> None:
         process = f"p{index}"
         interval = self.options.producers / self.options.rate if self.options.rate else 0.0
-        async with Producer(self.naming) as producer:
+        async with Producer(
+            self.naming, credentials=self.nodes.credentials, tls=self.nodes.tls
+        ) as producer:
             next_send = trio.current_time()
             for number in itertools.count(1):
                 if stop.is_set():
@@ -177,7 +183,13 @@ class Workload:
             await trio.sleep(0.5)
 
     async def _consume_until_error(self, process: str) -> None:
-        async with Consumer(self.naming, group=GROUP, topic=TOPIC) as consumer:
+        async with Consumer(
+            self.naming,
+            group=GROUP,
+            topic=TOPIC,
+            credentials=self.nodes.credentials,
+            tls=self.nodes.tls,
+        ) as consumer:
             async for message in consumer:
                 value = message.body.decode(errors="replace")
                 self.counts[RECEIVE] += 1

@@ -57,9 +57,20 @@ def cluster() -> None:
     is_flag=True,
     help="Leave a node that dies down instead of restarting it.",
 )
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="TLS on every port (a local CA and node certificates under --root); only when the "
+    "cluster is created.",
+)
 @one_line_errors
 def cluster_up(
-    root: Path, nodes: str | None, base_port: int | None, flush: str | None, no_restart: bool
+    root: Path,
+    nodes: str | None,
+    base_port: int | None,
+    flush: str | None,
+    no_restart: bool,
+    tls: bool,
 ) -> None:
     """Start a local cluster on 127.0.0.1 and keep it running; Ctrl-C stops it.
 
@@ -82,6 +93,7 @@ def cluster_up(
         base_port,
         flush,
         not no_restart,
+        tls,
     )
 
 

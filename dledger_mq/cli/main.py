@@ -162,10 +162,25 @@ def credentials_options(function: F) -> F:
     SDK looks by default, in this process's environment."""
 
     @functools.wraps(function)
-    def wrapper(*args: Any, access_key: str | None, secret_key: str | None, **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any,
+        access_key: str | None,
+        secret_key: str | None,
+        tls_ca: str | None,
+        **kwargs: Any,
+    ) -> Any:
         use_credentials(access_key, secret_key, kwargs["root"])
+        use_tls(tls_ca, kwargs["root"])
         return function(*args, **kwargs)
 
+    wrapper = click.option(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="Speak TLS, trusting this CA certificate (or DLEDGER_MQ_TLS_CA; default: the one "
+        "`cluster up --tls` made under --root, if any).",
+    )(wrapper)
     wrapper = click.option(
         "--secret-key",
         default=None,
@@ -201,6 +216,21 @@ def use_credentials(access_key: str | None, secret_key: str | None, root: Path) 
     if credentials is not None:
         os.environ[ACCESS_KEY_ENVIRONMENT_VARIABLE] = credentials.access_key
         os.environ[SECRET_KEY_ENVIRONMENT_VARIABLE] = credentials.secret_key
+
+
+def use_tls(tls_ca: str | None, root: Path) -> None:
+    """The CA to trust: ``--tls-ca``, else the environment's, else `cluster up --tls`'s."""
+    from dledger_mq.node.certificates import CA_FILE_NAME, TLS_DIRECTORY_NAME
+    from dledger_mq.wire.tls import TLS_CA_ENVIRONMENT_VARIABLE
+
+    local = root / TLS_DIRECTORY_NAME / CA_FILE_NAME
+    path = (
+        tls_ca
+        or os.environ.get(TLS_CA_ENVIRONMENT_VARIABLE)
+        or (str(local) if local.exists() else None)
+    )
+    if path:
+        os.environ[TLS_CA_ENVIRONMENT_VARIABLE] = path
 
 
 def cluster_options(function: F) -> F:

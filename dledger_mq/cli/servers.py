@@ -116,6 +116,13 @@ def node(
     "it, registrations are taken from this machine only.",
 )
 @click.option(
+    "--tls-cert-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Serve TLS with this certificate (and --tls-key-file, mode 0600).",
+)
+@click.option("--tls-key-file", type=click.Path(dir_okay=False), default=None)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -127,6 +134,8 @@ def naming(
     cluster_id: str,
     heartbeat_interval_ms: int,
     cluster_secret_file: str | None,
+    tls_cert_file: str | None,
+    tls_key_file: str | None,
     log_level: str,
 ) -> None:
     """Run a naming node alone: a route registry brokers register with and clients ask."""
@@ -136,6 +145,13 @@ def naming(
     from dledger_mq.wire.peer_auth import load_cluster_secret
 
     secret = load_cluster_secret(cluster_secret_file) if cluster_secret_file else None
+    if bool(tls_cert_file) != bool(tls_key_file):
+        raise click.UsageError("give --tls-cert-file and --tls-key-file together")
+    ssl_context = None
+    if tls_cert_file and tls_key_file:
+        from dledger_mq.node.certificates import server_ssl_context
+
+        ssl_context = server_ssl_context(tls_cert_file, tls_key_file)
 
     try:
         address = Address.parse(listen)
@@ -146,7 +162,7 @@ def naming(
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                serve_naming,
+                functools.partial(serve_naming, ssl_context=ssl_context),
                 address.host,
                 address.port,
                 cluster_id,

@@ -49,6 +49,7 @@ from dledger_mq.wire.admin import (
 )
 from dledger_mq.wire.client_auth import Credentials, as_credentials, stored_key
 from dledger_mq.wire.rpc import RpcConnection, connect
+from dledger_mq.wire.tls import TlsOption, client_ssl_context
 
 
 class AdminConnection:
@@ -151,10 +152,17 @@ async def connect_admin(
     address: str,
     cluster_id: str = "local",
     credentials: Credentials | tuple[str, str] | None = None,
+    tls: TlsOption = None,
 ) -> AsyncIterator[AdminConnection]:
     """Connect to one node's client address (HOST:PORT), shake hands and sign in with
-    ``credentials`` (by default from ``DLEDGER_MQ_ACCESS_KEY``/``DLEDGER_MQ_SECRET_KEY``)."""
+    ``credentials`` (by default from ``DLEDGER_MQ_ACCESS_KEY``/``DLEDGER_MQ_SECRET_KEY``);
+    ``tls`` as in ``Producer``."""
     async with connect(
-        address, ADMIN_CODEC, cluster_id, "admin-client", as_credentials(credentials)
+        address,
+        ADMIN_CODEC,
+        cluster_id,
+        "admin-client",
+        as_credentials(credentials),
+        client_ssl_context(tls),
     ) as connection:
         yield AdminConnection(connection)

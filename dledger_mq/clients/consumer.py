@@ -41,6 +41,7 @@ from dledger_mq.wire.broker import (
 )
 from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.rpc import ReplyT
+from dledger_mq.wire.tls import TlsOption
 
 HEARTBEAT_SECONDS = 1.0
 COMMIT_SECONDS = 0.2
@@ -135,6 +136,7 @@ class Consumer(RoutedClient):
         broadcasting: bool = False,
         cluster_id: str = "local",
         credentials: Credentials | tuple[str, str] | None = None,
+        tls: TlsOption = None,
     ) -> None:
         """``broadcasting``: every consumer of the group receives every message; progress is
         this consumer's own (in memory, from the topic's current end), never committed."""
@@ -145,7 +147,7 @@ class Consumer(RoutedClient):
         self.topic = topic
         self.tags = tags
         self.consumer_id = uuid.uuid4().hex
-        super().__init__(naming, cluster_id, f"consumer-{self.consumer_id}", credentials)
+        super().__init__(naming, cluster_id, f"consumer-{self.consumer_id}", credentials, tls)
         self._send, self._receive = trio.open_memory_channel[ReceivedMessage](PULL_BATCH)
         self._progress: dict[int, _QueueProgress] = {}
         #: Per queue, the offset after the last message handed to the application.

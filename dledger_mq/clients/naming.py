@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -46,6 +47,9 @@ async def connect_naming(
     cluster_id: str = "local",
     client_name: str = "client",
     credentials: Credentials | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[NamingConnection]:
-    async with connect(address, NAMING_CODEC, cluster_id, client_name, credentials) as connection:
+    async with connect(
+        address, NAMING_CODEC, cluster_id, client_name, credentials, ssl_context
+    ) as connection:
         yield NamingConnection(connection)

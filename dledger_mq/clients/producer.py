@@ -32,6 +32,7 @@ from dledger_mq.wire.broker import OutgoingMessage, Receipt, SendReply, SendRequ
 from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.rpc import raise_error_reply
+from dledger_mq.wire.tls import TlsOption
 
 
 class SequenceWindow:
@@ -102,9 +103,10 @@ class Producer(RoutedClient):
         cluster_id: str = "local",
         idempotent: bool = True,
         credentials: Credentials | tuple[str, str] | None = None,
+        tls: TlsOption = None,
     ) -> None:
         self.producer_id = uuid.uuid4().hex if idempotent else None
-        super().__init__(naming, cluster_id, f"producer-{self.producer_id}", credentials)
+        super().__init__(naming, cluster_id, f"producer-{self.producer_id}", credentials, tls)
         self.sequences = SequenceWindow()
 
     async def __aenter__(self) -> Producer:

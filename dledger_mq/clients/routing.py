@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -17,6 +18,7 @@ from dledger_mq.wire.admin import NODE_CODEC
 from dledger_mq.wire.client_auth import Credentials, as_credentials
 from dledger_mq.wire.naming import GroupRoute, TopicRoute
 from dledger_mq.wire.rpc import ReplyT, RpcConnection, connect
+from dledger_mq.wire.tls import TlsOption, client_ssl_context
 
 #: A cached route is asked for again after this long, leader change or not.
 ROUTE_REFRESH_SECONDS = 30.0
@@ -59,8 +61,10 @@ class Connections:
         cluster_id: str,
         name: str,
         credentials: Credentials | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.credentials = credentials
+        self.ssl_context = ssl_context
         self.nursery = nursery
         self.cluster_id = cluster_id
         self.name = name
@@ -107,7 +111,7 @@ class Connections:
         task_status: trio.TaskStatus[tuple[RpcConnection, trio.CancelScope]],
     ) -> None:
         async with connect(
-            address, NODE_CODEC, self.cluster_id, self.name, self.credentials
+            address, NODE_CODEC, self.cluster_id, self.name, self.credentials, self.ssl_context
         ) as connection:
             with trio.CancelScope(shield=not self._closed) as scope:
                 self._held.add(scope)
@@ -159,8 +163,14 @@ class Routes:
     """Which node leads the group that holds a topic, as naming last said."""
 
     def __init__(
-        self, naming: list[str], cluster_id: str, rng: random.Random, stalls: Stalls | None = None
+        self,
+        naming: list[str],
+        cluster_id: str,
+        rng: random.Random,
+        stalls: Stalls | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context
         self.naming = naming
         self.cluster_id = cluster_id
         self.rng = rng
@@ -242,7 +252,9 @@ class Routes:
         problems[address] = f"no answer within {SILENCE_SECONDS:g} s"
         with trio.move_on_after(SILENCE_SECONDS):
             try:
-                async with connect_naming(address, self.cluster_id, "producer") as naming:
+                async with connect_naming(
+                    address, self.cluster_id, "producer", ssl_context=self.ssl_context
+                ) as naming:
                     routes, groups = await naming.routes_and_groups(topic)
             except DledgerError as error:
                 problems[address] = str(error).removeprefix(f"cannot reach {address}: ")
@@ -321,15 +333,21 @@ class RoutedClient:
         cluster_id: str,
         name: str,
         credentials: Credentials | tuple[str, str] | None = None,
+        tls: TlsOption = None,
     ) -> None:
         """``credentials``: (access key, secret key) to sign in with; by default
         ``DLEDGER_MQ_ACCESS_KEY`` and ``DLEDGER_MQ_SECRET_KEY`` if set, else none (a cluster
-        without users lets anonymous clients in from its own machines)."""
+        without users lets anonymous clients in from its own machines). ``tls``: the CA file
+        (or an ``ssl.SSLContext``) of a cluster that speaks TLS; by default
+        ``DLEDGER_MQ_TLS_CA`` if set, else plain connections."""
         self.credentials = as_credentials(credentials)
+        self.ssl_context = client_ssl_context(tls)
         self.rng = random.Random()
         #: What the client waits for right now, and why (None: nothing stalls).
         self.stalls = Stalls()
-        self.routes = Routes(naming_addresses(naming), cluster_id, self.rng, self.stalls)
+        self.routes = Routes(
+            naming_addresses(naming), cluster_id, self.rng, self.stalls, self.ssl_context
+        )
         self.cluster_id = cluster_id
         self.name = name
         self._nursery_manager = trio.open_nursery()
@@ -341,7 +359,9 @@ class RoutedClient:
 
     async def _open(self) -> None:
         nursery = await self._nursery_manager.__aenter__()
-        self._connections = Connections(nursery, self.cluster_id, self.name, self.credentials)
+        self._connections = Connections(
+            nursery, self.cluster_id, self.name, self.credentials, self.ssl_context
+        )
 
     async def _close(
         self,

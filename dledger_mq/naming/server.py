@@ -7,6 +7,9 @@ after one heartbeat interval. It runs alone (`dledger-mq naming`) or inside a no
 
 from __future__ import annotations
 
+import functools
+import ssl
+
 import structlog
 import trio
 
@@ -111,11 +114,17 @@ async def serve_naming(
     heartbeat_interval_ms: int = 1000,
     cluster_secret: bytes | None = None,
     *,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[NamingService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     service = NamingService(cluster_id, name, heartbeat_interval_ms, cluster_secret)
     async with trio.open_nursery() as nursery:
-        bound_port = await nursery.start(serve_websockets, service.handle_connection, host, port)
+        bound_port = await nursery.start(
+            functools.partial(serve_websockets, ssl_context=ssl_context),
+            service.handle_connection,
+            host,
+            port,
+        )
         service.address = f"{host}:{bound_port}"
         service.log.info("naming_started", address=service.address)
         task_status.started(service)

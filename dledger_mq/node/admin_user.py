@@ -9,14 +9,15 @@ then on every client signs in; the CLI run in the same folder reads that file
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 import trio
 
-from dledger_mq.clients.admin import AdminConnection, connect_admin
-from dledger_mq.errors import AuthenticationFailed, DledgerError, UserExists
+from dledger_mq.clients.admin import AdminConnection
+from dledger_mq.errors import DledgerError, UserExists
 from dledger_mq.node.cluster_layout import ClusterLayout
 from dledger_mq.node.cluster_status import find_leader_address
 from dledger_mq.wire.admin import ADMIN_CODEC, RuleInfo
@@ -37,13 +38,14 @@ ADMIN_ACCESS_KEY = "admin"
 RETRY_SECONDS = 0.2
 
 
-def admin_credentials(root: Path, echo: Callable[[str], None]) -> Credentials:
-    """The admin credentials under ``root``, made (and printed once) if there are none."""
+def admin_credentials(root: Path, echo: Callable[[str], None]) -> tuple[Credentials, bool]:
+    """The admin credentials under ``root``, and whether they were there; made (and printed
+    once) if there were none."""
     path = root / CREDENTIALS_FILE_NAME
     credentials = read_credentials_file(path)
     if credentials is not None:
         echo(f"signing in as {credentials.access_key!r} (keys in {path})")
-        return credentials
+        return credentials, True
     credentials = Credentials(ADMIN_ACCESS_KEY, new_secret_key())
     write_credentials_file(path, credentials)
     echo(
@@ -52,7 +54,7 @@ def admin_credentials(root: Path, echo: Callable[[str], None]) -> Credentials:
         f"{ACCESS_KEY_ENVIRONMENT_VARIABLE}={credentials.access_key} "
         f"{SECRET_KEY_ENVIRONMENT_VARIABLE}={credentials.secret_key}"
     )
-    return credentials
+    return credentials, False
 
 
 async def ensure_admin_user(
@@ -60,22 +62,22 @@ async def ensure_admin_user(
     credentials: Credentials,
     echo: Callable[[str], None],
     signed_in: Callable[[], None],
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Wait for a leader; add the admin user unless the credentials already sign in there;
     call ``signed_in`` once they do. Gives up (with a line saying why) only if another user
     of that name exists."""
     while True:
         try:
-            leader = await find_leader_address(layout.endpoints)
-            try:
-                async with connect_admin(leader, credentials=credentials) as connection:
-                    await connection.status()
-                signed_in()
-                return
-            except AuthenticationFailed:
-                pass  # no such user yet: protected mode lets this machine add it
+            await find_leader_address(layout.endpoints, tls=tls, credentials=credentials)
+            signed_in()
+            return
+        except DledgerError:
+            pass  # no leader yet, or no such user yet
+        try:
+            leader = await find_leader_address(layout.endpoints, tls=tls)
             # Not connect_admin: it would sign in with the environment's credentials, if any.
-            async with connect(leader, ADMIN_CODEC, "local", "cluster-up") as anonymous:
+            async with connect(leader, ADMIN_CODEC, "local", "cluster-up", None, tls) as anonymous:
                 await AdminConnection(anonymous).add_user(
                     credentials.access_key, credentials.secret_key, (RuleInfo("cluster", "admin"),)
                 )

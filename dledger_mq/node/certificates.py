@@ -22,6 +22,8 @@ from dledger_mq.errors import UsageError
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.raft.storage.disk import OsDisk, write_file_atomically
 
+#: Under `cluster up`'s root (the CA) and each node's folder (its certificate and key).
+TLS_DIRECTORY_NAME = "tls"
 CA_FILE_NAME = "ca.pem"
 CA_KEY_FILE_NAME = "ca.key"
 CERT_FILE_NAME = "node.pem"
@@ -47,10 +49,8 @@ def node_tls(config: NodeConfig) -> NodeTls | None:
     that is missing, unreadable or (the key) readable by others."""
     if not config.tls_cert_file:
         return None
-    _check_private(config.tls_key_file)
+    server = server_ssl_context(config.tls_cert_file, config.tls_key_file)
     try:
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(config.tls_cert_file, config.tls_key_file)
         peer_server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=config.tls_ca_file)
         peer_server.load_cert_chain(config.tls_cert_file, config.tls_key_file)
         peer_server.verify_mode = ssl.CERT_REQUIRED
@@ -60,6 +60,17 @@ def node_tls(config: NodeConfig) -> NodeTls | None:
     except (OSError, ssl.SSLError) as error:
         raise UsageError(f"TLS files of {config.node_id}: {error}") from None
     return NodeTls(server, peer_server, peer_client, client)
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A listener's context: this certificate, clients not asked for one."""
+    _check_private(key_file)
+    try:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as error:
+        raise UsageError(f"TLS files {cert_file}, {key_file}: {error}") from None
+    return server
 
 
 def _check_private(path: str) -> None:
@@ -73,7 +84,7 @@ def _check_private(path: str) -> None:
         )
 
 
-# -- what `cluster up --tls` makes -------------------------------------------------------------------
+# -- what `cluster up --tls` makes -----------------------------------------------------------
 
 
 def make_local_ca(directory: Path) -> None:
@@ -85,7 +96,7 @@ def make_local_ca(directory: Path) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dledger-mq local CA")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -137,7 +148,7 @@ def make_node_certificate(
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
@@ -149,7 +160,9 @@ def make_node_certificate(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())

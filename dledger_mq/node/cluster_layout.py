@@ -17,18 +17,29 @@ they are written durably (temporary file, fsync, rename, fsync of the directory)
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import attrs
 
+from dledger_mq.node.certificates import (
+    CA_FILE_NAME,
+    CERT_FILE_NAME,
+    KEY_FILE_NAME,
+    TLS_DIRECTORY_NAME,
+    make_local_ca,
+    make_node_certificate,
+)
 from dledger_mq.node.config import ConfigError, Member, load_config, parse_config, render_config
 from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.raft.storage.disk import Disk, OsDisk, make_directories, write_file_atomically
+from dledger_mq.wire.address import Address
 from dledger_mq.wire.peer_auth import (
     CLUSTER_SECRET_FILE_NAME,
     new_cluster_secret_text,
     write_cluster_secret,
 )
+from dledger_mq.wire.tls import client_ssl_context
 
 DEFAULT_ROOT = Path(".dledger-mq")
 DEFAULT_BASE_PORT = 9876
@@ -153,9 +164,22 @@ class ClusterLayout:
         """(node id, client address) of every node."""
         return [(node.node_id, node.client) for node in self.nodes]
 
-    def write_configs(self, flush: str, disk: Disk | None = None) -> list[Path]:
-        """Write every node's config that is missing (so data and ports persist), durably."""
-        return write_configs(self.root, self.members, flush, self.naming, disk)
+    def write_configs(self, flush: str, disk: Disk | None = None, tls: bool = False) -> list[Path]:
+        """Write every node's config that is missing (so data and ports persist), durably;
+        with ``tls``, a local CA and each new node's certificate first."""
+        return write_configs(self.root, self.members, flush, self.naming, disk, tls=tls)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / TLS_DIRECTORY_NAME / CA_FILE_NAME
+
+    @property
+    def has_tls(self) -> bool:
+        return self.ca_file.exists()
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """What a client of this cluster connects with: None unless it speaks TLS."""
+        return client_ssl_context(str(self.ca_file)) if self.has_tls else None
 
 
 def write_configs(
@@ -165,12 +189,15 @@ def write_configs(
     naming: dict[str, str] | None = None,
     disk: Disk | None = None,
     settings: dict[str, object] | None = None,
+    tls: bool = False,
 ) -> list[Path]:
     """Write each node's config under ``root`` unless it exists (so data and ports persist).
 
     Durably: a power cut after this returns leaves every config whole. ``naming`` maps a node
     id to the address of the naming node it runs; every node registers with all of them.
     ``settings``: further ``node.toml`` keys for every node (the benchmarks' retention).
+    ``tls``: a local CA under ``root/tls`` (unless there is one) and a certificate for each
+    new node in its folder, named in its config (docs/security.md, "TLS").
     """
     disk = disk or OsDisk()
     naming = naming or {}
@@ -182,6 +209,9 @@ def write_configs(
             write_cluster_secret(str(secret_path))  # mode 0600 from its creation
         else:  # a simulated disk (tests): no modes there
             write_file_atomically(disk, str(secret_path), new_cluster_secret_text().encode())
+    ca_directory = root / TLS_DIRECTORY_NAME
+    if tls and not (ca_directory / CA_FILE_NAME).exists():
+        make_local_ca(ca_directory)
     for node_id in members:
         directory = root / node_id
         make_directories(disk, str(directory))
@@ -189,6 +219,18 @@ def write_configs(
         if not disk.exists(str(path)) or _is_empty(disk, str(path)):
             # A new node: its log is made here, on purpose, before its config (a crash in
             # between writes the config again next time and finds the log made).
+            tls_settings: dict[str, object] = {}
+            if tls:
+                tls_directory = directory / TLS_DIRECTORY_NAME
+                addresses = [members[node_id].client, members[node_id].peer]
+                addresses += [naming[node_id]] if node_id in naming else []
+                hosts = {Address.parse(address).host for address in addresses} | {"localhost"}
+                make_node_certificate(ca_directory, tls_directory, node_id, sorted(hosts))
+                tls_settings = {
+                    "tls_cert_file": str(tls_directory / CERT_FILE_NAME),
+                    "tls_key_file": str(tls_directory / KEY_FILE_NAME),
+                    "tls_ca_file": str(ca_directory / CA_FILE_NAME),
+                }
             config = parse_config(
                 {
                     "node_id": node_id,
@@ -198,6 +240,7 @@ def write_configs(
                     "naming_listen": naming.get(node_id, ""),
                     "naming": list(naming.values()),
                     "cluster_secret_file": str(secret_path),
+                    **tls_settings,
                     **(settings or {}),
                 }
             )

@@ -16,6 +16,7 @@ from dledger_mq.clients.admin import connect_admin
 from dledger_mq.errors import DledgerError, Unavailable
 from dledger_mq.wire.admin import StatusReply
 from dledger_mq.wire.client_auth import Credentials
+from dledger_mq.wire.tls import TlsOption
 
 STATUS_TIMEOUT_SECONDS = 1.0
 #: How long "who leads?" waits while some node answers but none leads (an election).
@@ -28,13 +29,16 @@ Probe = tuple[str, str, StatusReply | str]
 
 
 async def probe(
-    address: str, cluster_id: str = "local", credentials: Credentials | None = None
+    address: str,
+    cluster_id: str = "local",
+    credentials: Credentials | None = None,
+    tls: TlsOption = None,
 ) -> StatusReply | str:
     """The node's status, or why it gave none within a second (signed in with
-    ``credentials``, by default the environment's)."""
+    ``credentials``, over ``tls``: by default the environment's)."""
     with trio.move_on_after(STATUS_TIMEOUT_SECONDS):
         try:
-            async with connect_admin(address, cluster_id, credentials) as connection:
+            async with connect_admin(address, cluster_id, credentials, tls) as connection:
                 return await connection.status()
         except DledgerError as error:
             return _reason(error, address)
@@ -57,11 +61,12 @@ async def probe_all(
     endpoints: list[tuple[str, str]],
     cluster_id: str = "local",
     credentials: Credentials | None = None,
+    tls: TlsOption = None,
 ) -> list[Probe]:
     results: dict[str, StatusReply | str] = {}
 
     async def one(node_id: str, address: str) -> None:
-        results[node_id] = await probe(address, cluster_id, credentials)
+        results[node_id] = await probe(address, cluster_id, credentials, tls)
 
     async with trio.open_nursery() as nursery:
         for node_id, address in endpoints:
@@ -73,10 +78,11 @@ async def fetch_all(
     endpoints: list[tuple[str, str]],
     cluster_id: str = "local",
     credentials: Credentials | None = None,
+    tls: TlsOption = None,
 ) -> list[tuple[str, str, StatusReply | None]]:
     return [
         (node_id, address, found if isinstance(found, StatusReply) else None)
-        for node_id, address, found in await probe_all(endpoints, cluster_id, credentials)
+        for node_id, address, found in await probe_all(endpoints, cluster_id, credentials, tls)
     ]
 
 
@@ -90,6 +96,8 @@ async def find_leader(
     endpoints: list[tuple[str, str]],
     cluster_id: str = "local",
     patience_seconds: float = LEADER_PATIENCE_SECONDS,
+    tls: TlsOption = None,
+    credentials: Credentials | None = None,
 ) -> StatusReply:
     """The leader's status, waiting a little while an election runs.
 
@@ -100,7 +108,7 @@ async def find_leader(
     started = trio.current_time()
     with trio.move_on_after(patience_seconds):
         while True:
-            probes = await probe_all(endpoints, cluster_id)
+            probes = await probe_all(endpoints, cluster_id, credentials, tls)
             leader = leader_of(probes)
             if leader is not None:
                 return leader
@@ -115,9 +123,12 @@ async def find_leader_address(
     endpoints: list[tuple[str, str]],
     cluster_id: str = "local",
     patience_seconds: float = LEADER_PATIENCE_SECONDS,
+    tls: TlsOption = None,
+    credentials: Credentials | None = None,
 ) -> str:
     """The client address of the leader (see ``find_leader``)."""
-    return (await find_leader(endpoints, cluster_id, patience_seconds)).address
+    leader = await find_leader(endpoints, cluster_id, patience_seconds, tls, credentials)
+    return leader.address
 
 
 def describe_problems(probes: list[Probe]) -> str:

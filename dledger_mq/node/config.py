@@ -138,6 +138,12 @@ class NodeConfig:
     #: A file (mode 0600) holding the cluster secret every peer link proves it holds
     #: (docs/security.md); `cluster up` makes one. Required unless every member is on loopback.
     cluster_secret_file: str = ""
+    #: TLS (docs/security.md): this node's certificate and key (mode 0600) and the CA that
+    #: signed every member's. All three or none; with them every port speaks TLS and peer
+    #: links verify both ends.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
     #: Client bounds (docs/security.md, "Limits"). With no users, anonymous clients are let in
     #: from loopback only, unless this is false.
     protected_mode: bool = True
@@ -186,6 +192,9 @@ class NodeConfig:
         addresses = [a for member in self.members.values() for a in (member.peer, member.client)]
         if len(set(addresses)) != len(addresses):
             raise ConfigError(f"members: two addresses are the same: {sorted(addresses)}")
+        tls_files = (self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+        if any(tls_files) and not all(tls_files):
+            raise ConfigError("tls_cert_file, tls_key_file, tls_ca_file: give all three or none")
         if not self.cluster_secret_file:
             remote = [
                 node_id

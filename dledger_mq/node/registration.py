@@ -9,6 +9,7 @@ jittered backoff; it learns everything again from the next registration.
 from __future__ import annotations
 
 import random
+import ssl
 from collections.abc import Callable
 
 import structlog
@@ -30,9 +31,10 @@ async def register_forever(
     interval_seconds: float,
     rng: random.Random,
     credentials: Credentials | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """``credentials``: the node's sign-in (``client_auth.node_credentials``) when the cluster
-    has a secret."""
+    has a secret; ``ssl_context`` when it speaks TLS."""
     async with trio.open_nursery() as nursery:
         for address in naming_addresses:
             nursery.start_soon(
@@ -44,6 +46,7 @@ async def register_forever(
                 interval_seconds,
                 rng,
                 credentials,
+                ssl_context,
             )
 
 
@@ -55,13 +58,14 @@ async def _register_with(
     interval_seconds: float,
     rng: random.Random,
     credentials: Credentials | None,
+    ssl_context: ssl.SSLContext | None,
 ) -> None:
     log = logger.bind(naming=address)
     backoff = 0.05
     while True:
         try:
             async with connect_naming(
-                address, cluster_id, registration().node_id, credentials
+                address, cluster_id, registration().node_id, credentials, ssl_context
             ) as naming:
                 log.info("naming_connected")
                 backoff = 0.05

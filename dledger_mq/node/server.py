@@ -32,6 +32,7 @@ from dledger_mq.broker.service import AppliedSignal, BrokerService, RequestHandl
 from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import BadRequest, DledgerError, NotLeader
 from dledger_mq.naming.server import serve_naming
+from dledger_mq.node.certificates import NodeTls, node_tls
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import RECOVERING_HINT, identity_of, log_directory
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
@@ -117,7 +118,10 @@ class Node:
         rng: random.Random,
         snapshots: SnapshotStore,
         harness: HarnessOptions = NO_HARNESS,
+        tls: NodeTls | None = None,
     ) -> None:
+        #: TLS contexts (``node/certificates.py``); None: plain connections.
+        self.tls = tls
         self.config = config
         self.snapshots = snapshots
         self.replica = replica
@@ -330,13 +334,15 @@ def cluster_secret(config: NodeConfig) -> bytes | None:
     return load_cluster_secret(config.cluster_secret_file) if config.cluster_secret_file else None
 
 
-def transport_config(config: NodeConfig) -> TransportConfig:
+def transport_config(config: NodeConfig, tls: NodeTls | None = None) -> TransportConfig:
     return TransportConfig(
         cluster_id=config.cluster_id,
         node_id=config.node_id,
         group=config.group,
         peers=config.peers,
         secret=cluster_secret(config),
+        tls_server=tls.peer_server if tls is not None else None,
+        tls_client=tls.peer_client if tls is not None else None,
         max_frame_bytes=config.max_frame_bytes,
     )
 
@@ -361,6 +367,7 @@ def assemble_node(
 ) -> Node:
     """Every part of a node, each built from the ones before it."""
     rng = random.Random()
+    tls = node_tls(config)
     # The broker state is derived from the log: after a restart, the newest usable snapshot
     # and then the entries after it, applied again.
     snapshots = snapshot_store(config)
@@ -376,7 +383,7 @@ def assemble_node(
         raft_core(config, commit_log, rng, applied=state.applied_index),
         commit_log,
         writer,
-        transport_config(config),
+        transport_config(config, tls),
         rng,
         config.tick_ms / 1000,
         apply,
@@ -387,7 +394,7 @@ def assemble_node(
     broker = BrokerService(
         state, replica, commit_log, desired_settings(config, state), applied=applied
     )
-    return Node(config, replica, state, broker, rng, snapshots, harness)
+    return Node(config, replica, state, broker, rng, snapshots, harness, tls)
 
 
 async def serve_peers_and_naming(
@@ -415,13 +422,16 @@ async def serve_peers_and_naming(
         if config.naming_listen:
             naming_address = Address.parse(config.naming_listen)
             await nursery.start(
-                serve_naming,
-                naming_address.host,
-                naming_address.port,
-                config.cluster_id,
-                f"naming@{config.node_id}",
-                config.naming_heartbeat_ms,
-                node.replica.transport.config.secret,
+                functools.partial(
+                    serve_naming,
+                    naming_address.host,
+                    naming_address.port,
+                    config.cluster_id,
+                    f"naming@{config.node_id}",
+                    config.naming_heartbeat_ms,
+                    node.replica.transport.config.secret,
+                    ssl_context=node.tls.server if node.tls is not None else None,
+                )
             )
         if config.naming:
             nursery.start_soon(
@@ -433,6 +443,7 @@ async def serve_peers_and_naming(
                 config.naming_heartbeat_ms / 1000,
                 node.rng,
                 _naming_credentials(node),
+                node.tls.client if node.tls is not None else None,
             )
         task_status.started()
 
@@ -533,6 +544,7 @@ async def _start_client_listener(
                 max_message_bytes=node.config.max_frame_bytes,
                 handler_nursery=connections,
                 limits=node.connection_limits,
+                ssl_context=node.tls.server if node.tls is not None else None,
                 task_status=task_status,
             )
 

@@ -215,6 +215,8 @@ class Supervisor:
         self.changed = trio.Event()
         #: Whom status probes sign in as (`cluster up`'s admin, once it exists).
         self.credentials: Credentials | None = None
+        #: How probes reach a cluster that speaks TLS (its CA).
+        self.tls = layout.client_tls()
 
     def _changed(self) -> None:
         self.changed.set()
@@ -362,7 +364,9 @@ class Supervisor:
         while True:
             changed = self.changed
             states = {str(item["id"]): item for item in self.node_states()}
-            probes = await probe_all(self.layout.endpoints, credentials=self.credentials)
+            probes = await probe_all(
+                self.layout.endpoints, credentials=self.credentials, tls=self.tls
+            )
             for node_id, _, found in probes:
                 handle = self.nodes[node_id].handle
                 if handle is not None and not handle.answered and not isinstance(found, str):
@@ -412,7 +416,8 @@ class Supervisor:
         ]
         with trio.move_on_after(LEADER_WAIT_SECONDS):
             while True:
-                leader = leader_of(await probe_all(endpoints, credentials=self.credentials))
+                probes = await probe_all(endpoints, credentials=self.credentials, tls=self.tls)
+                leader = leader_of(probes)
                 if leader is not None:
                     return leader.node_id
                 await trio.sleep(STATUS_TIMEOUT_SECONDS / 10)
@@ -567,9 +572,10 @@ async def run_cluster_up(
     base_port: int | None = None,
     flush: str | None = None,
     restart: bool = True,
+    tls: bool = False,
 ) -> None:
-    """``dledger-mq cluster up``: create the cluster under ``root`` unless it exists, then
-    supervise it until a signal stops it."""
+    """``dledger-mq cluster up``: create the cluster under ``root`` unless it exists (with
+    ``tls``: its CA and node certificates too), then supervise it until a signal stops it."""
     harness = HarnessOptions.from_environment()
     # Under the harness's power-loss model the configs go through the same lossy disk as the
     # nodes' logs: what was not fsynced does not survive a kill.
@@ -578,19 +584,30 @@ async def run_cluster_up(
     with hold_supervisor_lock(root):
         layout = _layout_for(root, node_count, base_port)
         created = ClusterLayout.load(root) is None
-        layout.write_configs(flush or "sync", disk)
+        if tls and not created and not layout.has_tls:
+            raise ConfigError(
+                f"{root} holds a cluster without TLS: --tls only when a cluster is created "
+                f"(remove {root} to start a new cluster)"
+            )
+        layout.write_configs(flush or "sync", disk, tls=tls)
         what = "a new cluster" if created else "the cluster"
         echo(f"{what} in {root}: {len(layout.nodes)} nodes, base port {layout.base_port}")
         for line in startup_lines(layout):
             echo(line)
-        credentials = admin_credentials(root, echo)
+        if layout.has_tls:
+            echo(f"TLS on every port; clients trust {layout.ca_file} (DLEDGER_MQ_TLS_CA)")
+        credentials, known = admin_credentials(root, echo)
         supervisor = Supervisor(layout, echo, restart=restart)
+        if known:
+            supervisor.credentials = credentials  # the user exists: status lines at once
 
         def signed_in() -> None:
             supervisor.credentials = credentials
             supervisor._changed()
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ensure_admin_user, layout, credentials, echo, signed_in)
+            nursery.start_soon(
+                ensure_admin_user, layout, credentials, echo, signed_in, supervisor.tls
+            )
             await supervisor.run()
             nursery.cancel_scope.cancel()

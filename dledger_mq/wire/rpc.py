@@ -14,6 +14,7 @@ import ipaddress
 import itertools
 import math
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
@@ -440,21 +441,26 @@ async def connect(
     cluster_id: str,
     client_name: str,
     credentials: Credentials | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RpcConnection]:
     """Connect to a service's address (HOST:PORT), shake hands and sign in with
     ``credentials`` if given; ``Unavailable`` if it cannot be reached (``TooManyConnections``
     if it holds too many), ``HandshakeRefused`` if it is not of our cluster and version,
-    ``AuthenticationFailed`` if it does not take the credentials."""
+    ``AuthenticationFailed`` if it does not take the credentials. With ``ssl_context``: TLS,
+    the node's certificate verified (``wire/tls.py``)."""
     try:
         host_port = Address.parse(address)
     except ValueError as error:
         raise UsageError(str(error)) from None
     try:
-        websocket = await connect_websocket(host_port.host, host_port.port)
+        websocket = await connect_websocket(host_port.host, host_port.port, ssl_context=ssl_context)
     except OSError as error:
         raise Unavailable(f"cannot reach {address}: {describe_os_error(error)}") from None
     except WebSocketHandshakeError as error:
-        raise Unavailable(f"cannot reach {address}: {error}") from None
+        hint = ""
+        if ssl_context is None and "closed during the handshake" in str(error):
+            hint = " (if the cluster speaks TLS: --tls-ca FILE, DLEDGER_MQ_TLS_CA or tls=)"
+        raise Unavailable(f"cannot reach {address}: {error}{hint}") from None
     try:
         nonce = new_nonce() if credentials is not None else b""
         hello = Hello(cluster_id, client_name, PROTOCOL_VERSION, nonce=nonce)

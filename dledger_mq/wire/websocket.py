@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -280,10 +281,19 @@ class ConnectionLimits:
 
 
 async def connect_websocket(
-    host: str, port: int, *, path: str = "/", max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    host: str,
+    port: int,
+    *,
+    path: str = "/",
+    max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> WebSocket:
-    """Open a TCP connection and upgrade it; raises ``OSError`` or ``WebSocketHandshakeError``."""
-    stream = await trio.open_tcp_stream(host, port)
+    """Open a TCP connection (TLS over it with ``ssl_context``, verifying that the server's
+    certificate names ``host``) and upgrade it; raises ``OSError`` or
+    ``WebSocketHandshakeError``."""
+    stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+    if ssl_context is not None:
+        stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
     return await upgrade_client(stream, f"{host}:{port}", path, max_message_bytes)
 
 
@@ -353,7 +363,7 @@ async def accept_websocket(
                     await stream.send_all(protocol.send(hint))
             except (trio.BrokenResourceError, ProtocolError, h11.ProtocolError, OSError):
                 pass
-    except (trio.TooSlowError, trio.BrokenResourceError, OSError):
+    except (trio.TooSlowError, trio.BrokenResourceError, OSError, ssl.SSLError):
         pass
     await trio.aclose_forcefully(stream)
     return None
@@ -370,6 +380,7 @@ async def serve_websockets(
     max_message_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     handler_nursery: trio.Nursery | None = None,
     limits: ConnectionLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket connections on ``host:port`` and run ``handler`` for each, until
@@ -378,8 +389,12 @@ async def serve_websockets(
     Connections run in ``handler_nursery`` when given, so that they outlive the listener (a
     graceful stop stops accepting first); else they stop with it."""
 
-    async def serve_one(stream: trio.SocketStream) -> None:
-        host = peer_host(stream)
+    async def serve_one(tcp: trio.SocketStream) -> None:
+        host = peer_host(tcp)
+        # The TLS handshake runs in the upgrade's first read, under its timeout.
+        stream: trio.abc.Stream = (
+            tcp if ssl_context is None else trio.SSLStream(tcp, ssl_context, server_side=True)
+        )
         refusal = limits.refusal(host) if limits is not None else None
         with limits.held(host) if limits is not None else contextlib.nullcontext():
             websocket = await accept_websocket(stream, max_message_bytes)

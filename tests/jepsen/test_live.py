@@ -1,5 +1,6 @@
-"""Short harness runs against real nodes: a fault smoke that must pass, and the negative
-control (nodes that acknowledge before fsync, all killed at once) that must be caught."""
+"""Short harness runs against real nodes: a fault smoke that must pass (with TLS on every port
+and clients that sign in, as a real deployment runs), and the negative control (nodes that
+acknowledge before fsync, all killed at once) that must be caught."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ async def test_a_short_run_with_kills_and_partitions_passes_every_checker(tmp_pa
         out=tmp_path / "run",
         recovery_timeout_s=20,
         drain_timeout_s=20,
+        secure=True,
     )
 
     outcome = await run(options, lambda line: None)
@@ -32,6 +34,9 @@ async def test_a_short_run_with_kills_and_partitions_passes_every_checker(tmp_pa
     failed = {r.name: r.examples[:5] for r in outcome.results if not r.valid}
     assert not failed, failed
     assert outcome.recovered
+    run_json = json.loads((outcome.directory / "run.json").read_text())
+    assert run_json["tls and users"] is True
+    assert (outcome.directory / "nodes" / "tls" / "ca.pem").exists()
     faults = {
         op.value["fault"]
         for op in read_history(outcome.directory / "history.jsonl")

@@ -168,7 +168,9 @@ class ClusterUp:
         layout = ClusterLayout.load(self.root)
         if layout is None:
             return {}
-        statuses = await fetch_all(layout.endpoints, credentials=self.credentials)
+        statuses = await fetch_all(
+            layout.endpoints, credentials=self.credentials, tls=layout.client_tls()
+        )
         return {node_id: status for node_id, _, status in statuses}
 
     async def wait_until(

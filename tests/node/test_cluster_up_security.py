@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from dledger_mq.node.cluster_layout import ClusterLayout
 from tests.node.cluster_up import cluster_up
 
 ROOT = Path(__file__).parents[2]
@@ -111,3 +112,33 @@ async def test_cluster_up_makes_an_admin_and_the_readme_and_docs_sign_in(tmp_pat
         )
         assert anonymous.returncode == 1
         assert anonymous.stderr == "Error: this cluster has users: sign in\n"
+
+
+async def test_cluster_up_tls_serves_tls_everywhere_and_survives_a_killed_leader(
+    tmp_path: Path,
+) -> None:
+    """docs/security.md's `cluster up --tls`: the CLI in the folder trusts its CA by itself, a
+    leader killed is replaced over mutual-TLS peer links, a plain client gets nowhere."""
+    with cluster_up(tmp_path, "--tls") as up:
+        first = await up.wait_for_leader()
+        assert "TLS on every port; clients trust .dledger-mq/tls/ca.pem" in up.output()
+        assert (await up.dledger("send", "orders", "over tls")).startswith("broker-a:")
+        await up.dledger("cluster", "kill", "leader")
+        await up.wait_for_leader(exclude=[first.node_id])
+        assert (await up.dledger("send", "orders", "after the kill")).startswith("broker-a:")
+        consumed = await up.dledger("consume", "orders", "--group", "g", "--count", "2")
+        assert "over tls" in consumed and "after the kill" in consumed
+        layout = ClusterLayout.load(up.root)
+        assert layout is not None
+        endpoints = layout.endpoints
+        plain = subprocess.run(
+            [sys.executable, "-m", "dledger_mq", "cluster", "status", "--endpoints"]
+            + [",".join(address for _, address in endpoints), "--root", "/nowhere"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={k: v for k, v in os.environ.items() if not k.startswith("DLEDGER_MQ_")},
+        )
+        assert plain.returncode == 1
+        assert "if the cluster speaks TLS: --tls-ca FILE" in plain.stdout + plain.stderr

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import structlog
@@ -97,6 +99,10 @@ class TransportConfig:
     #: The cluster secret (``wire/peer_auth.py``): every link proves both ends hold it. None
     #: only where every member is on loopback (``node.toml``'s ``cluster_secret_file``).
     secret: bytes | None = None
+    #: Mutual TLS (``node/certificates.py``): the accepting end's context and the connecting
+    #: end's, each requiring the other's certificate from the cluster's CA. None: plain TCP.
+    tls_server: ssl.SSLContext | None = None
+    tls_client: ssl.SSLContext | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     queue_messages: int = 4096
     reconnect_min_seconds: float = 0.02
@@ -186,11 +192,15 @@ class PeerTransport:
                 self._idle_sockets.pop(peer, None)
                 self.connected[peer] = False
 
-    async def _connect(self, peer: str, address: Address) -> trio.SocketStream:
+    async def _connect(self, peer: str, address: Address) -> trio.abc.Stream:
         with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
-            stream = await trio.open_tcp_stream(address.host, address.port)
+            stream: trio.abc.Stream = await trio.open_tcp_stream(address.host, address.port)
             try:
                 config = self.config
+                if config.tls_client is not None:
+                    stream = trio.SSLStream(stream, config.tls_client, server_hostname=address.host)
+                    await stream.do_handshake()
+                    _check_certificate_names(stream, peer)
                 secret = config.secret
                 nonce = new_nonce() if secret is not None else b""
                 hello = Hello(config.cluster_id, config.node_id, PROTOCOL_VERSION, nonce)
@@ -216,7 +226,7 @@ class PeerTransport:
             return stream
 
     async def _pump(
-        self, peer: str, stream: trio.SocketStream, receive: trio.MemoryReceiveChannel[_Queued]
+        self, peer: str, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[_Queued]
     ) -> None:
         group = self.config.group
         encode = PEER_CODEC.encode
@@ -224,7 +234,8 @@ class PeerTransport:
             try:
                 batch = [receive.receive_nowait()]
             except trio.WouldBlock:
-                self._idle_sockets[peer] = stream.socket
+                if isinstance(stream, trio.SocketStream):  # TLS writes go through its stream
+                    self._idle_sockets[peer] = stream.socket
                 batch = [await receive.receive()]
             while True:
                 try:
@@ -238,12 +249,16 @@ class PeerTransport:
                 )
             )
 
-    async def handle_incoming(self, stream: trio.SocketStream) -> None:
+    async def handle_incoming(self, tcp: trio.SocketStream) -> None:
         """Serve one connection a peer opened to us: handshake, then deliver its messages."""
         decoder = FrameDecoder(self.config.max_frame_bytes)
         peer = "?"
+        stream: trio.abc.Stream = tcp
+        if self.config.tls_server is not None:
+            stream = trio.SSLStream(tcp, self.config.tls_server, server_side=True)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT_SECONDS):
+                # Under TLS, the TLS handshake (the peer's certificate checked) comes first.
                 hello = await _read_one(stream, decoder)
             if not isinstance(hello, Hello):
                 raise ProtocolError(f"expected Hello, got {type(hello).__name__}")
@@ -253,6 +268,8 @@ class PeerTransport:
                 check_peer(hello, config.cluster_id)
                 if peer not in config.peers:
                     raise HandshakeRefused(f"{peer!r} is not a member of group {config.group}")
+                if isinstance(stream, trio.SSLStream):
+                    _check_certificate_names(stream, peer)
                 nonce, proof = b"", b""
                 if config.secret is not None:
                     check_nonce(hello.nonce)
@@ -292,6 +309,20 @@ class PeerTransport:
 
 
 _Queued = Message | bytes
+
+
+def _check_certificate_names(stream: trio.SSLStream[Any], peer: str) -> None:
+    """``HandshakeRefused`` unless the other end's certificate (checked against the CA by the
+    TLS handshake) was issued to ``peer``: a member cannot pose as another one."""
+    certificate = stream.getpeercert()
+    names = [
+        value
+        for entry in (certificate or {}).get("subject", ())
+        for key, value in entry
+        if key == "commonName"
+    ]
+    if names != [peer]:
+        raise HandshakeRefused(f"the certificate is {names}'s, not {peer!r}'s")
 
 
 def encode_peer_message(message: Message, group: str) -> bytes:
