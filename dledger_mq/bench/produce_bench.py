@@ -179,17 +179,18 @@ async def end_to_end(
 
 @asynccontextmanager
 async def bench_cluster(
-    directory: str | None, echo: Callable[[str], None]
+    directory: str | None, echo: Callable[[str], None], tls: bool = False
 ) -> AsyncIterator[tuple[LocalCluster, Producer]]:
     root = Path(tempfile.mkdtemp(prefix="bench-produce-", dir=directory or "."))
-    cluster = LocalCluster(root, "sync", with_naming=True)
+    cluster = LocalCluster(root, "sync", with_naming=True, tls=tls)
     try:
         for node_id in cluster.members:
             cluster.start(node_id)
-        echo(f"cluster of 3 under {root}; waiting for a leader")
+        echo(f"cluster of 3 under {root}{' (TLS)' if tls else ''}; waiting for a leader")
         with trio.fail_after(30):
             await cluster.leader()
-        async with Producer(naming=list(cluster.naming.values())) as producer:
+        naming = list(cluster.naming.values())
+        async with Producer(naming=naming, tls=cluster.client_tls) as producer:
             await producer.send(TOPIC, b"warm up")  # creates the topic
             yield cluster, producer
     finally:
@@ -250,8 +251,9 @@ async def run(
     kills: int,
     directory: str | None,
     echo: Callable[[str], None],
+    tls: bool = False,
 ) -> str:
-    async with bench_cluster(directory, echo) as (cluster, producer):
+    async with bench_cluster(directory, echo, tls) as (cluster, producer):
         one = await one_at_a_time(producer, seconds, size)
         echo(f"  one at a time: {one.entries} sends")
         many = await batched(producer, seconds, size, batch, concurrency)

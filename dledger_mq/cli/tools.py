@@ -223,9 +223,16 @@ def _sdk_bench_options(function: F, batch: int = 64) -> F:
     show_default=True,
     help="Leader kills during one-at-a-time sends (0 to skip).",
 )
+@click.option("--tls", is_flag=True, help="TLS on every port of the cluster (as cluster up --tls).")
 @one_line_errors
 def bench_produce(
-    seconds: float, size: int, batch: int, concurrency: int, kills: int, directory: str | None
+    seconds: float,
+    size: int,
+    batch: int,
+    concurrency: int,
+    kills: int,
+    tls: bool,
+    directory: str | None,
 ) -> None:
     """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
     how long a leader kill pauses the sends."""
@@ -241,6 +248,7 @@ def bench_produce(
         kills,
         directory,
         lambda text: click.echo(text, err=True),
+        tls,
     )
     click.echo(report)
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import trio
 
+from dledger_mq.node.certificates import CA_FILE_NAME, TLS_DIRECTORY_NAME
 from dledger_mq.node.cluster_layout import write_configs
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member
 from dledger_mq.node.processes import start_node, stop_processes
+from dledger_mq.wire.tls import client_ssl_context
 
 
 def free_ports(count: int) -> list[int]:
@@ -71,13 +73,17 @@ class LocalCluster:
         with_naming: bool = False,
         settings: dict[str, object] | None = None,
         environment: Mapping[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
-        """``environment``: the nodes' (default: this process's)."""
+        """``environment``: the nodes' (default: this process's). ``tls``: every port speaks
+        TLS (a CA made under ``root``); ``client_tls`` is what clients connect with."""
         self.environment = environment
         self.root = root
         #: ``naming``: node id -> the naming node it runs, when ``with_naming``.
         self.members, self.naming = cluster_on_free_ports(3, with_naming)
-        paths = write_configs(root, self.members, flush, self.naming, settings=settings)
+        paths = write_configs(root, self.members, flush, self.naming, settings=settings, tls=tls)
+        ca_file = root / TLS_DIRECTORY_NAME / CA_FILE_NAME
+        self.client_tls = client_ssl_context(str(ca_file)) if tls else None
         self.paths = dict(zip(self.members, paths, strict=True))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -103,7 +109,7 @@ class LocalCluster:
             # A deposed leader may not know it yet: the highest term wins.
             leaders = [
                 (status.term, node_id, address)
-                for node_id, address, status in await fetch_all(self.endpoints)
+                for node_id, address, status in await fetch_all(self.endpoints, tls=self.client_tls)
                 if status is not None and status.role == "leader"
             ]
             if leaders:
