@@ -372,7 +372,14 @@ class RoutedClient:
         assert self._connections is not None
         self._connections.close()
         self.nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(kind, value, traceback)
+        try:
+            return await self._nursery_manager.__aexit__(kind, value, traceback)
+        except BaseExceptionGroup as group:
+            # The application's own error (a refused send, PermissionDenied) comes out as it
+            # was raised, not wrapped in the client's nursery's group.
+            if value is not None and list(group.exceptions) == [value]:
+                return False
+            raise
 
     def _client_open(self) -> Connections:
         if self._connections is None:

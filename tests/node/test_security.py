@@ -17,6 +17,7 @@ from wsproto.events import AcceptConnection, BytesMessage, Request
 
 from dledger_mq.clients.admin import AdminConnection, connect_admin
 from dledger_mq.clients.naming import connect_naming
+from dledger_mq.clients.producer import Producer
 from dledger_mq.errors import (
     AuthenticationFailed,
     AuthenticationRequired,
@@ -43,10 +44,15 @@ DEADLINE_SECONDS = 20
 
 
 @asynccontextmanager
-async def one_node(tmp_path: Path, **settings: Any) -> AsyncIterator[Node]:
-    """A one-member group (it elects itself) with ``settings`` in its ``node.toml``."""
-    members, _ = cluster_on_free_ports(1)
+async def one_node(
+    tmp_path: Path, with_naming: bool = False, **settings: Any
+) -> AsyncIterator[Node]:
+    """A one-member group (it elects itself) with ``settings`` in its ``node.toml``, and a
+    naming node inside it it registers with if ``with_naming``."""
+    members, naming = cluster_on_free_ports(1, with_naming)
     table = {node_id: {"peer": m.peer, "client": m.client} for node_id, m in members.items()}
+    if with_naming:
+        settings = {"naming_listen": naming["n1"], "naming": [naming["n1"]], **settings}
     config = parse_config(
         {"node_id": "n1", "members": table, "data_dir": str(tmp_path / "n1"), **settings}
     )
@@ -250,3 +256,14 @@ async def test_without_a_secret_naming_takes_registrations_from_this_machine_onl
     access.check_registration(Session("127.0.0.1"), "n1")
     with pytest.raises(PermissionDenied):
         access.check_registration(Session("192.0.2.7"), "n1")
+
+
+async def test_an_sdk_client_dropped_for_idleness_carries_on(tmp_path: Path) -> None:
+    """A producer silent longer than the idle timeout loses its connection; its next send
+    opens another, with no error for the application."""
+    async with one_node(tmp_path, with_naming=True, client_idle_timeout_ms=300) as node:
+        async with Producer(naming=node.config.naming) as producer:
+            first = await producer.send("orders", b"before")
+            await until_no_connection(node)
+            second = await producer.send("orders", b"after")
+        assert second.msg_id != first.msg_id and not second.duplicate
