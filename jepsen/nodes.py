@@ -21,14 +21,7 @@ import trio
 
 from dledger_mq.clients.admin import AdminConnection
 from dledger_mq.errors import DledgerError
-from dledger_mq.node.certificates import (
-    CA_FILE_NAME,
-    CERT_FILE_NAME,
-    KEY_FILE_NAME,
-    TLS_DIRECTORY_NAME,
-    make_local_ca,
-    make_node_certificate,
-)
+from dledger_mq.node.certificates import CA_FILE_NAME, TLS_DIRECTORY_NAME, node_tls_settings
 from dledger_mq.node.cluster_layout import write_text_durably
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member, parse_config, render_config
@@ -92,22 +85,13 @@ class Nodes:
             self.root.mkdir(parents=True, exist_ok=True)
             write_cluster_secret(str(secret_path))
         ca_directory = self.root / TLS_DIRECTORY_NAME
-        if tls and not (ca_directory / CA_FILE_NAME).exists():
-            make_local_ca(ca_directory)
-        if tls:
-            self.tls = client_ssl_context(str(ca_directory / CA_FILE_NAME))
         for node_id in self.members:
             directory = self.root / node_id
             directory.mkdir(parents=True, exist_ok=True)
             tls_settings: dict[str, object] = {}
             if tls:
-                tls_directory = directory / TLS_DIRECTORY_NAME
-                make_node_certificate(ca_directory, tls_directory, node_id, ["127.0.0.1"])
-                tls_settings = {
-                    "tls_cert_file": str(tls_directory / CERT_FILE_NAME),
-                    "tls_key_file": str(tls_directory / KEY_FILE_NAME),
-                    "tls_ca_file": str(ca_directory / CA_FILE_NAME),
-                }
+                tls_settings = node_tls_settings(ca_directory, directory, node_id, ["127.0.0.1"])
+                self.tls = client_ssl_context(str(ca_directory / CA_FILE_NAME))
             config = parse_config(
                 {
                     "node_id": node_id,

@@ -171,6 +171,22 @@ def make_node_certificate(
     _write(directory / CERT_FILE_NAME, _certificate_pem(certificate))
 
 
+def node_tls_settings(
+    ca_directory: Path, directory: Path, node_id: str, hosts: list[str]
+) -> dict[str, object]:
+    """A certificate for ``node_id`` under ``directory/tls`` (the CA under ``ca_directory``
+    made first if there is none), and the ``node.toml`` keys that name the files."""
+    if not (ca_directory / CA_FILE_NAME).exists():
+        make_local_ca(ca_directory)
+    tls_directory = directory / TLS_DIRECTORY_NAME
+    make_node_certificate(ca_directory, tls_directory, node_id, hosts)
+    return {
+        "tls_cert_file": str(tls_directory / CERT_FILE_NAME),
+        "tls_key_file": str(tls_directory / KEY_FILE_NAME),
+        "tls_ca_file": str(ca_directory / CA_FILE_NAME),
+    }
+
+
 def _key_pem(key: object) -> bytes:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -22,14 +22,7 @@ from pathlib import Path
 
 import attrs
 
-from dledger_mq.node.certificates import (
-    CA_FILE_NAME,
-    CERT_FILE_NAME,
-    KEY_FILE_NAME,
-    TLS_DIRECTORY_NAME,
-    make_local_ca,
-    make_node_certificate,
-)
+from dledger_mq.node.certificates import CA_FILE_NAME, TLS_DIRECTORY_NAME, node_tls_settings
 from dledger_mq.node.config import ConfigError, Member, load_config, parse_config, render_config
 from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.raft.storage.disk import Disk, OsDisk, make_directories, write_file_atomically
@@ -209,9 +202,6 @@ def write_configs(
             write_cluster_secret(str(secret_path))  # mode 0600 from its creation
         else:  # a simulated disk (tests): no modes there
             write_file_atomically(disk, str(secret_path), new_cluster_secret_text().encode())
-    ca_directory = root / TLS_DIRECTORY_NAME
-    if tls and not (ca_directory / CA_FILE_NAME).exists():
-        make_local_ca(ca_directory)
     for node_id in members:
         directory = root / node_id
         make_directories(disk, str(directory))
@@ -221,16 +211,12 @@ def write_configs(
             # between writes the config again next time and finds the log made).
             tls_settings: dict[str, object] = {}
             if tls:
-                tls_directory = directory / TLS_DIRECTORY_NAME
                 addresses = [members[node_id].client, members[node_id].peer]
                 addresses += [naming[node_id]] if node_id in naming else []
                 hosts = {Address.parse(address).host for address in addresses} | {"localhost"}
-                make_node_certificate(ca_directory, tls_directory, node_id, sorted(hosts))
-                tls_settings = {
-                    "tls_cert_file": str(tls_directory / CERT_FILE_NAME),
-                    "tls_key_file": str(tls_directory / KEY_FILE_NAME),
-                    "tls_ca_file": str(ca_directory / CA_FILE_NAME),
-                }
+                tls_settings = node_tls_settings(
+                    root / TLS_DIRECTORY_NAME, directory, node_id, sorted(hosts)
+                )
             config = parse_config(
                 {
                     "node_id": node_id,

@@ -235,7 +235,8 @@ class WebSocket:
 
 
 def peer_host(stream: trio.abc.Stream) -> str:
-    """The other side's IP address ("" for a stream that is not a socket's, as in tests)."""
+    """The other side's IP address ("" for a stream that is not a socket's, as in tests;
+    "?" if the socket no longer knows)."""
     while not isinstance(stream, trio.SocketStream):
         inner = getattr(stream, "transport_stream", None)  # through TLS
         if not isinstance(inner, trio.abc.Stream):
@@ -244,7 +245,7 @@ def peer_host(stream: trio.abc.Stream) -> str:
     try:
         return str(stream.socket.getpeername()[0])
     except OSError:
-        return ""
+        return "?"  # reset before we asked: not loopback, so let in as nothing
 
 
 class ConnectionLimits:
