@@ -15,6 +15,8 @@ import trio
 from dledger_mq.cli.main import cluster_options, json_option, leader_admin, main, one_line_errors
 
 ACTION_CHOICE = click.Choice(["publish", "subscribe", "create", "admin"])
+#: Shown in usage lines and errors instead of the list of choices.
+ACTION_METAVAR = "ACTION"
 
 
 def _rule_text(resource: str, action: str) -> str:
@@ -132,7 +134,7 @@ def _change_rule(
 
 @user.command("grant")
 @click.argument("name")
-@click.argument("action", type=ACTION_CHOICE)
+@click.argument("action", type=ACTION_CHOICE, metavar=ACTION_METAVAR)
 @click.argument("resource")
 @cluster_options
 @one_line_errors
@@ -146,7 +148,7 @@ def user_grant(
 
 @user.command("revoke")
 @click.argument("name")
-@click.argument("action", type=ACTION_CHOICE)
+@click.argument("action", type=ACTION_CHOICE, metavar=ACTION_METAVAR)
 @click.argument("resource")
 @cluster_options
 @one_line_errors
