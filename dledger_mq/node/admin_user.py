@@ -63,15 +63,17 @@ async def ensure_admin_user(
     echo: Callable[[str], None],
     signed_in: Callable[[], None],
     tls: ssl.SSLContext | None = None,
+    known: bool = True,
 ) -> None:
-    """Wait for a leader; add the admin user unless the credentials already sign in there;
-    call ``signed_in`` once they do. Gives up (with a line saying why) only if another user
-    of that name exists."""
+    """Wait for a leader; add the admin user unless the credentials already sign in there
+    (``known``: they were on disk already, so the user likely exists); call ``signed_in`` once
+    they do. Gives up (with a line saying why) only if another user of that name exists."""
     while True:
         try:
-            await find_leader_address(layout.endpoints, tls=tls, credentials=credentials)
-            signed_in()
-            return
+            if known:
+                await find_leader_address(layout.endpoints, tls=tls, credentials=credentials)
+                signed_in()
+                return
         except DledgerError:
             pass  # no leader yet, or no such user yet
         try:
@@ -85,6 +87,9 @@ async def ensure_admin_user(
             signed_in()
             return
         except UserExists:
+            if not known:
+                known = True  # an earlier attempt may have landed with its answer lost
+                continue
             echo(
                 f"the cluster has a user {credentials.access_key!r} whose secret is not the one in "
                 f"{layout.root / CREDENTIALS_FILE_NAME}: sign in as another admin"

@@ -607,7 +607,7 @@ async def run_cluster_up(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                ensure_admin_user, layout, credentials, echo, signed_in, supervisor.tls
+                ensure_admin_user, layout, credentials, echo, signed_in, supervisor.tls, known
             )
             await supervisor.run()
             nursery.cancel_scope.cancel()
