@@ -72,6 +72,13 @@ def main() -> None:
     show_default=True,
     help="Worker processes.",
 )
+@click.option(
+    "--learners",
+    type=click.IntRange(min=0, max=2),
+    default=0,
+    show_default=True,
+    help="Non-voting members besides the voters (replicated to, never counted).",
+)
 @click.option("--quiet", is_flag=True, help="With --seed: print only the result.")
 def sim(
     seeds: int,
@@ -82,6 +89,7 @@ def sim(
     faults: str,
     mutant: str | None,
     jobs: int,
+    learners: int,
     quiet: bool,
 ) -> None:
     """Run the deterministic Raft simulator over a range of seeds (or replay one).
@@ -97,10 +105,10 @@ def sim(
     node_count = int(nodes) if nodes else None
 
     def request(number: int) -> SimRequest:
-        return SimRequest(number, node_count, ticks, fault_names, mutant)
+        return SimRequest(number, node_count, ticks, fault_names, mutant, learners)
 
     if seed is not None:
-        options = SimOptions.draw(seed, node_count, ticks, fault_names)
+        options = SimOptions.draw(seed, node_count, ticks, fault_names, learners=learners)
         click.echo(f"seed {seed}: {options.describe()}")
         result = run_seed(request(seed), trace=None if quiet else click.echo)
         if result.passed:

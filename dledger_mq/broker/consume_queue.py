@@ -34,7 +34,7 @@ from typing import Protocol
 import structlog
 from crc32c import crc32c
 
-from dledger_mq.errors import CorruptRecord
+from dledger_mq.errors import CorruptRecord, FsyncFailed
 from dledger_mq.raft.storage.disk import Disk, make_directories
 
 _logger = structlog.get_logger()
@@ -489,6 +489,8 @@ class FileQueueStore:
         self._entries_per_file = entries_per_file
         self._flush_entries = flush_entries
         self._queues: dict[tuple[str, int], FileConsumeQueue] = {}
+        #: The first fsync that failed in this run, if one did (``sync``).
+        self._fsync_failed: FsyncFailed | None = None
 
     def _queue(self, topic: str, queue_id: int) -> FileConsumeQueue:
         # "t-" keeps a topic called "." or ".." a plain directory name.
@@ -530,8 +532,19 @@ class FileQueueStore:
             queue.flush()
 
     def sync(self) -> None:
-        for queue in list(self._queues.values()):
-            queue.sync()
+        """Fsync every queue; ``FsyncFailed`` once an fsync has failed in this run, then and
+        ever after: the kernel may have dropped the pages it could not write and marked them
+        clean, so a later fsync would "succeed" without them (fsyncgate), and a snapshot saved
+        after it would count entries the files no longer hold. The queues are trusted again
+        only after a restart, rebuilt from an older snapshot and the log."""
+        if self._fsync_failed is not None:
+            raise self._fsync_failed
+        try:
+            for queue in list(self._queues.values()):
+                queue.sync()
+        except OSError as error:
+            self._fsync_failed = FsyncFailed(error.filename or self._directory, error.errno)
+            raise self._fsync_failed from None
 
     def trim(self, below_position: int) -> None:
         for queue in self._queues.values():

@@ -150,7 +150,7 @@ class SimBroker:
                 self.state.queues.flush()
                 self.state.queues.sync()
                 snapshots.save(Snapshot(entry.index, entry.term, data))
-            except OSError as error:
+            except (OSError, StorageError) as error:
                 # As the node's snapshot task: reported, and tried again at the next interval.
                 self.cluster.log(f"{self.node_id} could not save a snapshot: {error}")
             else:

@@ -7,6 +7,7 @@
 - State machine safety: a committed entry is never lost or changed, and every node applies the
   same sequence, in order, with no gaps.
 - A node's commit index never goes back.
+- A learner never campaigns or leads.
 """
 
 from __future__ import annotations
@@ -141,5 +142,7 @@ class SafetyChecker:
         self.applied_index[node_id] = applied
 
     def role_seen(self, node_id: str, role: Role, term: int, core: RaftCore) -> None:
+        if core.is_learner and role is not Role.FOLLOWER:
+            raise SafetyViolation(f"learner {node_id} became {role.value} in term {term}")
         if role is Role.LEADER:
             self.became_leader(node_id, term, core)

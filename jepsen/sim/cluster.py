@@ -149,13 +149,19 @@ class Cluster:
         self.now = 0
         self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._sequence = 0
-        ids = tuple(f"n{number}" for number in range(1, options.nodes + 1))
+        voters = tuple(f"n{number}" for number in range(1, options.nodes + 1))
+        learners = tuple(
+            f"n{number}"
+            for number in range(options.nodes + 1, options.nodes + 1 + options.learners)
+        )
+        ids = voters + learners
         self.nodes = {
             node_id: SimNode(
                 node_id,
                 Config(
                     node_id=node_id,
-                    members=ids,
+                    members=voters,
+                    learners=learners,
                     election_timeout_ticks=options.election_timeout_ticks,
                     heartbeat_interval_ticks=options.heartbeat_interval_ticks,
                     max_append_bytes=options.max_append_bytes,
@@ -178,11 +184,11 @@ class Cluster:
         self.client_leader_guess: str | None = None
         self.next_value = 0
         for number, node in enumerate(self.nodes.values()):
-            if options.tick_units:
+            if number < len(options.tick_units):  # a learner keeps the default
                 node.tick_units = options.tick_units[number]
             node.disk_latency_units = (
                 options.disk_latency_per_node[number]
-                if options.disk_latency_per_node
+                if number < len(options.disk_latency_per_node)
                 else options.disk_latency_units
             )
             self._start(node)

@@ -64,6 +64,9 @@ class SimOptions:
     amnesia: bool = True
     #: Nodes trim their logs below their snapshots: a follower left behind gets a snapshot.
     trim_log: bool = True
+    #: Learners besides the ``nodes`` voters (``Config.learners``): replicated to, never
+    #: counted; faults hit them like any node.
+    learners: int = 0
 
     @classmethod
     def draw(
@@ -73,6 +76,7 @@ class SimOptions:
         safety_ticks: int = 500,
         faults: tuple[str, ...] = FAULTS,
         amnesia: bool = True,
+        learners: int = 0,
     ) -> SimOptions:
         rng = random.Random(f"options-{seed}")
         # Swarm testing: each seed enables a random subset of the faults, so that no fault is
@@ -146,6 +150,9 @@ class SimOptions:
             tick_units=tick_units,
             disk_latency_per_node=disk_latency_per_node,
             amnesia=amnesia,
+            # Asked for, not drawn: a learner changes every schedule, and with it what each
+            # recorded seed (tests/jepsen/sim_regressions.txt) means.
+            learners=learners,
         )
 
     def describe(self) -> str:

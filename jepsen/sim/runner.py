@@ -42,6 +42,8 @@ class SimRequest:
     safety_ticks: int = 500
     faults: tuple[str, ...] = FAULTS
     mutant: str | None = None
+    #: Learners besides the drawn voters (``SimOptions.learners``).
+    learners: int = 0
 
 
 class FaultInjector:
@@ -189,7 +191,13 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
 
 
 def _run_seed(request: SimRequest, trace: Callable[[str], None] | None) -> SeedResult:
-    options = SimOptions.draw(request.seed, request.nodes, request.safety_ticks, request.faults)
+    options = SimOptions.draw(
+        request.seed,
+        request.nodes,
+        request.safety_ticks,
+        request.faults,
+        learners=request.learners,
+    )
     mutant = MUTANTS[request.mutant] if request.mutant is not None else Mutant()
     cluster = Cluster(options, mutant.core, mutant.driver, trace, mutant.state)
     try:
@@ -315,6 +323,8 @@ def replay_command(request: SimRequest) -> str:
         parts.append(f"--faults {','.join(request.faults) or 'none'}")
     if request.mutant is not None:
         parts.append(f"--mutant {request.mutant}")
+    if request.learners:
+        parts.append(f"--learners {request.learners}")
     return " ".join(parts)
 
 

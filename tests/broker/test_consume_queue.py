@@ -3,12 +3,13 @@ snapshot, rot detection, retention, and a durable clear."""
 
 from __future__ import annotations
 
+import errno
 import random
 
 import pytest
 
 from dledger_mq.broker.consume_queue import ENTRY_BYTES, FileQueueStore
-from dledger_mq.errors import CorruptRecord
+from dledger_mq.errors import CorruptRecord, FsyncFailed
 from dledger_mq.raft.storage.simulated_disks import MemoryDisk
 
 
@@ -131,3 +132,19 @@ def test_find_answers_from_files_stay_right_as_the_queue_grows_and_is_trimmed() 
     store.trim(below_position=95)
     assert queue.find(35) == queue.base_offset == 8
     assert queue.find(105) == 10
+
+
+def test_after_a_failed_fsync_the_queues_are_never_synced_again_in_this_run() -> None:
+    """fsyncgate: the kernel may drop the pages a failed fsync could not write and mark them
+    clean, so a later fsync "succeeds" without them. A snapshot saved after that would count
+    entries the files no longer hold (the simulator found it: seed 1553 with a learner)."""
+    disk = MemoryDisk()
+    store = _store(disk)
+    _fill(store, 5)
+    store.flush()
+    disk.inject_fault("fsync", errno.ENOSPC)
+    with pytest.raises(FsyncFailed):
+        store.sync()
+    assert disk.faults_pending == 0
+    with pytest.raises(FsyncFailed):
+        store.sync()  # the disk would take it now: the store refuses all the same

@@ -71,10 +71,15 @@ class Network:
         self,
         members: tuple[str, ...] = THREE_NODES,
         *,
+        learners: tuple[str, ...] = (),
         seed: int = 0,
         stores: Mapping[str, MemoryLogStore] | None = None,
         **config_overrides: Any,
     ) -> None:
+        """``members`` vote; ``learners`` are replicated to and do not (``Config.learners``)."""
+        self.voters = members
+        self.learners = learners
+        members = (*members, *learners)
         self.members = members
         self.seed = seed
         self.config_overrides = config_overrides
@@ -100,7 +105,9 @@ class Network:
     # -- nodes -------------------------------------------------------------------------------
 
     def config(self, node_id: str) -> Config:
-        return Config(node_id=node_id, members=self.members, **self.config_overrides)
+        return Config(
+            node_id=node_id, members=self.voters, learners=self.learners, **self.config_overrides
+        )
 
     def start(self, node_id: str, applied: int = 0) -> RaftCore:
         """Build ``node_id``'s core from its store, as a process does when it starts."""

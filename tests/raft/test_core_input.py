@@ -64,5 +64,5 @@ def test_transfer_to_a_stranger_is_refused() -> None:
     core = RaftCore(Config("n1", ("n1",)), MemoryLogStore(), random.Random(0))
     core.campaign()
     assert core.role.value == "leader"
-    with pytest.raises(BadRequest, match="not a peer"):
+    with pytest.raises(BadRequest, match="not a voting peer"):
         core.transfer_leadership("n7")

@@ -67,7 +67,7 @@ class Rng(Protocol):
 @attrs.frozen
 class Config:
     node_id: str
-    #: Every member of the group, this node included.
+    #: Every voting member of the group (this node included, unless it is a learner).
     members: tuple[str, ...]
     election_timeout_ticks: int = 10
     heartbeat_interval_ticks: int = 1
@@ -79,12 +79,19 @@ class Config:
     max_apply_bytes: int = 64 << 20
     pre_vote: bool = True
     check_quorum: bool = True
+    #: Members that do not vote (Raft thesis 4.2.1): the leader replicates to them as to any
+    #: follower, but they count in no quorum, never campaign and grant no vote. A new replica
+    #: catches up as one before it is made a voter (issue 16, docs/architecture.md).
+    learners: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
-        if self.node_id not in self.members:
-            raise UsageError(f"node {self.node_id!r} is not among the members {self.members}")
-        if len(set(self.members)) != len(self.members):
-            raise UsageError(f"members must be distinct: {self.members}")
+        everyone = (*self.members, *self.learners)
+        if self.node_id not in everyone:
+            raise UsageError(f"node {self.node_id!r} is not among the members {everyone}")
+        if len(set(everyone)) != len(everyone):
+            raise UsageError(f"members and learners must be distinct: {everyone}")
+        if not self.members:
+            raise UsageError("a group needs at least one voting member")
         if self.heartbeat_interval_ticks < 1:
             raise UsageError("heartbeat_interval_ticks must be at least 1")
         if self.election_timeout_ticks <= self.heartbeat_interval_ticks:
@@ -218,13 +225,22 @@ class RaftCore:
     ) -> None:
         self.config = config
         self.id = config.node_id
-        self.peers = tuple(member for member in config.members if member != self.id)
+        #: Everyone the leader replicates to; ``voters`` (this node too, if it votes) decide.
+        self.peers = tuple(m for m in (*config.members, *config.learners) if m != self.id)
+        self.voters = frozenset(config.members)
+        self.voting_peers = tuple(member for member in config.members if member != self.id)
+        self.is_learner = self.id not in self.voters
         self.quorum = len(config.members) // 2 + 1
         self.rng = rng
         self.log = RaftLog(store, applied)
         hard_state = store.hard_state()
         self.term = hard_state.term
         self.vote = hard_state.vote
+        if self.log.last_term() > self.term:
+            # Entries of a later term were persisted and the hard state after them was not (its
+            # fsync failed, then a crash): the term is at least the log's, and no vote of that
+            # term went out (a vote is sent only once durable).
+            self.term, self.vote = self.log.last_term(), None
         self.role = Role.FOLLOWER
         self.leader: str | None = None
         self.election_elapsed = 0
@@ -243,7 +259,7 @@ class RaftCore:
         # Alone in its group, a replica that lost its tail has no one to ask: what it kept is
         # the log. (One that lost its whole log stays recovering: it must not lead an empty
         # log in place of the one it had; an operator starts a new one with --init.)
-        self.recovering = recovering and (bool(self.peers) or not lost_tail)
+        self.recovering = recovering and (bool(self.voting_peers) or not lost_tail)
         self._recovering_durably = recovering
         self.lost_tail = recovering and lost_tail
         #: Each peer's (last log term, last log index) from its latest vote request since start.
@@ -265,7 +281,7 @@ class RaftCore:
     def tick(self) -> None:
         if self.role is Role.LEADER:
             self._tick_leader()
-        else:
+        elif not self.is_learner:
             self.election_elapsed += 1
             if self.election_elapsed >= self.randomized_election_timeout:
                 self.campaign()
@@ -273,7 +289,7 @@ class RaftCore:
     def campaign(self) -> None:
         """Start an election now (pre-vote first when enabled), as an election timeout would;
         never while recovering (it tells the others where its log ends instead)."""
-        if self.role is Role.LEADER:
+        if self.role is Role.LEADER or self.is_learner:
             return
         if self.recovering:
             self._tell_log_end()
@@ -332,7 +348,9 @@ class RaftCore:
                 if index is None:
                     return
             acknowledged = 1 + sum(
-                1 for progress in self.progress.values() if progress.read_context >= context
+                1
+                for peer, progress in self.progress.items()
+                if progress.read_context >= context and peer in self.voters
             )
             if acknowledged < self.quorum:
                 return
@@ -361,8 +379,10 @@ class RaftCore:
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
-        if target not in self.progress:
-            raise BadRequest(f"cannot transfer leadership to {target!r}: not a peer of {self.id}")
+        if target not in self.progress or target not in self.voters:
+            raise BadRequest(
+                f"cannot transfer leadership to {target!r}: not a voting peer of {self.id}"
+            )
         if self.transfer_target == target:
             return
         self.transfer_target = target
@@ -592,7 +612,7 @@ class RaftCore:
         self._send_pre_vote_requests()
 
     def _send_pre_vote_requests(self) -> None:
-        for peer in self.peers:
+        for peer in self.voting_peers:
             self._send(
                 VoteRequest(
                     term=self.term + 1,
@@ -605,7 +625,7 @@ class RaftCore:
             )
 
     def _heard_log_end(self, request: VoteRequest) -> None:
-        if self.lost_tail and self.recovering:
+        if self.lost_tail and self.recovering and request.source in self.voters:
             self._log_ends[request.source] = (request.last_log_term, request.last_log_index)
             self._maybe_finish_tail_recovery()
 
@@ -648,7 +668,7 @@ class RaftCore:
         if self._tally() == "won":
             self._become_leader()
             return
-        for peer in self.peers:
+        for peer in self.voting_peers:
             self._send(
                 VoteRequest(
                     term=self.term,
@@ -673,7 +693,11 @@ class RaftCore:
     # -- elections -------------------------------------------------------------------------
 
     def _handle_vote_request(self, request: VoteRequest) -> None:
-        can_vote = (not self.recovering or self._log_ends_allow_vote(request)) and (
+        can_vote = (
+            not self.is_learner
+            and request.source in self.voters
+            and (not self.recovering or self._log_ends_allow_vote(request))
+        ) and (
             self.vote == request.source
             or (self.vote is None and self.leader is None)
             or (request.pre_vote and request.term > self.term)
@@ -704,10 +728,11 @@ class RaftCore:
             )
 
     def _tally(self) -> str:
-        granted = sum(1 for vote in self.votes.values() if vote)
+        counted = [vote for voter, vote in self.votes.items() if voter in self.voters]
+        granted = sum(counted)
         if granted >= self.quorum:
             return "won"
-        if len(self.votes) - granted >= self.quorum:
+        if len(counted) - granted >= self.quorum:
             return "lost"
         return "pending"
 
@@ -759,7 +784,7 @@ class RaftCore:
             self.election_elapsed = 0
             self.leader = message.source
             self._handle_install_snapshot(message)
-        elif isinstance(message, TimeoutNow) and not self.recovering:
+        elif isinstance(message, TimeoutNow) and not self.recovering and not self.is_learner:
             # Leadership transfer: skip pre-vote, the leader itself asked us to take over.
             self._become_candidate(leadership_transfer=True)
 
@@ -870,8 +895,8 @@ class RaftCore:
 
     def _quorum_recently_active(self) -> bool:
         active = 1  # ourselves
-        for progress in self.progress.values():
-            if progress.recent_active:
+        for peer, progress in self.progress.items():
+            if progress.recent_active and peer in self.voters:
                 active += 1
             progress.recent_active = False
         return active >= self.quorum
@@ -930,9 +955,8 @@ class RaftCore:
             self._send_appends(response.source, send_empty=True)
 
     def _maybe_commit(self) -> bool:
-        matches = sorted(
-            [self._own_match(), *(p.match for p in self.progress.values())], reverse=True
-        )
+        voting = (p.match for peer, p in self.progress.items() if peer in self.voters)
+        matches = sorted([self._own_match(), *voting], reverse=True)
         candidate = matches[self.quorum - 1]
         if candidate > self.log.committed and self._may_commit(candidate):
             committed = self.log.commit_to(candidate)
