@@ -177,7 +177,10 @@ class SimBroker:
         """InstallSnapshot: the state becomes the leader's snapshot, now the newest here."""
         snapshot = self.node.snapshots.latest()
         if snapshot is None or (snapshot.index, snapshot.term) != (index, term):
-            raise BrokerViolation(f"{self.node_id}: the snapshot {index}@{term} to install is gone")
+            raise BrokerViolation(
+                f"{self.node_id}: the snapshot {index}@{term} to install is gone (newest: "
+                f"{None if snapshot is None else (snapshot.index, snapshot.term)})"
+            )
         self.state.load_snapshot(snapshot.data)
         self.last_snapshot = index
 
