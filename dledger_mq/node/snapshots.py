@@ -72,9 +72,9 @@ def restore_state(
 
 def install_snapshot(state: BrokerState, store: SnapshotStore, index: int, term: int) -> None:
     """InstallSnapshot on a follower: the state becomes the leader's snapshot, just received."""
-    snapshot = store.latest()
-    if snapshot is None or (snapshot.index, snapshot.term) != (index, term):
-        raise SnapshotError(f"the snapshot {index}@{term} to install is not the newest here")
+    snapshot = store.get(index, term)
+    if snapshot is None:
+        raise SnapshotError(f"the snapshot {index}@{term} to install is not kept here")
     state.load_snapshot(snapshot.data)
     logger.info("snapshot_installed", index=index, term=term, bytes=len(snapshot.data))
 

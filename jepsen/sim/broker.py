@@ -175,11 +175,12 @@ class SimBroker:
 
     def restore(self, index: int, term: int) -> None:
         """InstallSnapshot: the state becomes the leader's snapshot, now the newest here."""
-        snapshot = self.node.snapshots.latest()
-        if snapshot is None or (snapshot.index, snapshot.term) != (index, term):
+        snapshot = self.node.snapshots.get(index, term)
+        if snapshot is None:
+            newest = self.node.snapshots.latest()
             raise BrokerViolation(
                 f"{self.node_id}: the snapshot {index}@{term} to install is gone (newest: "
-                f"{None if snapshot is None else (snapshot.index, snapshot.term)})"
+                f"{None if newest is None else (newest.index, newest.term)})"
             )
         self.state.load_snapshot(snapshot.data)
         self.last_snapshot = index

@@ -139,3 +139,11 @@ def test_a_snapshot_is_never_saved_after_a_failed_fsync_of_the_queues() -> None:
     the next one "succeeded" without the dropped pages, and after a power loss the snapshot
     needed queue entries the files no longer held (``FileQueueStore.sync``)."""
     assert run_seed(SimRequest(1553, learners=1)).passed
+
+
+@pytest.mark.parametrize("seed", [915, 1275])
+def test_an_install_overtaken_by_a_newer_snapshot_still_finds_its_own(seed: int) -> None:
+    """Five voters and a learner, messages reordered: a snapshot transfer completed while the
+    install of an older one was being written; the broker then looked for the older one as
+    the newest and failed (``SnapshotStore.get``)."""
+    assert run_seed(SimRequest(seed, learners=1)).passed

@@ -65,3 +65,16 @@ def test_any_bytes_are_a_snapshot_or_a_snapshot_error(data: bytes) -> None:
     except SnapshotError:
         return
     assert encode_snapshot(snapshot) == data
+
+
+def test_an_install_gets_its_own_snapshot_when_a_newer_one_arrived_meanwhile() -> None:
+    """Two transfers overlapped (seeds 915 and 1275 with a learner): the core installs 128 while
+    160 is already saved; the install of 128 must find 128, not fail on "not the newest"."""
+    store = SnapshotStore(MemoryDisk(), DIRECTORY)
+    store.save(Snapshot(128, 3, b"state at 128"))
+    store.save(Snapshot(160, 3, b"state at 160"))
+    assert store.get(128, 3) == Snapshot(128, 3, b"state at 128")
+    assert store.get(128, 2) is None  # another term's entry at that index is not it
+    assert store.get(99, 3) is None
+    store.save(Snapshot(200, 3, b"state at 200"))
+    assert store.get(128, 3) is None  # only two are kept

@@ -193,18 +193,32 @@ class SnapshotStore:
         """The newest snapshot that reads back whole (a damaged one is reported and skipped),
         or None."""
         for index in self.indexes():
-            path = posixpath.join(self.directory, snapshot_file_name(index))
-            data = self._read_whole(path)
-            try:
-                snapshot = decode_snapshot(data)
-            except SnapshotError as error:
-                _logger.warning("snapshot_unreadable", path=path, reason=error.reason)
-                continue
-            if snapshot.index != index:
-                _logger.warning("snapshot_unreadable", path=path, reason="index differs from name")
-                continue
-            return snapshot
+            snapshot = self._read(index)
+            if snapshot is not None:
+                return snapshot
         return None
+
+    def get(self, index: int, term: int) -> Snapshot | None:
+        """The snapshot (index, term) if it is kept and reads back whole, else None. An install
+        asks for its own: a newer one may have been received meanwhile (two transfers that
+        overlapped), and the core installs them in order."""
+        if index not in self.indexes():
+            return None
+        snapshot = self._read(index)
+        return snapshot if snapshot is not None and snapshot.term == term else None
+
+    def _read(self, index: int) -> Snapshot | None:
+        path = posixpath.join(self.directory, snapshot_file_name(index))
+        data = self._read_whole(path)
+        try:
+            snapshot = decode_snapshot(data)
+        except SnapshotError as error:
+            _logger.warning("snapshot_unreadable", path=path, reason=error.reason)
+            return None
+        if snapshot.index != index:
+            _logger.warning("snapshot_unreadable", path=path, reason="index differs from name")
+            return None
+        return snapshot
 
 
 def log_holds(log: CommitLog, index: int, term: int) -> bool:
