@@ -97,6 +97,9 @@ class WebSocket:
         #: peer that trickles a byte now and then is still silent by this measure.
         self.last_heard = trio.current_time()
         self.peer_host = peer_host(stream)
+        #: Bytes that came with the upgrade's last read may already hold frames (a server
+        #: that accepts and at once closes, say): they are taken before the socket is read.
+        self._events_pending = True
 
     @property
     def closed(self) -> WebSocketClosed | None:
@@ -141,6 +144,12 @@ class WebSocket:
     # -- reading ------------------------------------------------------------------------------
 
     async def _receive_events(self) -> None:
+        if self._events_pending:
+            self._events_pending = False
+            for event in self._protocol.events():
+                await self._on_event(event)
+            if self._messages or self._closed is not None:
+                return
         data = await self._receive_some()
         if not data:
             self._lost("the connection was closed without a close frame")

@@ -210,6 +210,7 @@ async def test_connections_from_one_address_are_capped(tmp_path: Path) -> None:
                 async with connect_admin(address_of(node), credentials=None):
                     pass
             await first.status()  # the ones let in go on
+        await until_no_connection(node)
         async with connect_admin(address_of(node), credentials=None) as again:
             await again.status()  # a closed one frees its place
 

@@ -285,3 +285,30 @@ async def test_a_connection_reset_during_the_handshake_is_a_failed_connect() -> 
                 async with connect(f"127.0.0.1:{port}", ADMIN_CODEC, "local", "test"):
                     pass
             nursery.cancel_scope.cancel()
+
+
+async def test_a_close_sent_with_the_upgrade_is_read_before_the_socket() -> None:
+    """A listener over its connection cap accepts and closes at once (1013): the close can
+    arrive in the same read as the upgrade's answer, and must be seen as 1013, not lost as a
+    hang-up (1006), so that the client tells ``TooManyConnections``."""
+    from dledger_mq.errors import TooManyConnections
+    from dledger_mq.wire.admin import ADMIN_CODEC
+    from dledger_mq.wire.rpc import connect
+    from dledger_mq.wire.websocket import ConnectionLimits
+
+    async def never(websocket: WebSocket) -> None:
+        raise AssertionError("a refused connection reached the handler")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(
+                functools.partial(serve_websockets, limits=ConnectionLimits(10, 0)),
+                never,
+                "127.0.0.1",
+                0,
+            )
+            for _ in range(20):
+                with pytest.raises(TooManyConnections, match="0 connections from 127.0.0.1"):
+                    async with connect(f"127.0.0.1:{port}", ADMIN_CODEC, "local", "c"):
+                        pass
+            nursery.cancel_scope.cancel()
