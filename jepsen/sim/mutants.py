@@ -78,6 +78,16 @@ class LostTailAsksTooFew(RaftCore):
         self._log_ends_needed = 1
 
 
+class LearnerCounts(RaftCore):
+    """Counts a learner like a voter in every quorum (commit, check-quorum, reads, votes): an
+    entry can commit on the leader and the learner alone, and a voter elected without it
+    loses it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.voters = frozenset((*self.config.members, *self.config.learners))
+
+
 class UnclampedHeartbeatCommit(RaftCore):
     """Tells every follower the leader's commit index in heartbeats, also one whose entries up
     there are another leader's: it commits them."""
@@ -253,6 +263,8 @@ class Mutant:
     state: type[BrokerState] = BrokerState
     #: Why the default seeds do not catch it, if they do not (None: they must).
     uncaught_reason: str | None = None
+    #: Learners its seeds run with (a learner bug needs one).
+    learners: int = 0
 
 
 _STALE_TAIL_REASON = (
@@ -269,6 +281,7 @@ MUTANTS: dict[str, Mutant] = {
     "vote-without-log-check": Mutant(core=VoteWithoutLogCheck),
     "commit-old-term": Mutant(core=CommitOldTermByCounting),
     "vote-twice": Mutant(core=VoteTwiceInATerm),
+    "learner-counts": Mutant(core=LearnerCounts, learners=1),
     "vote-while-recovering": Mutant(core=VoteWhileRecovering),
     "vote-after-lost-tail": Mutant(core=VoteAfterLostTail),
     "lost-tail-asks-too-few": Mutant(core=LostTailAsksTooFew),

@@ -191,14 +191,14 @@ def run_seed(request: SimRequest, trace: Callable[[str], None] | None = None) ->
 
 
 def _run_seed(request: SimRequest, trace: Callable[[str], None] | None) -> SeedResult:
+    mutant = MUTANTS[request.mutant] if request.mutant is not None else Mutant()
     options = SimOptions.draw(
         request.seed,
         request.nodes,
         request.safety_ticks,
         request.faults,
-        learners=request.learners,
+        learners=max(request.learners, mutant.learners),
     )
-    mutant = MUTANTS[request.mutant] if request.mutant is not None else Mutant()
     cluster = Cluster(options, mutant.core, mutant.driver, trace, mutant.state)
     try:
         workload = _run_phases(cluster)
