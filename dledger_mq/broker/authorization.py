@@ -92,13 +92,13 @@ class BrokerAccess:
         return user.stored_key if user is not None else None
 
     def anonymous_allowed(self, session: Session) -> bool:
-        if self.state.users():
+        if self.state.user_count:
             return False
         return session.loopback or not self.protected_mode
 
     def admit(self, session: Session) -> None:
         if session.user is None and not self.anonymous_allowed(session):
-            if self.state.users():
+            if self.state.user_count:
                 raise AuthenticationRequired("this cluster has users: sign in")
             raise AuthenticationRequired(
                 "protected mode: no users exist, so only clients on the nodes' own machines "

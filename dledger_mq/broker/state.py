@@ -884,6 +884,11 @@ class BrokerState:
     def user(self, access_key: str) -> User | None:
         return self._users.get(access_key)
 
+    @property
+    def user_count(self) -> int:
+        """How many users exist (asked on every anonymous request: no sorting)."""
+        return len(self._users)
+
     def users(self) -> tuple[User, ...]:
         return tuple(sorted(self._users.values(), key=lambda user: user.access_key))
 

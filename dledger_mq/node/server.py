@@ -515,8 +515,8 @@ async def _run_node(
 
 def _say_how_clients_get_in(node: Node, log: Any) -> None:
     """One line at start: whether clients must sign in, or who is let in without."""
-    if node.state.users():
-        log.info("clients_sign_in", users=len(node.state.users()))
+    if node.state.user_count:
+        log.info("clients_sign_in", users=node.state.user_count)
     elif node.config.protected_mode:
         log.warning(
             "protected_mode",
