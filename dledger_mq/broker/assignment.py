@@ -20,16 +20,11 @@ only what consumers say they already hold, so that every live holder has spoken.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
-
-def queue_for_sharding_key(sharding_key: str, queue_count: int) -> int:
-    """Same key, same queue, as long as the queue count stays the same."""
-    if queue_count < 1:
-        raise ValueError(f"queue_count must be at least 1, got {queue_count}")
-    return zlib.crc32(sharding_key.encode()) % queue_count
+# Producers place keyed messages over a topic's groups with the same formula (wire contract).
+from dledger_mq.wire.broker import queue_for_sharding_key as queue_for_sharding_key
 
 
 class RoundRobinQueues:

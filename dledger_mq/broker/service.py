@@ -30,6 +30,7 @@ from dledger_mq.broker.assignment import (
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
     MAX_PRODUCER_ID_LENGTH,
+    MAX_QUEUE_COUNT,
     AddUser,
     BrokerSettings,
     CommitOffsets,
@@ -95,6 +96,7 @@ from dledger_mq.wire.admin import (
     UserInfo,
 )
 from dledger_mq.wire.broker import (
+    MAX_LAYOUT_GROUPS,
     CommitOffsetsReply,
     CommitOffsetsRequest,
     ConsumerHeartbeat,
@@ -110,6 +112,7 @@ from dledger_mq.wire.broker import (
     SendRequest,
     StoredMessage,
 )
+from dledger_mq.wire.codec import MAX_NAME_LENGTH
 from dledger_mq.wire.rpc import error_reply
 
 logger = structlog.get_logger()
@@ -179,7 +182,11 @@ class BrokerService:
         monotonic_ms: Callable[[], int] = lambda: int(trio.current_time() * 1000),
         consumer_expiry_ms: int = CONSUMER_EXPIRY_MS,
         applied: AppliedSignal | None = None,
+        broker_group: str = "",
     ) -> None:
+        """``broker_group``: the name of this broker group (a consumer's layout names its
+        queues by group)."""
+        self.broker_group = broker_group
         self.state = state
         #: A consumer silent this long leaves its group (the simulator shortens it with the
         #: consumers' heartbeat interval).
@@ -471,7 +478,7 @@ class BrokerService:
                 del members[consumer_id]
                 holders.pop(consumer_id, None)
         live = tuple(sorted(members))
-        queues = queues_of(heartbeat.consumer_id, range(topic.queue_count), live)
+        queues = self._assigned_queues(heartbeat, topic.queue_count, live)
         if topic.fifo:
             settling = now - self._leading_since_ms < self.consumer_expiry_ms
             queues = fifo_grant(heartbeat.consumer_id, queues, holders, settling)
@@ -480,6 +487,28 @@ class BrokerService:
         return ConsumerHeartbeatReply(
             tuple(queues), live, topic.fifo, self.state.reset_generation(heartbeat.group)
         )
+
+    def _assigned_queues(
+        self, heartbeat: ConsumerHeartbeat, queue_count: int, live: tuple[str, ...]
+    ) -> tuple[int, ...]:
+        """This group's queues for the consumer: every queue of every group in its layout
+        (this group's as it is here) spread over the live consumers, then this group's share.
+        Every consumer heartbeats to every group, so each group's leader computes the same
+        spread and, together, they hand every queue to exactly one consumer."""
+        layout = heartbeat.layout
+        if not layout:
+            return queues_of(heartbeat.consumer_id, range(queue_count), live)
+        if len(layout) > MAX_LAYOUT_GROUPS:
+            raise BadRequest(f"a layout names at most {MAX_LAYOUT_GROUPS} broker groups")
+        queues: list[tuple[str, int]] = [(self.broker_group, q) for q in range(queue_count)]
+        for part in layout:
+            check_name("broker group", part.group, MAX_NAME_LENGTH)
+            if not 1 <= part.queues <= MAX_QUEUE_COUNT:
+                raise BadRequest(f"a layout's queue count must be in [1, {MAX_QUEUE_COUNT}]")
+            if part.group != self.broker_group:
+                queues.extend((part.group, q) for q in range(part.queues))
+        mine = queues_of(heartbeat.consumer_id, queues, live)
+        return tuple(queue for group, queue in mine if group == self.broker_group)
 
     # -- send ----------------------------------------------------------------------------------
 

@@ -8,11 +8,16 @@ the previous one was acknowledged.
         async for message in consumer:
             await message.ack()
 
-Every second the consumer heartbeats to the leader, which answers with its queues (rebalancing
-when a consumer joins or leaves). For each queue one task long-polls from the group's committed
-offset and hands messages to the ``async for``. Acknowledged offsets are committed through the
-log in batches; a message not acknowledged before a failover or a rebalance is delivered again
-(at least once), so processing should be idempotent (``msg_id`` is stable).
+A topic may be spread over several broker groups; the consumer reads each group on its own (a
+group that fails over or goes down pauses only its own queues, and is picked up again when it
+is back), and looks for groups the topic was extended to every few seconds. Every second it
+heartbeats to each group's leader, naming the topic's queues in every group as naming lists
+them; each leader spreads all of them over the live consumers, the same way, and answers with
+its own group's share (rebalancing when a consumer joins or leaves). For each queue one task
+long-polls from the consumer group's committed offset in that broker group and hands messages
+to the ``async for``. Acknowledged offsets are committed through that group's log in batches; a
+message not acknowledged before a failover or a rebalance is delivered again (at least once),
+so processing should be idempotent (``msg_id`` is stable).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,
     ConsumerHeartbeatReply,
+    GroupQueues,
     PullReply,
     PullRequest,
     QueryOffsetsReply,
@@ -44,6 +50,8 @@ from dledger_mq.wire.rpc import ReplyT
 from dledger_mq.wire.tls import TlsOption
 
 HEARTBEAT_SECONDS = 1.0
+#: How often the consumer asks naming which broker groups hold its topic.
+DISCOVER_SECONDS = 5.0
 COMMIT_SECONDS = 0.2
 #: The longest a closing consumer spends on its final offset commit.
 FINAL_COMMIT_SECONDS = 2.0
@@ -83,11 +91,16 @@ class ReceivedMessage:
         return self.stored.queue_id
 
     @property
+    def group(self) -> str:
+        """The broker group that stored it: its queue is (``group``, ``queue_id``)."""
+        return self.stored.group
+
+    @property
     def offset(self) -> int:
         return self.stored.offset
 
     async def ack(self) -> None:
-        self._consumer._acknowledge(self.stored.queue_id, self.stored.offset)
+        self._consumer._acknowledge(self.stored.group, self.stored.queue_id, self.stored.offset)
 
 
 class _QueueProgress:
@@ -149,21 +162,36 @@ class Consumer(RoutedClient):
         self.consumer_id = uuid.uuid4().hex
         super().__init__(naming, cluster_id, f"consumer-{self.consumer_id}", credentials, tls)
         self._send, self._receive = trio.open_memory_channel[ReceivedMessage](PULL_BATCH)
-        self._progress: dict[int, _QueueProgress] = {}
-        #: Per queue, the offset after the last message handed to the application.
-        self._delivered_end: dict[int, int] = {}
-        self._pullers: dict[int, trio.CancelScope] = {}
-        #: This consumer's queues, as the leader last said.
-        self.queue_ids: tuple[int, ...] = ()
-        #: Whether the topic is FIFO, as the leader last said.
-        self.fifo = False
-        #: The group's reset generation our offsets were read at (None: not read yet).
-        self.reset_generation: int | None = None
+        #: One reader per broker group that holds the topic.
+        self._readers: dict[str, _GroupReader] = {}
+
+    @property
+    def queues(self) -> tuple[tuple[str, int], ...]:
+        """This consumer's queues, (broker group, queue id), as each group's leader last said."""
+        return tuple(
+            sorted(
+                (broker_group, queue_id)
+                for broker_group, reader in self._readers.items()
+                for queue_id in reader.queue_ids
+            )
+        )
+
+    @property
+    def fifo(self) -> bool:
+        """Whether the topic is FIFO, as a leader last said."""
+        return any(reader.fifo for reader in self._readers.values())
+
+    def layout(self) -> tuple[GroupQueues, ...]:
+        """The topic's queues in every broker group that naming lists for it."""
+        return tuple(
+            GroupQueues(part.group, part.queues)
+            for part in self.routes.cached_parts(self.topic)
+            if part.queues > 0
+        )
 
     async def __aenter__(self) -> Consumer:
         await self._open()
-        self.nursery.start_soon(self._heartbeat_loop)
-        self.nursery.start_soon(self._commit_loop)
+        self.nursery.start_soon(self._discover_loop)
         return self
 
     async def __aexit__(
@@ -178,8 +206,9 @@ class Consumer(RoutedClient):
         try:
             with trio.move_on_after(FINAL_COMMIT_SECONDS) as scope:
                 scope.shield = True
-                with contextlib.suppress(DledgerError):
-                    await self._commit()
+                async with trio.open_nursery() as nursery:
+                    for reader in self._readers.values():
+                        nursery.start_soon(reader.final_commit)
         except BaseException:
             await self._close(kind, value, traceback)
             raise
@@ -191,16 +220,56 @@ class Consumer(RoutedClient):
     async def __anext__(self) -> ReceivedMessage:
         return await self._receive.receive()
 
-    def _acknowledge(self, queue_id: int, offset: int) -> None:
-        progress = self._progress.get(queue_id)
-        if progress is not None:
-            progress.done(offset)
+    def _acknowledge(self, broker_group: str, queue_id: int, offset: int) -> None:
+        reader = self._readers.get(broker_group)
+        if reader is not None:
+            reader.acknowledge(queue_id, offset)
+
+    async def _discover_loop(self) -> None:
+        """A reader for every broker group of the topic, as naming lists them: now, and every
+        ``DISCOVER_SECONDS`` (a topic extended to a new group is read there too). A reader is
+        never stopped: a group that is down is read again when it is back."""
+        while True:
+            for part in await self.routes.parts(self.topic):
+                if part.group not in self._readers:
+                    reader = self._readers[part.group] = _GroupReader(self, part.group)
+                    self.nursery.start_soon(reader.heartbeat_loop)
+                    self.nursery.start_soon(reader.commit_loop)
+            await trio.sleep(DISCOVER_SECONDS)
+            with trio.move_on_after(SILENCE_SECONDS * 2):
+                await self.routes.refresh(self.topic)
+
+
+class _GroupReader:
+    """What a consumer reads from one broker group: its share of the group's queues (from
+    heartbeats to the group's leader), a puller per queue, and their progress and commits."""
+
+    def __init__(self, consumer: Consumer, broker_group: str) -> None:
+        self.consumer = consumer
+        self.broker_group = broker_group
+        self._progress: dict[int, _QueueProgress] = {}
+        #: Per queue, the offset after the last message handed to the application.
+        self._delivered_end: dict[int, int] = {}
+        self._pullers: dict[int, trio.CancelScope] = {}
+        #: This consumer's queues of this group, as its leader last said.
+        self.queue_ids: tuple[int, ...] = ()
+        #: Whether the topic is FIFO, as the leader last said.
+        self.fifo = False
+        #: The consumer group's reset generation our offsets were read at (None: not read yet).
+        self.reset_generation: int | None = None
 
     async def _call(self, request: object, reply_type: type[ReplyT]) -> ReplyT:
         silence = SILENCE_SECONDS
         if isinstance(request, PullRequest):
             silence += request.wait_ms / 1000  # a long poll is silent on purpose
-        return await self.call_leader(self.topic, request, reply_type, silence)
+        return await self.consumer.call_leader(
+            self.consumer.topic, self.broker_group, request, reply_type, silence
+        )
+
+    def acknowledge(self, queue_id: int, offset: int) -> None:
+        progress = self._progress.get(queue_id)
+        if progress is not None:
+            progress.done(offset)
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -213,17 +282,24 @@ class Consumer(RoutedClient):
         }
         return tuple(sorted(set(self._pullers) | in_flight))
 
-    async def _heartbeat_loop(self) -> None:
+    async def heartbeat_loop(self) -> None:
+        consumer = self.consumer
         while True:
             heartbeat = ConsumerHeartbeat(
-                self.group, self.topic, self.consumer_id, self.broadcasting, self.held_queues()
+                consumer.group,
+                consumer.topic,
+                consumer.consumer_id,
+                consumer.broadcasting,
+                self.held_queues(),
+                consumer.layout(),
             )
             try:
                 reply = await self._call(heartbeat, ConsumerHeartbeatReply)
             except TopicNotFound:
                 queue_ids: tuple[int, ...] = ()  # not created yet: wait for the first send
-                self.stalls.note(
-                    f"topic {self.topic!r}", "it does not exist yet (the first send creates it)"
+                consumer.stalls.note(
+                    f"topic {consumer.topic!r}",
+                    "it does not exist yet (the first send creates it)",
                 )
             else:
                 queue_ids = reply.queue_ids
@@ -250,7 +326,7 @@ class Consumer(RoutedClient):
         released = set(self._pullers) - set(queue_ids)
         for queue_id in released:
             self._pullers.pop(queue_id).cancel()
-        await self._commit()
+        await self.commit()
         held = set(self.held_queues())
         for queue_id in list(self._progress):
             # A released queue's progress stays while a delivered message of it is not yet
@@ -259,7 +335,7 @@ class Consumer(RoutedClient):
                 self._progress.pop(queue_id)
                 self._delivered_end.pop(queue_id, None)
         for queue_id in set(queue_ids) - set(self._pullers):
-            self._pullers[queue_id] = await self.nursery.start(self._pull_loop, queue_id)
+            self._pullers[queue_id] = await self.consumer.nursery.start(self._pull_loop, queue_id)
         self.queue_ids = queue_ids
 
     # -- reading -----------------------------------------------------------------------------
@@ -267,6 +343,7 @@ class Consumer(RoutedClient):
     async def _pull_loop(
         self, queue_id: int, *, task_status: trio.TaskStatus[trio.CancelScope]
     ) -> None:
+        consumer = self.consumer
         with trio.CancelScope() as scope:
             # Started only once the start offset is known, so that ``queue_ids`` means ready.
             offset = await self._committed_offset(queue_id)
@@ -274,7 +351,7 @@ class Consumer(RoutedClient):
             task_status.started(scope)
             while True:
                 request = PullRequest(
-                    self.topic, queue_id, offset, PULL_BATCH, self.tags, LONG_POLL_MS
+                    consumer.topic, queue_id, offset, PULL_BATCH, consumer.tags, LONG_POLL_MS
                 )
                 reply = await self._call(request, PullReply)
                 # What the tag filter left out, or retention deleted, counts as consumed.
@@ -286,7 +363,7 @@ class Consumer(RoutedClient):
                 if reply.next_offset > gap_start:
                     progress.done_range(gap_start, reply.next_offset)
                 for stored in reply.messages:
-                    await self._send.send(ReceivedMessage(stored, self))
+                    await consumer._send.send(ReceivedMessage(stored, consumer))
                     self._delivered_end[queue_id] = stored.offset + 1
                     if self.fifo:
                         # One at a time per queue: the next only after this one's ack.
@@ -294,11 +371,14 @@ class Consumer(RoutedClient):
                 offset = reply.next_offset
 
     async def _committed_offset(self, queue_id: int) -> int:
-        if self.broadcasting:
+        consumer = self.consumer
+        if consumer.broadcasting:
             # Only what is stored from now on; an empty pull says where the queue ends.
-            end = await self._call(PullRequest(self.topic, queue_id, 0, 1, "*", 0), PullReply)
+            end = await self._call(PullRequest(consumer.topic, queue_id, 0, 1, "*", 0), PullReply)
             return end.max_offset
-        offsets = await self._call(QueryOffsetsRequest(self.group, self.topic), QueryOffsetsReply)
+        offsets = await self._call(
+            QueryOffsetsRequest(consumer.group, consumer.topic), QueryOffsetsReply
+        )
         self.reset_generation = offsets.reset_generation
         for item in offsets.offsets:
             if item.queue_id == queue_id:
@@ -307,13 +387,18 @@ class Consumer(RoutedClient):
 
     # -- progress ------------------------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
+    async def commit_loop(self) -> None:
         while True:
             await trio.sleep(COMMIT_SECONDS)
-            await self._commit()
+            await self.commit()
 
-    async def _commit(self) -> None:
-        if self.broadcasting:
+    async def final_commit(self) -> None:
+        with contextlib.suppress(DledgerError):
+            await self.commit()
+
+    async def commit(self) -> None:
+        consumer = self.consumer
+        if consumer.broadcasting:
             return  # a broadcasting consumer's progress is its own
         offsets = tuple(
             QueueOffset(queue_id, progress.next_to_commit)
@@ -323,7 +408,7 @@ class Consumer(RoutedClient):
         if not offsets:
             return
         reply = await self._call(
-            CommitOffsetsRequest(self.group, self.topic, offsets, self.reset_generation),
+            CommitOffsetsRequest(consumer.group, consumer.topic, offsets, self.reset_generation),
             CommitOffsetsReply,
         )
         if reply.stale:

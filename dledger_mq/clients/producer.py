@@ -9,6 +9,15 @@ the producer ask naming again, with jittered backoff. Every message carries this
 and a sequence number, so a send retried across a failover is stored once and its receipt names
 the original. No timeout arguments: bound a call with a Trio cancel scope.
 
+A topic may be spread over several broker groups (each its own Raft group and leader). Sends
+without a sharding key take the groups in turn, as many turns each as it has queues, and the
+group's leader picks the queue. A group whose leader is not known or cannot be reached is
+skipped for a while (RocketMQ's latency fault tolerance): its failover or outage is no pause
+for the others. But once a request has left the client its fate is unknown, so it is retried
+in that group only, where the broker deduplicates it; another group could store it twice. A
+message with a sharding key goes to one (group, queue) of all the topic's queues and waits
+for it: order per key is kept through a failover.
+
 The broker remembers only the last ``idempotence_window`` sequences of a producer (its route
 says how many); a retry of an older one could not be told from a new message and is refused.
 So the producer keeps the span of its sequences in flight, from the oldest not yet answered to
@@ -24,11 +33,18 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
+import attrs
 import trio
 
-from dledger_mq.clients.routing import RoutedClient
+from dledger_mq.clients.routing import NotSent, RoutedClient, TopicPart
 from dledger_mq.errors import UsageError
-from dledger_mq.wire.broker import OutgoingMessage, Receipt, SendReply, SendRequest
+from dledger_mq.wire.broker import (
+    OutgoingMessage,
+    Receipt,
+    SendReply,
+    SendRequest,
+    queue_for_sharding_key,
+)
 from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.rpc import raise_error_reply
@@ -95,6 +111,44 @@ class SequenceWindow:
         self._released = trio.Event()
 
 
+#: A group whose leader could not be reached is skipped by unkeyed sends for this long, doubled
+#: while it stays so, up to GROUP_FAULT_MAX_SECONDS (a failover takes a few hundred ms).
+GROUP_FAULT_SECONDS = 0.25
+GROUP_FAULT_MAX_SECONDS = 4.0
+
+
+class GroupFaults:
+    """Groups unkeyed sends skip for now, and until when (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._length: dict[str, float] = {}
+
+    def mark(self, group: str, now: float) -> None:
+        length = min(self._length.get(group, GROUP_FAULT_SECONDS / 2) * 2, GROUP_FAULT_MAX_SECONDS)
+        self._length[group] = length
+        self._until[group] = now + length
+
+    def clear(self, group: str) -> None:
+        if self._until.pop(group, None) is not None:
+            self._length.pop(group, None)
+
+    def available(self, group: str, now: float) -> bool:
+        return self._until.get(group, 0.0) <= now
+
+    def soonest(self, groups: Sequence[str]) -> str:
+        """Of ``groups``, the one skipped for the shortest time from now."""
+        return min(groups, key=lambda group: self._until.get(group, 0.0))
+
+
+def keyed_queue(sharding_key: str, parts: Sequence[TopicPart]) -> tuple[str, int]:
+    """The (group, queue id) a keyed message goes to, of all the topic's queues."""
+    queues = sorted((part.group, queue) for part in parts for queue in range(part.queues))
+    if not queues:
+        raise UsageError("the topic has no queues yet")
+    return queues[queue_for_sharding_key(sharding_key, len(queues))]
+
+
 class Producer(RoutedClient):
     def __init__(
         self,
@@ -108,6 +162,9 @@ class Producer(RoutedClient):
         self.producer_id = uuid.uuid4().hex if idempotent else None
         super().__init__(naming, cluster_id, f"producer-{self.producer_id}", credentials, tls)
         self.sequences = SequenceWindow()
+        self.faults = GroupFaults()
+        #: Where the next unkeyed send's turn over the topic's queues starts.
+        self._turn = 0
 
     async def __aenter__(self) -> Producer:
         await self._open()
@@ -138,7 +195,7 @@ class Producer(RoutedClient):
         def build(first: int | None) -> list[OutgoingMessage]:
             return [self._message(topic, body, tags, keys, properties, sharding_key, first, 0)]
 
-        [receipt] = await self._send(topic, 1, build)
+        [receipt] = await self._send(topic, 1, build, sharding_key)
         return receipt
 
     async def send_batch(
@@ -157,7 +214,7 @@ class Producer(RoutedClient):
                 for position, body in enumerate(bodies)
             ]
 
-        return await self._send(topic, len(bodies), build)
+        return await self._send(topic, len(bodies), build, sharding_key)
 
     def _message(
         self,
@@ -183,22 +240,35 @@ class Producer(RoutedClient):
         )
 
     async def _send(
-        self, topic: str, count: int, build: Callable[[int | None], list[OutgoingMessage]]
+        self,
+        topic: str,
+        count: int,
+        build: Callable[[int | None], list[OutgoingMessage]],
+        sharding_key: str | None,
     ) -> list[Receipt]:
         """Send what ``build`` makes of the first of ``count`` sequences (None when this
         producer is not idempotent), once the window admits them."""
-        if self.producer_id is None:
-            return await self._send_once(topic, build(None))
         self._client_open()
-        window = (await self.routes.route(topic)).idempotence_window
+        if self.producer_id is None:
+            return await self._send_once(topic, build(None), sharding_key)
+        parts = await self.routes.parts(topic)
+        window = min(part.idempotence_window for part in parts)
         first = await self.sequences.acquire(count, window)
         try:
-            return await self._send_once(topic, build(first))
+            return await self._send_once(topic, build(first), sharding_key)
         finally:
             self.sequences.release(first)
 
-    async def _send_once(self, topic: str, messages: list[OutgoingMessage]) -> list[Receipt]:
-        reply = await self.call_leader(topic, SendRequest(tuple(messages)), SendReply)
+    async def _send_once(
+        self, topic: str, messages: list[OutgoingMessage], sharding_key: str | None
+    ) -> list[Receipt]:
+        parts = await self.routes.parts(topic)
+        if sharding_key is not None and all(part.queues for part in parts):
+            group, queue_id = keyed_queue(sharding_key, parts)
+            request = SendRequest(tuple(attrs.evolve(m, queue_id=queue_id) for m in messages))
+            reply = await self.call_leader(topic, group, request, SendReply)
+        else:
+            reply = await self._send_unkeyed(topic, parts, SendRequest(tuple(messages)))
         for receipt in reply.receipts:
             if receipt.error_code:
                 raise_error_reply(
@@ -207,3 +277,29 @@ class Producer(RoutedClient):
                     )
                 )
         return list(reply.receipts)
+
+    async def _send_unkeyed(
+        self, topic: str, parts: Sequence[TopicPart], request: SendRequest
+    ) -> SendReply:
+        """To the groups in turn, skipping those whose leader is unknown or unreachable; when
+        every group is skipped, wait on the one skipped the shortest."""
+        # Interleaved (a, b, a, b, ...), as many turns each as it has queues.
+        widest = max(max(part.queues, 1) for part in parts)
+        turns = [part.group for q in range(widest) for part in parts if q < max(part.queues, 1)]
+        start, self._turn = self._turn, self._turn + 1
+        tried: set[str] = set()
+        while True:
+            now = time.monotonic()
+            order = [turns[(start + step) % len(turns)] for step in range(len(turns))]
+            ready = [g for g in order if g not in tried and self.faults.available(g, now)]
+            group = ready[0] if ready else self.faults.soonest(order)
+            try:
+                reply = await self.call_leader(
+                    topic, group, request, SendReply, only_if_ready=bool(ready)
+                )
+            except NotSent:
+                self.faults.mark(group, time.monotonic())
+                tried.add(group)
+                continue
+            self.faults.clear(group)
+            return reply

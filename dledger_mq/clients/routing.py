@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import attrs
@@ -151,16 +151,36 @@ class Stalls:
 
 
 @attrs.frozen
-class Route:
-    """Where to send what concerns a topic, as naming said."""
+class TopicPart:
+    """One broker group's share of a topic, as naming said: a topic spread over groups has a
+    part per group, and a queue is named by (group, queue id)."""
 
-    leader_address: str
+    group: str
+    #: The topic's queues in this group (0: a new topic, which a send here creates).
+    queues: int
     #: The group's idempotence window (see ``Producer``).
     idempotence_window: int
 
 
+@attrs.frozen
+class _Leader:
+    address: str | None
+    learned_at: float
+
+
+class NotSent(Exception):
+    """A call given up before its request left this client (no leader known, no connection):
+    the message is certainly not stored, so another group may take it."""
+
+    def __init__(self, group: str, reason: str) -> None:
+        super().__init__(f"group {group}: {reason}")
+        self.group = group
+        self.reason = reason
+
+
 class Routes:
-    """Which node leads the group that holds a topic, as naming last said."""
+    """Where a topic's queues are (its parts, one per broker group) and which node leads each
+    group, as naming last said."""
 
     def __init__(
         self,
@@ -175,77 +195,141 @@ class Routes:
         self.cluster_id = cluster_id
         self.rng = rng
         self.stalls = stalls or Stalls()
-        self._routes: dict[str, tuple[Route, float]] = {}
-        #: Topics whose route is being asked for, and the event set when the asking ends.
-        self._asking: dict[str, trio.Event] = {}
+        self._parts: dict[str, tuple[tuple[TopicPart, ...], float]] = {}
+        #: Every group this client heard of, and its leader (None: it has none right now).
+        self._leaders: dict[str, _Leader] = {}
+        #: The parts of every topic ever found (never forgotten: a topic whose groups are all
+        #: down is waited for, not created again elsewhere).
+        self._seen: dict[str, tuple[TopicPart, ...]] = {}
+        #: Topics being asked about, and the event set at the next answer (or end of asking).
+        self._asking: set[str] = set()
+        self._answers: dict[str, trio.Event] = {}
 
-    async def route(self, topic: str) -> Route:
-        """The topic's route, from the cache or else from naming (asked until it answers).
-
-        One caller asks naming for a topic at a time, the others wait for its answer: many
-        sends that lose their route at once (a failover) must not each ask every naming node.
-        """
+    async def parts(self, topic: str) -> tuple[TopicPart, ...]:
+        """The topic's parts, from the cache or else from naming (asked until a group that
+        holds it has a leader). A topic no group holds yet is one part: the group a send
+        creates it in (the first with a leader, by name, so that producers agree)."""
         while True:
-            cached = self._routes.get(topic)
+            cached = self._parts.get(topic)
             if cached is not None and time.monotonic() - cached[1] < ROUTE_REFRESH_SECONDS:
                 return cached[0]
-            asking = self._asking.get(topic)
-            if asking is not None:
-                await asking.wait()
-                continue
-            asking = self._asking[topic] = trio.Event()
-            try:
-                return await self._ask_until_answered(topic)
-            finally:
-                del self._asking[topic]
-                asking.set()
+            await self._ask_until(topic, lambda: self._fresh_parts(topic))
 
-    async def _ask_until_answered(self, topic: str) -> Route:
-        backoff = BACKOFF_MIN_SECONDS
+    def cached_parts(self, topic: str) -> tuple[TopicPart, ...]:
+        """The parts last heard of, fresh or not (none if never found)."""
+        return self._seen.get(topic, ())
+
+    def known_leader(self, group: str) -> str | None:
+        """The group's leader as last heard (a hint followed or naming), if any and fresh."""
+        leader = self._leaders.get(group)
+        if leader is None or time.monotonic() - leader.learned_at >= ROUTE_REFRESH_SECONDS:
+            return None
+        return leader.address
+
+    async def leader_of(self, topic: str, group: str) -> str:
+        """The address of ``group``'s leader, asking naming (about ``topic``) until it has one."""
         while True:
-            route, problems = await self._ask_naming(topic)
-            if route is not None:
-                self._routes[topic] = (route, time.monotonic())
-                return route
-            self.stalls.note(f"a route to topic {topic!r}", "; ".join(problems))
-            await trio.sleep(backoff * (0.5 + self.rng.random()))
-            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+            address = self.known_leader(group)
+            if address is not None:
+                return address
+            await self._ask_until(topic, lambda: self.known_leader(group) is not None, group)
 
-    async def leader_of(self, topic: str) -> str:
-        return (await self.route(topic)).leader_address
+    async def refresh(self, topic: str) -> None:
+        """Ask naming about ``topic`` now (once; a consumer looking for new groups)."""
+        self._parts.pop(topic, None)
+        await self._ask_naming(topic)
+        self._answered(topic)
 
-    def follow(self, topic: str, address: str) -> None:
-        """Send to ``address`` from now on (a ``NotLeader`` hint); the group stays the same."""
-        cached = self._routes.get(topic)
-        if cached is not None:
-            self._routes[topic] = (attrs.evolve(cached[0], leader_address=address), cached[1])
+    def follow(self, group: str, address: str) -> None:
+        """Send to ``address`` from now on (a ``NotLeader`` hint)."""
+        self._leaders[group] = _Leader(address, time.monotonic())
 
-    def forget(self, topic: str) -> None:
-        self._routes.pop(topic, None)
+    def forget(self, group: str) -> None:
+        """The group's leader is not known any more: ask naming again."""
+        self._leaders.pop(group, None)
 
-    async def _ask_naming(self, topic: str) -> tuple[Route | None, list[str]]:
-        """The route of ``topic``, from whichever naming node answers first with a leader, or
-        None and what each naming node said instead.
+    def _fresh_parts(self, topic: str) -> bool:
+        cached = self._parts.get(topic)
+        return cached is not None and time.monotonic() - cached[1] < ROUTE_REFRESH_SECONDS
 
-        All are asked at once: asking them in turn would make a paused or partitioned naming
-        node cost a silence timeout before the next one is tried.
-        """
-        found: list[Route] = []
+    async def _ask_until(
+        self, topic: str, answered: Callable[[], bool], group: str | None = None
+    ) -> None:
+        """Ask naming about ``topic`` until ``answered()``. One caller per topic asks, in a
+        loop with backoff; the others re-check after each of its answers (many sends that lose
+        their route at once, a failover, must not each ask every naming node), and one of
+        them takes over the asking if it stops (answered for itself) before they are."""
+        while not answered():
+            if topic in self._asking:
+                await self._answers.setdefault(topic, trio.Event()).wait()
+                continue
+            self._asking.add(topic)
+            try:
+                backoff = BACKOFF_MIN_SECONDS
+                while True:
+                    problems = await self._ask_naming(topic)
+                    self._answered(topic)
+                    if answered():
+                        return
+                    what = f"the leader of group {group}" if group else f"a route to {topic!r}"
+                    self.stalls.note(what, "; ".join(problems) or "naming knows no leader")
+                    await trio.sleep(backoff * (0.5 + self.rng.random()))
+                    backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+            finally:
+                self._asking.discard(topic)
+                self._answered(topic)
+
+    def _answered(self, topic: str) -> None:
+        """Wake whoever waits on ``topic``'s asking (an answer came, or the asker left)."""
+        event = self._answers.pop(topic, None)
+        if event is not None:
+            event.set()
+
+    async def _ask_naming(self, topic: str) -> list[str]:
+        """Ask every naming node at once about ``topic``; the first answer with a leader is
+        taken (asking them in turn would make a paused or partitioned naming node cost a
+        silence timeout before the next one is tried). Returns what each said otherwise."""
+        answers: list[tuple[tuple[TopicRoute, ...], tuple[GroupRoute, ...]]] = []
         problems: dict[str, str] = {}
         async with trio.open_nursery() as nursery:
             for address in self.naming:
                 nursery.start_soon(
-                    self._ask_one, address, topic, found, problems, nursery.cancel_scope
+                    self._ask_one, address, topic, answers, problems, nursery.cancel_scope
                 )
-        if found:
-            return found[0], []
-        return None, [f"{address}: {problems.get(address, '?')}" for address in self.naming]
+        if not answers:
+            return [f"{address}: {problems.get(address, '?')}" for address in self.naming]
+        routes, groups = answers[0]
+        now = time.monotonic()
+        for group_route in groups:
+            self._leaders[group_route.group] = _Leader(group_route.leader_address, now)
+        for route in routes:
+            self._leaders[route.group] = _Leader(route.leader_address, now)
+        parts = tuple(
+            TopicPart(route.group, route.queues, route.idempotence_window) for route in routes
+        )
+        if not parts and not self.cached_parts(topic):
+            # A new topic: it is created in the first group with a leader, by name.
+            creators = [g for g in groups if g.leader_address]
+            if creators:
+                parts = (TopicPart(creators[0].group, 0, creators[0].idempotence_window),)
+        if routes:
+            self._seen[topic] = parts
+        if parts and any(self.known_leader(part.group) for part in parts):
+            self._parts[topic] = (parts, now)
+            return []
+        if routes:
+            return [f"no group of topic {topic!r} has a leader right now"]
+        if groups:
+            # Known before but held by no live group now (its groups are down): wait for them
+            # rather than create it again elsewhere.
+            return [f"no live group holds topic {topic!r} right now"]
+        return ["no broker group is registered"]
 
     async def _ask_one(
         self,
         address: str,
         topic: str,
-        found: list[Route],
+        answers: list[tuple[tuple[TopicRoute, ...], tuple[GroupRoute, ...]]],
         problems: dict[str, str],
         done: trio.CancelScope,
     ) -> None:
@@ -253,53 +337,71 @@ class Routes:
         with trio.move_on_after(SILENCE_SECONDS):
             try:
                 async with connect_naming(
-                    address, self.cluster_id, "producer", ssl_context=self.ssl_context
+                    address, self.cluster_id, "client", ssl_context=self.ssl_context
                 ) as naming:
                     routes, groups = await naming.routes_and_groups(topic)
             except DledgerError as error:
                 problems[address] = str(error).removeprefix(f"cannot reach {address}: ")
                 return
-            candidates: Sequence[TopicRoute | GroupRoute] = routes
-            if not routes:
-                # A new topic: any group with a leader can create it on the first send.
-                candidates = groups
-            with_leader = [c for c in candidates if c.leader_address]
-            if with_leader:
-                chosen = with_leader[0]
-                assert chosen.leader_address is not None
-                found.append(Route(chosen.leader_address, chosen.idempotence_window))
+            if any(route.leader_address for route in routes) or (
+                not routes and any(g.leader_address for g in groups)
+            ):
+                answers.insert(0, (routes, groups))
                 done.cancel()
-            elif candidates:
-                problems[address] = f"group {candidates[0].group} has no leader right now"
             else:
-                problems[address] = "no broker group is registered"
+                answers.append((routes, groups))
+                problems[address] = (
+                    "no group of the topic has a leader right now"
+                    if routes
+                    else "no group has a leader right now"
+                    if groups
+                    else "no broker group is registered"
+                )
 
 
 async def call_leader(
     routes: Routes,
     connections: Connections,
     topic: str,
+    group: str,
     request: object,
     reply_type: type[ReplyT],
     rng: random.Random,
     silence_seconds: float = SILENCE_SECONDS,
+    only_if_ready: bool = False,
 ) -> ReplyT:
-    """Send ``request`` to the leader of ``topic``'s group until it answers.
+    """Send ``request`` to the leader of broker group ``group`` (one of ``topic``'s) until
+    it answers.
 
     A retriable error is retried after a jittered backoff, others are the caller's. One that
     says to refresh routes (``NotLeader``, ``Unavailable``) follows its leader address at once
     when it has one, else asks naming again; a broken connection or a node silent for
     ``silence_seconds`` is dropped, and the next try opens another.
+
+    ``only_if_ready``: raise ``NotSent`` rather than wait when the group has no known leader
+    or its leader cannot be connected to, as long as the request has not been sent yet. Once
+    it has been, its fate is unknown and it is retried here only (the broker deduplicates a
+    retry; another group could not).
     """
     backoff = BACKOFF_MIN_SECONDS
     stalls = routes.stalls
-    what = f"the leader of topic {topic!r}"
+    what = f"the leader of group {group} (topic {topic!r})"
+    sent = False
     while True:
-        address = await routes.leader_of(topic)
+        if only_if_ready and not sent:
+            known = routes.known_leader(group)
+            if known is None:
+                raise NotSent(group, "no leader known")
+            address = known
+        else:
+            address = await routes.leader_of(topic, group)
         connection: RpcConnection | None = None
         try:
             with trio.move_on_after(silence_seconds):
                 connection = await connections.get(address)
+                if connection.closed:
+                    raise Unavailable(f"the connection to {address} is closed")
+                sent = True
                 reply = await connection.call(request, reply_type)
                 stalls.clear()
                 return reply
@@ -314,11 +416,13 @@ async def call_leader(
                 connections.drop(address)
             hint = error.leader_address
             if error.refresh_routes and hint and hint != address:
-                routes.follow(topic, hint)
+                routes.follow(group, hint)
                 continue  # the leader is known: go there at once
-            stalls.note(what, str(error) if address in str(error) else f"{address}: {error}")
             if error.refresh_routes:
-                routes.forget(topic)
+                routes.forget(group)
+            if only_if_ready and not sent:
+                raise NotSent(group, str(error)) from None
+            stalls.note(what, str(error) if address in str(error) else f"{address}: {error}")
         await trio.sleep(backoff * (0.5 + rng.random()))
         backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
 
@@ -389,13 +493,23 @@ class RoutedClient:
     async def call_leader(
         self,
         topic: str,
+        group: str,
         request: object,
         reply_type: type[ReplyT],
         silence_seconds: float = SILENCE_SECONDS,
+        only_if_ready: bool = False,
     ) -> ReplyT:
-        """``request`` answered by the leader of ``topic``'s group with a ``reply_type`` (see
-        ``call_leader``)."""
+        """``request`` answered by the leader of broker group ``group`` (one of ``topic``'s)
+        with a ``reply_type`` (see ``call_leader``)."""
         connections = self._client_open()
         return await call_leader(
-            self.routes, connections, topic, request, reply_type, self.rng, silence_seconds
+            self.routes,
+            connections,
+            topic,
+            group,
+            request,
+            reply_type,
+            self.rng,
+            silence_seconds,
+            only_if_ready,
         )

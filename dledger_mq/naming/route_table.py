@@ -44,17 +44,19 @@ class RouteTable:
             leaders = [r for r in replicas if r.role == "leader"]
             # The leader's view of the topics is the freshest; followers' may lag behind.
             source = max(leaders or replicas, key=lambda r: r.term)
-            topics = source.topics if topic == "" else (topic,) if topic in source.topics else ()
-            for name in topics:
+            for held in source.topics:
+                if topic not in ("", held.name):
+                    continue
                 routes.append(
                     TopicRoute(
-                        name,
+                        held.name,
                         group,
                         route.leader_id,
                         route.leader_address,
                         route.term,
                         route.replicas,
                         route.idempotence_window,
+                        held.queues,
                     )
                 )
         return routes

@@ -74,7 +74,7 @@ from dledger_mq.wire.admin import (
 )
 from dledger_mq.wire.client_auth import Credentials, node_credentials
 from dledger_mq.wire.handshake import ErrorReply
-from dledger_mq.wire.naming import BrokerRegistration
+from dledger_mq.wire.naming import BrokerRegistration, RegisteredTopic
 from dledger_mq.wire.peer_auth import load_cluster_secret
 from dledger_mq.wire.rpc import ServerLimits, Session, serve_requests
 from dledger_mq.wire.rpc import error_reply as rpc_error_reply
@@ -219,7 +219,9 @@ class Node:
             role=role,
             term=core.term,
             address=self.config.me.client,
-            topics=tuple(topic.name for topic in self.state.topics()),
+            topics=tuple(
+                RegisteredTopic(topic.name, topic.queue_count) for topic in self.state.topics()
+            ),
             # The smaller of what is applied and what this node will make it when it leads: a
             # producer told the larger one while a smaller one is being applied would be
             # refused its retries.
@@ -392,7 +394,12 @@ def assemble_node(
         before_reset=state.queues.clear,
     )
     broker = BrokerService(
-        state, replica, commit_log, desired_settings(config, state), applied=applied
+        state,
+        replica,
+        commit_log,
+        desired_settings(config, state),
+        applied=applied,
+        broker_group=config.group,
     )
     return Node(config, replica, state, broker, rng, snapshots, harness, tls)
 

@@ -6,10 +6,22 @@ served by any replica, up to what it has applied.
 
 from __future__ import annotations
 
+import zlib
+
 import attrs
 
 from dledger_mq.wire.codec import Codec
 from dledger_mq.wire.handshake import HANDSHAKE_TYPES, ErrorFieldValue
+
+
+def queue_for_sharding_key(sharding_key: str, queue_count: int) -> int:
+    """Same key, same queue, as long as the queue count stays the same: CRC-32 of the key's
+    UTF-8, the same on every node, process and Python version (``hash()`` is salted). A
+    producer applies it to a topic's queues over all its groups, (group, queue id) sorted; a
+    broker, to its own queues when a message names none."""
+    if queue_count < 1:
+        raise ValueError(f"queue_count must be at least 1, got {queue_count}")
+    return zlib.crc32(sharding_key.encode()) % queue_count
 
 
 @attrs.frozen
@@ -49,6 +61,11 @@ class Receipt:
     #: The refusal's fields (``errors.DledgerError.fields``), as an ``ErrorReply`` carries them.
     error_fields: dict[str, ErrorFieldValue] = attrs.field(factory=dict)
 
+    @property
+    def group(self) -> str:
+        """The broker group that stored the message: a queue is (group, ``queue_id``)."""
+        return self.msg_id.rsplit(":", 2)[0] if self.msg_id else ""
+
 
 @attrs.frozen
 class SendReply:
@@ -78,6 +95,11 @@ class StoredMessage:
     properties: dict[str, str]
     born_timestamp_ms: int
     store_timestamp_ms: int
+
+    @property
+    def group(self) -> str:
+        """The broker group that stored it (message ids are ``group:raft_index:slot``)."""
+        return self.msg_id.rsplit(":", 2)[0]
 
 
 @attrs.frozen
@@ -125,6 +147,18 @@ class QueryOffsetsReply:
 
 
 @attrs.frozen
+class GroupQueues:
+    """A topic's queues in one broker group: ``0 .. queues - 1``."""
+
+    group: str
+    queues: int
+
+
+#: The most broker groups a consumer heartbeat's layout may name.
+MAX_LAYOUT_GROUPS = 256
+
+
+@attrs.frozen
 class ConsumerHeartbeat:
     """A consumer says it is alive; the leader answers with the queues it should read."""
 
@@ -136,6 +170,10 @@ class ConsumerHeartbeat:
     #: Queues this consumer still holds: reading them, or a delivered message not yet
     #: acknowledged. On a FIFO topic no one else is given them meanwhile.
     held: tuple[int, ...] = ()
+    #: The topic's queues in every broker group, as the consumer learned them from naming:
+    #: the leader balances all of them over the consumers and answers with its own group's
+    #: share. Empty: only this group's queues are balanced.
+    layout: tuple[GroupQueues, ...] = ()
 
 
 @attrs.frozen

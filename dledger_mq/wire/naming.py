@@ -13,6 +13,14 @@ from dledger_mq.wire.handshake import HANDSHAKE_TYPES
 
 
 @attrs.frozen
+class RegisteredTopic:
+    """A topic as one broker group holds it: its queues there are ``0 .. queues - 1``."""
+
+    name: str
+    queues: int
+
+
+@attrs.frozen
 class BrokerRegistration:
     """One broker replica as it describes itself: its group, role and term, and its topics."""
 
@@ -21,7 +29,7 @@ class BrokerRegistration:
     role: str
     term: int
     address: str
-    topics: tuple[str, ...]
+    topics: tuple[RegisteredTopic, ...]
     #: The group's idempotence window (replicated broker setting): a producer keeps the span of
     #: its sequences in flight within it.
     idempotence_window: int
@@ -47,6 +55,9 @@ class GetRoutes:
 
 @attrs.frozen
 class TopicRoute:
+    """One broker group's part of a topic: a topic spread over groups has one route per group,
+    and a queue is named by (group, queue id)."""
+
     topic: str
     group: str
     leader_id: str | None
@@ -56,6 +67,8 @@ class TopicRoute:
     replicas: tuple[str, ...]
     #: See ``BrokerRegistration.idempotence_window``.
     idempotence_window: int
+    #: The topic's queues in this group: ``0 .. queues - 1``.
+    queues: int
 
 
 @attrs.frozen

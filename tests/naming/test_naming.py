@@ -13,7 +13,7 @@ from dledger_mq.clients.naming import connect_naming
 from dledger_mq.errors import BadRequest, HandshakeRefused
 from dledger_mq.naming.route_table import RouteTable
 from dledger_mq.naming.server import serve_naming
-from dledger_mq.wire.naming import BrokerRegistration, RegisterReply
+from dledger_mq.wire.naming import BrokerRegistration, RegisteredTopic, RegisterReply
 
 
 def replica(
@@ -30,7 +30,7 @@ def replica(
         role=role,
         term=term,
         address=f"127.0.0.1:{9000 + int(node[1:])}",
-        topics=topics,
+        topics=tuple(RegisteredTopic(name, 4) for name in topics),
         idempotence_window=idempotence_window,
     )
 

@@ -202,7 +202,12 @@ async def test_broadcasting_consumers_each_receive_every_new_message(
             Consumer(naming=naming, group="cache", topic="orders", broadcasting=True) as a,
             Consumer(naming=naming, group="cache", topic="orders", broadcasting=True) as b,
         ):
-            while a.queue_ids != (0, 1, 2, 3) or b.queue_ids != (0, 1, 2, 3):
+            while [q for _, q in a.queues] != [0, 1, 2, 3] or [q for _, q in b.queues] != [
+                0,
+                1,
+                2,
+                3,
+            ]:
                 await trio.sleep(0.05)  # until both read every queue
             async with Producer(naming=naming) as producer:
                 for number in range(12):

@@ -36,7 +36,7 @@ from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import ADMIN_CODEC, ProposeReply, ProposeRequest, RuleInfo
 from dledger_mq.wire.client_auth import Credentials, new_secret_key, node_credentials
 from dledger_mq.wire.handshake import PROTOCOL_VERSION, Hello
-from dledger_mq.wire.naming import BrokerRegistration
+from dledger_mq.wire.naming import BrokerRegistration, RegisteredTopic
 from dledger_mq.wire.rpc import connect
 from dledger_mq.wire.websocket import MESSAGE_TOO_BIG, WebSocketClosed, connect_websocket
 
@@ -227,7 +227,9 @@ async def test_sends_cannot_create_topics_without_end(tmp_path: Path) -> None:
 
 async def test_only_members_register_with_naming() -> None:
     secret = bytes(range(32))
-    forged = BrokerRegistration("broker-a", "n1", "leader", 2**63 - 1, "6.6.6.6:443", ("t",), 1)
+    forged = BrokerRegistration(
+        "broker-a", "n1", "leader", 2**63 - 1, "6.6.6.6:443", (RegisteredTopic("t", 4),), 1
+    )
     async with trio.open_nursery() as nursery:
         service = await nursery.start(serve_naming, "127.0.0.1", 0, "local", "naming", 1000, secret)
         address = service.address
