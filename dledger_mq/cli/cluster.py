@@ -13,13 +13,14 @@ import trio
 from dledger_mq.cli.main import (
     cluster_endpoints,
     cluster_options,
+    group_admins,
     json_option,
-    leader_admin,
     main,
     one_line_errors,
     parse_addresses,
     root_option,
 )
+from dledger_mq.errors import UsageError
 from dledger_mq.node.control import Verb
 
 if TYPE_CHECKING:
@@ -201,15 +202,25 @@ async def _status(
 
 @cluster.command("transfer-leader")
 @click.option("--to", "target", required=True, help="Id of the node that should lead.")
+@click.option(
+    "--group",
+    "broker_group",
+    default=None,
+    help="The broker group (`broker-b` or `b`); needed when there are several.",
+)
 @cluster_options
 @one_line_errors
 def cluster_transfer_leader(
-    target: str, endpoints: str | None, root: Path, cluster_id: str
+    target: str, broker_group: str | None, endpoints: str | None, root: Path, cluster_id: str
 ) -> None:
-    """Hand leadership to TARGET (it must be an up-to-date member)."""
+    """Hand leadership of a broker group to TARGET (it must be an up-to-date member)."""
+    from dledger_mq.clients.admin import resolve_groups
 
     async def transfer() -> str:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            return await connection.transfer_leader(target)
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            if broker_group is None and len(admins) > 1:
+                raise UsageError(f"give --group: one of {', '.join(admins)}")
+            [chosen] = resolve_groups(broker_group, list(admins)) if broker_group else admins
+            return await admins[chosen].transfer_leader(target)
 
     click.echo(f"leader is now {trio.run(transfer)}")

@@ -7,12 +7,13 @@ still gets one line, and ``DLEDGER_MQ_TRACEBACK=1`` shows its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import trio
 
-from dledger_mq.errors import DledgerError
+from dledger_mq.errors import DledgerError, UsageError
 
 if TYPE_CHECKING:
     from dledger_mq.clients.admin import AdminConnection
@@ -274,6 +275,31 @@ async def leader_admin(
     leader = await find_leader_address(cluster_endpoints(endpoints, root), cluster_id)
     async with connect_admin(leader, cluster_id) as connection:
         yield connection
+
+
+@asynccontextmanager
+async def group_admins(
+    endpoints: str | None, root: Path, cluster_id: str, groups: Sequence[str] = ()
+) -> AsyncIterator[dict[str, AdminConnection]]:
+    """Admin connections to the leader of every broker group these options name (or of
+    ``groups``, each of which must be there), by group name."""
+    from dledger_mq.clients.admin import connect_admin
+    from dledger_mq.node.cluster_status import find_group_leaders
+
+    leaders = await find_group_leaders(cluster_endpoints(endpoints, root), cluster_id)
+    unknown = [group for group in groups if group not in leaders]
+    if unknown:
+        raise UsageError(
+            f"no broker group {', '.join(unknown)} (groups: {', '.join(leaders) or 'none'})"
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        admins = {}
+        for group, leader in leaders.items():
+            if not groups or group in groups:
+                admins[group] = await stack.enter_async_context(
+                    connect_admin(leader.address, cluster_id)
+                )
+        yield admins
 
 
 def naming_option(function: F) -> F:

@@ -102,6 +102,7 @@ def send(
         return {
             "msg_id": receipt.msg_id,
             "topic": receipt.topic,
+            "group": receipt.group,
             "queue_id": receipt.queue_id,
             "offset": receipt.offset,
             "duplicate": receipt.duplicate,

@@ -1,5 +1,8 @@
 """`dledger-mq topic ...` and `dledger-mq group ...`: topics and consumer groups, through the
-leader of the cluster that ``--endpoints`` (default: the local cluster) names."""
+leader of every broker group that ``--endpoints`` (default: the local cluster) names.
+
+A topic may be spread over several broker groups: its queues are (group, queue id), each group
+holding its own queues 0..n-1, and what a command shows or changes is the sum over them."""
 
 from __future__ import annotations
 
@@ -10,7 +13,34 @@ from pathlib import Path
 import click
 import trio
 
-from dledger_mq.cli.main import cluster_options, json_option, leader_admin, main, one_line_errors
+from dledger_mq.cli.main import (
+    cluster_options,
+    group_admins,
+    json_option,
+    main,
+    one_line_errors,
+)
+from dledger_mq.clients.admin import AdminConnection, resolve_groups, spread_queues
+from dledger_mq.errors import TopicNotFound, UsageError
+from dledger_mq.wire.admin import TopicInfo
+
+GROUPS_HELP = (
+    "Broker groups, comma-separated (`broker-b` or just `b`; default: every group with a leader)."
+)
+
+
+async def topic_parts(admins: dict[str, AdminConnection], name: str) -> dict[str, TopicInfo]:
+    """The topic as each broker group holds it (groups without it left out)."""
+    parts = {}
+    for group, connection in admins.items():
+        for info in await connection.list_topics():
+            if info.name == name:
+                parts[group] = info
+    return parts
+
+
+def _shown_groups(parts: dict[str, int]) -> str:
+    return ", ".join(f"{group} {count}" for group, count in parts.items())
 
 
 @main.group()
@@ -20,20 +50,42 @@ def topic() -> None:
 
 @topic.command("create")
 @click.argument("name")
-@click.option("--queues", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--queues",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Queues in all, spread evenly over the groups.",
+)
 @click.option("--fifo", is_flag=True, help="Deliver each queue one message at a time, in order.")
+@click.option("--groups", "group_names", default=None, metavar="GROUP,...", help=GROUPS_HELP)
 @cluster_options
 @one_line_errors
 def topic_create(
-    name: str, queues: int, fifo: bool, endpoints: str | None, root: Path, cluster_id: str
+    name: str,
+    queues: int,
+    fifo: bool,
+    group_names: str | None,
+    endpoints: str | None,
+    root: Path,
+    cluster_id: str,
 ) -> None:
-    """Create topic NAME (through the leader); creating it again alike is not an error."""
+    """Create topic NAME over the broker groups (through each one's leader); creating it
+    again alike is not an error."""
 
     async def create() -> str:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            reply = await connection.create_topic(name, queues, fifo)
-        verb = "created" if reply.created else "already exists:"
-        return f"topic {verb} {reply.topic.name} ({reply.topic.queue_count} queues)"
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            chosen = resolve_groups(group_names, list(admins))
+            spread = spread_queues(queues, chosen, explicit=group_names is not None)
+            created = False
+            for group, count in spread.items():
+                reply = await admins[group].create_topic(name, count, fifo)
+                spread[group] = reply.topic.queue_count
+                created = created or reply.created
+        verb = "created" if created else "already exists:"
+        total = sum(spread.values())
+        where = f": {_shown_groups(spread)}" if len(spread) > 1 else ""
+        return f"topic {verb} {name} ({total} queues{where})"
 
     click.echo(trio.run(create))
 
@@ -44,10 +96,17 @@ def topic_create(
     "--queues",
     type=click.IntRange(min=1),
     default=None,
-    help="The new queue count (queues can be added, never removed).",
+    help="The new queue count in each group that holds it (queues can be added, never "
+    "removed); with --add-group, the queues there (default: as in its other groups).",
 )
 @click.option(
     "--fifo/--no-fifo", default=None, help="Turn FIFO delivery on or off (default: unchanged)."
+)
+@click.option(
+    "--add-group",
+    default=None,
+    metavar="GROUP",
+    help="Extend the topic onto this broker group (a new group takes new queues).",
 )
 @cluster_options
 @one_line_errors
@@ -55,20 +114,44 @@ def topic_update(
     name: str,
     queues: int | None,
     fifo: bool | None,
+    add_group: str | None,
     endpoints: str | None,
     root: Path,
     cluster_id: str,
 ) -> None:
-    """Change topic NAME's queue count or FIFO flag; what is not given stays as it is."""
-    if queues is None and fifo is None:
-        raise click.UsageError("give --queues, --fifo or --no-fifo")
+    """Change topic NAME's queue count or FIFO flag, or extend it onto another broker group;
+    what is not given stays as it is."""
+    if queues is None and fifo is None and add_group is None:
+        raise click.UsageError("give --queues, --fifo, --no-fifo or --add-group")
 
     async def update() -> str:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            info = await connection.update_topic(name, queues, fifo)
-        return (
-            f"topic updated: {info.name} ({info.queue_count} queues{', fifo' if info.fifo else ''})"
-        )
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            parts = await topic_parts(admins, name)
+            if not parts:
+                raise TopicNotFound(name)
+            if add_group is not None:
+                [group] = resolve_groups(add_group, list(admins))
+                if group in parts:
+                    raise UsageError(f"topic {name!r} is already in group {group}")
+                model = max(parts.values(), key=lambda info: info.queue_count)
+                count = queues or model.queue_count
+                reply = await admins[group].create_topic(
+                    name, count, model.fifo if fifo is None else fifo
+                )
+                parts[group] = reply.topic
+                if fifo is not None:
+                    for other in parts:
+                        if other != group:
+                            parts[other] = await admins[other].update_topic(name, None, fifo)
+            else:
+                for group in parts:
+                    parts[group] = await admins[group].update_topic(name, queues, fifo)
+        infos = list(parts.values())
+        total = sum(info.queue_count for info in infos)
+        where = {group: info.queue_count for group, info in parts.items()}
+        shown = f": {_shown_groups(where)}" if len(parts) > 1 else ""
+        fifo_now = ", fifo" if all(info.fifo for info in infos) else ""
+        return f"topic updated: {name} ({total} queues{fifo_now}{shown})"
 
     click.echo(trio.run(update))
 
@@ -84,8 +167,12 @@ def topic_delete(name: str, yes: bool, endpoints: str | None, root: Path, cluste
         click.confirm(f"delete topic {name!r} and every group's offsets in it?", abort=True)
 
     async def delete() -> None:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            await connection.delete_topic(name)
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            parts = await topic_parts(admins, name)
+            if not parts:
+                raise TopicNotFound(name)
+            for group in parts:
+                await admins[group].delete_topic(name)
 
     trio.run(delete)
     click.echo(f"topic deleted: {name}")
@@ -99,17 +186,21 @@ def topic_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool
     """Every topic with its queue count and messages per queue (as the leader knows them)."""
 
     async def list_topics() -> list[dict[str, object]]:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            topics = await connection.list_topics()
-        return [
-            {
-                "name": t.name,
-                "queues": t.queue_count,
-                "fifo": t.fifo,
-                "messages": sum(t.max_offsets),
-            }
-            for t in topics
-        ]
+        merged: dict[str, dict[str, object]] = {}
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            for group, connection in admins.items():
+                for t in await connection.list_topics():
+                    entry = merged.setdefault(
+                        t.name,
+                        {"name": t.name, "queues": 0, "fifo": t.fifo, "messages": 0, "groups": {}},
+                    )
+                    entry["queues"] = int(str(entry["queues"])) + t.queue_count
+                    entry["messages"] = int(str(entry["messages"])) + sum(t.max_offsets)
+                    entry["fifo"] = bool(entry["fifo"]) and t.fifo
+                    groups = entry["groups"]
+                    assert isinstance(groups, dict)
+                    groups[group] = t.queue_count
+        return [merged[name] for name in sorted(merged)]
 
     topics = trio.run(list_topics)
     if as_json:
@@ -117,7 +208,12 @@ def topic_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool
         return
     for item in topics:
         fifo = " fifo" if item["fifo"] else ""
-        click.echo(f"{item['name']}  queues={item['queues']}  messages={item['messages']}{fifo}")
+        groups = item["groups"]
+        assert isinstance(groups, dict)
+        where = f"  groups={','.join(f'{g}:{n}' for g, n in groups.items())}"
+        click.echo(
+            f"{item['name']}  queues={item['queues']}  messages={item['messages']}{fifo}{where}"
+        )
 
 
 @topic.command("describe")
@@ -129,19 +225,20 @@ def topic_describe(
     name: str, endpoints: str | None, root: Path, cluster_id: str, as_json: bool
 ) -> None:
     """Topic NAME: its queues and the offset the next message in each will get."""
-    from dledger_mq.errors import TopicNotFound
 
     async def describe() -> dict[str, object]:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            topics = {t.name: t for t in await connection.list_topics()}
-        if name not in topics:
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            parts = await topic_parts(admins, name)
+        if not parts:
             raise TopicNotFound(name)
-        info = topics[name]
         return {
-            "name": info.name,
-            "queues": info.queue_count,
-            "fifo": info.fifo,
-            "next_offsets": list(info.max_offsets),
+            "name": name,
+            "queues": sum(info.queue_count for info in parts.values()),
+            "fifo": all(info.fifo for info in parts.values()),
+            "groups": {
+                group: {"queues": info.queue_count, "next_offsets": list(info.max_offsets)}
+                for group, info in parts.items()
+            },
         }
 
     described = trio.run(describe)
@@ -150,10 +247,11 @@ def topic_describe(
         return
     fifo = " (fifo)" if described["fifo"] else ""
     click.echo(f"topic {described['name']}: {described['queues']} queues{fifo}")
-    offsets = described["next_offsets"]
-    assert isinstance(offsets, list)
-    for queue_id, offset in enumerate(offsets):
-        click.echo(f"  queue {queue_id}: next offset {offset}")
+    groups = described["groups"]
+    assert isinstance(groups, dict)
+    for group_name, part in groups.items():
+        for queue_id, offset in enumerate(part["next_offsets"]):
+            click.echo(f"  {group_name} queue {queue_id}: next offset {offset}")
 
 
 @main.group()
@@ -169,9 +267,12 @@ def group_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool
     """Every consumer group that committed offsets, with its topics."""
 
     async def run() -> list[dict[str, object]]:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            groups = await connection.list_groups()
-        return [{"group": info.group, "topics": list(info.topics)} for info in groups]
+        topics: dict[str, set[str]] = {}
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            for connection in admins.values():
+                for info in await connection.list_groups():
+                    topics.setdefault(info.group, set()).update(info.topics)
+        return [{"group": name, "topics": sorted(topics[name])} for name in sorted(topics)]
 
     groups = trio.run(run)
     if as_json:
@@ -195,23 +296,32 @@ def group_describe(
     """Lag of group NAME in TOPIC, per queue, and its live consumers."""
 
     async def run() -> dict[str, object]:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            reply = await connection.describe_group(name, topic)
+        consumers: set[str] = set()
+        queues: list[dict[str, object]] = []
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            parts = await topic_parts(admins, topic)
+            if not parts:
+                raise TopicNotFound(topic)
+            for broker_group in parts:
+                reply = await admins[broker_group].describe_group(name, topic)
+                consumers.update(reply.consumers)
+                queues.extend(
+                    {
+                        "broker_group": broker_group,
+                        "queue_id": q.queue_id,
+                        "committed_offset": None if q.committed_offset < 0 else q.committed_offset,
+                        "min_offset": q.min_offset,
+                        "max_offset": q.max_offset,
+                        "lag": q.lag,
+                    }
+                    for q in reply.queues
+                )
         return {
             "group": name,
             "topic": topic,
-            "consumers": list(reply.consumers),
-            "queues": [
-                {
-                    "queue_id": q.queue_id,
-                    "committed_offset": None if q.committed_offset < 0 else q.committed_offset,
-                    "min_offset": q.min_offset,
-                    "max_offset": q.max_offset,
-                    "lag": q.lag,
-                }
-                for q in reply.queues
-            ],
-            "lag": sum(q.lag for q in reply.queues),
+            "consumers": sorted(consumers),
+            "queues": queues,
+            "lag": sum(int(str(q["lag"])) for q in queues),
         }
 
     described = trio.run(run)
@@ -233,7 +343,8 @@ def group_describe(
             else ""
         )
         click.echo(
-            f"  queue {queue['queue_id']}: committed {committed}  min {queue['min_offset']}"
+            f"  {queue['broker_group']} queue {queue['queue_id']}: committed {committed}"
+            f"  min {queue['min_offset']}"
             f"  max {queue['max_offset']}  lag {queue['lag']}{skipped}"
         )
     click.echo(f"  total lag {described['lag']}")
@@ -274,11 +385,20 @@ def group_reset_offset(
         to_time_ms = _parse_time_ms(to_time)
 
     async def run() -> str:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            queues = await connection.reset_offset(
-                name, topic, -1 if to_offset is None else to_offset, to_time_ms
-            )
-        return "\n".join(f"queue {q.queue_id}: offset {q.committed_offset}" for q in queues)
+        lines = []
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            parts = await topic_parts(admins, topic)
+            if not parts:
+                raise TopicNotFound(topic)
+            for broker_group in parts:
+                queues = await admins[broker_group].reset_offset(
+                    name, topic, -1 if to_offset is None else to_offset, to_time_ms
+                )
+                lines += [
+                    f"{broker_group} queue {q.queue_id}: offset {q.committed_offset}"
+                    for q in queues
+                ]
+        return "\n".join(lines)
 
     click.echo(trio.run(run))
 

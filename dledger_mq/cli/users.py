@@ -1,4 +1,5 @@
-"""`dledger-mq user ...`: users and their permissions (docs/security.md), through the leader.
+"""`dledger-mq user ...`: users and their permissions (docs/security.md), through the leader of
+every broker group (each group's log holds its own copy of the users: a change goes to all).
 
 A user's secret key is made here and printed once; only its stored key (a hash) goes to the
 cluster, so no node and no log holds the secret.
@@ -12,7 +13,15 @@ from pathlib import Path
 import click
 import trio
 
-from dledger_mq.cli.main import cluster_options, json_option, leader_admin, main, one_line_errors
+from dledger_mq.cli.main import (
+    cluster_options,
+    group_admins,
+    json_option,
+    leader_admin,
+    main,
+    one_line_errors,
+)
+from dledger_mq.errors import UsageError
 
 ACTION_CHOICE = click.Choice(["publish", "subscribe", "create", "admin"])
 #: Shown in usage lines and errors instead of the list of choices.
@@ -46,8 +55,24 @@ def user_add(
     rules = (RuleInfo("cluster", "admin"),) if is_admin else ()
 
     async def add() -> None:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            await connection.add_user(name, secret_key, rules)
+        from dledger_mq.errors import UserExists
+
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            # A group that has the user already (an earlier add that stopped half-way) keeps
+            # it; the new secret key is then not the user's there, so say so.
+            existing = []
+            for group, connection in admins.items():
+                try:
+                    await connection.add_user(name, secret_key, rules)
+                except UserExists:
+                    existing.append(group)
+            if existing and len(existing) == len(admins):
+                raise UserExists(name)
+            if existing:
+                raise UsageError(
+                    f"user {name!r} existed in group {', '.join(existing)} (its old key stays "
+                    "there): remove the user and add it again"
+                )
 
     trio.run(add)
     if as_json:
@@ -67,8 +92,17 @@ def user_remove(name: str, endpoints: str | None, root: Path, cluster_id: str) -
     """Remove user NAME: its connections are refused from their next request."""
 
     async def remove() -> None:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            await connection.remove_user(name)
+        from dledger_mq.errors import UserNotFound
+
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            missing = 0
+            for connection in admins.values():
+                try:
+                    await connection.remove_user(name)
+                except UserNotFound:
+                    missing += 1  # an earlier remove that stopped half-way
+            if missing == len(admins):
+                raise UserNotFound(name)
 
     trio.run(remove)
     click.echo(f"user removed: {name}")
@@ -121,11 +155,12 @@ def _change_rule(
     rule = RuleInfo(resource, action)
 
     async def change() -> None:
-        async with leader_admin(endpoints, root, cluster_id) as connection:
-            if grant:
-                await connection.grant(name, rule)
-            else:
-                await connection.revoke(name, rule)
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            for connection in admins.values():
+                if grant:
+                    await connection.grant(name, rule)
+                else:
+                    await connection.revoke(name, rule)
 
     trio.run(change)
     verb = "granted" if grant else "revoked"

@@ -6,9 +6,10 @@ Speaks only the wire format. No timeout arguments: callers bound calls with Trio
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from dledger_mq.errors import UsageError
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     AddUserRequest,
@@ -166,3 +167,35 @@ async def connect_admin(
         client_ssl_context(tls),
     ) as connection:
         yield AdminConnection(connection)
+
+
+def resolve_groups(names: str | None, known: Sequence[str]) -> list[str]:
+    """The broker groups ``names`` (comma-separated; ``b`` for ``broker-b``) picks of
+    ``known``, or all of them when None. ``UsageError`` names one that is not there."""
+    if names is None:
+        return list(known)
+    chosen = []
+    for name in (item.strip() for item in names.split(",")):
+        group = name if name in known else f"broker-{name}"
+        if group not in known:
+            shown = ", ".join(known) or "none"
+            raise UsageError(f"no broker group {name!r} has a leader (groups: {shown})")
+        if group not in chosen:
+            chosen.append(group)
+    if not chosen:
+        raise UsageError("name at least one broker group")
+    return chosen
+
+
+def spread_queues(total: int, groups: Sequence[str], explicit: bool = False) -> dict[str, int]:
+    """``total`` queues over ``groups``, as evenly as can be (the first groups take one more).
+    With fewer queues than groups, only the first ``total`` groups get one; unless the groups
+    were chosen (``explicit``): then each must get one, and it is a ``UsageError``."""
+    if not groups:
+        raise UsageError("no broker group to create the topic in")
+    if total < len(groups):
+        if explicit:
+            raise UsageError(f"{total} queues cannot be spread over {len(groups)} groups")
+        groups = groups[:total]
+    base, extra = divmod(total, len(groups))
+    return {group: base + (1 if position < extra else 0) for position, group in enumerate(groups)}

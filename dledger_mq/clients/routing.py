@@ -271,7 +271,9 @@ class Routes:
                     self._answered(topic)
                     if answered():
                         return
-                    what = f"the leader of group {group}" if group else f"a route to {topic!r}"
+                    what = (
+                        f"the leader of group {group}" if group else f"a route to topic {topic!r}"
+                    )
                     self.stalls.note(what, "; ".join(problems) or "naming knows no leader")
                     await trio.sleep(backoff * (0.5 + self.rng.random()))
                     backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)

@@ -131,6 +131,46 @@ async def find_leader_address(
     return leader.address
 
 
+def group_leaders_of(probes: list[Probe]) -> dict[str, StatusReply | None]:
+    """Every broker group a node answered for, and its leader (the highest term's), if any."""
+    groups: dict[str, StatusReply | None] = {}
+    for _, _, found in probes:
+        if not isinstance(found, StatusReply):
+            continue
+        current = groups.get(found.group)
+        if found.role == "leader" and (current is None or found.term > current.term):
+            groups[found.group] = found
+        else:
+            groups.setdefault(found.group, None)
+    return dict(sorted(groups.items()))
+
+
+async def find_group_leaders(
+    endpoints: list[tuple[str, str]],
+    cluster_id: str = "local",
+    patience_seconds: float = LEADER_PATIENCE_SECONDS,
+    tls: TlsOption = None,
+    credentials: Credentials | None = None,
+) -> dict[str, StatusReply]:
+    """The leader of every broker group among ``endpoints``, waiting a little while elections
+    run. ``Unavailable`` names the groups without one (and each endpoint's problem)."""
+    probes: list[Probe] = []
+    started = trio.current_time()
+    with trio.move_on_after(patience_seconds):
+        while True:
+            probes = await probe_all(endpoints, cluster_id, credentials, tls)
+            groups = group_leaders_of(probes)
+            if groups and all(leader is not None for leader in groups.values()):
+                return {group: leader for group, leader in groups.items() if leader is not None}
+            answered = any(isinstance(found, StatusReply) for _, _, found in probes)
+            if not answered and trio.current_time() - started >= UNREACHABLE_PATIENCE_SECONDS:
+                break
+            await trio.sleep(0.05)
+    leaderless = [group for group, leader in group_leaders_of(probes).items() if leader is None]
+    which = f"group {', '.join(leaderless)} has no leader" if leaderless else "no leader reachable"
+    raise Unavailable(f"{which}: {describe_problems(probes)}")
+
+
 def describe_problems(probes: list[Probe]) -> str:
     """Per endpoint, why it is not the leader: "127.0.0.1:9881: connection refused; ..."."""
     parts = []

@@ -43,7 +43,7 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, text: s
         (("topic", "list", "--endpoints", "127.0.0.1:99999"), "--endpoints: expected HOST:PORT"),
         (("send", "t", "b", "--naming", "x"), "--naming: expected HOST:PORT, got 'x'"),
         (("send", "t", "b", "--property", "novalue"), "--property: expected NAME=VALUE"),
-        (("topic", "update", "orders"), "give --queues, --fifo or --no-fifo"),
+        (("topic", "update", "orders"), "give --queues, --fifo, --no-fifo or --add-group"),
         (("cluster", "up", "--nodes", "4"), "'4' is not one of '3', '5'"),
         (("nonsense",), "No such command 'nonsense'"),
     ],

@@ -62,9 +62,20 @@ class NodeProcess:
 
 class ProcessCluster:
     def __init__(
-        self, root: Path, size: int = 3, with_naming: bool = False, **settings: object
+        self,
+        root: Path,
+        size: int = 3,
+        with_naming: bool = False,
+        group: str = "broker-a",
+        register_with: Iterable[str] = (),
+        secret_file: Path | None = None,
+        **settings: object,
     ) -> None:
+        """``group``: the broker group these nodes form; ``register_with``: naming nodes run
+        elsewhere (another group's) that they also register with; ``secret_file``: the
+        cluster secret to share with that other group (default: a new one under ``root``)."""
         self.root = root
+        self.group = group
         node_ids = [f"n{number}" for number in range(1, size + 1)]
         member_addresses, naming = cluster_on_free_ports(size, with_naming)
         members = {
@@ -75,8 +86,10 @@ class ProcessCluster:
         self.naming = naming
         self.nodes: dict[str, NodeProcess] = {}
         root.mkdir(parents=True, exist_ok=True)
-        secret_path = root / CLUSTER_SECRET_FILE_NAME
-        write_cluster_secret(str(secret_path))  # every peer link authenticates
+        registered_with = list(self.naming.values()) + list(register_with)
+        self.secret_file = secret_file or root / CLUSTER_SECRET_FILE_NAME
+        if secret_file is None:
+            write_cluster_secret(str(self.secret_file))  # every peer link authenticates
         for node_id in node_ids:
             directory = root / node_id
             directory.mkdir(parents=True, exist_ok=True)
@@ -89,9 +102,10 @@ class ProcessCluster:
                     "tick_ms": TICK_MS,
                     "heartbeat_ticks": HEARTBEAT_TICKS,
                     "election_ticks": ELECTION_TICKS,
+                    "group": group,
                     "naming_listen": self.naming.get(node_id, ""),
-                    "naming": list(self.naming.values()),
-                    "cluster_secret_file": str(secret_path),
+                    "naming": registered_with,
+                    "cluster_secret_file": str(self.secret_file),
                     **settings,
                 }
             )

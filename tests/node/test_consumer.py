@@ -339,7 +339,7 @@ async def test_group_commands_and_json_output(cluster: ProcessCluster) -> None:
         return result.stdout
 
     receipt = json.loads(await dledger("send", "orders", "one", "--naming", naming, "--json"))
-    assert set(receipt) == {"msg_id", "topic", "queue_id", "offset", "duplicate"}
+    assert set(receipt) == {"msg_id", "topic", "group", "queue_id", "offset", "duplicate"}
     assert (receipt["topic"], receipt["offset"], receipt["duplicate"]) == ("orders", 0, False)
     await dledger("consume", "orders", "--group", "billing", "--count", "1", "--naming", naming)
 
@@ -377,7 +377,7 @@ async def test_group_commands_and_json_output(cluster: ProcessCluster) -> None:
         "--endpoints",
         endpoints,
     )
-    assert reset.splitlines() == [f"queue {q}: offset 0" for q in range(4)]
+    assert reset.splitlines() == [f"broker-a queue {q}: offset 0" for q in range(4)]
     text = await dledger(
         "group", "describe", "billing", "--topic", "orders", "--endpoints", endpoints
     )

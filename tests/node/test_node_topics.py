@@ -101,14 +101,20 @@ async def test_topic_commands(cluster: ProcessCluster) -> None:
     assert await dledger("create", "orders", "--queues", "2") == "topic created orders (2 queues)\n"
     assert "3 queues" in await dledger("update", "orders", "--queues", "3")
     assert json.loads(await dledger("list", "--json")) == [
-        {"name": "orders", "queues": 3, "fifo": False, "messages": 0}
+        {
+            "name": "orders",
+            "queues": 3,
+            "fifo": False,
+            "messages": 0,
+            "groups": {"broker-a": 3},
+        }
     ]
-    assert "queue 2: next offset 0" in await dledger("describe", "orders")
+    assert "broker-a queue 2: next offset 0" in await dledger("describe", "orders")
     assert json.loads(await dledger("describe", "orders", "--json")) == {
         "name": "orders",
         "queues": 3,
         "fifo": False,
-        "next_offsets": [0, 0, 0],
+        "groups": {"broker-a": {"queues": 3, "next_offsets": [0, 0, 0]}},
     }
     # A command changes only what it was asked to: the queue count leaves FIFO as it is.
     assert await dledger("update", "orders", "--fifo") == "topic updated: orders (3 queues, fifo)\n"
