@@ -399,6 +399,8 @@ class BrokerState:
         #: back even if a new leader's clock is behind.
         self._clock_ms = 0
         self._topics: dict[str, _Topic] = {}
+        #: Counts changes to the topics or their queue counts (naming is told at once).
+        self.topics_changed = 0
         self._groups: dict[str, _Group] = {}
         self._users: dict[str, User] = {}
         #: Least recently active first.
@@ -643,6 +645,7 @@ class BrokerState:
             self._check_topic_room(topic_name)
             topic = self._new_topic(TopicConfig(topic_name, settings.default_queue_count, False))
             self._topics[topic_name] = topic
+            self.topics_changed += 1
             created_topics.append(topic_name)
         offset = topic.queues[queue_id].append(position, tag_code(tags))
         if producer_id is not None:
@@ -750,6 +753,7 @@ class BrokerState:
             return TopicCreated(config, created=False)
         self._check_topic_room(command.name)
         self._topics[command.name] = self._new_topic(config)
+        self.topics_changed += 1
         return TopicCreated(config, created=True)
 
     def _apply_update_topic(self, command: UpdateTopic) -> TopicUpdated:
@@ -765,11 +769,13 @@ class BrokerState:
             for queue_id in range(topic.config.queue_count, command.queue_count)
         )
         topic.config = TopicConfig(command.name, command.queue_count, command.fifo)
+        self.topics_changed += 1
         return TopicUpdated(topic.config)
 
     def _apply_delete_topic(self, command: DeleteTopic) -> TopicDeleted:
         self._require_topic(command.name)
         del self._topics[command.name]
+        self.topics_changed += 1
         self.queues.drop_topic(command.name)
         for group in self._groups.values():
             group.offsets.pop(command.name, None)

@@ -50,6 +50,9 @@ from dledger_mq.wire.rpc import ReplyT
 from dledger_mq.wire.tls import TlsOption
 
 HEARTBEAT_SECONDS = 1.0
+#: A pull or offset query that finds no topic (a replica still replaying its log) waits this
+#: long before it asks again.
+TOPIC_RETRY_SECONDS = 0.1
 #: How often the consumer asks naming which broker groups hold its topic.
 DISCOVER_SECONDS = 5.0
 COMMIT_SECONDS = 0.2
@@ -262,9 +265,21 @@ class _GroupReader:
         silence = SILENCE_SECONDS
         if isinstance(request, PullRequest):
             silence += request.wait_ms / 1000  # a long poll is silent on purpose
-        return await self.consumer.call_leader(
-            self.consumer.topic, self.broker_group, request, reply_type, silence
-        )
+        while True:
+            try:
+                return await self.consumer.call_leader(
+                    self.consumer.topic, self.broker_group, request, reply_type, silence
+                )
+            except TopicNotFound:
+                if isinstance(request, ConsumerHeartbeat):
+                    raise
+                # A replica that restarted has not applied the topic's creation yet. Whether
+                # the topic is gone for good is the heartbeat's to say (it stops the pullers).
+                self.consumer.stalls.note(
+                    f"topic {self.consumer.topic!r} in group {self.broker_group}",
+                    "the replica has not applied it yet",
+                )
+                await trio.sleep(TOPIC_RETRY_SECONDS)
 
     def acknowledge(self, queue_id: int, offset: int) -> None:
         progress = self._progress.get(queue_id)

@@ -401,7 +401,10 @@ async def call_leader(
         try:
             with trio.move_on_after(silence_seconds):
                 connection = await connections.get(address)
-                if connection.closed:
+                # A leader that died since the last call closed this connection: a request
+                # written to it now surely reaches nobody, so it may still go elsewhere.
+                if connection.closed or (only_if_ready and not sent and connection.peer_gone()):
+                    connections.drop(address)
                     raise Unavailable(f"the connection to {address} is closed")
                 sent = True
                 reply = await connection.call(request, reply_type)

@@ -105,6 +105,24 @@ def stop_signals() -> Iterator[ShutdownTrigger]:
         yield trigger
 
 
+class RegistrationSignal:
+    """Fired whenever what this replica tells naming changes: its role or term (a new leader
+    is findable within a round trip), or its topics and their queue counts (a topic created
+    or extended onto this group is routed to at once, not a heartbeat later)."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def changed(self) -> None:
+        self.event.set()
+        self.event = trio.Event()
+
+    async def follow_leader_changes(self, replica: Replica) -> None:
+        while True:
+            await replica.leader_changed.wait()
+            self.changed()
+
+
 class Node:
     """One replica of a broker group as its clients see it: one table from request type to
     handler, the broker's requests and the replica's own (status, raw proposals, transfers)."""
@@ -119,7 +137,9 @@ class Node:
         snapshots: SnapshotStore,
         harness: HarnessOptions = NO_HARNESS,
         tls: NodeTls | None = None,
+        registration_signal: RegistrationSignal | None = None,
     ) -> None:
+        self.registration_signal = registration_signal or RegistrationSignal()
         #: TLS contexts (``node/certificates.py``); None: plain connections.
         self.tls = tls
         self.config = config
@@ -375,10 +395,16 @@ def assemble_node(
     snapshots = snapshot_store(config)
     state = restore_state(config, commit_log, snapshots, consume_queue_store(config))
     applied = AppliedSignal()
+    registration = RegistrationSignal()
+    topics_seen = state.topics_changed
 
     def apply(entry: Entry) -> object:
+        nonlocal topics_seen
         result = state.apply(entry.index, entry.data)
         applied.notify(len(entry.data))
+        if state.topics_changed != topics_seen:
+            topics_seen = state.topics_changed
+            registration.changed()  # naming learns a new topic (or queue count) at once
         return result
 
     replica = Replica(
@@ -401,7 +427,7 @@ def assemble_node(
         applied=applied,
         broker_group=config.group,
     )
-    return Node(config, replica, state, broker, rng, snapshots, harness, tls)
+    return Node(config, replica, state, broker, rng, snapshots, harness, tls, registration)
 
 
 async def serve_peers_and_naming(
@@ -441,12 +467,14 @@ async def serve_peers_and_naming(
                 )
             )
         if config.naming:
+            signal = node.registration_signal
+            nursery.start_soon(signal.follow_leader_changes, replica)
             nursery.start_soon(
                 register_forever,
                 config.naming,
                 config.cluster_id,
                 node.registration,
-                lambda: replica.leader_changed,
+                lambda: signal.event,
                 config.naming_heartbeat_ms / 1000,
                 node.rng,
                 _naming_credentials(node),

@@ -386,6 +386,11 @@ class RpcConnection:
         """The connection is gone (closed, reset, or it sent garbage): open another."""
         return self._closed
 
+    def peer_gone(self) -> bool:
+        """Known closed, or the other side has closed it (a request sent now reaches nobody:
+        its fate is not in doubt). Costs a system call: for when that matters."""
+        return self._closed or self.websocket.peer_closed()
+
     async def request(self, message: object) -> Any:
         """Send ``message`` and return its reply; an ``ErrorReply`` is raised as its error."""
         request_id = next(self._request_ids)

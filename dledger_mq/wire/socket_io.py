@@ -12,6 +12,7 @@ difference.
 from __future__ import annotations
 
 import os
+import select
 
 import trio
 
@@ -51,3 +52,17 @@ def write_now(sock: trio.socket.SocketType, data: bytes) -> int:
         return os.write(sock.fileno(), data)
     except BlockingIOError:
         return 0
+
+
+def peer_has_closed(sock: trio.socket.SocketType) -> bool:
+    """Whether the other side has closed or reset the connection, seen now without waiting
+    or reading anything (Linux's ``POLLRDHUP``; elsewhere, a hang-up or error only)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | _POLLRDHUP)
+    for _, events in poller.poll(0):
+        if events & (_POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            return True
+    return False
+
+
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)

@@ -42,7 +42,7 @@ from wsproto.events import (
 from wsproto.utilities import ProtocolError, RemoteProtocolError
 
 from dledger_mq.wire.frames import DEFAULT_MAX_FRAME_BYTES
-from dledger_mq.wire.socket_io import SocketReader, write_now
+from dledger_mq.wire.socket_io import SocketReader, peer_has_closed, write_now
 
 READ_BYTES = 1 << 16
 #: A peer that has not finished the HTTP upgrade by then is dropped.
@@ -100,6 +100,15 @@ class WebSocket:
         #: Bytes that came with the upgrade's last read may already hold frames (a server
         #: that accepts and at once closes, say): they are taken before the socket is read.
         self._events_pending = True
+
+    def peer_closed(self) -> bool:
+        """The other side closed or reset the connection, as the kernel knows it now (a
+        request written now would reach nobody), without reading anything."""
+        sock = _socket_of(self.stream)
+        try:
+            return sock is not None and peer_has_closed(sock)
+        except (OSError, ValueError):
+            return True  # closed here already
 
     @property
     def closed(self) -> WebSocketClosed | None:
@@ -243,16 +252,24 @@ class WebSocket:
             await self._send(self._protocol.send(event))
 
 
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket under ``stream`` (through TLS), or None (a test's memory stream)."""
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)
+        if not isinstance(inner, trio.abc.Stream):
+            return None
+        stream = inner
+    return stream.socket
+
+
 def peer_host(stream: trio.abc.Stream) -> str:
     """The other side's IP address ("" for a stream that is not a socket's, as in tests;
     "?" if the socket no longer knows)."""
-    while not isinstance(stream, trio.SocketStream):
-        inner = getattr(stream, "transport_stream", None)  # through TLS
-        if not isinstance(inner, trio.abc.Stream):
-            return ""
-        stream = inner
+    sock = _socket_of(stream)
+    if sock is None:
+        return ""
     try:
-        return str(stream.socket.getpeername()[0])
+        return str(sock.getpeername()[0])
     except OSError:
         return "?"  # reset before we asked: not loopback, so let in as nothing
 
