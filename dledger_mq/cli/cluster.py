@@ -41,6 +41,14 @@ def cluster() -> None:
     help="How many nodes (default 3); only when the cluster is created.",
 )
 @click.option(
+    "--groups",
+    "group_count",
+    type=click.IntRange(min=1, max=8),
+    default=None,
+    help="How many broker groups (default 1), each of --nodes nodes on its own ports; more "
+    "than the cluster has adds groups to it.",
+)
+@click.option(
     "--base-port",
     type=click.IntRange(min=1, max=65515),
     default=None,
@@ -68,6 +76,7 @@ def cluster() -> None:
 def cluster_up(
     root: Path,
     nodes: str | None,
+    group_count: int | None,
     base_port: int | None,
     flush: str | None,
     no_restart: bool,
@@ -80,6 +89,9 @@ def cluster_up(
     verbs `cluster kill|stop|start|restart|pause|resume NODE` (`leader` for kill, stop,
     restart and pause). Running it again resumes the same data; a node still running from a
     `cluster up` that was killed is supervised again, not started twice.
+
+    With --groups N the nodes of group b are named b/n1, b/n2, ... (`cluster kill b/leader`);
+    group a's nodes run the naming nodes, and every node registers with them.
     """
     from dledger_mq.logs import configure_logging
     from dledger_mq.node.supervisor import run_cluster_up
@@ -95,6 +107,7 @@ def cluster_up(
         flush,
         not no_restart,
         tls,
+        group_count,
     )
 
 
@@ -118,9 +131,10 @@ def _add_lab_verb(verb: Verb, summary: str, details: str) -> None:
     takes_leader = verb in LEADER_VERBS
     metavar = "NODE|leader" if takes_leader else "NODE"
     node_text = (
-        "NODE is a node id (n1) or `leader`, whichever node leads now."
+        "NODE is a node id (n1; b/n1 for group b's with several groups) or `leader`, "
+        "whichever node leads now (`b/leader`: group b's)."
         if takes_leader
-        else "NODE is a node id (n1)."
+        else "NODE is a node id (n1; b/n1 for group b's with several groups)."
     )
 
     @cluster.command(

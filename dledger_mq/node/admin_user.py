@@ -65,27 +65,47 @@ async def ensure_admin_user(
     tls: ssl.SSLContext | None = None,
     known: bool = True,
 ) -> None:
-    """Wait for a leader; add the admin user unless the credentials already sign in there
-    (``known``: they were on disk already, so the user likely exists); call ``signed_in`` once
-    they do. Gives up (with a line saying why) only if another user of that name exists."""
+    """In every broker group (each log holds its own users): wait for a leader; add the admin
+    user unless the credentials already sign in there (``known``: they were on disk already,
+    so the user likely exists); call ``signed_in`` once they do everywhere. Gives up (with a
+    line saying why) only if another user of that name exists."""
+    results: list[bool] = []
+
+    async def in_group(group: str) -> None:
+        endpoints = [(node.node_id, node.client) for node in layout.group_nodes(group)]
+        results.append(await _ensure_in_group(layout, endpoints, credentials, echo, tls, known))
+
+    async with trio.open_nursery() as nursery:
+        for group in layout.groups:
+            nursery.start_soon(in_group, group)
+    if all(results):
+        signed_in()
+
+
+async def _ensure_in_group(
+    layout: ClusterLayout,
+    endpoints: list[tuple[str, str]],
+    credentials: Credentials,
+    echo: Callable[[str], None],
+    tls: ssl.SSLContext | None,
+    known: bool,
+) -> bool:
     while True:
         try:
             if known:
-                await find_leader_address(layout.endpoints, tls=tls, credentials=credentials)
-                signed_in()
-                return
+                await find_leader_address(endpoints, tls=tls, credentials=credentials)
+                return True
         except DledgerError:
-            pass  # no leader yet, or no such user yet
+            pass  # no leader yet, or no such user yet (a group added since)
         try:
-            leader = await find_leader_address(layout.endpoints, tls=tls)
+            leader = await find_leader_address(endpoints, tls=tls)
             # Not connect_admin: it would sign in with the environment's credentials, if any.
             async with connect(leader, ADMIN_CODEC, "local", "cluster-up", None, tls) as anonymous:
                 await AdminConnection(anonymous).add_user(
                     credentials.access_key, credentials.secret_key, (RuleInfo("cluster", "admin"),)
                 )
             logger.info("admin_user_added", access_key=credentials.access_key)
-            signed_in()
-            return
+            return True
         except UserExists:
             if not known:
                 known = True  # an earlier attempt may have landed with its answer lost
@@ -94,7 +114,7 @@ async def ensure_admin_user(
                 f"the cluster has a user {credentials.access_key!r} whose secret is not the one in "
                 f"{layout.root / CREDENTIALS_FILE_NAME}: sign in as another admin"
             )
-            return
+            return False
         except DledgerError as error:
             logger.debug("admin_user_waiting", reason=str(error))
         await trio.sleep(RETRY_SECONDS)

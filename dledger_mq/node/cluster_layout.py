@@ -23,7 +23,14 @@ from pathlib import Path
 import attrs
 
 from dledger_mq.node.certificates import CA_FILE_NAME, TLS_DIRECTORY_NAME, node_tls_settings
-from dledger_mq.node.config import ConfigError, Member, load_config, parse_config, render_config
+from dledger_mq.node.config import (
+    ConfigError,
+    Member,
+    NodeConfig,
+    load_config,
+    parse_config,
+    render_config,
+)
 from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.raft.storage.disk import Disk, OsDisk, make_directories, write_file_atomically
 from dledger_mq.wire.address import Address
@@ -50,13 +57,37 @@ LOG_FILE_NAME = "node.log"
 PID_FILE_NAME = "node.pid"
 
 
+#: Most broker groups `cluster up --groups` makes (each spans PORT_SPAN ports).
+MAX_GROUPS = 8
+GROUP_PREFIX = "broker-"
+
+
+def group_name(position: int) -> str:
+    """The ``position``-th broker group of a local cluster: broker-a, broker-b, ..."""
+    return f"{GROUP_PREFIX}{chr(ord('a') + position)}"
+
+
+def short_group_name(group: str) -> str:
+    """How a node name spells its group: ``b`` for broker-b."""
+    return group.removeprefix(GROUP_PREFIX)
+
+
 @attrs.frozen
 class LocalNode:
+    #: Its name in this cluster: ``n1``, or with several groups ``b/n1`` (group b's n1).
     node_id: str
+    #: The naming node it runs ("" for none: only the first group's nodes run one).
     naming: str
     client: str
     peer: str
     directory: Path
+    group: str = "broker-a"
+    #: Its id among its group's members (its config's ``node_id``); default: ``node_id``.
+    member: str = ""
+
+    @property
+    def member_id(self) -> str:
+        return self.member or self.node_id
 
     @property
     def config_path(self) -> Path:
@@ -75,6 +106,16 @@ class LocalNode:
         return self.directory / "data"
 
 
+def _node_name(group: str, member_id: str, group_count: int) -> str:
+    return member_id if group_count == 1 else f"{short_group_name(group)}/{member_id}"
+
+
+def _group_directory(root: Path, position: int, group: str) -> Path:
+    """The first group's nodes live in ``root/nN`` (so a one-group cluster can grow), the
+    others in ``root/GROUP/nN``."""
+    return root if position == 0 else root / group
+
+
 @attrs.frozen
 class ClusterLayout:
     root: Path
@@ -82,71 +123,123 @@ class ClusterLayout:
 
     @classmethod
     def derive(
-        cls, root: Path, node_count: int = DEFAULT_NODE_COUNT, base_port: int = DEFAULT_BASE_PORT
+        cls,
+        root: Path,
+        node_count: int = DEFAULT_NODE_COUNT,
+        base_port: int = DEFAULT_BASE_PORT,
+        group_count: int = 1,
     ) -> ClusterLayout:
         if node_count not in NODE_COUNTS:
             raise ConfigError(f"nodes: must be one of {NODE_COUNTS}, got {node_count}")
-        if not 1 <= base_port <= 65535 - PORT_SPAN:
-            raise ConfigError(f"base port: must be in [1, {65535 - PORT_SPAN}], got {base_port}")
-        return cls(
-            root,
-            tuple(
-                LocalNode(
-                    node_id=f"n{position + 1}",
-                    naming=f"{HOST}:{base_port + NAMING_PORT_OFFSET + position}",
-                    client=f"{HOST}:{base_port + CLIENT_PORT_OFFSET + position}",
-                    peer=f"{HOST}:{base_port + PEER_PORT_OFFSET + position}",
-                    directory=root / f"n{position + 1}",
+        if not 1 <= group_count <= MAX_GROUPS:
+            raise ConfigError(f"groups: must be in [1, {MAX_GROUPS}], got {group_count}")
+        highest = 65535 - PORT_SPAN * group_count
+        if not 1 <= base_port <= highest:
+            raise ConfigError(f"base port: must be in [1, {highest}], got {base_port}")
+        nodes = []
+        for position in range(group_count):
+            group = group_name(position)
+            ports = base_port + position * PORT_SPAN
+            for number in range(node_count):
+                member_id = f"n{number + 1}"
+                nodes.append(
+                    LocalNode(
+                        node_id=_node_name(group, member_id, group_count),
+                        naming=(
+                            f"{HOST}:{base_port + NAMING_PORT_OFFSET + number}"
+                            if position == 0
+                            else ""
+                        ),
+                        client=f"{HOST}:{ports + CLIENT_PORT_OFFSET + number}",
+                        peer=f"{HOST}:{ports + PEER_PORT_OFFSET + number}",
+                        directory=_group_directory(root, position, group) / member_id,
+                        group=group,
+                        member=member_id,
+                    )
                 )
-                for position in range(node_count)
-            ),
-        )
+        return cls(root, tuple(nodes))
 
     @classmethod
     def load(cls, root: Path) -> ClusterLayout | None:
         """The cluster whose configs are under ``root``, or None if there is none.
 
-        Any one config is enough: each holds every member's addresses and every naming node.
+        Any one config of a group is enough: each holds every member's addresses and every
+        naming node. The first group's are in ``root/*/``, the others' in ``root/*/*/``.
         """
-        configs = sorted(root.glob(f"*/{CONFIG_FILE_NAME}")) if root.is_dir() else []
+        if not root.is_dir():
+            return None
         # An empty config is one an earlier version wrote without fsync and a power cut
         # emptied; the others say the same, and ``write_configs`` writes it again.
-        configs = [path for path in configs if path.stat().st_size > 0]
-        if not configs:
+        first_group = [p for p in sorted(root.glob(f"*/{CONFIG_FILE_NAME}")) if p.stat().st_size]
+        if not first_group:
             return None
-        config = load_config(configs[0], {})
+        config = load_config(first_group[0], {})
         naming = list(config.naming)
         if len(naming) != len(config.members):
             raise ConfigError(
-                f"{configs[0]}: not a `cluster up` config (one naming node per member expected)"
+                f"{first_group[0]}: not a `cluster up` config (one naming node per member expected)"
             )
-        return cls(
-            root,
-            tuple(
-                LocalNode(node_id, naming_address, member.client, member.peer, root / node_id)
-                for (node_id, member), naming_address in zip(
-                    config.members.items(), naming, strict=True
+        groups: list[tuple[Path, NodeConfig, list[str]]] = [(root, config, naming)]
+        others: dict[str, Path] = {}
+        for path in sorted(root.glob(f"*/*/{CONFIG_FILE_NAME}")):
+            if path.stat().st_size and path.parent.parent.name not in others:
+                others[path.parent.parent.name] = path
+        for path in others.values():
+            other = load_config(path, {})
+            if other.group != config.group:
+                groups.append((path.parent.parent, other, []))
+        group_count = len(groups)
+        nodes = []
+        for directory, group_config, group_naming in sorted(groups, key=lambda g: g[1].group):
+            addresses = group_naming or [""] * len(group_config.members)
+            for (member_id, member), naming_address in zip(
+                group_config.members.items(), addresses, strict=True
+            ):
+                nodes.append(
+                    LocalNode(
+                        _node_name(group_config.group, member_id, group_count),
+                        naming_address,
+                        member.client,
+                        member.peer,
+                        directory / member_id,
+                        group_config.group,
+                        member_id,
+                    )
                 )
-            ),
-        )
+        return cls(root, tuple(nodes))
 
     @property
     def node_ids(self) -> list[str]:
         return [node.node_id for node in self.nodes]
 
+    @property
+    def groups(self) -> list[str]:
+        """Its broker groups, in order."""
+        return sorted({node.group for node in self.nodes})
+
+    def group_nodes(self, group: str) -> list[LocalNode]:
+        return [node for node in self.nodes if node.group == group]
+
     def node(self, node_id: str) -> LocalNode:
+        """The node named ``node_id``: ``n1``, or with several groups ``b/n1`` (also
+        ``broker-b/n1``)."""
         for node in self.nodes:
-            if node.node_id == node_id:
+            if node_id in (node.node_id, f"{node.group}/{node.member_id}"):
                 return node
         raise ConfigError(f"no node {node_id!r} in {self.root} (nodes: {', '.join(self.node_ids)})")
 
     @property
     def members(self) -> dict[str, Member]:
-        return {node.node_id: Member(peer=node.peer, client=node.client) for node in self.nodes}
+        """The first group's members (a one-group cluster's), by member id."""
+        return {
+            node.member_id: Member(peer=node.peer, client=node.client)
+            for node in self.group_nodes(self.groups[0])
+        }
 
     @property
     def naming(self) -> dict[str, str]:
-        return {node.node_id: node.naming for node in self.nodes}
+        """Member id -> the naming node it runs (the first group's nodes run them)."""
+        return {node.member_id: node.naming for node in self.nodes if node.naming}
 
     @property
     def base_port(self) -> int:
@@ -154,13 +247,44 @@ class ClusterLayout:
 
     @property
     def endpoints(self) -> list[tuple[str, str]]:
-        """(node id, client address) of every node."""
+        """(node name, client address) of every node."""
         return [(node.node_id, node.client) for node in self.nodes]
 
     def write_configs(self, flush: str, disk: Disk | None = None, tls: bool = False) -> list[Path]:
         """Write every node's config that is missing (so data and ports persist), durably;
-        with ``tls``, a local CA and each new node's certificate first."""
-        return write_configs(self.root, self.members, flush, self.naming, disk, tls=tls)
+        with ``tls``, a local CA and each new node's certificate first. Every node registers
+        with every naming node (the first group runs them)."""
+        paths = []
+        for position, group in enumerate(self.groups):
+            nodes = self.group_nodes(group)
+            members = {node.member_id: Member(peer=node.peer, client=node.client) for node in nodes}
+            paths += write_configs(
+                _group_directory(self.root, position, group),
+                members,
+                flush,
+                {node.member_id: node.naming for node in nodes if node.naming},
+                disk,
+                tls=tls,
+                group=group,
+                register_with=list(self.naming.values()),
+                cluster_root=self.root,
+            )
+        return paths
+
+    def with_groups(self, group_count: int) -> ClusterLayout:
+        """This cluster grown to ``group_count`` groups (the new ones on the next ports)."""
+        first = self.group_nodes(self.groups[0])
+        grown = ClusterLayout.derive(self.root, len(first), self.base_port, group_count)
+        existing = {(node.group, node.member_id): node for node in self.nodes}
+        return ClusterLayout(
+            self.root,
+            tuple(
+                attrs.evolve(existing[(node.group, node.member_id)], node_id=node.node_id)
+                if (node.group, node.member_id) in existing
+                else node
+                for node in grown.nodes
+            ),
+        )
 
     @property
     def ca_file(self) -> Path:
@@ -183,6 +307,9 @@ def write_configs(
     disk: Disk | None = None,
     settings: dict[str, object] | None = None,
     tls: bool = False,
+    group: str = "broker-a",
+    register_with: list[str] | None = None,
+    cluster_root: Path | None = None,
 ) -> list[Path]:
     """Write each node's config under ``root`` unless it exists (so data and ports persist).
 
@@ -191,12 +318,16 @@ def write_configs(
     ``settings``: further ``node.toml`` keys for every node (the benchmarks' retention).
     ``tls``: a local CA under ``root/tls`` (unless there is one) and a certificate for each
     new node in its folder, named in its config (docs/security.md, "TLS").
+    ``group``: the broker group they form; ``register_with``: every naming node they register
+    with (default: those of ``naming``); ``cluster_root``: where the cluster secret and the CA
+    are, when the group's folder is not the cluster's (default: ``root``).
     """
     disk = disk or OsDisk()
     naming = naming or {}
     paths = []
     make_directories(disk, str(root))
-    secret_path = root / CLUSTER_SECRET_FILE_NAME
+    cluster_root = cluster_root or root
+    secret_path = cluster_root / CLUSTER_SECRET_FILE_NAME
     if not disk.exists(str(secret_path)):
         if isinstance(disk, OsDisk):
             write_cluster_secret(str(secret_path))  # mode 0600 from its creation
@@ -215,7 +346,7 @@ def write_configs(
                 addresses += [naming[node_id]] if node_id in naming else []
                 hosts = {Address.parse(address).host for address in addresses} | {"localhost"}
                 tls_settings = node_tls_settings(
-                    root / TLS_DIRECTORY_NAME, directory, node_id, sorted(hosts)
+                    cluster_root / TLS_DIRECTORY_NAME, directory, node_id, sorted(hosts)
                 )
             config = parse_config(
                 {
@@ -223,8 +354,9 @@ def write_configs(
                     "members": {k: attrs.asdict(v) for k, v in members.items()},
                     "data_dir": str(directory / "data"),
                     "flush": flush,
+                    "group": group,
                     "naming_listen": naming.get(node_id, ""),
-                    "naming": list(naming.values()),
+                    "naming": list(naming.values()) if register_with is None else register_with,
                     "cluster_secret_file": str(secret_path),
                     **tls_settings,
                     **(settings or {}),

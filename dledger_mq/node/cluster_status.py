@@ -199,6 +199,7 @@ def status_objects(
             objects.append(
                 {
                     "id": node_id,
+                    "group": None,
                     "address": address,
                     **common,
                     "role": "unreachable",
@@ -215,8 +216,10 @@ def status_objects(
         role = "candidate" if found.role == "pre-candidate" else found.role
         objects.append(
             {
-                # The node's own id: endpoints given by address are known only by it.
-                "id": found.node_id,
+                # The node's own id where endpoints were given by address (known by no other
+                # name); else its name in the local cluster (``b/n1`` with several groups).
+                "id": found.node_id if node_id == address else node_id,
+                "group": found.group,
                 "address": address,
                 **common,
                 "role": role,
@@ -246,6 +249,7 @@ TABLE_COLUMNS = (
     ("LAST", "last_index"),
     ("COMMIT", "commit_index"),
     ("APPLIED", "applied_index"),
+    ("GROUP", "group"),
 )
 
 
@@ -273,17 +277,30 @@ _NOT_UP = {"starting", "paused", "restarting", "down", "exited"}
 
 
 def summary_line(objects: list[dict[str, object]]) -> str:
-    leaders = [node for node in objects if node["role"] == "leader" and node["state"] != "paused"]
+    """``leader n1 (term 2, commit 7) | n1:leader n2:follower ...``; with several broker
+    groups a head per group (``broker-a: leader a/n1 (...); broker-b: no leader yet``)."""
     parts = [
         f"{node['id']}:{node['state'] if node['state'] in _NOT_UP else node['role']}"
         for node in objects
     ]
-    if leaders:
-        leader = max(leaders, key=lambda node: int(str(node["term"] or 0)))
-        head = f"leader {leader['id']} (term {leader['term']}, commit {leader['commit_index']})"
-    else:
-        head = "no leader yet"
-    return f"{head} | " + " ".join(parts)
+    named = sorted({str(node["group"]) for node in objects if node["group"] is not None})
+    groups: list[str | None] = list(named) or [None]
+    heads = []
+    for group in groups:
+        leaders = [
+            node
+            for node in objects
+            if node["role"] == "leader"
+            and node["state"] != "paused"
+            and (group is None or node["group"] == group)
+        ]
+        if leaders:
+            leader = max(leaders, key=lambda node: int(str(node["term"] or 0)))
+            head = f"leader {leader['id']} (term {leader['term']}, commit {leader['commit_index']})"
+        else:
+            head = "no leader yet"
+        heads.append(head if len(groups) <= 1 else f"{group}: {head}")
+    return "; ".join(heads) + " | " + " ".join(parts)
 
 
 def dump_json(objects: list[dict[str, object]]) -> str:

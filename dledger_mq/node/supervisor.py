@@ -31,6 +31,7 @@ from dledger_mq.node.cluster_layout import (
     DEFAULT_NODE_COUNT,
     ClusterLayout,
     LocalNode,
+    short_group_name,
 )
 from dledger_mq.node.cluster_status import (
     STATUS_TIMEOUT_SECONDS,
@@ -386,15 +387,19 @@ class Supervisor:
             return ControlReply(True, "", tuple(self.node_states()))
         assert request.node is not None
         node_id, about = request.node, ""
-        if node_id == "leader":
+        group_part, _, last = node_id.rpartition("/")
+        if last == "leader":
             if request.verb not in LEADER_VERBS:
                 raise BadRequest(f"{request.verb.value} takes a node id, not `leader`")
-            node_id = await self._leader_id()
-            about = " (the leader)"
-        node = self.nodes.get(node_id)
-        if node is None:
+            node_id = await self._leader_id(self._group_named(group_part))
+            about = " (the leader)" if not group_part else f" (the leader of {group_part})"
+        try:
+            node = self.nodes[self.layout.node(node_id).node_id]
+        except ConfigError:
             known = ", ".join(self.nodes)
-            raise BadRequest(f"no node {node_id!r} in {self.layout.root} (nodes: {known})")
+            raise BadRequest(
+                f"no node {node_id!r} in {self.layout.root} (nodes: {known})"
+            ) from None
         verbs = {
             Verb.KILL: self._kill,
             Verb.STOP: self._stop,
@@ -408,18 +413,33 @@ class Supervisor:
         self._changed()
         return ControlReply(True, message, tuple(self.node_states()))
 
-    async def _leader_id(self) -> str:
+    def _group_named(self, name: str) -> str:
+        """The broker group ``name`` (``b`` or ``broker-b``) names; "" the only group."""
+        groups = self.layout.groups
+        if not name:
+            if len(groups) > 1:
+                shown = " or ".join(f"{short_group_name(g)}/leader" for g in groups)
+                raise BadRequest(f"there are {len(groups)} broker groups: say {shown}")
+            return groups[0]
+        for group in groups:
+            if name in (group, short_group_name(group)):
+                return group
+        raise BadRequest(f"no broker group {name!r} in {self.layout.root}")
+
+    async def _leader_id(self, group: str) -> str:
         endpoints = [
             (node_id, node.layout.client)
             for node_id, node in self.nodes.items()
-            if node.handle is not None and node.shown_state() is not NodeState.PAUSED
+            if node.handle is not None
+            and node.shown_state() is not NodeState.PAUSED
+            and node.layout.group == group
         ]
         with trio.move_on_after(LEADER_WAIT_SECONDS):
             while True:
                 probes = await probe_all(endpoints, credentials=self.credentials, tls=self.tls)
                 leader = leader_of(probes)
                 if leader is not None:
-                    return leader.node_id
+                    return next(name for name, _, found in probes if found is leader)
                 await trio.sleep(STATUS_TIMEOUT_SECONDS / 10)
         raise DledgerError(
             f"no node leads right now (asked {len(endpoints)} running nodes for "
@@ -532,36 +552,47 @@ def local_node_states(layout: ClusterLayout) -> dict[str, dict[str, object]]:
 
 def startup_lines(layout: ClusterLayout) -> list[str]:
     lines = [
-        f"{node.node_id}: naming {node.naming}, client {node.client}, peer {node.peer}, "
-        f"data {node.data_dir}, log {node.log_path}"
+        f"{node.node_id}: {node.group}, "
+        + (f"naming {node.naming}, " if node.naming else "")
+        + f"client {node.client}, peer {node.peer}, data {node.data_dir}, log {node.log_path}"
         for node in layout.nodes
     ]
     root = "" if layout.root == Path(".dledger-mq") else f" --root {layout.root}"
+    leader = "leader" if len(layout.groups) == 1 else "a/leader"
     lines.append(
         f"Ctrl-C stops all {len(layout.nodes)} nodes. From another terminal in this folder: "
-        f"dledger-mq cluster status{root} | cluster kill leader{root} | "
+        f"dledger-mq cluster status{root} | cluster kill {leader}{root} | "
         f"cluster start NODE{root} (also stop, restart, pause, resume)"
     )
     return lines
 
 
-def _layout_for(root: Path, node_count: int | None, base_port: int | None) -> ClusterLayout:
+def _layout_for(
+    root: Path, node_count: int | None, base_port: int | None, group_count: int | None = None
+) -> ClusterLayout:
     """The cluster under ``root``, or a new one; flags that contradict an existing cluster
-    are refused rather than ignored."""
+    are refused rather than ignored. More ``group_count`` than it has adds broker groups."""
     existing = ClusterLayout.load(root)
     if existing is None:
         return ClusterLayout.derive(
-            root, node_count or DEFAULT_NODE_COUNT, base_port or DEFAULT_BASE_PORT
+            root, node_count or DEFAULT_NODE_COUNT, base_port or DEFAULT_BASE_PORT, group_count or 1
         )
     afresh = f"(remove {root} to start a new cluster)"
-    if node_count is not None and node_count != len(existing.nodes):
+    per_group = len(existing.group_nodes(existing.groups[0]))
+    groups = len(existing.groups)
+    if node_count is not None and node_count != per_group:
+        nodes = "nodes" if groups == 1 else "nodes per group"
         raise ConfigError(
-            f"{root} holds a cluster of {len(existing.nodes)} nodes, not {node_count} {afresh}"
+            f"{root} holds a cluster of {per_group} {nodes}, not {node_count} {afresh}"
         )
+    if group_count is not None and group_count < groups:
+        raise ConfigError(f"{root} holds {groups} broker groups: groups are never removed")
     if base_port is not None and base_port != existing.base_port:
         raise ConfigError(
             f"{root} holds a cluster on base port {existing.base_port}, not {base_port} {afresh}"
         )
+    if group_count is not None and group_count > groups:
+        return existing.with_groups(group_count)
     return existing
 
 
@@ -573,16 +604,18 @@ async def run_cluster_up(
     flush: str | None = None,
     restart: bool = True,
     tls: bool = False,
+    group_count: int | None = None,
 ) -> None:
     """``dledger-mq cluster up``: create the cluster under ``root`` unless it exists (with
-    ``tls``: its CA and node certificates too), then supervise it until a signal stops it."""
+    ``tls``: its CA and node certificates too; ``group_count`` broker groups, adding groups to
+    an existing cluster), then supervise it until a signal stops it."""
     harness = HarnessOptions.from_environment()
     # Under the harness's power-loss model the configs go through the same lossy disk as the
     # nodes' logs: what was not fsynced does not survive a kill.
     disk = PowerLossDisk() if harness.lose_unsynced else OsDisk()
     make_directories(disk, str(root))
     with hold_supervisor_lock(root):
-        layout = _layout_for(root, node_count, base_port)
+        layout = _layout_for(root, node_count, base_port, group_count)
         created = ClusterLayout.load(root) is None
         if tls and not created and not layout.has_tls:
             raise ConfigError(
@@ -591,7 +624,11 @@ async def run_cluster_up(
             )
         layout.write_configs(flush or "sync", disk, tls=tls)
         what = "a new cluster" if created else "the cluster"
-        echo(f"{what} in {root}: {len(layout.nodes)} nodes, base port {layout.base_port}")
+        groups = len(layout.groups)
+        of_groups = f" in {groups} broker groups" if groups > 1 else ""
+        echo(
+            f"{what} in {root}: {len(layout.nodes)} nodes{of_groups}, base port {layout.base_port}"
+        )
         for line in startup_lines(layout):
             echo(line)
         if layout.has_tls:
