@@ -163,8 +163,9 @@ class Producer(RoutedClient):
         super().__init__(naming, cluster_id, f"producer-{self.producer_id}", credentials, tls)
         self.sequences = SequenceWindow()
         self.faults = GroupFaults()
-        #: Where the next unkeyed send's turn over the topic's queues starts.
-        self._turn = 0
+        #: Where the next unkeyed send's turn over the topic's queues starts: at random, so
+        #: that many short-lived producers (one per CLI send) do not all begin with one group.
+        self._turn = self.rng.randrange(1 << 16)
 
     async def __aenter__(self) -> Producer:
         await self._open()

@@ -40,15 +40,17 @@ def dledger_mq_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "dledger_mq"]
 
 
-def free_base_port(rng: random.Random | None = None) -> int:
-    """A base port whose ``PORT_SPAN`` ports are all free now, all bound at once to check, and
-    below the kernel's ephemeral range, where other tests' client ports come from."""
+def free_base_port(rng: random.Random | None = None, groups: int = 1) -> int:
+    """A base port whose ``PORT_SPAN`` ports (per group) are all free now, all bound at once
+    to check, and below the kernel's ephemeral range, where other tests' client ports come
+    from."""
     rng = rng or random.Random()
+    span = PORT_SPAN * groups
     for _ in range(100):
-        base = rng.randrange(10_000, 32_000 - PORT_SPAN)
+        base = rng.randrange(10_000, 32_000 - span)
         sockets = []
         try:
-            for port in range(base, base + PORT_SPAN):
+            for port in range(base, base + span):
                 sock = socket.socket()
                 sockets.append(sock)
                 sock.bind(("127.0.0.1", port))
@@ -226,7 +228,7 @@ class ClusterUp:
             self.node_pids.add((pid, start_time))
 
     def remember_node_pids(self) -> None:
-        for path in self.root.glob("*/node.pid"):
+        for path in [*self.root.glob("*/node.pid"), *self.root.glob("*/*/node.pid")]:
             record = read_pid_file(path)
             if record is not None:
                 self._remember(record.pid)
