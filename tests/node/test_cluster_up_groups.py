@@ -65,7 +65,12 @@ async def test_two_groups_share_a_topic_and_a_group_leader_kill_leaves_sends_goi
         # Group b elects again; meanwhile (and after) sends go on, none refused.
         during = [await send(up, f"during {n}") for n in range(6)]
         assert Counter(str(r["group"]) for r in during)["broker-a"] >= 3
-        await wait_for_group_leaders(up, exclude=(b_leader,))
+        new_leaders = await wait_for_group_leaders(up, exclude=(b_leader,))
+        # Leadership of group b handed to its third node (neither the dead one nor the leader).
+        _, b_status = new_leaders["broker-b"]
+        [target] = {"n1", "n2", "n3"} - {b_status.node_id, b_leader.removeprefix("b/")}
+        moved = await up.dledger("cluster", "transfer-leader", "--group", "b", "--to", target)
+        assert moved == f"leader is now {target}\n"
 
         objects = await up.status()
         assert sorted((o["id"], o["group"]) for o in objects if o["state"] == "running") == sorted(
