@@ -27,6 +27,15 @@ wipe             one, leader                             SIGKILL the node and de
 ``halves`` cuts a random minority from the majority; ``one-way`` stops the leader's messages to
 every follower while theirs still reach it; ``bridge`` (five nodes) splits {a, b} from {d, e}
 with c seeing both sides.
+
+**Several broker groups** (``--groups 2``): each window first draws one group, and the target
+is taken in it: one of its nodes, its leader, a minority, a majority or all of its nodes, links
+among its nodes (groups have no links between them). The other groups are left alone, so
+``kill:majority`` and ``pause:majority`` take ONE group's majority away while the others keep
+theirs. Such windows record ``"group"`` (the broker group, ``broker-a``) and ``"majority_down":
+true`` when the fault stops a majority of that group's processes (kill, pause, lose-unsynced or
+wipe of more than half of them): the ``group_independence`` checker takes its windows from
+there. With one group the draws are exactly those of a one-group run (a seed keeps its meaning).
 """
 
 from __future__ import annotations
@@ -51,6 +60,9 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "lose-unsynced": ("majority", "all"),
     "wipe": ("one", "leader"),
 }
+#: Faults that stop node processes: with more than half of a group's nodes as targets, the
+#: group has no majority until the window ends.
+PROCESS_FAULTS = frozenset({"kill", "pause", "lose-unsynced", "wipe"})
 #: How long a ``wipe`` waits for an earlier lost disk to be caught up (one at a time).
 WIPE_WAIT_SECONDS = 60.0
 FAULTS = tuple(TARGETS)
@@ -145,8 +157,11 @@ class Nemesis:
             if stop.is_set():
                 return
             spec = self.rng.choice(self.specs)
-            target = self.rng.choice(spec.targets(len(self.nodes.node_ids)))
-            undo, value = await self._start(spec.fault, target)
+            target = self.rng.choice(spec.targets(self.nodes.size))
+            # Drawn only with several groups, so that a one-group seed keeps its meaning.
+            groups = self.nodes.groups
+            group = self.rng.choice(groups) if len(groups) > 1 else None
+            undo, value = await self._start(spec.fault, target, group)
             self.windows += 1
             window = self.windows
             self._record("start", spec.fault, window, value)
@@ -170,11 +185,17 @@ class Nemesis:
             value={**value, "fault": fault, "phase": phase, "window": window},
         )
 
-    async def _start(self, fault: str, mode: str) -> tuple[Callable[[], None], dict[str, Any]]:
-        """Begin the fault; returns how to end it and what to record."""
-        ids = self.nodes.node_ids
-        chosen = await self._choose(mode, ids)
+    async def _start(
+        self, fault: str, mode: str, group: str | None = None
+    ) -> tuple[Callable[[], None], dict[str, Any]]:
+        """Begin the fault, in ``group`` (None: the only one); returns how to end it and what
+        to record."""
+        ids = self.nodes.node_ids if group is None else self.nodes.group_node_ids(group)
+        chosen = await self._choose(mode, ids, group)
         value: dict[str, Any] = {"mode": mode, "targets": chosen}
+        if group is not None:
+            value["group"] = group
+            value["majority_down"] = fault in PROCESS_FAULTS and len(chosen) > len(ids) // 2
         network = self.network
         if fault in {"kill", "lose-unsynced"}:
             for node_id in chosen:
@@ -205,7 +226,10 @@ class Nemesis:
                     + [(y, x) for x in chosen[:2] for y in chosen[3:]]
                 )
             return network.heal, value
-        links = None if mode == "all" else _links_of(chosen[0], ids)
+        if mode == "all":
+            links = None if group is None else [(x, y) for x in ids for y in ids if x != y]
+        else:
+            links = _links_of(chosen[0], ids)
         if fault == "delay":
             mean = round(self.rng.uniform(0.02, 0.1), 3)
             network.set_delay(links, mean, mean / 2)
@@ -221,11 +245,11 @@ class Nemesis:
         for node_id in node_ids:
             action(node_id)
 
-    async def _choose(self, mode: str, ids: list[str]) -> list[str]:
+    async def _choose(self, mode: str, ids: list[str], group: str | None) -> list[str]:
         shuffled = self.rng.sample(ids, len(ids))
         minority = (len(ids) - 1) // 2
         if mode in {"one", "one-way"} or mode == "leader":
-            leader = await self.nodes.leader() if mode in {"leader", "one-way"} else None
+            leader = await self.nodes.leader(group) if mode in {"leader", "one-way"} else None
             return [leader if leader is not None else shuffled[0]]
         if mode in {"minority", "halves"}:
             return sorted(shuffled[: max(minority, 1)])

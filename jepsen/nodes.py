@@ -1,7 +1,10 @@
 """The real `dledger-mq node` processes of a harness run, and the faults done to processes.
 
 Every node runs a naming node too, and dials each peer through the harness's proxy
-(``peer_dial``), so partitions need no root. Each node is its own process group, started with
+(``peer_dial``), so partitions need no root. With several broker groups (``groups``), each is a
+Raft group of ``size`` nodes of its own (broker-a, broker-b, ...); every node registers with
+every naming node, and the harness names a node by its group and member id, ``a/n1``,
+``b/n1`` (with one group: ``n1``), which is also its folder under ``root``. Each node is its own process group, started with
 the harness-only switches in ``DLEDGER_MQ_HARNESS``; kill, pause and resume act on that group
 by PID. ``close`` (always called, from a ``finally``) resumes and stops whatever is left.
 """
@@ -22,7 +25,7 @@ import trio
 from dledger_mq.clients.admin import AdminConnection
 from dledger_mq.errors import DledgerError
 from dledger_mq.node.certificates import CA_FILE_NAME, TLS_DIRECTORY_NAME, node_tls_settings
-from dledger_mq.node.cluster_layout import write_text_durably
+from dledger_mq.node.cluster_layout import group_name, short_group_name, write_text_durably
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member, parse_config, render_config
 from dledger_mq.node.data_dir import has_log, initialise_log
@@ -40,6 +43,7 @@ CLUSTER_ID = "local"
 
 @attrs.define(eq=False)
 class NodeProcess:
+    #: The harness's name for it: ``n1``, or with several groups ``a/n1``.
     node_id: str
     config_path: Path
     log_path: Path
@@ -52,12 +56,33 @@ class NodeProcess:
 
 
 class Nodes:
-    """``size`` nodes under ``root``; ``dial(src, dst)`` is where src reaches dst's peer port."""
+    """``groups`` broker groups of ``size`` nodes under ``root``; ``dial(src, dst)`` is where
+    src reaches dst's peer port (both harness names of one group)."""
 
-    def __init__(self, root: Path, size: int, harness_options: list[str]) -> None:
+    def __init__(
+        self, root: Path, size: int, harness_options: list[str], groups: int = 1
+    ) -> None:
         self.root = root
-        self.members: dict[str, Member]
-        self.members, self.naming = cluster_on_free_ports(size, with_naming=True)
+        self.size = size
+        #: The broker groups, in order: broker-a, broker-b, ...
+        self.groups = [group_name(position) for position in range(groups)]
+        #: Harness name -> its addresses; the naming node each runs; its group; its member id.
+        self.members: dict[str, Member] = {}
+        self.naming: dict[str, str] = {}
+        self.group_of: dict[str, str] = {}
+        self.member_of: dict[str, str] = {}
+        # Every port from one call, so that no two nodes of any group share one.
+        members, naming = cluster_on_free_ports(size * groups, with_naming=True)
+        addresses = list(zip(members.values(), naming.values(), strict=True))
+        for position, group in enumerate(self.groups):
+            for number in range(size):
+                member_id = f"n{number + 1}"
+                name = member_id if groups == 1 else f"{short_group_name(group)}/{member_id}"
+                member, naming_address = addresses[position * size + number]
+                self.members[name] = member
+                self.naming[name] = naming_address
+                self.group_of[name] = group
+                self.member_of[name] = member_id
         self.harness_options = harness_options
         self.nodes: dict[str, NodeProcess] = {}
         #: With ``write_configs(tls=True)``: what clients trust; after ``add_user``: whom they
@@ -69,6 +94,10 @@ class Nodes:
     def node_ids(self) -> list[str]:
         return list(self.members)
 
+    def group_node_ids(self, group: str) -> list[str]:
+        """The harness names of ``group``'s nodes."""
+        return [name for name, of in self.group_of.items() if of == group]
+
     @property
     def naming_addresses(self) -> list[str]:
         return list(self.naming.values())
@@ -76,34 +105,45 @@ class Nodes:
     def peer_addresses(self) -> dict[str, str]:
         return {node_id: member.peer for node_id, member in self.members.items()}
 
+    def peer_groups(self) -> list[list[str]]:
+        """The nodes that talk to each other: each group's (groups never do)."""
+        return [self.group_node_ids(group) for group in self.groups]
+
     def write_configs(
         self, dial: Callable[[str, str], str], tls: bool = False, **settings: object
     ) -> None:
-        # Peer links authenticate (through the proxy too: it only relays bytes).
+        # Peer links authenticate (through the proxy too: it only relays bytes); every group
+        # shares the cluster secret and the CA.
         secret_path = self.root / CLUSTER_SECRET_FILE_NAME
         if not secret_path.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             write_cluster_secret(str(secret_path))
         ca_directory = self.root / TLS_DIRECTORY_NAME
-        for node_id in self.members:
-            directory = self.root / node_id
+        for name in self.members:
+            group = self.group_of[name]
+            peers = self.group_node_ids(group)
+            member_id = self.member_of[name]
+            directory = self.root / name
             directory.mkdir(parents=True, exist_ok=True)
             tls_settings: dict[str, object] = {}
             if tls:
-                tls_settings = node_tls_settings(ca_directory, directory, node_id, ["127.0.0.1"])
+                tls_settings = node_tls_settings(ca_directory, directory, member_id, ["127.0.0.1"])
                 self.tls = client_ssl_context(str(ca_directory / CA_FILE_NAME))
             config = parse_config(
                 {
-                    "node_id": node_id,
+                    "node_id": member_id,
                     "cluster_id": CLUSTER_ID,
-                    "members": {k: attrs.asdict(v) for k, v in self.members.items()},
+                    "group": group,
+                    "members": {
+                        self.member_of[peer]: attrs.asdict(self.members[peer]) for peer in peers
+                    },
                     "data_dir": str(directory / "data"),
-                    "naming_listen": self.naming[node_id],
+                    "naming_listen": self.naming[name],
                     "naming": self.naming_addresses,
                     "cluster_secret_file": str(secret_path),
                     **tls_settings,
                     "peer_dial": {
-                        peer: dial(node_id, peer) for peer in self.members if peer != node_id
+                        self.member_of[peer]: dial(name, peer) for peer in peers if peer != name
                     },
                     **settings,
                 }
@@ -112,7 +152,7 @@ class Nodes:
             write_text_durably(path, render_config(config))  # read again at every restart
             if not has_log(config):
                 initialise_log(config)  # as `dledger-mq node --init` would
-            self.nodes[node_id] = NodeProcess(node_id, path, directory / "node.log")
+            self.nodes[name] = NodeProcess(name, path, directory / "node.log")
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -184,35 +224,50 @@ class Nodes:
 
     async def add_user(self) -> None:
         """A user allowed everything, added through protected mode's loopback door (as
-        `cluster up` does); from then on every client of the run signs in as it."""
+        `cluster up` does) in every group (users are a group's); from then on every client of
+        the run signs in as it."""
         credentials = Credentials("jepsen", new_secret_key())
-        while True:
-            leader = await self.leader()
-            if leader is not None:
-                address = self.members[leader].client
-                try:
-                    async with connect(
-                        address, ADMIN_CODEC, CLUSTER_ID, "jepsen", None, self.tls
-                    ) as anonymous:
-                        await AdminConnection(anonymous).add_user(
-                            credentials.access_key,
-                            credentials.secret_key,
-                            (RuleInfo("cluster", "admin"),),
-                        )
-                    self.credentials = credentials
-                    return
-                except DledgerError:
-                    pass
-            await trio.sleep(0.1)
+        for group in self.groups:
+            while True:
+                leader = await self.leader(group)
+                if leader is not None:
+                    address = self.members[leader].client
+                    try:
+                        async with connect(
+                            address, ADMIN_CODEC, CLUSTER_ID, "jepsen", None, self.tls
+                        ) as anonymous:
+                            await AdminConnection(anonymous).add_user(
+                                credentials.access_key,
+                                credentials.secret_key,
+                                (RuleInfo("cluster", "admin"),),
+                            )
+                        break
+                    except DledgerError:
+                        pass
+                await trio.sleep(0.1)
+        self.credentials = credentials
 
-    async def leader(self) -> str | None:
-        """The node that says it leads in the highest term, if any answers."""
-        leaders = [
-            (status.term, node_id)
-            for node_id, status in (await self.statuses()).items()
-            if status is not None and status.role == "leader"
-        ]
-        return max(leaders)[1] if leaders else None
+    async def leader(self, group: str | None = None) -> str | None:
+        """The node of ``group`` (default: the only one) that says it leads in the highest
+        term, if any answers."""
+        if group is None:
+            if len(self.groups) != 1:
+                raise ValueError("several broker groups: name the group whose leader you want")
+            group = self.groups[0]
+        return (await self.leaders())[group]
+
+    async def leaders(self) -> dict[str, str | None]:
+        """Each group's node that says it leads in the highest term (None: none answers so)."""
+        statuses = await self.statuses()
+        found: dict[str, str | None] = {}
+        for group in self.groups:
+            leaders = [
+                (status.term, name)
+                for name in self.group_node_ids(group)
+                if (status := statuses.get(name)) is not None and status.role == "leader"
+            ]
+            found[group] = max(leaders)[1] if leaders else None
+        return found
 
     async def wait_none_recovering(self, poll_seconds: float = 0.1) -> None:
         """Until no node says it is recovering (a node down says nothing)."""
@@ -223,13 +278,19 @@ class Nodes:
             await trio.sleep(poll_seconds)
 
     async def wait_recovered(self, poll_seconds: float = 0.1) -> None:
-        """Until every node answers, one leads, and all have applied the leader's commit index."""
+        """Until every node answers, each group has a leader, and every node has applied its
+        group's leader's commit index."""
         while True:
             statuses = await self.statuses()
-            answered = [status for status in statuses.values() if status is not None]
-            leaders = [status for status in answered if status.role == "leader"]
-            if len(answered) == len(statuses) and leaders:
-                commit = max(leaders, key=lambda status: status.term).commit_index
-                if all(status.applied_index >= commit for status in answered):
-                    return
+            if all(_group_recovered(statuses, self.group_node_ids(g)) for g in self.groups):
+                return
             await trio.sleep(poll_seconds)
+
+
+def _group_recovered(statuses: dict[str, StatusReply | None], names: list[str]) -> bool:
+    answered = [status for name in names if (status := statuses.get(name)) is not None]
+    leaders = [status for status in answered if status.role == "leader"]
+    if len(answered) != len(names) or not leaders:
+        return False
+    commit = max(leaders, key=lambda status: status.term).commit_index
+    return all(status.applied_index >= commit for status in answered)

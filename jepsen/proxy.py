@@ -119,15 +119,27 @@ class _Connection:
 
 
 class ProxyNetwork:
-    def __init__(self, upstreams: Mapping[str, UpstreamAddress], rng: random.Random) -> None:
+    def __init__(
+        self,
+        upstreams: Mapping[str, UpstreamAddress],
+        rng: random.Random,
+        groups: Iterable[Iterable[str]] | None = None,
+    ) -> None:
+        """``groups``: nodes that talk only among themselves (broker groups): links only
+        within each (default: one group of every node)."""
         if len(upstreams) < 2:
             raise ValueError("a proxy network needs at least two nodes")
         self._upstreams: dict[str, Address] = {
             node: _parse_address(address) for node, address in upstreams.items()
         }
         self._rng = rng
-        nodes = sorted(self._upstreams)
-        self._links: list[Link] = [(src, dst) for src in nodes for dst in nodes if src != dst]
+        together = [sorted(self._upstreams)] if groups is None else [sorted(g) for g in groups]
+        for group in together:
+            for node in group:
+                self._check_node(node)
+        self._links: list[Link] = sorted(
+            {(src, dst) for group in together for src in group for dst in group if src != dst}
+        )
         self.stats: dict[Link, LinkStats] = {link: LinkStats() for link in self._links}
         self._faults: dict[Link, LinkFaults] = {link: LinkFaults() for link in self._links}
         self._blocked: set[Link] = set()
@@ -337,6 +349,8 @@ class ProxyNetwork:
         self._check_node(dst)
         if src == dst:
             raise ValueError(f"no link from {src!r} to itself")
+        if (src, dst) not in self.stats:
+            raise ValueError(f"no link from {src!r} to {dst!r}: they are in different groups")
         return (src, dst)
 
     def _select(self, links: Iterable[Link] | None) -> list[Link]:

@@ -20,7 +20,7 @@ from dledger_mq.cli.main import (
     parse_addresses,
     root_option,
 )
-from dledger_mq.errors import UsageError
+from dledger_mq.errors import DledgerError, UsageError
 from dledger_mq.node.control import Verb
 
 if TYPE_CHECKING:
@@ -212,6 +212,57 @@ async def _status(
                 supervised = False
     probes = await probe_all(targets, cluster_id)
     return status_objects(probes, states), probes, supervised
+
+
+@cluster.command("balance-leaders")
+@cluster_options
+@json_option("each group's leader before and after")
+@one_line_errors
+def cluster_balance_leaders(
+    endpoints: str | None, root: Path, cluster_id: str, as_json: bool
+) -> None:
+    """Spread the broker groups' leaders: the i-th group (by name) hands leadership to its
+    ((i mod members) + 1)-th node, so with groups on the same machines (node n1 of every group
+    on one, n2 on the next, ...) each machine leads its share. A group whose preferred node
+    cannot take over keeps its leader, and says why."""
+    from dledger_mq.node.cluster_status import find_group_leaders, preferred_leaders
+
+    async def balance() -> list[dict[str, object]]:
+        leaders = await find_group_leaders(cluster_endpoints(endpoints, root), cluster_id)
+        preferred = preferred_leaders(leaders)
+        results = []
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            for group, status in leaders.items():
+                target = preferred[group]
+                result: dict[str, object] = {
+                    "group": group,
+                    "before": status.node_id,
+                    "preferred": target,
+                    "after": status.node_id,
+                    "problem": None,
+                }
+                if status.node_id != target:
+                    try:
+                        result["after"] = await admins[group].transfer_leader(target)
+                    except DledgerError as error:
+                        result["problem"] = str(error)
+                results.append(result)
+        return results
+
+    results = trio.run(balance)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for result in results:
+        if result["problem"]:
+            click.echo(
+                f"{result['group']}: {result['before']} still leads; {result['preferred']} "
+                f"could not take over: {result['problem']}"
+            )
+        elif result["before"] == result["after"]:
+            click.echo(f"{result['group']}: {result['after']} leads (preferred)")
+        else:
+            click.echo(f"{result['group']}: {result['before']} -> {result['after']}")
 
 
 @cluster.command("transfer-leader")

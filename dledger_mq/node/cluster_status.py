@@ -171,6 +171,18 @@ async def find_group_leaders(
     raise Unavailable(f"{which}: {describe_problems(probes)}")
 
 
+def preferred_leaders(leaders: Mapping[str, StatusReply]) -> dict[str, str]:
+    """Group -> the member it prefers as leader: the *i*-th group (by name) its ((*i* mod
+    members) + 1)-th member (by id). Where the groups' nodes share machines (node n1 of every
+    group on machine 1, and so on), that puts each machine's share of leaders on it, instead
+    of every group electing whichever node started first."""
+    preferred = {}
+    for position, (group, leader) in enumerate(sorted(leaders.items())):
+        members = sorted({leader.node_id} | {f.node_id for f in leader.followers})
+        preferred[group] = members[position % len(members)]
+    return preferred
+
+
 def describe_problems(probes: list[Probe]) -> str:
     """Per endpoint, why it is not the leader: "127.0.0.1:9881: connection refused; ..."."""
     parts = []
