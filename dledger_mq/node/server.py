@@ -229,6 +229,10 @@ class Node:
     def _election_timeout_seconds(self) -> float:
         return self.replica.core.config.election_timeout_ticks * self.config.tick_ms / 1000
 
+    def membership_at(self, index: int) -> bytes:
+        """The group's membership at ``index``, encoded, for a snapshot taken there."""
+        return self.replica.core.log.memberships.at(index).encode()
+
     def registration(self) -> BrokerRegistration:
         """How this replica describes itself to naming nodes."""
         core = self.replica.core
@@ -441,7 +445,13 @@ async def serve_peers_and_naming(
         await nursery.start(replica.run)
         nursery.start_soon(node.broker.keep_settings, lambda: replica.leader_changed)
         nursery.start_soon(
-            take_snapshots, config, node.state, replica.log, node.broker.applied, node.snapshots
+            take_snapshots,
+            config,
+            node.state,
+            replica.log,
+            node.broker.applied,
+            node.snapshots,
+            node.membership_at,
         )
         nursery.start_soon(keep_retention, config, replica.log, node.snapshots, node.broker)
         await nursery.start(
@@ -542,7 +552,7 @@ async def _run_node(
                     connections.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
             # Nothing applies any more: a restart then applies nothing again.
-            take_final_snapshot(config, node.state, commit_log, node.snapshots)
+            take_final_snapshot(config, node.state, commit_log, node.snapshots, node.membership_at)
     finally:
         commit_log.close()
         log.info("node_stopped")

@@ -8,6 +8,7 @@ what was trimmed gets the leader's snapshot (InstallSnapshot), which becomes its
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -85,8 +86,10 @@ async def take_snapshots(
     log: CommitLog,
     applied: AppliedSignal,
     store: SnapshotStore,
+    membership_at: Callable[[int], bytes] = lambda index: b"",
 ) -> None:
-    """Forever: once ``snapshot_interval_entries`` entries or ``snapshot_interval_bytes`` of
+    """``membership_at``: the group's membership (encoded) at an index, which each snapshot
+    records. Forever: once ``snapshot_interval_entries`` entries or ``snapshot_interval_bytes`` of
     them were applied since the last snapshot (and are durable here), snapshot the state and
     write it in a worker thread."""
     last_index, last_bytes = state.applied_index, applied.applied_bytes
@@ -99,7 +102,7 @@ async def take_snapshots(
         )
         if not due or index > log.durable_index():
             continue
-        snapshot = Snapshot(index, log.term(index), state.to_snapshot())
+        snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
         # The queues as of the snapshot go to disk before it, durably (in the worker thread,
         # while apply goes on appending to them).
         state.queues.flush()
@@ -120,7 +123,11 @@ async def take_snapshots(
 
 
 def take_final_snapshot(
-    config: NodeConfig, state: BrokerState, log: CommitLog, store: SnapshotStore
+    config: NodeConfig,
+    state: BrokerState,
+    log: CommitLog,
+    store: SnapshotStore,
+    membership_at: Callable[[int], bytes] = lambda index: b"",
 ) -> None:
     """On a graceful stop, once nothing applies any more: a snapshot of everything applied (and
     the log's checkpoint with the close), so that the restart applies nothing again. A crash
@@ -133,7 +140,7 @@ def take_final_snapshot(
         log.sync()
         if index > log.durable_index():
             return
-        snapshot = Snapshot(index, log.term(index), state.to_snapshot())
+        snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
         state.queues.flush()
         state.queues.sync()
         store.save(snapshot)

@@ -149,7 +149,8 @@ class SimBroker:
                 # As the node: the queues as of the snapshot are durable before it is saved.
                 self.state.queues.flush()
                 self.state.queues.sync()
-                snapshots.save(Snapshot(entry.index, entry.term, data))
+                membership = self.driver.core.log.memberships.at(entry.index).encode()
+                snapshots.save(Snapshot(entry.index, entry.term, data, membership))
             except (OSError, StorageError) as error:
                 # As the node's snapshot task: reported, and tried again at the next interval.
                 self.cluster.log(f"{self.node_id} could not save a snapshot: {error}")

@@ -397,6 +397,7 @@ def _cluster_status_json(cluster: ProcessCluster) -> list[dict[str, object]]:
 
 STATUS_FIELDS = {
     "id",
+    "group",
     "address",
     "state",
     "pid",

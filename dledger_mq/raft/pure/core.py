@@ -29,6 +29,13 @@ from dledger_mq.errors import (
     UsageError,
 )
 from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.membership import (
+    ChangeKind,
+    InvalidMembershipChange,
+    Membership,
+    MembershipChange,
+    MembershipChangeInProgress,
+)
 from dledger_mq.raft.pure.messages import (
     AppendRequest,
     AppendResponse,
@@ -222,17 +229,21 @@ class RaftCore:
         applied: int = 0,
         recovering: bool = False,
         lost_tail: bool = False,
+        membership: Membership | None = None,
     ) -> None:
+        """``membership``: the one in force at ``applied`` (a snapshot's); by default the
+        bootstrap, ``config.members`` and ``config.learners``. The log's ``CONFIG`` entries
+        after ``applied`` change it (``membership.py``)."""
         self.config = config
         self.id = config.node_id
-        #: Everyone the leader replicates to; ``voters`` (this node too, if it votes) decide.
-        self.peers = tuple(m for m in (*config.members, *config.learners) if m != self.id)
-        self.voters = frozenset(config.members)
-        self.voting_peers = tuple(member for member in config.members if member != self.id)
-        self.is_learner = self.id not in self.voters
-        self.quorum = len(config.members) // 2 + 1
         self.rng = rng
-        self.log = RaftLog(store, applied)
+        self.role = Role.FOLLOWER
+        self.progress: dict[str, Progress] = {}
+        self.log = RaftLog(
+            store, applied, membership or Membership.of(config.members, config.learners)
+        )
+        self.log.on_membership_change = self._membership_changed
+        self._use_membership()
         hard_state = store.hard_state()
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -241,13 +252,11 @@ class RaftCore:
             # fsync failed, then a crash): the term is at least the log's, and no vote of that
             # term went out (a vote is sent only once durable).
             self.term, self.vote = self.log.last_term(), None
-        self.role = Role.FOLLOWER
         self.leader: str | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
         self.votes: dict[str, bool] = {}
-        self.progress: dict[str, Progress] = {}
         self.transfer_target: str | None = None
         self.transfer_elapsed = 0
         self.outbox: list[Message] = []
@@ -264,7 +273,6 @@ class RaftCore:
         self.lost_tail = recovering and lost_tail
         #: Each peer's (last log term, last log index) from its latest vote request since start.
         self._log_ends: dict[str, tuple[int, int]] = {}
-        self._log_ends_needed = len(config.members) - self.quorum + 1
         #: (term, leader's last index) to catch up to, from a heartbeat of the current leader.
         self._recovery_target: tuple[int, int] | None = None
         #: ReadIndex: the last read context given out, the leader's reads not yet confirmed
@@ -298,6 +306,83 @@ class RaftCore:
             self._become_pre_candidate()
         else:
             self._become_candidate(leadership_transfer=False)
+
+    # -- membership ------------------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        """The membership in force here: the newest in the log, committed or not."""
+        return self.log.membership
+
+    def _use_membership(self) -> None:
+        """Derive who replicates, votes and counts from the membership in force."""
+        membership = self.log.membership
+        voters = membership.voter_ids
+        #: Everyone the leader replicates to; ``voters`` (this node too, if it votes) decide.
+        self.peers = tuple(m for m in (*voters, *membership.learner_ids) if m != self.id)
+        self.voters = frozenset(voters)
+        self.voting_peers = tuple(voter for voter in voters if voter != self.id)
+        self.is_learner = self.id not in self.voters
+        self.quorum = len(voters) // 2 + 1
+        self._log_ends_needed = len(voters) - self.quorum + 1
+
+    def _membership_changed(self) -> None:
+        """A ``CONFIG`` entry was appended (or dropped with a conflicting suffix): the new
+        membership is in force at once (thesis 4.1). A leader replicates to new members from
+        now on and forgets removed ones; a replica no longer among the voters stops
+        campaigning."""
+        self._use_membership()
+        if self.role is Role.LEADER:
+            next_index = self.log.last_index() + 1
+            for peer in self.peers:
+                if peer not in self.progress:
+                    self.progress[peer] = Progress(next_index)
+                    self._broadcast_pending = True
+            for peer in [peer for peer in self.progress if peer not in self.peers]:
+                del self.progress[peer]
+            if self.transfer_target is not None and self.transfer_target not in self.voters:
+                self.transfer_target = None
+        elif self.is_learner and self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._become_follower(self.term, None)
+
+    def propose_membership_change(self, change: MembershipChange) -> int:
+        """Append the membership ``change`` makes of the current one; returns its index.
+
+        Single-server changes (docs/architecture.md, "Membership changes"): refused with
+        ``MembershipChangeInProgress`` (retriable) until this leader has committed an entry of
+        its own term (without that, a change and a leader change can elect two leaders in one
+        term: Ongaro, raft-dev 2015) and while an earlier change is uncommitted; a learner is
+        promoted only once it has every committed entry. The leader does not remove itself:
+        hand leadership over first (``InvalidMembershipChange``).
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        if self.transfer_target is not None:
+            raise LeadershipTransferInProgress(self.transfer_target)
+        if self._own_term_commit() is None:
+            raise MembershipChangeInProgress("this leader has not committed an entry of its term")
+        if self.log.memberships.newest_index > self.log.committed:
+            raise MembershipChangeInProgress(
+                f"the change at index {self.log.memberships.newest_index} is not committed yet"
+            )
+        node_id = change.member.node_id
+        if change.kind is ChangeKind.REMOVE and node_id == self.id:
+            raise InvalidMembershipChange(
+                f"{node_id} leads: hand leadership to another voter first, then remove it"
+            )
+        membership = self.membership.changed(change)
+        if change.kind is ChangeKind.PROMOTE:
+            match = self.progress[node_id].match if node_id in self.progress else 0
+            if match < self.log.committed:
+                raise MembershipChangeInProgress(
+                    f"{node_id} has caught up to {match} of {self.log.committed} committed"
+                )
+        index = self.log.last_index() + 1
+        self.log.append(
+            [Entry(index=index, term=self.term, data=membership.encode(), kind=EntryKind.CONFIG)]
+        )
+        self._broadcast_pending = True
+        return index
 
     def propose(self, data: bytes) -> int:
         """Append ``data`` to the log if this node leads; returns the entry's index.
@@ -400,11 +485,15 @@ class RaftCore:
         Raises ``ProtocolError`` for a message no correct peer of this group could have sent
         (the transport checks every message before it gets here; this is the last line).
         """
-        if message.source not in self.peers or message.target != self.id:
+        if message.target != self.id:
             raise ProtocolError(
-                f"message from {message.source!r} to {message.target!r} reached {self.id!r}, "
-                f"whose peers are {self.peers}"
+                f"message from {message.source!r} to {message.target!r} reached {self.id!r}"
             )
+        if message.source not in self.peers:
+            # Not a member as this replica's log says now: one removed (pre-vote and
+            # check-quorum make it harmless, thesis 4.2.3) or one added in entries this
+            # replica has not received yet. It is not listened to.
+            return
         if isinstance(message, SnapshotNeeded | SnapshotChunk | SnapshotChunkAck):
             raise ProtocolError(f"{type(message).__name__} is the driver's, not the core's")
         if isinstance(message, AppendRequest):
@@ -817,7 +906,8 @@ class RaftCore:
             log.commit_to(message.index)
             match_index = message.index
         else:
-            log.restore(message.index, message.snapshot_term)
+            membership = Membership.decode(message.membership) if message.membership else None
+            log.restore(message.index, message.snapshot_term, membership)
             match_index = message.index
         self._send(
             AppendResponse(

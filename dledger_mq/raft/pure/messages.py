@@ -17,6 +17,8 @@ class EntryKind(enum.IntEnum):
     NORMAL = 0
     #: Appended by every new leader at the start of its term so that it can commit (Raft 5.4.2).
     NOOP = 1
+    #: A new membership of the group (``membership.py``), in force once appended.
+    CONFIG = 2
 
 
 #: Bytes counted for an entry's header when batching by size; keeps empty entries from being free.
@@ -158,6 +160,8 @@ class InstallSnapshot:
     target: str
     index: int
     snapshot_term: int
+    #: The group's membership at ``index`` as the snapshot records it (empty: none recorded).
+    membership: bytes = b""
 
 
 #: The largest ``SnapshotChunk.data``: a chunk is one frame, well under the frame bound.

@@ -15,12 +15,20 @@ Invariant: applied <= committed <= last_index.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dledger_mq.raft.pure.log_store import LogStore
-from dledger_mq.raft.pure.messages import Entry
+from dledger_mq.raft.pure.membership import Membership, MembershipHistory
+from dledger_mq.raft.pure.messages import Entry, EntryKind
+
+#: Entries read at a time when the log is scanned for memberships at start.
+_SCAN_BYTES = 4 << 20
 
 
 class RaftLog:
-    def __init__(self, store: LogStore, applied: int) -> None:
+    def __init__(self, store: LogStore, applied: int, membership: Membership | None = None) -> None:
+        """``membership``: the one in force at ``applied`` (a snapshot's, or the bootstrap);
+        ``CONFIG`` entries after it are read from the store."""
         self.store = store
         # The commit index reaches disk lazily; entries the state machine applied were committed.
         self.committed = max(store.hard_state().commit, applied)
@@ -32,6 +40,27 @@ class RaftLog:
         #: (index, term) of a snapshot to install: the log starts after it; the store does too
         #: once the driver has carried out the Ready that takes it.
         self.pending_snapshot: tuple[int, int] | None = None
+        #: The memberships of the log's ``CONFIG`` entries (None: no membership is tracked,
+        #: as for a log without one given).
+        self.memberships = MembershipHistory(applied, membership or Membership.of(("untracked",)))
+        self.tracks_membership = membership is not None
+        #: Called whenever the current membership changes (set by the core).
+        self.on_membership_change: Callable[[], None] = lambda: None
+        if membership is not None:
+            self.memberships.appended(applied + 1, self._scan_configs(applied + 1))
+
+    def _scan_configs(self, low: int) -> list[tuple[int, Membership]]:
+        configs = []
+        high = self.store.last_index() + 1
+        while low < high:
+            entries = self.store.entries(low, high, _SCAN_BYTES)
+            configs += _configs_of(entries)
+            low = entries[-1].index + 1
+        return configs
+
+    @property
+    def membership(self) -> Membership:
+        return self.memberships.current
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -113,6 +142,12 @@ class RaftLog:
             return
         first = entries[0].index
         assert first > self.committed, f"truncating committed entry {first} <= {self.committed}"
+        if self.tracks_membership:
+            configs = _configs_of(entries)
+            if (configs or first <= self.memberships.newest_index) and self.memberships.appended(
+                first, configs
+            ):
+                self.on_membership_change()
         end = self.unstable_offset + len(self.unstable)
         if first == end:
             self.unstable.extend(entries)
@@ -160,14 +195,19 @@ class RaftLog:
         del self.unstable[: index + 1 - self.unstable_offset]
         self.unstable_offset = index + 1
 
-    def restore(self, index: int, term: int) -> None:
+    def restore(self, index: int, term: int, membership: Membership | None = None) -> None:
         """Start over after a leader's snapshot at (index, term), committed there: every entry
-        held goes (they did not match the leader's log beyond the commit index)."""
+        held goes (they did not match the leader's log beyond the commit index). ``membership``:
+        the snapshot's (None: a snapshot that carries none keeps the current one)."""
         assert index > self.committed, (index, self.committed)
         self.pending_snapshot = (index, term)
         self.unstable = []
         self.unstable_offset = index + 1
         self.committed = index
+        if self.tracks_membership and self.memberships.reset(
+            index, membership or self.memberships.current
+        ):
+            self.on_membership_change()
 
     def snapshot_installed(self, index: int, term: int) -> None:
         """The driver made the store start after the snapshot and the state machine hold it."""
@@ -178,3 +218,14 @@ class RaftLog:
     def applied_to(self, index: int) -> None:
         assert self.applied <= index <= self.committed, (self.applied, index, self.committed)
         self.applied = index
+        self.memberships.forget_before(index)
+
+
+def _configs_of(entries: list[Entry]) -> list[tuple[int, Membership]]:
+    """The memberships of the ``CONFIG`` entries among ``entries`` (checked when they came in:
+    a stored one that does not decode is a corrupt log, and says so)."""
+    return [
+        (entry.index, Membership.decode(entry.data))
+        for entry in entries
+        if entry.kind is EntryKind.CONFIG
+    ]

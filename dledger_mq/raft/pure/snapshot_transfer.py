@@ -66,9 +66,10 @@ class SnapshotFiles(Protocol):
         """Add ``data`` at ``offset`` (== ``received``); at 0 any other partial one goes."""
         ...
 
-    def finish_receiving(self, index: int, term: int, total_bytes: int) -> bool:
+    def finish_receiving(self, index: int, term: int, total_bytes: int) -> bytes | None:
         """Check what was received as a whole snapshot of (index, term) and keep it, durably, as
-        the newest; False (and the partial file goes) if it does not check."""
+        the newest; returns the group's membership it records (b"" if none), or None (and the
+        partial file goes) if it does not check."""
         ...
 
 
@@ -225,9 +226,12 @@ class SnapshotTransfers:
                     return
                 self.files.receive(chunk.index, chunk.snapshot_term, chunk.offset, chunk.data)
                 held += len(chunk.data)
-            complete = held >= chunk.total_bytes and self.files.finish_receiving(
-                chunk.index, chunk.snapshot_term, chunk.total_bytes
+            membership = (
+                self.files.finish_receiving(chunk.index, chunk.snapshot_term, chunk.total_bytes)
+                if held >= chunk.total_bytes
+                else None
             )
+            complete = membership is not None
         except (OSError, SnapshotError) as error:
             # The partial file is not to be trusted now: start over (a later chunk at 0 does).
             self.on_event("snapshot_receive_failed", peer=chunk.source, error=str(error))
@@ -239,7 +243,7 @@ class SnapshotTransfers:
                 self._ack(chunk, 0)
                 return
             self.on_event("snapshot_received", peer=chunk.source, index=chunk.index)
-            install(installed)
+            install(attrs.evolve(installed, membership=membership or b""))
             self._ack(chunk, chunk.total_bytes)
             return
         self._ack(chunk, held)

@@ -30,9 +30,13 @@ from dledger_mq.raft.storage.disk import Disk, make_directories, write_file_atom
 _logger = structlog.get_logger()
 
 SNAPSHOT_MAGIC = b"DQSN"
-SNAPSHOT_FORMAT_VERSION = 1
+#: 2 added the group's membership at the snapshot's index; 1 is still read (no membership).
+SNAPSHOT_FORMAT_VERSION = 2
 #: magic | format version u32 | index u64 | term u64 | body length u64 | CRC32C of the body u32
 _HEADER = struct.Struct("<4sIQQQI")
+#: Version 2: the body starts with the membership's length (u32), then the membership (the
+#: encoded ``Membership``, empty if unknown), then the state machine's bytes; all checksummed.
+_MEMBERSHIP_LENGTH = struct.Struct("<I")
 _PREFIX, _SUFFIX = "SNAPSHOT-", ".snap"
 _PART_PREFIX, _PART_SUFFIX = "RECEIVING-", ".part"
 _INDEX_DIGITS = 20
@@ -45,6 +49,8 @@ class Snapshot:
     index: int
     term: int
     data: bytes
+    #: The group's membership at ``index`` (``Membership.encode``; empty: not recorded).
+    membership: bytes = b""
 
 
 def snapshot_file_name(index: int) -> str:
@@ -59,15 +65,16 @@ def _index_of(name: str) -> int | None:
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
+    body = _MEMBERSHIP_LENGTH.pack(len(snapshot.membership)) + snapshot.membership + snapshot.data
     header = _HEADER.pack(
         SNAPSHOT_MAGIC,
         SNAPSHOT_FORMAT_VERSION,
         snapshot.index,
         snapshot.term,
-        len(snapshot.data),
-        crc32c(snapshot.data),
+        len(body),
+        crc32c(body),
     )
-    return header + snapshot.data
+    return header + body
 
 
 def decode_snapshot(data: bytes) -> Snapshot:
@@ -77,16 +84,25 @@ def decode_snapshot(data: bytes) -> Snapshot:
     magic, version, index, term, length, checksum = _HEADER.unpack_from(data)
     if magic != SNAPSHOT_MAGIC:
         raise SnapshotError("not a snapshot (bad magic)")
-    if version != SNAPSHOT_FORMAT_VERSION:
+    if version not in (1, SNAPSHOT_FORMAT_VERSION):
         raise SnapshotError(
-            f"snapshot format version {version}; this build reads {SNAPSHOT_FORMAT_VERSION}"
+            f"snapshot format version {version}; this build reads 1 to {SNAPSHOT_FORMAT_VERSION}"
         )
     body = data[_HEADER.size :]
     if len(body) != length:
         raise SnapshotError(f"snapshot body of {len(body)} bytes, {length} announced")
     if crc32c(body) != checksum:
         raise SnapshotError("snapshot checksum mismatch")
-    return Snapshot(index, term, body)
+    if version == 1:
+        return Snapshot(index, term, body)
+    if len(body) < _MEMBERSHIP_LENGTH.size:
+        raise SnapshotError("snapshot body too short for its membership")
+    (membership_length,) = _MEMBERSHIP_LENGTH.unpack_from(body)
+    start = _MEMBERSHIP_LENGTH.size
+    if start + membership_length > len(body):
+        raise SnapshotError(f"snapshot membership of {membership_length} bytes overruns its body")
+    membership = body[start : start + membership_length]
+    return Snapshot(index, term, body[start + membership_length :], membership)
 
 
 def _part_file_name(index: int, term: int) -> str:
@@ -107,7 +123,7 @@ class SnapshotStore:
         snapshot = self.latest()
         if snapshot is None:
             return None
-        return SnapshotInfo(snapshot.index, snapshot.term, _HEADER.size + len(snapshot.data))
+        return SnapshotInfo(snapshot.index, snapshot.term, len(encode_snapshot(snapshot)))
 
     def read_chunk(self, index: int, offset: int, max_bytes: int) -> bytes | None:
         path = posixpath.join(self.directory, snapshot_file_name(index))
@@ -146,7 +162,7 @@ class SnapshotStore:
         finally:
             file.close()
 
-    def finish_receiving(self, index: int, term: int, total_bytes: int) -> bool:
+    def finish_receiving(self, index: int, term: int, total_bytes: int) -> bytes | None:
         path = posixpath.join(self.directory, _part_file_name(index, term))
         data = self._read_whole(path)
         try:
@@ -159,10 +175,10 @@ class SnapshotStore:
         except SnapshotError as error:
             _logger.warning("snapshot_received_unusable", path=path, reason=error.reason)
             self.disk.remove(path)
-            return False
+            return None
         self.save(snapshot)
         self.disk.remove(path)
-        return True
+        return snapshot.membership
 
     def indexes(self) -> list[int]:
         """The indexes of the snapshot files present, newest first."""
