@@ -99,15 +99,26 @@ class Network:
         self.lost_tails: set[str] = set()
         #: Every read confirmed, per node (``Ready.read_states``).
         self.read_states: dict[str, list[ReadState]] = {node_id: [] for node_id in members}
+        #: Per node, the (voters, learners) it starts with when not the group's (``join``).
+        self.bootstraps: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         for node_id in members:
             self.start(node_id)
 
     # -- nodes -------------------------------------------------------------------------------
 
     def config(self, node_id: str) -> Config:
-        return Config(
-            node_id=node_id, members=self.voters, learners=self.learners, **self.config_overrides
-        )
+        voters, learners = self.bootstraps.get(node_id, (self.voters, self.learners))
+        return Config(node_id=node_id, members=voters, learners=learners, **self.config_overrides)
+
+    def join(self, node_id: str) -> RaftCore:
+        """A new, empty replica whose bootstrap is the group's voters with itself as a learner
+        (as a node started to be added is configured); the others do not know it yet."""
+        self.bootstraps[node_id] = (self.voters, (node_id,))
+        self.members = (*self.members, node_id)
+        self.stores[node_id] = MemoryLogStore()
+        self.lives[node_id] = 0
+        self.read_states[node_id] = []
+        return self.start(node_id)
 
     def start(self, node_id: str, applied: int = 0) -> RaftCore:
         """Build ``node_id``'s core from its store, as a process does when it starts."""

@@ -11,6 +11,7 @@ import enum
 import attrs
 
 from dledger_mq.errors import ProtocolError
+from dledger_mq.raft.pure.membership import Membership
 
 
 class EntryKind(enum.IntEnum):
@@ -308,6 +309,8 @@ def check_append_shape(request: AppendRequest) -> None:
                 f"malformed append from {request.source}: entry {entry.index}@{entry.term} "
                 f"after {expected_index - 1}@{previous_term} in term {request.term}"
             )
+        if entry.kind is EntryKind.CONFIG:
+            Membership.decode(entry.data)  # a membership no correct leader writes: refused
         expected_index += 1
         previous_term = entry.term
     if expected_index - 1 > MAX_INDEX:
