@@ -42,11 +42,13 @@ from dledger_mq.node.snapshots import (
     consume_queue_store,
     install_snapshot,
     restore_state,
+    snapshot_membership,
     snapshot_store,
     take_final_snapshot,
     take_snapshots,
 )
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
+from dledger_mq.raft.pure.membership import Membership
 from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.raft.pure.progress import ProgressState
 from dledger_mq.raft.runtime.log_writer import LogWriter, open_log_writer
@@ -336,8 +338,13 @@ def open_commit_log(config: NodeConfig, harness: HarnessOptions) -> CommitLog:
 
 
 def raft_core(
-    config: NodeConfig, commit_log: CommitLog, rng: random.Random, applied: int = 0
+    config: NodeConfig,
+    commit_log: CommitLog,
+    rng: random.Random,
+    applied: int = 0,
+    membership: Membership | None = None,
 ) -> RaftCore:
+    """``membership``: the one the snapshot at ``applied`` records (None: ``members``)."""
     return RaftCore(
         Config(
             node_id=config.node_id,
@@ -353,6 +360,7 @@ def raft_core(
         applied=applied,
         recovering=commit_log.recovering,
         lost_tail=commit_log.lost_tail,
+        membership=membership,
     )
 
 
@@ -412,7 +420,13 @@ def assemble_node(
         return result
 
     replica = Replica(
-        raft_core(config, commit_log, rng, applied=state.applied_index),
+        raft_core(
+            config,
+            commit_log,
+            rng,
+            applied=state.applied_index,
+            membership=snapshot_membership(commit_log, snapshots, state.applied_index),
+        ),
         commit_log,
         writer,
         transport_config(config, tls),

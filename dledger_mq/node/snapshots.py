@@ -16,10 +16,11 @@ import trio
 from dledger_mq.broker.consume_queue import FileQueueStore, QueueStore
 from dledger_mq.broker.service import AppliedSignal
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import SnapshotError, StorageError
+from dledger_mq.errors import ProtocolError, SnapshotError, StorageError
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import log_directory
 from dledger_mq.raft.pure.log_store import LogCompacted, LogUnavailable
+from dledger_mq.raft.pure.membership import Membership
 from dledger_mq.raft.storage.commitlog import CommitLog
 from dledger_mq.raft.storage.commitlog_format import (
     CONSUME_QUEUE_DIRECTORY_NAME,
@@ -69,6 +70,24 @@ def restore_state(
         return BrokerState(config.group, queues)
     log_events.info("state_restored", index=snapshot.index, bytes=len(snapshot.data))
     return state
+
+
+def snapshot_membership(log: CommitLog, store: SnapshotStore, index: int) -> Membership | None:
+    """The group's membership the snapshot at ``index`` records (the one the state was
+    restored from), or None: no snapshot there, or one from before memberships were recorded
+    (the bootstrap, ``members``, is then in force)."""
+    if index == 0:
+        return None
+    try:
+        snapshot = store.get(index, log.term(index))
+    except (LogCompacted, LogUnavailable):
+        return None
+    if snapshot is None or not snapshot.membership:
+        return None
+    try:
+        return Membership.decode(snapshot.membership)
+    except ProtocolError as error:
+        raise SnapshotError(f"snapshot {index} records a damaged membership: {error}") from None
 
 
 def install_snapshot(state: BrokerState, store: SnapshotStore, index: int, term: int) -> None:
