@@ -556,9 +556,12 @@ class BrokerWorkload:
             raise BrokerViolation(f"a replica cannot read its messages: {error}") from None
 
     def _check_converged(self) -> None:
+        outsiders = self.cluster.outsiders()
         for node in self.cluster.nodes.values():
             if node.lost:
                 continue  # refused its rotten log: down until an operator replaces it
+            if node.id in outsiders:
+                continue  # not a member: it holds what it had when it was one, if ever
             broker = node.broker
             assert broker is not None
             stored: dict[bytes, tuple[int, int]] = {}

@@ -25,6 +25,7 @@ from dledger_mq.errors import CorruptLog, NotLeader, StorageError
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
 from dledger_mq.raft.pure.driver import Proposal, ReadyWork, ReplicaDriver
 from dledger_mq.raft.pure.log_store import LogStore
+from dledger_mq.raft.pure.membership import Membership
 from dledger_mq.raft.pure.messages import Entry, EntryKind, Message
 from dledger_mq.raft.runtime.log_writer import can_write_inline
 from dledger_mq.raft.runtime.transport import decode_peer_message, encode_peer_message
@@ -53,6 +54,7 @@ class CoreFactory(Protocol):
         *,
         recovering: bool,
         lost_tail: bool,
+        membership: Membership | None = None,
     ) -> RaftCore: ...
 
 
@@ -154,14 +156,22 @@ class Cluster:
             f"n{number}"
             for number in range(options.nodes + 1, options.nodes + 1 + options.learners)
         )
-        ids = voters + learners
+        # With membership changes, two spare servers: each starts as a node being added
+        # would (the voters, itself a learner), and takes part once a leader adds it.
+        first_spare = options.nodes + 1 + options.learners
+        spares = tuple(
+            f"n{number}" for number in range(first_spare, first_spare + 2 * options.membership)
+        )
+        ids = voters + learners + spares
+        #: The bootstrap membership: the spares are outside it.
+        self.bootstrap_members = frozenset(voters + learners)
         self.nodes = {
             node_id: SimNode(
                 node_id,
                 Config(
                     node_id=node_id,
                     members=voters,
-                    learners=learners,
+                    learners=(node_id,) if node_id in spares else learners,
                     election_timeout_ticks=options.election_timeout_ticks,
                     heartbeat_interval_ticks=options.heartbeat_interval_ticks,
                     max_append_bytes=options.max_append_bytes,
@@ -222,7 +232,7 @@ class Cluster:
         rng = random.Random(f"{self.options.seed}-{node.id}-{node.incarnation}")
         # The state machine is derived from the log: a restarted node restores its newest
         # usable snapshot and applies the entries after it (all of them without one).
-        state = self._restored_state(node)
+        state, membership = self._restored_state(node)
         node.core = self.core_factory(
             node.config,
             node.store,
@@ -230,6 +240,7 @@ class Cluster:
             state.applied_index,
             recovering=node.store.recovering,
             lost_tail=node.store.lost_tail,
+            membership=membership,
         )
         broker: SimBroker | None = None
 
@@ -444,9 +455,10 @@ class Cluster:
             node.drain_scheduled = True
             self.schedule(max(0, node.busy_until - self.now), self._drain, node.id)
 
-    def _restored_state(self, node: SimNode) -> BrokerState:
+    def _restored_state(self, node: SimNode) -> tuple[BrokerState, Membership | None]:
         """As the node does (``node/snapshots.py``): the newest snapshot with its consume
-        queues, the log made to follow it if an install was cut short, or the log's start."""
+        queues, the log made to follow it if an install was cut short, or the log's start;
+        and the membership the snapshot records."""
         # Files of few entries, written in small pieces: rolled, trimmed and torn often.
         queues = FileQueueStore(
             node.disk, f"/{node.id}/consumequeue", entries_per_file=16, flush_entries=4
@@ -458,10 +470,11 @@ class Cluster:
         if snapshot is None or reset:
             queues.clear()
         if snapshot is None:
-            return self.state_factory(self.group, queues)
+            return self.state_factory(self.group, queues), None
         self.log(f"{node.id} restores its snapshot at {snapshot.index}")
+        membership = Membership.decode(snapshot.membership) if snapshot.membership else None
         try:
-            return self.state_factory.from_snapshot(self.group, snapshot.data, queues)
+            return self.state_factory.from_snapshot(self.group, snapshot.data, queues), membership
         except StorageError as error:
             raise SafetyViolation(f"{node.id} cannot open its consume queues: {error}") from None
 
@@ -651,6 +664,17 @@ class Cluster:
             for node in self.nodes.values()
             if node.core is not None and node.core.role is Role.LEADER
         ]
+
+    def outsiders(self) -> frozenset[str]:
+        """Nodes outside the newest committed membership (spares never added, servers
+        removed): nothing reaches them, so nothing is expected of them."""
+        members = self.bootstrap_members
+        for _, kind, data in reversed(self.checker.committed):
+            if kind is EntryKind.CONFIG:
+                committed = Membership.decode(data)
+                members = frozenset((*committed.voter_ids, *committed.learner_ids))
+                break
+        return frozenset(self.nodes) - members
 
     def check_converged(self) -> None:
         """After the liveness phase: every acknowledged proposal is committed, in every log."""

@@ -265,6 +265,8 @@ class Mutant:
     uncaught_reason: str | None = None
     #: Learners its seeds run with (a learner bug needs one).
     learners: int = 0
+    #: Its seeds run membership changes (a membership bug needs them).
+    membership: bool = False
 
 
 _STALE_TAIL_REASON = (

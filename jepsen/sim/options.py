@@ -67,6 +67,9 @@ class SimOptions:
     #: Learners besides the ``nodes`` voters (``Config.learners``): replicated to, never
     #: counted; faults hit them like any node.
     learners: int = 0
+    #: Membership changes under the faults: spare servers are added as learners, promoted,
+    #: and voters removed (``jepsen/sim/membership.py``).
+    membership: bool = False
 
     @classmethod
     def draw(
@@ -77,6 +80,7 @@ class SimOptions:
         faults: tuple[str, ...] = FAULTS,
         amnesia: bool = True,
         learners: int = 0,
+        membership: bool = False,
     ) -> SimOptions:
         rng = random.Random(f"options-{seed}")
         # Swarm testing: each seed enables a random subset of the faults, so that no fault is
@@ -153,6 +157,7 @@ class SimOptions:
             # Asked for, not drawn: a learner changes every schedule, and with it what each
             # recorded seed (tests/jepsen/sim_regressions.txt) means.
             learners=learners,
+            membership=membership,
         )
 
     def describe(self) -> str:

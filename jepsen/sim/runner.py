@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 import attrs
 import structlog
 
+from dledger_mq.errors import DledgerError
+from dledger_mq.raft.pure.membership import ChangeKind, GroupMember, MembershipChange
 from dledger_mq.raft.runtime.log_writer import INLINE_MAX_ENTRIES
 from jepsen.sim.broker import BrokerViolation, BrokerWorkload
 from jepsen.sim.checker import SafetyViolation
@@ -44,6 +46,73 @@ class SimRequest:
     mutant: str | None = None
     #: Learners besides the drawn voters (``SimOptions.learners``).
     learners: int = 0
+    #: Membership changes under the faults (``SimOptions.membership``).
+    membership: bool = False
+
+
+class MembershipChanger:
+    """Every so often, asks the leader for one membership change: add a spare server as a
+    learner, promote a learner, or remove a voter other than itself (voters stay between 3
+    and 5). Refusals (a change in progress, no commit in this term yet, not caught up, no
+    leader) are part of the game: the next attempt draws again."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(f"membership-{cluster.options.seed}")
+        self.stopped = False
+
+    def start(self) -> None:
+        self._schedule_next()
+
+    def _schedule_next(self) -> None:
+        delay = self.rng.randint(5, 40) * UNITS_PER_TICK
+        self.cluster.schedule(delay, self._change)
+
+    def _change(self) -> None:
+        if self.stopped:
+            return
+        self._schedule_next()
+        cluster = self.cluster
+        leaders = cluster.leaders()
+        if not leaders:
+            return
+        leader = cluster.nodes[leaders[0]]
+        assert leader.core is not None
+        membership = leader.core.membership
+        voters, learners = membership.voter_ids, membership.learner_ids
+        outside = sorted(set(cluster.nodes) - set(voters) - set(learners))
+        choices: list[MembershipChange] = []
+        if outside:
+            choices.append(
+                MembershipChange(ChangeKind.ADD_LEARNER, GroupMember(self.rng.choice(outside)))
+            )
+        if learners and len(voters) < 5:
+            choices.append(
+                MembershipChange(ChangeKind.PROMOTE, GroupMember(self.rng.choice(learners)))
+            )
+        removable = [voter for voter in voters if voter != leader.id]
+        # At least three voters: a group of fewer cannot outlive the loss of a disk (the
+        # amnesia fault), and a recovering replica waits for a majority that no longer is.
+        if removable and len(voters) > 3:
+            choices.append(
+                MembershipChange(ChangeKind.REMOVE, GroupMember(self.rng.choice(removable)))
+            )
+        if learners and self.rng.random() < 0.2:
+            choices.append(
+                MembershipChange(ChangeKind.REMOVE, GroupMember(self.rng.choice(learners)))
+            )
+        if not choices:
+            return
+        change = self.rng.choice(choices)
+        try:
+            index = leader.core.propose_membership_change(change)
+        except DledgerError as error:
+            cluster.log(f"membership {change.kind.value} {change.member.node_id}: {error}")
+            return
+        cluster.log(
+            f"membership {change.kind.value} {change.member.node_id} at {index} by {leader.id}"
+        )
+        cluster.drive(leader.id)
 
 
 class FaultInjector:
@@ -198,6 +267,7 @@ def _run_seed(request: SimRequest, trace: Callable[[str], None] | None) -> SeedR
         request.safety_ticks,
         request.faults,
         learners=max(request.learners, mutant.learners),
+        membership=request.membership or mutant.membership,
     )
     cluster = Cluster(options, mutant.core, mutant.driver, trace, mutant.state)
     try:
@@ -223,6 +293,9 @@ def _run_phases(cluster: Cluster) -> BrokerWorkload:
     options = cluster.options
     faults = FaultInjector(cluster)
     faults.start()
+    changes = MembershipChanger(cluster)
+    if options.membership:
+        changes.start()
     client = _Client(cluster)
     client.start()
     workload = BrokerWorkload(cluster, random.Random(f"broker-{options.seed}"))
@@ -231,6 +304,7 @@ def _run_phases(cluster: Cluster) -> BrokerWorkload:
 
     # Liveness: faults stop, the network heals, every node is up; a proposal must commit.
     workload.stopped = True
+    changes.stopped = True
     faults.stop_and_heal()
     cluster.drop_rate = 0.0
     cluster.duplicate_rate = 0.0
@@ -298,10 +372,11 @@ class _Client:
         if self.marker_index is None:
             return False
         applied = cluster.checker.applied_index
+        outsiders = cluster.outsiders()
         return all(
             node.core is not None and applied[node_id] >= self.marker_index
             for node_id, node in cluster.nodes.items()
-            if not node.lost
+            if not node.lost and node_id not in outsiders
         )
 
 
@@ -325,6 +400,8 @@ def replay_command(request: SimRequest) -> str:
         parts.append(f"--mutant {request.mutant}")
     if request.learners:
         parts.append(f"--learners {request.learners}")
+    if request.membership:
+        parts.append("--membership")
     return " ".join(parts)
 
 

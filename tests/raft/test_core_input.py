@@ -7,9 +7,10 @@ import random
 import pytest
 
 from dledger_mq.errors import BadRequest, ProtocolError, UsageError
-from dledger_mq.raft.pure.core import Config, RaftCore
+from dledger_mq.raft.pure.core import Config, RaftCore, Role
 from dledger_mq.raft.pure.log_store import MemoryLogStore
 from dledger_mq.raft.pure.messages import AppendResponse, Heartbeat, VoteRequest, VoteResponse
+from tests.raft.network import Network
 
 MEMBERS = ("n1", "n2", "n3")
 
@@ -21,14 +22,18 @@ def leader_n1() -> RaftCore:
     return core
 
 
-def test_message_from_a_stranger_changes_nothing() -> None:
-    """Not a member as the log says now (removed, or added in entries not received yet): not
-    listened to, whatever its term."""
-    core = leader_n1()
+def test_a_stranger_is_answered_like_anyone_but_counts_for_nothing() -> None:
+    """Not a member as the log says now (removed, or added in entries not received yet): its
+    acknowledgements count for nothing; a vote it asks for while the leader's lease holds is
+    ignored, as anyone's; its leadership is followed (only a majority of the true membership
+    elects one; this replica's view may be the stale one)."""
+    core = Network().elect("n1")
     before = (core.term, core.role, core.leader, list(core.outbox))
-    core.step(Heartbeat(term=9, source="n9", target="n1", commit=0))
+    core.step(AppendResponse(term=1, source="n9", target="n1", success=True, match_index=1))
     core.step(VoteRequest(term=9, source="n9", target="n1", last_log_index=9, last_log_term=9))
     assert (core.term, core.role, core.leader, list(core.outbox)) == before
+    core.step(Heartbeat(term=9, source="n9", target="n1", commit=0))
+    assert (core.term, core.role, core.leader) == (9, Role.FOLLOWER, "n9")
 
 
 def test_message_addressed_to_another_node_is_refused() -> None:

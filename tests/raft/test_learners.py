@@ -1,13 +1,17 @@
 """Learners (``Config.learners``; Raft thesis 4.2.1): replicated to like any follower, but they
-count in no quorum, never campaign, grant no vote and cannot be handed leadership. The ground
+count in no quorum, never campaign and cannot be handed leadership (asked, they vote: they
+may have been promoted without knowing it yet). The ground
 on which a new replica catches up before it is made a voter (issue 16)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from dledger_mq.errors import BadRequest, UsageError
-from dledger_mq.raft.pure.core import Config, Role
+from dledger_mq.raft.pure.core import Config, RaftCore, Role
+from dledger_mq.raft.pure.log_store import MemoryLogStore
 from dledger_mq.raft.pure.messages import VoteRequest
 from tests.raft.network import Network, log_entries
 
@@ -50,14 +54,20 @@ def test_a_learner_counts_in_no_quorum() -> None:
     assert leader.log.committed < index  # ... and it does not count
 
 
-def test_a_learner_grants_no_vote_and_cannot_be_handed_leadership() -> None:
+def test_a_learner_cannot_be_handed_leadership_but_answers_a_vote_request() -> None:
+    """It never campaigns and no candidate counts it; but asked, it votes: it may have been
+    promoted in entries it has not received yet (thesis 4.1; the candidate that asks has
+    them), and without its vote such a group could lose every election."""
     network = Network(("n1", "n2", "n3"), learners=("n4",))
     leader = network.elect("n1")
     with pytest.raises(BadRequest, match="not a voting peer"):
         leader.transfer_leadership("n4")
-    learner = network.cores["n4"]
-    learner.step(VoteRequest(term=9, source="n2", target="n4", last_log_index=99, last_log_term=9))
-    assert learner.vote is None
+    learner = RaftCore(
+        Config("n4", ("n1", "n2", "n3"), learners=("n4",)), MemoryLogStore(), random.Random(0)
+    )
+    learner.step(VoteRequest(term=1, source="n2", target="n4", last_log_index=0, last_log_term=0))
+    assert learner.vote == "n2"
+    assert learner.role is Role.FOLLOWER
 
 
 def test_a_leader_of_voters_with_a_learner_keeps_leading_when_the_learner_is_gone() -> None:

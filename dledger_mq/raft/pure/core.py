@@ -87,7 +87,8 @@ class Config:
     pre_vote: bool = True
     check_quorum: bool = True
     #: Members that do not vote (Raft thesis 4.2.1): the leader replicates to them as to any
-    #: follower, but they count in no quorum, never campaign and grant no vote. A new replica
+    #: follower, but they count in no quorum and never campaign (asked, they vote: one may have
+    #: been promoted in entries it has not received yet). A new replica
     #: catches up as one before it is made a voter (issue 16, docs/architecture.md).
     learners: tuple[str, ...] = ()
 
@@ -289,9 +290,11 @@ class RaftCore:
     def tick(self) -> None:
         if self.role is Role.LEADER:
             self._tick_leader()
-        elif not self.is_learner:
+        else:
+            # A learner's clock runs too (it never campaigns): its lease on the leader must
+            # lapse, or it would ignore every vote request, which it answers (see votes).
             self.election_elapsed += 1
-            if self.election_elapsed >= self.randomized_election_timeout:
+            if self.election_elapsed >= self.randomized_election_timeout and not self.is_learner:
                 self.campaign()
 
     def campaign(self) -> None:
@@ -489,10 +492,17 @@ class RaftCore:
             raise ProtocolError(
                 f"message from {message.source!r} to {message.target!r} reached {self.id!r}"
             )
-        if message.source not in self.peers:
-            # Not a member as this replica's log says now: one removed (pre-vote and
-            # check-quorum make it harmless, thesis 4.2.3) or one added in entries this
-            # replica has not received yet. It is not listened to.
+        if message.source not in self.peers and isinstance(
+            message, AppendResponse | HeartbeatResponse | TimeoutNow
+        ):
+            # Not a member as this replica's log says now (one removed, or one added in
+            # entries not received here yet): its acknowledgements count for nothing and it
+            # hands over no leadership. Everything else is answered as from anyone (thesis
+            # 4.1: without consulting the configuration, which may be the stale one here):
+            # a leader is followed whoever it is, and a vote asked for is weighed by the usual
+            # rules. A removed server cannot disrupt: the lease (check-quorum) ignores its
+            # vote requests while a leader is heard, and its log, which lacks its removal,
+            # cannot win over a majority that has it (thesis 4.2.3).
             return
         if isinstance(message, SnapshotNeeded | SnapshotChunk | SnapshotChunkAck):
             raise ProtocolError(f"{type(message).__name__} is the driver's, not the core's")
@@ -782,11 +792,12 @@ class RaftCore:
     # -- elections -------------------------------------------------------------------------
 
     def _handle_vote_request(self, request: VoteRequest) -> None:
-        can_vote = (
-            not self.is_learner
-            and request.source in self.voters
-            and (not self.recovering or self._log_ends_allow_vote(request))
-        ) and (
+        # Whoever asks, and a learner too (it never campaigns): the candidate may hold
+        # entries this replica lacks that made it, or this replica, a voter (thesis 4.1: a
+        # server answers without consulting its own configuration; etcd's raft does the same).
+        # Without that, a group whose members' views lag can lose every election (the
+        # simulator found two: seeds 15 and 187 with --membership).
+        can_vote = (not self.recovering or self._log_ends_allow_vote(request)) and (
             self.vote == request.source
             or (self.vote is None and self.leader is None)
             or (request.pre_vote and request.term > self.term)
