@@ -13,6 +13,9 @@ from jepsen.sim.mutants import MUTANTS
 from jepsen.sim.options import FAULTS, SimOptions
 from jepsen.sim.runner import SimRequest, replay_command, run_seed, run_seeds
 
+#: Most broker groups ``run --groups`` starts (as ``cluster up --groups``).
+MAX_RUN_GROUPS = 8
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -203,7 +206,21 @@ def _fault_help() -> str:
     help="Seconds of workload under faults (then heal, recover, drain, check).",
 )
 @click.option(
-    "--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True, help="Cluster size."
+    "--nodes",
+    type=click.Choice(["3", "5"]),
+    default="3",
+    show_default=True,
+    help="Nodes per broker group.",
+)
+@click.option(
+    "--groups",
+    type=click.IntRange(min=1, max=MAX_RUN_GROUPS),
+    default=1,
+    show_default=True,
+    help="Broker groups, each a Raft group of --nodes nodes (named a/n1, b/n1, ...); the "
+    "topic spans them all. With 2 or more, each fault window acts in one group, drawn per "
+    "window (kill:majority or pause:majority takes one group's majority away), and the "
+    "group_independence check runs.",
 )
 @click.option(
     "--nemesis",
@@ -285,6 +302,7 @@ def _fault_help() -> str:
 def run_command(
     time_s: float,
     nodes: str,
+    groups: int,
     nemesis: str,
     workload: str,
     producers: int,
@@ -328,6 +346,7 @@ def run_command(
     options = RunOptions(
         time_s=time_s,
         nodes=size,
+        groups=groups,
         nemesis=specs,
         workload=WorkloadOptions(
             name=workload,

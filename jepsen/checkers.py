@@ -7,7 +7,10 @@ O(n log n) in the number of ops, so a history of a few million ops is checked in
 Words used below. A *value* is what one send carries ("p0-17"; unique per send). A send is
 *acknowledged* when it completed ``ok``, *failed* when it completed ``fail`` and *indeterminate*
 when it completed ``info`` or never completed (the run ended first). A *receive* is a receive op
-(type ``ok``). A *position* is a ``(queue, offset)`` pair; ops without both are ignored wherever
+(type ``ok``). A *queue* is a ``(group, queue)`` pair: the broker group named by the receipt or
+the message id, and the queue id in it (queue 0 of broker-a and queue 0 of broker-b are two
+queues; ops without a group, as in hand-built histories, share one unnamed group). A *position*
+is a ``(group, queue, offset)`` triple; ops without a queue and an offset are ignored wherever
 positions are compared. A *fault window* runs from a fault start to the end with the same
 ``window`` number (or, when the nemesis gave none, the same fault name); a window without an end
 lasts until the time of the last op of the history. Windows include both ends.
@@ -80,6 +83,25 @@ The checkers, in the order :func:`check_all` runs them:
     max_recovery (the largest over the windows, 0 when none), unrecovered (windows with no
     acknowledgement after them), longest_gap; ``details["windows"]`` has one row per window.
 
+``group_independence`` (runs with several broker groups, not FIFO)
+    The fault windows that stopped a majority of one broker group (``majority_down`` and
+    ``group`` in the nemesis's record) and lie within the workload (they end after the first
+    send was invoked and begin before the last send op). In each, *healthy* acknowledgements:
+    unkeyed sends (no sharding key) acknowledged during the window with a receipt naming
+    another group. A window is *judged* when it lasts longer than ``patience_s`` (the runner
+    passes the send timeout plus 1 s: a producer whose request was already written to the group
+    that went down may only retry it there, exactly once, so it is held until that send times
+    out; then its next send must go elsewhere). Valid iff every judged window has at least one
+    healthy acknowledgement: a group without a majority takes only its own queues away, not the
+    topic. Counts: windows (judged), too_short (not judged), starved (judged windows without a
+    healthy acknowledgement), min_healthy (the fewest in a judged window; 0 when none), and
+    ok_GROUP, every acknowledged send per group over the run. Informational: *rejoin*, the time
+    from a window's end to the next acknowledgement by the group it took down (restart,
+    election, and producers finding the group again; None when it took none again),
+    max_rejoin and not_rejoined. ``details["windows"]`` has one row per window, judged or not
+    (healthy and down-group acknowledgements, the longest stretch without a healthy one, the
+    rejoin).
+
 Acknowledgements and receives are compared by value, never by ``msg_id``: the value is what the
 workload chose, the id is what the system under test claims.
 """
@@ -111,7 +133,10 @@ from jepsen.history import (
 #: Examples kept per checker; the counts say how many there were in all.
 MAX_EXAMPLES = 30
 
-Position = tuple[int, int]
+#: (group, queue, offset).
+Position = tuple[str | None, int, int]
+#: (group, queue).
+Queue = tuple[str | None, int | None]
 
 _by_index = attrgetter("index")
 
@@ -130,11 +155,24 @@ def _is_ack(op: Op) -> bool:
 def _position(op: Op) -> Position | None:
     if op.queue is None or op.offset is None:
         return None
-    return (op.queue, op.offset)
+    return (op.group, op.queue, op.offset)
+
+
+def _queue(op: Op) -> Queue:
+    return (op.group, op.queue)
+
+
+def _queue_name(group: str | None, queue: object) -> str:
+    return f"{group} queue {queue}" if group is not None else f"queue {queue}"
+
+
+def _place(position: Position) -> str:
+    group, queue, offset = position
+    return f"{_queue_name(group, queue)} offset {offset}"
 
 
 def _where(op: Op) -> str:
-    return f"queue {op.queue} offset {op.offset}"
+    return f"{_queue_name(op.group, op.queue)} offset {op.offset}"
 
 
 def _at(seconds: float) -> str:
@@ -179,7 +217,19 @@ def summary(ops: Sequence[Op]) -> CheckResult:
             received.add(op.value)
     counts["received_values"] = len(received)
     counts["faults"] = len(fault_windows(ops))
+    by_group = _acks_by_group(ops)
+    if len(by_group) > 1:
+        counts.update({f"ok_{group}": n for group, n in sorted(by_group.items())})
     return CheckResult("summary", True, counts)
+
+
+def _acks_by_group(ops: Iterable[Op]) -> dict[str, int]:
+    """Acknowledged sends per broker group their receipt names (ops without one left out)."""
+    found: dict[str, int] = {}
+    for op in ops:
+        if _is_ack(op) and op.group is not None:
+            found[op.group] = found.get(op.group, 0) + 1
+    return found
 
 
 # --- lost ------------------------------------------------------------------------------------
@@ -281,14 +331,13 @@ def duplicates(ops: Sequence[Op]) -> CheckResult:
         places = [stored_at[value], *sorted(others)]
         _add_example(
             examples,
-            f"{value}: stored at {len(places)} positions: "
-            + ", ".join(f"queue {q} offset {o}" for q, o in places),
+            f"{value}: stored at {len(places)} positions: " + ", ".join(map(_place, places)),
         )
-    for (q, o), others in intruders.items():
-        values = [holder[(q, o)], *sorted(others, key=str)]
+    for p, others in intruders.items():
+        values = [holder[p], *sorted(others, key=str)]
         _add_example(
             examples,
-            f"queue {q} offset {o}: received with {len(values)} different values: "
+            f"{_place(p)}: received with {len(values)} different values: "
             + ", ".join(str(v) for v in values),
         )
     counts: dict[str, int | float] = {
@@ -385,14 +434,14 @@ def order(ops: Sequence[Op], fifo: bool = False) -> CheckResult:
     first_receipts = _first_receipts(receives)
 
     examples: list[str] = []
-    storage = _regressions(acks, lambda op: (op.process, op.queue))
+    storage = _regressions(acks, lambda op: (op.process, op.group, op.queue))
     for op, above in storage:
         _add_example(
             examples,
             f"storage: {op.process} sent {op.value} after {above.value}, but it was stored at "
             f"{_where(op)}, not after offset {above.offset}",
         )
-    delivery = _regressions(first_receipts, attrgetter("queue"))
+    delivery = _regressions(first_receipts, _queue)
     for op, above in delivery:
         _add_example(examples, "delivery: " + _delivered_late(op, above))
     counts: dict[str, int | float] = {
@@ -401,7 +450,7 @@ def order(ops: Sequence[Op], fifo: bool = False) -> CheckResult:
     }
     if fifo:
         keyed = [op for op in first_receipts if op.key is not None]
-        key_delivery = _regressions(keyed, lambda op: (op.queue, op.key))
+        key_delivery = _regressions(keyed, lambda op: (op.group, op.queue, op.key))
         for op, above in key_delivery:
             _add_example(examples, f"key delivery: key {op.key}: " + _delivered_late(op, above))
         key_storage = _key_order([op for op in acks if op.key is not None], examples)
@@ -454,14 +503,14 @@ def _key_order(acks: Sequence[Op], examples: list[str]) -> int:
     strays = 0
     for op in acks:
         first = home.setdefault(op.key, op)
-        if op.queue == first.queue:
+        if _queue(op) == _queue(first):
             at_home.append(op)
             continue
         strays += 1
         _add_example(
             examples,
-            f"key order: key {op.key}: {op.value} stored in queue {op.queue}, but the key's "
-            f"first send {first.value} in queue {first.queue}",
+            f"key order: key {op.key}: {op.value} stored in {_queue_name(op.group, op.queue)}, "
+            f"but the key's first send {first.value} in {_queue_name(first.group, first.queue)}",
         )
     behind = _regressions(at_home, attrgetter("key"))
     for op, above in behind:
@@ -490,6 +539,7 @@ def availability(ops: Sequence[Op]) -> CheckResult:
                 "window": window.window,
                 "fault": window.fault,
                 "targets": list(window.targets),
+                "group": window.group,
                 "start": window.start,
                 "end": window.end,
                 "ended": window.ended,
@@ -534,15 +584,15 @@ def _longest_gap(start: float, times: Sequence[float], end: float) -> float:
 
 def fifo_exclusive(ops: Sequence[Op]) -> CheckResult:
     """Overlapping holdings of one queue by two consumers (receive to ack)."""
-    received: dict[tuple[str, Any, Any], Op] = {}
-    holdings: dict[Any, list[tuple[float, float, str, Op]]] = {}
+    received: dict[tuple[str, Position | None], Op] = {}
+    holdings: dict[Queue, list[tuple[float, float, str, Op]]] = {}
     for op in sorted(ops, key=attrgetter("index")):
         if _is_receive(op):
-            received[(op.process, op.queue, op.offset)] = op
+            received[(op.process, _position(op))] = op
         elif op.f == ACK and op.type == OK:
-            start = received.pop((op.process, op.queue, op.offset), None)
+            start = received.pop((op.process, _position(op)), None)
             if start is not None:
-                holdings.setdefault(op.queue, []).append((start.time, op.time, op.process, start))
+                holdings.setdefault(_queue(op), []).append((start.time, op.time, op.process, start))
     examples: list[str] = []
     overlaps = 0
     for queue, spans in holdings.items():
@@ -553,7 +603,7 @@ def fifo_exclusive(ops: Sequence[Op]) -> CheckResult:
                 overlaps += 1
                 _add_example(
                     examples,
-                    f"queue {queue}: {span[2]} received offset {span[3].offset} at "
+                    f"{_queue_name(*queue)}: {span[2]} received offset {span[3].offset} at "
                     f"{_at(span[0])} while {latest[2]} held offset {latest[3].offset} "
                     f"until {_at(latest[1])}",
                 )
@@ -565,8 +615,84 @@ def fifo_exclusive(ops: Sequence[Op]) -> CheckResult:
     )
 
 
-def check_all(ops: Sequence[Op], fifo: bool = False) -> list[CheckResult]:
-    """Every checker, summary first, in the order the module docstring lists them."""
+def group_independence(ops: Sequence[Op], patience_s: float = 0.0) -> CheckResult:
+    """While a fault keeps one broker group's majority down, the others acknowledge unkeyed
+    sends: each such window longer than ``patience_s`` has at least one acknowledgement from
+    another group."""
+    healthy_times: dict[str, list[float]] = {}
+    #: Every acknowledgement per group, keyed or not: when the group took sends again.
+    ack_times: dict[str, list[float]] = {}
+    for op in ops:
+        if _is_ack(op) and op.group is not None:
+            ack_times.setdefault(op.group, []).append(op.time)
+            if op.key is None:
+                healthy_times.setdefault(op.group, []).append(op.time)
+    for times in [*healthy_times.values(), *ack_times.values()]:
+        times.sort()
+    sends = [op for op in ops if op.f == SEND]
+    began = min((op.time for op in sends if op.type == INVOKE), default=math.inf)
+    ended = max((op.time for op in sends), default=-math.inf)
+    rows: list[dict[str, Any]] = []
+    examples: list[str] = []
+    for window in fault_windows(ops):
+        if not window.majority_down or window.group is None:
+            continue
+        if window.end < began or window.start > ended:
+            continue  # no producer was running: nothing to judge
+        judged = window.end - window.start > patience_s
+        own = ack_times.get(window.group, [])
+        back = bisect_left(own, window.end)
+        inside = {
+            group: times[bisect_left(times, window.start) : bisect_right(times, window.end)]
+            for group, times in healthy_times.items()
+        }
+        healthy = sorted(
+            t for group, times in inside.items() if group != window.group for t in times
+        )
+        rows.append(
+            {
+                "window": window.window,
+                "fault": window.fault,
+                "group": window.group,
+                "targets": list(window.targets),
+                "start": window.start,
+                "end": window.end,
+                "judged": judged,
+                "healthy_acks": len(healthy),
+                "down_group_acks": len(inside.get(window.group, [])),
+                "longest_healthy_gap": _longest_gap(window.start, healthy, window.end),
+                "rejoin": own[back] - window.end if back < len(own) else None,
+            }
+        )
+        if judged and not healthy:
+            _add_example(
+                examples,
+                f"window {window.window}: {window.fault} of {', '.join(map(str, window.targets))} "
+                f"took {window.group}'s majority away from {_at(window.start)} to "
+                f"{_at(window.end)}, and no other group acknowledged an unkeyed send meanwhile",
+            )
+    judged_rows = [row for row in rows if row["judged"]]
+    starved = sum(1 for row in judged_rows if row["healthy_acks"] == 0)
+    counts: dict[str, int | float] = {
+        "windows": len(judged_rows),
+        "too_short": len(rows) - len(judged_rows),
+        "starved": starved,
+        "min_healthy": min((row["healthy_acks"] for row in judged_rows), default=0),
+        "max_rejoin": max(
+            (row["rejoin"] for row in rows if row["rejoin"] is not None), default=0.0
+        ),
+        "not_rejoined": sum(1 for row in rows if row["rejoin"] is None),
+    }
+    counts.update({f"ok_{group}": n for group, n in sorted(_acks_by_group(ops).items())})
+    return CheckResult("group_independence", starved == 0, counts, examples, {"windows": rows})
+
+
+def check_all(
+    ops: Sequence[Op], fifo: bool = False, groups: int = 1, patience_s: float = 0.0
+) -> list[CheckResult]:
+    """Every checker, summary first, in the order the module docstring lists them;
+    ``group_independence`` (with ``patience_s``) when there are several broker ``groups``
+    (unless ``fifo``: keyed sends wait for their own group)."""
     results = [
         summary(ops),
         lost(ops),
@@ -578,4 +704,6 @@ def check_all(ops: Sequence[Op], fifo: bool = False) -> list[CheckResult]:
     if fifo:
         results.append(fifo_exclusive(ops))
     results.append(availability(ops))
+    if groups > 1 and not fifo:
+        results.append(group_independence(ops, patience_s))
     return results

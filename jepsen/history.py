@@ -7,25 +7,32 @@ report (``jepsen.report``) read only this.
 Operations, by ``f``:
 
 - ``send``: a producer sends one unique value. ``invoke`` first, then exactly one completion from
-  the same process: ``ok`` (acknowledged; ``queue``, ``offset`` and ``msg_id`` say where it was
-  stored), ``fail`` (definitely not stored: the broker refused it) or ``info`` (indeterminate: a
-  timeout or a cancel; it may or may not have been stored).
+  the same process: ``ok`` (acknowledged; ``group``, ``queue``, ``offset`` and ``msg_id`` say
+  where it was stored: a queue is (group, queue)), ``fail`` (definitely not stored: the broker
+  refused it) or ``info`` (indeterminate: a timeout or a cancel; it may or may not have been
+  stored).
 - ``receive``: a consumer was handed a message (``ok`` only, no invoke): ``value``, ``key``,
-  ``queue``, ``offset``, ``msg_id``. The same value may be received more than once
+  ``group``, ``queue``, ``offset``, ``msg_id``. The same value may be received more than once
   (at-least-once delivery); the checkers tell redelivery from duplicated storage.
 - ``ack``: a consumer acknowledged a message it had received (``ok`` only; ``value``,
-  ``queue``, ``offset``): with the receive, it bounds the time the consumer held the message.
+  ``group``, ``queue``, ``offset``): with the receive, it bounds the time the consumer held the
+  message.
 - ``read``: the final read after the drain (process ``"reader"``, ``ok`` only): every message
-  still stored, read from offset 0 of every queue of the leader: ``value``, ``key``, ``queue``,
-  ``offset``, ``msg_id``. It shows storage loss that consumers had already seen past.
+  still stored, read from offset 0 of every queue of each group's leader: ``value``, ``key``,
+  ``group``, ``queue``, ``offset``, ``msg_id``. It shows storage loss that consumers had already
+  seen past.
 - ``fault``: the nemesis (process ``"nemesis"``), type ``info``; ``value`` is
   ``{"fault": name, "phase": "start" | "end", "targets": [node ids], ...}``. Every start has an
-  end with the same ``fault`` and a ``window`` number shared by both.
+  end with the same ``fault`` and a ``window`` number shared by both. With several broker
+  groups also ``"group"`` (the one the window acts in) and ``"majority_down"`` (whether it
+  stops a majority of that group's nodes).
 - ``phase``: the runner's milestones (process ``"runner"``, type ``info``): ``value`` is one of
   ``"workload"``, ``"heal"``, ``"recovered"``, ``"drain"``, ``"done"``.
 
 ``time`` is seconds since the run started (monotonic clock), so histories from different runs
-line up at zero.
+line up at zero. ``group`` is the broker group named by the receipt or the message id
+(``broker-a``); ops from before groups existed, or hand-built ones, may have none: positions
+are then compared by queue alone.
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ class Op:
     value: Any = None
     #: The sharding key of a FIFO send (None for the plain queue workload).
     key: str | None = None
+    #: The broker group of the queue (from the receipt or the message id).
+    group: str | None = None
     queue: int | None = None
     offset: int | None = None
     msg_id: str | None = None
@@ -114,6 +123,10 @@ class FaultWindow:
     end: float
     #: False when the history has no end for it: it then lasts until the last op.
     ended: bool
+    #: The broker group it acted in (runs with several groups), and whether it stopped a
+    #: majority of that group's nodes.
+    group: str | None = None
+    majority_down: bool = False
 
 
 def fault_windows(ops: Sequence[Op], end_of_history: float | None = None) -> list[FaultWindow]:
@@ -149,6 +162,8 @@ def _window(start: Op, end: float, ended: bool) -> FaultWindow:
         start=start.time,
         end=end,
         ended=ended,
+        group=value.get("group"),
+        majority_down=bool(value.get("majority_down")),
     )
 
 

@@ -4,9 +4,10 @@ Every node runs a naming node too, and dials each peer through the harness's pro
 (``peer_dial``), so partitions need no root. With several broker groups (``groups``), each is a
 Raft group of ``size`` nodes of its own (broker-a, broker-b, ...); every node registers with
 every naming node, and the harness names a node by its group and member id, ``a/n1``,
-``b/n1`` (with one group: ``n1``), which is also its folder under ``root``. Each node is its own process group, started with
-the harness-only switches in ``DLEDGER_MQ_HARNESS``; kill, pause and resume act on that group
-by PID. ``close`` (always called, from a ``finally``) resumes and stops whatever is left.
+``b/n1`` (with one group: ``n1``), which is also its folder under ``root``. Each node is its
+own process group, started with the harness-only switches in ``DLEDGER_MQ_HARNESS``; kill,
+pause and resume act on that process group by PID. ``close`` (always called, from a
+``finally``) resumes and stops whatever is left.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.config import Member, parse_config, render_config
 from dledger_mq.node.data_dir import has_log, initialise_log
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
-from dledger_mq.node.local_cluster import cluster_on_free_ports
+from dledger_mq.node.local_cluster import free_ports
 from dledger_mq.node.processes import start_node, stop_processes
 from dledger_mq.wire.admin import ADMIN_CODEC, RuleInfo, StatusReply
 from dledger_mq.wire.client_auth import Credentials, new_secret_key
@@ -59,9 +60,7 @@ class Nodes:
     """``groups`` broker groups of ``size`` nodes under ``root``; ``dial(src, dst)`` is where
     src reaches dst's peer port (both harness names of one group)."""
 
-    def __init__(
-        self, root: Path, size: int, harness_options: list[str], groups: int = 1
-    ) -> None:
+    def __init__(self, root: Path, size: int, harness_options: list[str], groups: int = 1) -> None:
         self.root = root
         self.size = size
         #: The broker groups, in order: broker-a, broker-b, ...
@@ -71,18 +70,28 @@ class Nodes:
         self.naming: dict[str, str] = {}
         self.group_of: dict[str, str] = {}
         self.member_of: dict[str, str] = {}
-        # Every port from one call, so that no two nodes of any group share one.
-        members, naming = cluster_on_free_ports(size * groups, with_naming=True)
-        addresses = list(zip(members.values(), naming.values(), strict=True))
-        for position, group in enumerate(self.groups):
+        # Every port from one call (the proxy's too), so that none is chosen twice: a proxy
+        # listener on a port picked for a node would keep that node from starting.
+        links = groups * size * (size - 1)
+        ports = iter(free_ports(3 * size * groups + links))
+        for group in self.groups:
             for number in range(size):
                 member_id = f"n{number + 1}"
                 name = member_id if groups == 1 else f"{short_group_name(group)}/{member_id}"
-                member, naming_address = addresses[position * size + number]
-                self.members[name] = member
-                self.naming[name] = naming_address
+                self.members[name] = Member(
+                    peer=f"127.0.0.1:{next(ports)}", client=f"127.0.0.1:{next(ports)}"
+                )
+                self.naming[name] = f"127.0.0.1:{next(ports)}"
                 self.group_of[name] = group
                 self.member_of[name] = member_id
+        #: A port for the proxy's listener of each directed link ``(src, dst)`` in a group.
+        self.link_ports = {
+            (src, dst): next(ports)
+            for names in self.peer_groups()
+            for src in names
+            for dst in names
+            if src != dst
+        }
         self.harness_options = harness_options
         self.nodes: dict[str, NodeProcess] = {}
         #: With ``write_configs(tls=True)``: what clients trust; after ``add_user``: whom they

@@ -124,9 +124,12 @@ class ProxyNetwork:
         upstreams: Mapping[str, UpstreamAddress],
         rng: random.Random,
         groups: Iterable[Iterable[str]] | None = None,
+        ports: Mapping[Link, int] | None = None,
     ) -> None:
         """``groups``: nodes that talk only among themselves (broker groups): links only
-        within each (default: one group of every node)."""
+        within each (default: one group of every node). ``ports``: the port to listen on for
+        a link (default: any free one), e.g. chosen with the nodes' own ports so that no
+        listener takes a port a node is about to bind."""
         if len(upstreams) < 2:
             raise ValueError("a proxy network needs at least two nodes")
         self._upstreams: dict[str, Address] = {
@@ -145,6 +148,7 @@ class ProxyNetwork:
         self._blocked: set[Link] = set()
         self._open: dict[Link, set[_Connection]] = {link: set() for link in self._links}
         self._ports: dict[Link, int] = {}
+        self._wanted_ports = dict(ports or {})
         self._running = False
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -158,7 +162,9 @@ class ProxyNetwork:
             listeners: dict[Link, list[trio.SocketListener]] = {}
             try:
                 for link in self._links:
-                    listeners[link] = await trio.open_tcp_listeners(0, host=LISTEN_HOST)
+                    listeners[link] = await trio.open_tcp_listeners(
+                        self._wanted_ports.get(link, 0), host=LISTEN_HOST
+                    )
             except BaseException:
                 for opened in listeners.values():
                     for listener in opened:

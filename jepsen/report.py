@@ -5,11 +5,14 @@ hand. It shows, from top to bottom:
 
 1. the verdict (PASS when every check passed, FAIL otherwise) and the run's facts (``meta``);
 2. "Throughput": acknowledged sends and receives per second, failed and indeterminate sends as
-   marks under the time axis;
+   marks under the time axis; with several broker groups also each group's acknowledged sends
+   per second, dashed;
 3. "Send latency": p50, p99 and max latency of the acknowledged sends per time bucket, on a log
    scale, indeterminate sends as red marks;
 4. one row per :class:`CheckResult`: verdict, counts and the first examples;
-5. the fault windows as the availability checker measured them, when it did.
+5. the fault windows as the availability checker measured them, when it did;
+6. with several broker groups, the windows that took one group's majority away and what the
+   other groups acknowledged meanwhile, as the group_independence checker counted them.
 
 Both charts share one time axis, shade each fault window as a translucent band labelled with the
 fault and its targets, and draw the runner's phases (heal, drain, ...) as dashed lines. Ops are
@@ -69,6 +72,7 @@ INDETERMINATE_COLOR = "#d62728"
 P50_COLOR = "#1f77b4"
 P99_COLOR = "#ff7f0e"
 MAX_COLOR = "#555555"
+GROUP_COLORS = ("#17becf", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 
 Scale = Callable[[float], float]
 
@@ -93,6 +97,8 @@ class Timeline:
     #: (completion time, latency or None when its invoke is missing) of each indeterminate send.
     indeterminate: list[tuple[float, float | None]] = field(default_factory=list)
     received: list[float] = field(default_factory=list)
+    #: Broker group -> completion times of its acknowledged sends (those whose op names one).
+    acked_by_group: dict[str, list[float]] = field(default_factory=dict)
     faults: list[FaultWindow] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
 
@@ -115,6 +121,8 @@ def collect(ops: Iterable[Op]) -> Timeline:
             latency = t - started if started is not None else None
             if op.type == OK:
                 timeline.acked.append((t, latency))
+                if op.group is not None:
+                    timeline.acked_by_group.setdefault(op.group, []).append(t)
             elif op.type == FAIL:
                 timeline.failed.append(t)
             else:
@@ -481,6 +489,12 @@ def throughput_chart(timeline: Timeline) -> str:
     body = y_axis(y, ticks, "ops/s") + x_axis(x, timeline.duration)
     body += series(sent, buckets, x, y, SENT_COLOR, 1.5)
     body += series(received, buckets, x, y, RECEIVED_COLOR, 1.5)
+    for color, times in group_series(timeline):
+        per_group: list[float | None] = [n / buckets.width for n in buckets.tally(times)]
+        body += [
+            line.replace("<polyline ", '<polyline stroke-dasharray="4 2" ', 1)
+            for line in series(per_group, buckets, x, y, color, 1.0)
+        ]
     body += under_axis_marks(timeline.failed, buckets, x, 6, FAILED_COLOR, "failed sends")
     body += under_axis_marks(
         [t for t, _ in timeline.indeterminate],
@@ -491,6 +505,25 @@ def throughput_chart(timeline: Timeline) -> str:
         "indeterminate sends",
     )
     return chart("Throughput", timeline, x, body)
+
+
+def group_series(timeline: Timeline) -> list[tuple[str, list[float]]]:
+    """(color, acknowledgement times) per broker group, when the sends went to several."""
+    if len(timeline.acked_by_group) < 2:
+        return []
+    return [
+        (GROUP_COLORS[i % len(GROUP_COLORS)], timeline.acked_by_group[group])
+        for i, group in enumerate(sorted(timeline.acked_by_group))
+    ]
+
+
+def group_legend(timeline: Timeline) -> list[tuple[str, str]]:
+    if len(timeline.acked_by_group) < 2:
+        return []
+    return [
+        (GROUP_COLORS[i % len(GROUP_COLORS)], f"acknowledged by {group}/s (dashed)")
+        for i, group in enumerate(sorted(timeline.acked_by_group))
+    ]
 
 
 def under_axis_marks(
@@ -702,6 +735,7 @@ def charts_section(timeline: Timeline) -> str:
         "<h2>Throughput</h2>"
         + legend(
             (SENT_COLOR, "acknowledged sends/s"),
+            *group_legend(timeline),
             (RECEIVED_COLOR, "receives/s"),
             (FAILED_COLOR, "failed sends (under the axis)"),
             (INDETERMINATE_COLOR, "indeterminate sends (under the axis)"),
@@ -754,29 +788,83 @@ def counts_text(counts: dict[str, int | float]) -> str:
 
 WINDOW_COLUMNS = ("window", "fault", "targets", "start", "end", "longest_gap", "recovery")
 WINDOW_SECONDS = ("start", "end", "longest_gap", "recovery")
+GROUP_WINDOW_COLUMNS = (
+    "window",
+    "fault",
+    "group",
+    "targets",
+    "start",
+    "end",
+    "judged",
+    "healthy_acks",
+    "down_group_acks",
+    "longest_healthy_gap",
+    "rejoin",
+)
+GROUP_WINDOW_SECONDS = ("start", "end", "longest_healthy_gap", "rejoin")
+GROUP_WINDOW_COUNTS = ("healthy_acks", "down_group_acks")
 
 
-def windows_section(results: Sequence[CheckResult]) -> str:
-    windows = next((r.details.get("windows") for r in results if r.name == "availability"), None)
-    if not isinstance(windows, list) or not windows:
-        return ""
-    header = "".join(f"<th>{column}</th>" for column in WINDOW_COLUMNS)
+def window_rows(results: Sequence[CheckResult], name: str) -> list[dict[str, object]]:
+    windows = next((r.details.get("windows") for r in results if r.name == name), None)
+    if not isinstance(windows, list):
+        return []
+    return [window for window in windows if isinstance(window, dict)]
+
+
+def window_table(
+    windows: Sequence[dict[str, object]],
+    columns: Sequence[str],
+    in_seconds: Sequence[str],
+    css: str,
+    counted: Sequence[str] = (),
+) -> str:
+    header = "".join(f"<th>{column}</th>" for column in columns)
     rows = []
     for window in windows:
-        if not isinstance(window, dict):
-            continue
         cells = []
-        for column in WINDOW_COLUMNS:
+        for column in columns:
             value = window.get(column)
-            if column in WINDOW_SECONDS:
+            if column in in_seconds:
                 cells.append(f'<td class="num">{esc(seconds(value))}</td>')
+            elif column in counted:
+                cells.append(f'<td class="num">{esc(format_value(value))}</td>')
             else:
                 cells.append(f"<td>{esc(format_value(value))}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="{css}"><tr>{header}</tr>{"".join(rows)}</table>'
+
+
+def windows_section(results: Sequence[CheckResult]) -> str:
+    windows = window_rows(results, "availability")
+    if not windows:
+        return ""
+    columns = list(WINDOW_COLUMNS)
+    if any(window.get("group") is not None for window in windows):
+        columns.insert(2, "group")
     return (
         "<h2>Fault windows</h2><p>Seconds since the start of the run, as measured by the "
-        "availability check.</p>"
-        f'<table class="windows"><tr>{header}</tr>{"".join(rows)}</table>'
+        "availability check.</p>" + window_table(windows, columns, WINDOW_SECONDS, "windows")
+    )
+
+
+def group_windows_section(results: Sequence[CheckResult]) -> str:
+    result = next((r for r in results if r.name == "group_independence"), None)
+    if result is None:
+        return ""
+    windows = window_rows(results, "group_independence")
+    intro = (
+        "<h2>Group outages</h2><p>Windows that took one broker group's majority away "
+        "(seconds since the start of the run) and the unkeyed sends the other groups "
+        "acknowledged meanwhile (healthy_acks, which must not be 0 in a judged window: one "
+        "longer than the send timeout plus 1 s), as the group_independence check counted "
+        "them; rejoin: from the window's end to the next send the group it took down "
+        "acknowledged (informational).</p>"
+    )
+    if not windows:
+        return intro + "<p>No such window during the workload.</p>"
+    return intro + window_table(
+        windows, GROUP_WINDOW_COLUMNS, GROUP_WINDOW_SECONDS, "group-windows", GROUP_WINDOW_COUNTS
     )
 
 
@@ -800,6 +888,8 @@ def render_report(ops: list[Op], results: list[CheckResult], meta: dict[str, obj
         + results_section(results)
         + "\n"
         + windows_section(results)
+        + "\n"
+        + group_windows_section(results)
         + "\n</body></html>\n"
     )
 

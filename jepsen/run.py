@@ -3,6 +3,10 @@
 The run directory holds the evidence: ``history.jsonl`` (written as the run goes), ``nodes/``
 (each node's config, data and log), ``results.json``, ``report.html`` and ``run.json`` (what was
 asked and what was concluded).
+
+With ``groups`` > 1 the cluster is that many broker groups (Raft groups) of ``nodes`` nodes
+each, the topic is created in every group (``WorkloadOptions.queues`` queues in each), and the
+final read reads every group from its leader.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import attrs
 import trio
 
 from dledger_mq.clients.admin import connect_admin
+from dledger_mq.clients.naming import connect_naming
 from dledger_mq.errors import DledgerError
 from jepsen.checkers import check_all
 from jepsen.history import INFO, PHASE, RUNNER, CheckResult, History
@@ -35,7 +40,10 @@ PROGRESS_SECONDS = 5.0
 @attrs.frozen
 class RunOptions:
     time_s: float = 60.0
+    #: Nodes per broker group.
     nodes: int = 3
+    #: Broker groups (each its own Raft group of ``nodes`` nodes) the topic spans.
+    groups: int = 1
     nemesis: tuple[FaultSpec, ...] = ()
     workload: WorkloadOptions = WorkloadOptions()
     schedule: Schedule = Schedule()
@@ -92,16 +100,22 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         history.add(now(), RUNNER, INFO, PHASE, value=name)
         echo(f"[{now():7.1f}s] {name}")
 
-    nodes = Nodes(directory / "nodes", options.nodes, options.harness_options)
+    nodes = Nodes(directory / "nodes", options.nodes, options.harness_options, options.groups)
     recovered = False
     workload = Workload(options.workload, nodes, history, now)
     try:
         async with trio.open_nursery() as nursery:
-            proxy = ProxyNetwork(nodes.peer_addresses(), rng)
+            proxy = ProxyNetwork(nodes.peer_addresses(), rng, nodes.peer_groups(), nodes.link_ports)
             await nursery.start(proxy.run)
             nodes.write_configs(proxy.address, tls=options.secure)
             nodes.start_all()
-            echo(f"{options.nodes} nodes under {directory / 'nodes'}; waiting for a leader")
+            if options.groups > 1:
+                echo(
+                    f"{options.groups} broker groups of {options.nodes} nodes under "
+                    f"{directory / 'nodes'}; waiting for their leaders"
+                )
+            else:
+                echo(f"{options.nodes} nodes under {directory / 'nodes'}; waiting for a leader")
             with trio.fail_after(options.startup_timeout_s):
                 await nodes.wait_recovered()
                 if options.secure:
@@ -116,7 +130,13 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         nodes.close()
         history.close()
 
-    results = check_all(history.ops, fifo=options.workload.fifo)
+    results = check_all(
+        history.ops,
+        fifo=options.workload.fifo,
+        groups=options.groups,
+        # A producer held by a send written to the group that went down, until it times out.
+        patience_s=options.workload.send_timeout_s + 1.0,
+    )
     (directory / "results.json").write_text(
         json.dumps([attrs.asdict(result) for result in results], indent=2)
     )
@@ -125,6 +145,7 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         "command": " ".join(shlex.quote(arg) for arg in sys.argv),
         "verdict": "PASS" if valid else "FAIL",
         "nodes": options.nodes,
+        "broker groups": options.groups,
         "workload": options.workload.name,
         "nemesis": ",".join(
             spec.fault + (f":{spec.target}" if spec.target else "") for spec in options.nemesis
@@ -143,18 +164,37 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
 
 
 async def _create_topic(nodes: Nodes, workload: WorkloadOptions) -> None:
-    while True:
-        leader = await nodes.leader()
-        if leader is not None:
+    """The topic in every group (through its leader), then, with several groups, until every
+    naming node routes it to all of them: a producer that saw only some would keep to those
+    for as long as it caches the route."""
+    for group in nodes.groups:
+        while True:
+            leader = await nodes.leader(group)
+            if leader is not None:
+                try:
+                    async with connect_admin(
+                        nodes.members[leader].client, CLUSTER_ID, nodes.credentials, nodes.tls
+                    ) as admin:
+                        await admin.create_topic(TOPIC, workload.queues, fifo=workload.fifo)
+                        break
+                except DledgerError:
+                    pass
+            await trio.sleep(0.1)
+    if len(nodes.groups) == 1:
+        return
+    for address in nodes.naming_addresses:
+        while True:
             try:
-                async with connect_admin(
-                    nodes.members[leader].client, CLUSTER_ID, nodes.credentials, nodes.tls
-                ) as admin:
-                    await admin.create_topic(TOPIC, workload.queues, fifo=workload.fifo)
-                    return
+                # Anonymous, as the SDK asks naming (naming nodes hold no users).
+                async with connect_naming(
+                    address, CLUSTER_ID, "jepsen", ssl_context=nodes.tls
+                ) as naming:
+                    routes = await naming.routes(TOPIC)
+                if {route.group for route in routes} >= set(nodes.groups):
+                    break
             except DledgerError:
                 pass
-        await trio.sleep(0.1)
+            await trio.sleep(0.05)
 
 
 async def _attack_and_drain(
@@ -211,10 +251,12 @@ async def _attack_and_drain(
     # What is stored now, read from the start: loss that consumers had already seen past.
     with trio.move_on_after(options.drain_timeout_s):
         await nodes.wait_recovered()
-        leader = await nodes.leader()
-        if leader is not None:
+        leaders = await nodes.leaders()
+        if all(leader is not None for leader in leaders.values()):
             phase("read")
-            await workload.final_read(nodes.members[leader].client)
+            for leader in leaders.values():
+                assert leader is not None
+                await workload.final_read(nodes.members[leader].client)
     phase("done")
     return recovered
 
@@ -224,8 +266,14 @@ async def _show_progress(workload: Workload, nemesis: Nemesis) -> None:
         await trio.sleep(PROGRESS_SECONDS)
         counts = workload.counts
         fault = nemesis.current or "quiet"
+        by_group = workload.acknowledged_by_group
+        groups = (
+            " (" + ", ".join(f"{group} {n:,}" for group, n in sorted(by_group.items())) + ")"
+            if len(by_group) > 1
+            else ""
+        )
         print(
-            f"  sends ok {counts['ok']:,} info {counts['info']:,} fail {counts['fail']:,}"
+            f"  sends ok {counts['ok']:,}{groups} info {counts['info']:,} fail {counts['fail']:,}"
             f" | received {counts['receive']:,} (unconsumed {workload.unconsumed:,}) | {fault}",
             file=sys.stderr,
             flush=True,

@@ -8,6 +8,10 @@ handed to them (``receive``) and acknowledge it.
 
 ``fifo``: the same on a FIFO topic, each send with a sharding key ``kN-M`` owned by producer
 ``pN`` (the key also goes in the message's keys, so a receive can be checked per key).
+
+With several broker groups the topic spans them all (the runner creates it in each); every
+receipt and message names its group, which goes into the history with the queue: a queue is
+(group, queue).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class WorkloadOptions:
     #: A send not acknowledged within this long is recorded as indeterminate (info).
     send_timeout_s: float = 5.0
     keys_per_producer: int = 4
+    #: Queues of the topic in each broker group.
     queues: int = 4
 
     @property
@@ -66,6 +71,8 @@ class Workload:
         self.acknowledged: set[str] = set()
         self.received: set[str] = set()
         self.counts = {OK: 0, FAIL: 0, INFO: 0, RECEIVE: 0}
+        #: Acknowledged sends per broker group (the receipt's), for the progress line.
+        self.acknowledged_by_group: dict[str, int] = {}
         #: Errors that ended a consumer (it was started again), for the run's summary.
         self.consumer_errors: list[str] = []
         #: Set each time a value is received for the first time: the drain phase waits on it.
@@ -87,8 +94,9 @@ class Workload:
                 nursery.start_soon(self._consumer, index)
 
     async def final_read(self, address: str) -> int:
-        """Record every message still stored, reading each queue from offset 0 at ``address``
-        (a node that has applied the leader's commit index); returns how many."""
+        """Record every message still stored in one group, reading each of its queues from
+        offset 0 at ``address`` (a node of the group that has applied its leader's commit
+        index); returns how many."""
         count = 0
         nodes = self.nodes
         async with connect_admin(address, credentials=nodes.credentials, tls=nodes.tls) as admin:
@@ -110,6 +118,7 @@ class Workload:
                             READ,
                             value=stored.body.decode(errors="replace"),
                             key=stored.keys[0] if stored.keys else None,
+                            group=stored.group,
                             queue=stored.queue_id,
                             offset=stored.offset,
                             msg_id=stored.msg_id,
@@ -160,6 +169,8 @@ class Workload:
             return
         self.counts[OK] += 1
         self.acknowledged.add(value)
+        group = receipt.group
+        self.acknowledged_by_group[group] = self.acknowledged_by_group.get(group, 0) + 1
         record(
             self.now(),
             process,
@@ -167,6 +178,7 @@ class Workload:
             SEND,
             value=value,
             key=key,
+            group=group,
             queue=receipt.queue_id,
             offset=receipt.offset,
             msg_id=receipt.msg_id,
@@ -200,6 +212,7 @@ class Workload:
                     RECEIVE,
                     value=value,
                     key=message.keys[0] if message.keys else None,
+                    group=message.group,
                     queue=message.queue_id,
                     offset=message.offset,
                     msg_id=message.msg_id,
@@ -219,6 +232,7 @@ class Workload:
                     OK,
                     ACK,
                     value=value,
+                    group=message.group,
                     queue=message.queue_id,
                     offset=message.offset,
                 )

@@ -17,6 +17,7 @@ from jepsen.checkers import (
     duplicates,
     fault_windows,
     fifo_exclusive,
+    group_independence,
     lost,
     order,
     recovered,
@@ -53,9 +54,18 @@ class Builder:
         offset: int = 0,
         key: str | None = None,
         at: float | None = None,
+        group: str | None = None,
     ) -> Builder:
         return self.add(
-            OK, SEND, producer(value), at, value=value, key=key, queue=queue, offset=offset
+            OK,
+            SEND,
+            producer(value),
+            at,
+            value=value,
+            key=key,
+            group=group,
+            queue=queue,
+            offset=offset,
         )
 
     def fail(self, value: str, at: float | None = None) -> Builder:
@@ -71,10 +81,11 @@ class Builder:
         offset: int = 0,
         key: str | None = None,
         at: float | None = None,
+        group: str | None = None,
     ) -> Builder:
         """An invoke and its acknowledgement, both at the same time."""
         self.invoke(value, key, at)
-        return self.ok(value, queue, offset, key, at=self.time)
+        return self.ok(value, queue, offset, key, at=self.time, group=group)
 
     def receive(
         self,
@@ -84,8 +95,19 @@ class Builder:
         consumer: str = "c0",
         key: str | None = None,
         at: float | None = None,
+        group: str | None = None,
     ) -> Builder:
-        return self.add(OK, RECEIVE, consumer, at, value=value, key=key, queue=queue, offset=offset)
+        return self.add(
+            OK,
+            RECEIVE,
+            consumer,
+            at,
+            value=value,
+            key=key,
+            group=group,
+            queue=queue,
+            offset=offset,
+        )
 
     def start(self, window: int, at: float | None = None, fault: str = "partition") -> Builder:
         return self.fault(window, "start", at, fault)
@@ -93,9 +115,16 @@ class Builder:
     def end(self, window: int, at: float | None = None, fault: str = "partition") -> Builder:
         return self.fault(window, "end", at, fault)
 
-    def fault(self, window: int, phase: str, at: float | None, fault: str) -> Builder:
-        value = {"fault": fault, "phase": phase, "targets": ["n1"], "window": window}
+    def fault(self, window: int, phase: str, at: float | None, fault: str, **extra: Any) -> Builder:
+        value = {"fault": fault, "phase": phase, "targets": ["n1"], "window": window, **extra}
         return self.add(INFO, FAULT, "nemesis", at, value=value)
+
+    def outage(self, window: int, group: str, start: float, end: float) -> Builder:
+        """A window that killed a majority of ``group`` from ``start`` to ``end``."""
+        short = group.removeprefix("broker-")
+        extra = {"group": group, "majority_down": True, "targets": [f"{short}/n1", f"{short}/n2"]}
+        self.fault(window, "start", start, "kill", **extra)
+        return self.fault(window, "end", end, "kill", **extra)
 
     def phase(self, name: str, at: float | None = None) -> Builder:
         return self.add(INFO, PHASE, "runner", at, value=name)
@@ -507,6 +536,9 @@ KEYS_PER_PRODUCER = 2
 ACTIONS = ("send", "send", "send", "deliver", "deliver", "rebalance", "fault", "pause")
 # How a send ends, chosen by the step's number: mostly acknowledged.
 OUTCOMES = ("ok", "ok", "ok", "info stored", "info", "fail")
+# Where each model queue is: (broker group, queue id), so that queue 0 is in both groups and a
+# checker that keyed on the queue id alone would see conflicts.
+PLACES = (("broker-a", 0), ("broker-a", 1), ("broker-b", 0))
 
 
 class Model:
@@ -576,7 +608,8 @@ class Model:
         offset = len(self.stored[queue])
         self.stored[queue].append((value, key))
         if outcome == "ok":
-            self.b.ok(value, queue, offset, key)
+            group, queue_id = PLACES[queue]
+            self.b.ok(value, queue_id, offset, key, group=group)
             self.acknowledged.append(value)
         else:
             self.b.info(value)
@@ -585,7 +618,10 @@ class Model:
         offset = self.read[q]
         if offset < len(self.stored[q]):
             value, key = self.stored[q][offset]
-            self.b.receive(value, q, offset, consumer=f"c{self.owner[q]}", key=key)
+            group, queue_id = PLACES[q]
+            self.b.receive(
+                value, queue_id, offset, consumer=f"c{self.owner[q]}", key=key, group=group
+            )
             self.read[q] += 1
 
     def toggle_fault(self) -> None:
@@ -691,3 +727,131 @@ def test_fifo_exclusive_flags_two_consumers_holding_one_queue_at_once() -> None:
     # check_all runs it for fifo histories only.
     assert "fifo_exclusive" in {r.name for r in check_all(overlapping, fifo=True)}
     assert "fifo_exclusive" not in {r.name for r in check_all(overlapping)}
+
+
+# --- Several broker groups: a queue is (group, queue) ----------------------------------------
+
+A, B = "broker-a", "broker-b"
+
+
+def test_the_same_queue_and_offset_in_two_groups_are_two_positions() -> None:
+    b = Builder().send("p0-1", queue=0, offset=0, group=A).send("p0-2", queue=0, offset=0, group=B)
+    b.receive("p0-1", group=A).receive("p0-2", group=B)
+    result = duplicates(b.ops)
+    assert result.valid and result.counts["conflicting"] == 0
+
+    # One value at queue 0 offset 0 of both groups is stored twice, and says so by group.
+    twice = Builder().send("p0-1", group=A).receive("p0-1", group=A).receive("p0-1", group=B)
+    result = duplicates(twice.ops)
+    assert not result.valid and result.counts["duplicated"] == 1
+    assert result.examples == [
+        "p0-1: stored at 2 positions: broker-a queue 0 offset 0, broker-b queue 0 offset 0"
+    ]
+
+
+def test_order_is_per_group_and_queue() -> None:
+    # p0 sends to queue 0 of a (offset 5), then of b (offset 0): two queues, no regression.
+    b = Builder().send("p0-1", offset=5, group=A).send("p0-2", offset=0, group=B)
+    b.receive("p0-1", offset=5, group=A).receive("p0-2", offset=0, group=B)
+    assert order(b.ops).valid
+    # Within one group's queue a regression is still one.
+    b.send("p0-3", offset=4, group=A).receive("p0-3", offset=4, group=A)
+    result = order(b.ops)
+    assert result.counts == {"storage_order": 1, "delivery_order": 1}
+    assert "stored at broker-a queue 0 offset 4" in result.examples[0]
+
+
+def test_fifo_a_key_in_queue_0_of_two_groups_left_its_queue() -> None:
+    b = Builder().send("p0-1", key="k0-1", group=A).send("p0-2", key="k0-1", offset=1, group=B)
+    result = order(b.ops, fifo=True)
+    assert result.counts["key_order"] == 1
+    assert result.examples == [
+        "key order: key k0-1: p0-2 stored in broker-b queue 0, but the key's first send p0-1 "
+        "in broker-a queue 0"
+    ]
+
+
+def test_fifo_exclusive_holdings_of_queue_0_in_two_groups_do_not_overlap() -> None:
+    ops = [
+        Op(0, 0.0, "c0", "ok", "receive", value="v0", group=A, queue=0, offset=0),
+        Op(1, 0.1, "c1", "ok", "receive", value="v1", group=B, queue=0, offset=0),
+        Op(2, 1.0, "c0", "ok", "ack", value="v0", group=A, queue=0, offset=0),
+        Op(3, 1.1, "c1", "ok", "ack", value="v1", group=B, queue=0, offset=0),
+    ]
+    assert fifo_exclusive(ops).counts == {"holdings": 2, "overlaps": 0}
+    same_group = [attrs.evolve(op, group=A) for op in ops]
+    assert fifo_exclusive(same_group).counts["overlaps"] == 1
+
+
+def test_summary_counts_acknowledgements_per_group_when_there_are_several() -> None:
+    b = Builder().send("p0-1", group=A).send("p0-2", group=B).send("p0-3", group=B)
+    assert summary(b.ops).counts["ok_broker-b"] == 2
+    assert "ok_broker-a" not in summary(Builder().send("p0-1", group=A).ops).counts
+
+
+def test_fault_windows_keep_the_group_and_whether_its_majority_was_down() -> None:
+    (window,) = fault_windows(Builder().outage(1, B, 1.0, 9.0).ops)
+    assert (window.group, window.majority_down, window.targets) == (B, True, ("b/n1", "b/n2"))
+    (plain,) = fault_windows(Builder().start(1).end(1).ops)
+    assert (plain.group, plain.majority_down) == (None, False)
+
+
+def outage_history(healthy_at: list[float], keyed: bool = False) -> Builder:
+    """Group a's majority down from 10 to 20 s; sends to a before, to b at ``healthy_at``,
+    and to a again at 24 s."""
+    b = Builder().send("p0-1", group=A, at=1.0).outage(1, A, 10.0, 20.0)
+    for n, t in enumerate(healthy_at, start=2):
+        b.send(f"p0-{n}", offset=n, key="k" if keyed else None, group=B, at=t)
+    return b.send("p0-99", offset=1, group=A, at=24.0)
+
+
+def test_group_independence_passes_when_the_other_group_acknowledges_during_the_outage() -> None:
+    result = group_independence(outage_history([12.0, 13.0]).ops, patience_s=6.0)
+    assert result.valid
+    assert result.counts == {
+        "windows": 1,
+        "too_short": 0,
+        "starved": 0,
+        "min_healthy": 2,
+        "max_rejoin": 4.0,
+        "not_rejoined": 0,
+        "ok_broker-a": 2,
+        "ok_broker-b": 2,
+    }
+    (row,) = result.details["windows"]
+    assert row["group"] == A and row["healthy_acks"] == 2 and row["down_group_acks"] == 0
+    assert row["longest_healthy_gap"] == pytest.approx(7.0)  # from 13 s to the end at 20 s
+    assert row["rejoin"] == pytest.approx(4.0)
+
+
+def test_group_independence_fails_a_window_the_other_group_acknowledged_nothing_in() -> None:
+    # b acknowledged only before and after the window, and keyed sends do not count.
+    for ops in (outage_history([5.0, 21.0]).ops, outage_history([12.0], keyed=True).ops):
+        result = group_independence(ops, patience_s=6.0)
+        assert not result.valid and result.counts["starved"] == 1
+        assert result.examples == [
+            "window 1: kill of a/n1, a/n2 took broker-a's majority away from 10.000 s to "
+            "20.000 s, and no other group acknowledged an unkeyed send meanwhile"
+        ]
+
+
+def test_group_independence_does_not_judge_short_windows_or_windows_without_sends() -> None:
+    short = group_independence(outage_history([]).ops, patience_s=10.0)
+    assert short.valid and short.counts["too_short"] == 1 and short.counts["windows"] == 0
+    assert short.details["windows"][0]["judged"] is False
+    # A window after the last send op: no producer ran, nothing to judge.
+    late = Builder().send("p0-1", group=A, at=1.0).outage(1, A, 10.0, 20.0)
+    assert late.ops and group_independence(late.ops).details["windows"] == []
+    # Windows that left every majority (a leader killed) are not its business.
+    b = Builder().send("p0-1", group=A, at=1.0).start(1, at=2.0).end(1, at=30.0)
+    b.send("p0-2", group=A, at=40.0)
+    assert group_independence(b.ops).counts["windows"] == 0
+
+
+def test_group_independence_runs_with_several_groups_and_not_fifo() -> None:
+    ops = outage_history([]).ops
+    names = [r.name for r in check_all(ops, groups=2, patience_s=6.0)]
+    assert names[-1] == "group_independence"
+    assert "group_independence" not in [r.name for r in check_all(ops)]
+    assert "group_independence" not in [r.name for r in check_all(ops, fifo=True, groups=2)]
+    assert not check_all(ops, groups=2, patience_s=6.0)[-1].valid
