@@ -396,3 +396,23 @@ class TopicLimitReached(BadRequest):
 
 class TooManyConnections(Unavailable):
     """The listener holds as many connections as it takes (in all, or from this address)."""
+
+
+class InvalidMembershipChange(BadRequest):
+    """A change that would make a membership no group can have, or that does not apply to the
+    current one (promoting a voter, removing a stranger): ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"membership change refused: {reason}")
+
+
+class MembershipChangeInProgress(BadRequest):
+    """A change cannot be made yet: an earlier one is not committed, this leader has not
+    committed an entry of its term, or a learner to promote has not caught up. Retry."""
+
+    retriable = True
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"membership change not yet possible: {reason}")

@@ -22,6 +22,7 @@ from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import AuthenticationRequired, PermissionDenied
 from dledger_mq.wire.admin import (
     AddUserRequest,
+    ChangeMembershipRequest,
     CreateTopicRequest,
     DeleteTopicRequest,
     GrantRequest,
@@ -45,6 +46,7 @@ from dledger_mq.wire.rpc import Session
 
 _CLUSTER_ADMIN = (
     TransferLeaderRequest,
+    ChangeMembershipRequest,
     AddUserRequest,
     RemoveUserRequest,
     GrantRequest,

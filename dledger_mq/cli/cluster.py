@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import attrs
 import click
 import trio
 
@@ -24,7 +25,9 @@ from dledger_mq.errors import DledgerError, UsageError
 from dledger_mq.node.control import Verb
 
 if TYPE_CHECKING:
+    from dledger_mq.clients.admin import AdminConnection
     from dledger_mq.node.cluster_status import Probe
+    from dledger_mq.wire.admin import MembershipReply
 
 
 @main.group()
@@ -263,6 +266,171 @@ def cluster_balance_leaders(
             click.echo(f"{result['group']}: {result['after']} leads (preferred)")
         else:
             click.echo(f"{result['group']}: {result['before']} -> {result['after']}")
+
+
+GROUP_OPTION_HELP = "The broker group (`broker-b` or `b`); needed when there are several."
+
+
+def _one_group(broker_group: str | None, admins: dict[str, AdminConnection]) -> str:
+    from dledger_mq.clients.admin import resolve_groups
+
+    if broker_group is None and len(admins) > 1:
+        raise UsageError(f"give --group: one of {', '.join(admins)}")
+    [chosen] = resolve_groups(broker_group, list(admins)) if broker_group else list(admins)
+    return chosen
+
+
+def _membership_object(group: str, reply: MembershipReply) -> dict[str, object]:
+    return {
+        "group": group,
+        "index": reply.index,
+        "voters": [attrs.asdict(member) for member in reply.voters],
+        "learners": [attrs.asdict(member) for member in reply.learners],
+    }
+
+
+def _membership_line(group: str, reply: MembershipReply) -> str:
+    voters = ", ".join(member.node_id for member in reply.voters)
+    learners = ", ".join(member.node_id for member in reply.learners) or "none"
+    return f"{group}: voters {voters}; learners {learners}"
+
+
+@cluster.command("members")
+@click.option("--group", "broker_group", default=None, help=GROUP_OPTION_HELP)
+@cluster_options
+@json_option("each group's voters and learners")
+@one_line_errors
+def cluster_members(
+    broker_group: str | None, endpoints: str | None, root: Path, cluster_id: str, as_json: bool
+) -> None:
+    """Each broker group's voters and learners, as its leader's log says."""
+    from dledger_mq.clients.admin import resolve_groups
+
+    async def fetch() -> list[tuple[str, MembershipReply]]:
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            groups = resolve_groups(broker_group, list(admins))
+            return [(group, await admins[group].membership()) for group in groups]
+
+    found = trio.run(fetch)
+    if as_json:
+        click.echo(json.dumps([_membership_object(g, r) for g, r in found], indent=2))
+        return
+    for group, reply in found:
+        click.echo(_membership_line(group, reply))
+
+
+#: How long add-replica waits for the new member to catch up, and remove-replica for a
+#: leadership hand-over, by default.
+MEMBERSHIP_WAIT_SECONDS = 120.0
+
+
+@cluster.command("add-replica")
+@click.option("--group", "broker_group", default=None, help=GROUP_OPTION_HELP)
+@click.option("--node", "node_id", required=True, help="The new member's node id.")
+@click.option("--peer", required=True, metavar="HOST:PORT", help="Its peer (Raft) address.")
+@click.option("--client", required=True, metavar="HOST:PORT", help="Its client address.")
+@click.option("--learner-only", is_flag=True, help="Leave it a learner (no vote) once caught up.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=MEMBERSHIP_WAIT_SECONDS,
+    show_default=True,
+    help="Seconds to wait for it to catch up.",
+)
+@cluster_options
+@one_line_errors
+def cluster_add_replica(
+    broker_group: str | None,
+    node_id: str,
+    peer: str,
+    client: str,
+    learner_only: bool,
+    timeout: float,
+    endpoints: str | None,
+    root: Path,
+    cluster_id: str,
+) -> None:
+    """Add a replica to a broker group, online: as a learner first (it gets the log, or the
+    leader's snapshot, and counts in no quorum), then, once it has caught up, as a voter.
+    Start the new node first (its node.toml lists the group's members and itself, with
+    `learners = ["NODE"]`; docs/operations.md, "Changing a group's members")."""
+    from dledger_mq.errors import MembershipChangeInProgress
+
+    def say(line: str) -> None:
+        click.echo(line)
+
+    async def add() -> str:
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            group = _one_group(broker_group, admins)
+            leader = admins[group]
+            await leader.change_membership("add-learner", node_id, peer, client)
+            say(f"{group}: {node_id} added as a learner; catching up")
+            last_shown = -1
+            with trio.fail_after(timeout):
+                while True:
+                    status = await leader.status()
+                    match = next(
+                        (f.match_index for f in status.followers if f.node_id == node_id), 0
+                    )
+                    if match >= status.commit_index:
+                        break
+                    if match != last_shown:
+                        say(f"{node_id}: has {match} of {status.commit_index} committed entries")
+                        last_shown = match
+                    await trio.sleep(0.2)
+                if learner_only:
+                    return _membership_line(group, await leader.membership())
+                while True:
+                    try:
+                        reply = await leader.change_membership("promote", node_id)
+                        break
+                    except MembershipChangeInProgress:
+                        await trio.sleep(0.2)  # it fell behind again, or a change is pending
+            say(f"{group}: {node_id} caught up and promoted to voter")
+            return _membership_line(group, reply)
+
+    try:
+        click.echo(trio.run(add))
+    except trio.TooSlowError:
+        raise click.ClickException(
+            f"{node_id} did not catch up within {timeout:g} s: is it running, and does its "
+            "node.toml name it a learner of this group? (it stays a learner; "
+            f"`cluster remove-replica --node {node_id}` takes it out)"
+        ) from None
+
+
+@cluster.command("remove-replica")
+@click.option("--group", "broker_group", default=None, help=GROUP_OPTION_HELP)
+@click.option("--node", "node_id", required=True, help="The member to remove.")
+@cluster_options
+@one_line_errors
+def cluster_remove_replica(
+    broker_group: str | None, node_id: str, endpoints: str | None, root: Path, cluster_id: str
+) -> None:
+    """Remove a replica from a broker group, online (a voter or a learner). If it leads, it
+    hands leadership to another voter first. Stop the removed node afterwards: it no longer
+    counts, and nothing reaches it."""
+
+    async def remove() -> str:
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            group = _one_group(broker_group, admins)
+            leader = admins[group]
+            status = await leader.status()
+            if status.node_id == node_id:
+                membership = await leader.membership()
+                others = {m.node_id for m in membership.voters} - {node_id}
+                lags = {f.node_id: f.lag for f in status.followers if f.node_id in others}
+                if not lags:
+                    raise UsageError(f"{node_id} is the group's only voter: it cannot go")
+                target = min(sorted(lags), key=lambda other: lags[other])
+                click.echo(f"{group}: {node_id} leads; handing leadership to {target} first")
+                await leader.transfer_leader(target)
+        async with group_admins(endpoints, root, cluster_id, [group]) as admins:
+            reply = await admins[group].change_membership("remove", node_id)
+        click.echo(f"{group}: {node_id} removed")
+        return _membership_line(group, reply)
+
+    click.echo(trio.run(remove))
 
 
 @cluster.command("transfer-leader")

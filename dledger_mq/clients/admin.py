@@ -13,6 +13,7 @@ from dledger_mq.errors import UsageError
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
     AddUserRequest,
+    ChangeMembershipRequest,
     CreateTopicReply,
     CreateTopicRequest,
     DeleteTopicRequest,
@@ -26,6 +27,8 @@ from dledger_mq.wire.admin import (
     ListTopicsRequest,
     ListUsersReply,
     ListUsersRequest,
+    MembershipReply,
+    MembershipRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
@@ -112,6 +115,18 @@ class AdminConnection:
             ResetOffsetRequest(group, topic, to_offset, to_time_ms), ResetOffsetReply
         )
         return reply.offsets
+
+    async def change_membership(
+        self, action: str, node_id: str, peer: str = "", client: str = ""
+    ) -> MembershipReply:
+        """One single-server change of the group through its leader: ``add-learner`` (with the
+        new member's addresses), ``promote`` or ``remove``; answered once committed."""
+        request = ChangeMembershipRequest(action, node_id, peer, client)
+        return await self.connection.call(request, MembershipReply)
+
+    async def membership(self) -> MembershipReply:
+        """The group's voters and learners, as this node's log says now."""
+        return await self.connection.call(MembershipRequest(), MembershipReply)
 
     async def transfer_leader(self, target: str) -> str:
         reply = await self.connection.call(TransferLeaderRequest(target), TransferLeaderReply)

@@ -132,6 +132,10 @@ class NodeConfig:
     disk_delete_percent: int = attrs.field(default=75, validator=_at_most(100))
     disk_refuse_percent: int = attrs.field(default=90, validator=_at_most(100))
     retention_check_ms: int = attrs.field(default=10_000, validator=_positive)
+    #: Members that do not vote in the bootstrap membership: a node being added lists the
+    #: group's members and itself, and itself here (`cluster add-replica`, docs/operations.md).
+    #: Once the log holds a membership (CONFIG entries), that is in force instead.
+    learners: list[str] = attrs.field(factory=list)
     #: Where to dial a peer when not at its ``members`` peer address (a proxy, a NAT):
     #: peer id -> "HOST:PORT". The fault-injection harness routes every link through its proxy.
     peer_dial: dict[str, str] = attrs.field(factory=dict)
@@ -167,6 +171,11 @@ class NodeConfig:
             raise ConfigError(
                 f"node_id: {self.node_id!r} is not in members ({', '.join(self.members)})"
             )
+        for learner in self.learners:
+            if learner not in self.members:
+                raise ConfigError(f"learners: {learner!r} is not in members")
+        if not set(self.members) - set(self.learners):
+            raise ConfigError("learners: at least one member must vote")
         if self.flush not in {policy.value for policy in FlushPolicy}:
             raise ConfigError(f"flush: must be one of sync, async; got {self.flush!r}")
         if self.log_level not in {level.value for level in LogLevel}:

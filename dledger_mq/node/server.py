@@ -48,7 +48,12 @@ from dledger_mq.node.snapshots import (
     take_snapshots,
 )
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
-from dledger_mq.raft.pure.membership import Membership
+from dledger_mq.raft.pure.membership import (
+    ChangeKind,
+    GroupMember,
+    Membership,
+    MembershipChange,
+)
 from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.raft.pure.progress import ProgressState
 from dledger_mq.raft.runtime.log_writer import LogWriter, open_log_writer
@@ -61,7 +66,11 @@ from dledger_mq.raft.storage.snapshots import SnapshotStore
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import (
     ADMIN_CODEC,
+    ChangeMembershipRequest,
     FollowerLag,
+    MemberInfo,
+    MembershipReply,
+    MembershipRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
@@ -164,6 +173,8 @@ class Node:
             **broker.handlers(),
             StatusRequest: self._status,
             TransferLeaderRequest: self._transfer_leader,
+            ChangeMembershipRequest: self._change_membership,
+            MembershipRequest: self._membership,
         }
         if harness.raw_proposals:
             # Raw bytes skip every check the broker makes: for benchmarks and the harness only.
@@ -180,7 +191,7 @@ class Node:
             self.config.cluster_id,
             self.config.node_id,
             self.serve,
-            lambda error: error_reply(error, self.config),
+            lambda error: error_reply(error, self.client_address),
             access=self.access,
             limits=self.limits,
         )
@@ -228,6 +239,46 @@ class Node:
             raise NotLeader(leader, f"transfer to {request.target} did not complete")
         return TransferLeaderReply(leader)
 
+    async def _change_membership(self, request: ChangeMembershipRequest) -> MembershipReply:
+        try:
+            kind = ChangeKind(request.action)
+        except ValueError:
+            raise BadRequest(
+                f"membership action {request.action!r}: one of "
+                f"{', '.join(kind.value for kind in ChangeKind)}"
+            ) from None
+        if kind is ChangeKind.ADD_LEARNER:
+            for name, address in (("peer", request.peer), ("client", request.client)):
+                try:
+                    Address.parse(address)
+                except ValueError as error:
+                    raise BadRequest(f"{name} address of {request.node_id}: {error}") from None
+        member = GroupMember(request.node_id, request.peer, request.client)
+        index = await self.replica.change_membership(MembershipChange(kind, member))
+        reply = await self._membership(MembershipRequest())
+        return attrs.evolve(reply, index=index)
+
+    async def _membership(self, request: MembershipRequest) -> MembershipReply:
+        log = self.replica.core.log
+        membership = log.membership
+
+        def info(member: GroupMember) -> MemberInfo:
+            return MemberInfo(member.node_id, member.peer, self.client_address(member.node_id))
+
+        return MembershipReply(
+            tuple(info(m) for m in membership.voters),
+            tuple(info(m) for m in membership.learners),
+            log.memberships.newest_index,
+        )
+
+    def client_address(self, node_id: str) -> str:
+        """Where clients reach ``node_id``: as its membership entry says, else as configured."""
+        member = self.replica.core.membership.member(node_id)
+        if member is not None and member.client:
+            return member.client
+        configured = self.config.members.get(node_id)
+        return configured.client if configured is not None else ""
+
     def _election_timeout_seconds(self) -> float:
         return self.replica.core.config.election_timeout_ticks * self.config.tick_ms / 1000
 
@@ -258,17 +309,16 @@ class Node:
 
     def status(self) -> StatusReply:
         status = self.replica.core.status()
-        members = self.config.members
         # A follower that lost its log and does not vote until caught up says so.
         recovering = self.replica.core.recovering and status.role is Role.FOLLOWER
         return StatusReply(
             node_id=status.node_id,
             group=self.config.group,
-            address=members[status.node_id].client,
+            address=self.client_address(status.node_id),
             role="recovering" if recovering else status.role.value,
             term=status.term,
             leader=status.leader,
-            leader_address=members[status.leader].client if status.leader else None,
+            leader_address=self.client_address(status.leader) if status.leader else None,
             last_index=status.last_index,
             commit_index=status.commit,
             applied_index=status.applied,
@@ -307,11 +357,12 @@ class Node:
                 await self.replica.leader_changed.wait()
 
 
-def error_reply(error: DledgerError, config: NodeConfig) -> ErrorReply:
-    """The typed error reply, with the leader's client address when the error names a leader."""
+def error_reply(error: DledgerError, client_address: Callable[[str], str]) -> ErrorReply:
+    """The typed error reply, with the leader's client address when the error names a leader
+    (``client_address``: node id -> its client address, "" if unknown)."""
     leader_address = None
-    if isinstance(error, NotLeader) and error.leader_hint in config.members:
-        leader_address = config.members[error.leader_hint].client
+    if isinstance(error, NotLeader) and error.leader_hint:
+        leader_address = client_address(error.leader_hint) or None
     return rpc_error_reply(error, leader_address)
 
 
@@ -344,11 +395,18 @@ def raft_core(
     applied: int = 0,
     membership: Membership | None = None,
 ) -> RaftCore:
-    """``membership``: the one the snapshot at ``applied`` records (None: ``members``)."""
+    """``membership``: the one the snapshot at ``applied`` records (None: the bootstrap,
+    ``members`` with ``learners``, addresses and all)."""
+    voters = tuple(node_id for node_id in config.members if node_id not in config.learners)
+    bootstrap = Membership(
+        tuple(_group_member(node_id, config) for node_id in voters),
+        tuple(_group_member(node_id, config) for node_id in config.learners),
+    )
     return RaftCore(
         Config(
             node_id=config.node_id,
-            members=tuple(config.members),
+            members=voters,
+            learners=tuple(config.learners),
             election_timeout_ticks=config.election_ticks,
             heartbeat_interval_ticks=config.heartbeat_ticks,
             max_append_bytes=config.max_append_bytes,
@@ -360,8 +418,13 @@ def raft_core(
         applied=applied,
         recovering=commit_log.recovering,
         lost_tail=commit_log.lost_tail,
-        membership=membership,
+        membership=membership or bootstrap,
     )
+
+
+def _group_member(node_id: str, config: NodeConfig) -> GroupMember:
+    member = config.members[node_id]
+    return GroupMember(node_id, member.peer, member.client)
 
 
 def cluster_secret(config: NodeConfig) -> bytes | None:

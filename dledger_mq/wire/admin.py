@@ -258,6 +258,37 @@ class WhoAmIReply:
     anonymous_allowed: bool
 
 
+@attrs.frozen
+class MemberInfo:
+    node_id: str
+    peer: str
+    client: str
+
+
+@attrs.frozen
+class ChangeMembershipRequest:
+    """One single-server change of the group (leader only): ``add-learner`` (with the new
+    member's peer and client addresses), ``promote`` or ``remove``."""
+
+    action: str
+    node_id: str
+    peer: str = ""
+    client: str = ""
+
+
+@attrs.frozen
+class MembershipRequest:
+    """The group's membership as this node's log says now."""
+
+
+@attrs.frozen
+class MembershipReply:
+    voters: tuple[MemberInfo, ...]
+    learners: tuple[MemberInfo, ...]
+    #: The index of the entry that made it (0: the bootstrap, or a snapshot's).
+    index: int
+
+
 ADMIN_TYPES: dict[int, type] = {
     30: StatusRequest,
     31: StatusReply,
@@ -290,6 +321,9 @@ ADMIN_TYPES: dict[int, type] = {
     77: ListUsersReply,
     78: WhoAmIRequest,
     79: WhoAmIReply,
+    80: ChangeMembershipRequest,
+    81: MembershipRequest,
+    82: MembershipReply,
 }
 
 #: Everything a node's client port speaks: the handshake, admin and broker requests.

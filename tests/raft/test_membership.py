@@ -8,16 +8,18 @@ import random
 
 import pytest
 
-from dledger_mq.errors import ProtocolError
+from dledger_mq.errors import (
+    InvalidMembershipChange,
+    MembershipChangeInProgress,
+    ProtocolError,
+)
 from dledger_mq.raft.pure.core import Config, RaftCore, Role
 from dledger_mq.raft.pure.log_store import MemoryLogStore
 from dledger_mq.raft.pure.membership import (
     ChangeKind,
     GroupMember,
-    InvalidMembershipChange,
     Membership,
     MembershipChange,
-    MembershipChangeInProgress,
 )
 from dledger_mq.raft.pure.messages import (
     AppendRequest,

@@ -23,7 +23,9 @@ import attrs
 
 from dledger_mq.errors import (
     BadRequest,
+    InvalidMembershipChange,
     LeadershipTransferInProgress,
+    MembershipChangeInProgress,
     NotLeader,
     ProtocolError,
     UsageError,
@@ -31,10 +33,8 @@ from dledger_mq.errors import (
 from dledger_mq.raft.pure.log_store import LogStore
 from dledger_mq.raft.pure.membership import (
     ChangeKind,
-    InvalidMembershipChange,
     Membership,
     MembershipChange,
-    MembershipChangeInProgress,
 )
 from dledger_mq.raft.pure.messages import (
     AppendRequest,

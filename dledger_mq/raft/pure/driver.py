@@ -28,6 +28,7 @@ import attrs
 
 from dledger_mq.errors import NotLeader, ProtocolError, UsageError
 from dledger_mq.raft.pure.core import RaftCore, Ready, Role, SoftState
+from dledger_mq.raft.pure.membership import MembershipChange
 from dledger_mq.raft.pure.messages import (
     MAX_SNAPSHOT_CHUNK_BYTES,
     Entry,
@@ -206,6 +207,16 @@ class ReplicaDriver:
         # The entries commit together: a log commits a prefix, so the last one is enough.
         proposal = Proposal(self.core.term, first, last, notify)
         self._proposals[last] = proposal
+        return proposal
+
+    def propose_membership_change(
+        self, change: MembershipChange, notify: Callable[[], None] = _ignore
+    ) -> Proposal:
+        """Append the membership ``change`` makes (``RaftCore.propose_membership_change``,
+        whose refusals it raises at once); done once the change is committed."""
+        index = self.core.propose_membership_change(change)
+        proposal = Proposal(self.core.term, index, index, notify)
+        self._proposals[index] = proposal
         return proposal
 
     def read(self, notify: Callable[[], None] = _ignore) -> Read:

@@ -20,7 +20,7 @@ import json
 
 import attrs
 
-from dledger_mq.errors import BadRequest, ProtocolError
+from dledger_mq.errors import InvalidMembershipChange, ProtocolError
 
 #: Most members (voters and learners together) a group may have.
 MAX_MEMBERS = 64
@@ -28,26 +28,6 @@ MAX_MEMBERS = 64
 MAX_MEMBERSHIP_BYTES = 64 << 10
 _MAX_NODE_ID_LENGTH = 255
 _MAX_ADDRESS_LENGTH = 300
-
-
-class InvalidMembershipChange(BadRequest):
-    """A change that would make a membership no group can have, or that does not apply to the
-    current one (promoting a voter, removing a stranger): ``reason`` says which."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"membership change refused: {reason}")
-
-
-class MembershipChangeInProgress(BadRequest):
-    """A change cannot be made yet: an earlier one is not committed, this leader has not
-    committed an entry of its term, or a learner to promote has not caught up. Retry."""
-
-    retriable = True
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"membership change not yet possible: {reason}")
 
 
 @attrs.frozen

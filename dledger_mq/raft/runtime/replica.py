@@ -29,11 +29,13 @@ import trio
 from dledger_mq.errors import DiskFull, ProtocolError, UsageError
 from dledger_mq.raft.pure.core import RaftCore, Role, SoftState
 from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
+from dledger_mq.raft.pure.membership import MembershipChange
 from dledger_mq.raft.pure.messages import Entry, Message
 from dledger_mq.raft.pure.snapshot_transfer import SnapshotFiles
 from dledger_mq.raft.runtime.log_writer import LogWriter
 from dledger_mq.raft.runtime.transport import PeerTransport, TransportConfig
 from dledger_mq.raft.storage.commitlog import CommitLog
+from dledger_mq.wire.address import Address
 
 logger = structlog.get_logger()
 
@@ -71,6 +73,10 @@ class Replica:
         self.writer = writer
         #: This replica's peer links; what they receive is stepped into the core at once.
         self.transport = PeerTransport(transport, rng, self.deliver)
+        # Members that join later are reached at the address their membership entry gives,
+        # and only members (as this replica's log says now) may connect.
+        self.transport.resolve = self._peer_address
+        self.transport.accepts = lambda peer: peer in self.core.peers
         self.group = transport.group
         self.tick_seconds = tick_seconds
         self.log_events = logger.bind(node=core.id, group=self.group)
@@ -95,6 +101,15 @@ class Replica:
         #: Drops, durably, what was derived from the log before a leader's snapshot is
         #: installed (the broker's consume queues): called before the log starts over.
         self.before_reset = before_reset
+
+    def _peer_address(self, peer: str) -> Address | None:
+        member = self.core.membership.member(peer)
+        if member is None or not member.peer:
+            return None
+        try:
+            return Address.parse(member.peer)
+        except ValueError:
+            return None
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -128,6 +143,17 @@ class Replica:
         if proposal.error is not None:
             raise proposal.error
         return proposal.first, proposal.result
+
+    async def change_membership(self, change: MembershipChange) -> int:
+        """Replicate a membership change; returns its index once committed (the new
+        membership was in force here from its append on)."""
+        done = trio.Event()
+        proposal = self.driver.propose_membership_change(change, done.set)
+        self._handle_ready_now()
+        await done.wait()
+        if proposal.error is not None:
+            raise proposal.error
+        return proposal.first
 
     async def read_barrier(self) -> None:
         """Return once this replica's state may be read linearizably: it led when the barrier

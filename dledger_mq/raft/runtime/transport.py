@@ -131,6 +131,13 @@ class PeerTransport:
         self.queued = 0
         self.connected: dict[str, bool] = dict.fromkeys(config.peers, False)
         self.log = logger.bind(node=config.node_id, group=config.group)
+        #: Where a peer that joined since the start is (from the group's membership): None if
+        #: unknown. The replica sets it.
+        self.resolve: Callable[[str], Address | None] = lambda peer: None
+        #: Whether a peer may connect to us (a member now); the replica sets it.
+        self.accepts: Callable[[str], bool] = lambda peer: peer in config.peers
+        self._addresses: dict[str, Address] = dict(config.peers)
+        self._senders: trio.Nursery | None = None
 
     def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
         """Send messages to their targets, or queue them; never blocks."""
@@ -138,6 +145,8 @@ class PeerTransport:
         for message in messages:
             by_peer.setdefault(message.target, []).append(message)
         for peer, batch in by_peer.items():
+            if peer not in self._queues and not self._add_peer(peer):
+                continue  # no address known for it (yet): Raft sends again
             sock = self._idle_sockets.get(peer)
             if sock is not None:
                 data = encode_peer_messages(batch, self.config.group)
@@ -162,14 +171,28 @@ class PeerTransport:
         with contextlib.suppress(trio.WouldBlock):
             self._queues[peer][0].send_nowait(item)
 
+    def _add_peer(self, peer: str) -> bool:
+        """Start links to a peer that joined the group since the start (its address from the
+        membership); False if its address is not known."""
+        address = self.resolve(peer)
+        if address is None or self._senders is None:
+            return False
+        self._addresses[peer] = address
+        self._queues[peer] = trio.open_memory_channel[_Queued](self.config.queue_messages)
+        self.connected[peer] = False
+        self._senders.start_soon(self._sender, peer)
+        self.log.info("peer_added", peer=peer, address=str(address))
+        return True
+
     async def run_senders(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._senders = nursery
             for peer in self.config.peers:
                 nursery.start_soon(self._sender, peer)
 
     async def _sender(self, peer: str) -> None:
         receive = self._queues[peer][1]
-        address = self.config.peers[peer]
+        address = self._addresses[peer]
         backoff = self.config.reconnect_min_seconds
         while True:
             try:
@@ -266,7 +289,7 @@ class PeerTransport:
             config = self.config
             try:
                 check_peer(hello, config.cluster_id)
-                if peer not in config.peers:
+                if not self.accepts(peer):
                     raise HandshakeRefused(f"{peer!r} is not a member of group {config.group}")
                 if isinstance(stream, trio.SSLStream):
                     _check_certificate_names(stream, peer)
