@@ -36,7 +36,7 @@ from types import TracebackType
 import attrs
 import trio
 
-from dledger_mq.clients.routing import NotSent, RoutedClient, TopicPart
+from dledger_mq.clients.routing import SILENCE_SECONDS, NotSent, RoutedClient, TopicPart
 from dledger_mq.errors import UsageError
 from dledger_mq.wire.broker import (
     OutgoingMessage,
@@ -114,7 +114,7 @@ class SequenceWindow:
 #: A group whose leader could not be reached is skipped by unkeyed sends for this long, doubled
 #: while it stays so, up to GROUP_FAULT_MAX_SECONDS (a failover takes a few hundred ms).
 GROUP_FAULT_SECONDS = 0.25
-GROUP_FAULT_MAX_SECONDS = 4.0
+GROUP_FAULT_MAX_SECONDS = 2.0
 
 
 class GroupFaults:
@@ -294,6 +294,11 @@ class Producer(RoutedClient):
             order = [turns[(start + step) % len(turns)] for step in range(len(turns))]
             ready = [g for g in order if g not in tried and self.faults.available(g, now)]
             group = ready[0] if ready else self.faults.soonest(order)
+            if ready and self.routes.known_leader(group) is None:
+                # Its skip ran out and its leader is not known (it failed over, or was down):
+                # ask naming now, or the group would wait for the route cache to expire.
+                with trio.move_on_after(SILENCE_SECONDS):
+                    await self.routes.refresh(topic)
             try:
                 reply = await self.call_leader(
                     topic, group, request, SendReply, only_if_ready=bool(ready)

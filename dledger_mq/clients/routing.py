@@ -235,10 +235,19 @@ class Routes:
             await self._ask_until(topic, lambda: self.known_leader(group) is not None, group)
 
     async def refresh(self, topic: str) -> None:
-        """Ask naming about ``topic`` now (once; a consumer looking for new groups)."""
-        self._parts.pop(topic, None)
-        await self._ask_naming(topic)
-        self._answered(topic)
+        """Ask naming about ``topic`` now (once; a consumer looking for new groups, a producer
+        about a group it skipped whose leader it no longer knows). While one caller asks, the
+        others wait for its answer rather than ask too."""
+        if topic in self._asking:
+            await self._answers.setdefault(topic, trio.Event()).wait()
+            return
+        self._asking.add(topic)
+        try:
+            self._parts.pop(topic, None)
+            await self._ask_naming(topic)
+        finally:
+            self._asking.discard(topic)
+            self._answered(topic)
 
     def follow(self, group: str, address: str) -> None:
         """Send to ``address`` from now on (a ``NotLeader`` hint)."""
