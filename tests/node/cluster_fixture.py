@@ -26,7 +26,7 @@ from dledger_mq.errors import DledgerError, NotLeader, Unavailable
 from dledger_mq.node.config import NodeConfig, parse_config, render_config
 from dledger_mq.node.data_dir import initialise_log
 from dledger_mq.node.harness import HARNESS_ENVIRONMENT_VARIABLE
-from dledger_mq.node.local_cluster import cluster_on_free_ports
+from dledger_mq.node.local_cluster import cluster_on_free_ports, free_ports
 from dledger_mq.wire.admin import StatusReply
 from dledger_mq.wire.peer_auth import CLUSTER_SECRET_FILE_NAME, write_cluster_secret
 
@@ -87,6 +87,8 @@ class ProcessCluster:
         self.nodes: dict[str, NodeProcess] = {}
         root.mkdir(parents=True, exist_ok=True)
         registered_with = list(self.naming.values()) + list(register_with)
+        self.registered_with = registered_with
+        self.settings = settings
         self.secret_file = secret_file or root / CLUSTER_SECRET_FILE_NAME
         if secret_file is None:
             write_cluster_secret(str(self.secret_file))  # every peer link authenticates
@@ -113,6 +115,43 @@ class ProcessCluster:
             config_path.write_text(render_config(config))
             initialise_log(config)  # as `dledger-mq node --init` would
             self.nodes[node_id] = NodeProcess(node_id, config, config_path, directory / "node.log")
+
+    def add_node(self, node_id: str) -> NodeProcess:
+        """A new node for this group on free ports, as docs/operations.md ("Changing a group's
+        members") tells an operator to make one: its node.toml lists the members and itself,
+        itself a learner, with the same secret; its log made. Not started."""
+        [peer_port, client_port] = free_ports(2)
+        first = next(iter(self.nodes.values())).config
+        members = {
+            other: {"peer": member.peer, "client": member.client}
+            for other, member in first.members.items()
+        }
+        members[node_id] = {"peer": f"127.0.0.1:{peer_port}", "client": f"127.0.0.1:{client_port}"}
+        directory = self.root / node_id
+        directory.mkdir(parents=True, exist_ok=True)
+        config = parse_config(
+            {
+                "node_id": node_id,
+                "cluster_id": CLUSTER_ID,
+                "members": members,
+                "learners": [node_id],
+                "data_dir": str(directory / "data"),
+                "tick_ms": TICK_MS,
+                "heartbeat_ticks": HEARTBEAT_TICKS,
+                "election_ticks": ELECTION_TICKS,
+                "group": self.group,
+                "naming": self.registered_with,
+                "cluster_secret_file": str(self.secret_file),
+                **self.settings,
+            }
+        )
+        config_path = directory / "node.toml"
+        config_path.write_text(render_config(config))
+        initialise_log(config)
+        node = self.nodes[node_id] = NodeProcess(
+            node_id, config, config_path, directory / "node.log"
+        )
+        return node
 
     # -- addresses -----------------------------------------------------------------------------
 
