@@ -82,6 +82,12 @@ def main() -> None:
     show_default=True,
     help="Non-voting members besides the voters (replicated to, never counted).",
 )
+@click.option(
+    "--membership",
+    is_flag=True,
+    help="Membership changes under the faults: two spare servers added as learners, promoted, "
+    "voters removed (3-5 voters).",
+)
 @click.option("--quiet", is_flag=True, help="With --seed: print only the result.")
 def sim(
     seeds: int,
@@ -93,6 +99,7 @@ def sim(
     mutant: str | None,
     jobs: int,
     learners: int,
+    membership: bool,
     quiet: bool,
 ) -> None:
     """Run the deterministic Raft simulator over a range of seeds (or replay one).
@@ -108,10 +115,12 @@ def sim(
     node_count = int(nodes) if nodes else None
 
     def request(number: int) -> SimRequest:
-        return SimRequest(number, node_count, ticks, fault_names, mutant, learners)
+        return SimRequest(number, node_count, ticks, fault_names, mutant, learners, membership)
 
     if seed is not None:
-        options = SimOptions.draw(seed, node_count, ticks, fault_names, learners=learners)
+        options = SimOptions.draw(
+            seed, node_count, ticks, fault_names, learners=learners, membership=membership
+        )
         click.echo(f"seed {seed}: {options.describe()}")
         result = run_seed(request(seed), trace=None if quiet else click.echo)
         if result.passed:

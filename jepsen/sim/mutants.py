@@ -14,11 +14,14 @@ from typing import Any
 import attrs
 
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.raft.pure.core import RaftCore, Ready
+from dledger_mq.errors import NotLeader
+from dledger_mq.raft.pure.core import RaftCore, Ready, Role
 from dledger_mq.raft.pure.driver import ReadyWork, ReplicaDriver
+from dledger_mq.raft.pure.membership import MembershipChange
 from dledger_mq.raft.pure.messages import (
     AppendResponse,
     Entry,
+    EntryKind,
     InstallSnapshot,
     Message,
     VoteRequest,
@@ -279,11 +282,31 @@ _STALE_TAIL_REASON = (
     "acknowledges beyond the leader's last index is refused by the leader's range check"
 )
 
+
+class MembershipChangeEarly(RaftCore):
+    """Drops rule 2 of single-server changes (docs/architecture.md): a leader proposes a
+    change before an entry of its term has committed, and while an earlier change is still
+    uncommitted. With a leader change in between, two changes from different leaders can each
+    have a majority the other does not see (Ongaro, raft-dev 2015)."""
+
+    def propose_membership_change(self, change: MembershipChange) -> int:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader)
+        membership = self.membership.changed(change)
+        index = self.log.last_index() + 1
+        self.log.append(
+            [Entry(index=index, term=self.term, data=membership.encode(), kind=EntryKind.CONFIG)]
+        )
+        self._broadcast_pending = True
+        return index
+
+
 MUTANTS: dict[str, Mutant] = {
     "vote-without-log-check": Mutant(core=VoteWithoutLogCheck),
     "commit-old-term": Mutant(core=CommitOldTermByCounting),
     "vote-twice": Mutant(core=VoteTwiceInATerm),
     "learner-counts": Mutant(core=LearnerCounts, learners=1),
+    "membership-change-early": Mutant(core=MembershipChangeEarly, membership=True),
     "vote-while-recovering": Mutant(core=VoteWhileRecovering),
     "vote-after-lost-tail": Mutant(core=VoteAfterLostTail),
     "lost-tail-asks-too-few": Mutant(core=LostTailAsksTooFew),
