@@ -64,6 +64,8 @@ async def test_a_dead_node_is_replaced_by_an_empty_one_that_catches_up_and_votes
     added = await run(
         "cluster",
         "add-replica",
+        "--group",
+        "a",
         "--node",
         "n4",
         "--peer",
