@@ -327,8 +327,13 @@ MEMBERSHIP_WAIT_SECONDS = 120.0
 @cluster.command("add-replica")
 @click.option("--group", "broker_group", default=None, help=GROUP_OPTION_HELP)
 @click.option("--node", "node_id", required=True, help="The new member's node id.")
-@click.option("--peer", required=True, metavar="HOST:PORT", help="Its peer (Raft) address.")
-@click.option("--client", required=True, metavar="HOST:PORT", help="Its client address.")
+@click.option(
+    "--peer",
+    default=None,
+    metavar="HOST:PORT",
+    help="Its peer (Raft) address (a local cluster's: made and started for you if omitted).",
+)
+@click.option("--client", default=None, metavar="HOST:PORT", help="Its client address.")
 @click.option("--learner-only", is_flag=True, help="Leave it a learner (no vote) once caught up.")
 @click.option(
     "--timeout",
@@ -342,8 +347,8 @@ MEMBERSHIP_WAIT_SECONDS = 120.0
 def cluster_add_replica(
     broker_group: str | None,
     node_id: str,
-    peer: str,
-    client: str,
+    peer: str | None,
+    client: str | None,
     learner_only: bool,
     timeout: float,
     endpoints: str | None,
@@ -353,8 +358,17 @@ def cluster_add_replica(
     """Add a replica to a broker group, online: as a learner first (it gets the log, or the
     leader's snapshot, and counts in no quorum), then, once it has caught up, as a voter.
     Start the new node first (its node.toml lists the group's members and itself, with
-    `learners = ["NODE"]`; docs/operations.md, "Changing a group's members")."""
+    `learners = ["NODE"]`; docs/operations.md, "Changing a group's members"). On the local
+    cluster `cluster up` runs (no --peer, --client or --endpoints), the node is made on the
+    group's next ports and started and supervised by `cluster up`."""
     from dledger_mq.errors import MembershipChangeInProgress
+
+    if (peer is None) != (client is None):
+        raise click.UsageError("give both --peer and --client, or neither (a local cluster)")
+    if peer is None or client is None:
+        if endpoints:
+            raise click.UsageError("with --endpoints, give the new node's --peer and --client")
+        peer, client = _start_local_node(root, broker_group, node_id)
 
     def say(line: str) -> None:
         click.echo(line)
@@ -399,6 +413,29 @@ def cluster_add_replica(
         ) from None
 
 
+def _start_local_node(root: Path, broker_group: str | None, node_id: str) -> tuple[str, str]:
+    """Have the `cluster up` running on ``root`` make and start ``node_id`` in the group;
+    its (peer, client) addresses."""
+    from dledger_mq.node.cluster_layout import ClusterLayout, short_group_name
+    from dledger_mq.node.control import ControlRequest, call_supervisor
+
+    layout = ClusterLayout.load(root)
+    if layout is None:
+        raise UsageError(f"no local cluster in {root}: give --peer, --client and --endpoints")
+    groups = layout.groups
+    if broker_group is None and len(groups) > 1:
+        raise UsageError(f"give --group: one of {', '.join(groups)}")
+    group = broker_group or groups[0]
+    group = group if group in groups else f"broker-{group}"
+    name = node_id if len(groups) == 1 else f"{short_group_name(group)}/{node_id}"
+    reply = trio.run(call_supervisor, root, ControlRequest(Verb.ADD, name))
+    click.echo(reply.message)
+    reloaded = ClusterLayout.load(root)
+    assert reloaded is not None
+    node = reloaded.node(name)
+    return node.peer, node.client
+
+
 @cluster.command("remove-replica")
 @click.option("--group", "broker_group", default=None, help=GROUP_OPTION_HELP)
 @click.option("--node", "node_id", required=True, help="The member to remove.")
@@ -411,7 +448,7 @@ def cluster_remove_replica(
     hands leadership to another voter first. Stop the removed node afterwards: it no longer
     counts, and nothing reaches it."""
 
-    async def remove() -> str:
+    async def remove() -> tuple[str, str]:
         async with group_admins(endpoints, root, cluster_id) as admins:
             group = _one_group(broker_group, admins)
             leader = admins[group]
@@ -428,9 +465,29 @@ def cluster_remove_replica(
         async with group_admins(endpoints, root, cluster_id, [group]) as admins:
             reply = await admins[group].change_membership("remove", node_id)
         click.echo(f"{group}: {node_id} removed")
-        return _membership_line(group, reply)
+        return _membership_line(group, reply), group
 
-    click.echo(trio.run(remove))
+    line, group = trio.run(remove)
+    click.echo(line)
+    if not endpoints:
+        _retire_local_node(root, group, node_id)
+
+
+def _retire_local_node(root: Path, group: str, node_id: str) -> None:
+    """On a local cluster, `cluster up` stops the removed node and never starts it again."""
+    from dledger_mq.node.cluster_layout import ClusterLayout, short_group_name
+    from dledger_mq.node.control import ControlRequest, SupervisorNotRunning, call_supervisor
+
+    layout = ClusterLayout.load(root)
+    if layout is None or group not in layout.groups:
+        return
+    name = node_id if len(layout.groups) == 1 else f"{short_group_name(group)}/{node_id}"
+    try:
+        reply = trio.run(call_supervisor, root, ControlRequest(Verb.RETIRE, name))
+    except SupervisorNotRunning:
+        click.echo(f"no `cluster up` runs in {root}: stop {name} yourself")
+        return
+    click.echo(reply.message)
 
 
 @cluster.command("transfer-leader")

@@ -26,7 +26,6 @@ from dledger_mq.node.certificates import CA_FILE_NAME, TLS_DIRECTORY_NAME, node_
 from dledger_mq.node.config import (
     ConfigError,
     Member,
-    NodeConfig,
     load_config,
     parse_config,
     render_config,
@@ -106,6 +105,16 @@ class LocalNode:
         return self.directory / "data"
 
 
+#: In a node's folder: `cluster remove-replica` took it out of its group; `cluster up` no
+#: longer starts it.
+REMOVED_FILE_NAME = "REMOVED"
+
+
+def _member_number(member_id: str) -> tuple[int, str]:
+    digits = member_id.lstrip("n")
+    return (int(digits), member_id) if digits.isdigit() else (1 << 30, member_id)
+
+
 def _node_name(group: str, member_id: str, group_count: int) -> str:
     return member_id if group_count == 1 else f"{short_group_name(group)}/{member_id}"
 
@@ -163,50 +172,59 @@ class ClusterLayout:
     def load(cls, root: Path) -> ClusterLayout | None:
         """The cluster whose configs are under ``root``, or None if there is none.
 
-        Any one config of a group is enough: each holds every member's addresses and every
-        naming node. The first group's are in ``root/*/``, the others' in ``root/*/*/``.
+        Each node's own config says where it is: the first group's are in ``root/*/``, the
+        others' in ``root/*/*/``. A node marked removed (``REMOVED``, by `cluster
+        remove-replica`) is left out: it is no member any more.
         """
         if not root.is_dir():
             return None
         # An empty config is one an earlier version wrote without fsync and a power cut
         # emptied; the others say the same, and ``write_configs`` writes it again.
-        first_group = [p for p in sorted(root.glob(f"*/{CONFIG_FILE_NAME}")) if p.stat().st_size]
+        first_group = [
+            path
+            for path in sorted(root.glob(f"*/{CONFIG_FILE_NAME}"))
+            if path.stat().st_size and not (path.parent / REMOVED_FILE_NAME).exists()
+        ]
         if not first_group:
             return None
         config = load_config(first_group[0], {})
-        naming = list(config.naming)
-        if len(naming) != len(config.members):
+        if not config.naming_listen or len(config.naming) < 1:
             raise ConfigError(
-                f"{first_group[0]}: not a `cluster up` config (one naming node per member expected)"
+                f"{first_group[0]}: not a `cluster up` config (it runs no naming node)"
             )
-        groups: list[tuple[Path, NodeConfig, list[str]]] = [(root, config, naming)]
-        others: dict[str, Path] = {}
+        found = [(path, load_config(path, {})) for path in first_group]
         for path in sorted(root.glob(f"*/*/{CONFIG_FILE_NAME}")):
-            if path.stat().st_size and path.parent.parent.name not in others:
-                others[path.parent.parent.name] = path
-        for path in others.values():
-            other = load_config(path, {})
-            if other.group != config.group:
-                groups.append((path.parent.parent, other, []))
-        group_count = len(groups)
-        nodes = []
-        for directory, group_config, group_naming in sorted(groups, key=lambda g: g[1].group):
-            addresses = group_naming or [""] * len(group_config.members)
-            for (member_id, member), naming_address in zip(
-                group_config.members.items(), addresses, strict=True
-            ):
-                nodes.append(
+            if path.stat().st_size and not (path.parent / REMOVED_FILE_NAME).exists():
+                other = load_config(path, {})
+                if other.group != config.group:
+                    found.append((path, other))
+        group_count = len({node_config.group for _, node_config in found})
+        nodes: dict[tuple[str, str], LocalNode] = {}
+        for path, node_config in found:
+            group_directory = path.parent.parent
+            # Every member a config lists (a config emptied by a power cut is written again
+            # from the others), the first group's with the naming node it runs...
+            naming = dict(zip(node_config.members, node_config.naming, strict=False))
+            for member_id, member in node_config.members.items():
+                directory = group_directory / member_id
+                if (directory / REMOVED_FILE_NAME).exists():
+                    continue
+                nodes.setdefault(
+                    (node_config.group, member_id),
                     LocalNode(
-                        _node_name(group_config.group, member_id, group_count),
-                        naming_address,
+                        _node_name(node_config.group, member_id, group_count),
+                        naming.get(member_id, "") if node_config.naming_listen else "",
                         member.client,
                         member.peer,
-                        directory / member_id,
-                        group_config.group,
+                        directory,
+                        node_config.group,
                         member_id,
-                    )
+                    ),
                 )
-        return cls(root, tuple(nodes))
+        nodes_list = list(nodes.values())
+        # ... and a node added since (its own config lists it; the others' may not).
+        nodes_list.sort(key=lambda node: (node.group, _member_number(node.member_id)))
+        return cls(root, tuple(nodes_list))
 
     @property
     def node_ids(self) -> list[str]:
@@ -270,6 +288,55 @@ class ClusterLayout:
                 cluster_root=self.root,
             )
         return paths
+
+    def add_node(self, group: str, member_id: str, disk: Disk | None = None) -> LocalNode:
+        """Make a new, empty node of ``group`` on the ports a cluster of five nodes per group
+        would give it (``n4``, ``n5``), its config listing the group's nodes and itself, itself
+        a learner (`cluster add-replica`); returns it. This layout does not change: load it
+        again."""
+        if group not in self.groups:
+            raise ConfigError(f"no broker group {group!r} in {self.root}")
+        number = _member_number(member_id)[0]
+        if not 1 <= number <= max(NODE_COUNTS):
+            raise ConfigError(
+                f"a node added to a local cluster is n1..n{max(NODE_COUNTS)}, not {member_id!r}"
+            )
+        nodes = self.group_nodes(group)
+        if any(node.member_id == member_id for node in nodes):
+            raise ConfigError(f"{member_id} is already a node of {group}")
+        position = self.groups.index(group)
+        directory = _group_directory(self.root, position, group)
+        if (directory / member_id / CONFIG_FILE_NAME).exists():
+            raise ConfigError(
+                f"{directory / member_id} holds a node that was removed: give another id"
+            )
+        ports = self.base_port + position * PORT_SPAN
+        new = LocalNode(
+            _node_name(group, member_id, len(self.groups)),
+            "",
+            f"{HOST}:{ports + CLIENT_PORT_OFFSET + number - 1}",
+            f"{HOST}:{ports + PEER_PORT_OFFSET + number - 1}",
+            directory / member_id,
+            group,
+            member_id,
+        )
+        members = {
+            node.member_id: Member(peer=node.peer, client=node.client) for node in [*nodes, new]
+        }
+        flush = load_config(nodes[0].config_path, {}).flush
+        write_configs(
+            directory,
+            members,
+            flush,
+            {},
+            disk,
+            settings={"learners": [member_id]},
+            tls=self.has_tls,
+            group=group,
+            register_with=list(self.naming.values()),
+            cluster_root=self.root,
+        )
+        return new
 
     def with_groups(self, group_count: int) -> ClusterLayout:
         """This cluster grown to ``group_count`` groups (the new ones on the next ports)."""

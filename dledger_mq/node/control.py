@@ -49,6 +49,10 @@ class Verb(enum.Enum):
     RESTART = "restart"
     PAUSE = "pause"
     RESUME = "resume"
+    #: Make a new node of a group and start it (`cluster add-replica` on a local cluster).
+    ADD = "add"
+    #: Stop a node for good: it was removed from its group (`cluster remove-replica`).
+    RETIRE = "retire"
 
 
 #: Verbs that take ``leader`` for "whichever node leads now".

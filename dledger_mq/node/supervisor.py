@@ -29,6 +29,7 @@ from dledger_mq.node.admin_user import admin_credentials, ensure_admin_user
 from dledger_mq.node.cluster_layout import (
     DEFAULT_BASE_PORT,
     DEFAULT_NODE_COUNT,
+    REMOVED_FILE_NAME,
     ClusterLayout,
     LocalNode,
     short_group_name,
@@ -212,7 +213,10 @@ class Supervisor:
         #: What runs as a node (tests stand a plain process in for it).
         self.command = command
         self.nodes = {node.node_id: _Node(node, backoff=backoff()) for node in layout.nodes}
+        self.backoff = backoff
         self.stopping = False
+        #: Where the node watchers run (a node added by `cluster add-replica` gets one too).
+        self._nursery: trio.Nursery | None = None
         self.changed = trio.Event()
         #: Whom status probes sign in as (`cluster up`'s admin, once it exists).
         self.credentials: Credentials | None = None
@@ -231,6 +235,7 @@ class Supervisor:
         try:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     for node in self.nodes.values():
                         await self._adopt_or_start(node)
                     for node in self.nodes.values():
@@ -386,6 +391,14 @@ class Supervisor:
         if request.verb is Verb.STATUS:
             return ControlReply(True, "", tuple(self.node_states()))
         assert request.node is not None
+        if request.verb is Verb.ADD:
+            message = await self._add(request.node)
+            self._changed()
+            return ControlReply(True, message, tuple(self.node_states()))
+        if request.verb is Verb.RETIRE:
+            message = await self._retire(request.node)
+            self._changed()
+            return ControlReply(True, message, tuple(self.node_states()))
         node_id, about = request.node, ""
         group_part, _, last = node_id.rpartition("/")
         if last == "leader":
@@ -412,6 +425,42 @@ class Supervisor:
             message = await verbs[request.verb](node, about)
         self._changed()
         return ControlReply(True, message, tuple(self.node_states()))
+
+    async def _add(self, name: str) -> str:
+        """A new node (``n4``, ``b/n4``): its folder and config made, started, supervised."""
+        group_part, _, member_id = name.rpartition("/")
+        group = self._group_named(group_part)
+        try:
+            local = self.layout.add_node(group, member_id)
+        except ConfigError as error:
+            raise BadRequest(str(error)) from None
+        reloaded = ClusterLayout.load(self.layout.root)
+        assert reloaded is not None
+        self.layout = reloaded
+        node = self.nodes[local.node_id] = _Node(local, backoff=self.backoff())
+        handle = await self._start(node)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._watch, node)
+        return (
+            f"started {local.node_id} (pid {handle.pid}): peer {local.peer}, client "
+            f"{local.client}, data {local.data_dir}"
+        )
+
+    async def _retire(self, name: str) -> str:
+        """Stop a removed node for good: marked, so that no later `cluster up` starts it."""
+        try:
+            local = self.layout.node(name)
+        except ConfigError as error:
+            raise BadRequest(str(error)) from None
+        node = self.nodes[local.node_id]
+        async with node.lock:
+            message = (
+                await self._stop(node, "")
+                if node.handle is not None and node.handle.alive()
+                else f"{local.node_id} was not running"
+            )
+        (local.directory / REMOVED_FILE_NAME).write_text("removed from its group\n")
+        return f"{message.split(';')[0]}; it is no member any more: `cluster up` leaves it down"
 
     def _group_named(self, name: str) -> str:
         """The broker group ``name`` (``b`` or ``broker-b``) names; "" the only group."""
