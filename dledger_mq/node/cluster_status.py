@@ -8,7 +8,8 @@ reachable" says why for each endpoint.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import trio
 
@@ -17,6 +18,8 @@ from dledger_mq.errors import DledgerError, Unavailable
 from dledger_mq.wire.admin import StatusReply
 from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.tls import TlsOption
+
+_T = TypeVar("_T")
 
 STATUS_TIMEOUT_SECONDS = 1.0
 #: How long "who leads?" waits while some node answers but none leads (an election).
@@ -92,6 +95,32 @@ def leader_of(probes: list[Probe]) -> StatusReply | None:
     return max(leaders, key=lambda status: status.term) if leaders else None
 
 
+async def _probe_until(
+    endpoints: list[tuple[str, str]],
+    found: Callable[[list[Probe]], _T | None],
+    cluster_id: str,
+    patience_seconds: float,
+    tls: TlsOption,
+    credentials: Credentials | None,
+) -> tuple[_T | None, list[Probe]]:
+    """Probe every endpoint until ``found`` makes something of the answers; gives up after
+    ``patience_seconds`` if some node answers, sooner if none does. What was found (None:
+    nothing) and the last probes."""
+    probes: list[Probe] = []
+    started = trio.current_time()
+    with trio.move_on_after(patience_seconds):
+        while True:
+            probes = await probe_all(endpoints, cluster_id, credentials, tls)
+            result = found(probes)
+            if result is not None:
+                return result, probes
+            answered = any(isinstance(status, StatusReply) for _, _, status in probes)
+            if not answered and trio.current_time() - started >= UNREACHABLE_PATIENCE_SECONDS:
+                break
+            await trio.sleep(0.05)
+    return None, probes
+
+
 async def find_leader(
     endpoints: list[tuple[str, str]],
     cluster_id: str = "local",
@@ -104,19 +133,12 @@ async def find_leader(
     ``Unavailable`` names each endpoint's problem when there is none: after
     ``patience_seconds`` if some node answers, sooner if none does.
     """
-    probes: list[Probe] = []
-    started = trio.current_time()
-    with trio.move_on_after(patience_seconds):
-        while True:
-            probes = await probe_all(endpoints, cluster_id, credentials, tls)
-            leader = leader_of(probes)
-            if leader is not None:
-                return leader
-            answered = any(isinstance(found, StatusReply) for _, _, found in probes)
-            if not answered and trio.current_time() - started >= UNREACHABLE_PATIENCE_SECONDS:
-                break
-            await trio.sleep(0.05)
-    raise Unavailable(f"no leader reachable: {describe_problems(probes)}")
+    leader, probes = await _probe_until(
+        endpoints, leader_of, cluster_id, patience_seconds, tls, credentials
+    )
+    if leader is None:
+        raise Unavailable(f"no leader reachable: {describe_problems(probes)}")
+    return leader
 
 
 async def find_leader_address(
@@ -154,18 +176,18 @@ async def find_group_leaders(
 ) -> dict[str, StatusReply]:
     """The leader of every broker group among ``endpoints``, waiting a little while elections
     run. ``Unavailable`` names the groups without one (and each endpoint's problem)."""
-    probes: list[Probe] = []
-    started = trio.current_time()
-    with trio.move_on_after(patience_seconds):
-        while True:
-            probes = await probe_all(endpoints, cluster_id, credentials, tls)
-            groups = group_leaders_of(probes)
-            if groups and all(leader is not None for leader in groups.values()):
-                return {group: leader for group, leader in groups.items() if leader is not None}
-            answered = any(isinstance(found, StatusReply) for _, _, found in probes)
-            if not answered and trio.current_time() - started >= UNREACHABLE_PATIENCE_SECONDS:
-                break
-            await trio.sleep(0.05)
+
+    def every_group_led(probes: list[Probe]) -> dict[str, StatusReply] | None:
+        groups = group_leaders_of(probes)
+        if not groups or any(leader is None for leader in groups.values()):
+            return None
+        return {group: leader for group, leader in groups.items() if leader is not None}
+
+    leaders, probes = await _probe_until(
+        endpoints, every_group_led, cluster_id, patience_seconds, tls, credentials
+    )
+    if leaders is not None:
+        return leaders
     leaderless = [group for group, leader in group_leaders_of(probes).items() if leader is None]
     which = f"group {', '.join(leaderless)} has no leader" if leaderless else "no leader reachable"
     raise Unavailable(f"{which}: {describe_problems(probes)}")
