@@ -55,7 +55,10 @@ class TwoGroups:
         return result.stdout
 
     async def create_topic(self, name: str, queues: int) -> str:
-        """Create ``name`` over both groups and wait until every naming node routes to both."""
+        """Create ``name`` over both groups (once each has a leader) and wait until every
+        naming node routes to both."""
+        await self.a.wait_for_leader()
+        await self.b.wait_for_leader()
         output = await trio.to_thread.run_sync(
             lambda: self.dledger(
                 "topic", "create", name, "--queues", str(queues), "--endpoints", self.endpoints
@@ -106,8 +109,6 @@ async def test_a_topic_over_two_groups_takes_sends_in_both_and_keyed_ones_keep_t
     groups: TwoGroups,
 ) -> None:
     with trio.fail_after(DEADLINE_SECONDS):
-        await groups.a.wait_for_leader()
-        await groups.b.wait_for_leader()
         created = await groups.create_topic("orders", 8)
         assert created == "topic created orders (8 queues: broker-a 4, broker-b 4)\n"
         async with Producer(groups.naming) as producer:
@@ -149,8 +150,6 @@ async def test_consumers_balance_over_every_queue_of_both_groups_and_rebalance(
     groups: TwoGroups,
 ) -> None:
     with trio.fail_after(DEADLINE_SECONDS):
-        await groups.a.wait_for_leader()
-        await groups.b.wait_for_leader()
         await groups.create_topic("orders", 8)
         every_queue = {(g, q) for g in ("broker-a", "broker-b") for q in range(4)}
         async with (
@@ -222,8 +221,6 @@ async def test_a_whole_group_down_leaves_sends_to_the_other_and_consumers_pick_i
     groups: TwoGroups,
 ) -> None:
     with trio.fail_after(DEADLINE_SECONDS):
-        await groups.a.wait_for_leader()
-        await groups.b.wait_for_leader()
         await groups.create_topic("orders", 8)
         async with (
             Producer(groups.naming) as producer,
