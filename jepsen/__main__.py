@@ -276,6 +276,14 @@ def _fault_help() -> str:
     metavar="MIN-MAX",
     help="Quiet period before each fault window, drawn uniformly.",
 )
+@click.option(
+    "--membership-seconds",
+    default="5-10",
+    show_default=True,
+    metavar="MIN-MAX",
+    help="With the membership fault: quiet period before each membership change (a spare "
+    "added, promoted, a voter removed), drawn uniformly; changes run alongside the windows.",
+)
 @click.option("--seed", type=int, default=None, help="Random seed (default: drawn, printed).")
 @click.option(
     "--out",
@@ -320,6 +328,7 @@ def run_command(
     send_timeout: float,
     fault_seconds: str,
     quiet_seconds: str,
+    membership_seconds: str,
     seed: int | None,
     out: Path | None,
     recovery_timeout: float,
@@ -348,6 +357,7 @@ def run_command(
         specs = tuple(FaultSpec.parse_list(nemesis, size))
         fault_min, fault_max = _seconds_range(fault_seconds, "--fault-seconds")
         quiet_min, quiet_max = _seconds_range(quiet_seconds, "--quiet-seconds")
+        membership_min, membership_max = _seconds_range(membership_seconds, "--membership-seconds")
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     if seed is None:
@@ -364,7 +374,9 @@ def run_command(
             rate=rate,
             send_timeout_s=send_timeout,
         ),
-        schedule=Schedule(fault_min, fault_max, quiet_min, quiet_max),
+        schedule=Schedule(
+            fault_min, fault_max, quiet_min, quiet_max, membership_min, membership_max
+        ),
         seed=seed,
         out=out,
         ack_before_fsync=unsafe_ack_before_fsync,

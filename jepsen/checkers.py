@@ -102,6 +102,21 @@ The checkers, in the order :func:`check_all` runs them:
     (healthy and down-group acknowledgements, the longest stretch without a healthy one, the
     rejoin).
 
+``membership`` (runs whose history has membership changes: the ``membership`` fault)
+    Each step of each change (``f = "membership"``, invoke paired with its completion by
+    change, action and node; a step the history never completes is *open*), and each change
+    (from its first invoke to its last completion). Per step and per change: its result, how
+    long it took, and the acknowledged sends of the changed group during it (sends without a
+    group count for every group) with the longest stretch without one. A change is *judged*
+    when it overlaps no fault window: with nothing else going on, replacing a replica must not
+    stall its group's sends. Valid iff no judged change has a stretch longer than
+    ``patience_s`` without an acknowledgement in its group (*stalled*), and no completion
+    records fewer voters than the group's first membership record did (*shrunk*: changes
+    never go below the starting voters). Counts: changes, added (add-learner ok), promoted,
+    removed (remove ok), failed_steps, indeterminate_steps, open_steps, judged, stalled,
+    shrunk, max_gap (over judged changes), min_voters. ``details["steps"]`` and
+    ``details["changes"]`` have one row each.
+
 Acknowledgements and receives are compared by value, never by ``msg_id``: the value is what the
 workload chose, the id is what the system under test claims.
 """
@@ -119,6 +134,7 @@ from jepsen.history import (
     FAIL,
     INFO,
     INVOKE,
+    MEMBERSHIP,
     OK,
     PHASE,
     READ,
@@ -579,6 +595,143 @@ def _longest_gap(start: float, times: Sequence[float], end: float) -> float:
     return max(longest, end - previous)
 
 
+# --- membership -------------------------------------------------------------------------------
+
+
+def membership(ops: Sequence[Op], patience_s: float = 0.0) -> CheckResult:
+    """Each membership change step and change: result, duration, sends acknowledged meanwhile."""
+    acked: dict[str | None, list[float]] = {}
+    for op in ops:
+        if _is_ack(op):
+            acked.setdefault(op.group, []).append(op.time)
+    every = sorted(t for times in acked.values() for t in times)
+
+    def acks_of(group: str | None) -> list[float]:
+        if group is None:
+            return every
+        return sorted([*acked.get(group, []), *acked.get(None, [])])
+
+    end_of_history = max((op.time for op in ops), default=0.0)
+    opened: dict[tuple[Any, Any, Any], Op] = {}
+    steps: list[dict[str, Any]] = []
+    for op in sorted((o for o in ops if o.f == MEMBERSHIP), key=attrgetter("index")):
+        value = op.value if isinstance(op.value, dict) else {}
+        key = (value.get("change"), value.get("action"), value.get("node"))
+        if op.type == INVOKE:
+            opened[key] = op
+        elif key in opened:
+            steps.append(_step_row(opened.pop(key), op, value))
+    for invoke in opened.values():
+        steps.append(_step_row(invoke, None, invoke.value, end_of_history))
+    steps.sort(key=lambda row: (row["start"], row["end"]))
+    windows = fault_windows(ops)
+    changes: dict[Any, dict[str, Any]] = {}
+    for row in steps:
+        times = acks_of(row["group"])
+        inside = times[bisect_left(times, row["start"]) : bisect_right(times, row["end"])]
+        row["acknowledged"] = len(inside)
+        row["longest_gap"] = round(_longest_gap(row["start"], inside, row["end"]), 6)
+        change = changes.setdefault(
+            row["change"],
+            {"change": row["change"], "group": row["group"], "start": row["start"], "end": 0.0},
+        )
+        change["start"] = min(change["start"], row["start"])
+        change["end"] = max(change["end"], row["end"])
+        change.setdefault("steps", []).append(f"{row['action']} {row['node']}: {row['result']}")
+    examples: list[str] = []
+    stalled = 0
+    max_gap = 0.0
+    for change in changes.values():
+        times = acks_of(change["group"])
+        inside = times[bisect_left(times, change["start"]) : bisect_right(times, change["end"])]
+        gap = _longest_gap(change["start"], inside, change["end"])
+        overlapping = [
+            w.window
+            for w in windows
+            if w.start <= change["end"]
+            and w.end >= change["start"]
+            and (w.group is None or change["group"] is None or w.group == change["group"])
+        ]
+        change.update(
+            acknowledged=len(inside),
+            longest_gap=round(gap, 6),
+            took_s=round(change["end"] - change["start"], 6),
+            fault_windows=overlapping,
+            judged=not overlapping,
+        )
+        if not overlapping:
+            max_gap = max(max_gap, gap)
+            if gap > patience_s:
+                stalled += 1
+                _add_example(
+                    examples,
+                    f"change {change['change']} ({change['group']}, {_at(change['start'])} to "
+                    f"{_at(change['end'])}, no fault window): {gap:.3f} s without an "
+                    "acknowledged send in its group",
+                )
+    first_voters: dict[Any, int] = {}
+    shrunk = 0
+    for row in steps:
+        if row["voters"] is None:
+            continue
+        baseline = first_voters.setdefault(row["group"], len(row["voters"]))
+        if len(row["voters"]) < baseline:
+            shrunk += 1
+            _add_example(
+                examples,
+                f"change {row['change']} {row['action']} {row['node']}: voters "
+                f"{row['voters']}, fewer than the {baseline} the group started with",
+            )
+
+    def counted(action: str, result: str = OK) -> int:
+        return sum(1 for row in steps if row["action"] == action and row["result"] == result)
+
+    all_voters = [len(row["voters"]) for row in steps if row["voters"] is not None]
+    counts: dict[str, int | float] = {
+        "changes": len(changes),
+        "added": counted("add-learner"),
+        "promoted": counted("promote"),
+        "removed": counted("remove"),
+        "failed_steps": sum(1 for row in steps if row["result"] == FAIL),
+        "indeterminate_steps": sum(1 for row in steps if row["result"] == INFO),
+        "open_steps": sum(1 for row in steps if row["result"] == "open"),
+        "judged": sum(1 for change in changes.values() if change["judged"]),
+        "stalled": stalled,
+        "shrunk": shrunk,
+        "max_gap": round(max_gap, 6),
+        "min_voters": min(all_voters, default=0),
+    }
+    return CheckResult(
+        "membership",
+        stalled == 0 and shrunk == 0,
+        counts,
+        examples,
+        {"steps": steps, "changes": list(changes.values())},
+    )
+
+
+def _step_row(
+    invoke: Op, completion: Op | None, value: dict[str, Any], end: float | None = None
+) -> dict[str, Any]:
+    voters = value.get("voters") if completion is not None else None
+    return {
+        "change": value.get("change"),
+        "action": value.get("action"),
+        "node": value.get("node"),
+        "group": value.get("group", invoke.group),
+        "start": invoke.time,
+        "end": completion.time if completion is not None else (end or invoke.time),
+        "took_s": round(
+            (completion.time if completion is not None else (end or invoke.time)) - invoke.time,
+            6,
+        ),
+        "result": completion.type if completion is not None else "open",
+        "error": completion.error if completion is not None else None,
+        "voters": list(voters) if isinstance(voters, list) else None,
+        "learners": list(value.get("learners") or []) if completion is not None else None,
+    }
+
+
 # --- All of them -----------------------------------------------------------------------------
 
 
@@ -692,7 +845,8 @@ def check_all(
 ) -> list[CheckResult]:
     """Every checker, summary first, in the order the module docstring lists them;
     ``group_independence`` (with ``patience_s``) when there are several broker ``groups``
-    (unless ``fifo``: keyed sends wait for their own group)."""
+    (unless ``fifo``: keyed sends wait for their own group); ``membership`` (with
+    ``patience_s``) when the history has membership changes."""
     results = [
         summary(ops),
         lost(ops),
@@ -706,4 +860,6 @@ def check_all(
     results.append(availability(ops))
     if groups > 1 and not fifo:
         results.append(group_independence(ops, patience_s))
+    if any(op.f == MEMBERSHIP for op in ops):
+        results.append(membership(ops, patience_s))
     return results

@@ -26,6 +26,13 @@ Operations, by ``f``:
   end with the same ``fault`` and a ``window`` number shared by both. With several broker
   groups also ``"group"`` (the one the window acts in) and ``"majority_down"`` (whether it
   stops a majority of that group's nodes).
+- ``membership``: one step of a membership change (process ``"membership"``): ``invoke``,
+  then ``ok`` (committed), ``fail`` (refused, or given up on before it was asked) or ``info``
+  (asked, and its outcome unknown). ``value`` is ``{"change": n, "action": "start-spare" |
+  "add-learner" | "catch-up" | "promote" | "transfer-leader" | "remove" | "stop",
+  "node": harness name, "group": broker group}``; a completion adds ``"took_s"`` and, once
+  known, ``"voters"`` and ``"learners"`` (the member ids the leader's log then held). The steps
+  of one change share its number (``jepsen.nemesis``, "membership").
 - ``phase``: the runner's milestones (process ``"runner"``, type ``info``): ``value`` is one of
   ``"workload"``, ``"heal"``, ``"recovered"``, ``"drain"``, ``"done"``.
 
@@ -57,7 +64,8 @@ ACK = "ack"
 READ = "read"
 FAULT = "fault"
 PHASE = "phase"
-FUNCTIONS = (SEND, RECEIVE, ACK, READ, FAULT, PHASE)
+MEMBERSHIP = "membership"
+FUNCTIONS = (SEND, RECEIVE, ACK, READ, FAULT, PHASE, MEMBERSHIP)
 
 NEMESIS = "nemesis"
 RUNNER = "runner"

@@ -22,6 +22,12 @@ wipe             one, leader                             SIGKILL the node and de
                                                          directory (a lost disk; only once no
                                                          node is recovering); start it: it
                                                          rejoins recovering
+membership       one, leader                             NOT a window: changes run on their own
+                                                         schedule, alongside the windows: a
+                                                         spare node started and added as a
+                                                         learner, promoted once caught up, and a
+                                                         voter (any; the leader) removed and
+                                                         stopped (``jepsen.membership``)
 ===============  ======================================  =========================================
 
 ``halves`` cuts a random minority from the majority; ``one-way`` stops the leader's messages to
@@ -49,6 +55,8 @@ import attrs
 import trio
 
 from jepsen.history import FAULT, INFO, NEMESIS, History
+from jepsen.membership import TARGETS as MEMBERSHIP_TARGETS
+from jepsen.membership import MembershipChanger
 from jepsen.nodes import Nodes
 
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -59,6 +67,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "loss": ("one", "all"),
     "lose-unsynced": ("majority", "all"),
     "wipe": ("one", "leader"),
+    "membership": MEMBERSHIP_TARGETS,
 }
 #: Faults that stop node processes: with more than half of a group's nodes as targets, the
 #: group has no majority until the window ends.
@@ -120,6 +129,9 @@ class Schedule:
     fault_max_s: float = 15.0
     quiet_min_s: float = 5.0
     quiet_max_s: float = 10.0
+    #: The quiet period before each membership change.
+    membership_min_s: float = 5.0
+    membership_max_s: float = 10.0
 
 
 class Nemesis:
@@ -132,7 +144,26 @@ class Nemesis:
         now: Callable[[], float],
         rng: random.Random,
         schedule: Schedule,
+        entry_peer: Callable[[str], str] | None = None,
     ) -> None:
+        """``entry_peer``: the peer address a node added during the run is given (the proxy's
+        inbound listener for it); needed with the ``membership`` fault."""
+        self.membership: MembershipChanger | None = None
+        membership = [spec for spec in specs if spec.fault == "membership"]
+        specs = [spec for spec in specs if spec.fault != "membership"]
+        if membership:
+            targets = tuple(sorted({t for spec in membership for t in spec.targets(nodes.size)}))
+            self.membership = MembershipChanger(
+                nodes,
+                history,
+                now,
+                # Its own generator (drawn only with it, so other seeds keep their meaning):
+                # its draws and the windows' interleave as the real processes' timing goes.
+                random.Random(rng.getrandbits(64)),
+                targets,
+                (schedule.membership_min_s, schedule.membership_max_s),
+                entry_peer or (lambda name: nodes.members[name].peer),
+            )
         self.specs = specs
         self.nodes = nodes
         self.network = network
@@ -144,8 +175,23 @@ class Nemesis:
         #: The open window's description, for the progress line ("" when quiet).
         self.current = ""
 
+    @property
+    def status(self) -> str:
+        """The open window and the membership change in progress, for the progress line."""
+        parts = [self.current, self.membership.current if self.membership else ""]
+        return "; ".join(part for part in parts if part) or "quiet"
+
     async def run(self, stop: trio.Event) -> None:
-        """Open and close fault windows until ``stop`` is set; the last window is closed."""
+        """Open and close fault windows until ``stop`` is set; the last window is closed. With
+        ``membership``, changes run alongside until then (``jepsen.membership``)."""
+        if self.membership is None:
+            await self._windows(stop)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.membership.run, stop)
+            await self._windows(stop)
+
+    async def _windows(self, stop: trio.Event) -> None:
         if not self.specs:
             await stop.wait()
             return

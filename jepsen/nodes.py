@@ -60,22 +60,37 @@ class Nodes:
     """``groups`` broker groups of ``size`` nodes under ``root``; ``dial(src, dst)`` is where
     src reaches dst's peer port (both harness names of one group)."""
 
-    def __init__(self, root: Path, size: int, harness_options: list[str], groups: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        size: int,
+        harness_options: list[str],
+        groups: int = 1,
+        spares: int = 0,
+    ) -> None:
         self.root = root
         self.size = size
         #: The broker groups, in order: broker-a, broker-b, ...
         self.groups = [group_name(position) for position in range(groups)]
         #: Harness name -> its addresses; the naming node each runs; its group; its member id.
+        #: Every slot: the ``size`` first members of each group and its ``spares`` spare nodes
+        #: (``n4``, ...), which the membership fault starts and adds during the run.
         self.members: dict[str, Member] = {}
         self.naming: dict[str, str] = {}
         self.group_of: dict[str, str] = {}
         self.member_of: dict[str, str] = {}
+        #: The nodes that are members of their group now (the harness's view: added once the
+        #: leader accepted them as learners, taken out once removed); the nemesis's faults,
+        #: the status polls and the recovery wait see only these.
+        self.active: set[str] = set()
+        slots = size + spares
         # Every port from one call (the proxy's too), so that none is chosen twice: a proxy
         # listener on a port picked for a node would keep that node from starting.
-        links = groups * size * (size - 1)
-        ports = iter(free_ports(3 * size * groups + links))
+        links = groups * slots * (slots - 1)
+        inbound = groups * slots if spares else 0
+        ports = iter(free_ports(3 * slots * groups + links + inbound))
         for group in self.groups:
-            for number in range(size):
+            for number in range(slots):
                 member_id = f"n{number + 1}"
                 name = member_id if groups == 1 else f"{short_group_name(group)}/{member_id}"
                 self.members[name] = Member(
@@ -84,6 +99,8 @@ class Nodes:
                 self.naming[name] = f"127.0.0.1:{next(ports)}"
                 self.group_of[name] = group
                 self.member_of[name] = member_id
+                if number < size:
+                    self.active.add(name)
         #: A port for the proxy's listener of each directed link ``(src, dst)`` in a group.
         self.link_ports = {
             (src, dst): next(ports)
@@ -92,6 +109,16 @@ class Nodes:
             for dst in names
             if src != dst
         }
+        #: With spares: a port for the proxy's listener that every peer dials to reach a node
+        #: added during the run (its membership entry's peer address: a node's ``peer_dial``
+        #: covers only the members its node.toml lists). The proxy tells the dialler by its
+        #: connection's source port (``owner_of_port``) and treats it as that directed link.
+        self.inbound_ports: dict[str, int] = (
+            {name: next(ports) for name in self.members} if spares else {}
+        )
+        self._dial: Callable[[str, str], str] | None = None
+        self._tls = False
+        self._settings: dict[str, object] = {}
         self.harness_options = harness_options
         self.nodes: dict[str, NodeProcess] = {}
         #: With ``write_configs(tls=True)``: what clients trust; after ``add_user``: whom they
@@ -101,26 +128,76 @@ class Nodes:
 
     @property
     def node_ids(self) -> list[str]:
-        return list(self.members)
+        """The nodes that are members now (every group)."""
+        return [name for name in self.members if name in self.active]
 
     def group_node_ids(self, group: str) -> list[str]:
-        """The harness names of ``group``'s nodes."""
+        """The harness names of ``group``'s nodes that are members now."""
+        return [name for name in self.slot_ids(group) if name in self.active]
+
+    def slot_ids(self, group: str) -> list[str]:
+        """Every node ``group`` may have: its members and its spares."""
         return [name for name, of in self.group_of.items() if of == group]
+
+    def spare_ids(self, group: str) -> list[str]:
+        """``group``'s nodes that are not members now (never added, or removed)."""
+        return [name for name in self.slot_ids(group) if name not in self.active]
 
     @property
     def naming_addresses(self) -> list[str]:
+        """Every naming node a client may ask (spares' too: one runs while its node does)."""
         return list(self.naming.values())
+
+    @property
+    def member_naming_addresses(self) -> list[str]:
+        """The naming nodes of the members now."""
+        return [self.naming[name] for name in self.node_ids]
 
     def peer_addresses(self) -> dict[str, str]:
         return {node_id: member.peer for node_id, member in self.members.items()}
 
     def peer_groups(self) -> list[list[str]]:
-        """The nodes that talk to each other: each group's (groups never do)."""
-        return [self.group_node_ids(group) for group in self.groups]
+        """The nodes that may talk to each other: each group's, spares too (groups never do)."""
+        return [self.slot_ids(group) for group in self.groups]
+
+    def entry_peer(self, name: str) -> str:
+        """The peer address a membership entry gives for ``name`` when it is added during the
+        run: the proxy's inbound listener for it (without spares: its own peer address)."""
+        port = self.inbound_ports.get(name)
+        return f"127.0.0.1:{port}" if port is not None else self.members[name].peer
+
+    def name_of(self, group: str, member_id: str) -> str | None:
+        """The harness name of ``group``'s member ``member_id``."""
+        for name in self.slot_ids(group):
+            if self.member_of[name] == member_id:
+                return name
+        return None
 
     def write_configs(
         self, dial: Callable[[str, str], str], tls: bool = False, **settings: object
     ) -> None:
+        """Config, secret, certificates and log of every first member (spares: ``prepare``)."""
+        self._dial = dial
+        self._tls = tls
+        self._settings = dict(settings)
+        for name in self.node_ids:
+            self._write_config(name, self.group_node_ids(self.group_of[name]), learner=False)
+
+    def prepare(self, name: str, members: list[str]) -> None:
+        """A spare as an operator makes a node to add (docs/operations.md, "Changing a group's
+        members"): its node.toml lists ``members`` (the group's members now, harness names)
+        and itself, itself a learner, with the secret (and TLS files); an empty log (whatever
+        an earlier life of this slot left is deleted). Not started."""
+        node = self.nodes.get(name)
+        if node is not None and node.running:
+            raise RuntimeError(f"{name} is running: stop it before preparing it again")
+        shutil.rmtree(self.root / name / "data", ignore_errors=True)
+        self._write_config(name, [*members, name], learner=True)
+
+    def _write_config(self, name: str, peers: list[str], learner: bool) -> None:
+        dial = self._dial
+        if dial is None:
+            raise RuntimeError("write_configs first")
         # Peer links authenticate (through the proxy too: it only relays bytes); every group
         # shares the cluster secret and the CA.
         secret_path = self.root / CLUSTER_SECRET_FILE_NAME
@@ -128,46 +205,47 @@ class Nodes:
             self.root.mkdir(parents=True, exist_ok=True)
             write_cluster_secret(str(secret_path))
         ca_directory = self.root / TLS_DIRECTORY_NAME
-        for name in self.members:
-            group = self.group_of[name]
-            peers = self.group_node_ids(group)
-            member_id = self.member_of[name]
-            directory = self.root / name
-            directory.mkdir(parents=True, exist_ok=True)
-            tls_settings: dict[str, object] = {}
-            if tls:
-                tls_settings = node_tls_settings(ca_directory, directory, member_id, ["127.0.0.1"])
-                self.tls = client_ssl_context(str(ca_directory / CA_FILE_NAME))
-            config = parse_config(
-                {
-                    "node_id": member_id,
-                    "cluster_id": CLUSTER_ID,
-                    "group": group,
-                    "members": {
-                        self.member_of[peer]: attrs.asdict(self.members[peer]) for peer in peers
-                    },
-                    "data_dir": str(directory / "data"),
-                    "naming_listen": self.naming[name],
-                    "naming": self.naming_addresses,
-                    "cluster_secret_file": str(secret_path),
-                    **tls_settings,
-                    "peer_dial": {
-                        self.member_of[peer]: dial(name, peer) for peer in peers if peer != name
-                    },
-                    **settings,
-                }
-            )
-            path = directory / "node.toml"
-            write_text_durably(path, render_config(config))  # read again at every restart
-            if not has_log(config):
-                initialise_log(config)  # as `dledger-mq node --init` would
-            self.nodes[name] = NodeProcess(name, path, directory / "node.log")
+        group = self.group_of[name]
+        member_id = self.member_of[name]
+        directory = self.root / name
+        directory.mkdir(parents=True, exist_ok=True)
+        tls_settings: dict[str, object] = {}
+        if self._tls:
+            tls_settings = node_tls_settings(ca_directory, directory, member_id, ["127.0.0.1"])
+            self.tls = client_ssl_context(str(ca_directory / CA_FILE_NAME))
+        config = parse_config(
+            {
+                "node_id": member_id,
+                "cluster_id": CLUSTER_ID,
+                "group": group,
+                "members": {
+                    self.member_of[peer]: attrs.asdict(self.members[peer]) for peer in peers
+                },
+                **({"learners": [member_id]} if learner else {}),
+                "data_dir": str(directory / "data"),
+                "naming_listen": self.naming[name],
+                "naming": self.naming_addresses,
+                "cluster_secret_file": str(secret_path),
+                **tls_settings,
+                "peer_dial": {
+                    self.member_of[peer]: dial(name, peer) for peer in peers if peer != name
+                },
+                **self._settings,
+            }
+        )
+        path = directory / "node.toml"
+        write_text_durably(path, render_config(config))  # read again at every restart
+        if not has_log(config):
+            initialise_log(config)  # as `dledger-mq node --init` would
+        self.nodes[name] = NodeProcess(name, path, directory / "node.log")
 
     # -- processes -------------------------------------------------------------------------------
 
     def start(self, node_id: str) -> None:
+        """Start (or restart, on its data) a member; a node taken out of its group stays
+        down (a fault's end may try to restart a node removed meanwhile)."""
         node = self.nodes[node_id]
-        if node.running:
+        if node.running or node_id not in self.active:
             return
         environment = dict(os.environ)
         environment[HARNESS_ENVIRONMENT_VARIABLE] = ",".join(self.harness_options)
@@ -177,6 +255,51 @@ class Nodes:
     def start_all(self) -> None:
         for node_id in self.nodes:
             self.start(node_id)
+
+    def start_spare(self, node_id: str) -> None:
+        """Start a prepared spare (not a member yet: it waits to be added)."""
+        node = self.nodes[node_id]
+        if not node.running:
+            environment = dict(os.environ)
+            environment[HARNESS_ENVIRONMENT_VARIABLE] = ",".join(self.harness_options)
+            node.process = start_node(node.config_path, node.log_path, environment)
+            node.paused = False
+
+    def join(self, node_id: str) -> None:
+        """``node_id`` is a member now (a learner, or a voter): faults may take it."""
+        self.active.add(node_id)
+
+    def leave(self, node_id: str) -> None:
+        """``node_id`` is no longer a member: stop it (SIGTERM by PID, then SIGKILL), and no
+        fault's end restarts it."""
+        self.active.discard(node_id)
+        node = self.nodes.get(node_id)
+        if node is not None and node.process is not None:
+            self.resume(node_id)
+            stop_processes([node.process])
+            node.paused = False
+
+    def owner_of_port(self, port: int) -> str | None:
+        """The node whose process has the TCP socket bound to 127.0.0.1:``port`` (the source
+        of a connection the proxy accepted), read from /proc (Linux); None if none has."""
+        inodes = _socket_inodes_on_port(port)
+        if not inodes:
+            return None
+        for name, node in self.nodes.items():
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                fds = os.listdir(f"/proc/{node.process.pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink(f"/proc/{node.process.pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return name
+        return None
 
     def kill(self, node_id: str) -> None:
         """SIGKILL the node's process group and reap it."""
@@ -205,12 +328,12 @@ class Nodes:
         node.paused = False
 
     def heal(self) -> list[str]:
-        """Resume paused nodes and restart dead ones; returns the ids restarted."""
+        """Resume paused nodes and restart dead members; returns the ids restarted."""
         restarted = []
         for node_id, node in self.nodes.items():
             if node.paused:
                 self.resume(node_id)
-            if not node.running:
+            if not node.running and node_id in self.active:
                 self.start(node_id)
                 restarted.append(node_id)
         return restarted
@@ -225,7 +348,8 @@ class Nodes:
 
     @property
     def endpoints(self) -> list[tuple[str, str]]:
-        return [(node_id, member.client) for node_id, member in self.members.items()]
+        """The members' client addresses."""
+        return [(node_id, self.members[node_id].client) for node_id in self.node_ids]
 
     async def statuses(self) -> dict[str, StatusReply | None]:
         found = await fetch_all(self.endpoints, CLUSTER_ID, self.credentials, self.tls)
@@ -303,3 +427,20 @@ def _group_recovered(statuses: dict[str, StatusReply | None], names: list[str]) 
         return False
     commit = max(leaders, key=lambda status: status.term).commit_index
     return all(status.applied_index >= commit for status in answered)
+
+
+def _socket_inodes_on_port(port: int) -> set[str]:
+    """The inodes of TCP sockets whose local port is ``port`` (/proc/net/tcp and tcp6)."""
+    wanted = f"{port:04X}"
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines, None)
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[1].rsplit(":", 1)[-1] == wanted:
+                        found.add(fields[9])
+        except OSError:
+            continue
+    return found

@@ -125,11 +125,19 @@ class ProxyNetwork:
         rng: random.Random,
         groups: Iterable[Iterable[str]] | None = None,
         ports: Mapping[Link, int] | None = None,
+        inbound: Mapping[str, int] | None = None,
+        identify: Callable[[int], str | None] | None = None,
     ) -> None:
         """``groups``: nodes that talk only among themselves (broker groups): links only
         within each (default: one group of every node). ``ports``: the port to listen on for
         a link (default: any free one), e.g. chosen with the nodes' own ports so that no
-        listener takes a port a node is about to bind."""
+        listener takes a port a node is about to bind.
+
+        ``inbound``: node -> a port where ANY peer may dial it (a node added to a group while
+        it runs is dialled at the one peer address its membership entry gives, not at a
+        per-link address); ``identify`` names the node that owns a connection's source port,
+        and the connection is then the directed link (that node, dst), with its faults. A
+        connection whose source cannot be named is reset at once (the node retries)."""
         if len(upstreams) < 2:
             raise ValueError("a proxy network needs at least two nodes")
         self._upstreams: dict[str, Address] = {
@@ -149,6 +157,13 @@ class ProxyNetwork:
         self._open: dict[Link, set[_Connection]] = {link: set() for link in self._links}
         self._ports: dict[Link, int] = {}
         self._wanted_ports = dict(ports or {})
+        self._wanted_inbound = dict(inbound or {})
+        for node in self._wanted_inbound:
+            self._check_node(node)
+        self._identify = identify
+        self._inbound: dict[str, int] = {}
+        #: Connections to an inbound listener whose source could not be named.
+        self.unidentified = 0
         self._running = False
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -170,14 +185,30 @@ class ProxyNetwork:
                     for listener in opened:
                         await trio.aclose_forcefully(listener)
                 raise
+            inbound: dict[str, list[trio.SocketListener]] = {}
+            try:
+                for node, port in self._wanted_inbound.items():
+                    inbound[node] = await trio.open_tcp_listeners(port, host=LISTEN_HOST)
+            except BaseException:
+                for opened in [*listeners.values(), *inbound.values()]:
+                    for listener in opened:
+                        await trio.aclose_forcefully(listener)
+                raise
             for link, opened in listeners.items():
                 self._ports[link] = opened[0].socket.getsockname()[1]
+            for node, opened in inbound.items():
+                self._inbound[node] = opened[0].socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
                 for link, opened in listeners.items():
                     nursery.start_soon(trio.serve_listeners, partial(self._serve, link), opened)
+                for node, opened in inbound.items():
+                    nursery.start_soon(
+                        trio.serve_listeners, partial(self._serve_inbound, node), opened
+                    )
                 task_status.started()
         finally:
             self._ports.clear()
+            self._inbound.clear()
             self._running = False
 
     def address(self, src: str, dst: str) -> str:
@@ -186,6 +217,13 @@ class ProxyNetwork:
         if link not in self._ports:
             raise RuntimeError("the proxy is not listening: start run() first")
         return f"{LISTEN_HOST}:{self._ports[link]}"
+
+    def inbound_address(self, dst: str) -> str:
+        """The ``host:port`` any peer dials to reach ``dst`` (see ``inbound``)."""
+        self._check_node(dst)
+        if dst not in self._inbound:
+            raise RuntimeError(f"no inbound listener for {dst!r} (or the proxy is not running)")
+        return f"{LISTEN_HOST}:{self._inbound[dst]}"
 
     def links(self) -> list[Link]:
         """Every directed link, in a stable order."""
@@ -271,6 +309,20 @@ class ProxyNetwork:
         logger.info("proxy_heal", links=healed)
 
     # -- relaying ------------------------------------------------------------------------------
+
+    async def _serve_inbound(self, dst: str, downstream: trio.SocketStream) -> None:
+        src: str | None = None
+        try:
+            port = downstream.socket.getpeername()[1]
+            src = self._identify(port) if self._identify is not None else None
+        except OSError:
+            pass
+        if src is None or (src, dst) not in self.stats:
+            self.unidentified += 1
+            logger.info("proxy_inbound_unidentified", node=dst, source=src)
+            await _close([downstream], reset=True)
+            return
+        await self._serve((src, dst), downstream)
 
     async def _serve(self, link: Link, downstream: trio.SocketStream) -> None:
         stats = self.stats[link]

@@ -868,6 +868,67 @@ def group_windows_section(results: Sequence[CheckResult]) -> str:
     )
 
 
+MEMBERSHIP_STEP_COLUMNS = (
+    "change",
+    "group",
+    "action",
+    "node",
+    "start",
+    "took_s",
+    "result",
+    "voters",
+    "learners",
+    "acknowledged",
+    "longest_gap",
+    "error",
+)
+MEMBERSHIP_STEP_SECONDS = ("start", "took_s", "longest_gap")
+MEMBERSHIP_CHANGE_COLUMNS = (
+    "change",
+    "group",
+    "start",
+    "end",
+    "took_s",
+    "acknowledged",
+    "longest_gap",
+    "fault_windows",
+    "judged",
+    "steps",
+)
+MEMBERSHIP_CHANGE_SECONDS = ("start", "end", "took_s", "longest_gap")
+
+
+def membership_section(results: Sequence[CheckResult]) -> str:
+    result = next((r for r in results if r.name == "membership"), None)
+    if result is None:
+        return ""
+    steps = [row for row in result.details.get("steps", []) if isinstance(row, dict)]
+    changes = [row for row in result.details.get("changes", []) if isinstance(row, dict)]
+    return (
+        "<h2>Membership changes</h2><p>Each change replaces a replica of one group: a spare "
+        "started, added as a learner, caught up, promoted, a voter removed (after a leadership "
+        "hand-over when it led) and stopped. Seconds since the start of the run; acknowledged "
+        "and longest_gap: the changed group's acknowledged sends meanwhile, and the longest "
+        "stretch without one (a judged change, one that overlaps no fault window, must not "
+        "have one longer than the send timeout plus 1 s).</p>"
+        + window_table(
+            changes,
+            MEMBERSHIP_CHANGE_COLUMNS,
+            MEMBERSHIP_CHANGE_SECONDS,
+            "membership-changes",
+            ("acknowledged",),
+        )
+        + "<h3>Steps</h3>"
+        + window_table(
+            steps,
+            MEMBERSHIP_STEP_COLUMNS,
+            MEMBERSHIP_STEP_SECONDS,
+            "membership-steps",
+            ("acknowledged",),
+        )
+    )
+
+
 def render_report(ops: list[Op], results: list[CheckResult], meta: dict[str, object]) -> str:
     """The whole page, as HTML text."""
     timeline = collect(ops)
@@ -890,6 +951,8 @@ def render_report(ops: list[Op], results: list[CheckResult], meta: dict[str, obj
         + windows_section(results)
         + "\n"
         + group_windows_section(results)
+        + "\n"
+        + membership_section(results)
         + "\n</body></html>\n"
     )
 

@@ -59,6 +59,12 @@ class RunOptions:
     drain_timeout_s: float = 60.0
 
     @property
+    def spares(self) -> int:
+        """Spare nodes per group: one for the membership fault to add (a removed node's slot
+        is the next spare, its data deleted)."""
+        return 1 if any(s.fault == "membership" for s in self.nemesis) else 0
+
+    @property
     def harness_options(self) -> list[str]:
         options = []
         if self.ack_before_fsync or any(s.fault == "lose-unsynced" for s in self.nemesis):
@@ -100,12 +106,25 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         history.add(now(), RUNNER, INFO, PHASE, value=name)
         echo(f"[{now():7.1f}s] {name}")
 
-    nodes = Nodes(directory / "nodes", options.nodes, options.harness_options, options.groups)
+    nodes = Nodes(
+        directory / "nodes",
+        options.nodes,
+        options.harness_options,
+        options.groups,
+        spares=options.spares,
+    )
     recovered = False
     workload = Workload(options.workload, nodes, history, now)
     try:
         async with trio.open_nursery() as nursery:
-            proxy = ProxyNetwork(nodes.peer_addresses(), rng, nodes.peer_groups(), nodes.link_ports)
+            proxy = ProxyNetwork(
+                nodes.peer_addresses(),
+                rng,
+                nodes.peer_groups(),
+                nodes.link_ports,
+                inbound=nodes.inbound_ports,
+                identify=nodes.owner_of_port,
+            )
             await nursery.start(proxy.run)
             nodes.write_configs(proxy.address, tls=options.secure)
             nodes.start_all()
@@ -122,7 +141,14 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
                     await nodes.add_user()
                 await _create_topic(nodes, options.workload)
             nemesis = Nemesis(
-                list(options.nemesis), nodes, proxy, history, now, rng, options.schedule
+                list(options.nemesis),
+                nodes,
+                proxy,
+                history,
+                now,
+                rng,
+                options.schedule,
+                entry_peer=proxy.inbound_address if options.spares else None,
             )
             recovered = await _attack_and_drain(options, workload, nemesis, nodes, proxy, phase)
             nursery.cancel_scope.cancel()
@@ -182,7 +208,7 @@ async def _create_topic(nodes: Nodes, workload: WorkloadOptions) -> None:
             await trio.sleep(0.1)
     if len(nodes.groups) == 1:
         return
-    for address in nodes.naming_addresses:
+    for address in nodes.member_naming_addresses:
         while True:
             try:
                 # Anonymous, as the SDK asks naming (naming nodes hold no users).
@@ -265,7 +291,7 @@ async def _show_progress(workload: Workload, nemesis: Nemesis) -> None:
     while True:
         await trio.sleep(PROGRESS_SECONDS)
         counts = workload.counts
-        fault = nemesis.current or "quiet"
+        fault = nemesis.status
         by_group = workload.acknowledged_by_group
         groups = (
             " (" + ", ".join(f"{group} {n:,}" for group, n in sorted(by_group.items())) + ")"

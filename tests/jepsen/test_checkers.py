@@ -19,12 +19,25 @@ from jepsen.checkers import (
     fifo_exclusive,
     group_independence,
     lost,
+    membership,
     order,
     recovered,
     summary,
     unexpected,
 )
-from jepsen.history import FAIL, FAULT, INFO, INVOKE, OK, PHASE, RECEIVE, SEND, History, Op
+from jepsen.history import (
+    FAIL,
+    FAULT,
+    INFO,
+    INVOKE,
+    MEMBERSHIP,
+    OK,
+    PHASE,
+    RECEIVE,
+    SEND,
+    History,
+    Op,
+)
 
 
 class Builder:
@@ -855,3 +868,107 @@ def test_group_independence_runs_with_several_groups_and_not_fifo() -> None:
     assert "group_independence" not in [r.name for r in check_all(ops)]
     assert "group_independence" not in [r.name for r in check_all(ops, fifo=True, groups=2)]
     assert not check_all(ops, groups=2, patience_s=6.0)[-1].valid
+
+
+# --- membership --------------------------------------------------------------------------------
+
+
+def step(
+    b: Builder,
+    change: int,
+    action: str,
+    node: str,
+    start: float,
+    end: float,
+    result: str = OK,
+    voters: list[str] | None = None,
+    group: str = "broker-a",
+) -> Builder:
+    value: dict[str, Any] = {"change": change, "action": action, "node": node, "group": group}
+    b.add(INVOKE, MEMBERSHIP, "membership", start, value=value, group=group)
+    done = {**value, "took_s": end - start}
+    if voters is not None:
+        done.update(voters=voters, learners=[])
+    error = None if result == OK else "TooSlowError"
+    return b.add(result, MEMBERSHIP, "membership", end, value=done, group=group, error=error)
+
+
+def replacement(acks_at: list[float]) -> Builder:
+    """Change 1 from 10 to 20 s: n4 added and promoted, n2 removed; sends at ``acks_at``."""
+    b = Builder()
+    for n, t in enumerate(acks_at):
+        b.send(f"p0-{n}", offset=n, group="broker-a", at=t)
+    step(b, 1, "start-spare", "n4", 10.0, 11.0, voters=["n1", "n2", "n3"])
+    step(b, 1, "add-learner", "n4", 11.0, 12.0, voters=["n1", "n2", "n3"])
+    step(b, 1, "catch-up", "n4", 12.0, 14.0, voters=["n1", "n2", "n3"])
+    step(b, 1, "promote", "n4", 14.0, 15.0, voters=["n1", "n2", "n3", "n4"])
+    step(b, 1, "remove", "n2", 15.0, 19.0, voters=["n1", "n3", "n4"])
+    return step(b, 1, "stop", "n2", 19.0, 20.0)
+
+
+def test_membership_passes_a_replacement_during_which_sends_went_on() -> None:
+    result = membership(replacement([9.0, 12.5, 15.5, 18.0, 21.0]).ops, patience_s=6.0)
+    assert result.valid, result.examples
+    assert result.counts == {
+        "changes": 1,
+        "added": 1,
+        "promoted": 1,
+        "removed": 1,
+        "failed_steps": 0,
+        "indeterminate_steps": 0,
+        "open_steps": 0,
+        "judged": 1,
+        "stalled": 0,
+        "shrunk": 0,
+        "max_gap": 3.0,
+        "min_voters": 3,
+    }
+    (change,) = result.details["changes"]
+    assert change["took_s"] == 10.0 and change["acknowledged"] == 3 and change["judged"]
+    remove = next(row for row in result.details["steps"] if row["action"] == "remove")
+    assert remove["node"] == "n2" and remove["took_s"] == 4.0 and remove["acknowledged"] == 2
+    assert remove["voters"] == ["n1", "n3", "n4"] and remove["result"] == OK
+
+
+def test_membership_fails_a_change_that_stalled_sends_outside_any_fault() -> None:
+    result = membership(replacement([9.0, 11.0, 19.5]).ops, patience_s=6.0)
+    assert not result.valid and result.counts["stalled"] == 1
+    assert result.examples == [
+        "change 1 (broker-a, 10.000 s to 20.000 s, no fault window): 8.500 s without an "
+        "acknowledged send in its group"
+    ]
+    # The same stall while a fault window overlaps it is not judged.
+    b = replacement([9.0, 11.0, 19.5]).start(1, at=16.0).end(1, at=25.0)
+    faulty = membership(b.ops, patience_s=6.0)
+    assert faulty.valid and faulty.counts["judged"] == 0
+    assert faulty.details["changes"][0]["fault_windows"] == [1]
+    # Another group's acknowledgements do not count for the changed group.
+    other = replacement([9.0, 11.0, 19.5])
+    for n, t in enumerate([12.0, 14.0, 16.0, 18.0]):
+        other.send(f"p1-{n}", offset=n, group="broker-b", at=t)
+    assert not membership(other.ops, patience_s=6.0).valid
+
+
+def test_membership_fails_when_a_group_went_below_its_starting_voters() -> None:
+    b = replacement([10.5, 13.0, 16.0, 19.0])
+    step(b, 2, "remove", "n3", 30.0, 31.0, voters=["n1", "n4"])
+    result = membership(b.ops, patience_s=6.0)
+    assert not result.valid and result.counts["shrunk"] == 1 and result.counts["min_voters"] == 2
+
+
+def test_membership_counts_failed_indeterminate_and_open_steps() -> None:
+    b = Builder().send("p0-1", at=1.0)
+    step(b, 1, "start-spare", "n4", 2.0, 2.5, voters=["n1", "n2", "n3"])
+    step(b, 1, "add-learner", "n4", 3.0, 23.0, result=INFO)
+    step(b, 2, "start-spare", "n4", 30.0, 30.5, result=FAIL)
+    b.add(INVOKE, MEMBERSHIP, "membership", 31.0, value={"change": 3, "action": "promote"})
+    result = membership(b.ops)
+    assert result.counts["indeterminate_steps"] == 1
+    assert result.counts["failed_steps"] == 1 and result.counts["open_steps"] == 1
+    assert result.counts["added"] == 0 and result.counts["changes"] == 3
+
+
+def test_check_all_runs_membership_only_when_the_history_has_changes() -> None:
+    ops = replacement([9.0, 12.5, 15.5, 18.0]).ops
+    assert [r.name for r in check_all(ops, patience_s=6.0)][-1] == "membership"
+    assert "membership" not in [r.name for r in check_all(Builder().send("p0-1").ops)]

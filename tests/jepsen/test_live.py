@@ -1,7 +1,8 @@
 """Short harness runs against real nodes: a fault smoke that must pass (with TLS on every port
 and clients that sign in, as a real deployment runs), two broker groups with one group's
-majority taken away (the command docs/jepsen.md shows, run as a user runs it), and the negative
-control (nodes that acknowledge before fsync, all killed at once) that must be caught."""
+majority taken away and replicas replaced online while faults run (the commands docs/jepsen.md
+shows, run as a user runs them), and the negative control (nodes that acknowledge before
+fsync, all killed at once) that must be caught."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ SMOKE_SEED = 3
 ROOT = Path(__file__).resolve().parents[2]
 #: How docs/jepsen.md's two-group command begins.
 TWO_GROUPS = ".venv/bin/python -m jepsen run --groups 2 --nemesis kill:majority,pause:majority "
+#: How docs/jepsen.md's membership command begins.
+MEMBERSHIP = ".venv/bin/python -m jepsen run --nemesis membership,"
 
 
 async def test_a_short_run_with_kills_and_partitions_passes_every_checker(tmp_path: Path) -> None:
@@ -145,6 +148,51 @@ def test_two_groups_as_documented_keep_acknowledging_while_one_group_has_no_majo
     assert "Group outages" in (out / "report.html").read_text()
     assert (out / "nodes" / "a" / "n1" / "node.log").exists()
     assert (out / "nodes" / "b" / "n3" / "node.log").exists()
+
+
+def test_replicas_replaced_as_documented_while_faults_run_lose_nothing(tmp_path: Path) -> None:
+    """The membership command of docs/jepsen.md, with a short --time: spares are started,
+    added as learners, promoted and voters removed (and stopped) while kill and partition
+    windows come and go; every checker passes, sends go on during the changes."""
+    argv = documented_command(MEMBERSHIP)
+    argv[0] = sys.executable
+    argv[argv.index("--time") + 1] = "25"
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [*argv, "--seed", "5", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    tail = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == 0, tail
+
+    results = {r["name"]: r for r in json.loads((out / "results.json").read_text())}
+    assert all(r["valid"] for r in results.values()), tail
+    changes = results["membership"]["counts"]
+    assert changes["added"] >= 1 and changes["removed"] >= 1, changes
+    assert changes["min_voters"] >= 3 and changes["stalled"] == 0, changes
+    assert results["lost"]["counts"]["lost_from_storage"] == 0
+    history = read_history(out / "history.jsonl")
+    steps = [op for op in history if op.f == "membership" and op.type != "invoke"]
+    removed = {
+        op.value["node"] for op in steps if op.value["action"] == "remove" and op.type == "ok"
+    }
+    added = {
+        op.value["node"] for op in steps if op.value["action"] == "promote" and op.type == "ok"
+    }
+    assert removed and added, steps
+    # A removed node was stopped; one added during the run was dialled through the proxy.
+    assert any(op.value["action"] == "stop" and op.type == "ok" for op in steps)
+    logs = {path.parent.name: path.read_text() for path in (out / "nodes").rglob("node.log")}
+    assert any('"peer_added"' in text for text in logs.values()), sorted(logs)
+    # Sends were acknowledged during every change that no fault window overlapped.
+    rows = results["membership"]["details"]["changes"]
+    assert all(row["acknowledged"] > 0 for row in rows if row["judged"]), rows
+    assert "Membership changes" in (out / "report.html").read_text()
+    assert json.loads((out / "run.json").read_text())["verdict"] == "PASS"
 
 
 async def test_the_negative_control_is_caught_losing_acknowledged_messages(
