@@ -56,6 +56,12 @@ class _Progress:
     def __init__(self) -> None:
         self.asked = False
         self.error = "no leader answered"
+        #: Whether the step's completion is in the history.
+        self.recorded = False
+
+
+class _NotYet(Exception):
+    """A step waiting for something (a learner catching up): asked again, and why."""
 
 
 class _Refused(Exception):
@@ -168,8 +174,10 @@ class MembershipChanger:
         async def caught_up(admin: AdminConnection) -> MembershipReply | None:
             status = await admin.status()
             match = next((f.match_index for f in status.followers if f.node_id == member_id), 0)
-            if status.role != "leader" or match < status.commit_index:
-                return None  # not yet: asked again
+            if status.role != "leader":
+                raise _NotYet(f"{status.node_id} no longer leads")
+            if match < status.commit_index:
+                raise _NotYet(f"{spare} has {match} of {status.commit_index} committed entries")
             return await admin.membership()
 
         if not await self._step(change, "catch-up", group, spare, caught_up, None):
@@ -334,17 +342,18 @@ class MembershipChanger:
                     change, action, group, node, attempt, done, started, progress
                 )
                 return True
-        except _Refused as invalid:
-            self._complete(FAIL, change, action, group, node, started, error=str(invalid))
-            return False
-        except trio.Cancelled:
-            # The run's end cut it short: recorded, then on its way.
             kind = INFO if progress.asked else FAIL
-            error = f"cut short at the run's end ({progress.error})"
-            self._complete(kind, change, action, group, node, started, error=error)
+            error = f"gave up after {STEP_SECONDS:g} s ({progress.error})"
+        except _Refused as invalid:
+            kind, error = FAIL, str(invalid)
+        except BaseException:
+            # Cancelled at the run's end (trio may wrap it in an ExceptionGroup): recorded all
+            # the same, then on its way.
+            if not progress.recorded:
+                kind = INFO if progress.asked else FAIL
+                error = f"cut short at the run's end ({progress.error})"
+                self._complete(kind, change, action, group, node, started, error=error)
             raise
-        kind = INFO if progress.asked else FAIL
-        error = f"gave up after {STEP_SECONDS:g} s ({progress.error})"
         self._complete(kind, change, action, group, node, started, error=error)
         return False
 
@@ -370,17 +379,21 @@ class MembershipChanger:
                         if done is not None:
                             current = await admin.membership()
                             if done(current):
+                                progress.recorded = True
                                 self._complete(OK, change, action, group, node, started, current)
                                 return
                         progress.asked = progress.asked or done is not None
                         reply = await attempt(admin)
                         if reply is not None and (done is None or done(reply)):
+                            progress.recorded = True
                             self._complete(OK, change, action, group, node, started, reply)
                             return
             except InvalidMembershipChange as invalid:
                 # Definite: the leader's membership (read just before) lacks it, and it
                 # cannot be made.
                 raise _Refused(f"{type(invalid).__name__}: {invalid}") from None
+            except _NotYet as waiting:
+                progress.error = str(waiting)
             except (DledgerError, OSError, trio.TooSlowError) as failure:
                 progress.error = f"{type(failure).__name__}: {failure}"
             await trio.sleep(RETRY_SECONDS)
