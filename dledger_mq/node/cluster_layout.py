@@ -261,7 +261,11 @@ class ClusterLayout:
 
     @property
     def base_port(self) -> int:
-        return int(self.nodes[0].naming.rsplit(":", 1)[1]) - NAMING_PORT_OFFSET
+        """From the first group's first node's client port (its naming node may be gone with
+        it, if `remove-replica` took it out): node nK's is base + 5 + K - 1."""
+        first = self.group_nodes(self.groups[0])[0]
+        number = _member_number(first.member_id)[0]
+        return int(first.client.rsplit(":", 1)[1]) - CLIENT_PORT_OFFSET - (number - 1)
 
     @property
     def endpoints(self) -> list[tuple[str, str]]:

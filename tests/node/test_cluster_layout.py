@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dledger_mq.node.cluster_layout import ClusterLayout, write_configs
+from dledger_mq.node.cluster_layout import REMOVED_FILE_NAME, ClusterLayout, write_configs
 from dledger_mq.node.config import ConfigError, load_config, parse_config
 from dledger_mq.node.data_dir import log_directory
 from dledger_mq.node.processes import (
@@ -149,3 +149,22 @@ def test_a_pid_file_names_the_process_only_while_that_process_runs(tmp_path: Pat
 def test_a_damaged_pid_file_means_not_known_to_run(tmp_path: Path, text: str) -> None:
     (tmp_path / "node.pid").write_text(text)
     assert read_pid_file(tmp_path / "node.pid") is None
+
+
+def test_a_removed_first_node_changes_no_port_and_a_node_added_takes_the_next_ones(
+    tmp_path: Path,
+) -> None:
+    """n1 removed (`remove-replica`: its folder marked) takes its naming node with it, not the
+    base port; n4 added gets the ports a five-node group's n4 would."""
+    layout = ClusterLayout.derive(tmp_path, base_port=20000)
+    layout.write_configs("sync")
+    (tmp_path / "n1" / REMOVED_FILE_NAME).write_text("removed\n")
+    loaded = ClusterLayout.load(tmp_path)
+    assert loaded is not None
+    assert loaded.node_ids == ["n2", "n3"] and loaded.base_port == 20000
+    added = loaded.add_node("broker-a", "n4")
+    assert (added.client, added.peer) == ("127.0.0.1:20008", "127.0.0.1:20018")
+    again = ClusterLayout.load(tmp_path)
+    assert again is not None and again.node_ids == ["n2", "n3", "n4"]
+    with pytest.raises(ConfigError, match="was removed"):
+        again.add_node("broker-a", "n1")
