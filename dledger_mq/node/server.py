@@ -441,6 +441,7 @@ def transport_config(config: NodeConfig, tls: NodeTls | None = None) -> Transpor
         tls_server=tls.peer_server if tls is not None else None,
         tls_client=tls.peer_client if tls is not None else None,
         max_frame_bytes=config.max_frame_bytes,
+        own_address=config.me.peer,
     )
 
 

@@ -124,3 +124,35 @@ async def test_the_leader_is_removed_after_handing_leadership_over(cluster: Proc
         await run("cluster", "members", "--json", "--endpoints", endpoints(cluster))
     )
     assert leader.node_id not in [m["node_id"] for m in members[0]["voters"]]
+
+
+async def test_a_follower_that_missed_an_addition_follows_the_added_node_when_it_leads(
+    cluster: ProcessCluster,
+) -> None:
+    """n3 is down while n4 is added; n4 then leads. Restarted, n3's log does not list n4 yet:
+    it must still take n4's connection and follow it (the fault harness found it refused it
+    for good, stuck behind)."""
+    leader = await cluster.wait_for_leader()
+    away = next(node_id for node_id in ("n3", "n2") if node_id != leader.node_id)
+    assert await cluster.stop(away) == 0
+    new = cluster.add_node("n4")
+    cluster.start("n4")
+    await run(
+        "cluster",
+        "add-replica",
+        "--node",
+        "n4",
+        "--peer",
+        new.config.me.peer,
+        "--client",
+        new.config.me.client,
+        "--endpoints",
+        endpoints(cluster),
+    )
+    moved = await run("cluster", "transfer-leader", "--to", "n4", "--endpoints", endpoints(cluster))
+    assert moved == "leader is now n4\n"
+    index = await cluster.propose(b"n4 leads")
+    cluster.start(away)
+    with trio.fail_after(DEADLINE_SECONDS):
+        statuses = await cluster.wait_caught_up(index, [away])
+    assert statuses[away] is not None and statuses[away].leader == "n4"

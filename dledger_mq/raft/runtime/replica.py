@@ -73,10 +73,14 @@ class Replica:
         self.writer = writer
         #: This replica's peer links; what they receive is stepped into the core at once.
         self.transport = PeerTransport(transport, rng, self.deliver)
-        # Members that join later are reached at the address their membership entry gives,
-        # and only members (as this replica's log says now) may connect.
+        # Members that join later are reached at the address their membership entry gives.
+        # Any node of the cluster may connect (the handshake proves the cluster secret, and
+        # TLS the name): one that this replica's log does not list yet may be the leader of a
+        # membership it has not received (it missed the change while down), and refusing it
+        # would leave this replica behind for good (the fault harness found that). The core
+        # listens to a non-member's leadership, never to its acknowledgements.
         self.transport.resolve = self._peer_address
-        self.transport.accepts = lambda peer: peer in self.core.peers
+        self.transport.accepts = lambda peer: peer != self.core.id
         self.group = transport.group
         self.tick_seconds = tick_seconds
         self.log_events = logger.bind(node=core.id, group=self.group)

@@ -71,6 +71,16 @@ RAFT_MESSAGE_TYPES = (
     SnapshotChunkAck,
 )
 
+
+@attrs.frozen
+class PeerAddress:
+    """Where the dialing node takes connections (its peer address), sent once right after the
+    handshake: a node that does not know it yet (it missed the membership change that added
+    the dialer, which may now lead) can still answer it."""
+
+    address: str
+
+
 PEER_CODEC = Codec(
     {
         **HANDSHAKE_TYPES,
@@ -83,6 +93,7 @@ PEER_CODEC = Codec(
         16: TimeoutNow,
         17: SnapshotChunk,
         18: SnapshotChunkAck,
+        19: PeerAddress,
     }
 )
 
@@ -104,6 +115,8 @@ class TransportConfig:
     tls_server: ssl.SSLContext | None = None
     tls_client: ssl.SSLContext | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    #: This node's own peer address, told to every node it dials ("" : not told).
+    own_address: str = ""
     queue_messages: int = 4096
     reconnect_min_seconds: float = 0.02
     reconnect_max_seconds: float = 1.0
@@ -138,6 +151,8 @@ class PeerTransport:
         self.accepts: Callable[[str], bool] = lambda peer: peer in config.peers
         self._addresses: dict[str, Address] = dict(config.peers)
         self._senders: trio.Nursery | None = None
+        #: Peer addresses nodes told us when they dialed (``PeerAddress``).
+        self._learned: dict[str, Address] = {}
 
     def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
         """Send messages to their targets, or queue them; never blocks."""
@@ -174,7 +189,7 @@ class PeerTransport:
     def _add_peer(self, peer: str) -> bool:
         """Start links to a peer that joined the group since the start (its address from the
         membership); False if its address is not known."""
-        address = self.resolve(peer)
+        address = self.resolve(peer) or self._learned.get(peer)
         if address is None or self._senders is None:
             return False
         self._addresses[peer] = address
@@ -243,6 +258,9 @@ class PeerTransport:
                     check_proof(peer_proof(secret, "welcome", *proof), reply.proof)
                     answer = PeerProof(peer_proof(secret, "hello", *proof))
                     await stream.send_all(encode_frames([PEER_CODEC.encode(answer)]))
+                if config.own_address:
+                    told = PeerAddress(config.own_address)
+                    await stream.send_all(encode_frames([PEER_CODEC.encode(told, 0, config.group)]))
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -315,9 +333,11 @@ class PeerTransport:
             while True:
                 # Frames that came in the same packet as the Hello are already buffered.
                 for payload in decoder.next_frames():
-                    self.deliver(
-                        decode_peer_message(payload, self.config.group, peer, self.config.node_id)
-                    )
+                    frame = decode_peer_frame(payload, config.group, peer, config.node_id)
+                    if isinstance(frame, Address):
+                        self._learned[peer] = frame
+                    else:
+                        self.deliver(frame)
                 data = await stream.receive_some(READ_BYTES)
                 if not data:
                     return
@@ -358,17 +378,31 @@ def encode_peer_messages(messages: list[Message] | tuple[Message, ...], group: s
     return encode_frames([encode_peer_message(message, group) for message in messages])
 
 
-def decode_peer_message(payload: bytes, group: str, peer: str, me: str) -> Message:
+def decode_peer_frame(payload: bytes, group: str, peer: str, me: str) -> Message | Address:
     """One frame's payload from ``peer``'s link to ``me``, checked: a Raft message of our
-    group, from that peer to us, every field in range (``check_peer_message``). Raises
-    ``ProtocolError`` otherwise (the link is then closed); nothing of it reaches the core."""
+    group, from that peer to us, every field in range (``check_peer_message``), or the peer
+    address a ``PeerAddress`` tells. Raises ``ProtocolError`` otherwise (the link is then
+    closed); nothing of it reaches the core. Decoded once: this is the hot path."""
     decoded = PEER_CODEC.decode(payload)
     message = decoded.message
-    if not isinstance(message, RAFT_MESSAGE_TYPES):
+    if not isinstance(message, (*RAFT_MESSAGE_TYPES, PeerAddress)):
         raise ProtocolError(f"{type(message).__name__} is not a Raft message (after the handshake)")
     if decoded.group != group:
         raise ProtocolError(f"a message for group {decoded.group!r} on {peer}'s link")
+    if isinstance(message, PeerAddress):
+        try:
+            return Address.parse(message.address)
+        except ValueError as error:
+            raise ProtocolError(f"PeerAddress from {peer}: {error}") from None
     check_peer_message(message, peer, me)
+    return message
+
+
+def decode_peer_message(payload: bytes, group: str, peer: str, me: str) -> Message:
+    """``decode_peer_frame`` where only a Raft message may come (the simulator's links)."""
+    message = decode_peer_frame(payload, group, peer, me)
+    if isinstance(message, Address):
+        raise ProtocolError("PeerAddress is not a Raft message")
     return message
 
 
