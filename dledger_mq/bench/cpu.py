@@ -17,6 +17,7 @@ import attrs
 
 BENCH = "bench"
 MACHINE = "machine"
+OTHERS = "others"
 
 
 def _ticks_per_second() -> int:
@@ -92,9 +93,12 @@ class CpuUse:
             self.cpu_seconds[label] = self.cpu_seconds.get(label, 0.0) + used
 
     def cores(self) -> dict[str, float]:
-        """Label -> cores busy on average (CPU seconds per wall second); empty if unmeasured."""
+        """Label -> cores busy on average (CPU seconds per wall second), and ``others``: the
+        machine's less all the labelled processes' (other programs, the kernel's own work);
+        empty if unmeasured."""
         if not self.wall_seconds:
             return {}
-        return {
-            label: round(value / self.wall_seconds, 3) for label, value in self.cpu_seconds.items()
-        }
+        cores = {label: value / self.wall_seconds for label, value in self.cpu_seconds.items()}
+        ours = sum(value for label, value in cores.items() if label != MACHINE)
+        cores[OTHERS] = max(0.0, cores[MACHINE] - ours)
+        return {label: round(value, 3) for label, value in cores.items()}

@@ -53,10 +53,11 @@ class Throughput:
     def entries_per_second(self) -> float:
         return self.entries / self.seconds if self.seconds else 0.0
 
-    def row(self) -> str:
+    def row(self, width: int = 22, name: str | None = None) -> str:
+        """One line: ``name`` (default: its own) padded to ``width``, rate and latencies."""
         values = sorted(self.latencies_ms)
         return (
-            f"{self.name:<22} {self.entries_per_second:>10,.0f}/s   "
+            f"{name or self.name:<{width}} {self.entries_per_second:>10,.0f}/s   "
             f"p50 {percentile(values, 0.5):6.2f} ms  p99 {percentile(values, 0.99):6.2f} ms"
             f"  p999 {percentile(values, 0.999):6.2f} ms  ({self.entries} entries)"
         )

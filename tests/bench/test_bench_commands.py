@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+BENCHMARKS_DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
 
 def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,6 +64,50 @@ def test_bench_produce_reports_sends_and_failover_pauses(tmp_path: Path) -> None
     for label in ("one at a time", "batched 2x8", "sends paused", "no error"):
         assert label in result.stdout
     assert not list(tmp_path.glob("bench-produce-*"))
+
+
+def _documented(command: str) -> list[str]:
+    """The arguments of the first command line of docs/benchmarks.md that starts with
+    ``dledger-mq bench COMMAND`` (after ``dledger-mq bench``; its ``#`` comment left out)."""
+    for line in BENCHMARKS_DOC.read_text().splitlines():
+        if line.startswith(f".venv/bin/dledger-mq {command}"):
+            return shlex.split(line, comments=True)[2:]
+    raise AssertionError(f"docs/benchmarks.md shows no `dledger-mq {command}`")
+
+
+def test_bench_produce_groups_measures_one_group_beside_two_in_one_run(tmp_path: Path) -> None:
+    documented = _documented("bench produce --groups")
+    if "--groups" not in _bench(tmp_path, "produce", "--help").stdout:
+        pytest.skip("`bench produce` has no --groups yet (dledger_mq/cli/tools.py to wire up)")
+    # As the docs run it, shorter: later options win.
+    fast = ["--seconds", "0.4", "--batch", "8", "--concurrency", "2"]
+    result = _bench(tmp_path, *documented, *fast)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("  ")[0]: line for line in result.stdout.splitlines()}
+    for kind in ("one at a time", "batched 2x8"):
+        one, two = rows[f"{kind}, 1 group"], rows[f"{kind}, 2 groups"]
+        assert "/s" in one and "p50" in one and "/s" in two and "p50" in two
+        # Each phase says where its messages were stored: one group, then both.
+        assert "[broker-a " in one and "broker-b" not in one
+        assert "[broker-a " in two and ", broker-b " in two
+    [ratios] = [line for line in result.stdout.splitlines() if line.startswith("2 groups / 1")]
+    assert "one at a time " in ratios and "batched 2x8 " in ratios and "same run" in ratios
+    cores = [line for line in result.stdout.splitlines() if line.startswith("  batched 2x8")]
+    assert len(cores) == 2 and all("broker-b" in line and "machine" in line for line in cores)
+    assert "waiting for their leaders" in result.stderr  # progress
+    assert "naming routes both" in result.stderr
+    assert not list(tmp_path.glob("bench-produce-*"))
+
+    as_json = _bench(tmp_path, *documented, *fast, "--json")
+    assert as_json.returncode == 0, as_json.stderr[-2000:]
+    report = json.loads(as_json.stdout)
+    assert report["groups"] == 2
+    phases = {(phase["name"], phase["groups"]): phase for phase in report["phases"]}
+    assert set(phases) == {(kind, n) for kind in ("one at a time", "batched 2x8") for n in (1, 2)}
+    for (_, groups), phase in phases.items():
+        assert phase["messages"] > 0 and phase["per_second"] > 0
+        assert set(phase["stored"]) == ({"broker-a"} if groups == 1 else {"broker-a", "broker-b"})
+    assert set(report["ratios"]) == {"one at a time", "batched 2x8"}
 
 
 def test_bench_consume_and_e2e_report_their_figures(tmp_path: Path) -> None:
