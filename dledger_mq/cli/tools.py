@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 import trio
 
-from dledger_mq.cli.main import main, one_line_errors, sigterm_as_interrupt
+from dledger_mq.cli.main import json_option, main, one_line_errors, sigterm_as_interrupt
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -224,6 +224,15 @@ def _sdk_bench_options(function: F, batch: int = 64) -> F:
     help="Leader kills during one-at-a-time sends (0 to skip).",
 )
 @click.option("--tls", is_flag=True, help="TLS on every port of the cluster (as cluster up --tls).")
+@click.option(
+    "--groups",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="Broker groups of 3 nodes. With 2 or more, every figure twice, side by side in the "
+    "same run: a topic in one group, and a topic spread over all of them.",
+)
+@json_option("the figures")
 @one_line_errors
 def bench_produce(
     seconds: float,
@@ -232,23 +241,29 @@ def bench_produce(
     concurrency: int,
     kills: int,
     tls: bool,
+    groups: int,
+    as_json: bool,
     directory: str | None,
 ) -> None:
     """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
-    how long a leader kill pauses the sends."""
+    how long a leader kill pauses the sends; with --groups N, one group beside N."""
     sigterm_as_interrupt()
     from dledger_mq.bench.produce_bench import run
 
     report = trio.run(
-        run,
-        seconds,
-        size,
-        batch,
-        concurrency,
-        kills,
-        directory,
-        lambda text: click.echo(text, err=True),
-        tls,
+        functools.partial(
+            run,
+            seconds,
+            size,
+            batch,
+            concurrency,
+            kills,
+            directory,
+            lambda text: click.echo(text, err=True),
+            tls,
+            groups=groups,
+            as_json=as_json,
+        )
     )
     click.echo(report)
 
