@@ -248,6 +248,10 @@ def status_objects(
             )
             continue
         role = "candidate" if found.role == "pre-candidate" else found.role
+        if common["state"] == "starting":
+            # "Starting" means "has not answered yet" (the supervisor learns it on its next
+            # status line): this probe's answer is newer.
+            common["state"] = "running"
         objects.append(
             {
                 # The node's own id where endpoints were given by address (known by no other
