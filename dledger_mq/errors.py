@@ -394,6 +394,17 @@ class TopicLimitReached(BadRequest):
         super().__init__(f"cannot create topic {topic!r}: the group holds {max_topics} topics")
 
 
+class TimerLimitReached(BadRequest):
+    """The group holds ``max_timers`` pending timers (delayed and retried messages) already:
+    the ``max_timers`` setting. Retry once some are delivered."""
+
+    retriable = True
+
+    def __init__(self, max_timers: int) -> None:
+        self.max_timers = max_timers
+        super().__init__(f"the group holds {max_timers} pending timers (max_timers); retry later")
+
+
 class TooManyConnections(Unavailable):
     """The listener holds as many connections as it takes (in all, or from this address)."""
 

@@ -75,6 +75,58 @@ DEFAULT_IDEMPOTENCE_WINDOW = 1024
 DEFAULT_MAX_PRODUCERS = 4096
 DEFAULT_PRODUCER_EXPIRY_MS = 24 * 3600 * 1000
 DEFAULT_MAX_TOPICS = 10_000
+#: The furthest ahead a message may be scheduled (RocketMQ 5: 3 days), and the timers (delayed
+#: and retried messages) a group holds pending at most.
+DEFAULT_MAX_DELAY_MS = 3 * 24 * 3600 * 1000
+MAX_DELAY_CEILING_MS = 365 * 24 * 3600 * 1000
+DEFAULT_MAX_TIMERS = 2_000_000
+MAX_TIMERS_CEILING = 100_000_000
+
+# -- Delayed messages, retries and dead letters (docs/broker.md, "Timers") ---------------------
+
+#: System properties: the broker sets them (a producer sets only ``DELIVER_AT_PROPERTY``, through
+#: ``send(delay=...)``). Names starting with ``__`` are reserved.
+SYSTEM_PROPERTY_PREFIX = "__"
+#: When a delayed message becomes visible (ms since the epoch, decimal).
+DELIVER_AT_PROPERTY = "__DELIVER_AT_MS"
+#: On a retried or dead-lettered message: where it was first stored, its id there, which
+#: delivery of it this is (1: the first), and why the last one failed.
+ORIGIN_TOPIC_PROPERTY = "__ORIGIN_TOPIC"
+ORIGIN_MSG_ID_PROPERTY = "__ORIGIN_MSG_ID"
+ATTEMPT_PROPERTY = "__ATTEMPT"
+LAST_ERROR_PROPERTY = "__LAST_ERROR"
+MAX_LAST_ERROR_LENGTH = 1024
+RETRY_TOPIC_PREFIX = "%RETRY%"
+DLQ_TOPIC_PREFIX = "%DLQ%"
+#: RocketMQ's retry levels 3 to 18: 10 s, 30 s, 1 min, 2 min, ... 10 min, 20 min, 30 min, 1 h,
+#: 2 h; and 16 retries after the first delivery.
+DEFAULT_RETRY_DELAYS_MS = tuple(
+    seconds * 1000
+    for seconds in (10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200)
+)
+DEFAULT_MAX_ATTEMPTS = 17
+MAX_ATTEMPTS_CEILING = 1000
+MAX_RETRY_DELAYS = 64
+MAX_RETRY_POLICIES = 65536
+
+
+def retry_topic(group: str) -> str:
+    """The topic a consumer group's failed messages wait in for their next attempt."""
+    return RETRY_TOPIC_PREFIX + group
+
+
+def dead_letter_topic(group: str) -> str:
+    """Where a consumer group's messages go after their last attempt failed."""
+    return DLQ_TOPIC_PREFIX + group
+
+
+def system_topic_group(topic: str) -> str | None:
+    """The consumer group a retry or dead-letter topic belongs to; None for any other topic."""
+    for prefix in (RETRY_TOPIC_PREFIX, DLQ_TOPIC_PREFIX):
+        if topic.startswith(prefix) and len(topic) > len(prefix):
+            return topic[len(prefix) :]
+    return None
+
 
 #: Topic and consumer-group names: letters, digits and ``_ . % -`` (``%`` for the retry and
 #: dead-letter topics to come, as in RocketMQ's ``%RETRY%group``).
@@ -96,6 +148,8 @@ class CommandTag(enum.IntEnum):
     REMOVE_USER = 9
     GRANT = 10
     REVOKE = 11
+    DELIVER_TIMERS = 12
+    CONFIGURE_GROUP = 13
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +348,10 @@ class BrokerSettings:
     #: Topics the group holds at most; creating one more is refused (``TopicLimitReached``).
     #: Last: a ``ConfigureBroker`` written before it existed has one field fewer.
     max_topics: int = DEFAULT_MAX_TOPICS
+    #: How far ahead a message may be scheduled, and how many timers may be pending (a send
+    #: past either is refused). Added after ``max_topics``.
+    max_delay_ms: int = DEFAULT_MAX_DELAY_MS
+    max_timers: int = DEFAULT_MAX_TIMERS
 
     def __attrs_post_init__(self) -> None:
         bounds = {
@@ -303,6 +361,8 @@ class BrokerSettings:
             "idempotence_window": (1, MAX_IDEMPOTENCE_WINDOW),
             "max_producers": (1, MAX_PRODUCERS_CEILING),
             "producer_expiry_ms": (1, MAX_INT64),
+            "max_delay_ms": (1, MAX_DELAY_CEILING_MS),
+            "max_timers": (1, MAX_TIMERS_CEILING),
         }
         for name, (lowest, highest) in bounds.items():
             value = getattr(self, name)
@@ -315,6 +375,94 @@ class BrokerSettings:
 @attrs.frozen
 class ConfigureBroker:
     settings: BrokerSettings
+
+
+def _messages_tuple(value: Iterable[Message]) -> tuple[Message, ...]:
+    return tuple(value)
+
+
+def _delays_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How a consumer group's failed messages are retried: delivered at most ``max_attempts``
+    times in all; before attempt ``n + 1`` the message waits ``delays_ms[n - 1]`` (the last
+    delay repeats when the list is shorter)."""
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    delays_ms: tuple[int, ...] = attrs.field(
+        default=DEFAULT_RETRY_DELAYS_MS, converter=_delays_tuple
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if not (type(self.max_attempts) is int and 1 <= self.max_attempts <= MAX_ATTEMPTS_CEILING):
+            raise InvalidSettings(
+                "max_attempts", f"must be an integer in [1, {MAX_ATTEMPTS_CEILING}]"
+            )
+        if not 1 <= len(self.delays_ms) <= MAX_RETRY_DELAYS:
+            raise InvalidSettings("retry_delays", f"must list 1 to {MAX_RETRY_DELAYS} delays")
+        for delay in self.delays_ms:
+            if not (type(delay) is int and 0 <= delay <= MAX_DELAY_CEILING_MS):
+                raise InvalidSettings(
+                    "retry_delays", f"each must be an integer in [0, {MAX_DELAY_CEILING_MS}] ms"
+                )
+
+    def delay_before(self, attempt: int) -> int:
+        """How long a message waits before delivery number ``attempt`` (2 or more)."""
+        return self.delays_ms[min(attempt - 2, len(self.delays_ms) - 1)]
+
+
+@attrs.frozen
+class ConfigureGroup:
+    """Sets a consumer group's retry policy (before any consumer of it exists, if need be)."""
+
+    group: str
+    policy: RetryPolicy
+
+    def __attrs_post_init__(self) -> None:
+        check_group_name(self.group)
+        if type(self.policy) is not RetryPolicy:
+            raise MalformedCommand("a group's policy must be a RetryPolicy")
+
+
+def _fired_tuple(value: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    return tuple((due, position) for due, position in value)
+
+
+@attrs.frozen
+class DeliverTimers:
+    """The leader fires due timers: ``fired[i]`` is (due, position) of the timer whose message
+    ``messages[i]`` copies (the copy sits at slot ``i`` of this entry, as in a ``SendBatch``).
+    Apply stores a copy only if its timer is still pending and due by ``store_timestamp_ms``,
+    so an entry proposed twice (a new leader firing what its predecessor fired) stores once."""
+
+    store_timestamp_ms: int
+    messages: tuple[Message, ...] = attrs.field(converter=_messages_tuple)
+    fired: tuple[tuple[int, int], ...] = attrs.field(converter=_fired_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        _check_send_batch_header(self.store_timestamp_ms, len(self.messages))
+        _check_fired(self.fired, len(self.messages))
+        for message in self.messages:
+            if type(message) is not Message:
+                raise InvalidMessage("batch", "every item must be a Message")
+
+
+def _check_fired(fired: object, message_count: int) -> None:
+    if type(fired) is not tuple and type(fired) is not list:
+        raise MalformedCommand("DELIVER_TIMERS fired must be an array")
+    if len(fired) != message_count:
+        raise MalformedCommand("DELIVER_TIMERS names one timer per message")
+    for pair in fired:
+        if (
+            (type(pair) is not tuple and type(pair) is not list)
+            or len(pair) != 2
+            or not _is_int64(pair[0])
+            or not _is_int64(pair[1])
+        ):
+            raise MalformedCommand("a fired timer is [due_ms, position]")
 
 
 @attrs.frozen
@@ -361,10 +509,6 @@ class DeleteTopic:
 
     def __attrs_post_init__(self) -> None:
         check_topic_name(self.name)
-
-
-def _messages_tuple(value: Iterable[Message]) -> tuple[Message, ...]:
-    return tuple(value)
 
 
 def _commits_tuple(value: Iterable[OffsetCommit]) -> tuple[OffsetCommit, ...]:
@@ -525,6 +669,8 @@ class Revoke:
 
 Command = (
     SendBatch
+    | DeliverTimers
+    | ConfigureGroup
     | CommitOffsets
     | ResetOffsets
     | CreateTopic
@@ -604,7 +750,19 @@ def encode_command(command: Command) -> bytes:
             settings.max_producers,
             settings.producer_expiry_ms,
             settings.max_topics,
+            settings.max_delay_ms,
+            settings.max_timers,
         ]
+    elif type(command) is DeliverTimers:
+        tag = CommandTag.DELIVER_TIMERS
+        fields = [
+            command.store_timestamp_ms,
+            [message_fields(m) for m in command.messages],
+            [list(pair) for pair in command.fired],
+        ]
+    elif type(command) is ConfigureGroup:
+        tag = CommandTag.CONFIGURE_GROUP
+        fields = [command.group, command.policy.max_attempts, list(command.policy.delays_ms)]
     elif type(command) is AddUser:
         tag = CommandTag.ADD_USER
         rules = [[rule.resource, rule.action] for rule in command.rules]
@@ -640,11 +798,13 @@ _FIELD_COUNTS = {
     CommandTag.UPDATE_TOPIC: (3,),
     CommandTag.DELETE_TOPIC: (1,),
     # 6 before ``max_topics`` was a setting.
-    CommandTag.CONFIGURE_BROKER: (6, 7),
+    CommandTag.CONFIGURE_BROKER: (6, 7, 9),
     CommandTag.ADD_USER: (3,),
     CommandTag.REMOVE_USER: (1,),
     CommandTag.GRANT: (3,),
     CommandTag.REVOKE: (3,),
+    CommandTag.DELIVER_TIMERS: (3,),
+    CommandTag.CONFIGURE_GROUP: (3,),
 }
 
 
@@ -675,8 +835,9 @@ def unpack_command(data: bytes) -> RawCommand:
 
 
 def send_batch_fields(fields: list[Any]) -> tuple[int, list[Any]]:
-    """A SEND_BATCH's store timestamp and its messages, still as raw arrays."""
-    store_timestamp_ms, messages = fields
+    """A SEND_BATCH's (or DELIVER_TIMERS') store timestamp and its messages, still as raw
+    arrays."""
+    store_timestamp_ms, messages = fields[:2]
     if type(messages) is not list:
         raise MalformedCommand("SEND_BATCH messages must be an array")
     _check_send_batch_header(store_timestamp_ms, len(messages))
@@ -737,6 +898,18 @@ def command_from_fields(raw: RawCommand) -> Command:
             stored,
             tuple(Rule(*_array_of(rule, 2, "a rule")) for rule in _list(rules, "rules")),
         )
+    if tag is CommandTag.DELIVER_TIMERS:
+        store_timestamp_ms, messages = send_batch_fields(fields)
+        fired = _list(fields[2], "fired")
+        _check_fired(fired, len(messages))
+        return DeliverTimers(
+            store_timestamp_ms,
+            tuple(message_from_fields(m) for m in messages),
+            tuple((pair[0], pair[1]) for pair in fired),
+        )
+    if tag is CommandTag.CONFIGURE_GROUP:
+        group, max_attempts, delays = fields
+        return ConfigureGroup(group, RetryPolicy(max_attempts, tuple(_list(delays, "delays"))))
     if tag is CommandTag.REMOVE_USER:
         return RemoveUser(fields[0])
     if tag is CommandTag.GRANT or tag is CommandTag.REVOKE:
@@ -768,8 +941,8 @@ def read_messages(data: bytes, slots: Sequence[int]) -> StoredMessages:
     is not a SEND_BATCH or a slot is not in it; a slot apply stored always decodes.
     """
     raw = unpack_command(data)
-    if raw.tag is not CommandTag.SEND_BATCH:
-        raise MalformedCommand(f"entry holds {raw.tag.name}, not SEND_BATCH")
+    if raw.tag is not CommandTag.SEND_BATCH and raw.tag is not CommandTag.DELIVER_TIMERS:
+        raise MalformedCommand(f"entry holds {raw.tag.name}, not messages")
     store_timestamp_ms, messages = send_batch_fields(raw.fields)
     picked = []
     for slot in slots:

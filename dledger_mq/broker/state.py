@@ -34,8 +34,11 @@ from dledger_mq.broker.access import MAX_RULES_PER_USER, MAX_USERS, Rule, User
 from dledger_mq.broker.consume_queue import ConsumeQueue, MemoryQueueStore, QueueStore
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
+    ATTEMPT_PROPERTY,
+    DELIVER_AT_PROPERTY,
     MAX_BATCH_MESSAGES,
     MAX_RAFT_INDEX,
+    MAX_RETRY_POLICIES,
     MESSAGE_FIELD_COUNT,
     SLOT_BITS,
     AddUser,
@@ -43,20 +46,25 @@ from dledger_mq.broker.records import (
     CommandTag,
     CommitOffsets,
     ConfigureBroker,
+    ConfigureGroup,
     CreateTopic,
     DeleteTopic,
     Grant,
     Message,
     RemoveUser,
     ResetOffsets,
+    RetryPolicy,
     Revoke,
     UpdateTopic,
     check_message_fields,
     command_from_fields,
+    dead_letter_topic,
     send_batch_fields,
+    system_topic_group,
     unpack_command,
 )
 from dledger_mq.broker.tag_filter import MATCH_ALL, TagFilter, tag_code
+from dledger_mq.broker.timers import TimerWheel
 from dledger_mq.errors import (
     BadRequest,
     InvalidMessage,
@@ -67,6 +75,7 @@ from dledger_mq.errors import (
     QueueNotFound,
     SequenceOutsideWindow,
     SnapshotError,
+    TimerLimitReached,
     TopicExists,
     TopicLimitReached,
     TopicNotFound,
@@ -179,6 +188,20 @@ class OffsetsReset:
 
 
 @attrs.frozen
+class TimersDelivered:
+    """Per fired timer, in slot order: where its copy went, or why it did not (fired before,
+    not due yet, or its topic gone)."""
+
+    outcomes: tuple[SendReceipt | Refused, ...]
+
+
+@attrs.frozen
+class GroupConfigured:
+    group: str
+    policy: RetryPolicy
+
+
+@attrs.frozen
 class SettingsChanged:
     settings: BrokerSettings
 
@@ -200,6 +223,8 @@ ApplyResult = (
     | TopicDeleted
     | SettingsChanged
     | UsersChanged
+    | TimersDelivered
+    | GroupConfigured
     | Refused
 )
 
@@ -405,6 +430,10 @@ class BrokerState:
         self._users: dict[str, User] = {}
         #: Least recently active first.
         self._producers: OrderedDict[str, _ProducerWindow] = OrderedDict()
+        #: Delayed and retried messages not yet delivered (their bodies stay in the log).
+        self._timers = TimerWheel()
+        #: Consumer groups' retry policies, where one was set (else the default).
+        self._policies: dict[str, RetryPolicy] = {}
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -458,6 +487,11 @@ class BrokerState:
                     ]
                     for user in self._users.values()
                 ],
+                _packed_timers(self._timers.pairs()),
+                [
+                    [name, policy.max_attempts, list(policy.delays_ms)]
+                    for name, policy in self._policies.items()
+                ],
             ],
             use_bin_type=True,
         )
@@ -490,11 +524,12 @@ class BrokerState:
     @classmethod
     def _from_snapshot(cls, group: str, data: bytes, queues: QueueStore | None) -> BrokerState:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        # 8 fields before users were replicated.
-        if not isinstance(fields, list) or len(fields) not in (8, 9):
-            raise SnapshotError("a broker snapshot is an array of 8 or 9 fields")
+        # 8 fields before users were replicated, 9 before timers and retry policies.
+        if not isinstance(fields, list) or len(fields) not in (8, 9, 11):
+            raise SnapshotError("a broker snapshot is an array of 8, 9 or 11 fields")
         version, snapshot_group, applied, settings, clock_ms, topics, groups, producers = fields[:8]
-        users = fields[8] if len(fields) == 9 else []
+        users = fields[8] if len(fields) >= 9 else []
+        timers, policies = fields[9:11] if len(fields) == 11 else ([b"", b""], [])
         if version != SNAPSHOT_FORMAT_VERSION:
             raise SnapshotError(
                 f"broker snapshot format version {version}; this build reads "
@@ -555,6 +590,13 @@ class BrokerState:
             state._users[user.access_key] = User(
                 user.access_key, user.stored_key, frozenset(user.rules)
             )
+        dues, positions = _unpacked("q", timers[0]), _unpacked("q", timers[1])
+        if len(dues) != len(positions):
+            raise SnapshotError("timers: due times and positions of different counts")
+        for due_ms, position in zip(dues, positions, strict=True):
+            state._timers.add(due_ms, position)
+        for name, max_attempts, delays in policies:
+            state._policies[str(name)] = RetryPolicy(_int(max_attempts), tuple(map(_int, delays)))
         return state
 
     @classmethod
@@ -583,6 +625,8 @@ class BrokerState:
             raw = unpack_command(data)
             if raw.tag is CommandTag.SEND_BATCH:
                 return self._apply_send_batch(index, raw.fields)
+            if raw.tag is CommandTag.DELIVER_TIMERS:
+                return self._apply_deliver_timers(index, raw.fields)
             command = command_from_fields(raw)
             if type(command) is CommitOffsets:
                 return self._apply_commit_offsets(command)
@@ -598,6 +642,8 @@ class BrokerState:
                 return self._apply_configure(command)
             if isinstance(command, AddUser | RemoveUser | Grant | Revoke):
                 return self._apply_user_change(command)
+            if type(command) is ConfigureGroup:
+                return self._apply_configure_group(command)
             raise AssertionError(f"unhandled command {type(command).__name__}")
         except BadRequest as error:
             return Refused(error)
@@ -612,17 +658,21 @@ class BrokerState:
         position = index << SLOT_BITS
         for slot, raw in enumerate(raw_messages):
             try:
-                outcomes.append(self._store(position | slot, raw, created_topics))
+                outcomes.append(
+                    self._store(position | slot, raw, created_topics, store_timestamp_ms)
+                )
             except BadRequest as error:
                 outcomes.append(Refused(error))
         return SendBatchResult(tuple(outcomes), tuple(created_topics))
 
-    def _store(self, position: int, raw: object, created_topics: list[str]) -> SendReceipt:
+    def _store(
+        self, position: int, raw: object, created_topics: list[str], store_timestamp_ms: int
+    ) -> SendReceipt:
         """Store one message (or find its original); every check comes before any change."""
         if type(raw) is not list or len(raw) != MESSAGE_FIELD_COUNT:
             raise MalformedCommand(f"a message is an array of {MESSAGE_FIELD_COUNT} fields")
         check_message_fields(*raw)
-        topic_name, queue_id, body, tags, _, _, _, producer_id, sequence, _ = raw
+        topic_name, queue_id, body, tags, _, properties, _, producer_id, sequence, _ = raw
         settings = self._settings
         window = None
         if producer_id is not None:
@@ -633,21 +683,16 @@ class BrokerState:
                     return original
         if len(body) > settings.max_body_bytes:
             raise MessageTooLarge(len(body), settings.max_body_bytes)
-        topic = self._topics.get(topic_name)
-        if topic is None:
-            if not settings.auto_create_topics:
-                raise TopicNotFound(topic_name)
-            if queue_id >= settings.default_queue_count:
-                raise QueueNotFound(topic_name, queue_id, settings.default_queue_count)
-        elif queue_id >= topic.config.queue_count:
-            raise QueueNotFound(topic_name, queue_id, topic.config.queue_count)
-        if topic is None:
-            self._check_topic_room(topic_name)
-            topic = self._new_topic(TopicConfig(topic_name, settings.default_queue_count, False))
-            self._topics[topic_name] = topic
-            self.topics_changed += 1
-            created_topics.append(topic_name)
-        offset = topic.queues[queue_id].append(position, tag_code(tags))
+        due_ms = None
+        if properties:
+            topic_name, due_ms = self._schedule(topic_name, properties, store_timestamp_ms)
+        topic = self._topic_for_store(topic_name, queue_id, created_topics)
+        if due_ms is not None:
+            # Stored now (acknowledged = durable), delivered by the leader's DELIVER_TIMERS.
+            self._timers.add(due_ms, position)
+            offset = -1
+        else:
+            offset = topic.queues[queue_id].append(position, tag_code(tags))
         if producer_id is not None:
             if window is None:
                 window = self._add_producer(producer_id)
@@ -657,6 +702,112 @@ class BrokerState:
         return SendReceipt(
             self.group, position >> SLOT_BITS, position & _SLOT_MASK, queue_id, offset, False
         )
+
+    def _topic_for_store(self, topic_name: str, queue_id: int, created: list[str]) -> _Topic:
+        """The topic a message of queue ``queue_id`` goes to, created if it may be (every
+        check first). Retry and dead-letter topics are created whatever the settings, with
+        one queue, as RocketMQ's."""
+        settings = self._settings
+        topic = self._topics.get(topic_name)
+        system = system_topic_group(topic_name) is not None
+        if topic is None:
+            if not settings.auto_create_topics and not system:
+                raise TopicNotFound(topic_name)
+            queue_count = 1 if system else settings.default_queue_count
+            if queue_id >= queue_count:
+                raise QueueNotFound(topic_name, queue_id, queue_count)
+        elif queue_id >= topic.config.queue_count:
+            raise QueueNotFound(topic_name, queue_id, topic.config.queue_count)
+        if topic is None:
+            self._check_topic_room(topic_name)
+            topic = self._new_topic(TopicConfig(topic_name, queue_count, False))
+            self._topics[topic_name] = topic
+            self.topics_changed += 1
+            created.append(topic_name)
+        return topic
+
+    def _schedule(
+        self, topic_name: str, properties: dict[str, str], store_timestamp_ms: int
+    ) -> tuple[str, int | None]:
+        """Where a message goes and when: (topic, None) now, (topic, due) for a timer. A
+        retried message past its group's last attempt goes to the dead-letter topic; one with
+        attempts left waits its policy's delay. Raises for a deliver time that cannot be."""
+        settings = self._settings
+        due_ms = None
+        deliver_at = properties.get(DELIVER_AT_PROPERTY)
+        if deliver_at is not None:
+            if not (deliver_at.isascii() and deliver_at.isdigit() and len(deliver_at) <= 18):
+                raise InvalidMessage("deliver_at", "must be milliseconds since the epoch")
+            if int(deliver_at) - store_timestamp_ms > settings.max_delay_ms:
+                raise InvalidMessage(
+                    "deliver_at",
+                    f"more than max_delay_ms ({settings.max_delay_ms}) after the store time",
+                )
+            due_ms = int(deliver_at)
+        group = system_topic_group(topic_name)
+        if group is not None and topic_name.startswith("%RETRY%"):
+            attempt = properties.get(ATTEMPT_PROPERTY, "")
+            if not (attempt.isascii() and attempt.isdigit() and 2 <= int(attempt) <= 1 << 31):
+                raise InvalidMessage("attempt", "a retried message's attempt is 2 or more")
+            policy = self._policies.get(group, _DEFAULT_POLICY)
+            if int(attempt) > policy.max_attempts:
+                return dead_letter_topic(group), None
+            due_ms = store_timestamp_ms + policy.delay_before(int(attempt))
+        if due_ms is None or due_ms <= store_timestamp_ms:
+            return topic_name, None
+        if len(self._timers) >= settings.max_timers:
+            raise TimerLimitReached(settings.max_timers)
+        return topic_name, due_ms
+
+    def _apply_deliver_timers(self, index: int, fields: list[Any]) -> TimersDelivered:
+        store_timestamp_ms, raw_messages = send_batch_fields(fields)
+        fired = fields[2]
+        if type(fired) is not list or len(fired) != len(raw_messages):
+            raise MalformedCommand("DELIVER_TIMERS names one timer per message")
+        if store_timestamp_ms > self._clock_ms:
+            self._clock_ms = store_timestamp_ms
+            self._expire_producers()
+        outcomes: list[SendReceipt | Refused] = []
+        position = index << SLOT_BITS
+        created: list[str] = []
+        for slot, (raw, pair) in enumerate(zip(raw_messages, fired, strict=True)):
+            try:
+                outcomes.append(
+                    self._deliver(position | slot, raw, pair, store_timestamp_ms, created)
+                )
+            except BadRequest as error:
+                outcomes.append(Refused(error))
+        return TimersDelivered(tuple(outcomes))
+
+    def _deliver(
+        self, position: int, raw: object, pair: object, store_timestamp_ms: int, created: list[str]
+    ) -> SendReceipt:
+        """Store the copy of a fired timer's message in its queue, if the timer is pending."""
+        if type(pair) is not list or len(pair) != 2 or not all(type(v) is int for v in pair):
+            raise MalformedCommand("a fired timer is [due_ms, position]")
+        due_ms, timer_position = pair
+        if type(raw) is not list or len(raw) != MESSAGE_FIELD_COUNT:
+            raise MalformedCommand(f"a message is an array of {MESSAGE_FIELD_COUNT} fields")
+        check_message_fields(*raw)
+        if due_ms > store_timestamp_ms:
+            raise BadRequest(f"timer {timer_position} is due at {due_ms}, not yet")
+        topic_name, queue_id, _, tags = raw[:4]
+        topic = self._topics.get(topic_name)
+        if not self._timers.remove(due_ms, timer_position):
+            raise BadRequest(f"timer {timer_position} is not pending (fired before)")
+        if topic is None or queue_id >= topic.config.queue_count:
+            # Deleted while the message waited: it goes with its topic.
+            raise TopicNotFound(topic_name)
+        offset = topic.queues[queue_id].append(position, tag_code(tags))
+        return SendReceipt(
+            self.group, position >> SLOT_BITS, position & _SLOT_MASK, queue_id, offset, False
+        )
+
+    def _apply_configure_group(self, command: ConfigureGroup) -> GroupConfigured:
+        if command.group not in self._policies and len(self._policies) >= MAX_RETRY_POLICIES:
+            raise BadRequest(f"{MAX_RETRY_POLICIES} consumer groups have a policy already")
+        self._policies[command.group] = command.policy
+        return GroupConfigured(command.group, command.policy)
 
     def _find_original(
         self, producer_id: str, window: _ProducerWindow, sequence: int
@@ -846,6 +997,8 @@ class BrokerState:
             queue_count = self.queue_count_for_send(message.topic)
             if message.queue_id >= queue_count:
                 raise QueueNotFound(message.topic, message.queue_id, queue_count)
+            if message.properties:
+                self._schedule(message.topic, dict(message.properties), self._clock_ms)
 
     def queue_count_for_send(self, topic: str) -> int:
         """The queues a send to ``topic`` may choose from, counting auto-creation.
@@ -1049,6 +1202,31 @@ class BrokerState:
     def producer_count(self) -> int:
         return len(self._producers)
 
+    # -- timers and retry policies ---------------------------------------------------------------
+
+    @property
+    def pending_timers(self) -> int:
+        return len(self._timers)
+
+    def next_timer_due_ms(self) -> int | None:
+        return self._timers.next_due_ms()
+
+    def due_timers(self, now_ms: int, limit: int) -> list[tuple[int, int]]:
+        """Up to ``limit`` timers due at ``now_ms``, earliest first: (due, position)."""
+        return self._timers.due(now_ms, limit)
+
+    def lowest_timer_index(self) -> int | None:
+        """The lowest log index a pending timer's message is at: the log must keep it (and a
+        follower must get it), so retention and snapshots take it into account."""
+        lowest = self._timers.lowest_position()
+        return None if lowest is None else lowest >> SLOT_BITS
+
+    def retry_policy(self, group: str) -> RetryPolicy:
+        return self._policies.get(group, _DEFAULT_POLICY)
+
+    def has_retry_policy(self, group: str) -> bool:
+        return group in self._policies
+
     def _require_topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
         if topic is None:
@@ -1079,6 +1257,8 @@ class BrokerState:
             # Order matters here: it decides which producer is forgotten first.
             [(name, window.comparable()) for name, window in self._producers.items()],
             sorted((key, user.stored_key, sorted(user.rules)) for key, user in self._users.items()),
+            self._timers.comparable(),
+            sorted(self._policies.items()),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -1092,6 +1272,15 @@ class BrokerState:
 
 #: The layout of ``BrokerState.to_snapshot``; a snapshot of another version is not read.
 SNAPSHOT_FORMAT_VERSION = 2
+
+_DEFAULT_POLICY = RetryPolicy()
+
+
+def _packed_timers(pairs: list[tuple[int, int]]) -> list[bytes]:
+    return [
+        _packed(array("q", (due for due, _ in pairs))),
+        _packed(array("q", (position for _, position in pairs))),
+    ]
 
 
 def _packed(values: array[int]) -> bytes:

@@ -301,7 +301,7 @@ def test_read_messages_returns_the_slots_asked_for(batch: list[Message], data: A
     assert stored.messages == tuple(batch[slot] for slot in slots)
     with pytest.raises(MalformedCommand, match="no slot"):
         read_messages(encoded, [len(batch)])
-    with pytest.raises(MalformedCommand, match="not SEND_BATCH"):
+    with pytest.raises(MalformedCommand, match="not messages"):
         read_messages(encode_command(DeleteTopic("orders")), [0])
 
 
