@@ -29,19 +29,29 @@ from dledger_mq.broker.assignment import (
 )
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
+    ATTEMPT_PROPERTY,
+    DELIVER_AT_PROPERTY,
+    LAST_ERROR_PROPERTY,
+    MAX_LAST_ERROR_LENGTH,
     MAX_PRODUCER_ID_LENGTH,
     MAX_QUEUE_COUNT,
+    ORIGIN_MSG_ID_PROPERTY,
+    ORIGIN_TOPIC_PROPERTY,
+    SLOT_BITS,
     AddUser,
     BrokerSettings,
     CommitOffsets,
     ConfigureBroker,
+    ConfigureGroup,
     CreateTopic,
     DeleteTopic,
+    DeliverTimers,
     Grant,
     Message,
     OffsetCommit,
     RemoveUser,
     ResetOffsets,
+    RetryPolicy,
     Revoke,
     SendBatch,
     UpdateTopic,
@@ -49,6 +59,8 @@ from dledger_mq.broker.records import (
     check_name,
     encode_command,
     read_messages,
+    retry_topic,
+    system_topic_group,
 )
 from dledger_mq.broker.records import QueueOffset as RecordQueueOffset
 from dledger_mq.broker.state import (
@@ -65,7 +77,16 @@ from dledger_mq.broker.state import (
     UsersChanged,
 )
 from dledger_mq.broker.tag_filter import parse_tag_expression
-from dledger_mq.errors import BadRequest, DiskFull, NotLeader, TopicNotFound, Unavailable
+from dledger_mq.errors import (
+    BadRequest,
+    DiskFull,
+    DledgerError,
+    InvalidMessage,
+    InvalidName,
+    NotLeader,
+    TopicNotFound,
+    Unavailable,
+)
 from dledger_mq.raft.pure.core import RaftCore
 from dledger_mq.raft.pure.log_store import LogCompacted, LogStore
 from dledger_mq.wire.admin import (
@@ -77,6 +98,7 @@ from dledger_mq.wire.admin import (
     DescribeGroupRequest,
     GrantRequest,
     GroupInfo,
+    GroupPolicyReply,
     ListGroupsReply,
     ListGroupsRequest,
     ListTopicsReply,
@@ -91,6 +113,7 @@ from dledger_mq.wire.admin import (
     RuleInfo,
     TopicChangedReply,
     TopicInfo,
+    UpdateGroupRequest,
     UpdateTopicRequest,
     UserChangedReply,
     UserInfo,
@@ -108,6 +131,8 @@ from dledger_mq.wire.broker import (
     QueryOffsetsRequest,
     QueueOffset,
     Receipt,
+    SendBackReply,
+    SendBackRequest,
     SendReply,
     SendRequest,
     StoredMessage,
@@ -129,6 +154,12 @@ MAX_PULL_WAIT_MS = 30_000
 MAX_PULL_BYTES = 4 << 20
 #: A consumer that has not heartbeat for this long leaves its group (clients beat every 1 s).
 CONSUMER_EXPIRY_MS = 3000
+
+#: Timers fired by one DELIVER_TIMERS entry at most, and the bytes of their bodies (one always).
+MAX_FIRED_PER_ENTRY = 1024
+MAX_FIRED_BYTES = 4 << 20
+#: The longest the timer loop sleeps without looking again (a leader change, a new timer).
+TIMER_IDLE_SECONDS = 1.0
 
 #: Answers one request (of the type it is registered for) with its reply.
 RequestHandler = Callable[[Any], Awaitable[object]]
@@ -235,6 +266,8 @@ class BrokerService:
             GrantRequest: self.grant,
             RevokeRequest: self.revoke,
             ListUsersRequest: _now(self.list_users),
+            SendBackRequest: self.send_back,
+            UpdateGroupRequest: self.update_group,
         }
 
     async def handle(self, message: object) -> object:
@@ -352,10 +385,18 @@ class BrokerService:
         )
 
     def describe_group(self, request: DescribeGroupRequest) -> DescribeGroupReply:
+        policy = self.state.retry_policy(request.group)
         return DescribeGroupReply(
             self._lag(request.group, request.topic),
             self.live_consumers(request.group, request.topic),
+            policy.max_attempts,
+            policy.delays_ms,
         )
+
+    async def update_group(self, request: UpdateGroupRequest) -> GroupPolicyReply:
+        policy = RetryPolicy(request.max_attempts, request.retry_delays_ms)
+        await self._propose(encode_command(ConfigureGroup(request.group, policy)))
+        return GroupPolicyReply(request.group, policy.max_attempts, policy.delays_ms)
 
     async def reset_offset(self, request: ResetOffsetRequest) -> ResetOffsetReply:
         await self.reset_offsets(
@@ -484,8 +525,14 @@ class BrokerService:
             queues = fifo_grant(heartbeat.consumer_id, queues, holders, settling)
             # It holds them from this reply on, before its next heartbeat says so.
             holders[heartbeat.consumer_id] = tuple(sorted(set(heartbeat.held) | set(queues)))
+        policy = self.state.retry_policy(heartbeat.group)
         return ConsumerHeartbeatReply(
-            tuple(queues), live, topic.fifo, self.state.reset_generation(heartbeat.group)
+            tuple(queues),
+            live,
+            topic.fifo,
+            self.state.reset_generation(heartbeat.group),
+            policy.max_attempts,
+            policy.delays_ms,
         )
 
     def _assigned_queues(
@@ -529,6 +576,11 @@ class BrokerService:
         if not self.settings_current():
             # A new leader first brings the replicated settings in line with its config.
             raise Unavailable("the broker settings are being applied; retry")
+        for message in request.messages:
+            if system_topic_group(message.topic) is not None:
+                raise InvalidName(
+                    "topic", message.topic, "retry and dead-letter topics are the broker's to write"
+                )
         messages = tuple(self._to_record(message) for message in request.messages)
         self.state.validate_send(messages)
         stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
@@ -553,6 +605,133 @@ class BrokerService:
             sequence=message.sequence,
             sharding_key=message.sharding_key,
         )
+
+    # -- retries -------------------------------------------------------------------------------
+
+    async def send_back(self, request: SendBackRequest) -> SendBackReply:
+        """A consumer's failed message, stored again for its next attempt (or as a dead letter):
+        a copy the leader makes from its own log, so the consumer sends no body."""
+        if not self.replica.is_leader:
+            raise NotLeader(self.replica.core.leader)
+        check_group_name(request.group)
+        if self.refuse_sends_path is not None:
+            raise DiskFull(self.refuse_sends_path)
+        [found] = self._read_at(request.topic, request.queue_id, request.offset)
+        properties = {
+            name: value
+            for name, value in found.properties.items()
+            if name not in (DELIVER_AT_PROPERTY, LAST_ERROR_PROPERTY)
+        }
+        properties.setdefault(ORIGIN_TOPIC_PROPERTY, request.topic)
+        properties.setdefault(ORIGIN_MSG_ID_PROPERTY, found.msg_id)
+        attempt = _attempt_of(found.properties) + 1
+        policy = self.state.retry_policy(request.group)
+        if request.dead_letter:
+            attempt = max(attempt, policy.max_attempts + 1)
+        properties[ATTEMPT_PROPERTY] = str(attempt)
+        if request.error:
+            properties[LAST_ERROR_PROPERTY] = request.error[:MAX_LAST_ERROR_LENGTH]
+        try:
+            message = _retry_message(request, found, properties)
+        except InvalidMessage:
+            # The added properties overflow the limit: the reason is the one to give up.
+            properties.pop(LAST_ERROR_PROPERTY, None)
+            message = _retry_message(request, found, properties)
+        self.state.validate_send((message,))
+        stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
+        prepared = PreparedSend(encode_command(SendBatch(stamp, (message,))), (message,))
+        [receipt] = send_reply(
+            prepared, await self.replica.propose_and_apply(prepared.data)
+        ).receipts
+        if receipt.error_code:
+            raise BadRequest(f"the retry was refused: {receipt.error_message}")
+        return SendBackReply(receipt, attempt > policy.max_attempts)
+
+    def _read_at(self, topic: str, queue_id: int, offset: int) -> list[StoredMessage]:
+        scan = self.state.scan(topic, queue_id, offset, 1, max_scanned=1)
+        if not scan.positions or scan.positions[0].offset != offset:
+            raise BadRequest(f"no message at offset {offset} of {topic!r} queue {queue_id} here")
+        try:
+            return self._read(topic, queue_id, scan.positions)
+        except LogCompacted:
+            raise BadRequest(f"offset {offset} of {topic!r} queue {queue_id} was deleted") from None
+
+    # -- timers --------------------------------------------------------------------------------
+
+    async def deliver_timers(self, leader_changed: Callable[[], trio.Event]) -> None:
+        """While leading: fire every due timer, oldest first, each by one DELIVER_TIMERS entry
+        that copies its message into its queue. A new leader fires what its predecessor had
+        not (apply stores each copy once); timers are never fired before their time by this
+        node's clock."""
+        unreadable: set[int] = set()
+        while True:
+            changed = leader_changed()
+            if not self.replica.is_leader or self.refuse_sends_path is not None:
+                with trio.move_on_after(TIMER_IDLE_SECONDS):
+                    await changed.wait()
+                continue
+            now_ms = max(self.clock_ms(), self.state.last_store_timestamp_ms)
+            due = [
+                pair
+                for pair in self.state.due_timers(now_ms, MAX_FIRED_PER_ENTRY + len(unreadable))
+                if pair[1] not in unreadable
+            ][:MAX_FIRED_PER_ENTRY]
+            if not due:
+                next_due = self.state.next_timer_due_ms()
+                wait = TIMER_IDLE_SECONDS
+                if next_due is not None:
+                    wait = min(wait, max(0.001, (next_due - self.clock_ms()) / 1000))
+                with trio.move_on_after(wait):
+                    await self.applied.wait()
+                continue
+            fired, copies = self._copies_of(due, unreadable)
+            if not fired:
+                continue
+            command = DeliverTimers(now_ms, copies, fired)
+            try:
+                result = await self.replica.propose_and_apply(encode_command(command))
+            except DledgerError as error:
+                # Not leading any more, no quorum, a failing disk: the next leader, or this one
+                # a little later, fires them (apply stores each once).
+                logger.info("timers_not_fired", reason=str(error), timers=len(fired))
+                with trio.move_on_after(TIMER_IDLE_SECONDS):
+                    await changed.wait()
+                continue
+            if isinstance(result, Refused):
+                logger.error("timers_refused", reason=str(result.error), timers=len(fired))
+                unreadable.update(position for _, position in fired)
+
+    def _copies_of(
+        self, due: list[tuple[int, int]], unreadable: set[int]
+    ) -> tuple[list[tuple[int, int]], list[Message]]:
+        """The messages of due timers, read from the log, as their copies (bounded in bytes)."""
+        fired: list[tuple[int, int]] = []
+        copies: list[Message] = []
+        size = 0
+        for due_ms, position in due:
+            raft_index, slot = position >> SLOT_BITS, position & ((1 << SLOT_BITS) - 1)
+            try:
+                [entry] = self.log.entries(raft_index, raft_index + 1, MAX_PULL_BYTES)
+                [message] = read_messages(entry.data, [slot]).messages
+            except (LogCompacted, BadRequest) as error:
+                # Retention keeps what timers point at (``lowest_timer_index``): this is a bug.
+                logger.error("timer_message_unreadable", position=position, error=str(error))
+                unreadable.add(position)
+                continue
+            if copies and size + len(message.body) > MAX_FIRED_BYTES:
+                break
+            size += len(message.body)
+            properties = dict(message.properties)
+            properties.setdefault(
+                ORIGIN_MSG_ID_PROPERTY, format_message_id(self.state.group, raft_index, slot)
+            )
+            try:
+                copy = attrs.evolve(message, properties=properties, producer_id=None, sequence=None)
+            except InvalidMessage:
+                copy = attrs.evolve(message, producer_id=None, sequence=None)
+            fired.append((due_ms, position))
+            copies.append(copy)
+        return fired, copies
 
     # -- pull ----------------------------------------------------------------------------------
 
@@ -617,9 +796,13 @@ class BrokerService:
             [entry] = self.log.entries(raft_index, raft_index + 1, MAX_PULL_BYTES)
             stored = read_messages(entry.data, [slot for _, slot in wanted])
             for (offset, slot), message in zip(wanted, stored.messages, strict=True):
+                # A delayed or retried message keeps the id its first store gave it.
+                origin = (
+                    message.properties.get(ORIGIN_MSG_ID_PROPERTY) if message.properties else None
+                )
                 result.append(
                     StoredMessage(
-                        msg_id=format_message_id(self.state.group, raft_index, slot),
+                        msg_id=origin or format_message_id(self.state.group, raft_index, slot),
                         topic=topic,
                         queue_id=queue_id,
                         offset=offset,
@@ -694,6 +877,28 @@ def commit_reply(result: object) -> CommitOffsetsReply:
         raise result.error
     assert isinstance(result, OffsetsCommitted), result
     return CommitOffsetsReply(CommitOutcome.STALE_GENERATION in result.outcomes)
+
+
+def _attempt_of(properties: dict[str, str]) -> int:
+    """Which delivery of its message this is (1: the first), as its properties say."""
+    attempt = properties.get(ATTEMPT_PROPERTY, "1")
+    return int(attempt) if attempt.isascii() and attempt.isdigit() and len(attempt) < 10 else 1
+
+
+def _retry_message(
+    request: SendBackRequest, found: StoredMessage, properties: dict[str, str]
+) -> Message:
+    return Message(
+        topic=retry_topic(request.group),
+        queue_id=0,
+        body=found.body,
+        tags=found.tags,
+        keys=found.keys,
+        properties=properties,
+        born_timestamp_ms=found.born_timestamp_ms,
+        producer_id=request.producer_id,
+        sequence=request.sequence,
+    )
 
 
 def _receipt(topic: str, outcome: SendReceipt | Refused) -> Receipt:

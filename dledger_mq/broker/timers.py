@@ -131,6 +131,9 @@ class TimerWheel:
     def due(self, now_ms: int, limit: int) -> list[tuple[int, int]]:
         """Up to ``limit`` timers due at ``now_ms``, earliest first, as (due, position)."""
         found: list[tuple[int, int]] = []
+        earliest = self.next_due_ms()
+        if earliest is None or earliest > now_ms:
+            return found  # the common case, asked after every apply: no sorting
         for key in sorted(self._buckets):
             if key * BUCKET_MS > now_ms or len(found) >= limit:
                 break

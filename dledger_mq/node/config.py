@@ -28,8 +28,12 @@ import cattrs
 
 from dledger_mq.broker.records import (
     DEFAULT_IDEMPOTENCE_WINDOW,
+    DEFAULT_MAX_DELAY_MS,
+    DEFAULT_MAX_TIMERS,
     DEFAULT_MAX_TOPICS,
+    MAX_DELAY_CEILING_MS,
     MAX_IDEMPOTENCE_WINDOW,
+    MAX_TIMERS_CEILING,
     MAX_TOPICS_CEILING,
 )
 from dledger_mq.errors import UsageError
@@ -164,6 +168,14 @@ class NodeConfig:
     #: Replicated: topics the group holds at most (sends that would create more are refused).
     max_topics: int = attrs.field(
         default=DEFAULT_MAX_TOPICS, validator=_at_most(MAX_TOPICS_CEILING)
+    )
+    #: Replicated: how far ahead a message may be scheduled (``send --delay``), and the
+    #: timers (delayed and retried messages) the group holds pending at most.
+    max_delay_ms: int = attrs.field(
+        default=DEFAULT_MAX_DELAY_MS, validator=_at_most(MAX_DELAY_CEILING_MS)
+    )
+    max_timers: int = attrs.field(
+        default=DEFAULT_MAX_TIMERS, validator=_at_most(MAX_TIMERS_CEILING)
     )
 
     def __attrs_post_init__(self) -> None:

@@ -10,6 +10,7 @@ consuming, administration and elections go on.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections.abc import Callable
@@ -60,9 +61,11 @@ def enforce_retention(
     *,
     now_seconds: float | None = None,
     disk_usage: DiskUsageProbe = _disk_usage,
+    pin: int | None = None,
 ) -> RetentionPass:
-    """One pass (blocking: run it in a worker thread)."""
-    floor = trim_floor(snapshots)
+    """One pass (blocking: run it in a worker thread). ``pin``: the lowest index a pending
+    timer's message is at, which stays (even on a full disk: it was acknowledged)."""
+    floor = trim_floor(snapshots, pin)
     before = log.first_index()
     if config.retention_hours > 0:
         now = time.time() if now_seconds is None else now_seconds
@@ -97,8 +100,11 @@ async def keep_retention(
     log_events = logger.bind(node=config.node_id, group=config.group)
     while True:
         await trio.sleep(config.retention_check_ms / 1000)
+        pin = broker.state.lowest_timer_index()
         outcome = await trio.to_thread.run_sync(
-            lambda: enforce_retention(config, log, snapshots, disk_usage=disk_usage)
+            functools.partial(
+                enforce_retention, config, log, snapshots, disk_usage=disk_usage, pin=pin
+            )
         )
         # The consume queues' files that only point below the log's start go too.
         try:

@@ -454,6 +454,8 @@ def desired_settings(config: NodeConfig, state: BrokerState) -> BrokerSettings:
         max_body_bytes=config.max_body_bytes,
         idempotence_window=config.idempotence_window,
         max_topics=config.max_topics,
+        max_delay_ms=config.max_delay_ms,
+        max_timers=config.max_timers,
     )
 
 
@@ -470,6 +472,9 @@ def assemble_node(
     # and then the entries after it, applied again.
     snapshots = snapshot_store(config)
     state = restore_state(config, commit_log, snapshots, consume_queue_store(config))
+    # A follower is sent a snapshot from before the oldest pending timer, whose message it
+    # must get as an entry (docs/broker.md, "Timers").
+    snapshots.pin = state.lowest_timer_index
     applied = AppliedSignal()
     registration = RegistrationSignal()
     topics_seen = state.topics_changed
@@ -522,6 +527,7 @@ async def serve_peers_and_naming(
     async with trio.open_nursery() as nursery:
         await nursery.start(replica.run)
         nursery.start_soon(node.broker.keep_settings, lambda: replica.leader_changed)
+        nursery.start_soon(node.broker.deliver_timers, lambda: replica.leader_changed)
         nursery.start_soon(
             take_snapshots,
             config,

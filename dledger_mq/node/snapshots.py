@@ -122,13 +122,14 @@ async def take_snapshots(
         if not due or index > log.durable_index():
             continue
         snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
+        pin = state.lowest_timer_index()
         # The queues as of the snapshot go to disk before it, durably (in the worker thread,
         # while apply goes on appending to them).
         state.queues.flush()
 
-        def save(snapshot: Snapshot = snapshot) -> None:
+        def save(snapshot: Snapshot = snapshot, pin: int | None = pin) -> None:
             state.queues.sync()
-            store.save(snapshot)
+            store.save(snapshot, pin)
             # And where the log stands: a restart reads only what comes after.
             log.checkpoint()
 
@@ -162,6 +163,6 @@ def take_final_snapshot(
         snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
         state.queues.flush()
         state.queues.sync()
-        store.save(snapshot)
+        store.save(snapshot, state.lowest_timer_index())
     except (OSError, StorageError, LogCompacted, LogUnavailable) as error:
         logger.warning("final_snapshot_failed", node=config.node_id, error=str(error))

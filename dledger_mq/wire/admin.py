@@ -166,6 +166,25 @@ class DescribeGroupReply:
     queues: tuple[QueueLagInfo, ...]
     #: Live consumers as the leader knows them (empty on a follower).
     consumers: tuple[str, ...]
+    #: The group's retry policy (the default where none was set).
+    max_attempts: int = 0
+    retry_delays_ms: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class UpdateGroupRequest:
+    """Set a consumer group's retry policy (it may have no consumer yet)."""
+
+    group: str
+    max_attempts: int
+    retry_delays_ms: tuple[int, ...]
+
+
+@attrs.frozen
+class GroupPolicyReply:
+    group: str
+    max_attempts: int
+    retry_delays_ms: tuple[int, ...]
 
 
 @attrs.frozen
@@ -324,6 +343,8 @@ ADMIN_TYPES: dict[int, type] = {
     80: ChangeMembershipRequest,
     81: MembershipRequest,
     82: MembershipReply,
+    85: UpdateGroupRequest,
+    86: GroupPolicyReply,
 }
 
 #: Everything a node's client port speaks: the handshake, admin and broker requests.

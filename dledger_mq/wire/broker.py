@@ -187,6 +187,33 @@ class ConsumerHeartbeatReply:
     #: The group's reset generation: a consumer that read its offsets at another one reads
     #: them again (an operator reset them).
     reset_generation: int = 0
+    #: The group's retry policy (a FIFO queue retries in place, on the consumer).
+    max_attempts: int = 0
+    retry_delays_ms: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class SendBackRequest:
+    """The message at (``topic``, ``queue_id``, ``offset``) failed for consumer ``group``: the
+    leader stores it again in the group's retry topic (``%RETRY%group``), to be delivered after
+    the group's next delay, or in its dead-letter topic (``%DLQ%group``) after the last attempt
+    or with ``dead_letter``. ``producer_id`` and ``sequence`` make it idempotent, as a send."""
+
+    group: str
+    topic: str
+    queue_id: int
+    offset: int
+    error: str
+    producer_id: str
+    sequence: int
+    dead_letter: bool = False
+
+
+@attrs.frozen
+class SendBackReply:
+    receipt: Receipt
+    #: Stored in the dead-letter topic (no attempt left), not the retry topic.
+    dead_letter: bool
 
 
 BROKER_TYPES: dict[int, type] = {
@@ -200,6 +227,8 @@ BROKER_TYPES: dict[int, type] = {
     67: QueryOffsetsReply,
     68: ConsumerHeartbeat,
     69: ConsumerHeartbeatReply,
+    83: SendBackRequest,
+    84: SendBackReply,
 }
 
 BROKER_CODEC = Codec({**HANDSHAKE_TYPES, **BROKER_TYPES})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import struct
+from collections.abc import Callable
 
 import attrs
 import structlog
@@ -116,11 +117,26 @@ class SnapshotStore:
     def __init__(self, disk: Disk, directory: str) -> None:
         self.disk = disk
         self.directory = directory
+        #: The lowest log index a follower must get as an entry, not inside a snapshot (the
+        #: broker's oldest pending timer, whose message the log holds); None: no such index.
+        #: Asked on the event loop's thread only.
+        self.pin: Callable[[], int | None] = lambda: None
 
     # -- InstallSnapshot -----------------------------------------------------------------------
 
     def newest(self) -> SnapshotInfo | None:
-        snapshot = self.latest()
+        """The snapshot to send a follower: the newest, or with a ``pin``, the newest from
+        before it (``save`` keeps one), so that the follower gets the pinned entries."""
+        pin = self.pin()
+        snapshot = None
+        if pin is not None:
+            for index in self.indexes():
+                if index < pin:
+                    snapshot = self._read(index)
+                    if snapshot is not None:
+                        break
+        if snapshot is None:
+            snapshot = self.latest()
         if snapshot is None:
             return None
         return SnapshotInfo(snapshot.index, snapshot.term, len(encode_snapshot(snapshot)))
@@ -187,13 +203,20 @@ class SnapshotStore:
         found = (_index_of(name) for name in self.disk.list_directory(self.directory))
         return sorted((index for index in found if index is not None), reverse=True)
 
-    def save(self, snapshot: Snapshot) -> None:
-        """Write ``snapshot`` durably, then delete all but the ``KEEP`` newest."""
+    def save(self, snapshot: Snapshot, pin: int | None = None) -> None:
+        """Write ``snapshot`` durably, then delete all but the ``KEEP`` newest and, with a
+        ``pin`` (see ``SnapshotStore.pin``, as of ``snapshot``), the newest before it: the log
+        is kept from there (``trim_floor``) and a follower is sent that one."""
         make_directories(self.disk, self.directory)
         path = posixpath.join(self.directory, snapshot_file_name(snapshot.index))
         write_file_atomically(self.disk, path, encode_snapshot(snapshot))
-        for index in self.indexes()[KEEP:]:
-            self.disk.remove(posixpath.join(self.directory, snapshot_file_name(index)))
+        indexes = self.indexes()
+        kept = set(indexes[:KEEP])
+        if pin is not None:
+            kept.update([index for index in indexes if index < pin][:1])
+        for index in indexes:
+            if index not in kept:
+                self.disk.remove(posixpath.join(self.directory, snapshot_file_name(index)))
         _logger.info(
             "snapshot_saved", index=snapshot.index, term=snapshot.term, bytes=len(snapshot.data)
         )
@@ -281,8 +304,10 @@ def start_from_snapshot(log: CommitLog, store: SnapshotStore) -> tuple[Snapshot 
     return snapshot, True
 
 
-def trim_floor(store: SnapshotStore) -> int:
+def trim_floor(store: SnapshotStore, pin: int | None = None) -> int:
     """The first index a log must keep: the entry after the oldest snapshot kept (so that the
-    one before the newest can still be used should the newest be damaged); 1 with none."""
+    one before the newest can still be used should the newest be damaged); 1 with none; and
+    never past ``pin`` (see ``SnapshotStore.pin``)."""
     indexes = store.indexes()
-    return min(indexes) + 1 if indexes else 1
+    floor = min(indexes) + 1 if indexes else 1
+    return floor if pin is None else min(floor, pin)
