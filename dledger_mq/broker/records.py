@@ -84,20 +84,8 @@ MAX_TIMERS_CEILING = 100_000_000
 
 # -- Delayed messages, retries and dead letters (docs/broker.md, "Timers") ---------------------
 
-#: System properties: the broker sets them (a producer sets only ``DELIVER_AT_PROPERTY``, through
-#: ``send(delay=...)``). Names starting with ``__`` are reserved.
-SYSTEM_PROPERTY_PREFIX = "__"
-#: When a delayed message becomes visible (ms since the epoch, decimal).
-DELIVER_AT_PROPERTY = "__DELIVER_AT_MS"
-#: On a retried or dead-lettered message: where it was first stored, its id there, which
-#: delivery of it this is (1: the first), and why the last one failed.
-ORIGIN_TOPIC_PROPERTY = "__ORIGIN_TOPIC"
-ORIGIN_MSG_ID_PROPERTY = "__ORIGIN_MSG_ID"
-ATTEMPT_PROPERTY = "__ATTEMPT"
-LAST_ERROR_PROPERTY = "__LAST_ERROR"
-MAX_LAST_ERROR_LENGTH = 1024
-RETRY_TOPIC_PREFIX = "%RETRY%"
-DLQ_TOPIC_PREFIX = "%DLQ%"
+# The system property names and the retry and dead-letter topic names are part of the wire
+# format (clients read them): ``wire/broker.py`` defines them.
 #: RocketMQ's retry levels 3 to 18: 10 s, 30 s, 1 min, 2 min, ... 10 min, 20 min, 30 min, 1 h,
 #: 2 h; and 16 retries after the first delivery.
 DEFAULT_RETRY_DELAYS_MS = tuple(
@@ -108,24 +96,6 @@ DEFAULT_MAX_ATTEMPTS = 17
 MAX_ATTEMPTS_CEILING = 1000
 MAX_RETRY_DELAYS = 64
 MAX_RETRY_POLICIES = 65536
-
-
-def retry_topic(group: str) -> str:
-    """The topic a consumer group's failed messages wait in for their next attempt."""
-    return RETRY_TOPIC_PREFIX + group
-
-
-def dead_letter_topic(group: str) -> str:
-    """Where a consumer group's messages go after their last attempt failed."""
-    return DLQ_TOPIC_PREFIX + group
-
-
-def system_topic_group(topic: str) -> str | None:
-    """The consumer group a retry or dead-letter topic belongs to; None for any other topic."""
-    for prefix in (RETRY_TOPIC_PREFIX, DLQ_TOPIC_PREFIX):
-        if topic.startswith(prefix) and len(topic) > len(prefix):
-            return topic[len(prefix) :]
-    return None
 
 
 #: Topic and consumer-group names: letters, digits and ``_ . % -`` (``%`` for the retry and

@@ -29,14 +29,8 @@ from dledger_mq.broker.assignment import (
 )
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
-    ATTEMPT_PROPERTY,
-    DELIVER_AT_PROPERTY,
-    LAST_ERROR_PROPERTY,
-    MAX_LAST_ERROR_LENGTH,
     MAX_PRODUCER_ID_LENGTH,
     MAX_QUEUE_COUNT,
-    ORIGIN_MSG_ID_PROPERTY,
-    ORIGIN_TOPIC_PROPERTY,
     SLOT_BITS,
     AddUser,
     BrokerSettings,
@@ -59,8 +53,6 @@ from dledger_mq.broker.records import (
     check_name,
     encode_command,
     read_messages,
-    retry_topic,
-    system_topic_group,
 )
 from dledger_mq.broker.records import QueueOffset as RecordQueueOffset
 from dledger_mq.broker.state import (
@@ -119,7 +111,13 @@ from dledger_mq.wire.admin import (
     UserInfo,
 )
 from dledger_mq.wire.broker import (
+    ATTEMPT_PROPERTY,
+    DELIVER_AT_PROPERTY,
+    LAST_ERROR_PROPERTY,
+    MAX_LAST_ERROR_LENGTH,
     MAX_LAYOUT_GROUPS,
+    ORIGIN_MSG_ID_PROPERTY,
+    ORIGIN_TOPIC_PROPERTY,
     CommitOffsetsReply,
     CommitOffsetsRequest,
     ConsumerHeartbeat,
@@ -136,6 +134,8 @@ from dledger_mq.wire.broker import (
     SendReply,
     SendRequest,
     StoredMessage,
+    retry_topic,
+    system_topic_group,
 )
 from dledger_mq.wire.codec import MAX_NAME_LENGTH
 from dledger_mq.wire.rpc import error_reply

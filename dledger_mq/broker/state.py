@@ -34,8 +34,6 @@ from dledger_mq.broker.access import MAX_RULES_PER_USER, MAX_USERS, Rule, User
 from dledger_mq.broker.consume_queue import ConsumeQueue, MemoryQueueStore, QueueStore
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
-    ATTEMPT_PROPERTY,
-    DELIVER_AT_PROPERTY,
     MAX_BATCH_MESSAGES,
     MAX_RAFT_INDEX,
     MAX_RETRY_POLICIES,
@@ -58,9 +56,7 @@ from dledger_mq.broker.records import (
     UpdateTopic,
     check_message_fields,
     command_from_fields,
-    dead_letter_topic,
     send_batch_fields,
-    system_topic_group,
     unpack_command,
 )
 from dledger_mq.broker.tag_filter import MATCH_ALL, TagFilter, tag_code
@@ -81,6 +77,12 @@ from dledger_mq.errors import (
     TopicNotFound,
     UserExists,
     UserNotFound,
+)
+from dledger_mq.wire.broker import (
+    ATTEMPT_PROPERTY,
+    DELIVER_AT_PROPERTY,
+    dead_letter_topic,
+    system_topic_group,
 )
 
 _SLOT_MASK = (1 << SLOT_BITS) - 1

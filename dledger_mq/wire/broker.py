@@ -13,6 +13,41 @@ import attrs
 from dledger_mq.wire.codec import Codec
 from dledger_mq.wire.handshake import HANDSHAKE_TYPES, ErrorFieldValue
 
+# -- Delayed messages, retries and dead letters (docs/broker.md, "Timers") ---------------------
+
+#: System properties: the broker sets them (a producer sets only ``DELIVER_AT_PROPERTY``, through
+#: ``send(delay=...)``). Names starting with ``__`` are reserved.
+SYSTEM_PROPERTY_PREFIX = "__"
+#: When a delayed message becomes visible (ms since the epoch, decimal).
+DELIVER_AT_PROPERTY = "__DELIVER_AT_MS"
+#: On a retried or dead-lettered message: where it was first stored, its id there, which
+#: delivery of it this is (1: the first), and why the last one failed.
+ORIGIN_TOPIC_PROPERTY = "__ORIGIN_TOPIC"
+ORIGIN_MSG_ID_PROPERTY = "__ORIGIN_MSG_ID"
+ATTEMPT_PROPERTY = "__ATTEMPT"
+LAST_ERROR_PROPERTY = "__LAST_ERROR"
+MAX_LAST_ERROR_LENGTH = 1024
+RETRY_TOPIC_PREFIX = "%RETRY%"
+DLQ_TOPIC_PREFIX = "%DLQ%"
+
+
+def retry_topic(group: str) -> str:
+    """The topic a consumer group's failed messages wait in for their next attempt."""
+    return RETRY_TOPIC_PREFIX + group
+
+
+def dead_letter_topic(group: str) -> str:
+    """Where a consumer group's messages go after their last attempt failed."""
+    return DLQ_TOPIC_PREFIX + group
+
+
+def system_topic_group(topic: str) -> str | None:
+    """The consumer group a retry or dead-letter topic belongs to; None for any other topic."""
+    for prefix in (RETRY_TOPIC_PREFIX, DLQ_TOPIC_PREFIX):
+        if topic.startswith(prefix) and len(topic) > len(prefix):
+            return topic[len(prefix) :]
+    return None
+
 
 def queue_for_sharding_key(sharding_key: str, queue_count: int) -> int:
     """Same key, same queue, as long as the queue count stays the same: CRC-32 of the key's

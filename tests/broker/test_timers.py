@@ -9,8 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dledger_mq.broker.records import (
-    ATTEMPT_PROPERTY,
-    DELIVER_AT_PROPERTY,
     SLOT_BITS,
     BrokerSettings,
     ConfigureBroker,
@@ -32,6 +30,7 @@ from dledger_mq.broker.state import (
 )
 from dledger_mq.broker.timers import BUCKET_MS, TimerWheel
 from dledger_mq.errors import InvalidMessage, TimerLimitReached
+from dledger_mq.wire.broker import ATTEMPT_PROPERTY, DELIVER_AT_PROPERTY
 
 GROUP = "broker-a"
 

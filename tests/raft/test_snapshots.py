@@ -16,6 +16,7 @@ from dledger_mq.raft.storage.snapshots import (
     decode_snapshot,
     encode_snapshot,
     snapshot_file_name,
+    trim_floor,
 )
 
 DIRECTORY = "/log/snapshots"
@@ -78,3 +79,22 @@ def test_an_install_gets_its_own_snapshot_when_a_newer_one_arrived_meanwhile() -
     assert store.get(99, 3) is None
     store.save(Snapshot(200, 3, b"state at 200"))
     assert store.get(128, 3) is None  # only two are kept
+
+
+def test_a_pin_keeps_the_newest_snapshot_before_it_and_offers_that_one() -> None:
+    # The broker's oldest pending timer is at index 25: its message must reach a follower as
+    # an entry, so the snapshot sent is one from before it, and the log is kept from there.
+    store = SnapshotStore(MemoryDisk(), DIRECTORY)
+    for index in (10, 20, 30, 40, 50):
+        store.save(Snapshot(index, 1, b"s%d" % index), pin=25)
+    assert store.indexes() == [50, 40, 20]
+    assert trim_floor(store) == 21
+    assert trim_floor(store, pin=15) == 15
+    store.pin = lambda: 25
+    info = store.newest()
+    assert info is not None and info.index == 20
+    store.pin = lambda: None
+    info = store.newest()
+    assert info is not None and info.index == 50
+    store.save(Snapshot(60, 1, b"s60"))  # the timer fired: the pinned one goes
+    assert store.indexes() == [60, 50]
