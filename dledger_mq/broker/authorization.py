@@ -7,8 +7,12 @@ user exists, every client signs in, and each request needs the rules below:
 | request | needs |
 |---|---|
 | send | ``publish`` on each topic, and ``create`` on one that does not exist yet |
-| pull | ``subscribe`` on the topic |
-| commit/query offsets, consumer heartbeat | ``subscribe`` on the group and on the topic |
+| pull, offset for a time | ``subscribe`` on the topic |
+| commit/query offsets, consumer heartbeat, send back | ``subscribe`` on the group and the topic |
+| set a group's retry policy | ``admin`` on the group |
+
+A group's retry and dead-letter topics (``%RETRY%group``, ``%DLQ%group``) are the group's:
+where a rule would name such a topic, ``subscribe`` (or ``admin``) on the group is needed.
 | create/update/delete topic | ``admin`` on the topic |
 | reset offsets | ``admin`` on the group |
 | transfer leadership, users | ``admin`` on ``cluster`` |
@@ -33,14 +37,18 @@ from dledger_mq.wire.admin import (
     ResetOffsetRequest,
     RevokeRequest,
     TransferLeaderRequest,
+    UpdateGroupRequest,
     UpdateTopicRequest,
 )
 from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,
+    OffsetForTimeRequest,
     PullRequest,
     QueryOffsetsRequest,
+    SendBackRequest,
     SendRequest,
+    system_topic_group,
 )
 from dledger_mq.wire.rpc import Session
 
@@ -66,20 +74,29 @@ def required(message: object, state: BrokerState) -> set[tuple[str, str]]:
             if state.topic(outgoing.topic) is None:
                 needs.add(("create", topic_resource(outgoing.topic)))
         return needs
-    if isinstance(message, PullRequest):
-        return {("subscribe", topic_resource(message.topic))}
-    if isinstance(message, CommitOffsetsRequest | QueryOffsetsRequest | ConsumerHeartbeat):
+    if isinstance(message, PullRequest | OffsetForTimeRequest):
+        return {_on_topic("subscribe", message.topic)}
+    if isinstance(
+        message,
+        CommitOffsetsRequest | QueryOffsetsRequest | ConsumerHeartbeat | SendBackRequest,
+    ):
         return {
             ("subscribe", group_resource(message.group)),
-            ("subscribe", topic_resource(message.topic)),
+            _on_topic("subscribe", message.topic),
         }
     if isinstance(message, CreateTopicRequest | UpdateTopicRequest | DeleteTopicRequest):
-        return {("admin", topic_resource(message.name))}
-    if isinstance(message, ResetOffsetRequest):
+        return {_on_topic("admin", message.name)}
+    if isinstance(message, ResetOffsetRequest | UpdateGroupRequest):
         return {("admin", group_resource(message.group))}
     if isinstance(message, _CLUSTER_ADMIN):
         return {("admin", CLUSTER)}
     return set()
+
+
+def _on_topic(action: str, topic: str) -> tuple[str, str]:
+    """``action`` on ``topic``; on a group's retry or dead-letter topic, on the group."""
+    group = system_topic_group(topic)
+    return (action, topic_resource(topic) if group is None else group_resource(group))
 
 
 class BrokerAccess:

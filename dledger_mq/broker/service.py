@@ -122,6 +122,8 @@ from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,
     ConsumerHeartbeatReply,
+    OffsetForTimeReply,
+    OffsetForTimeRequest,
     OutgoingMessage,
     PullReply,
     PullRequest,
@@ -267,6 +269,7 @@ class BrokerService:
             RevokeRequest: self.revoke,
             ListUsersRequest: _now(self.list_users),
             SendBackRequest: self.send_back,
+            OffsetForTimeRequest: _now(self.offset_for_time),
             UpdateGroupRequest: self.update_group,
         }
 
@@ -450,6 +453,18 @@ class BrokerService:
         result = await self._propose(encode_command(command))
         assert isinstance(result, OffsetsReset), result
         return tuple((item.queue_id, item.offset) for item in offsets)
+
+    def offset_for_time(self, request: OffsetForTimeRequest) -> OffsetForTimeReply:
+        """Where a consumer group that starts at a time begins, in one queue."""
+        low = self.held_offset(request.topic, request.queue_id)
+        offset = self.state.offset_for_timestamp(
+            request.topic,
+            request.queue_id,
+            request.timestamp_ms,
+            self._store_timestamp_of,
+            from_offset=low,
+        )
+        return OffsetForTimeReply(offset)
 
     def _store_timestamp_of(self, raft_index: int) -> int:
         [entry] = self.log.entries(raft_index, raft_index + 1, MAX_PULL_BYTES)

@@ -31,6 +31,7 @@ import heapq
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 
 import attrs
@@ -39,6 +40,8 @@ import trio
 from dledger_mq.clients.routing import SILENCE_SECONDS, NotSent, RoutedClient, TopicPart
 from dledger_mq.errors import UsageError
 from dledger_mq.wire.broker import (
+    DELIVER_AT_PROPERTY,
+    SYSTEM_PROPERTY_PREFIX,
     OutgoingMessage,
     Receipt,
     SendReply,
@@ -49,6 +52,31 @@ from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.handshake import ErrorReply
 from dledger_mq.wire.rpc import raise_error_reply
 from dledger_mq.wire.tls import TlsOption
+
+
+def scheduled_properties(
+    properties: Mapping[str, str] | None, delay: timedelta | None, deliver_at: datetime | None
+) -> dict[str, str]:
+    """A message's properties, with its delivery time when it has one. Names starting with
+    ``__`` are the system's: refused."""
+    result = dict(properties or {})
+    reserved = [name for name in result if name.startswith(SYSTEM_PROPERTY_PREFIX)]
+    if reserved:
+        raise UsageError(f"property names starting with {SYSTEM_PROPERTY_PREFIX!r} are reserved")
+    if delay is not None and deliver_at is not None:
+        raise UsageError("give delay or deliver_at, not both")
+    if delay is not None:
+        if not isinstance(delay, timedelta) or delay < timedelta(0):
+            raise UsageError("delay must be a timedelta of zero or more")
+        at_ms = int(time.time() * 1000) + delay // timedelta(milliseconds=1)
+    elif deliver_at is not None:
+        if not isinstance(deliver_at, datetime) or deliver_at.tzinfo is None:
+            raise UsageError("deliver_at must be an aware datetime (with a time zone)")
+        at_ms = int(deliver_at.timestamp() * 1000)
+    else:
+        return result
+    result[DELIVER_AT_PROPERTY] = str(max(0, at_ms))
+    return result
 
 
 class SequenceWindow:
@@ -189,9 +217,15 @@ class Producer(RoutedClient):
         keys: Sequence[str] = (),
         properties: Mapping[str, str] | None = None,
         sharding_key: str | None = None,
+        delay: timedelta | None = None,
+        deliver_at: datetime | None = None,
     ) -> Receipt:
-        """Store one message; returns where (``msg_id``, ``queue_id``, ``offset``)."""
-        keys, properties = tuple(keys), dict(properties or {})
+        """Store one message; returns where (``msg_id``, ``queue_id``, ``offset``).
+
+        With ``delay`` or ``deliver_at`` (an aware datetime) the message is stored now and
+        delivered to consumers at that time, never earlier (up to the broker's
+        ``max_delay_ms``, 3 days by default); its receipt's ``offset`` is -1 until then."""
+        keys, properties = tuple(keys), scheduled_properties(properties, delay, deliver_at)
 
         def build(first: int | None) -> list[OutgoingMessage]:
             return [self._message(topic, body, tags, keys, properties, sharding_key, first, 0)]
@@ -206,12 +240,16 @@ class Producer(RoutedClient):
         *,
         tags: str | None = None,
         sharding_key: str | None = None,
+        delay: timedelta | None = None,
+        deliver_at: datetime | None = None,
     ) -> list[Receipt]:
-        """Store many messages in one request (one log entry); one receipt each, in order."""
+        """Store many messages in one request (one log entry); one receipt each, in order.
+        ``delay`` and ``deliver_at`` as for ``send``, for all of them."""
+        properties = scheduled_properties(None, delay, deliver_at)
 
         def build(first: int | None) -> list[OutgoingMessage]:
             return [
-                self._message(topic, body, tags, (), {}, sharding_key, first, position)
+                self._message(topic, body, tags, (), properties, sharding_key, first, position)
                 for position, body in enumerate(bodies)
             ]
 

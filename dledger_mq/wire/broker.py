@@ -251,6 +251,20 @@ class SendBackReply:
     dead_letter: bool
 
 
+@attrs.frozen
+class OffsetForTimeRequest:
+    """The first offset of the queue stored at or after ``timestamp_ms`` (its end if none)."""
+
+    topic: str
+    queue_id: int
+    timestamp_ms: int
+
+
+@attrs.frozen
+class OffsetForTimeReply:
+    offset: int
+
+
 BROKER_TYPES: dict[int, type] = {
     60: SendRequest,
     61: SendReply,
@@ -264,6 +278,8 @@ BROKER_TYPES: dict[int, type] = {
     69: ConsumerHeartbeatReply,
     83: SendBackRequest,
     84: SendBackReply,
+    87: OffsetForTimeRequest,
+    88: OffsetForTimeReply,
 }
 
 BROKER_CODEC = Codec({**HANDSHAKE_TYPES, **BROKER_TYPES})

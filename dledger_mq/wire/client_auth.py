@@ -26,6 +26,7 @@ from pathlib import Path
 import attrs
 
 from dledger_mq.errors import AuthenticationFailed, UsageError
+from dledger_mq.wire.files import write_file_durably
 
 ACCESS_KEY_ENVIRONMENT_VARIABLE = "DLEDGER_MQ_ACCESS_KEY"
 SECRET_KEY_ENVIRONMENT_VARIABLE = "DLEDGER_MQ_SECRET_KEY"
@@ -152,20 +153,8 @@ CREDENTIALS_FILE_NAME = "admin.credentials"
 
 def write_credentials_file(path: Path, credentials: Credentials) -> None:
     """``access_key:secret_key`` in a new file of mode 0600, durably."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(descriptor, f"{credentials.access_key}:{credentials.secret_key}\n".encode())
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    line = f"{credentials.access_key}:{credentials.secret_key}\n"
+    write_file_durably(path, line.encode())
 
 
 def read_credentials_file(path: Path) -> Credentials | None:
