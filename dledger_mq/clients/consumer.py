@@ -1,73 +1,130 @@
-"""The consumer of a group, in clustering mode: the topic's queues are spread over the group's
+"""The consumer of a group, in clustering mode: each topic's queues are spread over the group's
 live consumers, each message is delivered to one of them, and progress survives a failover.
 On a FIFO topic each queue's messages are delivered one at a time, in order, each only after
-the previous one was acknowledged.
+the previous one was settled.
 
-    async with Consumer(naming="127.0.0.1:9876", group="billing", topic="orders",
-                        tags="paid || refunded") as consumer:
+    async with Consumer(naming="127.0.0.1:9876", group="billing",
+                        subscriptions={"orders": "paid || refunded"}) as consumer:
         async for message in consumer:
-            await message.ack()
+            await message.ack()          # or: await message.nack("why")
+
+    # or let the consumer settle each message: acknowledged when the handler returns,
+    # retried when it raises
+    await consumer.run(handle)
+
+A message is settled once: ``ack()``, or ``nack()`` (a handler that raised, or a message not
+settled within ``invisible_duration``, is nacked). A nacked message is stored again by the
+broker in the group's retry topic (``%RETRY%group``, which every consumer of the group also
+reads) and delivered after the group's next retry delay with ``attempt`` one higher; after the
+group's last attempt it goes to the dead-letter topic (``%DLQ%group``) instead. Either way its
+queue moves on: a failing message never holds back the group's committed offset. On a FIFO
+queue a nacked message is retried in place, after the same delays, and the queue waits.
 
 A topic may be spread over several broker groups; the consumer reads each group on its own (a
 group that fails over or goes down pauses only its own queues, and is picked up again when it
-is back), and looks for groups the topic was extended to every few seconds. Every second it
+is back), and looks for groups a topic was extended to every few seconds. Every second it
 heartbeats to each group's leader, naming the topic's queues in every group as naming lists
 them; each leader spreads all of them over the live consumers, the same way, and answers with
 its own group's share (rebalancing when a consumer joins or leaves). For each queue one task
 long-polls from the consumer group's committed offset in that broker group and hands messages
 to the ``async for``. Acknowledged offsets are committed through that group's log in batches; a
-message not acknowledged before a failover or a rebalance is delivered again (at least once),
-so processing should be idempotent (``msg_id`` is stable).
+message not settled before a failover or a rebalance is delivered again (at least once), so
+processing should be idempotent (``msg_id`` is stable, also across retries).
+
+A group that never committed in a queue starts where ``start`` says: ``"earliest"`` (the first
+message kept, the default, so nothing stored before the first start is skipped),
+``"latest"`` (what is stored from now on) or an aware ``datetime`` (the first message stored at
+or after it). A broadcasting consumer (every consumer of the group gets every message) keeps
+its progress in a local file (``offsets_path``) and resumes from it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import json
+import math
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import attrs
+import structlog
 import trio
 
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
-from dledger_mq.errors import DledgerError, TopicNotFound, UsageError
+from dledger_mq.errors import BadRequest, DledgerError, TopicNotFound, UsageError
 from dledger_mq.wire.broker import (
+    ATTEMPT_PROPERTY,
+    ORIGIN_TOPIC_PROPERTY,
     CommitOffsetsReply,
     CommitOffsetsRequest,
     ConsumerHeartbeat,
     ConsumerHeartbeatReply,
     GroupQueues,
+    OffsetForTimeReply,
+    OffsetForTimeRequest,
     PullReply,
     PullRequest,
     QueryOffsetsReply,
     QueryOffsetsRequest,
     QueueOffset,
+    SendBackReply,
+    SendBackRequest,
     StoredMessage,
+    retry_topic,
+    system_topic_group,
 )
 from dledger_mq.wire.client_auth import Credentials
+from dledger_mq.wire.files import write_file_durably
 from dledger_mq.wire.rpc import ReplyT
 from dledger_mq.wire.tls import TlsOption
+
+logger = structlog.get_logger()
 
 HEARTBEAT_SECONDS = 1.0
 #: A pull or offset query that finds no topic (a replica still replaying its log) waits this
 #: long before it asks again.
 TOPIC_RETRY_SECONDS = 0.1
-#: How often the consumer asks naming which broker groups hold its topic.
+#: How often the consumer asks naming which broker groups hold its topics.
 DISCOVER_SECONDS = 5.0
 COMMIT_SECONDS = 0.2
 #: The longest a closing consumer spends on its final offset commit.
 FINAL_COMMIT_SECONDS = 2.0
 LONG_POLL_MS = 1000
 PULL_BATCH = 64
+#: A message not settled this long after the application received it is nacked (RocketMQ's
+#: push consumer: consumeTimeout, 15 minutes).
+DEFAULT_INVISIBLE_DURATION = timedelta(minutes=15)
+#: A send-back the broker cannot take yet (no leader, a full disk) is tried again after this.
+SEND_BACK_RETRY_SECONDS = 1.0
+
+StartPosition = Literal["earliest", "latest"] | datetime
 
 
-@attrs.frozen(eq=False)
+def default_offsets_path(group: str) -> Path:
+    """Where a broadcasting consumer of ``group`` keeps its progress, unless told otherwise."""
+    return Path.home() / ".dledger-mq" / "broadcast" / f"{group}.json"
+
+
+@attrs.define(eq=False)
 class ReceivedMessage:
-    """A message as delivered; ``ack()`` marks it consumed for the group."""
+    """A message as delivered; settle it once, with ``ack()`` or ``nack()``."""
 
     stored: StoredMessage
     _consumer: Consumer
+    _reader: _GroupReader
+    #: Which delivery this is (1: the first).
+    attempt: int = 1
+    #: When it is nacked unless settled before (trio clock), once the application has it.
+    deadline: float = math.inf
+    #: "ack" or "nack" once settled.
+    outcome: str | None = None
+    _settled: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def body(self) -> bytes:
@@ -75,7 +132,14 @@ class ReceivedMessage:
 
     @property
     def msg_id(self) -> str:
+        """The id its first store gave it: the same on every retry."""
         return self.stored.msg_id
+
+    @property
+    def topic(self) -> str:
+        """The topic it was sent to (for a retried message too, though it is read from the
+        group's retry topic)."""
+        return self.stored.properties.get(ORIGIN_TOPIC_PROPERTY, self.stored.topic)
 
     @property
     def tags(self) -> str | None:
@@ -102,8 +166,39 @@ class ReceivedMessage:
     def offset(self) -> int:
         return self.stored.offset
 
+    @property
+    def settled(self) -> bool:
+        return self.outcome is not None
+
     async def ack(self) -> None:
-        self._consumer._acknowledge(self.stored.group, self.stored.queue_id, self.stored.offset)
+        """Done with it: the group's offset may move past it. Ignored once settled (a message
+        nacked for running past its invisible duration stays nacked)."""
+        if self._settle("ack"):
+            self._reader.acknowledge(self)
+
+    async def nack(self, error: str | BaseException | None = None) -> None:
+        """Failed: delivered again after the group's retry delay (``attempt`` one higher), or
+        to the dead-letter topic after the last attempt. Returns at once; the broker is told in
+        the background. Ignored once settled."""
+        if self._settle("nack"):
+            self._reader.nacked(self, _error_text(error))
+
+    def _settle(self, outcome: str) -> bool:
+        if self.outcome is not None:
+            return False
+        self.outcome = outcome
+        self._settled.set()
+        self._consumer._unsettled.discard(self)
+        return True
+
+
+def _error_text(error: str | BaseException | None) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, BaseException):
+        text = str(error)
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return error
 
 
 class _QueueProgress:
@@ -113,7 +208,7 @@ class _QueueProgress:
         self.committed = start
         self.next_to_commit = start
         self._done: set[int] = set()
-        #: Set (and replaced) whenever the done prefix grows: FIFO delivery waits on it.
+        #: Set (and replaced) whenever the done prefix grows.
         self.advanced = trio.Event()
 
     def done(self, offset: int) -> None:
@@ -136,10 +231,6 @@ class _QueueProgress:
             self.advanced.set()
             self.advanced = trio.Event()
 
-    async def wait_done(self, offset: int) -> None:
-        while self.next_to_commit <= offset:
-            await self.advanced.wait()
-
 
 class Consumer(RoutedClient):
     def __init__(
@@ -147,54 +238,106 @@ class Consumer(RoutedClient):
         naming: str | Sequence[str] = "127.0.0.1:9876",
         *,
         group: str,
-        topic: str,
+        topic: str | None = None,
         tags: str = "*",
+        subscriptions: Mapping[str, str] | None = None,
         broadcasting: bool = False,
+        start: StartPosition = "earliest",
+        invisible_duration: timedelta = DEFAULT_INVISIBLE_DURATION,
+        offsets_path: str | Path | None = None,
         cluster_id: str = "local",
         credentials: Credentials | tuple[str, str] | None = None,
         tls: TlsOption = None,
     ) -> None:
-        """``broadcasting``: every consumer of the group receives every message; progress is
-        this consumer's own (in memory, from the topic's current end), never committed."""
-        if not group or not topic:
-            raise UsageError("a consumer needs a group and a topic")
+        """``subscriptions``: topic -> tag expression (``topic`` and ``tags`` name one).
+        ``broadcasting``: every consumer of the group receives every message; progress is this
+        consumer's own, in ``offsets_path`` (default ``~/.dledger-mq/broadcast/GROUP.json``:
+        two broadcasting consumers of one group on one machine need a path each), and a failed
+        message is not retried."""
+        if not group:
+            raise UsageError("a consumer needs a group")
+        wanted = dict(subscriptions or {})
+        if topic is not None:
+            wanted.setdefault(topic, tags)
+        if not wanted:
+            raise UsageError("a consumer needs a topic (topic=) or subscriptions")
+        for name in wanted:
+            if system_topic_group(name) is not None:
+                raise UsageError(f"{name!r}: a group's retry topic is read by the group itself")
+        if isinstance(start, datetime):
+            if start.tzinfo is None:
+                raise UsageError("start must be an aware datetime (with a time zone)")
+        elif start not in ("earliest", "latest"):
+            raise UsageError("start must be 'earliest', 'latest' or an aware datetime")
+        if invisible_duration <= timedelta(0):
+            raise UsageError("invisible_duration must be positive")
         self.broadcasting = broadcasting
         self.group = group
-        self.topic = topic
-        self.tags = tags
+        #: topic -> tag expression, as the application asked.
+        self.subscriptions = dict(wanted)
+        if not broadcasting:
+            wanted[retry_topic(group)] = "*"
+        self._topics = wanted
+        self.start = start
+        self.invisible_duration = invisible_duration
+        self.offsets_path = (
+            Path(offsets_path) if offsets_path is not None else default_offsets_path(group)
+        )
         self.consumer_id = uuid.uuid4().hex
         super().__init__(naming, cluster_id, f"consumer-{self.consumer_id}", credentials, tls)
         self._send, self._receive = trio.open_memory_channel[ReceivedMessage](PULL_BATCH)
-        #: One reader per broker group that holds the topic.
-        self._readers: dict[str, _GroupReader] = {}
+        #: One reader per (topic, broker group) that holds the topic.
+        self._readers: dict[tuple[str, str], _GroupReader] = {}
+        #: Messages the application holds, not yet settled: nacked at their deadline.
+        self._unsettled: set[ReceivedMessage] = set()
+        self._deadlines: list[tuple[float, int, ReceivedMessage]] = []
+        self._deadline_added = trio.Event()
+        self._delivered = 0
+        #: Idempotence of send-backs: this consumer's own producer id and sequence.
+        self._send_back_producer = f"retry-{self.consumer_id}"
+        self._send_back_sequence = 0
+        #: A broadcasting consumer's progress: (topic, broker group, queue) -> next offset.
+        self._saved_offsets: dict[tuple[str, str, int], int] = {}
+
+    @property
+    def topic(self) -> str:
+        """The first topic subscribed to (a consumer of one topic: that one)."""
+        return next(iter(self.subscriptions))
 
     @property
     def queues(self) -> tuple[tuple[str, int], ...]:
-        """This consumer's queues, (broker group, queue id), as each group's leader last said."""
+        """This consumer's queues of its subscribed topics, (broker group, queue id), as each
+        group's leader last said (the retry topic's aside)."""
         return tuple(
             sorted(
                 (broker_group, queue_id)
-                for broker_group, reader in self._readers.items()
+                for (topic, broker_group), reader in self._readers.items()
+                if topic in self.subscriptions
                 for queue_id in reader.queue_ids
             )
         )
 
     @property
     def fifo(self) -> bool:
-        """Whether the topic is FIFO, as a leader last said."""
+        """Whether a topic read is FIFO, as a leader last said."""
         return any(reader.fifo for reader in self._readers.values())
 
-    def layout(self) -> tuple[GroupQueues, ...]:
+    def layout(self, topic: str) -> tuple[GroupQueues, ...]:
         """The topic's queues in every broker group that naming lists for it."""
         return tuple(
             GroupQueues(part.group, part.queues)
-            for part in self.routes.cached_parts(self.topic)
+            for part in self.routes.cached_parts(topic)
             if part.queues > 0
         )
 
     async def __aenter__(self) -> Consumer:
+        if self.broadcasting:
+            self._saved_offsets = await trio.to_thread.run_sync(
+                read_broadcast_offsets, self.offsets_path
+            )
         await self._open()
         self.nursery.start_soon(self._discover_loop)
+        self.nursery.start_soon(self._deadline_loop)
         return self
 
     async def __aexit__(
@@ -212,6 +355,8 @@ class Consumer(RoutedClient):
                 async with trio.open_nursery() as nursery:
                     for reader in self._readers.values():
                         nursery.start_soon(reader.final_commit)
+                if self.broadcasting:
+                    await self._save_broadcast_offsets()
         except BaseException:
             await self._close(kind, value, traceback)
             raise
@@ -221,35 +366,102 @@ class Consumer(RoutedClient):
         return self
 
     async def __anext__(self) -> ReceivedMessage:
-        return await self._receive.receive()
+        message = await self._receive.receive()
+        message.deadline = trio.current_time() + self.invisible_duration.total_seconds()
+        self._unsettled.add(message)
+        self._delivered += 1
+        heapq.heappush(self._deadlines, (message.deadline, self._delivered, message))
+        self._deadline_added.set()
+        return message
 
-    def _acknowledge(self, broker_group: str, queue_id: int, offset: int) -> None:
-        reader = self._readers.get(broker_group)
-        if reader is not None:
-            reader.acknowledge(queue_id, offset)
+    async def run(
+        self,
+        handler: Callable[[ReceivedMessage], Awaitable[object]],
+        *,
+        concurrency: int = 1,
+    ) -> None:
+        """Hand every message to ``handler``, ``concurrency`` at a time, until cancelled: a
+        message is acknowledged when the handler returns (unless it settled the message
+        itself) and nacked with the exception when it raises one."""
+        if concurrency < 1:
+            raise UsageError("concurrency must be at least 1")
+
+        async def work() -> None:
+            async for message in self:
+                try:
+                    await handler(message)
+                except Exception as error:  # the application's failure: a retry, not a crash
+                    await message.nack(error)
+                else:
+                    await message.ack()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(work)
+
+    async def _deadline_loop(self) -> None:
+        """Nack each message the application did not settle within its invisible duration."""
+        while True:
+            while self._deadlines and self._deadlines[0][2].settled:
+                heapq.heappop(self._deadlines)
+            wait = math.inf
+            if self._deadlines:
+                wait = self._deadlines[0][0] - trio.current_time()
+                if wait <= 0:
+                    _, _, message = heapq.heappop(self._deadlines)
+                    seconds = self.invisible_duration.total_seconds()
+                    await message.nack(f"not settled within its invisible duration ({seconds} s)")
+                    continue
+            self._deadline_added = trio.Event()
+            with trio.move_on_after(wait):
+                await self._deadline_added.wait()
+
+    def _next_send_back_sequence(self) -> int:
+        self._send_back_sequence += 1
+        return self._send_back_sequence
 
     async def _discover_loop(self) -> None:
-        """A reader for every broker group of the topic, as naming lists them: now, and every
-        ``DISCOVER_SECONDS`` (a topic extended to a new group is read there too). A reader is
-        never stopped: a group that is down is read again when it is back."""
+        """A reader for every broker group of every topic, as naming lists them: now, and
+        every ``DISCOVER_SECONDS`` (a topic extended to a new group is read there too). A
+        reader is never stopped: a group that is down is read again when it is back."""
         while True:
-            for part in await self.routes.parts(self.topic):
-                if part.group not in self._readers:
-                    reader = self._readers[part.group] = _GroupReader(self, part.group)
-                    self.nursery.start_soon(reader.heartbeat_loop)
-                    self.nursery.start_soon(reader.commit_loop)
+            for topic, tags in self._topics.items():
+                for part in await self.routes.parts(topic):
+                    if (topic, part.group) not in self._readers:
+                        reader = _GroupReader(self, topic, tags, part.group)
+                        self._readers[(topic, part.group)] = reader
+                        self.nursery.start_soon(reader.heartbeat_loop)
+                        self.nursery.start_soon(reader.commit_loop)
             await trio.sleep(DISCOVER_SECONDS)
             with trio.move_on_after(SILENCE_SECONDS * 2):
-                await self.routes.refresh(self.topic)
+                for topic in self._topics:
+                    await self.routes.refresh(topic)
+
+    # -- broadcasting progress ---------------------------------------------------------------
+
+    def saved_offset(self, topic: str, broker_group: str, queue_id: int) -> int | None:
+        return self._saved_offsets.get((topic, broker_group, queue_id))
+
+    def save_offset(self, topic: str, broker_group: str, queue_id: int, offset: int) -> None:
+        self._saved_offsets[(topic, broker_group, queue_id)] = offset
+
+    async def _save_broadcast_offsets(self) -> None:
+        data = encode_broadcast_offsets(self._saved_offsets)
+        await trio.to_thread.run_sync(write_file_durably, self.offsets_path, data)
 
 
 class _GroupReader:
-    """What a consumer reads from one broker group: its share of the group's queues (from
-    heartbeats to the group's leader), a puller per queue, and their progress and commits."""
+    """What a consumer reads of one topic from one broker group: its share of the group's
+    queues (from heartbeats to the group's leader), a puller per queue, and their progress and
+    commits."""
 
-    def __init__(self, consumer: Consumer, broker_group: str) -> None:
+    def __init__(self, consumer: Consumer, topic: str, tags: str, broker_group: str) -> None:
         self.consumer = consumer
+        self.topic = topic
+        self.tags = tags
         self.broker_group = broker_group
+        #: The group's own retry topic: it may well not exist (no message failed yet).
+        self.is_retry_topic = system_topic_group(topic) is not None
         self._progress: dict[int, _QueueProgress] = {}
         #: Per queue, the offset after the last message handed to the application.
         self._delivered_end: dict[int, int] = {}
@@ -258,8 +470,12 @@ class _GroupReader:
         self.queue_ids: tuple[int, ...] = ()
         #: Whether the topic is FIFO, as the leader last said.
         self.fifo = False
+        #: The consumer group's retry policy, as the leader last said.
+        self.max_attempts = 0
+        self.retry_delays_ms: tuple[int, ...] = ()
         #: The consumer group's reset generation our offsets were read at (None: not read yet).
         self.reset_generation: int | None = None
+        self._broadcast_dirty = False
 
     async def _call(self, request: object, reply_type: type[ReplyT]) -> ReplyT:
         silence = SILENCE_SECONDS
@@ -268,7 +484,7 @@ class _GroupReader:
         while True:
             try:
                 return await self.consumer.call_leader(
-                    self.consumer.topic, self.broker_group, request, reply_type, silence
+                    self.topic, self.broker_group, request, reply_type, silence
                 )
             except TopicNotFound:
                 if isinstance(request, ConsumerHeartbeat):
@@ -276,15 +492,63 @@ class _GroupReader:
                 # A replica that restarted has not applied the topic's creation yet. Whether
                 # the topic is gone for good is the heartbeat's to say (it stops the pullers).
                 self.consumer.stalls.note(
-                    f"topic {self.consumer.topic!r} in group {self.broker_group}",
+                    f"topic {self.topic!r} in group {self.broker_group}",
                     "the replica has not applied it yet",
                 )
                 await trio.sleep(TOPIC_RETRY_SECONDS)
 
-    def acknowledge(self, queue_id: int, offset: int) -> None:
-        progress = self._progress.get(queue_id)
+    def acknowledge(self, message: ReceivedMessage) -> None:
+        progress = self._progress.get(message.queue_id)
         if progress is not None:
-            progress.done(offset)
+            progress.done(message.offset)
+            if self.consumer.broadcasting:
+                self._broadcast_dirty = True
+
+    def nacked(self, message: ReceivedMessage, error: str) -> None:
+        if self.fifo or self.consumer.broadcasting:
+            # A FIFO queue retries in place (its puller waits on the outcome); a broadcasting
+            # consumer's failures are its own: not retried, the queue moves on.
+            if self.consumer.broadcasting and not self.fifo:
+                self.acknowledge(message)
+            return
+        self.consumer.nursery.start_soon(self._send_back, message, error, False)
+
+    async def _send_back(self, message: ReceivedMessage, error: str, dead_letter: bool) -> None:
+        """Have the broker store the failed message for its next attempt (or as a dead
+        letter), then move the queue past it. Tried until it is done; the queue's committed
+        offset waits meanwhile, so a consumer that dies first leaves it to be delivered again."""
+        consumer = self.consumer
+        request = SendBackRequest(
+            consumer.group,
+            self.topic,
+            message.queue_id,
+            message.offset,
+            error,
+            consumer._send_back_producer,
+            consumer._next_send_back_sequence(),
+            dead_letter,
+        )
+        while True:
+            try:
+                reply = await self._call(request, SendBackReply)
+            except BadRequest as refused:
+                # The message is gone (retention deleted it, its topic was deleted): nothing
+                # to retry; the queue moves on.
+                logger.warning("send_back_refused", msg_id=message.msg_id, reason=str(refused))
+                break
+            except DledgerError as problem:
+                consumer.stalls.note(f"retry of {message.msg_id}", str(problem))
+                await trio.sleep(SEND_BACK_RETRY_SECONDS)
+                continue
+            if reply.dead_letter:
+                logger.info(
+                    "message_dead_lettered",
+                    msg_id=message.msg_id,
+                    group=consumer.group,
+                    attempts=message.attempt,
+                )
+            break
+        self.acknowledge(message)
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -302,29 +566,35 @@ class _GroupReader:
         while True:
             heartbeat = ConsumerHeartbeat(
                 consumer.group,
-                consumer.topic,
+                self.topic,
                 consumer.consumer_id,
                 consumer.broadcasting,
                 self.held_queues(),
-                consumer.layout(),
+                consumer.layout(self.topic),
             )
             try:
                 reply = await self._call(heartbeat, ConsumerHeartbeatReply)
             except TopicNotFound:
                 queue_ids: tuple[int, ...] = ()  # not created yet: wait for the first send
-                consumer.stalls.note(
-                    f"topic {consumer.topic!r}",
-                    "it does not exist yet (the first send creates it)",
-                )
+                if not self.is_retry_topic:
+                    consumer.stalls.note(
+                        f"topic {self.topic!r}",
+                        "it does not exist yet (the first send creates it)",
+                    )
             else:
                 queue_ids = reply.queue_ids
                 self.fifo = reply.fifo
+                self.max_attempts = reply.max_attempts
+                self.retry_delays_ms = reply.retry_delays_ms
                 if self.reset_generation is not None and (
                     reply.reset_generation != self.reset_generation
                 ):
                     await self._restart_pullers()
             if queue_ids != self.queue_ids:
                 await self._rebalance(queue_ids)
+            if consumer.broadcasting and self._broadcast_dirty:
+                self._broadcast_dirty = False
+                await consumer._save_broadcast_offsets()
             await trio.sleep(HEARTBEAT_SECONDS)
 
     async def _restart_pullers(self) -> None:
@@ -361,12 +631,14 @@ class _GroupReader:
         consumer = self.consumer
         with trio.CancelScope() as scope:
             # Started only once the start offset is known, so that ``queue_ids`` means ready.
-            offset = await self._committed_offset(queue_id)
+            offset, committed = await self._start_offset(queue_id)
             progress = self._progress[queue_id] = _QueueProgress(offset)
+            # A start chosen here ("latest", a time) is committed, so that the group keeps it.
+            progress.committed = committed
             task_status.started(scope)
             while True:
                 request = PullRequest(
-                    consumer.topic, queue_id, offset, PULL_BATCH, consumer.tags, LONG_POLL_MS
+                    self.topic, queue_id, offset, PULL_BATCH, self.tags, LONG_POLL_MS
                 )
                 reply = await self._call(request, PullReply)
                 # What the tag filter left out, or retention deleted, counts as consumed.
@@ -378,27 +650,71 @@ class _GroupReader:
                 if reply.next_offset > gap_start:
                     progress.done_range(gap_start, reply.next_offset)
                 for stored in reply.messages:
-                    await consumer._send.send(ReceivedMessage(stored, consumer))
-                    self._delivered_end[queue_id] = stored.offset + 1
                     if self.fifo:
-                        # One at a time per queue: the next only after this one's ack.
-                        await progress.wait_done(stored.offset)
+                        await self._deliver_in_place(stored)
+                    else:
+                        message = ReceivedMessage(stored, consumer, self, _attempt_of(stored))
+                        await consumer._send.send(message)
+                        self._delivered_end[queue_id] = stored.offset + 1
                 offset = reply.next_offset
 
-    async def _committed_offset(self, queue_id: int) -> int:
+    async def _deliver_in_place(self, stored: StoredMessage) -> None:
+        """FIFO: deliver the message until it is acknowledged, waiting the group's retry delay
+        after each nack; after the last attempt it goes to the dead-letter topic. The queue's
+        next message waits meanwhile."""
+        consumer = self.consumer
+        attempt = _attempt_of(stored)
+        while True:
+            message = ReceivedMessage(stored, consumer, self, attempt)
+            await consumer._send.send(message)
+            self._delivered_end[stored.queue_id] = stored.offset + 1
+            await message._settled.wait()
+            if message.outcome == "ack" or consumer.broadcasting:
+                if message.outcome != "ack":
+                    self.acknowledge(message)
+                return
+            if self.max_attempts and attempt >= self.max_attempts:
+                await self._send_back(message, "no attempt left (FIFO, retried in place)", True)
+                return
+            delays = self.retry_delays_ms or (1000,)
+            await trio.sleep(delays[min(attempt - 1, len(delays) - 1)] / 1000)
+            attempt += 1
+
+    async def _start_offset(self, queue_id: int) -> tuple[int, int]:
+        """Where this consumer reads the queue from, and the offset committed there already
+        (below the start when the start was chosen here and should be committed)."""
         consumer = self.consumer
         if consumer.broadcasting:
-            # Only what is stored from now on; an empty pull says where the queue ends.
-            end = await self._call(PullRequest(consumer.topic, queue_id, 0, 1, "*", 0), PullReply)
-            return end.max_offset
+            saved = consumer.saved_offset(self.topic, self.broker_group, queue_id)
+            if saved is not None:
+                return saved, saved
+            start = await self._chosen_start(queue_id)
+            consumer.save_offset(self.topic, self.broker_group, queue_id, start)
+            return start, start
         offsets = await self._call(
-            QueryOffsetsRequest(consumer.group, consumer.topic), QueryOffsetsReply
+            QueryOffsetsRequest(consumer.group, self.topic), QueryOffsetsReply
         )
         self.reset_generation = offsets.reset_generation
         for item in offsets.offsets:
-            if item.queue_id == queue_id:
-                return max(item.offset, 0)
-        return 0
+            if item.queue_id == queue_id and item.offset >= 0:
+                return item.offset, item.offset
+        start = await self._chosen_start(queue_id)
+        return start, -1 if start > 0 else start
+
+    async def _chosen_start(self, queue_id: int) -> int:
+        """The offset ``start`` names in a queue the group never read."""
+        start = self.consumer.start
+        if self.is_retry_topic or start == "earliest":
+            return 0  # a pull from below the first message kept reads from that one
+        if start == "latest":
+            end = await self._call(PullRequest(self.topic, queue_id, 0, 1, "*", 0), PullReply)
+            return end.max_offset
+        assert isinstance(start, datetime)
+        reply = await self._call(
+            OffsetForTimeRequest(self.topic, queue_id, int(start.timestamp() * 1000)),
+            OffsetForTimeReply,
+        )
+        return reply.offset
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -414,7 +730,12 @@ class _GroupReader:
     async def commit(self) -> None:
         consumer = self.consumer
         if consumer.broadcasting:
-            return  # a broadcasting consumer's progress is its own
+            # A broadcasting consumer's progress is its own: kept in its file.
+            for queue_id, progress in self._progress.items():
+                consumer.save_offset(
+                    self.topic, self.broker_group, queue_id, progress.next_to_commit
+                )
+            return
         offsets = tuple(
             QueueOffset(queue_id, progress.next_to_commit)
             for queue_id, progress in self._progress.items()
@@ -423,13 +744,76 @@ class _GroupReader:
         if not offsets:
             return
         reply = await self._call(
-            CommitOffsetsRequest(consumer.group, consumer.topic, offsets, self.reset_generation),
+            CommitOffsetsRequest(consumer.group, self.topic, offsets, self.reset_generation),
             CommitOffsetsReply,
         )
         if reply.stale:
             await self._restart_pullers()
             return
         for item in offsets:
-            progress = self._progress.get(item.queue_id)
-            if progress is not None:
-                progress.committed = max(progress.committed, item.offset)
+            kept = self._progress.get(item.queue_id)
+            if kept is not None:
+                kept.committed = max(kept.committed, item.offset)
+
+
+def _attempt_of(stored: StoredMessage) -> int:
+    """Which delivery of its message ``stored`` is, as its properties say (1: the first)."""
+    attempt = stored.properties.get(ATTEMPT_PROPERTY, "1")
+    return int(attempt) if attempt.isascii() and attempt.isdigit() and len(attempt) < 10 else 1
+
+
+# -- a broadcasting consumer's progress file ---------------------------------------------------
+
+_OFFSETS_FORMAT_VERSION = 1
+#: A progress file larger than this is not one (topics x groups x queues of one consumer).
+MAX_OFFSETS_FILE_BYTES = 16 << 20
+
+
+def encode_broadcast_offsets(offsets: Mapping[tuple[str, str, int], int]) -> bytes:
+    entries = [
+        {"topic": topic, "group": group, "queue": queue_id, "offset": offset}
+        for (topic, group, queue_id), offset in sorted(offsets.items())
+    ]
+    document = {"version": _OFFSETS_FORMAT_VERSION, "saved_at": time.time(), "offsets": entries}
+    return json.dumps(document, indent=1).encode()
+
+
+def read_broadcast_offsets(path: Path) -> dict[tuple[str, str, int], int]:
+    """What ``encode_broadcast_offsets`` wrote; {} when there is no file. ``UsageError`` when
+    the file is not one (it is written whole or not at all, so that is not a crash's doing)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_OFFSETS_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as error:
+        raise UsageError(f"cannot read the consumer's progress file {path}: {error}") from None
+    try:
+        if len(data) > MAX_OFFSETS_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_OFFSETS_FILE_BYTES} bytes")
+        document = json.loads(data)
+        if document.get("version") != _OFFSETS_FORMAT_VERSION:
+            raise ValueError(f"format version {document.get('version')!r}")
+        offsets: dict[tuple[str, str, int], int] = {}
+        for entry in document["offsets"]:
+            topic, group, queue_id, offset = (
+                entry["topic"],
+                entry["group"],
+                entry["queue"],
+                entry["offset"],
+            )
+            if not (
+                isinstance(topic, str)
+                and isinstance(group, str)
+                and type(queue_id) is int
+                and type(offset) is int
+                and offset >= 0
+            ):
+                raise ValueError(f"a bad entry {entry!r:.80}")
+            offsets[(topic, group, queue_id)] = offset
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UsageError(
+            f"the consumer's progress file {path} is not one ({error}); move it away to start "
+            "from the consumer's start position"
+        ) from None
+    return offsets

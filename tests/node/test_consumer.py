@@ -6,6 +6,7 @@ import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -189,28 +190,32 @@ async def test_a_fifo_topic_delivers_each_queue_one_at_a_time_in_order(
 
 
 @pytest.mark.cluster_options(**NAMING)
-async def test_broadcasting_consumers_each_receive_every_new_message(
-    cluster: ProcessCluster,
+async def test_broadcasting_consumers_each_receive_every_message_and_resume_from_their_file(
+    cluster: ProcessCluster, tmp_path: Path
 ) -> None:
     leader = (await cluster.wait_for_leader()).node_id
     naming = list(cluster.naming.values())
     async with connect_admin(cluster.client_address(leader)) as admin:
         await admin.create_topic("orders", 4)
+    async with Producer(naming=naming) as producer:
+        for number in range(6):
+            await producer.send("orders", b"%d" % number)  # before either started
     received: dict[str, list[int]] = {"a": [], "b": []}
+    files = {"a": tmp_path / "a.json", "b": tmp_path / "b.json"}
+
+    def broadcasting(name: str) -> Consumer:
+        return Consumer(
+            naming=naming,
+            group="cache",
+            topic="orders",
+            broadcasting=True,
+            offsets_path=files[name],
+        )
+
     with trio.fail_after(DEADLINE_SECONDS):
-        async with (
-            Consumer(naming=naming, group="cache", topic="orders", broadcasting=True) as a,
-            Consumer(naming=naming, group="cache", topic="orders", broadcasting=True) as b,
-        ):
-            while [q for _, q in a.queues] != [0, 1, 2, 3] or [q for _, q in b.queues] != [
-                0,
-                1,
-                2,
-                3,
-            ]:
-                await trio.sleep(0.05)  # until both read every queue
+        async with broadcasting("a") as a, broadcasting("b") as b:
             async with Producer(naming=naming) as producer:
-                for number in range(12):
+                for number in range(6, 12):
                     await producer.send("orders", b"%d" % number)
             for name, consumer in (("a", a), ("b", b)):
                 async for message in consumer:
@@ -218,7 +223,18 @@ async def test_broadcasting_consumers_each_receive_every_new_message(
                     await message.ack()
                     if len(received[name]) == 12:
                         break
+    # Each has every message, from the first (start="earliest"), and kept its progress.
     assert sorted(received["a"]) == sorted(received["b"]) == list(range(12))
+    saved = consumer_module.read_broadcast_offsets(files["a"])
+    assert sum(saved.values()) == 12
+    # Started again: only what came since.
+    async with Producer(naming=naming) as producer:
+        await producer.send("orders", b"12")
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with broadcasting("a") as a:
+            message = await a.__anext__()
+            assert message.body == b"12"
+            await message.ack()
 
 
 @pytest.mark.cluster_options(**NAMING)
