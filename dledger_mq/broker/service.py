@@ -389,6 +389,8 @@ class BrokerService:
 
     def describe_group(self, request: DescribeGroupRequest) -> DescribeGroupReply:
         policy = self.state.retry_policy(request.group)
+        if not request.topic:
+            return DescribeGroupReply((), (), policy.max_attempts, policy.delays_ms)
         return DescribeGroupReply(
             self._lag(request.group, request.topic),
             self.live_consumers(request.group, request.topic),

@@ -139,6 +139,41 @@ def parse_addresses(text: str, option: str) -> list[str]:
     return addresses
 
 
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str, option: str) -> int:
+    """``500ms``, ``30s``, ``1m``, ``2h``, ``3d`` (a bare number: seconds), in milliseconds;
+    ``click.BadParameter`` otherwise."""
+    import re
+
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if found is None:
+        raise click.BadParameter(
+            f"{text!r} is not a duration (like 500ms, 30s, 1m, 2h, 3d)", param_hint=option
+        )
+    number, unit = found.groups()
+    return round(float(number) * _DURATION_UNITS_MS[unit or "s"])
+
+
+def parse_time_ms(text: str, option: str) -> int:
+    """ISO 8601 (``2026-11-22T10:00:00+00:00``; without a zone: UTC) or milliseconds since the
+    epoch; ``click.BadParameter`` otherwise."""
+    import datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither ISO 8601 nor milliseconds", param_hint=option
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
 def _check_addresses(
     context: click.Context, parameter: click.Parameter, value: str | None
 ) -> str | None:

@@ -15,6 +15,8 @@ from dledger_mq.cli.main import (
     naming_addresses,
     naming_option,
     one_line_errors,
+    parse_duration_ms,
+    parse_time_ms,
     report_stalls,
 )
 
@@ -47,6 +49,19 @@ def _properties(items: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--sharding-key", default=None, help="Same key, same queue, in order.")
 @click.option(
+    "--delay",
+    default=None,
+    metavar="DURATION",
+    help="Deliver it this long from now (500ms, 30s, 1m, 2h, 3d; at most the broker's "
+    "max_delay_ms, 3 days by default).",
+)
+@click.option(
+    "--deliver-at",
+    default=None,
+    metavar="TIME",
+    help="Deliver it at this time: ISO 8601 (no zone: UTC) or milliseconds since the epoch.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=30.0,
@@ -63,6 +78,8 @@ def send(
     keys: tuple[str, ...],
     properties: tuple[str, ...],
     sharding_key: str | None,
+    delay: str | None,
+    deliver_at: str | None,
     timeout: float,
     naming: str | None,
     root: Path,
@@ -72,12 +89,24 @@ def send(
     """Send one message with BODY (UTF-8) to TOPIC; prints its receipt.
 
     While it cannot reach a leader it keeps trying, says why on stderr after 2 s, and gives up
-    after --timeout.
+    after --timeout. A delayed message is stored at once and delivered at its time: its receipt
+    says when, with offset -1 (it has none until then).
     """
+    import datetime
+
     from dledger_mq.clients import Producer
     from dledger_mq.errors import Unavailable
 
     pairs = _properties(properties)
+    if delay is not None and deliver_at is not None:
+        raise click.UsageError("give --delay or --deliver-at, not both")
+    when: datetime.datetime | None = None
+    if delay is not None:
+        delay_ms = parse_duration_ms(delay, "--delay")
+        when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(milliseconds=delay_ms)
+    elif deliver_at is not None:
+        at_ms = parse_time_ms(deliver_at, "--deliver-at")
+        when = datetime.datetime.fromtimestamp(at_ms / 1000, datetime.UTC)
     addresses = naming_addresses(naming, root)
 
     async def run() -> dict[str, object]:
@@ -93,6 +122,7 @@ def send(
                         keys=keys,
                         properties=pairs,
                         sharding_key=sharding_key,
+                        deliver_at=when,
                     )
                     nursery.cancel_scope.cancel()
             stall = producer.stalls.current
@@ -106,11 +136,16 @@ def send(
             "queue_id": receipt.queue_id,
             "offset": receipt.offset,
             "duplicate": receipt.duplicate,
+            "deliver_at": None if when is None else when.isoformat(timespec="milliseconds"),
         }
 
     receipt = trio.run(run)
     if as_json:
         click.echo(json.dumps(receipt))
+    elif receipt["deliver_at"] is not None:
+        click.echo(
+            f"{receipt['msg_id']} queue={receipt['queue_id']} delivered at {receipt['deliver_at']}"
+        )
     else:
         click.echo(f"{receipt['msg_id']} queue={receipt['queue_id']} offset={receipt['offset']}")
 
@@ -125,6 +160,19 @@ def send(
     default=None,
     help="Stop after this many messages (default: run until Ctrl-C).",
 )
+@click.option(
+    "--start",
+    default="earliest",
+    show_default=True,
+    metavar="earliest|latest|TIME",
+    help="Where a group that never consumed TOPIC begins: its first message kept, what is "
+    "sent from now on, or the first message stored at or after TIME (ISO 8601 or ms).",
+)
+@click.option(
+    "--fail",
+    is_flag=True,
+    help="Nack every message instead of acknowledging it (to watch retries and dead letters).",
+)
 @json_option("one object per message")
 @naming_option
 @one_line_errors
@@ -133,6 +181,8 @@ def consume(
     group: str,
     tags: str,
     count: int | None,
+    start: str,
+    fail: bool,
     as_json: bool,
     naming: str | None,
     root: Path,
@@ -143,15 +193,29 @@ def consume(
     It waits for messages as long as it runs; when it cannot reach a leader it says why on
     stderr (after 2 s) and keeps trying.
     """
+    import datetime
+
     from dledger_mq.clients import Consumer
+    from dledger_mq.clients.consumer import StartPosition
 
     addresses = naming_addresses(naming, root)
+    position: StartPosition
+    if start in ("earliest", "latest"):
+        position = "earliest" if start == "earliest" else "latest"
+    else:
+        start_ms = parse_time_ms(start, "--start")
+        position = datetime.datetime.fromtimestamp(start_ms / 1000, datetime.UTC)
 
     async def run() -> None:
         seen = 0
         async with (
             Consumer(
-                naming=addresses, group=group, topic=topic, tags=tags, cluster_id=cluster_id
+                naming=addresses,
+                group=group,
+                topic=topic,
+                tags=tags,
+                start=position,
+                cluster_id=cluster_id,
             ) as consumer,
             trio.open_nursery() as nursery,
         ):
@@ -162,6 +226,8 @@ def consume(
                         json.dumps(
                             {
                                 "msg_id": message.msg_id,
+                                "topic": message.topic,
+                                "attempt": message.attempt,
                                 "queue_id": message.queue_id,
                                 "offset": message.offset,
                                 "tags": message.tags,
@@ -172,11 +238,15 @@ def consume(
                         )
                     )
                 else:
+                    again = f" (attempt {message.attempt})" if message.attempt > 1 else ""
                     click.echo(
                         f"{message.msg_id} [{message.tags or ''}] "
-                        f"{message.body.decode(errors='replace')}"
+                        f"{message.body.decode(errors='replace')}{again}"
                     )
-                await message.ack()
+                if fail:
+                    await message.nack("consume --fail")
+                else:
+                    await message.ack()
                 seen += 1
                 if count is not None and seen >= count:
                     nursery.cancel_scope.cancel()

@@ -6,7 +6,6 @@ holding its own queues 0..n-1, and what a command shows or changes is the sum ov
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from dledger_mq.cli.main import (
     json_option,
     main,
     one_line_errors,
+    parse_time_ms,
 )
 from dledger_mq.clients.admin import AdminConnection, resolve_groups, spread_queues
 from dledger_mq.errors import TopicNotFound, UsageError
@@ -254,9 +254,22 @@ def topic_describe(
             click.echo(f"  {group_name} queue {queue_id}: next offset {offset}")
 
 
+def delays_text(delays_ms: tuple[int, ...]) -> str:
+    """Delays as `group update --retry-delays` takes them: 10s,30s,1m,..."""
+
+    def one(ms: int) -> str:
+        for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+            if ms >= size and ms % size == 0:
+                return f"{ms // size}{unit}"
+        return f"{ms}ms"
+
+    return ",".join(one(ms) for ms in delays_ms)
+
+
 @main.group()
 def group() -> None:
-    """Consumer groups: list them, their lag per queue, and reset their offsets."""
+    """Consumer groups: list them, their lag per queue, reset their offsets, set their retry
+    policy and handle their dead letters."""
 
 
 @group.command("list")
@@ -286,19 +299,33 @@ def group_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool
 
 @group.command("describe")
 @click.argument("name")
-@click.option("--topic", required=True)
+@click.option("--topic", default=None, help="Its lag and consumers in this topic.")
 @cluster_options
-@json_option("the group's queues and consumers as an object")
+@json_option("the group's queues, consumers and retry policy as an object")
 @one_line_errors
 def group_describe(
-    name: str, topic: str, endpoints: str | None, root: Path, cluster_id: str, as_json: bool
+    name: str,
+    topic: str | None,
+    endpoints: str | None,
+    root: Path,
+    cluster_id: str,
+    as_json: bool,
 ) -> None:
-    """Lag of group NAME in TOPIC, per queue, and its live consumers."""
+    """Group NAME's retry policy; with --topic, its lag in TOPIC per queue and its live
+    consumers."""
 
     async def run() -> dict[str, object]:
         consumers: set[str] = set()
         queues: list[dict[str, object]] = []
         async with group_admins(endpoints, root, cluster_id) as admins:
+            policy = await next(iter(admins.values())).group_policy(name)
+            described: dict[str, object] = {
+                "group": name,
+                "max_attempts": policy.max_attempts,
+                "retry_delays_ms": list(policy.retry_delays_ms),
+            }
+            if topic is None:
+                return described
             parts = await topic_parts(admins, topic)
             if not parts:
                 raise TopicNotFound(topic)
@@ -317,7 +344,7 @@ def group_describe(
                     for q in reply.queues
                 )
         return {
-            "group": name,
+            **described,
             "topic": topic,
             "consumers": sorted(consumers),
             "queues": queues,
@@ -327,6 +354,14 @@ def group_describe(
     described = trio.run(run)
     if as_json:
         click.echo(json.dumps(described, indent=2))
+        return
+    delays = described["retry_delays_ms"]
+    assert isinstance(delays, list)
+    click.echo(
+        f"group {name}: max attempts {described['max_attempts']}, "
+        f"retry delays {delays_text(tuple(delays))}"
+    )
+    if topic is None:
         return
     consumers = described["consumers"]
     queues = described["queues"]
@@ -382,7 +417,7 @@ def group_reset_offset(
         raise click.UsageError("give exactly one of --to-offset and --to-time")
     to_time_ms = -1
     if to_time is not None:
-        to_time_ms = _parse_time_ms(to_time)
+        to_time_ms = parse_time_ms(to_time, "--to-time")
 
     async def run() -> str:
         lines = []
@@ -401,17 +436,3 @@ def group_reset_offset(
         return "\n".join(lines)
 
     click.echo(trio.run(run))
-
-
-def _parse_time_ms(text: str) -> int:
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither ISO 8601 nor milliseconds", param_hint="--to-time"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp() * 1000)

@@ -21,6 +21,7 @@ from dledger_mq.wire.admin import (
     DescribeGroupRequest,
     GrantRequest,
     GroupInfo,
+    GroupPolicyReply,
     ListGroupsReply,
     ListGroupsRequest,
     ListTopicsReply,
@@ -45,11 +46,25 @@ from dledger_mq.wire.admin import (
     TopicInfo,
     TransferLeaderReply,
     TransferLeaderRequest,
+    UpdateGroupRequest,
     UpdateTopicRequest,
     UserChangedReply,
     UserInfo,
     WhoAmIReply,
     WhoAmIRequest,
+)
+from dledger_mq.wire.broker import (
+    CommitOffsetsReply,
+    CommitOffsetsRequest,
+    OutgoingMessage,
+    PullReply,
+    PullRequest,
+    QueryOffsetsReply,
+    QueryOffsetsRequest,
+    QueueOffset,
+    Receipt,
+    SendReply,
+    SendRequest,
 )
 from dledger_mq.wire.client_auth import Credentials, as_credentials, stored_key
 from dledger_mq.wire.rpc import RpcConnection, connect
@@ -107,6 +122,42 @@ class AdminConnection:
     async def describe_group(self, group: str, topic: str) -> DescribeGroupReply:
         reply = await self.connection.call(DescribeGroupRequest(group, topic), DescribeGroupReply)
         return reply
+
+    async def group_policy(self, group: str) -> DescribeGroupReply:
+        """The group's retry policy (no topic: no queues in the reply)."""
+        return await self.describe_group(group, "")
+
+    async def update_group(
+        self, group: str, max_attempts: int, retry_delays_ms: Sequence[int]
+    ) -> GroupPolicyReply:
+        reply = await self.connection.call(
+            UpdateGroupRequest(group, max_attempts, tuple(retry_delays_ms)), GroupPolicyReply
+        )
+        return reply
+
+    async def pull(self, topic: str, queue_id: int, offset: int, max_count: int) -> PullReply:
+        """Messages of one queue from ``offset`` on, without waiting (a look, not a consumer)."""
+        reply = await self.connection.call(
+            PullRequest(topic, queue_id, offset, max_count, "*", 0), PullReply
+        )
+        return reply
+
+    async def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """Queue id -> the group's committed offset, for the queues it committed in."""
+        reply = await self.connection.call(QueryOffsetsRequest(group, topic), QueryOffsetsReply)
+        return {item.queue_id: item.offset for item in reply.offsets if item.offset >= 0}
+
+    async def commit_offset(self, group: str, topic: str, queue_id: int, offset: int) -> None:
+        await self.connection.call(
+            CommitOffsetsRequest(group, topic, (QueueOffset(queue_id, offset),)),
+            CommitOffsetsReply,
+        )
+
+    async def send(self, message: OutgoingMessage) -> Receipt:
+        """Store one message in this node's group (it must lead)."""
+        reply = await self.connection.call(SendRequest((message,)), SendReply)
+        [receipt] = reply.receipts
+        return receipt
 
     async def reset_offset(
         self, group: str, topic: str, to_offset: int = -1, to_time_ms: int = -1
