@@ -599,8 +599,8 @@ class BrokerService:
                     "topic", message.topic, "retry and dead-letter topics are the broker's to write"
                 )
         messages = tuple(self._to_record(message) for message in request.messages)
-        self.state.validate_send(messages)
         stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
+        self.state.validate_send(messages, stamp)
         return PreparedSend(encode_command(SendBatch(stamp, messages)), messages)
 
     def _to_record(self, message: OutgoingMessage) -> Message:
@@ -654,8 +654,8 @@ class BrokerService:
             # The added properties overflow the limit: the reason is the one to give up.
             properties.pop(LAST_ERROR_PROPERTY, None)
             message = _retry_message(request, found, properties)
-        self.state.validate_send((message,))
         stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
+        self.state.validate_send((message,), stamp)
         prepared = PreparedSend(encode_command(SendBatch(stamp, (message,))), (message,))
         [receipt] = send_reply(
             prepared, await self.replica.propose_and_apply(prepared.data)

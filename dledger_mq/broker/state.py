@@ -974,7 +974,9 @@ class BrokerState:
 
     # -- checks for the leader, before proposing -----------------------------------------------
 
-    def validate_send(self, messages: Sequence[Message]) -> None:
+    def validate_send(
+        self, messages: Sequence[Message], store_timestamp_ms: int | None = None
+    ) -> None:
         """Raise the typed error apply would refuse the first refusable message with.
 
         The leader calls it before proposing, so that a bad send is answered at once and never
@@ -1000,7 +1002,8 @@ class BrokerState:
             if message.queue_id >= queue_count:
                 raise QueueNotFound(message.topic, message.queue_id, queue_count)
             if message.properties:
-                self._schedule(message.topic, dict(message.properties), self._clock_ms)
+                stamp = self._clock_ms if store_timestamp_ms is None else store_timestamp_ms
+                self._schedule(message.topic, dict(message.properties), stamp)
 
     def queue_count_for_send(self, topic: str) -> int:
         """The queues a send to ``topic`` may choose from, counting auto-creation.

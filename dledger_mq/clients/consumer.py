@@ -296,6 +296,10 @@ class Consumer(RoutedClient):
         #: Idempotence of send-backs: this consumer's own producer id and sequence.
         self._send_back_producer = f"retry-{self.consumer_id}"
         self._send_back_sequence = 0
+        #: Send-backs under way: a closing consumer lets them finish (briefly) before its
+        #: final commit, so that a nacked message is not delivered again as well.
+        self._sending_back = 0
+        self._sent_back = trio.Event()
         #: A broadcasting consumer's progress: (topic, broker group, queue) -> next offset.
         self._saved_offsets: dict[tuple[str, str, int], int] = {}
 
@@ -352,6 +356,8 @@ class Consumer(RoutedClient):
         try:
             with trio.move_on_after(FINAL_COMMIT_SECONDS) as scope:
                 scope.shield = True
+                while self._sending_back:
+                    await self._sent_back.wait()
                 async with trio.open_nursery() as nursery:
                     for reader in self._readers.values():
                         nursery.start_soon(reader.final_commit)
@@ -517,6 +523,18 @@ class _GroupReader:
         """Have the broker store the failed message for its next attempt (or as a dead
         letter), then move the queue past it. Tried until it is done; the queue's committed
         offset waits meanwhile, so a consumer that dies first leaves it to be delivered again."""
+        consumer = self.consumer
+        consumer._sending_back += 1
+        try:
+            await self._send_back_until_done(message, error, dead_letter)
+        finally:
+            consumer._sending_back -= 1
+            consumer._sent_back.set()
+            consumer._sent_back = trio.Event()
+
+    async def _send_back_until_done(
+        self, message: ReceivedMessage, error: str, dead_letter: bool
+    ) -> None:
         consumer = self.consumer
         request = SendBackRequest(
             consumer.group,
