@@ -8,7 +8,7 @@ user exists, every client signs in, and each request needs the rules below:
 |---|---|
 | send | ``publish`` on each topic, and ``create`` on one that does not exist yet |
 | pull, offset for a time | ``subscribe`` on the topic |
-| commit/query offsets, consumer heartbeat, send back | ``subscribe`` on the group and the topic |
+| offsets, consumer heartbeat, send back, receive/ack | ``subscribe`` on the group and the topic |
 | set a group's retry policy | ``admin`` on the group |
 
 A group's retry and dead-letter topics (``%RETRY%group``, ``%DLQ%group``) are the group's:
@@ -41,11 +41,14 @@ from dledger_mq.wire.admin import (
     UpdateTopicRequest,
 )
 from dledger_mq.wire.broker import (
+    AckRequest,
+    ChangeInvisibleRequest,
     CommitOffsetsRequest,
     ConsumerHeartbeat,
     OffsetForTimeRequest,
     PullRequest,
     QueryOffsetsRequest,
+    ReceiveRequest,
     SendBackRequest,
     SendRequest,
     system_topic_group,
@@ -78,7 +81,13 @@ def required(message: object, state: BrokerState) -> set[tuple[str, str]]:
         return {_on_topic("subscribe", message.topic)}
     if isinstance(
         message,
-        CommitOffsetsRequest | QueryOffsetsRequest | ConsumerHeartbeat | SendBackRequest,
+        CommitOffsetsRequest
+        | QueryOffsetsRequest
+        | ConsumerHeartbeat
+        | SendBackRequest
+        | ReceiveRequest
+        | AckRequest
+        | ChangeInvisibleRequest,
     ):
         return {
             ("subscribe", group_resource(message.group)),

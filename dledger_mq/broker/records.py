@@ -96,6 +96,11 @@ DEFAULT_MAX_ATTEMPTS = 17
 MAX_ATTEMPTS_CEILING = 1000
 MAX_RETRY_DELAYS = 64
 MAX_RETRY_POLICIES = 65536
+#: Simple consumers (RocketMQ 5's POP): messages received and not yet acknowledged per
+#: (group, topic, queue) at most, and such queues per broker group.
+MAX_POP_INFLIGHT = 65536
+MAX_POP_QUEUES = 65536
+MAX_INVISIBLE_MS = 12 * 3600 * 1000
 
 
 #: Topic and consumer-group names: letters, digits and ``_ . % -`` (``%`` for the retry and
@@ -120,6 +125,9 @@ class CommandTag(enum.IntEnum):
     REVOKE = 11
     DELIVER_TIMERS = 12
     CONFIGURE_GROUP = 13
+    POP_MESSAGES = 14
+    ACK_POPPED = 15
+    CHANGE_INVISIBLE = 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +428,128 @@ class DeliverTimers:
                 raise InvalidMessage("batch", "every item must be a Message")
 
 
+def _ints_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+def _pairs_tuple(value: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    return tuple((a, b) for a, b in value)
+
+
+@attrs.frozen
+class PopQueue:
+    """What one receive takes from one queue: ``offsets`` (new ones below ``scan_end``, or
+    received before and invisible no longer), and ``scan_end``, where the next new one is
+    looked for (offsets below it that are not taken were filtered out: consumed)."""
+
+    queue_id: int
+    scan_end: int
+    offsets: tuple[int, ...] = attrs.field(converter=_ints_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        _check_queue_id("pop", self.queue_id)
+        _check_offset("scan_end", self.scan_end)
+        if len(self.offsets) > MAX_POP_INFLIGHT:
+            raise InvalidMessage("offsets", f"more than {MAX_POP_INFLIGHT}")
+        for offset in self.offsets:
+            _check_offset("offset", offset)
+
+
+def _pop_queues_tuple(value: Iterable[PopQueue]) -> tuple[PopQueue, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class PopMessages:
+    """A simple consumer's receive, as the leader chose it: in each queue the offsets are
+    handed out (invisible to other receives) until ``store_timestamp_ms + invisible_ms``.
+    ``messages[i]`` are copies of messages that used their last attempt, for the group's
+    dead-letter topic, each of the received-and-expired offset ``dead[i]`` (queue, offset);
+    they sit at slot ``i`` of this entry, as in a ``SendBatch``."""
+
+    store_timestamp_ms: int
+    messages: tuple[Message, ...] = attrs.field(converter=_messages_tuple)
+    group: str
+    topic: str
+    invisible_ms: int
+    queues: tuple[PopQueue, ...] = attrs.field(converter=_pop_queues_tuple)
+    dead: tuple[tuple[int, int], ...] = attrs.field(converter=_pairs_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if not _is_int64(self.store_timestamp_ms):
+            raise InvalidMessage("store_timestamp_ms", "must be a non-negative 64-bit integer")
+        if len(self.messages) > MAX_BATCH_MESSAGES or len(self.dead) != len(self.messages):
+            raise MalformedCommand("POP_MESSAGES names one dead offset per message")
+        check_group_name(self.group)
+        check_topic_name(self.topic)
+        if not (type(self.invisible_ms) is int and 1 <= self.invisible_ms <= MAX_INVISIBLE_MS):
+            raise InvalidMessage("invisible_ms", f"must be in [1, {MAX_INVISIBLE_MS}]")
+        if len(self.queues) > MAX_QUEUE_COUNT:
+            raise InvalidMessage("queues", f"more than {MAX_QUEUE_COUNT}")
+        for queue in self.queues:
+            if type(queue) is not PopQueue:
+                raise MalformedCommand("every item must be a PopQueue")
+        for queue_id, offset in self.dead:
+            _check_queue_id("dead", queue_id)
+            _check_offset("dead offset", offset)
+
+
+@attrs.frozen
+class PoppedRef:
+    """A received message, by the receive that handed it out (``pop_id``: its entry's index):
+    an acknowledgement or a change of a receive that another one superseded does nothing."""
+
+    queue_id: int
+    offset: int
+    pop_id: int
+
+    def __attrs_post_init__(self) -> None:
+        _check_queue_id("popped", self.queue_id)
+        _check_offset("offset", self.offset)
+        _check_offset("pop_id", self.pop_id)
+
+
+def _refs_tuple(value: Iterable[PoppedRef]) -> tuple[PoppedRef, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class AckPopped:
+    group: str
+    topic: str
+    refs: tuple[PoppedRef, ...] = attrs.field(converter=_refs_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        check_group_name(self.group)
+        check_topic_name(self.topic)
+        if not 1 <= len(self.refs) <= MAX_OFFSET_ITEMS:
+            raise InvalidMessage("refs", f"must hold 1 to {MAX_OFFSET_ITEMS}")
+        for ref in self.refs:
+            if type(ref) is not PoppedRef:
+                raise MalformedCommand("every item must be a PoppedRef")
+
+
+@attrs.frozen
+class ChangeInvisible:
+    """A received message stays invisible until ``store_timestamp_ms + invisible_ms`` instead."""
+
+    group: str
+    topic: str
+    ref: PoppedRef
+    store_timestamp_ms: int
+    invisible_ms: int
+
+    def __attrs_post_init__(self) -> None:
+        check_group_name(self.group)
+        check_topic_name(self.topic)
+        if type(self.ref) is not PoppedRef:
+            raise MalformedCommand("ref must be a PoppedRef")
+        if not _is_int64(self.store_timestamp_ms):
+            raise InvalidMessage("store_timestamp_ms", "must be a non-negative 64-bit integer")
+        if not (type(self.invisible_ms) is int and 0 <= self.invisible_ms <= MAX_INVISIBLE_MS):
+            raise InvalidMessage("invisible_ms", f"must be in [0, {MAX_INVISIBLE_MS}]")
+
+
 def _check_fired(fired: object, message_count: int) -> None:
     if type(fired) is not tuple and type(fired) is not list:
         raise MalformedCommand("DELIVER_TIMERS fired must be an array")
@@ -641,6 +771,9 @@ Command = (
     SendBatch
     | DeliverTimers
     | ConfigureGroup
+    | PopMessages
+    | AckPopped
+    | ChangeInvisible
     | CommitOffsets
     | ResetOffsets
     | CreateTopic
@@ -733,6 +866,31 @@ def encode_command(command: Command) -> bytes:
     elif type(command) is ConfigureGroup:
         tag = CommandTag.CONFIGURE_GROUP
         fields = [command.group, command.policy.max_attempts, list(command.policy.delays_ms)]
+    elif type(command) is PopMessages:
+        tag = CommandTag.POP_MESSAGES
+        fields = [
+            command.store_timestamp_ms,
+            [message_fields(m) for m in command.messages],
+            command.group,
+            command.topic,
+            command.invisible_ms,
+            [[q.queue_id, q.scan_end, list(q.offsets)] for q in command.queues],
+            [list(pair) for pair in command.dead],
+        ]
+    elif type(command) is AckPopped:
+        tag = CommandTag.ACK_POPPED
+        refs = [[r.queue_id, r.offset, r.pop_id] for r in command.refs]
+        fields = [command.group, command.topic, refs]
+    elif type(command) is ChangeInvisible:
+        tag = CommandTag.CHANGE_INVISIBLE
+        ref = command.ref
+        fields = [
+            command.group,
+            command.topic,
+            [ref.queue_id, ref.offset, ref.pop_id],
+            command.store_timestamp_ms,
+            command.invisible_ms,
+        ]
     elif type(command) is AddUser:
         tag = CommandTag.ADD_USER
         rules = [[rule.resource, rule.action] for rule in command.rules]
@@ -775,6 +933,9 @@ _FIELD_COUNTS = {
     CommandTag.REVOKE: (3,),
     CommandTag.DELIVER_TIMERS: (3,),
     CommandTag.CONFIGURE_GROUP: (3,),
+    CommandTag.POP_MESSAGES: (7,),
+    CommandTag.ACK_POPPED: (3,),
+    CommandTag.CHANGE_INVISIBLE: (5,),
 }
 
 
@@ -880,6 +1041,37 @@ def command_from_fields(raw: RawCommand) -> Command:
     if tag is CommandTag.CONFIGURE_GROUP:
         group, max_attempts, delays = fields
         return ConfigureGroup(group, RetryPolicy(max_attempts, tuple(_list(delays, "delays"))))
+    if tag is CommandTag.POP_MESSAGES:
+        store_timestamp_ms, messages = fields[0], _list(fields[1], "messages")
+        group, topic, invisible_ms, queues, dead = fields[2:]
+        return PopMessages(
+            store_timestamp_ms,
+            tuple(message_from_fields(m) for m in messages),
+            group,
+            topic,
+            invisible_ms,
+            tuple(
+                PopQueue(item[0], item[1], tuple(_list(item[2], "offsets")))
+                for item in (_array_of(q, 3, "a pop queue") for q in _list(queues, "queues"))
+            ),
+            tuple(tuple(_array_of(pair, 2, "a dead offset")) for pair in _list(dead, "dead")),
+        )
+    if tag is CommandTag.ACK_POPPED:
+        group, topic, refs = fields
+        return AckPopped(
+            group,
+            topic,
+            tuple(PoppedRef(*_array_of(ref, 3, "a popped ref")) for ref in _list(refs, "refs")),
+        )
+    if tag is CommandTag.CHANGE_INVISIBLE:
+        group, topic, ref, store_timestamp_ms, invisible_ms = fields
+        return ChangeInvisible(
+            group,
+            topic,
+            PoppedRef(*_array_of(ref, 3, "a popped ref")),
+            store_timestamp_ms,
+            invisible_ms,
+        )
     if tag is CommandTag.REMOVE_USER:
         return RemoveUser(fields[0])
     if tag is CommandTag.GRANT or tag is CommandTag.REVOKE:
@@ -892,6 +1084,13 @@ def decode_command(data: bytes) -> Command:
     """The command in an entry's data. Raises a ``BadRequest`` subclass on anything invalid:
     ``MalformedCommand`` for bytes that are not a command, typed errors for bad values."""
     return command_from_fields(unpack_command(data))
+
+
+#: Commands whose fields start ``store_timestamp_ms, [message, ...]``: their messages are stored
+#: at their slots, and pulls read them.
+_MESSAGE_TAGS = frozenset(
+    {CommandTag.SEND_BATCH, CommandTag.DELIVER_TIMERS, CommandTag.POP_MESSAGES}
+)
 
 
 @attrs.frozen
@@ -911,7 +1110,7 @@ def read_messages(data: bytes, slots: Sequence[int]) -> StoredMessages:
     is not a SEND_BATCH or a slot is not in it; a slot apply stored always decodes.
     """
     raw = unpack_command(data)
-    if raw.tag is not CommandTag.SEND_BATCH and raw.tag is not CommandTag.DELIVER_TIMERS:
+    if raw.tag not in _MESSAGE_TAGS:
         raise MalformedCommand(f"entry holds {raw.tag.name}, not messages")
     store_timestamp_ms, messages = send_batch_fields(raw.fields)
     picked = []

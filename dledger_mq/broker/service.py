@@ -29,11 +29,14 @@ from dledger_mq.broker.assignment import (
 )
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
+    MAX_INVISIBLE_MS,
     MAX_PRODUCER_ID_LENGTH,
     MAX_QUEUE_COUNT,
     SLOT_BITS,
+    AckPopped,
     AddUser,
     BrokerSettings,
+    ChangeInvisible,
     CommitOffsets,
     ConfigureBroker,
     ConfigureGroup,
@@ -43,6 +46,9 @@ from dledger_mq.broker.records import (
     Grant,
     Message,
     OffsetCommit,
+    PopMessages,
+    PoppedRef,
+    PopQueue,
     RemoveUser,
     ResetOffsets,
     RetryPolicy,
@@ -58,8 +64,11 @@ from dledger_mq.broker.records import QueueOffset as RecordQueueOffset
 from dledger_mq.broker.state import (
     BrokerState,
     CommitOutcome,
+    InvisibleChanged,
+    MessagesPopped,
     OffsetsCommitted,
     OffsetsReset,
+    PoppedAcked,
     Refused,
     SendBatchResult,
     SendReceipt,
@@ -68,7 +77,7 @@ from dledger_mq.broker.state import (
     TopicUpdated,
     UsersChanged,
 )
-from dledger_mq.broker.tag_filter import parse_tag_expression
+from dledger_mq.broker.tag_filter import TagFilter, parse_tag_expression
 from dledger_mq.errors import (
     BadRequest,
     DiskFull,
@@ -118,6 +127,10 @@ from dledger_mq.wire.broker import (
     MAX_LAYOUT_GROUPS,
     ORIGIN_MSG_ID_PROPERTY,
     ORIGIN_TOPIC_PROPERTY,
+    AckReply,
+    AckRequest,
+    ChangeInvisibleReply,
+    ChangeInvisibleRequest,
     CommitOffsetsReply,
     CommitOffsetsRequest,
     ConsumerHeartbeat,
@@ -131,11 +144,15 @@ from dledger_mq.wire.broker import (
     QueryOffsetsRequest,
     QueueOffset,
     Receipt,
+    ReceivedRecord,
+    ReceiveReply,
+    ReceiveRequest,
     SendBackReply,
     SendBackRequest,
     SendReply,
     SendRequest,
     StoredMessage,
+    dead_letter_topic,
     retry_topic,
     system_topic_group,
 )
@@ -162,6 +179,10 @@ MAX_FIRED_PER_ENTRY = 1024
 MAX_FIRED_BYTES = 4 << 20
 #: The longest the timer loop sleeps without looking again (a leader change, a new timer).
 TIMER_IDLE_SECONDS = 1.0
+#: A waiting receive looks again this often (a received message may become visible again
+#: with nothing applied), and hands at most this many expired messages to the dead letters.
+RECEIVE_RECHECK_SECONDS = 0.2
+MAX_DEAD_LETTERS_PER_RECEIVE = 64
 
 #: Answers one request (of the type it is registered for) with its reply.
 RequestHandler = Callable[[Any], Awaitable[object]]
@@ -231,6 +252,8 @@ class BrokerService:
         self.desired_settings = desired_settings
         self.monotonic_ms = monotonic_ms
         self.round_robin = RoundRobinQueues()
+        #: (group, topic) -> the queue a simple consumer's next receive looks at first.
+        self._receive_cursor: dict[tuple[str, str], int] = {}
         #: (group, topic) -> consumer id -> when its membership lapses (monotonic ms).
         self.consumers: dict[tuple[str, str], dict[str, int]] = {}
         #: (group, topic) -> consumer id -> the queues it said it holds (FIFO hand-over).
@@ -270,6 +293,9 @@ class BrokerService:
             ListUsersRequest: _now(self.list_users),
             SendBackRequest: self.send_back,
             OffsetForTimeRequest: _now(self.offset_for_time),
+            ReceiveRequest: self.receive,
+            AckRequest: self.ack_received,
+            ChangeInvisibleRequest: self.change_invisible,
             UpdateGroupRequest: self.update_group,
         }
 
@@ -673,6 +699,137 @@ class BrokerService:
         except LogCompacted:
             raise BadRequest(f"offset {offset} of {topic!r} queue {queue_id} was deleted") from None
 
+    # -- simple consumers (POP) -----------------------------------------------------------------
+
+    async def receive(self, request: ReceiveRequest) -> ReceiveReply:
+        """Leader only: messages handed out through the log (``PopMessages``), so that two
+        receives never get one message while it is invisible, whoever leads."""
+        if not self.replica.is_leader:
+            raise NotLeader(self.replica.core.leader)
+        check_group_name(request.group)
+        if not 1 <= request.max_messages <= MAX_PULL_COUNT:
+            raise BadRequest(f"max_messages must be in [1, {MAX_PULL_COUNT}]")
+        if not 1 <= request.invisible_ms <= MAX_INVISIBLE_MS:
+            raise BadRequest(f"invisible_ms must be in [1, {MAX_INVISIBLE_MS}]")
+        tag_filter = parse_tag_expression(request.tag_expression)
+        wait_seconds = max(0, min(request.wait_ms, MAX_PULL_WAIT_MS)) / 1000
+        with trio.move_on_after(wait_seconds):
+            while True:
+                reply = await self._receive_once(request, tag_filter)
+                if reply.messages or wait_seconds == 0:
+                    return reply
+                # A new message is applied, or one received before becomes visible again.
+                with trio.move_on_after(RECEIVE_RECHECK_SECONDS):
+                    await self.applied.wait()
+        return ReceiveReply(())
+
+    async def _receive_once(self, request: ReceiveRequest, tag_filter: TagFilter) -> ReceiveReply:
+        topic = self.state.topic(request.topic)
+        if topic is None:
+            raise TopicNotFound(request.topic)
+        now = max(self.clock_ms(), self.state.last_store_timestamp_ms)
+        policy = self.state.retry_policy(request.group)
+        key = (request.group, request.topic)
+        first = self._receive_cursor.get(key, 0) % topic.queue_count
+        self._receive_cursor[key] = first + 1
+        need = request.max_messages
+        queues: list[PopQueue] = []
+        dead: list[tuple[int, int]] = []
+        dead_letters: list[Message] = []
+        for step in range(topic.queue_count):
+            queue_id = (first + step) % topic.queue_count
+            next_offset, inflight = self.state.pop_progress(request.group, request.topic, queue_id)
+            taken: list[int] = []
+            for offset in sorted(o for o, held in inflight.items() if held[0] <= now):
+                attempt = inflight[offset][1]
+                if attempt >= policy.max_attempts:
+                    if len(dead) < MAX_DEAD_LETTERS_PER_RECEIVE:
+                        letter = self._dead_letter_of(request, queue_id, offset, attempt)
+                        if letter is not None:
+                            dead.append((queue_id, offset))
+                            dead_letters.append(letter)
+                elif len(taken) < need:
+                    taken.append(offset)
+            if topic.fifo:
+                # One message of a FIFO queue at a time: none while one is invisible.
+                if any(held[0] > now for held in inflight.values()):
+                    continue
+                taken = taken[:1]
+            scan_end = next_offset
+            wanted = (1 if topic.fifo else need) - len(taken)
+            if wanted > 0:
+                start = max(next_offset, self.held_offset(request.topic, queue_id))
+                scan = self.state.scan(request.topic, queue_id, start, wanted, tag_filter)
+                try:
+                    found = self._read(request.topic, queue_id, scan.positions)
+                except LogCompacted:
+                    found = []  # trimmed meanwhile: the next receive looks again
+                else:
+                    scan_end = scan.next_offset
+                taken += [m.offset for m in found if tag_filter.matches(m.tags)]
+            if taken or scan_end > next_offset:
+                queues.append(PopQueue(queue_id, scan_end, tuple(taken)))
+            need -= len(taken)
+            if need <= 0:
+                break
+        if not queues and not dead:
+            return ReceiveReply(())
+        command = PopMessages(
+            now, dead_letters, request.group, request.topic, request.invisible_ms, queues, dead
+        )
+        result = await self._propose(encode_command(command))
+        assert isinstance(result, MessagesPopped), result
+        records = []
+        for popped in result.popped:
+            [stored] = self._read_at(request.topic, popped.queue_id, popped.offset)
+            handle = f"{popped.queue_id}:{popped.offset}:{popped.pop_id}"
+            records.append(
+                ReceivedRecord(stored, popped.attempt, handle, popped.invisible_until_ms)
+            )
+        return ReceiveReply(tuple(records))
+
+    def _dead_letter_of(
+        self, request: ReceiveRequest, queue_id: int, offset: int, attempts: int
+    ) -> Message | None:
+        """The copy for the dead-letter topic of a received message whose last attempt ran
+        out; None if its message is gone."""
+        try:
+            [found] = self._read_at(request.topic, queue_id, offset)
+        except BadRequest:
+            return None
+        properties = dict(found.properties)
+        properties.setdefault(ORIGIN_TOPIC_PROPERTY, request.topic)
+        properties.setdefault(ORIGIN_MSG_ID_PROPERTY, found.msg_id)
+        properties[ATTEMPT_PROPERTY] = str(attempts + 1)
+        properties[LAST_ERROR_PROPERTY] = "not acknowledged within its invisible duration"
+        try:
+            return Message(
+                topic=dead_letter_topic(request.group),
+                queue_id=0,
+                body=found.body,
+                tags=found.tags,
+                keys=found.keys,
+                properties=properties,
+                born_timestamp_ms=found.born_timestamp_ms,
+            )
+        except InvalidMessage:
+            return None
+
+    async def ack_received(self, request: AckRequest) -> AckReply:
+        refs = tuple(_popped_ref(handle) for handle in request.handles)
+        result = await self._propose(encode_command(AckPopped(request.group, request.topic, refs)))
+        assert isinstance(result, PoppedAcked), result
+        return AckReply(result.acked)
+
+    async def change_invisible(self, request: ChangeInvisibleRequest) -> ChangeInvisibleReply:
+        stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
+        command = ChangeInvisible(
+            request.group, request.topic, _popped_ref(request.handle), stamp, request.invisible_ms
+        )
+        result = await self._propose(encode_command(command))
+        assert isinstance(result, InvisibleChanged), result
+        return ChangeInvisibleReply(result.changed, result.invisible_until_ms)
+
     # -- timers --------------------------------------------------------------------------------
 
     async def deliver_timers(self, leader_changed: Callable[[], trio.Event]) -> None:
@@ -894,6 +1051,14 @@ def commit_reply(result: object) -> CommitOffsetsReply:
         raise result.error
     assert isinstance(result, OffsetsCommitted), result
     return CommitOffsetsReply(CommitOutcome.STALE_GENERATION in result.outcomes)
+
+
+def _popped_ref(handle: str) -> PoppedRef:
+    """The receive a handle (``queue:offset:pop_id``) names; ``BadRequest`` if it is none."""
+    parts = handle.split(":")
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and len(p) < 19 for p in parts):
+        raise BadRequest(f"{handle[:60]!r} is not a receipt handle")
+    return PoppedRef(int(parts[0]), int(parts[1]), int(parts[2]))
 
 
 def _attempt_of(properties: dict[str, str]) -> int:

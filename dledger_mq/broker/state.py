@@ -35,12 +35,16 @@ from dledger_mq.broker.consume_queue import ConsumeQueue, MemoryQueueStore, Queu
 from dledger_mq.broker.message_id import format_message_id
 from dledger_mq.broker.records import (
     MAX_BATCH_MESSAGES,
+    MAX_POP_INFLIGHT,
+    MAX_POP_QUEUES,
     MAX_RAFT_INDEX,
     MAX_RETRY_POLICIES,
     MESSAGE_FIELD_COUNT,
     SLOT_BITS,
+    AckPopped,
     AddUser,
     BrokerSettings,
+    ChangeInvisible,
     CommandTag,
     CommitOffsets,
     ConfigureBroker,
@@ -49,6 +53,7 @@ from dledger_mq.broker.records import (
     DeleteTopic,
     Grant,
     Message,
+    PopMessages,
     RemoveUser,
     ResetOffsets,
     RetryPolicy,
@@ -198,6 +203,40 @@ class TimersDelivered:
 
 
 @attrs.frozen
+class Popped:
+    """One message a receive handed out: until when it is invisible, which delivery it is."""
+
+    queue_id: int
+    offset: int
+    attempt: int
+    invisible_until_ms: int
+    pop_id: int
+
+
+@attrs.frozen
+class MessagesPopped:
+    """What a receive got (apply may refuse offsets another receive took meanwhile), and
+    where the dead letters went."""
+
+    popped: tuple[Popped, ...]
+    dead: tuple[SendReceipt | Refused, ...]
+
+
+@attrs.frozen
+class PoppedAcked:
+    """Per reference, whether it was still the message's receive (False: already acknowledged,
+    or handed out again since)."""
+
+    acked: tuple[bool, ...]
+
+
+@attrs.frozen
+class InvisibleChanged:
+    changed: bool
+    invisible_until_ms: int
+
+
+@attrs.frozen
 class GroupConfigured:
     group: str
     policy: RetryPolicy
@@ -227,6 +266,9 @@ ApplyResult = (
     | UsersChanged
     | TimersDelivered
     | GroupConfigured
+    | MessagesPopped
+    | PoppedAcked
+    | InvisibleChanged
     | Refused
 )
 
@@ -299,6 +341,22 @@ class _Group:
     def __init__(self) -> None:
         self.reset_generation = 0
         self.offsets: dict[str, dict[int, int]] = {}
+
+
+class _PopQueue:
+    """A simple consumer group's progress in one queue: where new messages are looked for, and
+    the messages received and not yet acknowledged (offset -> invisible until, attempt, the
+    receive's entry index)."""
+
+    __slots__ = ("inflight", "next_offset")
+
+    def __init__(self, next_offset: int) -> None:
+        self.next_offset = next_offset
+        self.inflight: dict[int, tuple[int, int, int]] = {}
+
+    def consumed_up_to(self) -> int:
+        """Every offset below this is acknowledged (or filtered out): the group's offset."""
+        return min(self.inflight) if self.inflight else self.next_offset
 
 
 class _ProducerWindow:
@@ -436,6 +494,8 @@ class BrokerState:
         self._timers = TimerWheel()
         #: Consumer groups' retry policies, where one was set (else the default).
         self._policies: dict[str, RetryPolicy] = {}
+        #: Simple consumers' progress: (group, topic, queue) -> received, not acknowledged.
+        self._pops: dict[tuple[str, str, int], _PopQueue] = {}
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -494,6 +554,16 @@ class BrokerState:
                     [name, policy.max_attempts, list(policy.delays_ms)]
                     for name, policy in self._policies.items()
                 ],
+                [
+                    [
+                        group,
+                        topic,
+                        queue_id,
+                        pop.next_offset,
+                        [[offset, *held] for offset, held in sorted(pop.inflight.items())],
+                    ]
+                    for (group, topic, queue_id), pop in self._pops.items()
+                ],
             ],
             use_bin_type=True,
         )
@@ -526,12 +596,14 @@ class BrokerState:
     @classmethod
     def _from_snapshot(cls, group: str, data: bytes, queues: QueueStore | None) -> BrokerState:
         fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        # 8 fields before users were replicated, 9 before timers and retry policies.
-        if not isinstance(fields, list) or len(fields) not in (8, 9, 11):
-            raise SnapshotError("a broker snapshot is an array of 8, 9 or 11 fields")
+        # 8 fields before users were replicated, 9 before timers and retry policies, 11 before
+        # simple consumers.
+        if not isinstance(fields, list) or len(fields) not in (8, 9, 11, 12):
+            raise SnapshotError("a broker snapshot is an array of 8, 9, 11 or 12 fields")
         version, snapshot_group, applied, settings, clock_ms, topics, groups, producers = fields[:8]
         users = fields[8] if len(fields) >= 9 else []
-        timers, policies = fields[9:11] if len(fields) == 11 else ([b"", b""], [])
+        timers, policies = fields[9:11] if len(fields) >= 11 else ([b"", b""], [])
+        pops = fields[11] if len(fields) >= 12 else []
         if version != SNAPSHOT_FORMAT_VERSION:
             raise SnapshotError(
                 f"broker snapshot format version {version}; this build reads "
@@ -599,6 +671,11 @@ class BrokerState:
             state._timers.add(due_ms, position)
         for name, max_attempts, delays in policies:
             state._policies[str(name)] = RetryPolicy(_int(max_attempts), tuple(map(_int, delays)))
+        for group, topic, queue_id, next_offset, inflight in pops:
+            pop = _PopQueue(_int(next_offset))
+            for offset, deadline, attempt, pop_id in inflight:
+                pop.inflight[_int(offset)] = (_int(deadline), _int(attempt), _int(pop_id))
+            state._pops[(str(group), str(topic), _int(queue_id))] = pop
         return state
 
     @classmethod
@@ -646,6 +723,12 @@ class BrokerState:
                 return self._apply_user_change(command)
             if type(command) is ConfigureGroup:
                 return self._apply_configure_group(command)
+            if type(command) is PopMessages:
+                return self._apply_pop(index, command)
+            if type(command) is AckPopped:
+                return self._apply_ack_popped(command)
+            if type(command) is ChangeInvisible:
+                return self._apply_change_invisible(command)
             raise AssertionError(f"unhandled command {type(command).__name__}")
         except BadRequest as error:
             return Refused(error)
@@ -805,6 +888,125 @@ class BrokerState:
             self.group, position >> SLOT_BITS, position & _SLOT_MASK, queue_id, offset, False
         )
 
+    def _pop_queue(self, group: str, topic: str, queue_id: int, create: bool) -> _PopQueue | None:
+        key = (group, topic, queue_id)
+        pop = self._pops.get(key)
+        if pop is None and create:
+            if len(self._pops) >= MAX_POP_QUEUES:
+                raise BadRequest(f"simple consumers read {MAX_POP_QUEUES} queues already")
+            committed = self.committed_offset(group, topic, queue_id)
+            pop = self._pops[key] = _PopQueue(0 if committed is None else committed)
+        return pop
+
+    def _commit_pop(self, group: str, topic: str, queue_id: int, pop: _PopQueue) -> None:
+        """The group's offset follows its simple consumers: below it, all is acknowledged."""
+        consumer_group = self._groups.get(group)
+        if consumer_group is None:
+            consumer_group = self._groups[group] = _Group()
+        queues = consumer_group.offsets.setdefault(topic, {})
+        queues[queue_id] = max(queues.get(queue_id, 0), pop.consumed_up_to())
+
+    def _apply_pop(self, index: int, command: PopMessages) -> MessagesPopped:
+        if command.store_timestamp_ms > self._clock_ms:
+            self._clock_ms = command.store_timestamp_ms
+            self._expire_producers()
+        now = command.store_timestamp_ms
+        topic = self._require_topic(command.topic)
+        for queue in command.queues:
+            self._require_queue(topic, queue.queue_id)
+        deadline = now + command.invisible_ms
+        popped: list[Popped] = []
+        dead: list[SendReceipt | Refused] = []
+        position = index << SLOT_BITS
+        policy = self.retry_policy(command.group)
+        for slot, (message, (queue_id, offset)) in enumerate(
+            zip(command.messages, command.dead, strict=True)
+        ):
+            dead.append(
+                self._dead_letter(position | slot, message, command, queue_id, offset, now, policy)
+            )
+        for queue in command.queues:
+            consume_queue = topic.queues[queue.queue_id]
+            pop = self._pop_queue(command.group, command.topic, queue.queue_id, create=True)
+            assert pop is not None
+            for offset in queue.offsets:
+                held = pop.inflight.get(offset)
+                if held is not None:
+                    held_until, attempt, _ = held
+                    if held_until > now or attempt >= policy.max_attempts:
+                        continue  # another receive has it, or it is for the dead letters
+                    attempt += 1
+                elif pop.next_offset <= offset < min(queue.scan_end, consume_queue.max_offset):
+                    if len(pop.inflight) >= MAX_POP_INFLIGHT:
+                        break
+                    attempt = 1
+                else:
+                    continue  # taken (or acknowledged) by a receive in between
+                pop.inflight[offset] = (deadline, attempt, index)
+                popped.append(Popped(queue.queue_id, offset, attempt, deadline, index))
+            if pop.next_offset < queue.scan_end <= consume_queue.max_offset:
+                pop.next_offset = queue.scan_end
+            self._commit_pop(command.group, command.topic, queue.queue_id, pop)
+        return MessagesPopped(tuple(popped), tuple(dead))
+
+    def _dead_letter(
+        self,
+        position: int,
+        message: Message,
+        command: PopMessages,
+        queue_id: int,
+        offset: int,
+        now: int,
+        policy: RetryPolicy,
+    ) -> SendReceipt | Refused:
+        """A received message whose last attempt expired: to the dead-letter topic."""
+        pop = self._pop_queue(command.group, command.topic, queue_id, create=False)
+        held = None if pop is None else pop.inflight.get(offset)
+        if pop is None or held is None or held[0] > now or held[1] < policy.max_attempts:
+            return Refused(BadRequest(f"offset {offset} of queue {queue_id} is not dead"))
+        if message.topic != dead_letter_topic(command.group):
+            return Refused(BadRequest("a dead letter goes to its group's dead-letter topic"))
+        try:
+            topic = self._topic_for_store(message.topic, 0, [])
+        except BadRequest as error:
+            return Refused(error)
+        del pop.inflight[offset]
+        self._commit_pop(command.group, command.topic, queue_id, pop)
+        stored_at = topic.queues[0].append(position, tag_code(message.tags))
+        return SendReceipt(
+            self.group, position >> SLOT_BITS, position & _SLOT_MASK, 0, stored_at, False
+        )
+
+    def _apply_ack_popped(self, command: AckPopped) -> PoppedAcked:
+        acked: list[bool] = []
+        changed: set[int] = set()
+        for ref in command.refs:
+            pop = self._pop_queue(command.group, command.topic, ref.queue_id, create=False)
+            held = None if pop is None else pop.inflight.get(ref.offset)
+            if pop is None or held is None or held[2] != ref.pop_id:
+                acked.append(False)
+                continue
+            del pop.inflight[ref.offset]
+            changed.add(ref.queue_id)
+            acked.append(True)
+        for queue_id in sorted(changed):
+            pop = self._pop_queue(command.group, command.topic, queue_id, create=False)
+            assert pop is not None
+            self._commit_pop(command.group, command.topic, queue_id, pop)
+        return PoppedAcked(tuple(acked))
+
+    def _apply_change_invisible(self, command: ChangeInvisible) -> InvisibleChanged:
+        if command.store_timestamp_ms > self._clock_ms:
+            self._clock_ms = command.store_timestamp_ms
+        ref = command.ref
+        pop = self._pop_queue(command.group, command.topic, ref.queue_id, create=False)
+        held = None if pop is None else pop.inflight.get(ref.offset)
+        if pop is None or held is None or held[2] != ref.pop_id:
+            return InvisibleChanged(False, 0)
+        until = command.store_timestamp_ms + command.invisible_ms
+        pop.inflight[ref.offset] = (until, held[1], held[2])
+        return InvisibleChanged(True, until)
+
     def _apply_configure_group(self, command: ConfigureGroup) -> GroupConfigured:
         if command.group not in self._policies and len(self._policies) >= MAX_RETRY_POLICIES:
             raise BadRequest(f"{MAX_RETRY_POLICIES} consumer groups have a policy already")
@@ -893,6 +1095,8 @@ class BrokerState:
         queues = group.offsets.setdefault(command.topic, {})
         for item in command.offsets:
             queues[item.queue_id] = item.offset
+            # Simple consumers start over there too, what they held forgotten.
+            self._pops.pop((command.group, command.topic, item.queue_id), None)
         group.reset_generation += 1
         return OffsetsReset(command.group, command.topic, group.reset_generation)
 
@@ -932,6 +1136,8 @@ class BrokerState:
         self.queues.drop_topic(command.name)
         for group in self._groups.values():
             group.offsets.pop(command.name, None)
+        for key in [key for key in self._pops if key[1] == command.name]:
+            del self._pops[key]
         return TopicDeleted(command.name)
 
     def _check_topic_room(self, name: str) -> None:
@@ -1232,6 +1438,17 @@ class BrokerState:
     def has_retry_policy(self, group: str) -> bool:
         return group in self._policies
 
+    def pop_progress(
+        self, group: str, topic: str, queue_id: int
+    ) -> tuple[int, dict[int, tuple[int, int, int]]]:
+        """A simple consumer group's place in a queue: where new messages are looked for, and
+        what is received and not acknowledged (offset -> invisible until, attempt, pop id)."""
+        pop = self._pops.get((group, topic, queue_id))
+        if pop is None:
+            committed = self.committed_offset(group, topic, queue_id)
+            return (0 if committed is None else committed), {}
+        return pop.next_offset, dict(pop.inflight)
+
     def _require_topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
         if topic is None:
@@ -1264,6 +1481,10 @@ class BrokerState:
             sorted((key, user.stored_key, sorted(user.rules)) for key, user in self._users.items()),
             self._timers.comparable(),
             sorted(self._policies.items()),
+            sorted(
+                (key, pop.next_offset, sorted(pop.inflight.items()))
+                for key, pop in self._pops.items()
+            ),
         )
 
     def __eq__(self, other: object) -> bool:

@@ -265,6 +265,63 @@ class OffsetForTimeReply:
     offset: int
 
 
+@attrs.frozen
+class ReceiveRequest:
+    """A simple consumer's receive (RocketMQ 5's POP): up to ``max_messages`` of the topic's
+    queues in this broker group that match ``tag_expression``, each invisible to other
+    receives of the group for ``invisible_ms``; with none, wait up to ``wait_ms``."""
+
+    group: str
+    topic: str
+    tag_expression: str
+    max_messages: int
+    invisible_ms: int
+    wait_ms: int = 0
+
+
+@attrs.frozen
+class ReceivedRecord:
+    """One received message: ``handle`` names this receive of it (ack, change invisible)."""
+
+    message: StoredMessage
+    attempt: int
+    handle: str
+    invisible_until_ms: int
+
+
+@attrs.frozen
+class ReceiveReply:
+    messages: tuple[ReceivedRecord, ...]
+
+
+@attrs.frozen
+class AckRequest:
+    group: str
+    topic: str
+    handles: tuple[str, ...]
+
+
+@attrs.frozen
+class AckReply:
+    #: Per handle: False when it no longer names the message's receive (acknowledged before,
+    #: or invisible no longer and received again).
+    acked: tuple[bool, ...]
+
+
+@attrs.frozen
+class ChangeInvisibleRequest:
+    group: str
+    topic: str
+    handle: str
+    invisible_ms: int
+
+
+@attrs.frozen
+class ChangeInvisibleReply:
+    changed: bool
+    invisible_until_ms: int
+
+
 BROKER_TYPES: dict[int, type] = {
     60: SendRequest,
     61: SendReply,
@@ -280,6 +337,12 @@ BROKER_TYPES: dict[int, type] = {
     84: SendBackReply,
     87: OffsetForTimeRequest,
     88: OffsetForTimeReply,
+    89: ReceiveRequest,
+    90: ReceiveReply,
+    91: AckRequest,
+    92: AckReply,
+    93: ChangeInvisibleRequest,
+    94: ChangeInvisibleReply,
 }
 
 BROKER_CODEC = Codec({**HANDSHAKE_TYPES, **BROKER_TYPES})
