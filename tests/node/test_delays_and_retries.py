@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,6 +18,7 @@ import trio
 from dledger_mq.clients import Consumer, Producer
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.clients.consumer import ReceivedMessage
+from dledger_mq.node.data_dir import log_directory
 from dledger_mq.wire.broker import DELIVER_AT_PROPERTY
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
@@ -260,3 +262,92 @@ async def _cli(*arguments: str) -> str:
     )
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
+
+
+@pytest.mark.cluster_options(
+    **NAMING,
+    segment_size_bytes=4096,
+    snapshot_interval_entries=20,
+    retention_bytes=8192,
+    retention_check_ms=50,
+)
+async def test_a_follower_that_installs_a_snapshot_gets_the_pending_timers_message(
+    cluster: ProcessCluster,
+) -> None:
+    """The log is trimmed, but not past a pending timer's entry, and the follower that needs
+    a snapshot is sent one from before that entry: it gets the message as an entry, and fires
+    it once it leads (without the pin it would get the newest snapshot and lack the body)."""
+    leader = (await cluster.wait_for_leader()).node_id
+    follower = next(n for n in cluster.nodes if n != leader)
+    naming = list(cluster.naming.values())
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        await admin.create_topic("orders", 1)
+    assert await cluster.stop(follower) == 0
+    for number in range(100):
+        await cluster.propose(b"entry %03d " % number + b"x" * 100)
+    async with Producer(naming=naming) as producer:
+        delayed = await producer.send("orders", b"delayed", delay=timedelta(seconds=15))
+    timer_index = int(delayed.msg_id.split(":")[1])
+    for number in range(300):
+        index = await cluster.propose(b"entry %03d " % number + b"x" * 100)
+    leader_log = Path(log_directory(cluster.nodes[leader].config))
+
+    def leader_log_start() -> int:
+        return min(int(path.stem) for path in leader_log.glob("*.log"))
+
+    await cluster.wait_until(lambda _: leader_log_start() > 50, "the leader trims its log")
+    assert leader_log_start() <= timer_index  # the timer's entry is kept
+    mark = cluster.log_mark(follower)
+    cluster.start(follower)
+    await cluster.wait_caught_up(index)
+    [installed] = [
+        e for e in cluster.log_events(follower, mark) if e["event"] == "snapshot_installed"
+    ]
+    assert int(str(installed["index"])) < timer_index
+    async with connect_admin(cluster.client_address(leader)) as admin:
+        await admin.transfer_leader(follower)
+    await cluster.wait_for_leader(exclude=[n for n in cluster.nodes if n != follower])
+    with trio.fail_after(2 * DEADLINE_SECONDS):
+        async with Consumer(naming=naming, group="billing", topic="orders") as consumer:
+            [message] = await _receive(consumer, 1)
+    assert message.msg_id == delayed.msg_id
+    _never_early(message)
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_retries_go_on_across_a_leader_kill(cluster: ProcessCluster) -> None:
+    old = (await cluster.wait_for_leader()).node_id
+    naming = list(cluster.naming.values())
+    async with connect_admin(cluster.client_address(old)) as admin:
+        await admin.update_group("billing", 4, [1000])
+    async with Producer(naming=naming) as producer:
+        sent = await producer.send("orders", b"flaky")
+    attempts: list[int] = []
+    with trio.fail_after(2 * DEADLINE_SECONDS):
+        async with Consumer(naming=naming, group="billing", topic="orders") as consumer:
+            async for message in consumer:
+                assert message.msg_id == sent.msg_id
+                attempts.append(message.attempt)
+                if message.attempt == 1:
+                    await message.nack("once")
+                    cluster.kill(old)  # the send-back goes to whoever leads next
+                else:
+                    await message.ack()
+                    break
+    assert attempts[0] == 1 and attempts[-1] == 2 and set(attempts) == {1, 2}
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_one_consumer_reads_several_topics(cluster: ProcessCluster) -> None:
+    await cluster.wait_for_leader()
+    naming = list(cluster.naming.values())
+    async with Producer(naming=naming) as producer:
+        await producer.send("orders", b"o", tags="paid")
+        await producer.send("orders", b"skipped", tags="draft")
+        await producer.send("refunds", b"r")
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with Consumer(
+            naming=naming, group="billing", subscriptions={"orders": "paid", "refunds": "*"}
+        ) as consumer:
+            got = await _receive(consumer, 2)
+    assert sorted((m.topic, m.body) for m in got) == [("orders", b"o"), ("refunds", b"r")]
