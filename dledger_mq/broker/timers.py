@@ -28,7 +28,8 @@ class _Bucket:
         self.positions = array("q")
         #: Items before ``start`` were removed (fired in order); they go at the next compaction.
         self.start = 0
-        self.sorted = True
+        #: Sorted once it fires (``due``); until then timers are appended, in O(1).
+        self.sorted = False
 
     def __len__(self) -> int:
         return len(self.dues) - self.start
@@ -36,11 +37,17 @@ class _Bucket:
     def sort(self) -> None:
         if self.sorted:
             return
-        pairs = sorted(zip(self.dues[self.start :], self.positions[self.start :], strict=True))
-        self.dues = array("q", (due for due, _ in pairs))
-        self.positions = array("q", (position for _, position in pairs))
+        dues, positions = self.dues[self.start :], self.positions[self.start :]
+        # By due time alone, stably: equal ones keep their order, which is position order
+        # (timers are added in log order). Cheaper than sorting pairs.
+        order = sorted(range(len(dues)), key=dues.__getitem__)
+        self.dues = array("q", (dues[i] for i in order))
+        self.positions = array("q", (positions[i] for i in order))
         self.start = 0
         self.sorted = True
+
+    def earliest(self) -> int:
+        return self.dues[self.start] if self.sorted else min(self.dues[self.start :])
 
     def add(self, due_ms: int, position: int) -> None:
         if self.sorted and len(self) and due_ms < self.dues[-1]:
@@ -86,6 +93,8 @@ class TimerWheel:
         self._count = 0
         #: The lowest position pending, cached (None: to be found again).
         self._lowest: int | None = None
+        #: The earliest due time pending, cached (None: to be found again, or none pending).
+        self._earliest: int | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -100,6 +109,8 @@ class TimerWheel:
         self._count += 1
         if self._count == 1:
             self._lowest = position
+        if self._earliest is not None and due_ms < self._earliest:
+            self._earliest = due_ms
 
     def remove(self, due_ms: int, position: int) -> bool:
         """Remove the timer (``due_ms``, ``position``); False if there is none (fired before)."""
@@ -112,21 +123,18 @@ class TimerWheel:
             del self._buckets[key]
         if self._lowest == position:
             self._lowest = None
+        if self._earliest == due_ms:
+            self._earliest = None
         return True
 
-    def _head(self) -> _Bucket | None:
-        while self._keys:
-            bucket = self._buckets.get(self._keys[0])
-            if bucket is not None:
-                bucket.sort()
-                return bucket
-            heapq.heappop(self._keys)
-        return None
-
     def next_due_ms(self) -> int | None:
-        """When the earliest timer is due; None with none pending."""
-        head = self._head()
-        return None if head is None else head.dues[head.start]
+        """When the earliest timer is due; None with none pending. Asked after every apply:
+        cached, and found without sorting (a bucket is sorted only once it fires)."""
+        if self._earliest is None and self._count:
+            while self._keys and self._keys[0] not in self._buckets:
+                heapq.heappop(self._keys)
+            self._earliest = self._buckets[self._keys[0]].earliest()
+        return self._earliest
 
     def due(self, now_ms: int, limit: int) -> list[tuple[int, int]]:
         """Up to ``limit`` timers due at ``now_ms``, earliest first, as (due, position)."""
