@@ -1219,9 +1219,10 @@ class BrokerState:
         existing = self._topics.get(topic)
         if existing is not None:
             return existing.config.queue_count
-        if self._settings.auto_create_topics:
+        system = system_topic_group(topic) is not None
+        if self._settings.auto_create_topics or system:
             self._check_topic_room(topic)
-            return self._settings.default_queue_count
+            return 1 if system else self._settings.default_queue_count
         raise TopicNotFound(topic)
 
     def find_receipt(self, producer_id: str, sequence: int) -> SendReceipt | None:

@@ -13,12 +13,13 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dledger_mq.broker.records import CreateTopic, encode_command
+from dledger_mq.broker.records import BrokerSettings, ConfigureBroker, CreateTopic, encode_command
 from dledger_mq.broker.service import BrokerService
 from dledger_mq.broker.state import BrokerState
-from dledger_mq.errors import BadRequest, DiskFull, DledgerError
+from dledger_mq.errors import BadRequest, DiskFull, DledgerError, InvalidName
 from dledger_mq.raft.pure.core import Config, RaftCore
 from dledger_mq.raft.pure.log_store import MemoryLogStore
+from dledger_mq.raft.pure.messages import Entry
 from dledger_mq.wire.admin import (
     CreateTopicRequest,
     DeleteTopicRequest,
@@ -27,13 +28,19 @@ from dledger_mq.wire.admin import (
     ListTopicsRequest,
     ResetOffsetRequest,
     StatusRequest,
+    UpdateGroupRequest,
     UpdateTopicRequest,
 )
 from dledger_mq.wire.broker import (
+    AckRequest,
+    ChangeInvisibleRequest,
     ConsumerHeartbeat,
+    OffsetForTimeRequest,
     OutgoingMessage,
     PullRequest,
     QueryOffsetsRequest,
+    ReceiveRequest,
+    SendBackRequest,
     SendRequest,
 )
 from dledger_mq.wire.codec import MAX_INT, MIN_INT
@@ -139,6 +146,48 @@ ADMIN_REQUESTS = st.one_of(
     st.builds(DescribeGroupRequest, NAMES, NAMES),
     st.builds(ResetOffsetRequest, NAMES, NAMES, SMALL_INTS | WIRE_INTS, SMALL_INTS | WIRE_INTS),
     st.builds(QueryOffsetsRequest, NAMES, NAMES),
+    st.builds(
+        UpdateGroupRequest,
+        NAMES,
+        SMALL_INTS | WIRE_INTS,
+        st.lists(SMALL_INTS | WIRE_INTS, max_size=3).map(tuple),
+    ),
+    st.builds(
+        SendBackRequest,
+        NAMES,
+        NAMES,
+        SMALL_INTS,
+        SMALL_INTS | WIRE_INTS,
+        st.text(max_size=8),
+        st.text(max_size=8),
+        WIRE_INTS,
+        st.booleans(),
+    ),
+    st.builds(OffsetForTimeRequest, NAMES, SMALL_INTS, WIRE_INTS),
+    st.builds(
+        ReceiveRequest,
+        NAMES,
+        NAMES,
+        st.sampled_from(["*", "a || b", "||"]),
+        SMALL_INTS | WIRE_INTS,
+        SMALL_INTS | WIRE_INTS,
+        st.just(0),
+    ),
+    st.builds(
+        AckRequest,
+        NAMES,
+        NAMES,
+        st.lists(
+            st.sampled_from(["0:0:2", "x", "1:2", "0:0:99999999999999999999"]), max_size=2
+        ).map(tuple),
+    ),
+    st.builds(
+        ChangeInvisibleRequest,
+        NAMES,
+        NAMES,
+        st.sampled_from(["0:0:2", "bad", ""]),
+        SMALL_INTS | WIRE_INTS,
+    ),
 )
 
 
@@ -213,3 +262,36 @@ async def test_consumer_membership_is_bounded() -> None:
     with pytest.raises(BadRequest, match="live consumers"):
         broker.consumer_heartbeat_now(ConsumerHeartbeat("g", "orders", "one-more"))
     broker.consumer_heartbeat_now(ConsumerHeartbeat("g", "orders", "c0"))  # a known one goes on
+
+
+class _LoggingLeader(_Leader):
+    """A single replica whose log holds what it applied (a send-back reads it)."""
+
+    def __init__(self, state: BrokerState, log: MemoryLogStore) -> None:
+        super().__init__(state)
+        self.log = log
+
+    async def propose_and_apply(self, data: bytes) -> object:
+        index = self.log.last_index() + 1
+        self.log.append([Entry(index, 1, data)])
+        return self.state.apply(index, data)
+
+
+async def test_a_send_back_needs_no_auto_creation_and_is_stored_once() -> None:
+    state = BrokerState("broker-a")
+    log = MemoryLogStore()
+    leader = _LoggingLeader(state, log)
+    await leader.propose_and_apply(encode_command(CreateTopic("orders", 1)))
+    await leader.propose_and_apply(
+        encode_command(ConfigureBroker(BrokerSettings(auto_create_topics=False)))
+    )
+    broker = BrokerService(state, leader, log, monotonic_ms=lambda: 0)
+    await broker.send(SendRequest((OutgoingMessage("orders", b"x"),)))
+    back = SendBackRequest("billing", "orders", 0, 0, "boom", "retry-c1", 1)
+    first = await broker.send_back(back)
+    again = await broker.send_back(back)  # retried after a lost reply
+    assert not first.dead_letter and first.receipt.topic == "%RETRY%billing"
+    assert again.receipt.duplicate and again.receipt.msg_id == first.receipt.msg_id
+    assert state.pending_timers == 1
+    with pytest.raises(InvalidName):
+        await broker.send(SendRequest((OutgoingMessage("%RETRY%billing", b"forged"),)))
