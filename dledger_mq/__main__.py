@@ -1,3 +1,3 @@
-from dledger_mq.cli import main
+from dledger_mq.cli import run
 
-main()
+run()

@@ -119,12 +119,6 @@ class CommandLine(click.Group):
 @click.version_option(package_name="dledger-mq")
 def main() -> None:
     """dledger-mq: a message queue whose broker groups are Raft groups."""
-    from dledger_mq.logs import configure_logging
-
-    # The SDK's own events (a retried message dead-lettered, a route lost) go to standard
-    # error, warnings and worse only: standard output is the command's (and --json's). The
-    # commands that run servers set their own level.
-    configure_logging("warning")
 
 
 # -- options -------------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ async def test_send_and_consume_commands(cluster: ProcessCluster) -> None:
     assert consumed.returncode == 0, consumed.stderr
     assert json.loads(consumed.stdout) == {
         "msg_id": msg_id,
+        "topic": "orders",
+        "attempt": 1,
         "queue_id": 0,
         "offset": 0,
         "tags": "paid",
@@ -355,8 +357,17 @@ async def test_group_commands_and_json_output(cluster: ProcessCluster) -> None:
         return result.stdout
 
     receipt = json.loads(await dledger("send", "orders", "one", "--naming", naming, "--json"))
-    assert set(receipt) == {"msg_id", "topic", "group", "queue_id", "offset", "duplicate"}
+    assert set(receipt) == {
+        "msg_id",
+        "topic",
+        "group",
+        "queue_id",
+        "offset",
+        "duplicate",
+        "deliver_at",
+    }
     assert (receipt["topic"], receipt["offset"], receipt["duplicate"]) == ("orders", 0, False)
+    assert receipt["deliver_at"] is None  # not a delayed message
     await dledger("consume", "orders", "--group", "billing", "--count", "1", "--naming", naming)
 
     # The consumer's final commit reaches the leader a moment after it printed the message.
