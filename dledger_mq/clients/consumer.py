@@ -111,20 +111,10 @@ def default_offsets_path(group: str) -> Path:
     return Path.home() / ".dledger-mq" / "broadcast" / f"{group}.json"
 
 
-@attrs.define(eq=False)
-class ReceivedMessage:
-    """A message as delivered; settle it once, with ``ack()`` or ``nack()``."""
+class StoredMessageView:
+    """What a delivered message shows of its ``stored`` form (both consumers' messages)."""
 
     stored: StoredMessage
-    _consumer: Consumer
-    _reader: _GroupReader
-    #: Which delivery this is (1: the first).
-    attempt: int = 1
-    #: When it is nacked unless settled before (trio clock), once the application has it.
-    deadline: float = math.inf
-    #: "ack" or "nack" once settled.
-    outcome: str | None = None
-    _settled: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def body(self) -> bytes:
@@ -134,12 +124,6 @@ class ReceivedMessage:
     def msg_id(self) -> str:
         """The id its first store gave it: the same on every retry."""
         return self.stored.msg_id
-
-    @property
-    def topic(self) -> str:
-        """The topic it was sent to (for a retried message too, though it is read from the
-        group's retry topic)."""
-        return self.stored.properties.get(ORIGIN_TOPIC_PROPERTY, self.stored.topic)
 
     @property
     def tags(self) -> str | None:
@@ -165,6 +149,28 @@ class ReceivedMessage:
     @property
     def offset(self) -> int:
         return self.stored.offset
+
+
+@attrs.define(eq=False)
+class ReceivedMessage(StoredMessageView):
+    """A message as delivered; settle it once, with ``ack()`` or ``nack()``."""
+
+    stored: StoredMessage
+    _consumer: Consumer
+    _reader: _GroupReader
+    #: Which delivery this is (1: the first).
+    attempt: int = 1
+    #: When it is nacked unless settled before (trio clock), once the application has it.
+    deadline: float = math.inf
+    #: "ack" or "nack" once settled.
+    outcome: str | None = None
+    _settled: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def topic(self) -> str:
+        """The topic it was sent to (for a retried message too, though it is read from the
+        group's retry topic)."""
+        return self.stored.properties.get(ORIGIN_TOPIC_PROPERTY, self.stored.topic)
 
     @property
     def settled(self) -> bool:

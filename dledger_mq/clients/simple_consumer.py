@@ -24,6 +24,7 @@ from types import TracebackType
 
 import attrs
 
+from dledger_mq.clients.consumer import StoredMessageView
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import TopicNotFound, UsageError
 from dledger_mq.wire.broker import (
@@ -45,7 +46,7 @@ MAX_RECEIVE_MESSAGES = 1024
 
 
 @attrs.define(eq=False)
-class SimpleMessage:
+class SimpleMessage(StoredMessageView):
     """A received message. ``handle`` names this receive of it."""
 
     stored: StoredMessage
@@ -54,39 +55,6 @@ class SimpleMessage:
     handle: str
     #: When it becomes visible again unless acknowledged (ms since the epoch, broker clock).
     invisible_until_ms: int
-
-    @property
-    def body(self) -> bytes:
-        return self.stored.body
-
-    @property
-    def msg_id(self) -> str:
-        return self.stored.msg_id
-
-    @property
-    def tags(self) -> str | None:
-        return self.stored.tags
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return self.stored.keys
-
-    @property
-    def properties(self) -> dict[str, str]:
-        return self.stored.properties
-
-    @property
-    def group(self) -> str:
-        """The broker group that stored it."""
-        return self.stored.group
-
-    @property
-    def queue_id(self) -> int:
-        return self.stored.queue_id
-
-    @property
-    def offset(self) -> int:
-        return self.stored.offset
 
 
 class SimpleConsumer(RoutedClient):
