@@ -183,6 +183,8 @@ TIMER_IDLE_SECONDS = 1.0
 #: with nothing applied), and hands at most this many expired messages to the dead letters.
 RECEIVE_RECHECK_SECONDS = 0.2
 MAX_DEAD_LETTERS_PER_RECEIVE = 64
+#: (group, topic) pairs whose next receive's first queue the leader remembers.
+MAX_RECEIVE_CURSORS = 65536
 
 #: Answers one request (of the type it is registered for) with its reply.
 RequestHandler = Callable[[Any], Awaitable[object]]
@@ -731,6 +733,8 @@ class BrokerService:
         policy = self.state.retry_policy(request.group)
         key = (request.group, request.topic)
         first = self._receive_cursor.get(key, 0) % topic.queue_count
+        if key not in self._receive_cursor and len(self._receive_cursor) >= MAX_RECEIVE_CURSORS:
+            self._receive_cursor.clear()  # only fairness is lost: every receive starts at 0
         self._receive_cursor[key] = first + 1
         need = request.max_messages
         queues: list[PopQueue] = []
