@@ -240,11 +240,14 @@ def _fault_help() -> str:
 )
 @click.option(
     "--workload",
-    type=click.Choice(["queue", "fifo"]),
+    type=click.Choice(["queue", "fifo", "delay", "retry"]),
     default="queue",
     show_default=True,
     help="queue: unique values through one consumer group; fifo: the same with "
-    "sharding keys, checking order per key.",
+    "sharding keys, checking order per key; delay: every send delayed (--delay-seconds), "
+    "checked never early, once, on time outside faults; retry: handlers fail at random "
+    "(--fail-rate) under a small retry policy (--max-attempts, --retry-delays), checked "
+    "handled or dead-lettered, never both, attempts counting up.",
 )
 @click.option("--producers", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--consumers", type=click.IntRange(min=1), default=2, show_default=True)
@@ -283,6 +286,51 @@ def _fault_help() -> str:
     metavar="MIN-MAX",
     help="With the membership fault: quiet period before each membership change (a spare "
     "added, promoted, a voter removed), drawn uniformly; changes run alongside the windows.",
+)
+@click.option(
+    "--delay-seconds",
+    default="0.5-5",
+    show_default=True,
+    metavar="MIN-MAX",
+    help="delay workload: each send's delay, drawn uniformly.",
+)
+@click.option(
+    "--on-time",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="delay workload: seconds past its time a message may become visible when no fault "
+    "window is near its due time.",
+)
+@click.option(
+    "--settle-seconds",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="delay workload: after a fault window's end, seconds in which lateness is not judged "
+    "(restarts, an election, clients reconnecting).",
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1, max=100),
+    default=3,
+    show_default=True,
+    help="retry workload: the consumer group's deliveries of a message in all before it is "
+    "dead-lettered.",
+)
+@click.option(
+    "--retry-delays",
+    default="200ms,1s",
+    show_default=True,
+    metavar="D1,D2,...",
+    help="retry workload: the group's wait before each retry (the last one repeats).",
+)
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(min=0, max=1),
+    default=0.3,
+    show_default=True,
+    help="retry workload: the probability that a handler fails a delivery.",
 )
 @click.option("--seed", type=int, default=None, help="Random seed (default: drawn, printed).")
 @click.option(
@@ -329,6 +377,12 @@ def run_command(
     fault_seconds: str,
     quiet_seconds: str,
     membership_seconds: str,
+    delay_seconds: str,
+    on_time: float,
+    settle_seconds: float,
+    max_attempts: int,
+    retry_delays: str,
+    fail_rate: float,
     seed: int | None,
     out: Path | None,
     recovery_timeout: float,
@@ -348,6 +402,7 @@ def run_command(
 
     import trio
 
+    from dledger_mq.cli.main import parse_duration_ms
     from jepsen.nemesis import FaultSpec, Schedule
     from jepsen.run import RunOptions, run
     from jepsen.workload import WorkloadOptions
@@ -358,8 +413,16 @@ def run_command(
         fault_min, fault_max = _seconds_range(fault_seconds, "--fault-seconds")
         quiet_min, quiet_max = _seconds_range(quiet_seconds, "--quiet-seconds")
         membership_min, membership_max = _seconds_range(membership_seconds, "--membership-seconds")
+        delay_min, delay_max = _seconds_range(delay_seconds, "--delay-seconds")
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    delays_ms = tuple(
+        parse_duration_ms(item, "--retry-delays")
+        for item in retry_delays.split(",")
+        if item.strip()
+    )
+    if not delays_ms:
+        raise click.BadParameter("needs at least one delay", param_hint="--retry-delays")
     if seed is None:
         seed = random_module.randrange(1 << 31)
     options = RunOptions(
@@ -373,6 +436,13 @@ def run_command(
             consumers=consumers,
             rate=rate,
             send_timeout_s=send_timeout,
+            delay_min_s=delay_min,
+            delay_max_s=delay_max,
+            on_time_s=on_time,
+            settle_s=settle_seconds,
+            max_attempts=max_attempts,
+            retry_delays_ms=delays_ms,
+            fail_rate=fail_rate,
         ),
         schedule=Schedule(
             fault_min, fault_max, quiet_min, quiet_max, membership_min, membership_max

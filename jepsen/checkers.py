@@ -117,8 +117,54 @@ The checkers, in the order :func:`check_all` runs them:
     shrunk, max_gap (over judged changes), min_voters. ``details["steps"]`` and
     ``details["changes"]`` have one row each.
 
+``delay`` (the ``delay`` workload: sends whose invoke has ``delay_ms``)
+    A *delayed value* is one whose send invoke asked a delay. Each receive of one must carry the
+    message's deliver-at property (*missing_deliver_at* otherwise), equal to the time the send
+    asked (``deliver_at_ms`` on the invoke), or, for a ``delay=`` send, within [invoke wall clock
+    + delay, completion wall clock + delay] (*wrong_deliver_at*); its store timestamp (when the
+    copy became visible) must not be below it (*early*); its ``msg_id`` must be the receipt's
+    (*wrong_id*). An acknowledgement that names an offset was stored at once, not as a timer:
+    legal when its time had passed by then (a send retried across a failover), so only counted
+    (*stored_directly*); early or not is what its store timestamp says. An acknowledged delayed
+    value never received is *lost*. A value received at two or more positions (its timer fired
+    twice) is *stored_twice*; receipts again at the same position are *redeliveries*
+    (at-least-once: counted, never invalid). *Lateness*: store timestamp minus deliver-at, per
+    value (its first receive). A value is *judged* when no fault window, extended by
+    ``settle_s`` after its end (restarts, elections, clients reconnecting), overlaps [due, due
+    + ``bound_s``], the due time taken on the run's clock through the receive's wall clock; a
+    judged value later than ``bound_s`` is *late*. Valid iff lost, early, stored_twice,
+    missing_deliver_at, wrong_deliver_at, wrong_id and late are all 0. Also counts:
+    delayed_sends, acknowledged, received, judged, redeliveries, stored_directly, and the
+    lateness in ms at p50 / p90 / p99 / max over judged values (``judged_*_ms``) and over every
+    received one (``all_*_ms``); ``details["histogram"]`` the lateness distribution, judged or
+    not, and ``details["latest"]`` the latest values.
+
+``retry`` (the ``retry`` workload, with the group's ``max_attempts`` and retry delays)
+    Per value: its receives (``attempt``, and ``topic`` when read from the retry topic), its
+    handler outcomes (``ack``: handled; ``nack``: failed) and its dead letters (``read`` ops
+    with a ``topic``, from the final read of the dead-letter topics). Invalid, each counted:
+    *lost*, an acknowledged value neither handled nor dead-lettered (never received, a failed
+    attempt below the last never retried, or its last attempt failed and no dead letter);
+    *unverified*, the same when the last attempt failed but there was no final read to find
+    the dead letter; *both*, a value handled and dead-lettered (a handler's verdict is a
+    function of the value and the attempt, so even a value delivered twice meets one fate);
+    *unearned_retries*, a delivery of attempt ``a`` > 1 with no failed attempt ``a - 1`` of the
+    value before it (retried without a failure, an attempt skipped); *beyond_max*, a delivery
+    past ``max_attempts``; *misplaced*, a first attempt read from another topic than the
+    workload's or a retry read from the workload's topic; *wrong_dead_letters*, a dead letter
+    that does not say ``max_attempts`` attempts, whose value never failed its last attempt, whose
+    last error is not one its last attempt gave, or whose id is not the receipt's; *wrong_id*,
+    a delivery whose ``msg_id`` is not the receipt's; *retried_early*, a retry stored before
+    the value's first failure of the previous attempt plus the policy's delay. Informational:
+    handled_at_N (values handled at attempt N), dead_lettered, duplicate_retries ((value,
+    attempt) pairs stored at two or more positions: a failure told to the broker twice, e.g.
+    by a consumer that died before committing), duplicate_dead_letters, redeliveries, and the
+    retries' lateness past their due time (``retry_late_p50_ms``, ..._max_ms).
+
 Acknowledgements and receives are compared by value, never by ``msg_id``: the value is what the
-workload chose, the id is what the system under test claims.
+workload chose, the id is what the system under test claims. Positions are positions in the
+workload's topic: a receive or read that names another ``topic`` (a retry, a dead letter) has
+none for the checkers that compare positions.
 """
 
 from __future__ import annotations
@@ -129,12 +175,15 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
+import attrs
+
 from jepsen.history import (
     ACK,
     FAIL,
     INFO,
     INVOKE,
     MEMBERSHIP,
+    NACK,
     OK,
     PHASE,
     READ,
@@ -169,7 +218,8 @@ def _is_ack(op: Op) -> bool:
 
 
 def _position(op: Op) -> Position | None:
-    if op.queue is None or op.offset is None:
+    """Its position in the workload's topic (None for one read from another topic)."""
+    if op.queue is None or op.offset is None or op.topic is not None:
         return None
     return (op.group, op.queue, op.offset)
 
@@ -270,7 +320,7 @@ def lost(ops: Sequence[Op]) -> CheckResult:
             received.add(op.value)
         elif op.f == PHASE and op.value == "read":
             stored = set() if stored is None else stored
-        elif op.f == READ and op.type == OK:
+        elif op.f == READ and op.type == OK and op.topic is None:
             stored = set() if stored is None else stored
             stored.add(op.value)
     windows = fault_windows(ops)
@@ -732,6 +782,448 @@ def _step_row(
     }
 
 
+# --- delay ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OnTime:
+    """When the ``delay`` checker calls a delayed message late."""
+
+    #: Later than this (store timestamp past deliver-at) is late, when judged.
+    bound_s: float = 1.0
+    #: After a fault window's end the cluster may still be recovering this long: not judged.
+    settle_s: float = 5.0
+
+
+#: Upper ends (ms) of the lateness histogram's buckets (the last is open).
+LATENESS_BUCKETS_MS = (0, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 30000)
+
+
+def _percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest rank; 0 for no values."""
+    if not ordered:
+        return 0
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _spread(prefix: str, values: Iterable[float]) -> dict[str, int | float]:
+    ordered = sorted(values)
+    return {
+        f"{prefix}_p50_ms": _percentile(ordered, 50),
+        f"{prefix}_p90_ms": _percentile(ordered, 90),
+        f"{prefix}_p99_ms": _percentile(ordered, 99),
+        f"{prefix}_max_ms": ordered[-1] if ordered else 0,
+    }
+
+
+def _bucket_label(index: int) -> str:
+    if index == 0:
+        return "<= 0 ms"
+    if index == len(LATENESS_BUCKETS_MS):
+        return f"> {LATENESS_BUCKETS_MS[-1]} ms"
+    return f"{LATENESS_BUCKETS_MS[index - 1] + 1}-{LATENESS_BUCKETS_MS[index]} ms"
+
+
+class _Extended(_Cover):
+    """Fault windows, each extended by ``settle_s`` after its end: does [a, b] meet one?"""
+
+    def __init__(self, windows: Iterable[FaultWindow], settle_s: float) -> None:
+        super().__init__(attrs.evolve(w, end=w.end + settle_s) for w in windows)
+
+    def meets(self, a: float, b: float) -> bool:
+        # The last merged window starting at or before b: does it reach a?
+        i = bisect_right(self.starts, b) - 1
+        return i >= 0 and self.ends[i] >= a
+
+
+def delay(ops: Sequence[Op], on_time: OnTime = OnTime()) -> CheckResult:
+    """Delayed messages: delivered, never early, once per timer, on time outside faults."""
+    invokes: dict[Any, Op] = {}
+    completions: dict[Any, Op] = {}
+    receives: dict[Any, list[Op]] = {}
+    for op in sorted(ops, key=_by_index):
+        if op.f == SEND:
+            if op.type == INVOKE:
+                if op.delay_ms is not None:
+                    invokes.setdefault(op.value, op)
+            elif op.value in invokes:
+                completions[op.value] = op
+        elif _is_receive(op):
+            receives.setdefault(op.value, []).append(op)
+    cover = _Extended(fault_windows(ops), on_time.settle_s)
+    bound_ms = on_time.bound_s * 1000
+    examples: list[str] = []
+    counts: dict[str, int | float] = dict.fromkeys(
+        (
+            "lost",
+            "early",
+            "stored_twice",
+            "missing_deliver_at",
+            "wrong_deliver_at",
+            "wrong_id",
+            "late",
+            "judged",
+            "redeliveries",
+            "stored_directly",
+        ),
+        0,
+    )
+    judged_ms: list[float] = []
+    all_ms: list[float] = []
+    histogram = [[0, 0] for _ in range(len(LATENESS_BUCKETS_MS) + 1)]
+    rows: list[dict[str, Any]] = []
+    for value, invoke in invokes.items():
+        done = completions.get(value)
+        acked = done is not None and done.type == OK
+        if acked and done is not None and done.offset is not None:
+            counts["stored_directly"] += 1
+        got = receives.get(value, [])
+        if not got:
+            if acked:
+                counts["lost"] += 1
+                assert done is not None
+                _add_example(
+                    examples, f"{value}: acknowledged at {_at(done.time)}, never delivered"
+                )
+            continue
+        positions: dict[tuple[Any, ...], int] = {}
+        for op in got:
+            positions[(op.group, op.queue, op.offset)] = (
+                positions.get((op.group, op.queue, op.offset), 0) + 1
+            )
+            _check_delayed_receive(op, invoke, done, examples, counts)
+        counts["redeliveries"] += sum(n - 1 for n in positions.values())
+        if len(positions) > 1:
+            counts["stored_twice"] += 1
+            _add_example(
+                examples,
+                f"{value}: delivered from {len(positions)} positions (its timer fired more "
+                "than once): " + ", ".join(_where(op) for op in _firsts(got)),
+            )
+        first = got[0]
+        if first.stored_ms is None or first.deliver_at_ms is None:
+            continue
+        lateness = first.stored_ms - first.deliver_at_ms
+        all_ms.append(lateness)
+        judged = False
+        if first.wall_ms is not None:
+            due = first.time - (first.wall_ms - first.deliver_at_ms) / 1000
+            judged = not cover.meets(due, due + on_time.bound_s)
+        bucket = bisect_left(LATENESS_BUCKETS_MS, lateness)
+        histogram[bucket][0 if judged else 1] += 1
+        if judged:
+            counts["judged"] += 1
+            judged_ms.append(lateness)
+            if lateness > bound_ms:
+                counts["late"] += 1
+                _add_example(
+                    examples,
+                    f"{value}: visible {lateness} ms after its time (due at about "
+                    f"{_at(due)}, no fault near it), more than {bound_ms:g} ms",
+                )
+        rows.append(
+            {"value": value, "lateness_ms": lateness, "judged": judged, "received": first.time}
+        )
+    failures = (
+        "lost",
+        "early",
+        "stored_twice",
+        "missing_deliver_at",
+        "wrong_deliver_at",
+        "wrong_id",
+        "late",
+    )
+    valid = not any(counts[name] for name in failures)
+    acknowledged = sum(1 for v in invokes if (c := completions.get(v)) is not None and c.type == OK)
+    result_counts: dict[str, int | float] = {
+        "delayed_sends": len(invokes),
+        "acknowledged": acknowledged,
+        "received": sum(1 for v in invokes if v in receives),
+        **counts,
+        **_spread("judged", judged_ms),
+        **_spread("all", all_ms),
+    }
+    rows.sort(key=lambda row: -row["lateness_ms"])
+    details = {
+        "histogram": [
+            {"lateness": _bucket_label(i), "judged": judged_n, "not_judged": other_n}
+            for i, (judged_n, other_n) in enumerate(histogram)
+        ],
+        "latest": rows[:20],
+    }
+    return CheckResult("delay", valid, result_counts, examples, details)
+
+
+def _firsts(receives: Sequence[Op]) -> list[Op]:
+    """The first receive at each position."""
+    seen: set[tuple[Any, ...]] = set()
+    firsts = []
+    for op in receives:
+        place = (op.group, op.queue, op.offset)
+        if place not in seen:
+            seen.add(place)
+            firsts.append(op)
+    return firsts
+
+
+def _check_delayed_receive(
+    op: Op, invoke: Op, done: Op | None, examples: list[str], counts: dict[str, int | float]
+) -> None:
+    """One receive of a delayed value: its deliver-at, its store time, its id."""
+    value = op.value
+    if done is not None and done.type == OK and done.msg_id and op.msg_id != done.msg_id:
+        counts["wrong_id"] += 1
+        _add_example(
+            examples, f"{value}: delivered as {op.msg_id}, but its receipt said {done.msg_id}"
+        )
+    at = op.deliver_at_ms
+    if at is None:
+        counts["missing_deliver_at"] += 1
+        _add_example(examples, f"{value}: delivered at {_where(op)} without its deliver-at time")
+        return
+    if invoke.deliver_at_ms is not None:
+        wrong = at != invoke.deliver_at_ms
+        asked = f"{invoke.deliver_at_ms}"
+    else:
+        assert invoke.delay_ms is not None
+        low = (invoke.wall_ms or 0) + invoke.delay_ms
+        high = done.wall_ms + invoke.delay_ms if done is not None and done.wall_ms else None
+        wrong = at < low or (high is not None and at > high)
+        asked = f"{low}..{high if high is not None else ''}"
+    if wrong:
+        counts["wrong_deliver_at"] += 1
+        _add_example(examples, f"{value}: deliver-at {at}, but the send asked {asked}")
+    if op.stored_ms is not None and op.stored_ms < at:
+        counts["early"] += 1
+        _add_example(
+            examples,
+            f"{value}: visible at {op.stored_ms}, {at - op.stored_ms} ms before its time {at} "
+            f"({_where(op)}, received by {op.process} at {_at(op.time)})",
+        )
+
+
+# --- retry -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RetryRules:
+    """The consumer group's retry policy the ``retry`` workload set."""
+
+    max_attempts: int = 3
+    #: The wait before each retry, ms; the last one repeats.
+    delays_ms: tuple[int, ...] = (200, 1000)
+
+    def delay_before(self, attempt: int) -> int:
+        """The wait before delivery number ``attempt`` (2 or more)."""
+        return self.delays_ms[min(attempt - 2, len(self.delays_ms) - 1)]
+
+
+@attrs.define
+class _Fate:
+    """What the history says became of one value in the retry workload."""
+
+    receives: list[Op] = attrs.Factory(list)
+    handled: list[Op] = attrs.Factory(list)
+    #: attempt -> the nacks of that attempt.
+    failed: dict[int, list[Op]] = attrs.Factory(dict)
+    dead_letters: list[Op] = attrs.Factory(list)
+
+
+def retry(ops: Sequence[Op], rules: RetryRules = RetryRules()) -> CheckResult:
+    """Every acknowledged send handled or dead-lettered after exactly max_attempts attempts,
+    never both; attempts counting up one at a time, each after a failure."""
+    acks: dict[Any, Op] = {}
+    fates: dict[Any, _Fate] = {}
+    read_done = False
+    for op in sorted(ops, key=_by_index):
+        if _is_ack(op):
+            acks.setdefault(op.value, op)
+        elif op.f == PHASE and op.value == "read":
+            read_done = True
+        elif op.type != OK:
+            continue
+        elif op.f == RECEIVE:
+            fates.setdefault(op.value, _Fate()).receives.append(op)
+        elif op.f == ACK:
+            fates.setdefault(op.value, _Fate()).handled.append(op)
+        elif op.f == NACK:
+            fate = fates.setdefault(op.value, _Fate())
+            fate.failed.setdefault(op.attempt or 0, []).append(op)
+        elif op.f == READ and op.topic is not None:
+            read_done = True
+            fates.setdefault(op.value, _Fate()).dead_letters.append(op)
+    last = rules.max_attempts
+    names = (
+        "lost",
+        "unverified",
+        "both",
+        "unearned_retries",
+        "beyond_max",
+        "misplaced",
+        "wrong_dead_letters",
+        "wrong_id",
+        "retried_early",
+    )
+    counts: dict[str, int | float] = dict.fromkeys(names, 0)
+    info: dict[str, int | float] = {f"handled_at_{n}": 0 for n in range(1, last + 1)}
+    info.update(dead_lettered=0, duplicate_retries=0, duplicate_dead_letters=0, redeliveries=0)
+    examples: list[str] = []
+    retry_late: list[float] = []
+    for value in sorted({*acks, *fates}, key=str):
+        fate = fates.get(value, _Fate())
+        ack = acks.get(value)
+        _check_deliveries(value, fate, ack, rules, counts, info, examples, retry_late)
+        handled = bool(fate.handled)
+        dead = bool(fate.dead_letters)
+        if handled:
+            at = min(op.attempt or 0 for op in fate.handled)
+            if 1 <= at <= last:
+                info[f"handled_at_{at}"] += 1
+        if dead:
+            info["dead_lettered"] += 1
+            info["duplicate_dead_letters"] += int(len(fate.dead_letters) > 1)
+            _check_dead_letters(value, fate, ack, last, counts, examples)
+        if handled and dead:
+            counts["both"] += 1
+            _add_example(
+                examples,
+                f"{value}: handled at attempt {min(op.attempt or 0 for op in fate.handled)} "
+                f"and dead-lettered ({fate.dead_letters[0].group} offset "
+                f"{fate.dead_letters[0].offset})",
+            )
+        if ack is None or handled or dead:
+            continue
+        failed_last = any(attempt >= last for attempt in fate.failed)
+        if failed_last and not read_done:
+            counts["unverified"] += 1
+            _add_example(
+                examples,
+                f"{value}: failed its last attempt; no final read looked for its dead letter",
+            )
+            continue
+        counts["lost"] += 1
+        _add_example(examples, f"{value}: acknowledged at {_at(ack.time)}, " + _stuck(fate, last))
+    valid = not any(counts.values())
+    counts.update(info)
+    counts.update(
+        {
+            key.replace("retry_", "retry_late_", 1): number
+            for key, number in _spread("retry", retry_late).items()
+        }
+    )
+    counts["acknowledged"] = len(acks)
+    fate_rows = [
+        {"fate": f"handled at attempt {n}", "values": info[f"handled_at_{n}"]}
+        for n in range(1, last + 1)
+    ] + [{"fate": "dead-lettered", "values": info["dead_lettered"]}]
+    return CheckResult("retry", valid, counts, examples, {"fates": fate_rows})
+
+
+def _stuck(fate: _Fate, last: int) -> str:
+    """Where an acknowledged value that was neither handled nor dead-lettered stopped."""
+    if not fate.receives:
+        return "never delivered"
+    failed = max(fate.failed, default=0)
+    if failed >= last:
+        return f"failed its last attempt ({failed}), and no dead letter holds it"
+    if failed:
+        return f"failed attempt {failed}, and attempt {failed + 1} was never delivered"
+    return "delivered, but no handler outcome was recorded"
+
+
+def _check_deliveries(
+    value: Any,
+    fate: _Fate,
+    ack: Op | None,
+    rules: RetryRules,
+    counts: dict[str, int | float],
+    info: dict[str, int | float],
+    examples: list[str],
+    retry_late: list[float],
+) -> None:
+    """Each delivery of one value: its attempt earned by a failure, its topic, id and time."""
+    places: dict[int, dict[tuple[Any, ...], int]] = {}
+    for op in fate.receives:
+        attempt = op.attempt or 0
+        where = places.setdefault(attempt, {})
+        place = (op.topic, op.group, op.queue, op.offset)
+        where[place] = where.get(place, 0) + 1
+        if ack is not None and ack.msg_id and op.msg_id != ack.msg_id:
+            counts["wrong_id"] += 1
+            _add_example(
+                examples,
+                f"{value}: attempt {attempt} delivered as {op.msg_id}, but its receipt said "
+                f"{ack.msg_id}",
+            )
+        if (attempt == 1) != (op.topic is None):
+            counts["misplaced"] += 1
+            _add_example(
+                examples,
+                f"{value}: attempt {attempt} read from {op.topic or 'the workload topic'}",
+            )
+        if attempt > rules.max_attempts:
+            counts["beyond_max"] += 1
+            _add_example(
+                examples,
+                f"{value}: delivered for attempt {attempt}, past max_attempts {rules.max_attempts}",
+            )
+        if attempt == 1:
+            continue
+        before = [nack for nack in fate.failed.get(attempt - 1, []) if nack.index < op.index]
+        if attempt < 1 or not before:
+            counts["unearned_retries"] += 1
+            _add_example(
+                examples,
+                f"{value}: attempt {attempt} delivered at {_at(op.time)} by {op.process}, "
+                f"but attempt {attempt - 1} had not failed",
+            )
+            continue
+        failed_ms = min((n.wall_ms for n in before if n.wall_ms is not None), default=None)
+        if op.stored_ms is not None and failed_ms is not None:
+            due = failed_ms + rules.delay_before(attempt)
+            retry_late.append(op.stored_ms - due)
+            if op.stored_ms < due:
+                counts["retried_early"] += 1
+                _add_example(
+                    examples,
+                    f"{value}: attempt {attempt} stored at {op.stored_ms}, "
+                    f"{due - op.stored_ms} ms before attempt {attempt - 1}'s failure "
+                    f"({failed_ms}) plus the delay {rules.delay_before(attempt)} ms",
+                )
+    for where in places.values():
+        info["redeliveries"] += sum(n - 1 for n in where.values())
+        info["duplicate_retries"] += int(len(where) > 1)
+
+
+def _check_dead_letters(
+    value: Any,
+    fate: _Fate,
+    ack: Op | None,
+    last: int,
+    counts: dict[str, int | float],
+    examples: list[str],
+) -> None:
+    errors = {nack.error for nack in fate.failed.get(last, [])}
+    for letter in fate.dead_letters:
+        problems = []
+        if letter.attempt != last:
+            problems.append(f"says {letter.attempt} attempts, not {last}")
+        if not errors:
+            problems.append(f"its attempt {last} never failed")
+        elif letter.error not in errors:
+            problems.append(f"its last error {letter.error!r} is not its last attempt's")
+        if ack is not None and ack.msg_id and letter.msg_id != ack.msg_id:
+            problems.append(f"its id {letter.msg_id} is not the receipt's {ack.msg_id}")
+        if problems:
+            counts["wrong_dead_letters"] += 1
+            _add_example(
+                examples,
+                f"{value}: dead letter at {letter.group} offset {letter.offset}: "
+                + "; ".join(problems),
+            )
+
+
 # --- All of them -----------------------------------------------------------------------------
 
 
@@ -841,12 +1333,18 @@ def group_independence(ops: Sequence[Op], patience_s: float = 0.0) -> CheckResul
 
 
 def check_all(
-    ops: Sequence[Op], fifo: bool = False, groups: int = 1, patience_s: float = 0.0
+    ops: Sequence[Op],
+    fifo: bool = False,
+    groups: int = 1,
+    patience_s: float = 0.0,
+    on_time: OnTime | None = None,
+    retry_rules: RetryRules | None = None,
 ) -> list[CheckResult]:
     """Every checker, summary first, in the order the module docstring lists them;
     ``group_independence`` (with ``patience_s``) when there are several broker ``groups``
     (unless ``fifo``: keyed sends wait for their own group); ``membership`` (with
-    ``patience_s``) when the history has membership changes."""
+    ``patience_s``) when the history has membership changes; ``delay`` with ``on_time`` (the
+    ``delay`` workload); ``retry`` with ``retry_rules`` (the ``retry`` workload)."""
     results = [
         summary(ops),
         lost(ops),
@@ -862,4 +1360,8 @@ def check_all(
         results.append(group_independence(ops, patience_s))
     if any(op.f == MEMBERSHIP for op in ops):
         results.append(membership(ops, patience_s))
+    if on_time is not None:
+        results.append(delay(ops, on_time))
+    if retry_rules is not None:
+        results.append(retry(ops, retry_rules))
     return results

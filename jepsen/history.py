@@ -16,11 +16,26 @@ Operations, by ``f``:
   (at-least-once delivery); the checkers tell redelivery from duplicated storage.
 - ``ack``: a consumer acknowledged a message it had received (``ok`` only; ``value``,
   ``group``, ``queue``, ``offset``): with the receive, it bounds the time the consumer held the
-  message.
+  message. In the ``retry`` workload: the handler succeeded with it (``attempt``).
+- ``nack``: ``retry`` workload only: the handler failed on a message it had received (``ok``
+  only; ``value``, ``attempt``, ``wall_ms``, ``error``, the position as its receive's): the
+  consumer has the broker store it again for the next attempt, or as a dead letter.
 - ``read``: the final read after the drain (process ``"reader"``, ``ok`` only): every message
   still stored, read from offset 0 of every queue of each group's leader: ``value``, ``key``,
   ``group``, ``queue``, ``offset``, ``msg_id``. It shows storage loss that consumers had already
   seen past.
+- Delayed messages and retries (the ``delay`` and ``retry`` workloads). A delayed send's
+  ``invoke`` has ``delay_ms`` (the delay asked) and ``wall_ms`` (the wall clock, ms since the
+  epoch, when it was invoked), and ``deliver_at_ms`` when it named the time itself
+  (``deliver_at=``); its ``ok`` has no ``offset`` (the receipt's is -1: stored as a timer,
+  in no queue yet) unless the broker gave one. A ``receive`` carries ``stored_ms`` (the copy's
+  store timestamp: when it became visible), ``deliver_at_ms`` (the message's
+  ``__DELIVER_AT_MS`` property), ``attempt`` (which delivery), ``wall_ms`` (when it was
+  received), and ``topic`` when it was read from another topic than the workload's (the
+  group's retry topic): its position is then in that topic, which the checkers that compare
+  positions leave aside. A ``read`` with ``topic`` set is a dead letter found by the final read
+  of ``%DLQ%group`` (``attempt``: the attempts it says were made, ``error``: its last error,
+  ``msg_id``: the id it keeps).
 - ``fault``: the nemesis (process ``"nemesis"``), type ``info``; ``value`` is
   ``{"fault": name, "phase": "start" | "end", "targets": [node ids], ...}``. Every start has an
   end with the same ``fault`` and a ``window`` number shared by both. With several broker
@@ -61,11 +76,12 @@ TYPES = (INVOKE, OK, FAIL, INFO)
 SEND = "send"
 RECEIVE = "receive"
 ACK = "ack"
+NACK = "nack"
 READ = "read"
 FAULT = "fault"
 PHASE = "phase"
 MEMBERSHIP = "membership"
-FUNCTIONS = (SEND, RECEIVE, ACK, READ, FAULT, PHASE, MEMBERSHIP)
+FUNCTIONS = (SEND, RECEIVE, ACK, NACK, READ, FAULT, PHASE, MEMBERSHIP)
 
 NEMESIS = "nemesis"
 RUNNER = "runner"
@@ -88,8 +104,23 @@ class Op:
     queue: int | None = None
     offset: int | None = None
     msg_id: str | None = None
-    #: Why a send failed or is indeterminate (the error's class and message).
+    #: Why a send failed or is indeterminate (the error's class and message); why a handler
+    #: failed (nack); a dead letter's last error (read).
     error: str | None = None
+    #: The topic a receive or read was read from, when not the workload's (retry, dead letters).
+    topic: str | None = None
+    #: Which delivery a receive, ack or nack is (1: the first); a dead letter's attempts made.
+    attempt: int | None = None
+    #: The delay a delayed send asked for, in ms (on its invoke).
+    delay_ms: int | None = None
+    #: When a delayed message is to be delivered, ms since the epoch: on a deliver_at send's
+    #: invoke, what it asked; on a receive, the message's ``__DELIVER_AT_MS`` property.
+    deliver_at_ms: int | None = None
+    #: A received message's store timestamp (ms since the epoch): when it became visible.
+    stored_ms: int | None = None
+    #: The wall clock when the op was recorded (ms since the epoch), where a checker compares
+    #: it with the broker's timestamps (the same machine's clock).
+    wall_ms: int | None = None
 
     def to_json(self) -> str:
         fields = {name: value for name, value in attrs.asdict(self).items() if value is not None}

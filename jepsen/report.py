@@ -12,7 +12,10 @@ hand. It shows, from top to bottom:
 4. one row per :class:`CheckResult`: verdict, counts and the first examples;
 5. the fault windows as the availability checker measured them, when it did;
 6. with several broker groups, the windows that took one group's majority away and what the
-   other groups acknowledged meanwhile, as the group_independence checker counted them.
+   other groups acknowledged meanwhile, as the group_independence checker counted them;
+7. with the ``delay`` workload, the lateness distribution of delayed messages (judged or not)
+   and the latest ones; with the ``retry`` workload, how many values were handled at each
+   attempt and how many were dead-lettered.
 
 Both charts share one time axis, shade each fault window as a translucent band labelled with the
 fault and its targets, and draw the runner's phases (heal, drain, ...) as dashed lines. Ops are
@@ -929,6 +932,50 @@ def membership_section(results: Sequence[CheckResult]) -> str:
     )
 
 
+def _rows(result: CheckResult, key: str) -> list[dict[str, object]]:
+    rows = result.details.get(key)
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
+
+def delay_section(results: Sequence[CheckResult]) -> str:
+    result = next((r for r in results if r.name == "delay"), None)
+    if result is None:
+        return ""
+    return (
+        "<h2>Delayed messages</h2><p>Lateness: a delayed message's store timestamp (when it "
+        "became visible) minus the time it was asked for, per value. Judged: no fault window "
+        "(extended by the settle time after its end) was near its due time; a judged value "
+        "must not be later than the on-time bound, and no value may be early.</p>"
+        + window_table(
+            _rows(result, "histogram"),
+            ("lateness", "judged", "not_judged"),
+            (),
+            "delay-histogram",
+            ("judged", "not_judged"),
+        )
+        + "<h3>The latest</h3>"
+        + window_table(
+            _rows(result, "latest"),
+            ("value", "lateness_ms", "judged", "received"),
+            ("received",),
+            "delay-latest",
+            ("lateness_ms",),
+        )
+    )
+
+
+def retry_section(results: Sequence[CheckResult]) -> str:
+    result = next((r for r in results if r.name == "retry"), None)
+    if result is None:
+        return ""
+    return (
+        "<h2>Retries</h2><p>What became of each value: handled by a handler at an attempt, or "
+        "dead-lettered after its last attempt failed (found by the final read of the "
+        "dead-letter topics).</p>"
+        + window_table(_rows(result, "fates"), ("fate", "values"), (), "retry-fates", ("values",))
+    )
+
+
 def render_report(ops: list[Op], results: list[CheckResult], meta: dict[str, object]) -> str:
     """The whole page, as HTML text."""
     timeline = collect(ops)
@@ -953,6 +1000,10 @@ def render_report(ops: list[Op], results: list[CheckResult], meta: dict[str, obj
         + group_windows_section(results)
         + "\n"
         + membership_section(results)
+        + "\n"
+        + delay_section(results)
+        + "\n"
+        + retry_section(results)
         + "\n</body></html>\n"
     )
 

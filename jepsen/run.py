@@ -26,13 +26,13 @@ import trio
 from dledger_mq.clients.admin import connect_admin
 from dledger_mq.clients.naming import connect_naming
 from dledger_mq.errors import DledgerError
-from jepsen.checkers import check_all
+from jepsen.checkers import OnTime, RetryRules, check_all
 from jepsen.history import INFO, PHASE, RUNNER, CheckResult, History
 from jepsen.nemesis import FaultSpec, Nemesis, Schedule
 from jepsen.nodes import CLUSTER_ID, Nodes
 from jepsen.proxy import ProxyNetwork
 from jepsen.report import write_report
-from jepsen.workload import TOPIC, Workload, WorkloadOptions
+from jepsen.workload import TOPIC, Workload, WorkloadOptions, make_workload
 
 PROGRESS_SECONDS = 5.0
 
@@ -114,7 +114,7 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         spares=options.spares,
     )
     recovered = False
-    workload = Workload(options.workload, nodes, history, now)
+    workload = make_workload(options.workload, nodes, history, now, options.seed)
     try:
         async with trio.open_nursery() as nursery:
             proxy = ProxyNetwork(
@@ -140,6 +140,7 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
                 if options.secure:
                     await nodes.add_user()
                 await _create_topic(nodes, options.workload)
+                await workload.setup(nodes)
             nemesis = Nemesis(
                 list(options.nemesis),
                 nodes,
@@ -156,12 +157,15 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         nodes.close()
         history.close()
 
+    work = options.workload
     results = check_all(
         history.ops,
-        fifo=options.workload.fifo,
+        fifo=work.fifo,
         groups=options.groups,
         # A producer held by a send written to the group that went down, until it times out.
-        patience_s=options.workload.send_timeout_s + 1.0,
+        patience_s=work.send_timeout_s + 1.0,
+        on_time=OnTime(work.on_time_s, work.settle_s) if work.delayed else None,
+        retry_rules=RetryRules(work.max_attempts, work.retry_delays_ms) if work.retrying else None,
     )
     (directory / "results.json").write_text(
         json.dumps([attrs.asdict(result) for result in results], indent=2)
@@ -173,6 +177,7 @@ async def run(options: RunOptions, echo: Callable[[str], None]) -> RunOutcome:
         "nodes": options.nodes,
         "broker groups": options.groups,
         "workload": options.workload.name,
+        **options.workload.describe(),
         "nemesis": ",".join(
             spec.fault + (f":{spec.target}" if spec.target else "") for spec in options.nemesis
         )
@@ -273,6 +278,7 @@ async def _attack_and_drain(
         with trio.move_on_after(options.drain_timeout_s):
             while workload.unconsumed:
                 await workload.progress.wait()
+            await workload.settle(nodes)
         nursery.cancel_scope.cancel()
     # What is stored now, read from the start: loss that consumers had already seen past.
     with trio.move_on_after(options.drain_timeout_s):
