@@ -334,17 +334,26 @@ async def wait_for_undelayed(deliveries: Deliveries, count: int) -> None:
         await trio.sleep(0.02)
 
 
-async def caught_up(cluster: LocalCluster) -> int:
-    """Until there is a leader and every node has applied its commit index; the leader's
-    term."""
+async def caught_up(cluster: LocalCluster, echo: Echo | None = None) -> int:
+    """Until there is a leader and every node has applied its commit index (saying where
+    each node is every second, with ``echo``); the leader's term."""
+    last = time.perf_counter()
     with trio.fail_after(SETTLE_TIMEOUT_SECONDS):
         while True:
-            statuses = [status for _, _, status in await fetch_all(cluster.endpoints)]
+            probes = await fetch_all(cluster.endpoints)
+            statuses = [status for _, _, status in probes]
             leaders = [s for s in statuses if s is not None and s.role == "leader"]
             if leaders and all(s is not None for s in statuses):
                 leader = max(leaders, key=lambda s: s.term)
                 if all(s is not None and s.applied_index >= leader.commit_index for s in statuses):
                     return leader.term
+            if echo is not None and time.perf_counter() - last >= 1.0:
+                last = time.perf_counter()
+                where = ", ".join(
+                    f"{node_id} {'down' if s is None else f'{s.role} applied {s.applied_index:,}'}"
+                    for node_id, _, s in probes
+                )
+                echo(f"  waiting for every node to apply: {where}")
             await trio.sleep(0.05)
 
 
@@ -638,7 +647,7 @@ async def failover_phase(
         echo(f"failover: the consumer reads {FAILOVER_TOPIC}")
         for number in range(1, kills + 1):
             label = f"kill {number}/{kills}"
-            await caught_up(cluster)
+            await caught_up(cluster, echo)
             leader, _ = await cluster.leader()
             start = time.time()
             kill_at = start + lead + BEFORE_KILL_SECONDS
@@ -680,7 +689,7 @@ async def failover_phase(
                 f"duplicate copies {outcome.duplicate_copies}; restarting {leader}"
             )
             cluster.start(leader)
-        await caught_up(cluster)
+        await caught_up(cluster, echo)
         nursery.cancel_scope.cancel()
     return Failover(tuple(results), messages)
 
@@ -818,11 +827,16 @@ def wheel_cost(timers: int, batch: int, echo: Echo) -> WheelCost:
     tracemalloc.start()
     try:
         wheel = TimerWheel()
+        last = time.perf_counter()
         for number in range(timers):
+            if number % 10_000 == 0 and time.perf_counter() - last >= 1.0:
+                last = time.perf_counter()
+                echo(f"  wheel: {number:,} of {timers:,} timers added")
             entry = number // batch
             position = (1000 + entry) << SLOT_BITS | number % batch
             wheel.add(start_ms + spread_ms * entry // batches, position)
         held, _ = tracemalloc.get_traced_memory()
+        echo(f"  wheel: {held / 1e6:.1f} MB held; sorting and packing it as a snapshot does")
         tracemalloc.reset_peak()
         packed = _pack(wheel.pairs())
         _, peak = tracemalloc.get_traced_memory()
@@ -894,7 +908,7 @@ async def memory_phase(
             )
             usage.add(sample, _cpu_sample(cluster))
         echo(f"  memory: {timers:,} scheduled in {scheduled.seconds:.1f} s; every node applying")
-        await caught_up(cluster)
+        await caught_up(cluster, echo)
         await trio.sleep(2.0)  # a snapshot under way ends
         term_after = await caught_up(cluster)
         nodes = tuple(
