@@ -549,7 +549,7 @@ class BrokerState:
                     ]
                     for user in self._users.values()
                 ],
-                _packed_timers(self._timers.pairs()),
+                [_packed(column) for column in self._timers.columns()],
                 [
                     [name, policy.max_attempts, list(policy.delays_ms)]
                     for name, policy in self._policies.items()
@@ -1501,13 +1501,6 @@ class BrokerState:
 SNAPSHOT_FORMAT_VERSION = 2
 
 _DEFAULT_POLICY = RetryPolicy()
-
-
-def _packed_timers(pairs: list[tuple[int, int]]) -> list[bytes]:
-    return [
-        _packed(array("q", (due for due, _ in pairs))),
-        _packed(array("q", (position for _, position in pairs))),
-    ]
 
 
 def _packed(values: array[int]) -> bytes:

@@ -107,7 +107,7 @@ class TimerWheel:
             heapq.heappush(self._keys, key)
         bucket.add(due_ms, position)
         self._count += 1
-        if self._count == 1:
+        if self._count == 1 or (self._lowest is not None and position < self._lowest):
             self._lowest = position
         if self._earliest is not None and due_ms < self._earliest:
             self._earliest = due_ms
@@ -162,6 +162,17 @@ class TimerWheel:
                 min(bucket.positions[bucket.start :]) for bucket in self._buckets.values()
             )
         return self._lowest
+
+    def columns(self) -> tuple[array[int], array[int]]:
+        """Every pending timer as two columns (due times, positions), bucket by bucket, each in
+        its order: what a snapshot records, without a Python object per timer (a snapshot of a
+        million timers must not stall the node). ``add`` in this order rebuilds the wheel."""
+        dues, positions = array("q"), array("q")
+        for key in sorted(self._buckets):
+            bucket = self._buckets[key]
+            dues.extend(bucket.dues[bucket.start :])
+            positions.extend(bucket.positions[bucket.start :])
+        return dues, positions
 
     def pairs(self) -> list[tuple[int, int]]:
         """Every pending timer, sorted by (due, position)."""
