@@ -16,7 +16,7 @@ naming node in each) on free ports of 127.0.0.1, and a producer and consumers in
   2 days ahead (``send_batch`` of ``--timer-batch`` with ``delay=``, ``--concurrency`` in
   flight), once every node has applied them all. Then, in this process, the ``TimerWheel``
   alone holding as many timers (``tracemalloc``), and what a snapshot of it costs (the
-  ``(due, position)`` pairs sorted and packed, as ``BrokerState.to_snapshot`` does): its
+  two columns packed, as ``BrokerState.to_snapshot`` does): its
   transient memory and its time. Target: under 50 MB per node for a million pending timers.
 - **failover**, on the lateness phase's cluster: ``--kills`` times, ``--failover-messages``
   messages due from 1 s before to 2 s after a SIGKILL of the leader. Beside the time from the
@@ -40,7 +40,6 @@ import shutil
 import tempfile
 import time
 import tracemalloc
-from array import array
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -712,7 +711,7 @@ class WheelCost:
     timers: int
     #: tracemalloc: bytes held by the wheel.
     bytes: int
-    #: tracemalloc: the peak above that while its pairs are sorted and packed (a snapshot).
+    #: tracemalloc: the peak above that while a snapshot packs its columns.
     snapshot_extra_bytes: int
     #: Seconds to sort and pack its pairs, without tracemalloc (the node's loop is blocked).
     snapshot_seconds: float
@@ -810,7 +809,7 @@ class Memory:
             lines.append(
                 f"  TimerWheel alone (this process, tracemalloc): {wheel['mb']} MB for "
                 f"{self.wheel.timers:,} timers ({wheel['mb_per_million']} MB per million); "
-                f"sorting and packing them for a snapshot: +{wheel['snapshot_extra_mb']} MB "
+                f"packing them for a snapshot: +{wheel['snapshot_extra_mb']} MB "
                 f"at the peak, {wheel['snapshot_seconds']} s"
             )
         return lines
@@ -836,25 +835,22 @@ def wheel_cost(timers: int, batch: int, echo: Echo) -> WheelCost:
             position = (1000 + entry) << SLOT_BITS | number % batch
             wheel.add(start_ms + spread_ms * entry // batches, position)
         held, _ = tracemalloc.get_traced_memory()
-        echo(f"  wheel: {held / 1e6:.1f} MB held; sorting and packing it as a snapshot does")
+        echo(f"  wheel: {held / 1e6:.1f} MB held; packing it as a snapshot does")
         tracemalloc.reset_peak()
-        packed = _pack(wheel.pairs())
+        packed = _pack(wheel)
         _, peak = tracemalloc.get_traced_memory()
         del packed
     finally:
         tracemalloc.stop()
     began = time.perf_counter()
-    _pack(wheel.pairs())
+    _pack(wheel)
     seconds = time.perf_counter() - began
     return WheelCost(timers, held, max(0, peak - held), seconds)
 
 
-def _pack(pairs: list[tuple[int, int]]) -> list[bytes]:
-    """What a snapshot makes of the wheel's pairs (``state._packed_timers``)."""
-    return [
-        array("q", (due for due, _ in pairs)).tobytes(),
-        array("q", (position for _, position in pairs)).tobytes(),
-    ]
+def _pack(wheel: TimerWheel) -> list[bytes]:
+    """What a snapshot makes of the wheel (``BrokerState.to_snapshot``): its two columns."""
+    return [column.tobytes() for column in wheel.columns()]
 
 
 async def memory_phase(
