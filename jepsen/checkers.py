@@ -137,7 +137,9 @@ The checkers, in the order :func:`check_all` runs them:
     delayed_sends, acknowledged, received, judged, redeliveries, stored_directly, and the
     lateness in ms at p50 / p90 / p99 / max over judged values (``judged_*_ms``) and over every
     received one (``all_*_ms``); ``details["histogram"]`` the lateness distribution, judged or
-    not, and ``details["latest"]`` the latest values.
+    not, ``details["latest"]`` the latest values and ``details["by_fault"]`` the lateness of
+    the values due during each kind of fault window, in the settling time after one, and with
+    no fault near.
 
 ``retry`` (the ``retry`` workload, with the group's ``max_attempts`` and retry delays)
     Per value: its receives (``attempt``, and ``topic`` when read from the retry topic), its
@@ -851,7 +853,10 @@ def delay(ops: Sequence[Op], on_time: OnTime = OnTime()) -> CheckResult:
                 completions[op.value] = op
         elif _is_receive(op):
             receives.setdefault(op.value, []).append(op)
-    cover = _Extended(fault_windows(ops), on_time.settle_s)
+    windows = fault_windows(ops)
+    cover = _Extended(windows, on_time.settle_s)
+    starts = [w.start for w in windows]
+    by_when: dict[str, list[float]] = {}
     bound_ms = on_time.bound_s * 1000
     examples: list[str] = []
     counts: dict[str, int | float] = dict.fromkeys(
@@ -907,9 +912,12 @@ def delay(ops: Sequence[Op], on_time: OnTime = OnTime()) -> CheckResult:
         lateness = first.stored_ms - first.deliver_at_ms
         all_ms.append(lateness)
         judged = False
+        when = "no wall clock"
         if first.wall_ms is not None:
             due = first.time - (first.wall_ms - first.deliver_at_ms) / 1000
             judged = not cover.meets(due, due + on_time.bound_s)
+            when = "no fault near" if judged else _near(windows, starts, due, on_time)
+        by_when.setdefault(when, []).append(lateness)
         bucket = bisect_left(LATENESS_BUCKETS_MS, lateness)
         histogram[bucket][0 if judged else 1] += 1
         if judged:
@@ -923,7 +931,13 @@ def delay(ops: Sequence[Op], on_time: OnTime = OnTime()) -> CheckResult:
                     f"{_at(due)}, no fault near it), more than {bound_ms:g} ms",
                 )
         rows.append(
-            {"value": value, "lateness_ms": lateness, "judged": judged, "received": first.time}
+            {
+                "value": value,
+                "lateness_ms": lateness,
+                "judged": judged,
+                "due": when,
+                "received": first.time,
+            }
         )
     failures = (
         "lost",
@@ -951,8 +965,26 @@ def delay(ops: Sequence[Op], on_time: OnTime = OnTime()) -> CheckResult:
             for i, (judged_n, other_n) in enumerate(histogram)
         ],
         "latest": rows[:20],
+        "by_fault": [
+            {"due": when, "values": len(values), **_spread("lateness", values)}
+            for when, values in sorted(by_when.items())
+        ],
     }
     return CheckResult("delay", valid, result_counts, examples, details)
+
+
+def _near(
+    windows: Sequence[FaultWindow], starts: Sequence[float], due: float, on_time: OnTime
+) -> str:
+    """Which fault window a value due at ``due`` was not judged for: due during it, or in
+    the settling time after it."""
+    i = bisect_right(starts, due + on_time.bound_s) - 1
+    while i >= 0:
+        window = windows[i]
+        if window.end + on_time.settle_s >= due:
+            return f"{'during' if due <= window.end else 'settling after'} {window.fault}"
+        i -= 1
+    return "near a fault"
 
 
 def _firsts(receives: Sequence[Op]) -> list[Op]:

@@ -953,10 +953,25 @@ def delay_section(results: Sequence[CheckResult]) -> str:
             "delay-histogram",
             ("judged", "not_judged"),
         )
+        + "<h3>By fault</h3>"
+        + window_table(
+            _rows(result, "by_fault"),
+            (
+                "due",
+                "values",
+                "lateness_p50_ms",
+                "lateness_p90_ms",
+                "lateness_p99_ms",
+                "lateness_max_ms",
+            ),
+            (),
+            "delay-by-fault",
+            ("values", "lateness_p50_ms", "lateness_p90_ms", "lateness_p99_ms", "lateness_max_ms"),
+        )
         + "<h3>The latest</h3>"
         + window_table(
             _rows(result, "latest"),
-            ("value", "lateness_ms", "judged", "received"),
+            ("value", "lateness_ms", "judged", "due", "received"),
             ("received",),
             "delay-latest",
             ("lateness_ms",),

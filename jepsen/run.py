@@ -306,7 +306,8 @@ async def _show_progress(workload: Workload, nemesis: Nemesis) -> None:
         )
         print(
             f"  sends ok {counts['ok']:,}{groups} info {counts['info']:,} fail {counts['fail']:,}"
-            f" | received {counts['receive']:,} (unconsumed {workload.unconsumed:,}) | {fault}",
+            f" | received {counts['receive']:,} (unconsumed {workload.unconsumed:,})"
+            f"{workload.progress_note} | {fault}",
             file=sys.stderr,
             flush=True,
         )

@@ -192,6 +192,11 @@ class Workload:
         """Acknowledged values the consumers have not finished with: the drain waits for 0."""
         return len(self.acknowledged - self.received)
 
+    @property
+    def progress_note(self) -> str:
+        """What the progress line adds about this workload."""
+        return ""
+
     async def setup(self, nodes: Nodes) -> None:
         """What the workload needs in the cluster besides the topic, before it starts."""
 
@@ -458,6 +463,10 @@ class RetryWorkload(Workload):
     @property
     def unconsumed(self) -> int:
         return len(self.acknowledged - self.finished)
+
+    @property
+    def progress_note(self) -> str:
+        return f" nacked {self.counts[NACK]:,}, last attempts failed {len(self.dead):,}"
 
     def fails(self, value: str, attempt: int) -> bool:
         """Whether the handler fails this delivery: the same for every delivery of it."""

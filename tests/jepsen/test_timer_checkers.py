@@ -511,3 +511,17 @@ def test_the_report_shows_the_lateness_distribution_and_the_fates() -> None:
     assert "<h2>Delayed messages</h2>" in delay_page and "1-10 ms" in delay_page
     assert "<h2>Retries</h2>" not in delay_page
     assert "<h2>Retries</h2>" in retry_page and "handled at attempt 2" in retry_page
+
+
+def test_lateness_is_reported_by_the_fault_near_each_due_time() -> None:
+    t = Timeline().fault(10.0, 20.0)
+    t.delayed("p0-1", 1.0, 2.0).delivered("p0-1", 3.0, late_s=0.004, offset=0)
+    t.delayed("p0-2", 12.0, 2.0).delivered("p0-2", 14.0, late_s=3.0, offset=1)
+    t.delayed("p0-3", 20.0, 2.0).delivered("p0-3", 22.0, late_s=1.5, offset=2)
+
+    rows = {row["due"]: row for row in delay(t.ops).details["by_fault"]}
+
+    assert set(rows) == {"no fault near", "during kill", "settling after kill"}
+    assert rows["during kill"]["values"] == 1 and rows["during kill"]["lateness_max_ms"] == 3000
+    assert rows["settling after kill"]["lateness_p50_ms"] == 1500
+    assert rows["no fault near"]["lateness_max_ms"] == 4
