@@ -1503,10 +1503,11 @@ SNAPSHOT_FORMAT_VERSION = 2
 _DEFAULT_POLICY = RetryPolicy()
 
 
-def _packed(values: array[int]) -> bytes:
-    """An array's items, little-endian, whatever this machine's byte order."""
+def _packed(values: array[int]) -> bytes | memoryview:
+    """An array's items, little-endian, whatever this machine's byte order (msgpack packs the
+    view as bytes, without a copy first)."""
     if sys.byteorder == "little":
-        return values.tobytes()
+        return memoryview(values).cast("B")
     swapped = array(values.typecode, values)
     swapped.byteswap()
     return swapped.tobytes()

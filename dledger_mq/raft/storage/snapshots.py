@@ -66,16 +66,18 @@ def _index_of(name: str) -> int | None:
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
-    body = _MEMBERSHIP_LENGTH.pack(len(snapshot.membership)) + snapshot.membership + snapshot.data
+    # One copy of the state's bytes, not one per piece joined: a snapshot may hold tens of MB
+    # (a million pending timers are 16 MB).
+    prefix = _MEMBERSHIP_LENGTH.pack(len(snapshot.membership)) + snapshot.membership
     header = _HEADER.pack(
         SNAPSHOT_MAGIC,
         SNAPSHOT_FORMAT_VERSION,
         snapshot.index,
         snapshot.term,
-        len(body),
-        crc32c(body),
+        len(prefix) + len(snapshot.data),
+        crc32c(snapshot.data, crc32c(prefix)),
     )
-    return header + body
+    return b"".join((header, prefix, snapshot.data))
 
 
 def decode_snapshot(data: bytes) -> Snapshot:
