@@ -114,6 +114,8 @@ class NodeConfig:
     )
     #: Run a naming node inside this node at this address ("" for none).
     naming_listen: str = ""
+    #: Serve GET /metrics (Prometheus), /healthz and /readyz at this address ("" for none).
+    http_listen: str = ""
     #: Every naming node this replica registers with (and heartbeats to).
     naming: list[str] = attrs.field(factory=list)
     naming_heartbeat_ms: int = attrs.field(default=1000, validator=_positive)
@@ -198,6 +200,8 @@ class NodeConfig:
             raise ConfigError("election_ticks: must exceed heartbeat_ticks")
         if self.naming_listen:
             _address(self, attrs.fields(NodeConfig).naming_listen, self.naming_listen)
+        if self.http_listen:
+            _address(self, attrs.fields(NodeConfig).http_listen, self.http_listen)
         for address in self.naming:
             try:
                 Address.parse(address)

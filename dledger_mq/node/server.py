@@ -561,6 +561,10 @@ async def serve_peers_and_naming(
                     ssl_context=node.tls.server if node.tls is not None else None,
                 )
             )
+        if config.http_listen:
+            from dledger_mq.node.metrics import serve_operator_http
+
+            await nursery.start(serve_operator_http, node, config.http_listen)
         if config.naming:
             signal = node.registration_signal
             nursery.start_soon(signal.follow_leader_changes, replica)

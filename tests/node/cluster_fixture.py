@@ -66,6 +66,7 @@ class ProcessCluster:
         root: Path,
         size: int = 3,
         with_naming: bool = False,
+        with_http: bool = False,
         group: str = "broker-a",
         register_with: Iterable[str] = (),
         secret_file: Path | None = None,
@@ -84,6 +85,12 @@ class ProcessCluster:
         }
         #: node id -> the naming node it runs, when ``with_naming``.
         self.naming = naming
+        #: node id -> its operator HTTP address (/metrics, /healthz, /readyz), ``with_http``.
+        self.http = (
+            {n: f"127.0.0.1:{port}" for n, port in zip(node_ids, free_ports(size), strict=True)}
+            if with_http
+            else {}
+        )
         self.nodes: dict[str, NodeProcess] = {}
         root.mkdir(parents=True, exist_ok=True)
         registered_with = list(self.naming.values()) + list(register_with)
@@ -106,6 +113,7 @@ class ProcessCluster:
                     "election_ticks": ELECTION_TICKS,
                     "group": group,
                     "naming_listen": self.naming.get(node_id, ""),
+                    "http_listen": self.http.get(node_id, ""),
                     "naming": registered_with,
                     "cluster_secret_file": str(self.secret_file),
                     **settings,

@@ -1,0 +1,175 @@
+"""A node's HTTP endpoints for operators (issue 18, item 1): ``GET /metrics`` in Prometheus'
+text format, ``GET /healthz`` (the process answers) and ``GET /readyz`` (it knows a leader and
+has applied everything it knows committed), on ``http_listen`` (node.toml; "" for none).
+
+Metrics are read from the node's state when scraped (a collector), so recording them costs the
+hot path nothing: messages stored per topic are the consume queues' ends, the replication
+figures are the Raft core's status. Names follow RocketMQ 5's where one exists
+(``rocketmq_messages_in_total``, ``rocketmq_consumer_lag_messages``, ``rocketmq_topic_number``,
+...), with its labels; the replication ones are ``dledger_*``. docs/operations.md, "Metrics",
+lists them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dledger_mq.wire.address import Address
+
+if TYPE_CHECKING:
+    from dledger_mq.node.server import Node
+
+logger = structlog.get_logger()
+
+_ROLES = ("follower", "pre-candidate", "candidate", "leader", "learner", "recovering")
+
+
+class NodeCollector(Collector):
+    """Every metric of one node, computed from its state at each scrape."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        node = self.node
+        status = node.status()
+        labels = {"node_id": status.node_id, "cluster": node.config.group}
+        names, values = list(labels), list(labels.values())
+
+        term = GaugeMetricFamily("dledger_term", "The Raft term this node is in.", labels=names)
+        term.add_metric(values, status.term)
+        yield term
+        role = GaugeMetricFamily(
+            "dledger_role",
+            "1 for the role this node has now, 0 for the others.",
+            labels=[*names, "role"],
+        )
+        for name in _ROLES:
+            role.add_metric([*values, name], 1 if status.role == name else 0)
+        yield role
+        for metric, help_text, value in (
+            ("dledger_last_index", "The last index of this node's log.", status.last_index),
+            ("dledger_commit_index", "The highest index known committed.", status.commit_index),
+            ("dledger_applied_index", "The highest index applied.", status.applied_index),
+            (
+                "dledger_apply_lag_entries",
+                "Entries known committed, not yet applied.",
+                status.commit_index - status.applied_index,
+            ),
+            (
+                "dledger_has_leader",
+                "1 when this node knows a leader of its group.",
+                1 if status.leader else 0,
+            ),
+            (
+                "dledger_pending_timers",
+                "Delayed and retried messages waiting for their time.",
+                node.state.pending_timers,
+            ),
+        ):
+            gauge = GaugeMetricFamily(metric, help_text, labels=names)
+            gauge.add_metric(values, value)
+            yield gauge
+        lag = GaugeMetricFamily(
+            "dledger_follower_lag_entries",
+            "On the leader: entries each follower is behind its log.",
+            labels=[*names, "follower"],
+        )
+        for follower in status.followers:
+            lag.add_metric([*values, follower.node_id], follower.lag)
+        yield lag
+
+        topics = node.state.topics()
+        topic_number = GaugeMetricFamily(
+            "rocketmq_topic_number", "Topics this broker group holds.", labels=names
+        )
+        topic_number.add_metric(values, len(topics))
+        yield topic_number
+        messages_in = CounterMetricFamily(
+            "rocketmq_messages_in",
+            "Messages stored, per topic (the consume queues' ends).",
+            labels=[*names, "topic"],
+        )
+        for topic in topics:
+            stored = sum(
+                node.state.max_offset(topic.name, queue_id) for queue_id in range(topic.queue_count)
+            )
+            messages_in.add_metric([*values, topic.name], stored)
+        yield messages_in
+        consumer_lag = GaugeMetricFamily(
+            "rocketmq_consumer_lag_messages",
+            "Messages stored but not yet consumed by the group, per topic.",
+            labels=[*names, "topic", "consumer_group"],
+        )
+        for group in node.state.groups():
+            for topic_name in node.state.group_topics(group):
+                if node.state.topic(topic_name) is None:
+                    continue
+                behind = sum(queue.lag for queue in node.state.lag(group, topic_name))
+                consumer_lag.add_metric([*values, topic_name, group], behind)
+        yield consumer_lag
+
+
+def readiness(node: Node) -> tuple[bool, str]:
+    """Ready: the node knows its group's leader and has applied all it knows committed."""
+    status = node.status()
+    if not status.leader:
+        return False, "no leader known"
+    if status.applied_index < status.commit_index:
+        return False, f"applied {status.applied_index} of {status.commit_index} committed"
+    return True, "ready"
+
+
+def operator_app(node: Node) -> Starlette:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "node_id": node.config.node_id})
+
+    async def readyz(request: Request) -> Response:
+        ready, why = readiness(node)
+        return JSONResponse(
+            {"ready": ready, "reason": why, "node_id": node.config.node_id},
+            status_code=200 if ready else 503,
+        )
+
+    routes = [
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
+    return Starlette(routes=routes)
+
+
+async def serve_operator_http(
+    node: Node,
+    listen: str,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``operator_app`` on ``listen`` (HOST:PORT) until cancelled."""
+    address = Address.parse(listen)
+    config = HypercornConfig()
+    config.bind = [f"{address.host}:{address.port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.5
+    logger.info("http_started", node=node.config.node_id, address=listen)
+    await serve(operator_app(node), config, task_status=task_status)  # type: ignore[arg-type]
