@@ -8,6 +8,9 @@
 | naming node of node *i* | base + i (9876-9878; 9876-9880 with five nodes) |
 | client address of node *i* | base + 5 + i (9881-9883) |
 | peer address of node *i* | base + 15 + i (9891-9893) |
+| HTTP (/metrics, /healthz, /readyz) of node *i*, group *g* | base - 75 + 5g + i (9801-9803) |
+
+(Group *g* counts from 0 for broker-a; with a base port under 76 the nodes serve no HTTP.)
 
 Each node has ``ROOT/nN/node.toml`` (its config), ``node.log``, ``node.pid`` and ``data/``.
 The configs are the cluster's record of itself: a later ``cluster up`` reads them back, so
@@ -49,6 +52,18 @@ CLIENT_PORT_OFFSET = 5
 PEER_PORT_OFFSET = 15
 #: Ports a cluster of the most nodes spans from its base port: base .. base + PORT_SPAN - 1.
 PORT_SPAN = PEER_PORT_OFFSET + max(NODE_COUNTS)
+#: HTTP ports lie below the base: 9801 for the default base, 5 a group (8 groups: 40 ports).
+HTTP_PORTS_BELOW_BASE = 75
+
+
+def http_address(base_port: int, position: int, number: int) -> str:
+    """The HTTP address of node ``number`` (from 0) of the ``position``-th group; "" when the
+    base port leaves no room below it."""
+    if base_port <= HTTP_PORTS_BELOW_BASE:
+        return ""
+    return f"{HOST}:{base_port - HTTP_PORTS_BELOW_BASE + position * max(NODE_COUNTS) + number}"
+
+
 HOST = "127.0.0.1"
 
 CONFIG_FILE_NAME = "node.toml"
@@ -83,6 +98,8 @@ class LocalNode:
     group: str = "broker-a"
     #: Its id among its group's members (its config's ``node_id``); default: ``node_id``.
     member: str = ""
+    #: Where it serves /metrics, /healthz and /readyz ("" for nowhere).
+    http: str = ""
 
     @property
     def member_id(self) -> str:
@@ -164,6 +181,7 @@ class ClusterLayout:
                         directory=_group_directory(root, position, group) / member_id,
                         group=group,
                         member=member_id,
+                        http=http_address(base_port, position, number),
                     )
                 )
         return cls(root, tuple(nodes))
@@ -221,10 +239,35 @@ class ClusterLayout:
                         member_id,
                     ),
                 )
+        # Where each serves HTTP, its own config says.
+        for _, node_config in found:
+            key = (node_config.group, node_config.node_id)
+            if key in nodes and node_config.http_listen:
+                nodes[key] = attrs.evolve(nodes[key], http=node_config.http_listen)
         nodes_list = list(nodes.values())
         # ... and a node added since (its own config lists it; the others' may not).
         nodes_list.sort(key=lambda node: (node.group, _member_number(node.member_id)))
-        return cls(root, tuple(nodes_list))
+        layout = cls(root, tuple(nodes_list))
+        if any(node.http for node in nodes_list):
+            # A node whose own config a power cut emptied: its HTTP port as `derive` gives it.
+            groups = layout.groups
+            layout = cls(
+                root,
+                tuple(
+                    node
+                    if node.http
+                    else attrs.evolve(
+                        node,
+                        http=http_address(
+                            layout.base_port,
+                            groups.index(node.group),
+                            _member_number(node.member_id)[0] - 1,
+                        ),
+                    )
+                    for node in nodes_list
+                ),
+            )
+        return layout
 
     @property
     def node_ids(self) -> list[str]:
@@ -286,6 +329,7 @@ class ClusterLayout:
                 flush,
                 {node.member_id: node.naming for node in nodes if node.naming},
                 disk,
+                http={node.member_id: node.http for node in nodes if node.http},
                 tls=tls,
                 group=group,
                 register_with=list(self.naming.values()),
@@ -323,6 +367,7 @@ class ClusterLayout:
             directory / member_id,
             group,
             member_id,
+            http_address(self.base_port, position, number - 1),
         )
         members = {
             node.member_id: Member(peer=node.peer, client=node.client) for node in [*nodes, new]
@@ -334,6 +379,7 @@ class ClusterLayout:
             flush,
             {},
             disk,
+            http={member_id: new.http} if new.http else None,
             settings={"learners": [member_id]},
             tls=self.has_tls,
             group=group,
@@ -381,8 +427,10 @@ def write_configs(
     group: str = "broker-a",
     register_with: list[str] | None = None,
     cluster_root: Path | None = None,
+    http: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write each node's config under ``root`` unless it exists (so data and ports persist).
+    ``http``: node id -> where it serves /metrics, /healthz and /readyz.
 
     Durably: a power cut after this returns leaves every config whole. ``naming`` maps a node
     id to the address of the naming node it runs; every node registers with all of them.
@@ -427,6 +475,7 @@ def write_configs(
                     "flush": flush,
                     "group": group,
                     "naming_listen": naming.get(node_id, ""),
+                    "http_listen": (http or {}).get(node_id, ""),
                     "naming": list(naming.values()) if register_with is None else register_with,
                     "cluster_secret_file": str(secret_path),
                     **tls_settings,

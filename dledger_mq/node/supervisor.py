@@ -603,7 +603,9 @@ def startup_lines(layout: ClusterLayout) -> list[str]:
     lines = [
         f"{node.node_id}: {node.group}, "
         + (f"naming {node.naming}, " if node.naming else "")
-        + f"client {node.client}, peer {node.peer}, data {node.data_dir}, log {node.log_path}"
+        + f"client {node.client}, peer {node.peer}, "
+        + (f"metrics http://{node.http}/metrics, " if node.http else "")
+        + f"data {node.data_dir}, log {node.log_path}"
         for node in layout.nodes
     ]
     root = "" if layout.root == Path(".dledger-mq") else f" --root {layout.root}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from dledger_mq.node.cluster_layout import PORT_SPAN, ClusterLayout
+from dledger_mq.node.cluster_layout import HTTP_PORTS_BELOW_BASE, PORT_SPAN, ClusterLayout
 from dledger_mq.node.cluster_status import fetch_all
 from dledger_mq.node.processes import process_start_time, read_pid_file
 from dledger_mq.wire.admin import StatusReply
@@ -49,8 +49,9 @@ def free_base_port(rng: random.Random | None = None, groups: int = 1) -> int:
     for _ in range(100):
         base = rng.randrange(10_000, 32_000 - span)
         sockets = []
+        http_ports = range(base - HTTP_PORTS_BELOW_BASE, base - HTTP_PORTS_BELOW_BASE + 5 * groups)
         try:
-            for port in range(base, base + span):
+            for port in [*http_ports, *range(base, base + span)]:
                 sock = socket.socket()
                 sockets.append(sock)
                 sock.bind(("127.0.0.1", port))
