@@ -83,6 +83,27 @@ class NodeCollector(Collector):
             gauge = GaugeMetricFamily(metric, help_text, labels=names)
             gauge.add_metric(values, value)
             yield gauge
+        snapshots = node.snapshots.indexes()
+        for metric, help_text, value in (
+            (
+                "dledger_snapshot_age_entries",
+                "Entries applied since the newest snapshot (a restart applies them again).",
+                status.applied_index - (snapshots[0] if snapshots else 0),
+            ),
+            (
+                "dledger_log_bytes",
+                "Bytes of this node's log on disk.",
+                node.replica.log.size_bytes(),
+            ),
+            (
+                "dledger_log_first_index",
+                "The first index this node's log still holds (retention moves it).",
+                node.replica.log.first_index(),
+            ),
+        ):
+            gauge = GaugeMetricFamily(metric, help_text, labels=names)
+            gauge.add_metric(values, value)
+            yield gauge
         lag = GaugeMetricFamily(
             "dledger_follower_lag_entries",
             "On the leader: entries each follower is behind its log.",

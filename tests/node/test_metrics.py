@@ -83,6 +83,9 @@ async def test_metrics_move_with_the_messages_and_readiness_follows_the_leader(
     assert _value(after, "rocketmq_messages_in_total", topic="orders") == 10
     assert _value(after, "rocketmq_topic_number") == 1
     assert _value(after, "dledger_apply_lag_entries") >= 0
+    assert _value(after, "dledger_log_bytes") > 0
+    assert _value(after, "dledger_log_first_index") == 1
+    assert _value(after, "dledger_snapshot_age_entries") == _value(after, "dledger_applied_index")
 
     status, body = await trio.to_thread.run_sync(_get, cluster.http[follower], "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
