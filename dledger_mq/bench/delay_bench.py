@@ -713,7 +713,7 @@ class WheelCost:
     bytes: int
     #: tracemalloc: the peak above that while a snapshot packs its columns.
     snapshot_extra_bytes: int
-    #: Seconds to sort and pack its pairs, without tracemalloc (the node's loop is blocked).
+    #: Seconds a snapshot takes to pack it, without tracemalloc (the node's loop is blocked).
     snapshot_seconds: float
 
     def as_json(self) -> dict[str, object]:

@@ -152,6 +152,7 @@ from dledger_mq.wire.broker import (
     SendReply,
     SendRequest,
     StoredMessage,
+    attempt_of,
     dead_letter_topic,
     retry_topic,
     system_topic_group,
@@ -662,26 +663,19 @@ class BrokerService:
         if self.refuse_sends_path is not None:
             raise DiskFull(self.refuse_sends_path)
         [found] = self._read_at(request.topic, request.queue_id, request.offset)
-        properties = {
-            name: value
-            for name, value in found.properties.items()
-            if name not in (DELIVER_AT_PROPERTY, LAST_ERROR_PROPERTY)
-        }
-        properties.setdefault(ORIGIN_TOPIC_PROPERTY, request.topic)
-        properties.setdefault(ORIGIN_MSG_ID_PROPERTY, found.msg_id)
-        attempt = _attempt_of(found.properties) + 1
+        attempt = attempt_of(found.properties) + 1
         policy = self.state.retry_policy(request.group)
         if request.dead_letter:
             attempt = max(attempt, policy.max_attempts + 1)
-        properties[ATTEMPT_PROPERTY] = str(attempt)
-        if request.error:
-            properties[LAST_ERROR_PROPERTY] = request.error[:MAX_LAST_ERROR_LENGTH]
-        try:
-            message = _retry_message(request, found, properties)
-        except InvalidMessage:
-            # The added properties overflow the limit: the reason is the one to give up.
-            properties.pop(LAST_ERROR_PROPERTY, None)
-            message = _retry_message(request, found, properties)
+        message = failed_copy(
+            found,
+            retry_topic(request.group),
+            request.topic,
+            attempt,
+            request.error,
+            request.producer_id,
+            request.sequence,
+        )
         stamp = max(self.clock_ms(), self.state.last_store_timestamp_ms)
         self.state.validate_send((message,), stamp)
         prepared = PreparedSend(encode_command(SendBatch(stamp, (message,))), (message,))
@@ -801,20 +795,13 @@ class BrokerService:
             [found] = self._read_at(request.topic, queue_id, offset)
         except BadRequest:
             return None
-        properties = dict(found.properties)
-        properties.setdefault(ORIGIN_TOPIC_PROPERTY, request.topic)
-        properties.setdefault(ORIGIN_MSG_ID_PROPERTY, found.msg_id)
-        properties[ATTEMPT_PROPERTY] = str(attempts + 1)
-        properties[LAST_ERROR_PROPERTY] = "not acknowledged within its invisible duration"
         try:
-            return Message(
-                topic=dead_letter_topic(request.group),
-                queue_id=0,
-                body=found.body,
-                tags=found.tags,
-                keys=found.keys,
-                properties=properties,
-                born_timestamp_ms=found.born_timestamp_ms,
+            return failed_copy(
+                found,
+                dead_letter_topic(request.group),
+                request.topic,
+                attempts + 1,
+                "not acknowledged within its invisible duration",
             )
         except InvalidMessage:
             return None
@@ -1065,26 +1052,49 @@ def _popped_ref(handle: str) -> PoppedRef:
     return PoppedRef(int(parts[0]), int(parts[1]), int(parts[2]))
 
 
-def _attempt_of(properties: dict[str, str]) -> int:
-    """Which delivery of its message this is (1: the first), as its properties say."""
-    attempt = properties.get(ATTEMPT_PROPERTY, "1")
-    return int(attempt) if attempt.isascii() and attempt.isdigit() and len(attempt) < 10 else 1
-
-
-def _retry_message(
-    request: SendBackRequest, found: StoredMessage, properties: dict[str, str]
+def failed_copy(
+    found: StoredMessage,
+    topic: str,
+    origin_topic: str,
+    attempt: int,
+    error: str,
+    producer_id: str | None = None,
+    sequence: int | None = None,
 ) -> Message:
-    return Message(
-        topic=retry_topic(request.group),
-        queue_id=0,
-        body=found.body,
-        tags=found.tags,
-        keys=found.keys,
-        properties=properties,
-        born_timestamp_ms=found.born_timestamp_ms,
-        producer_id=request.producer_id,
-        sequence=request.sequence,
-    )
+    """A failed message stored again, in ``topic`` (its group's retry or dead-letter topic):
+    where it was first stored and its id there (kept from the first failure), which delivery
+    comes next, and why the last failed (left out if the properties would grow past their
+    limit: the reason is the one thing to give up). Its deliver-at time does not travel."""
+    properties = {
+        name: value
+        for name, value in found.properties.items()
+        if name not in (DELIVER_AT_PROPERTY, LAST_ERROR_PROPERTY)
+    }
+    properties.setdefault(ORIGIN_TOPIC_PROPERTY, origin_topic)
+    properties.setdefault(ORIGIN_MSG_ID_PROPERTY, found.msg_id)
+    properties[ATTEMPT_PROPERTY] = str(attempt)
+
+    def copy(with_error: bool) -> Message:
+        if with_error and error:
+            properties[LAST_ERROR_PROPERTY] = error[:MAX_LAST_ERROR_LENGTH]
+        else:
+            properties.pop(LAST_ERROR_PROPERTY, None)
+        return Message(
+            topic=topic,
+            queue_id=0,
+            body=found.body,
+            tags=found.tags,
+            keys=found.keys,
+            properties=properties,
+            born_timestamp_ms=found.born_timestamp_ms,
+            producer_id=producer_id,
+            sequence=sequence,
+        )
+
+    try:
+        return copy(with_error=True)
+    except InvalidMessage:
+        return copy(with_error=False)
 
 
 def _receipt(topic: str, outcome: SendReceipt | Refused) -> Receipt:

@@ -59,7 +59,6 @@ import trio
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import BadRequest, DledgerError, TopicNotFound, UsageError
 from dledger_mq.wire.broker import (
-    ATTEMPT_PROPERTY,
     ORIGIN_TOPIC_PROPERTY,
     CommitOffsetsReply,
     CommitOffsetsRequest,
@@ -76,6 +75,7 @@ from dledger_mq.wire.broker import (
     SendBackReply,
     SendBackRequest,
     StoredMessage,
+    attempt_of,
     retry_topic,
     system_topic_group,
 )
@@ -677,7 +677,9 @@ class _GroupReader:
                     if self.fifo:
                         await self._deliver_in_place(stored)
                     else:
-                        message = ReceivedMessage(stored, consumer, self, _attempt_of(stored))
+                        message = ReceivedMessage(
+                            stored, consumer, self, attempt_of(stored.properties)
+                        )
                         await consumer._send.send(message)
                         self._delivered_end[queue_id] = stored.offset + 1
                 offset = reply.next_offset
@@ -687,7 +689,7 @@ class _GroupReader:
         after each nack; after the last attempt it goes to the dead-letter topic. The queue's
         next message waits meanwhile."""
         consumer = self.consumer
-        attempt = _attempt_of(stored)
+        attempt = attempt_of(stored.properties)
         while True:
             message = ReceivedMessage(stored, consumer, self, attempt)
             await consumer._send.send(message)
@@ -778,12 +780,6 @@ class _GroupReader:
             kept = self._progress.get(item.queue_id)
             if kept is not None:
                 kept.committed = max(kept.committed, item.offset)
-
-
-def _attempt_of(stored: StoredMessage) -> int:
-    """Which delivery of its message ``stored`` is, as its properties say (1: the first)."""
-    attempt = stored.properties.get(ATTEMPT_PROPERTY, "1")
-    return int(attempt) if attempt.isascii() and attempt.isdigit() and len(attempt) < 10 else 1
 
 
 # -- a broadcasting consumer's progress file ---------------------------------------------------

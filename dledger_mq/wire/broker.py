@@ -31,6 +31,12 @@ RETRY_TOPIC_PREFIX = "%RETRY%"
 DLQ_TOPIC_PREFIX = "%DLQ%"
 
 
+def attempt_of(properties: dict[str, str]) -> int:
+    """Which delivery of its message this is (1: the first), as its properties say."""
+    attempt = properties.get(ATTEMPT_PROPERTY, "1")
+    return int(attempt) if attempt.isascii() and attempt.isdigit() and len(attempt) < 10 else 1
+
+
 def retry_topic(group: str) -> str:
     """The topic a consumer group's failed messages wait in for their next attempt."""
     return RETRY_TOPIC_PREFIX + group
