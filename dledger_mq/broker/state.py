@@ -24,7 +24,7 @@ import enum
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import attrs
@@ -812,7 +812,7 @@ class BrokerState:
         return topic
 
     def _schedule(
-        self, topic_name: str, properties: dict[str, str], store_timestamp_ms: int
+        self, topic_name: str, properties: Mapping[str, str], store_timestamp_ms: int
     ) -> tuple[str, int | None]:
         """Where a message goes and when: (topic, None) now, (topic, due) for a timer. A
         retried message past its group's last attempt goes to the dead-letter topic; one with
@@ -1209,7 +1209,7 @@ class BrokerState:
                 raise QueueNotFound(message.topic, message.queue_id, queue_count)
             if message.properties:
                 stamp = self._clock_ms if store_timestamp_ms is None else store_timestamp_ms
-                self._schedule(message.topic, dict(message.properties), stamp)
+                self._schedule(message.topic, message.properties, stamp)
 
     def queue_count_for_send(self, topic: str) -> int:
         """The queues a send to ``topic`` may choose from, counting auto-creation.
