@@ -49,6 +49,12 @@ async def test_a_topic_created_on_the_leader_reaches_every_replica_and_survives_
 async def test_creating_a_topic_on_a_follower_names_the_leader(cluster: ProcessCluster) -> None:
     leader = (await cluster.wait_for_leader()).node_id
     follower = next(node for node in cluster.nodes if node != leader)
+    # wait_for_leader counts only the nodes that answer: the follower may not be listening yet.
+    await cluster.wait_until(
+        lambda statuses: (status := statuses[follower]) is not None and status.leader == leader,
+        f"{follower} follows {leader}",
+        [follower],
+    )
     async with connect_admin(cluster.client_address(follower)) as admin:
         with pytest.raises(NotLeader) as raised:
             await admin.create_topic("orders", 4)
