@@ -92,6 +92,8 @@ class ProcessCluster:
             else {}
         )
         self.nodes: dict[str, NodeProcess] = {}
+        #: nodes stopped by ``pause`` (SIGSTOP): running, but they cannot answer.
+        self.paused: set[str] = set()
         root.mkdir(parents=True, exist_ok=True)
         registered_with = list(self.naming.values()) + list(register_with)
         self.registered_with = registered_with
@@ -183,6 +185,7 @@ class ProcessCluster:
         """Start (or restart, on the same data dir) one node in its own process group."""
         node = self.nodes[node_id]
         assert not node.running, f"{node_id} is already running"
+        self.paused.discard(node_id)
         node.log_offset = self.log_mark(node_id)
         with open(node.log_path, "ab") as log_file:
             node.process = subprocess.Popen(
@@ -210,12 +213,14 @@ class ProcessCluster:
         process = self.nodes[node_id].process
         assert process is not None and process.poll() is None, f"{node_id} is not running"
         os.killpg(process.pid, signal.SIGSTOP)
+        self.paused.add(node_id)
 
     def resume(self, node_id: str) -> None:
         process = self.nodes[node_id].process
         assert process is not None, f"{node_id} was never started"
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGCONT)
+        self.paused.discard(node_id)
 
     async def stop(self, node_id: str, timeout: float = DEADLINE_SECONDS) -> int:
         """SIGTERM (a graceful stop) and wait for the exit; returns the exit code. Only once
@@ -343,10 +348,16 @@ class ProcessCluster:
         timeout: float = DEADLINE_SECONDS,
     ) -> StatusReply:
         """A leader among the running nodes outside ``exclude`` with a term above ``min_term``,
-        acknowledged by every running node outside ``exclude`` (same leader, same term)."""
+        acknowledged by every running node outside ``exclude`` (same leader, same term).
+        A running node that is not paused must answer: one still starting has not agreed yet."""
         excluded = set(exclude)
         statuses = await self.wait_until(
-            lambda statuses: agreed_leader(statuses, excluded, min_term) is not None,
+            lambda statuses: agreed_leader(statuses, excluded, min_term) is not None
+            and all(
+                status is not None
+                for node_id, status in statuses.items()
+                if node_id not in excluded and node_id not in self.paused
+            ),
             f"one leader (not {sorted(excluded)}, term > {min_term}) that all others follow",
             timeout=timeout,
         )
