@@ -78,6 +78,7 @@ from dledger_mq.broker.state import (
     UsersChanged,
 )
 from dledger_mq.broker.tag_filter import TagFilter, parse_tag_expression
+from dledger_mq.broker.traffic import Traffic
 from dledger_mq.errors import (
     BadRequest,
     DiskFull,
@@ -270,6 +271,8 @@ class BrokerService:
         #: While set (the volume of this path is nearly full, ``node/retention.py``), sends are
         #: refused with ``DiskFull``; everything else goes on.
         self.refuse_sends_path: str | None = None
+        #: What this node served (metrics): bytes stored, messages and bytes handed out.
+        self.traffic = Traffic()
         self._handlers = self.handlers()
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -607,7 +610,12 @@ class BrokerService:
 
     async def send(self, request: SendRequest) -> SendReply:
         prepared = self.prepare_send(request)
-        return send_reply(prepared, await self.replica.propose_and_apply(prepared.data))
+        reply = send_reply(prepared, await self.replica.propose_and_apply(prepared.data))
+        if self.traffic.enabled:
+            for message, receipt in zip(prepared.messages, reply.receipts, strict=True):
+                if receipt.msg_id and not receipt.duplicate:
+                    self.traffic.stored(message.topic, len(message.body))
+        return reply
 
     def prepare_send(self, request: SendRequest) -> PreparedSend:
         """The entry a send proposes: queues picked, checked against the state, stamped.
@@ -784,7 +792,17 @@ class BrokerService:
             records.append(
                 ReceivedRecord(stored, popped.attempt, handle, popped.invisible_until_ms)
             )
+        self._delivered(request.topic, request.group, [record.message for record in records])
         return ReceiveReply(tuple(records))
+
+    def _delivered(self, topic: str, group: str, messages: Sequence[StoredMessage]) -> None:
+        if not messages or not self.traffic.enabled:
+            return
+        if group and (group, topic) not in self.consumers and not self.state.group_topics(group):
+            # A pull names any group it likes: only a group with live consumers or committed
+            # offsets labels a series of its own. (A receive's group has state in the log.)
+            group = ""
+        self.traffic.delivered(topic, group, (len(message.body) for message in messages))
 
     def _dead_letter_of(
         self, request: ReceiveRequest, queue_id: int, offset: int, attempts: int
@@ -907,6 +925,7 @@ class BrokerService:
             while True:
                 reply = self.pull_now(attrs.evolve(request, offset=offset))
                 if reply.messages or wait_seconds == 0:
+                    self._delivered(request.topic, request.consumer_group, reply.messages)
                     return reply
                 # Nothing matching yet: skip what the filter refused, wait for the next apply.
                 offset = reply.next_offset

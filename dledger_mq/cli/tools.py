@@ -232,6 +232,13 @@ def _sdk_bench_options(function: F, batch: int = 64) -> F:
     help="Broker groups of 3 nodes. With 2 or more, every figure twice, side by side in the "
     "same run: a topic in one group, and a topic spread over all of them.",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    is_flag=True,
+    help="Instead: two clusters side by side in the same run, one without /metrics and one "
+    "serving and scraped every second, to show what metrics cost (no kills).",
+)
 @json_option("the figures")
 @one_line_errors
 def bench_produce(
@@ -242,12 +249,32 @@ def bench_produce(
     kills: int,
     tls: bool,
     groups: int,
+    metrics: bool,
     as_json: bool,
     directory: str | None,
 ) -> None:
     """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
-    how long a leader kill pauses the sends; with --groups N, one group beside N."""
+    how long a leader kill pauses the sends; with --groups N, one group beside N; with
+    --metrics, metrics off beside on."""
     sigterm_as_interrupt()
+    if metrics:
+        if tls or groups > 1:
+            raise click.UsageError("--metrics compares one group without TLS")
+        from dledger_mq.bench import metrics_bench
+
+        click.echo(
+            trio.run(
+                metrics_bench.run,
+                seconds,
+                size,
+                batch,
+                concurrency,
+                directory,
+                lambda text: click.echo(text, err=True),
+                as_json,
+            )
+        )
+        return
     from dledger_mq.bench.produce_bench import run
 
     report = trio.run(

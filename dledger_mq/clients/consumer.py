@@ -662,7 +662,13 @@ class _GroupReader:
             task_status.started(scope)
             while True:
                 request = PullRequest(
-                    self.topic, queue_id, offset, PULL_BATCH, self.tags, LONG_POLL_MS
+                    self.topic,
+                    queue_id,
+                    offset,
+                    PULL_BATCH,
+                    self.tags,
+                    LONG_POLL_MS,
+                    consumer.group,
                 )
                 reply = await self._call(request, PullReply)
                 # What the tag filter left out, or retention deleted, counts as consumed.

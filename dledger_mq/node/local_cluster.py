@@ -90,6 +90,7 @@ class LocalCluster:
         register_with: list[str] | None = None,
         cluster_root: Path | None = None,
         ports: list[int] | None = None,
+        http: bool = False,
     ) -> None:
         """``environment``: the nodes' (default: this process's). ``tls``: every port speaks
         TLS (a CA made under ``root``); ``client_tls`` is what clients connect with.
@@ -97,12 +98,22 @@ class LocalCluster:
         ``group``: the broker group the three form; ``register_with``: the naming nodes they
         register with (default: their own); ``cluster_root``: where the cluster secret and the
         CA are, shared with other groups (default: ``root``); ``ports``: the
-        ``ports_needed(3, with_naming)`` ports to listen on (default: free ones)."""
+        ``ports_needed(3, with_naming)`` ports to listen on (default: free ones); ``http``: each
+        node serves /metrics on a free port of its own (``self.http``)."""
         self.environment = environment
         self.root = root
         self.group = group
         #: ``naming``: node id -> the naming node it runs, when ``with_naming``.
         self.members, self.naming = cluster_on_free_ports(3, with_naming, ports)
+        #: node id -> its operator HTTP address (/metrics), with ``http``.
+        self.http = (
+            {
+                node_id: f"127.0.0.1:{port}"
+                for node_id, port in zip(self.members, free_ports(3), strict=True)
+            }
+            if http
+            else {}
+        )
         paths = write_configs(
             root,
             self.members,
@@ -113,6 +124,7 @@ class LocalCluster:
             group=group,
             register_with=register_with,
             cluster_root=cluster_root,
+            http=self.http,
         )
         ca_file = (cluster_root or root) / TLS_DIRECTORY_NAME / CA_FILE_NAME
         self.client_tls = client_ssl_context(str(ca_file)) if tls else None

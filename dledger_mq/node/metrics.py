@@ -12,6 +12,7 @@ lists them all.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,7 +44,9 @@ class NodeCollector(Collector):
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         node = self.node
         status = node.status()
         labels = {"node_id": status.node_id, "cluster": node.config.group}
@@ -104,6 +107,43 @@ class NodeCollector(Collector):
             gauge = GaugeMetricFamily(metric, help_text, labels=names)
             gauge.add_metric(values, value)
             yield gauge
+        usage = shutil.disk_usage(node.replica.log.directory)
+        for metric, help_text, value in (
+            ("dledger_disk_used_bytes", "Bytes used on the volume of the data dir.", usage.used),
+            ("dledger_disk_free_bytes", "Bytes free on the volume of the data dir.", usage.free),
+        ):
+            gauge = GaugeMetricFamily(metric, help_text, labels=names)
+            gauge.add_metric(values, value)
+            yield gauge
+        replica = node.replica
+        for metric, help_text, value in (
+            (
+                "dledger_elections",
+                "Elections this node started (as a candidate).",
+                replica.elections_started,
+            ),
+            (
+                "dledger_leader_changes",
+                "Times the leader this node knows changed to another node.",
+                replica.leader_changes,
+            ),
+        ):
+            counter = CounterMetricFamily(metric, help_text, labels=names)
+            counter.add_metric(values, value)
+            yield counter
+        stats = replica.log.write_stats
+        for metric, help_text, histogram in (
+            ("dledger_fsync_seconds", "Time each fsync of the log took.", stats.fsync_seconds),
+            (
+                "dledger_write_batch_entries",
+                "Entries in each write to the log (group commit).",
+                stats.batch_entries,
+            ),
+            ("dledger_write_batch_bytes", "Bytes in each write to the log.", stats.batch_bytes),
+        ):
+            family = HistogramMetricFamily(metric, help_text, labels=names)
+            family.add_metric(values, histogram.cumulative(), histogram.total)
+            yield family
         lag = GaugeMetricFamily(
             "dledger_follower_lag_entries",
             "On the leader: entries each follower is behind its log.",
@@ -142,6 +182,31 @@ class NodeCollector(Collector):
                 behind = sum(queue.lag for queue in node.state.lag(group, topic_name))
                 consumer_lag.add_metric([*values, topic_name, group], behind)
         yield consumer_lag
+        traffic = node.broker.traffic
+        throughput_in = CounterMetricFamily(
+            "rocketmq_throughput_in",
+            "Bytes of message bodies this node stored as leader, per topic.",
+            labels=[*names, "topic"],
+        )
+        for topic_name, size in sorted(traffic.bytes_in.items()):
+            throughput_in.add_metric([*values, topic_name], size)
+        yield throughput_in
+        for metric, help_text, counts in (
+            (
+                "rocketmq_messages_out",
+                "Messages this node handed to consumers (pulls and receives).",
+                traffic.messages_out,
+            ),
+            (
+                "rocketmq_throughput_out",
+                "Bytes of message bodies this node handed to consumers.",
+                traffic.bytes_out,
+            ),
+        ):
+            out = CounterMetricFamily(metric, help_text, labels=[*names, "topic", "consumer_group"])
+            for (topic_name, group), value in sorted(counts.items()):
+                out.add_metric([*values, topic_name, group], value)
+            yield out
 
 
 def readiness(node: Node) -> tuple[bool, str]:

@@ -515,6 +515,8 @@ def assemble_node(
         applied=applied,
         broker_group=config.group,
     )
+    # Counted only where someone can read them: with no /metrics, the hot path records nothing.
+    broker.traffic.enabled = commit_log.write_stats.enabled = bool(config.http_listen)
     return Node(config, replica, state, broker, rng, snapshots, harness, tls, registration)
 
 

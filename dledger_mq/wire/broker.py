@@ -122,6 +122,8 @@ class PullRequest:
     tag_expression: str = "*"
     #: Long polling: with nothing new, wait up to this long for a matching message to commit.
     wait_ms: int = 0
+    #: The consumer group pulling, for the metrics only ("": none named).
+    consumer_group: str = ""
 
 
 @attrs.frozen

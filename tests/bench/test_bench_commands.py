@@ -209,3 +209,25 @@ def test_bench_soak_takes_the_retention_settings(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(result.stdout.splitlines()) == 1 + 2 * 3
+
+
+def test_bench_produce_metrics_measures_off_beside_on_and_sees_the_counters_move(
+    tmp_path: Path,
+) -> None:
+    documented = _documented("bench produce --metrics")
+    fast = ["--seconds", "0.6", "--batch", "8", "--concurrency", "2", "--json"]
+    result = _bench(tmp_path, *documented, *fast)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    phases = {(phase["name"], phase["metrics"]): phase for phase in report["phases"]}
+    kinds = ("one at a time", "batched 2x8")
+    assert set(phases) == {(kind, metrics) for kind in kinds for metrics in ("off", "on")}
+    assert all(phase["messages"] > 0 for phase in phases.values())
+    assert set(report["ratios_on_off"]) == set(kinds)
+    # Scraped while the producer sent: the leader's counters moved between scrapes.
+    assert report["scrapes"] > 0 and report["failed_scrapes"] == 0
+    assert report["moved_on_leader"]["rocketmq_messages_in_total"] > 0
+    assert report["moved_on_leader"]["rocketmq_throughput_in_total"] > 0
+    assert report["moved_on_leader"]["dledger_fsync_seconds_count"] > 0
+    assert "waiting for their leaders" in result.stderr  # progress
+    assert not list(tmp_path.glob("bench-metrics-*"))

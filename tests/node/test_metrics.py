@@ -86,6 +86,24 @@ async def test_metrics_move_with_the_messages_and_readiness_follows_the_leader(
     assert _value(after, "dledger_log_bytes") > 0
     assert _value(after, "dledger_log_first_index") == 1
     assert _value(after, "dledger_snapshot_age_entries") == _value(after, "dledger_applied_index")
+    assert _value(after, "dledger_leader_changes_total") >= 1
+    assert _value(after, "dledger_disk_free_bytes") > 0
+    # What the leader served: the bodies' bytes stored, the messages handed to the group.
+    on_leader = await _scrape(cluster.http[leader])
+    assert _value(on_leader, "rocketmq_throughput_in_total", topic="orders") == 10
+    assert _value(on_leader, "rocketmq_messages_out_total", consumer_group="billing") >= 10
+    assert _value(on_leader, "rocketmq_throughput_out_total", consumer_group="billing") >= 10
+    assert _value(on_leader, "dledger_elections_total") >= 1
+    # Histograms: every write was fsynced (flush "sync") and counted with its batch size.
+    writes = _value(on_leader, "dledger_write_batch_entries_count")
+    assert writes >= 1
+    assert _value(on_leader, "dledger_fsync_seconds_count") >= writes
+    assert _value(on_leader, "dledger_write_batch_entries_sum") >= _value(
+        on_leader, "dledger_last_index"
+    ) - _value(on_leader, "dledger_log_first_index")
+    assert _value(on_leader, "dledger_fsync_seconds_bucket", le="+Inf") == _value(
+        on_leader, "dledger_fsync_seconds_count"
+    )
 
     status, body = await trio.to_thread.run_sync(_get, cluster.http[follower], "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"

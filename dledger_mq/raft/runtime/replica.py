@@ -102,6 +102,11 @@ class Replica:
         #: A Ready taken outside the loop whose write met a full disk: the loop retries it.
         self._stalled: ReadyWork | None = None
         self.leader_changed = trio.Event()
+        #: Elections this node started (it became a candidate), and times the leader it knows
+        #: changed to another node, since the process started (metrics).
+        self.elections_started = 0
+        self.leader_changes = 0
+        self._known_leader: str | None = None
         #: Drops, durably, what was derived from the log before a leader's snapshot is
         #: installed (the broker's consume queues): called before the log starts over.
         self.before_reset = before_reset
@@ -316,6 +321,11 @@ class Replica:
         self.log_events.warning("peer_message_refused", reason=str(error))
 
     def _soft_state_changed(self, soft: SoftState) -> None:
+        if soft.role is Role.CANDIDATE:
+            self.elections_started += 1
+        if soft.leader is not None and soft.leader != self._known_leader:
+            self.leader_changes += 1
+            self._known_leader = soft.leader
         self.log_events.info(
             "role_changed", role=soft.role.value, term=soft.term, leader=soft.leader
         )

@@ -66,6 +66,7 @@ from dledger_mq.raft.storage.disk import Disk, DiskFile, FsyncError, write_file_
 from dledger_mq.raft.storage.location_index import INDEX_SUFFIX, LocationIndex, encode_index
 from dledger_mq.raft.storage.published_end import PublishedEndWriter
 from dledger_mq.raft.storage.term_runs import TermRuns
+from dledger_mq.raft.storage.write_stats import WriteStats
 
 __all__ = ["CommitLog", "Cut", "FlushPolicy", "RecoveryReport"]
 
@@ -149,6 +150,8 @@ class CommitLog:
         self._flush_policy = flush_policy
         self._flush_interval_seconds = flush_interval_ms / 1000
         self._clock = clock
+        #: fsync latency and write batch sizes (the node's /metrics).
+        self.write_stats = WriteStats()
         self.recovery = RecoveryReport(tuple(recovered.cuts), recovered.trim_point_moved_from)
         #: This replica lost its log and must not vote until a leader has caught it up
         #: (``RaftCore``'s "recovering"); set by ``open``, cleared by ``finish_recovery``.
@@ -448,6 +451,9 @@ class CommitLog:
             segment.file.append(batch)
         except OSError as error:
             self._undo_failed_write(segment, start, error)
+        if self.write_stats.enabled:
+            self.write_stats.batch_entries.observe(len(entries))
+            self.write_stats.batch_bytes.observe(len(batch))
         if self._flush_policy is FlushPolicy.SYNC:
             self._fsync(segment)
         term = entries[0].term
@@ -482,10 +488,14 @@ class CommitLog:
         self._fail(StorageError(f"{segment.path}: write failed: {error}"))
 
     def _fsync(self, segment: _Segment) -> None:
+        timed = self.write_stats.enabled
+        started = self._clock() if timed else 0.0
         try:
             segment.file.fsync()
         except OSError as error:
             self._fail(FsyncFailed(segment.path, error.errno))
+        if timed:
+            self.write_stats.fsync_seconds.observe(self._clock() - started)
 
     def _fail(self, failure: StorageError) -> NoReturn:
         """Stop accepting writes: what is on disk no longer matches what we believe."""
