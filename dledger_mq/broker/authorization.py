@@ -28,6 +28,7 @@ from dledger_mq.wire.admin import (
     AddUserRequest,
     ChangeMembershipRequest,
     CreateTopicRequest,
+    DeleteGroupRequest,
     DeleteTopicRequest,
     GrantRequest,
     ListUsersRequest,
@@ -95,7 +96,7 @@ def required(message: object, state: BrokerState) -> set[tuple[str, str]]:
         }
     if isinstance(message, CreateTopicRequest | UpdateTopicRequest | DeleteTopicRequest):
         return {_on_topic("admin", message.name)}
-    if isinstance(message, ResetOffsetRequest | UpdateGroupRequest):
+    if isinstance(message, ResetOffsetRequest | UpdateGroupRequest | DeleteGroupRequest):
         return {("admin", group_resource(message.group))}
     if isinstance(message, _CLUSTER_ADMIN):
         return {("admin", CLUSTER)}

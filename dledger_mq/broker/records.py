@@ -128,6 +128,7 @@ class CommandTag(enum.IntEnum):
     POP_MESSAGES = 14
     ACK_POPPED = 15
     CHANGE_INVISIBLE = 16
+    DELETE_GROUP = 17
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +404,17 @@ class ConfigureGroup:
         check_group_name(self.group)
         if type(self.policy) is not RetryPolicy:
             raise MalformedCommand("a group's policy must be a RetryPolicy")
+
+
+@attrs.frozen
+class DeleteGroup:
+    """Forgets a consumer group in this broker group: its committed offsets, its retry policy
+    and its receives in flight (its retry and dead-letter topics stay, as topics)."""
+
+    group: str
+
+    def __attrs_post_init__(self) -> None:
+        check_group_name(self.group)
 
 
 def _fired_tuple(value: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -771,6 +783,7 @@ Command = (
     SendBatch
     | DeliverTimers
     | ConfigureGroup
+    | DeleteGroup
     | PopMessages
     | AckPopped
     | ChangeInvisible
@@ -866,6 +879,9 @@ def encode_command(command: Command) -> bytes:
     elif type(command) is ConfigureGroup:
         tag = CommandTag.CONFIGURE_GROUP
         fields = [command.group, command.policy.max_attempts, list(command.policy.delays_ms)]
+    elif type(command) is DeleteGroup:
+        tag = CommandTag.DELETE_GROUP
+        fields = [command.group]
     elif type(command) is PopMessages:
         tag = CommandTag.POP_MESSAGES
         fields = [
@@ -936,6 +952,7 @@ _FIELD_COUNTS = {
     CommandTag.POP_MESSAGES: (7,),
     CommandTag.ACK_POPPED: (3,),
     CommandTag.CHANGE_INVISIBLE: (5,),
+    CommandTag.DELETE_GROUP: (1,),
 }
 
 
@@ -1041,6 +1058,9 @@ def command_from_fields(raw: RawCommand) -> Command:
     if tag is CommandTag.CONFIGURE_GROUP:
         group, max_attempts, delays = fields
         return ConfigureGroup(group, RetryPolicy(max_attempts, tuple(_list(delays, "delays"))))
+    if tag is CommandTag.DELETE_GROUP:
+        [group] = fields
+        return DeleteGroup(group)
     if tag is CommandTag.POP_MESSAGES:
         store_timestamp_ms, messages = fields[0], _list(fields[1], "messages")
         group, topic, invisible_ms, queues, dead = fields[2:]

@@ -41,6 +41,7 @@ from dledger_mq.broker.records import (
     ConfigureBroker,
     ConfigureGroup,
     CreateTopic,
+    DeleteGroup,
     DeleteTopic,
     DeliverTimers,
     Grant,
@@ -64,6 +65,7 @@ from dledger_mq.broker.records import QueueOffset as RecordQueueOffset
 from dledger_mq.broker.state import (
     BrokerState,
     CommitOutcome,
+    GroupDeleted,
     InvisibleChanged,
     MessagesPopped,
     OffsetsCommitted,
@@ -95,10 +97,12 @@ from dledger_mq.wire.admin import (
     AddUserRequest,
     CreateTopicReply,
     CreateTopicRequest,
+    DeleteGroupRequest,
     DeleteTopicRequest,
     DescribeGroupReply,
     DescribeGroupRequest,
     GrantRequest,
+    GroupDeletedReply,
     GroupInfo,
     GroupPolicyReply,
     ListGroupsReply,
@@ -108,6 +112,7 @@ from dledger_mq.wire.admin import (
     ListUsersReply,
     ListUsersRequest,
     QueueLagInfo,
+    QueueStatus,
     RemoveUserRequest,
     ResetOffsetReply,
     ResetOffsetRequest,
@@ -115,6 +120,8 @@ from dledger_mq.wire.admin import (
     RuleInfo,
     TopicChangedReply,
     TopicInfo,
+    TopicStatusReply,
+    TopicStatusRequest,
     UpdateGroupRequest,
     UpdateTopicRequest,
     UserChangedReply,
@@ -289,6 +296,7 @@ class BrokerService:
             UpdateTopicRequest: self.update_topic,
             DeleteTopicRequest: self.delete_topic,
             ListTopicsRequest: _now(self.list_topics),
+            TopicStatusRequest: _now(self.topic_status),
             ListGroupsRequest: _now(self.list_groups),
             DescribeGroupRequest: _now(self.describe_group),
             ResetOffsetRequest: self.reset_offset,
@@ -303,6 +311,7 @@ class BrokerService:
             AckRequest: self.ack_received,
             ChangeInvisibleRequest: self.change_invisible,
             UpdateGroupRequest: self.update_group,
+            DeleteGroupRequest: self.delete_group,
         }
 
     async def handle(self, message: object) -> object:
@@ -363,6 +372,27 @@ class BrokerService:
     def list_topics(self, request: ListTopicsRequest) -> ListTopicsReply:
         return ListTopicsReply(tuple(self.topic_info(t.name) for t in self.state.topics()))
 
+    def topic_status(self, request: TopicStatusRequest) -> TopicStatusReply:
+        """Each queue's first held and next offsets, and when its last message was stored."""
+        topic = self.state.topic(request.name)
+        if topic is None:
+            raise TopicNotFound(request.name)
+        queues = []
+        for queue_id in range(topic.queue_count):
+            max_offset = self.state.max_offset(topic.name, queue_id)
+            last_store_time_ms = 0
+            if max_offset > 0:
+                scan = self.state.scan(topic.name, queue_id, max_offset - 1, 1)
+                # Retention may have deleted it: then there is no time to tell.
+                with contextlib.suppress(LogCompacted, IndexError):
+                    last_store_time_ms = self._store_timestamp_of(scan.positions[0][1])
+            queues.append(
+                QueueStatus(
+                    queue_id, self.held_offset(topic.name, queue_id), max_offset, last_store_time_ms
+                )
+            )
+        return TopicStatusReply(topic.name, tuple(queues))
+
     def topic_info(self, name: str) -> TopicInfo:
         description = self.state.describe_topic(name)
         return TopicInfo(
@@ -421,14 +451,39 @@ class BrokerService:
 
     def describe_group(self, request: DescribeGroupRequest) -> DescribeGroupReply:
         policy = self.state.retry_policy(request.group)
+        exists = self.state.knows_group(request.group)
         if not request.topic:
-            return DescribeGroupReply((), (), policy.max_attempts, policy.delays_ms)
+            return DescribeGroupReply((), (), policy.max_attempts, policy.delays_ms, exists)
         return DescribeGroupReply(
             self._lag(request.group, request.topic),
             self.live_consumers(request.group, request.topic),
             policy.max_attempts,
             policy.delays_ms,
+            exists,
         )
+
+    async def delete_group(self, request: DeleteGroupRequest) -> GroupDeletedReply:
+        """Forget the group here; refused while a consumer of it is live on this leader (it
+        would commit again at once: stop the consumers first)."""
+        check_group_name(request.group)
+        if not self.replica.is_leader:
+            raise NotLeader(self.replica.core.leader)
+        live = sorted(
+            {
+                consumer
+                for (group, topic) in self.consumers
+                if group == request.group
+                for consumer in self.live_consumers(group, topic)
+            }
+        )
+        if live:
+            raise BadRequest(
+                f"group {request.group!r} has {len(live)} live consumers "
+                f"({', '.join(live[:3])}{', ...' if len(live) > 3 else ''}): stop them first"
+            )
+        result = await self._propose(encode_command(DeleteGroup(request.group)))
+        assert isinstance(result, GroupDeleted), result
+        return GroupDeletedReply(result.group, result.existed)
 
     async def update_group(self, request: UpdateGroupRequest) -> GroupPolicyReply:
         policy = RetryPolicy(request.max_attempts, request.retry_delays_ms)

@@ -50,6 +50,7 @@ from dledger_mq.broker.records import (
     ConfigureBroker,
     ConfigureGroup,
     CreateTopic,
+    DeleteGroup,
     DeleteTopic,
     Grant,
     Message,
@@ -243,6 +244,13 @@ class GroupConfigured:
 
 
 @attrs.frozen
+class GroupDeleted:
+    group: str
+    #: False when the broker group knew nothing of it (deleting is idempotent).
+    existed: bool
+
+
+@attrs.frozen
 class SettingsChanged:
     settings: BrokerSettings
 
@@ -266,6 +274,7 @@ ApplyResult = (
     | UsersChanged
     | TimersDelivered
     | GroupConfigured
+    | GroupDeleted
     | MessagesPopped
     | PoppedAcked
     | InvisibleChanged
@@ -723,6 +732,8 @@ class BrokerState:
                 return self._apply_user_change(command)
             if type(command) is ConfigureGroup:
                 return self._apply_configure_group(command)
+            if type(command) is DeleteGroup:
+                return self._apply_delete_group(command)
             if type(command) is PopMessages:
                 return self._apply_pop(index, command)
             if type(command) is AckPopped:
@@ -1012,6 +1023,15 @@ class BrokerState:
             raise BadRequest(f"{MAX_RETRY_POLICIES} consumer groups have a policy already")
         self._policies[command.group] = command.policy
         return GroupConfigured(command.group, command.policy)
+
+    def _apply_delete_group(self, command: DeleteGroup) -> GroupDeleted:
+        group = command.group
+        existed = self._groups.pop(group, None) is not None
+        existed = self._policies.pop(group, None) is not None or existed
+        for key in [key for key in self._pops if key[0] == group]:
+            del self._pops[key]
+            existed = True
+        return GroupDeleted(group, existed)
 
     def _find_original(
         self, producer_id: str, window: _ProducerWindow, sequence: int
@@ -1435,6 +1455,14 @@ class BrokerState:
 
     def retry_policy(self, group: str) -> RetryPolicy:
         return self._policies.get(group, _DEFAULT_POLICY)
+
+    def knows_group(self, group: str) -> bool:
+        """The group has a retry policy, committed offsets or receives here."""
+        return (
+            group in self._policies
+            or group in self._groups
+            or any(key[0] == group for key in self._pops)
+        )
 
     def has_retry_policy(self, group: str) -> bool:
         return group in self._policies

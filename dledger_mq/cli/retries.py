@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -44,54 +45,60 @@ def redrive_group(name: str) -> str:
     return f"%REDRIVE%{name}"
 
 
-@group.command("update")
-@click.argument("name")
-@click.option(
-    "--max-attempts",
-    type=click.IntRange(min=1, max=1000),
-    default=None,
-    help="Deliveries of a failing message in all (the first one included) before it goes to "
-    "the dead-letter topic %DLQ%NAME.",
-)
-@click.option(
-    "--retry-delays",
-    default=None,
-    metavar="D1,D2,...",
-    help="The wait before each retry (10s,30s,1m,...); a list shorter than the retries "
-    "repeats its last delay.",
-)
-@cluster_options
-@json_option("the policy as each broker group holds it")
-@one_line_errors
-def group_update(
+def _policy_options(function: Callable[..., None]) -> Callable[..., None]:
+    function = click.option(
+        "--retry-delays",
+        default=None,
+        metavar="D1,D2,...",
+        help="The wait before each retry (10s,30s,1m,...); a list shorter than the retries "
+        "repeats its last delay.",
+    )(function)
+    return click.option(
+        "--max-attempts",
+        type=click.IntRange(min=1, max=1000),
+        default=None,
+        help="Deliveries of a failing message in all (the first one included) before it goes "
+        "to the dead-letter topic %DLQ%NAME.",
+    )(function)
+
+
+def _parse_delays(retry_delays: str | None) -> list[int] | None:
+    if retry_delays is None:
+        return None
+    delays = [
+        parse_duration_ms(item, "--retry-delays")
+        for item in retry_delays.split(",")
+        if item.strip()
+    ]
+    if not delays:
+        raise click.BadParameter("needs at least one delay", param_hint="--retry-delays")
+    return delays
+
+
+def _set_policy(
     name: str,
     max_attempts: int | None,
-    retry_delays: str | None,
+    delays: list[int] | None,
     endpoints: str | None,
     root: Path,
     cluster_id: str,
     as_json: bool,
+    create: bool,
 ) -> None:
-    """Set consumer group NAME's retry policy, in every broker group (it may have no consumer
-    yet). What is not given stays as it is (default: 17 attempts, RocketMQ's 16 delays from
-    10 s to 2 h)."""
-    if max_attempts is None and retry_delays is None:
-        raise click.UsageError("give --max-attempts, --retry-delays or both")
-    delays = None
-    if retry_delays is not None:
-        delays = [
-            parse_duration_ms(item, "--retry-delays")
-            for item in retry_delays.split(",")
-            if item.strip()
-        ]
-        if not delays:
-            raise click.BadParameter("needs at least one delay", param_hint="--retry-delays")
+    """Set group ``name``'s policy in every broker group (``create``: refused if one of them
+    knows the group already); print what each holds now."""
 
     async def run() -> list[dict[str, object]]:
         results = []
         async with group_admins(endpoints, root, cluster_id) as admins:
+            currents = {group: await admin.group_policy(name) for group, admin in admins.items()}
+            known = [group for group, current in currents.items() if current.exists]
+            if create and known:
+                raise BadRequest(
+                    f"group {name!r} exists in {', '.join(known)}: change it with group update"
+                )
             for broker_group, connection in admins.items():
-                current = await connection.group_policy(name)
+                current = currents[broker_group]
                 reply = await connection.update_group(
                     name,
                     current.max_attempts if max_attempts is None else max_attempts,
@@ -117,6 +124,80 @@ def group_update(
             f"{result['broker_group']}: group {name}: max attempts {result['max_attempts']}, "
             f"retry delays {delays_text(tuple(delays_ms))}"
         )
+
+
+@group.command("update")
+@click.argument("name")
+@_policy_options
+@cluster_options
+@json_option("the policy as each broker group holds it")
+@one_line_errors
+def group_update(
+    name: str,
+    max_attempts: int | None,
+    retry_delays: str | None,
+    endpoints: str | None,
+    root: Path,
+    cluster_id: str,
+    as_json: bool,
+) -> None:
+    """Set consumer group NAME's retry policy, in every broker group (it may have no consumer
+    yet). What is not given stays as it is (default: 17 attempts, RocketMQ's 16 delays from
+    10 s to 2 h)."""
+    if max_attempts is None and retry_delays is None:
+        raise click.UsageError("give --max-attempts, --retry-delays or both")
+    delays = _parse_delays(retry_delays)
+    _set_policy(name, max_attempts, delays, endpoints, root, cluster_id, as_json, create=False)
+
+
+@group.command("create")
+@click.argument("name")
+@_policy_options
+@cluster_options
+@json_option("the policy as each broker group holds it")
+@one_line_errors
+def group_create(
+    name: str,
+    max_attempts: int | None,
+    retry_delays: str | None,
+    endpoints: str | None,
+    root: Path,
+    cluster_id: str,
+    as_json: bool,
+) -> None:
+    """Create consumer group NAME in every broker group, with its retry policy (what is not
+    given: 17 attempts, RocketMQ's 16 delays from 10 s to 2 h). Refused if a broker group
+    knows NAME already. (A consumer also makes its group by committing: this is for setting
+    the policy, and permissions, before the first one starts.)"""
+    delays = _parse_delays(retry_delays)
+    _set_policy(name, max_attempts, delays, endpoints, root, cluster_id, as_json, create=True)
+
+
+@group.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@cluster_options
+@one_line_errors
+def group_delete(name: str, yes: bool, endpoints: str | None, root: Path, cluster_id: str) -> None:
+    """Delete consumer group NAME in every broker group: its committed offsets, its retry
+    policy and its receives in flight. Refused while it has live consumers. Its retry and
+    dead-letter topics stay (topic delete removes them)."""
+    if not yes:
+        click.confirm(f"delete group {name!r} and its offsets in every topic?", abort=True)
+
+    async def delete() -> list[str]:
+        existed = []
+        async with group_admins(endpoints, root, cluster_id) as admins:
+            for broker_group, admin in admins.items():
+                if await admin.delete_group(name):
+                    existed.append(broker_group)
+        return existed
+
+    existed = trio.run(delete)
+    if not existed:
+        click.echo(f"group {name}: no broker group knew it")
+        return
+    click.echo(f"group deleted: {name} (in {', '.join(existed)})")
 
 
 @group.group("dlq")

@@ -13,7 +13,7 @@ import trio
 from dledger_mq.cli.main import main, one_line_errors
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option(
     "--config",
     "config_path",
@@ -45,8 +45,10 @@ from dledger_mq.cli.main import main, one_line_errors
     help="Make this new node's empty log first (refused if it has one). Only for a node of a "
     "new cluster: a node that lost its log must not come back empty.",
 )
+@click.pass_context
 @one_line_errors
 def node(
+    context: click.Context,
     config_path: Path | None,
     node_id: str | None,
     cluster_id: str | None,
@@ -63,7 +65,11 @@ def node(
 
     Its log must exist: `--init` makes it, once, for a node of a new cluster (`cluster up`
     makes it for its nodes). A node whose log is missing or incomplete refuses to start.
+
+    `dledger-mq node status` shows what running nodes did and hold.
     """
+    if context.invoked_subcommand is not None:
+        return  # `node status`: its own options
     from dledger_mq.logs import configure_logging
     from dledger_mq.node.config import load_config
     from dledger_mq.node.data_dir import initialise_log

@@ -297,6 +297,33 @@ def group_list(endpoints: str | None, root: Path, cluster_id: str, as_json: bool
         click.echo(f"{item['group']}  topics={','.join(topics)}")
 
 
+async def group_lag(
+    admins: dict[str, AdminConnection], name: str, topic: str
+) -> tuple[set[str], list[dict[str, object]]]:
+    """Group ``name``'s live consumers and, per queue of every broker group holding
+    ``topic``, its committed offset, the queue's min and max offsets and the lag."""
+    parts = await topic_parts(admins, topic)
+    if not parts:
+        raise TopicNotFound(topic)
+    consumers: set[str] = set()
+    queues: list[dict[str, object]] = []
+    for broker_group in parts:
+        reply = await admins[broker_group].describe_group(name, topic)
+        consumers.update(reply.consumers)
+        queues.extend(
+            {
+                "broker_group": broker_group,
+                "queue_id": q.queue_id,
+                "committed_offset": None if q.committed_offset < 0 else q.committed_offset,
+                "min_offset": q.min_offset,
+                "max_offset": q.max_offset,
+                "lag": q.lag,
+            }
+            for q in reply.queues
+        )
+    return consumers, queues
+
+
 @group.command("describe")
 @click.argument("name")
 @click.option("--topic", default=None, help="Its lag and consumers in this topic.")
@@ -315,8 +342,6 @@ def group_describe(
     consumers."""
 
     async def run() -> dict[str, object]:
-        consumers: set[str] = set()
-        queues: list[dict[str, object]] = []
         async with group_admins(endpoints, root, cluster_id) as admins:
             policy = await next(iter(admins.values())).group_policy(name)
             described: dict[str, object] = {
@@ -326,23 +351,7 @@ def group_describe(
             }
             if topic is None:
                 return described
-            parts = await topic_parts(admins, topic)
-            if not parts:
-                raise TopicNotFound(topic)
-            for broker_group in parts:
-                reply = await admins[broker_group].describe_group(name, topic)
-                consumers.update(reply.consumers)
-                queues.extend(
-                    {
-                        "broker_group": broker_group,
-                        "queue_id": q.queue_id,
-                        "committed_offset": None if q.committed_offset < 0 else q.committed_offset,
-                        "min_offset": q.min_offset,
-                        "max_offset": q.max_offset,
-                        "lag": q.lag,
-                    }
-                    for q in reply.queues
-                )
+            consumers, queues = await group_lag(admins, name, topic)
         return {
             **described,
             "topic": topic,

@@ -16,10 +16,12 @@ from dledger_mq.wire.admin import (
     ChangeMembershipRequest,
     CreateTopicReply,
     CreateTopicRequest,
+    DeleteGroupRequest,
     DeleteTopicRequest,
     DescribeGroupReply,
     DescribeGroupRequest,
     GrantRequest,
+    GroupDeletedReply,
     GroupInfo,
     GroupPolicyReply,
     ListGroupsReply,
@@ -30,6 +32,8 @@ from dledger_mq.wire.admin import (
     ListUsersRequest,
     MembershipReply,
     MembershipRequest,
+    NodeStatsReply,
+    NodeStatsRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
@@ -44,6 +48,8 @@ from dledger_mq.wire.admin import (
     StatusRequest,
     TopicChangedReply,
     TopicInfo,
+    TopicStatusReply,
+    TopicStatusRequest,
     TransferLeaderReply,
     TransferLeaderRequest,
     UpdateGroupRequest,
@@ -78,6 +84,17 @@ class AdminConnection:
 
     async def status(self) -> StatusReply:
         reply = await self.connection.call(StatusRequest(), StatusReply)
+        return reply
+
+    async def node_stats(self) -> NodeStatsReply:
+        """What this node did and holds (``dledger-mq node status``)."""
+        reply = await self.connection.call(NodeStatsRequest(), NodeStatsReply)
+        return reply
+
+    async def topic_status(self, name: str) -> TopicStatusReply:
+        """Per queue of ``name`` in this node's broker group: min and max offset, last store
+        time."""
+        reply = await self.connection.call(TopicStatusRequest(name), TopicStatusReply)
         return reply
 
     async def propose(self, data: bytes) -> int:
@@ -122,6 +139,11 @@ class AdminConnection:
     async def describe_group(self, group: str, topic: str) -> DescribeGroupReply:
         reply = await self.connection.call(DescribeGroupRequest(group, topic), DescribeGroupReply)
         return reply
+
+    async def delete_group(self, group: str) -> bool:
+        """Forget ``group`` in this broker group; whether it knew the group."""
+        reply = await self.connection.call(DeleteGroupRequest(group), GroupDeletedReply)
+        return reply.existed
 
     async def group_policy(self, group: str) -> DescribeGroupReply:
         """The group's retry policy (no topic: no queues in the reply)."""

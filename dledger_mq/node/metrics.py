@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dledger_mq.wire.address import Address
+from dledger_mq.wire.admin import NodeStatsReply
 
 if TYPE_CHECKING:
     from dledger_mq.node.server import Node
@@ -207,6 +208,45 @@ class NodeCollector(Collector):
             for (topic_name, group), value in sorted(counts.items()):
                 out.add_metric([*values, topic_name, group], value)
             yield out
+
+
+def node_stats(node: Node) -> NodeStatsReply:
+    """The figures ``dledger-mq node status`` shows: the sums of what /metrics breaks down."""
+    status = node.status()
+    state, log = node.state, node.replica.log
+    usage = shutil.disk_usage(log.directory)
+    snapshots = node.snapshots.indexes()
+    traffic = node.broker.traffic
+    fsyncs = log.write_stats.fsync_seconds
+
+    def micros(bound: float | None) -> int:
+        return -1 if bound is None else round(bound * 1_000_000)
+
+    return NodeStatsReply(
+        node_id=status.node_id,
+        group=node.config.group,
+        role=status.role,
+        term=status.term,
+        commit_index=status.commit_index,
+        applied_index=status.applied_index,
+        messages_in=sum(
+            state.max_offset(topic.name, queue_id)
+            for topic in state.topics()
+            for queue_id in range(topic.queue_count)
+        ),
+        bytes_in=sum(traffic.bytes_in.values()),
+        messages_out=sum(traffic.messages_out.values()),
+        bytes_out=sum(traffic.bytes_out.values()),
+        log_bytes=log.size_bytes(),
+        log_first_index=log.first_index(),
+        disk_used_bytes=usage.used,
+        disk_free_bytes=usage.free,
+        snapshot_index=snapshots[0] if snapshots else 0,
+        fsync_count=sum(fsyncs.counts),
+        fsync_p50_us=micros(fsyncs.quantile_bound(0.5)),
+        fsync_p99_us=micros(fsyncs.quantile_bound(0.99)),
+        metrics_enabled=log.write_stats.enabled,
+    )
 
 
 def readiness(node: Node) -> tuple[bool, str]:

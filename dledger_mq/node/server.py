@@ -72,6 +72,8 @@ from dledger_mq.wire.admin import (
     MemberInfo,
     MembershipReply,
     MembershipRequest,
+    NodeStatsReply,
+    NodeStatsRequest,
     ProposeBatchReply,
     ProposeBatchRequest,
     ProposeReply,
@@ -176,6 +178,7 @@ class Node:
             TransferLeaderRequest: self._transfer_leader,
             ChangeMembershipRequest: self._change_membership,
             MembershipRequest: self._membership,
+            NodeStatsRequest: self._node_stats,
         }
         if harness.raw_proposals:
             # Raw bytes skip every check the broker makes: for benchmarks and the harness only.
@@ -307,6 +310,11 @@ class Node:
                 self.state.settings.idempotence_window, self.config.idempotence_window
             ),
         )
+
+    async def _node_stats(self, request: NodeStatsRequest) -> NodeStatsReply:
+        from dledger_mq.node.metrics import node_stats  # with the HTTP parts: loaded on use
+
+        return node_stats(self)
 
     def status(self) -> StatusReply:
         status = self.replica.core.status()

@@ -169,6 +169,8 @@ class DescribeGroupReply:
     #: The group's retry policy (the default where none was set).
     max_attempts: int = 0
     retry_delays_ms: tuple[int, ...] = ()
+    #: The broker group knows the group: it has a retry policy, committed offsets or receives.
+    exists: bool = False
 
 
 @attrs.frozen
@@ -308,6 +310,78 @@ class MembershipReply:
     index: int
 
 
+@attrs.frozen
+class TopicStatusRequest:
+    """Per queue of a topic in this broker group: its offsets and its last message's time."""
+
+    name: str
+
+
+@attrs.frozen
+class QueueStatus:
+    queue_id: int
+    #: The first offset whose message is still held (retention deletes older ones).
+    min_offset: int
+    #: The offset the next message will get.
+    max_offset: int
+    #: When the queue's last message was stored (ms since the epoch); 0 when it has none.
+    last_store_time_ms: int
+
+
+@attrs.frozen
+class TopicStatusReply:
+    name: str
+    queues: tuple[QueueStatus, ...]
+
+
+@attrs.frozen
+class NodeStatsRequest:
+    """What one node did and holds: ``dledger-mq node status``, the figures of /metrics."""
+
+
+@attrs.frozen
+class NodeStatsReply:
+    node_id: str
+    group: str
+    role: str
+    term: int
+    commit_index: int
+    applied_index: int
+    #: Messages stored in the group's queues (every replica: the queues' ends).
+    messages_in: int
+    #: Since this process started, while leading (0 on a node without ``http_listen``).
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    log_bytes: int
+    log_first_index: int
+    disk_used_bytes: int
+    disk_free_bytes: int
+    #: The newest snapshot's index (0: none).
+    snapshot_index: int
+    #: fsyncs of the log counted, and the bucket bounds (µs) their median and 99th percentile
+    #: fall under (-1: none counted).
+    fsync_count: int
+    fsync_p50_us: int
+    fsync_p99_us: int
+    #: Whether the node counts traffic and fsyncs (it serves /metrics: ``http_listen``).
+    metrics_enabled: bool
+
+
+@attrs.frozen
+class DeleteGroupRequest:
+    """Forget a consumer group in this broker group (refused while it has live consumers)."""
+
+    group: str
+
+
+@attrs.frozen
+class GroupDeletedReply:
+    group: str
+    #: False when the broker group knew nothing of it.
+    existed: bool
+
+
 ADMIN_TYPES: dict[int, type] = {
     30: StatusRequest,
     31: StatusReply,
@@ -345,6 +419,13 @@ ADMIN_TYPES: dict[int, type] = {
     82: MembershipReply,
     85: UpdateGroupRequest,
     86: GroupPolicyReply,
+    # 87-104 belong to the broker's requests and message queries; admin continues at 105.
+    105: TopicStatusRequest,
+    106: TopicStatusReply,
+    107: NodeStatsRequest,
+    108: NodeStatsReply,
+    109: DeleteGroupRequest,
+    110: GroupDeletedReply,
 }
 
 #: Everything a node's client port speaks: the handshake, admin and broker requests.

@@ -52,6 +52,19 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def quantile_bound(self, quantile: float) -> float | None:
+        """The upper bound of the bucket the ``quantile`` observation falls in (the last bound
+        for one above every bound); None with no observations."""
+        count = sum(self.counts)
+        if not count:
+            return None
+        rank, running = quantile * count, 0
+        for bound, bucket in zip(self.bounds, self.counts, strict=False):
+            running += bucket
+            if running >= rank:
+                return bound
+        return self.bounds[-1]
+
     def cumulative(self) -> list[tuple[str, int]]:
         """Prometheus' buckets: (upper bound as text, observations at or below it), ``+Inf``
         last."""
