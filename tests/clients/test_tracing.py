@@ -14,6 +14,10 @@ import pytest
 from dledger_mq.clients import tracing
 from tests.clients.otel import named, spans
 
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # isort: skip
+    InMemorySpanExporter,
+)
+
 from opentelemetry.trace import SpanKind, StatusCode  # isort: skip
 
 __all__ = ["spans"]
@@ -46,7 +50,7 @@ def sent_properties() -> dict[str, str]:
     return properties
 
 
-def test_the_send_span_follows_the_messaging_conventions(spans) -> None:
+def test_the_send_span_follows_the_messaging_conventions(spans: InMemorySpanExporter) -> None:
     properties = sent_properties()
     [send] = named(spans, "send orders")
     assert send.kind is SpanKind.PRODUCER
@@ -74,7 +78,9 @@ def test_the_send_span_follows_the_messaging_conventions(spans) -> None:
     assert properties["region"] == "eu"
 
 
-def test_the_process_span_is_a_child_of_the_send_span_and_linked_to_it(spans) -> None:
+def test_the_process_span_is_a_child_of_the_send_span_and_linked_to_it(
+    spans: InMemorySpanExporter,
+) -> None:
     message = Delivered(sent_properties())
     with tracing.processing("billing", message):
         pass
@@ -92,7 +98,7 @@ def test_the_process_span_is_a_child_of_the_send_span_and_linked_to_it(spans) ->
     assert process.status.status_code is StatusCode.UNSET
 
 
-def test_a_failed_handler_marks_the_process_span_an_error(spans) -> None:
+def test_a_failed_handler_marks_the_process_span_an_error(spans: InMemorySpanExporter) -> None:
     message = Delivered(sent_properties())
     with tracing.processing("billing", message) as outcome:
         outcome.failed(ValueError("no such customer"))
@@ -107,14 +113,16 @@ def test_a_failed_handler_marks_the_process_span_an_error(spans) -> None:
     assert first.status.description == "ValueError: no such customer"
 
 
-def test_a_message_without_a_trace_context_starts_a_trace_of_its_own(spans) -> None:
+def test_a_message_without_a_trace_context_starts_a_trace_of_its_own(
+    spans: InMemorySpanExporter,
+) -> None:
     with tracing.processing("billing", Delivered({})):
         pass
     [process] = named(spans, "process orders")
     assert process.parent is None and process.links == ()
 
 
-def test_the_receive_span_links_every_message_and_counts_them(spans) -> None:
+def test_the_receive_span_links_every_message_and_counts_them(spans: InMemorySpanExporter) -> None:
     messages = [Delivered(sent_properties()) for _ in range(3)]
     with tracing.receiving("billing", ["orders"]) as receive:
         receive.messages = messages

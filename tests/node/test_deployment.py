@@ -90,6 +90,11 @@ def ports_free_on_every_address() -> dict[int, int]:
                 sock.close()
 
 
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
 def read_config(path: Path) -> NodeConfig:
     return load_config(path, {})
 
@@ -361,9 +366,7 @@ async def test_the_documented_deployment_runs_on_three_machines(tmp_path: Path) 
         exported = ""
         for node_id in ("n1", "n2", "n4"):
             url = f"http://{deployment.address(node_id)}:{deployment.ports[9801]}/metrics"
-            exported += await trio.to_thread.run_sync(
-                lambda url=url: urllib.request.urlopen(url, timeout=10).read().decode()
-            )
+            exported += await trio.to_thread.run_sync(fetch, url)
         alerts = DOC.read_text().split("## What to monitor and alert on", 1)[1]
         used = set(re.findall(r"\b((?:dledger|rocketmq)_[a-z_]+)\b", alerts))
         assert used and {name for name in used if f"\n{name}{{" not in exported} == set()

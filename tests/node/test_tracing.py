@@ -9,7 +9,14 @@ from datetime import timedelta
 import pytest
 import trio
 
-from dledger_mq.clients import Consumer, Producer, ReceivedMessage, SimpleConsumer, tracing
+from dledger_mq.clients import (
+    Consumer,
+    Producer,
+    ReceivedMessage,
+    SimpleConsumer,
+    SimpleMessage,
+    tracing,
+)
 from dledger_mq.clients.admin import connect_admin
 from tests.clients.otel import named, spans
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
@@ -95,7 +102,7 @@ async def test_a_batch_is_one_send_span_and_a_receive_links_each_message(
         await producer.send_batch("orders", [b"a", b"b", b"c"], sharding_key="o-9")
     [send] = named(spans, "send orders")
     assert (send.attributes or {})["messaging.batch.message_count"] == 3
-    got = []
+    got: list[SimpleMessage] = []
     with trio.fail_after(DEADLINE_SECONDS):
         async with SimpleConsumer(
             naming=naming, group="billing", subscriptions={"orders": "*"}
