@@ -92,6 +92,21 @@ def _tracer() -> trace.Tracer:
     return trace.get_tracer(INSTRUMENTATION_NAME, __version__)
 
 
+@contextmanager
+def _current_span(name: str, **options: Any) -> Iterator[Outcome]:
+    """A span current while the block runs; an exception out of the block (not a cancellation:
+    that is the caller's doing) marks it an error, with ``error.type``."""
+    with _tracer().start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False, **options
+    ) as span:
+        outcome = Outcome(span)
+        try:
+            yield outcome
+        except Exception as error:
+            outcome.failed(error)
+            raise
+
+
 def _message_attributes(tags: str | None, keys: Sequence[str]) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     if tags is not None:
@@ -131,10 +146,10 @@ def sending(
         attributes["messaging.message.body.size"] = body_size
     if client_id is not None:
         attributes["messaging.client.id"] = client_id
-    with _tracer().start_as_current_span(
+    with _current_span(
         f"send {topic}", kind=trace.SpanKind.PRODUCER, attributes=attributes
-    ) as span:
-        yield Outcome(span)
+    ) as outcome:
+        yield outcome
 
 
 def inject(properties: dict[str, str]) -> dict[str, str]:
@@ -178,14 +193,14 @@ def processing(
         "messaging.rocketmq.consumption_model": consumption_model,
         **_message_attributes(message.tags, message.keys),
     }
-    with _tracer().start_as_current_span(
+    with _current_span(
         f"process {message.topic}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
         attributes=attributes,
         links=_links([message]),
-    ) as span:
-        yield Outcome(span)
+    ) as outcome:
+        yield outcome
 
 
 @contextmanager
@@ -198,8 +213,11 @@ def receiving(group: str, topics: Sequence[str]) -> Iterator[_Receive]:
     receive = _Receive(time.time_ns())
     try:
         yield receive
-    except BaseException as error:
+    except Exception as error:
         _record_receive(group, topics, receive, error)
+        raise
+    except BaseException:
+        _record_receive(group, topics, receive, None)  # cancelled: ended, not failed
         raise
     _record_receive(group, topics, receive, None)
 

@@ -10,8 +10,10 @@ import textwrap
 
 import attrs
 import pytest
+import trio
 
 from dledger_mq.clients import tracing
+from dledger_mq.errors import UsageError
 from tests.clients.otel import named, spans
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # isort: skip
@@ -168,3 +170,30 @@ def test_without_opentelemetry_the_sdk_imports_and_traces_nothing() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "imported True"
+
+
+def test_a_failed_send_marks_the_send_span_an_error(spans: InMemorySpanExporter) -> None:
+    with (
+        pytest.raises(UsageError),
+        tracing.sending(
+            "orders", 3, tags=None, keys=(), body_size=None, message_type="fifo", client_id=None
+        ),
+    ):
+        raise UsageError("the topic has no queues yet")
+    [send] = named(spans, "send orders")
+    assert send.status.status_code is StatusCode.ERROR
+    assert send.attributes is not None
+    assert send.attributes["error.type"] == "UsageError"
+    assert send.attributes["messaging.batch.message_count"] == 3
+    assert [event.name for event in send.events] == ["exception"]
+
+
+async def test_a_cancelled_handler_ends_its_span_without_an_error(
+    spans: InMemorySpanExporter,
+) -> None:
+    with trio.CancelScope() as scope, tracing.processing("billing", Delivered(sent_properties())):
+        scope.cancel()  # as a consumer that is closed while its handler runs
+        await trio.sleep_forever()
+    [process] = named(spans, "process orders")
+    assert process.status.status_code is StatusCode.UNSET
+    assert process.end_time is not None

@@ -18,6 +18,7 @@ from dledger_mq.clients import (
     tracing,
 )
 from dledger_mq.clients.admin import connect_admin
+from dledger_mq.errors import DledgerError
 from tests.clients.otel import named, spans
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
@@ -67,6 +68,12 @@ async def test_the_process_span_continues_the_producer_trace_and_a_failure_is_an
     async with Producer(naming=naming) as producer:
         good = await producer.send("orders", b"good", tags="paid", keys=["o-1"])
         bad = await producer.send("orders", b"bad", tags="paid", keys=["o-2"])
+        # Refused by the broker: only it writes a group's dead letters.
+        with pytest.raises(DledgerError) as refused:
+            await producer.send("%DLQ%billing", b"forged")
+    [failed_send] = named(spans, "send %DLQ%billing")
+    assert failed_send.status.status_code is StatusCode.ERROR
+    assert (failed_send.attributes or {})["error.type"] == type(refused.value).__qualname__
     handled = await consume(naming, 2, fail=b"bad")
     assert [m.body for m in handled] == [b"good", b"bad"]
     assert "traceparent" in handled[0].properties
