@@ -18,9 +18,10 @@ no SDK configured, the API's tracer is a no-op one.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dledger_mq import __version__
@@ -78,8 +79,20 @@ class Outcome:
             self._span.set_attributes(values)
 
 
-#: The outcome of untraced code: every call does nothing.
-_UNTRACED = Outcome(None)
+class _Untraced(Outcome):
+    """Untraced code's outcome, and its context manager: nothing to make, nothing to do."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Outcome:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+#: What ``sending`` and ``processing`` return without OpenTelemetry: one object for all.
+_UNTRACED = _Untraced(None)
 
 
 def _describe(error: BaseException) -> str:
@@ -87,8 +100,10 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+@functools.cache
 def _tracer() -> trace.Tracer:
-    # The API caches tracers per provider; a provider set after import is honoured.
+    # Before an application sets its tracer provider this is the API's proxy tracer, which
+    # follows the provider once set.
     return trace.get_tracer(INSTRUMENTATION_NAME, __version__)
 
 
@@ -116,7 +131,6 @@ def _message_attributes(tags: str | None, keys: Sequence[str]) -> dict[str, Any]
     return attributes
 
 
-@contextmanager
 def sending(
     topic: str,
     count: int,
@@ -126,12 +140,11 @@ def sending(
     body_size: int | None,
     message_type: str,
     client_id: str | None,
-) -> Iterator[Outcome]:
+) -> AbstractContextManager[Outcome]:
     """The ``send TOPIC`` span: current while the send runs, so that ``inject`` writes its
     context into the messages. ``count`` > 1: a batch (``messaging.batch.message_count``)."""
     if not ENABLED:
-        yield _UNTRACED
-        return
+        return _UNTRACED
     attributes: dict[str, Any] = {
         "messaging.system": MESSAGING_SYSTEM,
         "messaging.operation.name": "send",
@@ -146,10 +159,7 @@ def sending(
         attributes["messaging.message.body.size"] = body_size
     if client_id is not None:
         attributes["messaging.client.id"] = client_id
-    with _current_span(
-        f"send {topic}", kind=trace.SpanKind.PRODUCER, attributes=attributes
-    ) as outcome:
-        yield outcome
+    return _current_span(f"send {topic}", kind=trace.SpanKind.PRODUCER, attributes=attributes)
 
 
 def inject(properties: dict[str, str]) -> dict[str, str]:
@@ -171,16 +181,14 @@ def _links(messages: Sequence[TracedMessage]) -> list[Link]:
     return links
 
 
-@contextmanager
 def processing(
     group: str, message: TracedMessage, *, consumption_model: str = "clustering"
-) -> Iterator[Outcome]:
+) -> AbstractContextManager[Outcome]:
     """The ``process TOPIC`` span of one delivered message: a child of its creation context
     (the producer's ``send`` span) and linked to it, as the conventions recommend. A raised
     exception, or ``Outcome.failed``, marks it an error."""
     if not ENABLED:
-        yield _UNTRACED
-        return
+        return _UNTRACED
     parent = propagate.extract(message.properties)
     attributes: dict[str, Any] = {
         "messaging.system": MESSAGING_SYSTEM,
@@ -193,14 +201,13 @@ def processing(
         "messaging.rocketmq.consumption_model": consumption_model,
         **_message_attributes(message.tags, message.keys),
     }
-    with _current_span(
+    return _current_span(
         f"process {message.topic}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
         attributes=attributes,
         links=_links([message]),
-    ) as outcome:
-        yield outcome
+    )
 
 
 @contextmanager
