@@ -297,6 +297,12 @@ async def test_the_documented_deployment_runs_on_three_machines(tmp_path: Path) 
 
         # The admin user (protected mode off for the first start), then an application's.
         await deployment.operator_runs(blocks["admin"])
+        # From then on every client signs in, even with protected mode off.
+        anonymous = await deployment.bash(
+            deployment.localise(blocks["operator"] + blocks["status"]), deployment.operator, False
+        )
+        assert anonymous.returncode == 1, anonymous.stdout.decode()
+        assert "this cluster has users: sign in" in anonymous.stderr.decode(), anonymous.stderr
         exports = [line for line in blocks["admin"].splitlines() if line.startswith("export")]
         deployment.shell_prelude += "\n".join(exports) + "\n"
         billing = json.loads((await deployment.operator_runs(blocks["users"])).splitlines()[0])
