@@ -185,7 +185,7 @@ class Deployment:
         """The node's ``node.toml``: the doc's, with ``node_id`` and the two listen addresses
         changed to the machine's, as the doc says."""
         text = block
-        if node_id != "n1" and block == self.blocks["node.toml"]:
+        if node_id != "n1" and block.startswith('node_id = "n1"'):
             text = text.replace('node_id = "n1"', f'node_id = "{node_id}"')
             own = NODES[node_id]
             text = re.sub(r'(naming_listen|http_listen) = "10\.0\.0\.1:', rf'\1 = "{own}:', text)
@@ -365,7 +365,23 @@ async def test_the_documented_deployment_runs_on_three_machines(tmp_path: Path) 
         deployment.shell_prelude = deployment.shell_prelude.replace("10.0.0.3", "10.0.0.4")
         leader = await deployment.leader()
         assert leader in ("n1", "n2", "n4")
-        await deployment.operator_runs(send[0].replace('"hello"', '"after the replacement"'))
+        # n4 in place of n3 in the others' node.toml, then a rolling restart of them.
+        replaced = blocks["node.toml"].replace("[members.n3]", "[members.n4]")
+        replaced = replaced.replace("10.0.0.3", "10.0.0.4")
+        replaced = "\n".join(
+            line for line in replaced.splitlines() if not line.startswith(("protected_mode", "#"))
+        )
+        for node_id in sorted(("n1", "n2"), key=lambda node_id: node_id == leader):
+            await deployment.stop(node_id, signal.Signals[unit_line("KillSignal=")])
+            deployment.write_config(node_id, replaced)
+            deployment.start_service(node_id)
+            await deployment.ready(node_id)
+        naming_of_n4 = f"{deployment.address('n4')}:{deployment.ports[9876]}"
+
+        # Through n4's naming node alone: it knows the group's leader.
+        send_via_n4 = send[0].replace('"hello"', '"after the replacement"')
+        send_via_n4 = send_via_n4.replace("$NAMING", naming_of_n4) + " --timeout 10"
+        await deployment.operator_runs(send_via_n4)
         assert "after the replacement" in await deployment.operator_runs(consume[0])
 
         # Every metric the doc's alerts use is one the nodes export (the leader: follower lag).
