@@ -56,6 +56,7 @@ import attrs
 import structlog
 import trio
 
+from dledger_mq.clients import tracing
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import BadRequest, DledgerError, TopicNotFound, UsageError
 from dledger_mq.wire.broker import (
@@ -394,18 +395,23 @@ class Consumer(RoutedClient):
     ) -> None:
         """Hand every message to ``handler``, ``concurrency`` at a time, until cancelled: a
         message is acknowledged when the handler returns (unless it settled the message
-        itself) and nacked with the exception when it raises one."""
+        itself) and nacked with the exception when it raises one. With OpenTelemetry, each call
+        is a ``process TOPIC`` span continuing the producer's trace (``clients/tracing.py``)."""
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
 
+        model = "broadcasting" if self.broadcasting else "clustering"
+
         async def work() -> None:
             async for message in self:
-                try:
-                    await handler(message)
-                except Exception as error:  # the application's failure: a retry, not a crash
-                    await message.nack(error)
-                else:
-                    await message.ack()
+                with tracing.processing(self.group, message, consumption_model=model) as outcome:
+                    try:
+                        await handler(message)
+                    except Exception as error:  # the application's failure: a retry, not a crash
+                        outcome.failed(error)
+                        await message.nack(error)
+                    else:
+                        await message.ack()
 
         async with trio.open_nursery() as nursery:
             for _ in range(concurrency):

@@ -37,6 +37,7 @@ from types import TracebackType
 import attrs
 import trio
 
+from dledger_mq.clients import tracing
 from dledger_mq.clients.routing import SILENCE_SECONDS, NotSent, RoutedClient, TopicPart
 from dledger_mq.errors import UsageError
 from dledger_mq.wire.broker import (
@@ -169,6 +170,13 @@ class GroupFaults:
         return min(groups, key=lambda group: self._until.get(group, 0.0))
 
 
+def _message_type(properties: Mapping[str, str], sharding_key: str | None) -> str:
+    """``messaging.rocketmq.message.type``: delayed, ordered by a key, or neither."""
+    if DELIVER_AT_PROPERTY in properties:
+        return "delay"
+    return "normal" if sharding_key is None else "fifo"
+
+
 def keyed_queue(sharding_key: str, parts: Sequence[TopicPart]) -> tuple[str, int]:
     """The (group, queue id) a keyed message goes to, of all the topic's queues."""
     queues = sorted((part.group, queue) for part in parts for queue in range(part.queues))
@@ -226,11 +234,22 @@ class Producer(RoutedClient):
         delivered to consumers at that time, never earlier (up to the broker's
         ``max_delay_ms``, 3 days by default); its receipt's ``offset`` is -1 until then."""
         keys, properties = tuple(keys), scheduled_properties(properties, delay, deliver_at)
+        with tracing.sending(
+            topic,
+            1,
+            tags=tags,
+            keys=keys,
+            body_size=len(body),
+            message_type=_message_type(properties, sharding_key),
+            client_id=self.producer_id,
+        ) as outcome:
+            properties = tracing.inject(properties)
 
-        def build(first: int | None) -> list[OutgoingMessage]:
-            return [self._message(topic, body, tags, keys, properties, sharding_key, first, 0)]
+            def build(first: int | None) -> list[OutgoingMessage]:
+                return [self._message(topic, body, tags, keys, properties, sharding_key, first, 0)]
 
-        [receipt] = await self._send(topic, 1, build, sharding_key)
+            [receipt] = await self._send(topic, 1, build, sharding_key)
+            outcome.attributes({"messaging.message.id": receipt.msg_id})
         return receipt
 
     async def send_batch(
@@ -246,14 +265,25 @@ class Producer(RoutedClient):
         """Store many messages in one request (one log entry); one receipt each, in order.
         ``delay`` and ``deliver_at`` as for ``send``, for all of them."""
         properties = scheduled_properties(None, delay, deliver_at)
+        with tracing.sending(
+            topic,
+            len(bodies),
+            tags=tags,
+            keys=(),
+            body_size=None,
+            message_type=_message_type(properties, sharding_key),
+            client_id=self.producer_id,
+        ):
+            # One send span for the batch: its context is every message's creation context.
+            properties = tracing.inject(properties)
 
-        def build(first: int | None) -> list[OutgoingMessage]:
-            return [
-                self._message(topic, body, tags, (), properties, sharding_key, first, position)
-                for position, body in enumerate(bodies)
-            ]
+            def build(first: int | None) -> list[OutgoingMessage]:
+                return [
+                    self._message(topic, body, tags, (), properties, sharding_key, first, position)
+                    for position, body in enumerate(bodies)
+                ]
 
-        return await self._send(topic, len(bodies), build, sharding_key)
+            return await self._send(topic, len(bodies), build, sharding_key)
 
     def _message(
         self,

@@ -24,6 +24,7 @@ from types import TracebackType
 
 import attrs
 
+from dledger_mq.clients import tracing
 from dledger_mq.clients.consumer import StoredMessageView
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import TopicNotFound, UsageError
@@ -104,6 +105,14 @@ class SimpleConsumer(RoutedClient):
         invisible_ms = invisible_duration // timedelta(milliseconds=1)
         if invisible_ms < 1:
             raise UsageError("invisible_duration must be at least 1 ms")
+        with tracing.receiving(self.group, list(self.subscriptions)) as traced:
+            received = await self._receive(max_messages, invisible_ms, wait)
+            traced.messages = received
+            return received
+
+    async def _receive(
+        self, max_messages: int, invisible_ms: int, wait: timedelta
+    ) -> list[SimpleMessage]:
         places = [
             (topic, part.group)
             for topic in self.subscriptions
