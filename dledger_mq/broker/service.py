@@ -27,7 +27,9 @@ from dledger_mq.broker.assignment import (
     queues_of,
     select_queue,
 )
+from dledger_mq.broker.key_index import KeyIndex
 from dledger_mq.broker.message_id import format_message_id
+from dledger_mq.broker.queries import MessageQueries
 from dledger_mq.broker.records import (
     MAX_INVISIBLE_MS,
     MAX_PRODUCER_ID_LENGTH,
@@ -135,6 +137,8 @@ from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,
     ConsumerHeartbeatReply,
+    FindMessagesRequest,
+    GetMessageRequest,
     OffsetForTimeReply,
     OffsetForTimeRequest,
     OutgoingMessage,
@@ -240,9 +244,11 @@ class BrokerService:
         consumer_expiry_ms: int = CONSUMER_EXPIRY_MS,
         applied: AppliedSignal | None = None,
         broker_group: str = "",
+        key_index: KeyIndex | None = None,
     ) -> None:
         """``broker_group``: the name of this broker group (a consumer's layout names its
-        queues by group)."""
+        queues by group). ``key_index``: this replica's, for finding messages by key (None:
+        such queries are refused)."""
         self.broker_group = broker_group
         self.state = state
         #: A consumer silent this long leaves its group (the simulator shortens it with the
@@ -270,6 +276,7 @@ class BrokerService:
         #: While set (the volume of this path is nearly full, ``node/retention.py``), sends are
         #: refused with ``DiskFull``; everything else goes on.
         self.refuse_sends_path: str | None = None
+        self.queries = MessageQueries(self, key_index)
         self._handlers = self.handlers()
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -300,6 +307,8 @@ class BrokerService:
             AckRequest: self.ack_received,
             ChangeInvisibleRequest: self.change_invisible,
             UpdateGroupRequest: self.update_group,
+            GetMessageRequest: self.queries.get_message,
+            FindMessagesRequest: self.queries.find_messages,
         }
 
     async def handle(self, message: object) -> object:
