@@ -3,6 +3,7 @@
 from dledger_mq.cli import (  # noqa: F401 (registers)
     cluster,
     messages,
+    queries,
     retries,
     servers,
     tools,
