@@ -318,11 +318,16 @@ class KeyIndex:
         """Write the buffered records to the journal (not fsynced)."""
         if not self._pending:
             return
+        created = not self._disk.exists(self._journal_path)
         file = self._disk.open(self._journal_path, create=True)
         try:
             file.append(self._pending)
         finally:
             file.close()
+        if created:
+            # A new file's name is durable only once its directory is fsynced: without it a
+            # synced journal could vanish whole in a power loss.
+            self._disk.fsync_directory(self.directory)
         self._pending.clear()
 
     def sync(self) -> None:
