@@ -332,14 +332,24 @@ class KeyIndex:
 
     def sync(self) -> None:
         """Make everything indexed durable, with a checkpoint at ``covered_index``: the node
-        calls it before it saves a snapshot, so that a restart finds the index at least as far
-        as the state it restores."""
+        does it before it saves a snapshot, so that a restart finds the index at least as far
+        as the state it restores. ``checkpoint`` then ``fsync_journal``."""
+        self.checkpoint()
+        self.fsync_journal()
+
+    def checkpoint(self) -> None:
+        """Write a checkpoint at ``covered_index`` and everything buffered (not fsynced). On
+        the thread that applies: it appends to the journal."""
         if self.damaged:
             return
         if self.covered_index > self._checkpointed:
             self._append(_CHECKPOINT, self.covered_index << SLOT_BITS)
             self._checkpointed = self.covered_index
         self.flush()
+
+    def fsync_journal(self) -> None:
+        """Fsync what the journal holds, by its path: safe on a worker thread while apply
+        appends (a seal meanwhile replaces the journal by one already durable)."""
         if self._disk.exists(self._journal_path):
             file = self._disk.open(self._journal_path)
             try:

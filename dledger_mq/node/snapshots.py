@@ -126,12 +126,13 @@ async def take_snapshots(
             continue
         snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
         pin = state.lowest_timer_index()
-        sync_key_index(key_index)
-        # The queues as of the snapshot go to disk before it, durably (in the worker thread,
-        # while apply goes on appending to them).
+        # The key index and the queues as of the snapshot go to disk before it, durably (the
+        # fsyncs in the worker thread, while apply goes on appending to them).
+        checkpoint_key_index(key_index)
         state.queues.flush()
 
         def save(snapshot: Snapshot = snapshot, pin: int | None = pin) -> None:
+            fsync_key_index(key_index)
             state.queues.sync()
             store.save(snapshot, pin)
             # And where the log stands: a restart reads only what comes after.
@@ -146,15 +147,26 @@ async def take_snapshots(
         last_index, last_bytes = index, applied.applied_bytes
 
 
-def sync_key_index(key_index: KeyIndex | None) -> None:
-    """Make the key index durable as far as it reaches, on the Trio thread (apply appends to
-    it there), so that a restart from the snapshot about to be saved finds it that far and
-    needs no scan of the log. A failure only costs a rebuild from the log later."""
+def checkpoint_key_index(key_index: KeyIndex | None) -> None:
+    """Write the key index's checkpoint at what it covers (on the Trio thread: apply appends
+    to it there), so that a restart from the snapshot about to be saved finds it that far and
+    needs no scan of the log (``fsync_key_index`` makes it durable). A failure only costs a
+    rebuild from the log later."""
     if key_index is None:
         return
     try:
-        key_index.sync()
+        key_index.checkpoint()
     except (OSError, StorageError) as error:
+        key_index.fail(error)
+
+
+def fsync_key_index(key_index: KeyIndex | None) -> None:
+    """The key index's journal fsynced (in the worker thread that saves a snapshot)."""
+    if key_index is None:
+        return
+    try:
+        key_index.fsync_journal()
+    except OSError as error:
         key_index.fail(error)
 
 
@@ -178,7 +190,8 @@ def take_final_snapshot(
         if index > log.durable_index():
             return
         snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
-        sync_key_index(key_index)
+        checkpoint_key_index(key_index)
+        fsync_key_index(key_index)
         state.queues.flush()
         state.queues.sync()
         store.save(snapshot, state.lowest_timer_index())
