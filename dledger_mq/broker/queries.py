@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 logger = structlog.get_logger()
 
 _SLOT_MASK = (1 << SLOT_BITS) - 1
-#: Bytes of one entry read at most (always the whole entry: ``entries`` returns at least one).
+#: ``max_bytes`` when one entry is read: ``entries`` returns at least one entry, whole, so the
+#: smallest bound reads exactly the one asked for.
 _ENTRY_READ_BYTES = 1
 
 
@@ -127,7 +128,8 @@ class MessageQueries:
             )
         try:
             lookup = index.lookup(request.topic, request.key)
-        except CorruptRecord as error:
+        except (CorruptRecord, OSError) as error:
+            # Never answered from a damaged index: the node drops it and rebuilds it.
             index.fail(error)
             raise Unavailable("the key index was damaged and is being rebuilt; try again") from None
         first_index = self.service.log.first_index()

@@ -113,6 +113,9 @@ async def test_the_documented_message_commands_find_what_was_sent(
         )
         assert first not in [m["message_id"] for m in listed_later["messages"]]
 
+        assert "queue" in await cli.message(
+            "list", "--topic", "orders", "--queue", "99", "--from-time", before, expect_ok=False
+        )
         group = first.rsplit(":", 2)[0]
         missing = await cli.message("get", f"{group}:999999:0", expect_ok=False)
         assert "no such entry" in missing
