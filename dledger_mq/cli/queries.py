@@ -38,10 +38,6 @@ def _time_text(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _body_text(body: bytes) -> str:
-    return body.decode(errors="replace")
-
-
 def message_object(view: MessageView) -> dict[str, object]:
     """One message as ``--json`` prints it."""
     return {
@@ -53,7 +49,7 @@ def message_object(view: MessageView) -> dict[str, object]:
         "keys": list(view.keys),
         "tags": view.tags,
         "properties": view.properties,
-        "body": _body_text(view.body),
+        "body": view.body.decode(errors="replace"),
         "body_bytes": len(view.body),
         "born_time_ms": view.born_time_ms,
         "store_time_ms": view.store_time_ms,
@@ -65,9 +61,11 @@ def _one_line(view: MessageView) -> str:
     offset = "-" if view.offset < 0 else str(view.offset)
     keys = f" keys={','.join(view.keys)}" if view.keys else ""
     again = f" (attempt {view.attempt})" if view.attempt > 1 else ""
+    # One line per message, as `group dlq list` shows bodies: `message get` shows it whole.
+    body = view.body.decode(errors="replace")[:200]
     return (
         f"{view.message_id}  {_time_text(view.store_time_ms)}  queue={view.queue_id}"
-        f" offset={offset}{keys} [{view.tags or ''}] {_body_text(view.body)}{again}"
+        f" offset={offset}{keys} [{view.tags or ''}] {body}{again}"
     )
 
 
@@ -111,7 +109,7 @@ def message_get(
     click.echo(f"  attempt     {view.attempt}")
     for name, value in sorted(view.properties.items()):
         click.echo(f"  property    {name}={value}")
-    click.echo(f"  body        {_body_text(view.body)} ({len(view.body)} bytes)")
+    click.echo(f"  body        {view.body.decode(errors='replace')} ({len(view.body)} bytes)")
 
 
 @message.command("find")
