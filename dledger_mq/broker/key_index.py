@@ -113,7 +113,7 @@ def keyed_messages(index: int, data: bytes) -> list[tuple[int, int]]:
         _, messages = send_batch_fields(raw.fields)
     except BadRequest:  # not a command apply stored anything of
         return []
-    found = []
+    found: list[tuple[int, int]] = []
     for slot, fields in enumerate(messages):
         # [topic, queue_id, body, tags, keys, ...]; apply checks each message, this only
         # skips what is not shaped like one (a candidate is checked again when read).
@@ -123,9 +123,10 @@ def keyed_messages(index: int, data: bytes) -> list[tuple[int, int]]:
         if type(topic) is not str or type(keys) is not list:
             continue
         position = index << SLOT_BITS | slot
-        for key in dict.fromkeys(keys):  # a key given twice is one candidate
-            if type(key) is str:
-                found.append((key_hash(topic, key), position))
+        # A key given twice (or two keys of one hash) is one candidate: a segment holds each
+        # (hash, position) once, and its reader takes a repeat for damage.
+        hashes = dict.fromkeys(key_hash(topic, key) for key in keys if type(key) is str)
+        found.extend((hash_value, position) for hash_value in hashes)
     return found
 
 

@@ -133,12 +133,15 @@ class MessageQueries:
             index.fail(error)
             raise Unavailable("the key index was damaged and is being rebuilt; try again") from None
         first_index = self.service.log.first_index()
+        applied_index = self.service.state.applied_index
         found: list[MessageView] = []
         truncated = lookup.truncated
         for number, position in enumerate(lookup.positions):
             raft_index, slot = position >> SLOT_BITS, position & _SLOT_MASK
             if raft_index < first_index:
                 break  # older candidates are older still: retention deleted them all
+            if raft_index > applied_index:
+                continue  # indexed before a crash cut this log's tail: not applied here yet
             try:
                 read = self._read(raft_index, slot)
             except MessageNotFound:
