@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import attrs
 import structlog
 
 from dledger_mq.broker.key_index import KeyIndex
@@ -36,6 +37,8 @@ from dledger_mq.wire.broker import (
     GetMessageRequest,
     MessageView,
     attempt_of,
+    dead_letter_topic,
+    system_topic_group,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +86,12 @@ class MessageQueries:
             raise MessageNotFound(text, "its entry holds no message at that slot")
         message, store_time_ms = read
         offset = self._offset_of(message, message_id.raft_index, message_id.slot)
+        group = system_topic_group(message.topic)
+        if offset is None and group is not None and message.topic.startswith(RETRY_TOPIC_PREFIX):
+            # A retry past its group's last attempt went straight to the dead-letter topic.
+            dead = attrs.evolve(message, topic=dead_letter_topic(group))
+            offset = self._offset_of(dead, message_id.raft_index, message_id.slot)
+            message = dead if offset is not None else message
         if offset is None and not _scheduled(message):
             raise MessageNotFound(
                 text, "not stored: refused or a duplicate when sent, or its topic was deleted"

@@ -210,3 +210,11 @@ def test_every_query_is_answered_or_refused_with_a_typed_error(request: Any) -> 
     send(service, OutgoingMessage("orders", b"m", keys=("k",)))
     with contextlib.suppress(DledgerError):
         trio.run(service.handle, request)
+
+
+def test_a_retry_past_its_last_attempt_is_got_in_the_dead_letter_topic() -> None:
+    service = broker()
+    late = Message("%RETRY%g", 0, b"late", properties={ATTEMPT_PROPERTY: "99"})
+    trio.run(service.replica.propose_and_apply, encode_command(SendBatch(1000, (late,))))
+    view = service.queries.get_message_now(f"broker-a:{service.state.applied_index}:0")
+    assert (view.topic, view.offset, view.attempt) == ("%DLQ%g", 0, 99)
