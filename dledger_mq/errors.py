@@ -266,6 +266,17 @@ class InvalidMessageId(BadRequest):
         super().__init__(f"invalid message id {shown!r}: {reason}")
 
 
+class MessageNotFound(BadRequest):
+    """No stored message has id ``message_id`` here: ``reason`` says why (another group's id,
+    not written yet, deleted by retention, or refused when it was sent)."""
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        self.message_id = message_id
+        self.reason = reason
+        shown = message_id if len(message_id) <= 60 else message_id[:57] + "..."
+        super().__init__(f"message {shown}: {reason}")
+
+
 class InvalidSettings(BadRequest):
     """Broker settings out of their allowed range."""
 

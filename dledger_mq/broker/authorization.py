@@ -7,7 +7,8 @@ user exists, every client signs in, and each request needs the rules below:
 | request | needs |
 |---|---|
 | send | ``publish`` on each topic, and ``create`` on one that does not exist yet |
-| pull, offset for a time | ``subscribe`` on the topic |
+| pull, offset for a time, find messages by key | ``subscribe`` on the topic |
+| get a message by id | ``subscribe`` on its topic, checked once it is read (an id names none) |
 | offsets, consumer heartbeat, send back, receive/ack | ``subscribe`` on the group and the topic |
 | set a group's retry policy | ``admin`` on the group |
 
@@ -46,6 +47,8 @@ from dledger_mq.wire.broker import (
     ChangeInvisibleRequest,
     CommitOffsetsRequest,
     ConsumerHeartbeat,
+    FindMessagesRequest,
+    GetMessageReply,
     OffsetForTimeRequest,
     PullRequest,
     QueryOffsetsRequest,
@@ -78,7 +81,7 @@ def required(message: object, state: BrokerState) -> set[tuple[str, str]]:
             if state.topic(outgoing.topic) is None:
                 needs.add(("create", topic_resource(outgoing.topic)))
         return needs
-    if isinstance(message, PullRequest | OffsetForTimeRequest):
+    if isinstance(message, PullRequest | OffsetForTimeRequest | FindMessagesRequest):
         return {_on_topic("subscribe", message.topic)}
     if isinstance(
         message,
@@ -100,6 +103,14 @@ def required(message: object, state: BrokerState) -> set[tuple[str, str]]:
         return {("admin", group_resource(message.group))}
     if isinstance(message, _CLUSTER_ADMIN):
         return {("admin", CLUSTER)}
+    return set()
+
+
+def required_of_reply(reply: object) -> set[tuple[str, str]]:
+    """What a reply needs before it leaves, when its request could not say: a message read
+    by id shows its body, as a pull does, and only the message says its topic."""
+    if isinstance(reply, GetMessageReply):
+        return {_on_topic("subscribe", reply.message.topic)}
     return set()
 
 
@@ -148,9 +159,19 @@ class BrokerAccess:
     def authorize(self, session: Session, message: object) -> None:
         """Raise ``AuthenticationRequired`` or ``PermissionDenied`` unless ``session`` may
         send ``message``."""
+        self._check(session, required(message, self.state))
+
+    def authorize_reply(self, session: Session, reply: object) -> None:
+        """Raise ``PermissionDenied`` unless ``session`` may see ``reply``
+        (``required_of_reply``)."""
+        needs = required_of_reply(reply)
+        if needs:
+            self._check(session, needs)
+
+    def _check(self, session: Session, needs: set[tuple[str, str]]) -> None:
         user = self.user_of(session)
         if user is None:
             return
-        for action, resource in sorted(required(message, self.state)):
+        for action, resource in sorted(needs):
             if not user.allows(action, resource):
                 raise PermissionDenied(user.access_key, action, resource)

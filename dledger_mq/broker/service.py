@@ -27,7 +27,9 @@ from dledger_mq.broker.assignment import (
     queues_of,
     select_queue,
 )
+from dledger_mq.broker.key_index import KeyIndex
 from dledger_mq.broker.message_id import format_message_id
+from dledger_mq.broker.queries import MessageQueries
 from dledger_mq.broker.records import (
     MAX_INVISIBLE_MS,
     MAX_PRODUCER_ID_LENGTH,
@@ -143,6 +145,8 @@ from dledger_mq.wire.broker import (
     CommitOffsetsRequest,
     ConsumerHeartbeat,
     ConsumerHeartbeatReply,
+    FindMessagesRequest,
+    GetMessageRequest,
     OffsetForTimeReply,
     OffsetForTimeRequest,
     OutgoingMessage,
@@ -248,9 +252,11 @@ class BrokerService:
         consumer_expiry_ms: int = CONSUMER_EXPIRY_MS,
         applied: AppliedSignal | None = None,
         broker_group: str = "",
+        key_index: KeyIndex | None = None,
     ) -> None:
         """``broker_group``: the name of this broker group (a consumer's layout names its
-        queues by group)."""
+        queues by group). ``key_index``: this replica's, for finding messages by key (None:
+        such queries are refused)."""
         self.broker_group = broker_group
         self.state = state
         #: A consumer silent this long leaves its group (the simulator shortens it with the
@@ -280,6 +286,7 @@ class BrokerService:
         self.refuse_sends_path: str | None = None
         #: What this node served (metrics): bytes stored, messages and bytes handed out.
         self.traffic = Traffic()
+        self.queries = MessageQueries(self, key_index)
         self._handlers = self.handlers()
 
     # -- dispatch ------------------------------------------------------------------------------
@@ -312,6 +319,8 @@ class BrokerService:
             ChangeInvisibleRequest: self.change_invisible,
             UpdateGroupRequest: self.update_group,
             DeleteGroupRequest: self.delete_group,
+            GetMessageRequest: self.queries.get_message,
+            FindMessagesRequest: self.queries.find_messages,
         }
 
     async def handle(self, message: object) -> object:

@@ -4,6 +4,7 @@ from dledger_mq.cli import (  # noqa: F401 (registers)
     cluster,
     inspect,
     messages,
+    queries,
     retries,
     servers,
     tools,

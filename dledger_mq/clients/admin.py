@@ -1,5 +1,5 @@
-"""An operator's client: node status, topics, groups, users, leadership transfer (and, on a
-node the harness runs with ``raw-proposals``, raw proposals), over WebSocket.
+"""An operator's client: node status, topics, groups, users, leadership transfer, message
+queries (and, on a node the harness runs with ``raw-proposals``, raw proposals), over WebSocket.
 
 Speaks only the wire format. No timeout arguments: callers bound calls with Trio cancel scopes.
 """
@@ -60,8 +60,16 @@ from dledger_mq.wire.admin import (
     WhoAmIRequest,
 )
 from dledger_mq.wire.broker import (
+    MAX_QUERY_MESSAGES,
     CommitOffsetsReply,
     CommitOffsetsRequest,
+    FindMessagesReply,
+    FindMessagesRequest,
+    GetMessageReply,
+    GetMessageRequest,
+    MessageView,
+    OffsetForTimeReply,
+    OffsetForTimeRequest,
     OutgoingMessage,
     PullReply,
     PullRequest,
@@ -71,6 +79,7 @@ from dledger_mq.wire.broker import (
     Receipt,
     SendReply,
     SendRequest,
+    view_of,
 )
 from dledger_mq.wire.client_auth import Credentials, as_credentials, stored_key
 from dledger_mq.wire.rpc import RpcConnection, connect
@@ -234,6 +243,56 @@ class AdminConnection:
 
     async def who_am_i(self) -> WhoAmIReply:
         return await self.connection.call(WhoAmIRequest(), WhoAmIReply)
+
+    # -- message queries (docs/operations.md, "Finding a message") -----------------------------
+
+    async def get_message(self, message_id: str) -> MessageView:
+        """The message ``message_id`` names; this node must lead the group the id names
+        (``NotLeader`` with the leader's address otherwise; ``MessageNotFound`` if no stored
+        message has that id)."""
+        reply = await self.connection.call(GetMessageRequest(message_id), GetMessageReply)
+        return reply.message
+
+    async def find_messages(self, topic: str, key: str, limit: int = 32) -> tuple[MessageView, ...]:
+        """The newest ``limit`` (at most 1024) messages of ``topic`` in this node's group
+        with ``key`` among their keys, oldest first; this node must lead its group."""
+        return (await self.find_messages_reply(topic, key, limit)).messages
+
+    async def find_messages_reply(self, topic: str, key: str, limit: int = 32) -> FindMessagesReply:
+        """``find_messages`` with whether more messages may match (``truncated``)."""
+        return await self.connection.call(FindMessagesRequest(topic, key, limit), FindMessagesReply)
+
+    async def list_messages(
+        self,
+        topic: str,
+        queue_id: int,
+        from_time_ms: int,
+        to_time_ms: int | None = None,
+        limit: int = 32,
+    ) -> tuple[MessageView, ...]:
+        """Up to ``limit`` messages of one queue of this node's group, in offset order, from
+        the first stored at or after ``from_time_ms`` (a binary search on store times,
+        ``OffsetForTimeRequest``) and stored before ``to_time_ms`` (None: up to the end). Read
+        as a pull is: from this replica, up to what it has applied."""
+        if not 1 <= limit <= MAX_QUERY_MESSAGES:
+            raise UsageError(f"limit must be in [1, {MAX_QUERY_MESSAGES}]")
+        offset = (
+            await self.connection.call(
+                OffsetForTimeRequest(topic, queue_id, from_time_ms), OffsetForTimeReply
+            )
+        ).offset
+        found: list[MessageView] = []
+        while len(found) < limit:
+            reply = await self.pull(topic, queue_id, offset, limit - len(found))
+            for message in reply.messages:
+                # Store times do not go back along a queue: the first one past the end ends it.
+                if to_time_ms is not None and message.store_timestamp_ms >= to_time_ms:
+                    return tuple(found)
+                found.append(view_of(message))
+            if not reply.messages or reply.next_offset >= reply.max_offset:
+                break
+            offset = reply.next_offset
+        return tuple(found[:limit])
 
 
 @asynccontextmanager

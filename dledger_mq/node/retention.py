@@ -111,6 +111,13 @@ async def keep_retention(
             broker.state.queues.trim(outcome.first_index << SLOT_BITS)
         except (OSError, StorageError) as error:
             log_events.warning("consume_queue_trim_failed", error=str(error))
+        # And the key index's segments that name only deleted entries.
+        key_index = broker.queries.key_index
+        if key_index is not None:
+            try:
+                key_index.trim(outcome.first_index)
+            except (OSError, StorageError) as error:
+                key_index.fail(error)
         if outcome.first_index > outcome.first_index_before:
             log_events.info(
                 "log_trimmed",

@@ -37,6 +37,7 @@ from dledger_mq.node.certificates import NodeTls, node_tls
 from dledger_mq.node.config import NodeConfig
 from dledger_mq.node.data_dir import RECOVERING_HINT, identity_of, log_directory
 from dledger_mq.node.harness import NO_HARNESS, UNSAFE_FLUSH_INTERVAL_MS, HarnessOptions
+from dledger_mq.node.key_index_keeper import keep_key_index, open_key_index
 from dledger_mq.node.registration import register_forever
 from dledger_mq.node.retention import keep_retention
 from dledger_mq.node.snapshots import (
@@ -208,7 +209,10 @@ class Node:
         handler = self.handlers.get(type(message))
         if handler is None:
             raise BadRequest(f"{type(message).__name__} is not a request")
-        return await handler(message)
+        reply = await handler(message)
+        # A message read by id: only now is its topic known, and with it who may read it.
+        self.access.authorize_reply(session, reply)
+        return reply
 
     def _who_am_i(self, session: Session) -> WhoAmIReply:
         user = self.access.user_of(session)
@@ -487,10 +491,12 @@ def assemble_node(
     applied = AppliedSignal()
     registration = RegistrationSignal()
     topics_seen = state.topics_changed
+    key_index = open_key_index(config, state)
 
     def apply(entry: Entry) -> object:
         nonlocal topics_seen
         result = state.apply(entry.index, entry.data)
+        key_index.apply(entry.index, entry.data)
         applied.notify(len(entry.data))
         if state.topics_changed != topics_seen:
             topics_seen = state.topics_changed
@@ -522,6 +528,7 @@ def assemble_node(
         desired_settings(config, state),
         applied=applied,
         broker_group=config.group,
+        key_index=key_index,
     )
     # Counted only where someone can read them: with no /metrics, the hot path records nothing.
     broker.traffic.enabled = commit_log.write_stats.enabled = bool(config.http_listen)
@@ -547,8 +554,17 @@ async def serve_peers_and_naming(
             node.broker.applied,
             node.snapshots,
             node.membership_at,
+            node.broker.queries.key_index,
         )
         nursery.start_soon(keep_retention, config, replica.log, node.snapshots, node.broker)
+        if node.broker.queries.key_index is not None:
+            nursery.start_soon(
+                keep_key_index,
+                node.broker.queries.key_index,
+                node.state,
+                replica.log,
+                node.broker.applied,
+            )
         await nursery.start(
             functools.partial(
                 trio.serve_tcp,
@@ -666,7 +682,14 @@ async def _run_node(
                     connections.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
             # Nothing applies any more: a restart then applies nothing again.
-            take_final_snapshot(config, node.state, commit_log, node.snapshots, node.membership_at)
+            take_final_snapshot(
+                config,
+                node.state,
+                commit_log,
+                node.snapshots,
+                node.membership_at,
+                node.broker.queries.key_index,
+            )
     finally:
         commit_log.close()
         log.info("node_stopped")

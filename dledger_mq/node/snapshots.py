@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from dledger_mq.broker.consume_queue import FileQueueStore, QueueStore
+from dledger_mq.broker.key_index import KeyIndex
 from dledger_mq.broker.service import AppliedSignal
 from dledger_mq.broker.state import BrokerState
 from dledger_mq.errors import ProtocolError, SnapshotError, StorageError
@@ -106,11 +107,13 @@ async def take_snapshots(
     applied: AppliedSignal,
     store: SnapshotStore,
     membership_at: Callable[[int], bytes] = lambda index: b"",
+    key_index: KeyIndex | None = None,
 ) -> None:
     """``membership_at``: the group's membership (encoded) at an index, which each snapshot
-    records. Forever: once ``snapshot_interval_entries`` entries or ``snapshot_interval_bytes`` of
-    them were applied since the last snapshot (and are durable here), snapshot the state and
-    write it in a worker thread."""
+    records; ``key_index`` is made durable up to it first (``sync_key_index``). Forever: once
+    ``snapshot_interval_entries`` entries or ``snapshot_interval_bytes`` of them were applied
+    since the last snapshot (and are durable here), snapshot the state and write it in a
+    worker thread."""
     last_index, last_bytes = state.applied_index, applied.applied_bytes
     while True:
         await applied.wait()
@@ -123,11 +126,13 @@ async def take_snapshots(
             continue
         snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
         pin = state.lowest_timer_index()
-        # The queues as of the snapshot go to disk before it, durably (in the worker thread,
-        # while apply goes on appending to them).
+        # The key index and the queues as of the snapshot go to disk before it, durably (the
+        # fsyncs in the worker thread, while apply goes on appending to them).
+        checkpoint_key_index(key_index)
         state.queues.flush()
 
         def save(snapshot: Snapshot = snapshot, pin: int | None = pin) -> None:
+            fsync_key_index(key_index)
             state.queues.sync()
             store.save(snapshot, pin)
             # And where the log stands: a restart reads only what comes after.
@@ -142,12 +147,36 @@ async def take_snapshots(
         last_index, last_bytes = index, applied.applied_bytes
 
 
+def checkpoint_key_index(key_index: KeyIndex | None) -> None:
+    """Write the key index's checkpoint at what it covers (on the Trio thread: apply appends
+    to it there), so that a restart from the snapshot about to be saved finds it that far and
+    needs no scan of the log (``fsync_key_index`` makes it durable). A failure only costs a
+    rebuild from the log later."""
+    if key_index is None:
+        return
+    try:
+        key_index.checkpoint()
+    except (OSError, StorageError) as error:
+        key_index.fail(error)
+
+
+def fsync_key_index(key_index: KeyIndex | None) -> None:
+    """The key index's journal fsynced (in the worker thread that saves a snapshot)."""
+    if key_index is None:
+        return
+    try:
+        key_index.fsync_journal()
+    except OSError as error:
+        key_index.fail(error)
+
+
 def take_final_snapshot(
     config: NodeConfig,
     state: BrokerState,
     log: CommitLog,
     store: SnapshotStore,
     membership_at: Callable[[int], bytes] = lambda index: b"",
+    key_index: KeyIndex | None = None,
 ) -> None:
     """On a graceful stop, once nothing applies any more: a snapshot of everything applied (and
     the log's checkpoint with the close), so that the restart applies nothing again. A crash
@@ -161,6 +190,8 @@ def take_final_snapshot(
         if index > log.durable_index():
             return
         snapshot = Snapshot(index, log.term(index), state.to_snapshot(), membership_at(index))
+        checkpoint_key_index(key_index)
+        fsync_key_index(key_index)
         state.queues.flush()
         state.queues.sync()
         store.save(snapshot, state.lowest_timer_index())

@@ -7,10 +7,12 @@ served by any replica, up to what it has applied.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 import attrs
 
-from dledger_mq.wire.codec import Codec
+from dledger_mq.errors import UsageError
+from dledger_mq.wire.codec import MAX_NAME_LENGTH, Codec
 from dledger_mq.wire.handshake import HANDSHAKE_TYPES, ErrorFieldValue
 
 # -- Delayed messages, retries and dead letters (docs/broker.md, "Timers") ---------------------
@@ -330,6 +332,103 @@ class ChangeInvisibleReply:
     invisible_until_ms: int
 
 
+# -- Message queries (docs/operations.md, "Finding a message") ---------------------------------
+
+#: The most messages one query answers, and the longest message id and key a query may name
+#: (ids: ``broker/message_id.py``; keys: the broker's ``MAX_KEY_LENGTH``).
+MAX_QUERY_MESSAGES = 1024
+MAX_QUERY_MESSAGE_ID_LENGTH = 300
+MAX_QUERY_KEY_LENGTH = 255
+
+
+def _bounded_text(max_length: int) -> Callable[[object, attrs.Attribute[str], str], None]:
+    """A validator: the field is a string of 1 to ``max_length`` characters. Our own caller
+    gets ``UsageError``; decoding a peer's message turns it into ``ProtocolError``."""
+
+    def check(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+        if type(value) is not str or not 1 <= len(value) <= max_length:
+            raise UsageError(f"{attribute.name} must be 1 to {max_length} characters")
+
+    return check
+
+
+def _query_limit(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_QUERY_MESSAGES:
+        raise UsageError(f"{attribute.name} must be in [1, {MAX_QUERY_MESSAGES}]")
+
+
+@attrs.frozen
+class MessageView:
+    """One stored message as a query shows it: where it is and what it holds."""
+
+    message_id: str
+    topic: str
+    queue_id: int
+    #: Its offset in its queue; -1: in no queue under this id (a delayed or retried message,
+    #: delivered later as a copy that carries this id, or not delivered yet).
+    offset: int
+    keys: tuple[str, ...]
+    tags: str | None
+    properties: dict[str, str]
+    body: bytes
+    born_time_ms: int
+    store_time_ms: int
+    #: Which delivery of its message this is (1: the first; a retry copy says 2, 3, ...).
+    attempt: int
+
+    @property
+    def group(self) -> str:
+        """The broker group that stored it (message ids are ``group:raft_index:slot``)."""
+        return self.message_id.rsplit(":", 2)[0]
+
+
+def view_of(message: StoredMessage) -> MessageView:
+    """A pulled message as a query shows it."""
+    return MessageView(
+        message_id=message.msg_id,
+        topic=message.topic,
+        queue_id=message.queue_id,
+        offset=message.offset,
+        keys=message.keys,
+        tags=message.tags,
+        properties=message.properties,
+        body=message.body,
+        born_time_ms=message.born_timestamp_ms,
+        store_time_ms=message.store_timestamp_ms,
+        attempt=attempt_of(message.properties),
+    )
+
+
+@attrs.frozen
+class GetMessageRequest:
+    """The message a message id names (``group:raft_index:slot``), from the group's leader."""
+
+    message_id: str = attrs.field(validator=_bounded_text(MAX_QUERY_MESSAGE_ID_LENGTH))
+
+
+@attrs.frozen
+class GetMessageReply:
+    message: MessageView
+
+
+@attrs.frozen
+class FindMessagesRequest:
+    """The newest ``limit`` messages of ``topic`` stored with ``key`` among their keys, from
+    the group's leader (its key index)."""
+
+    topic: str = attrs.field(validator=_bounded_text(MAX_NAME_LENGTH))
+    key: str = attrs.field(validator=_bounded_text(MAX_QUERY_KEY_LENGTH))
+    limit: int = attrs.field(default=32, validator=_query_limit)
+
+
+@attrs.frozen
+class FindMessagesReply:
+    #: Oldest first.
+    messages: tuple[MessageView, ...]
+    #: More may match than were looked at (``limit`` reached, or the bound on candidates).
+    truncated: bool
+
+
 BROKER_TYPES: dict[int, type] = {
     60: SendRequest,
     61: SendReply,
@@ -351,6 +450,10 @@ BROKER_TYPES: dict[int, type] = {
     92: AckReply,
     93: ChangeInvisibleRequest,
     94: ChangeInvisibleReply,
+    95: GetMessageRequest,
+    96: GetMessageReply,
+    97: FindMessagesRequest,
+    98: FindMessagesReply,
 }
 
 BROKER_CODEC = Codec({**HANDSHAKE_TYPES, **BROKER_TYPES})

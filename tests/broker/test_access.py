@@ -221,3 +221,31 @@ def test_once_a_user_exists_everyone_signs_in() -> None:
     with pytest.raises(AuthenticationRequired, match="no longer exists"):
         access.authorize(Session("127.0.0.1", "removed"), StatusRequest())
     access.authorize(Session("10.0.0.1", "admin"), TransferLeaderRequest("n2"))
+
+
+def test_a_message_query_needs_subscribe_on_the_messages_topic() -> None:
+    """Finding by key names the topic in the request; getting by id does not, so the reply is
+    checked against the message's topic before it leaves (``authorize_reply``)."""
+    from dledger_mq.wire.broker import (
+        FindMessagesRequest,
+        GetMessageReply,
+        GetMessageRequest,
+        MessageView,
+    )
+
+    access = access_with(AddUser("sub", KEY, (Rule("topic:orders", "subscribe"),)))
+    subscriber = Session("10.0.0.2", "sub")
+    access.authorize(subscriber, FindMessagesRequest("orders", "k"))
+    with pytest.raises(PermissionDenied, match="may not subscribe on topic:secret"):
+        access.authorize(subscriber, FindMessagesRequest("secret", "k"))
+    access.authorize(subscriber, GetMessageRequest("broker-a:5:0"))  # no topic to check yet
+
+    def reply(topic: str) -> GetMessageReply:
+        view = MessageView("broker-a:5:0", topic, 0, 0, (), None, {}, b"body", 0, 1, 1)
+        return GetMessageReply(view)
+
+    access.authorize_reply(subscriber, reply("orders"))
+    with pytest.raises(PermissionDenied, match="may not subscribe on topic:secret"):
+        access.authorize_reply(subscriber, reply("secret"))
+    with pytest.raises(PermissionDenied, match="group:g"):
+        access.authorize_reply(subscriber, reply("%DLQ%g"))  # a group's: a group rule

@@ -46,6 +46,26 @@ def assert_one_line(result: subprocess.CompletedProcess[str], code: int, text: s
         (("topic", "update", "orders"), "give --queues, --fifo, --no-fifo or --add-group"),
         (("cluster", "up", "--nodes", "4"), "'4' is not one of '3', '5'"),
         (("nonsense",), "No such command 'nonsense'"),
+        (
+            ("message", "list", "--topic", "t", "--queue", "0", "--from-time", "yesterday"),
+            "--from-time: 'yesterday' is neither ISO 8601 nor milliseconds",
+        ),
+        (
+            (
+                "message",
+                "list",
+                "--topic",
+                "t",
+                "--queue",
+                "0",
+                "--from-time",
+                "5",
+                "--to-time",
+                "5",
+            ),
+            "--to-time: must be after --from-time",
+        ),
+        (("message", "find", "--topic", "t", "--key", "k", "--limit", "0"), "--limit"),
     ],
 )
 def test_bad_arguments_are_one_line_with_where_to_look(
@@ -54,6 +74,13 @@ def test_bad_arguments_are_one_line_with_where_to_look(
     result = run(*arguments, cwd=tmp_path)
     assert_one_line(result, 2, text)
     assert "--help`)" in result.stderr
+
+
+def test_a_message_id_that_does_not_parse_is_refused_before_any_connection(
+    tmp_path: Path,
+) -> None:
+    result = run("message", "get", "broker-a:01:0", "--endpoints", DEAD, cwd=tmp_path)
+    assert_one_line(result, 1, "invalid message id 'broker-a:01:0'")
 
 
 def test_a_node_config_that_does_not_exist(tmp_path: Path) -> None:

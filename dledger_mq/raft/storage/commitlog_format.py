@@ -30,6 +30,8 @@ RESETTING_FILE_NAME = "resetting"
 SNAPSHOTS_DIRECTORY_NAME = "snapshots"
 #: Where the broker's consume queues live, beside the log (``broker/consume_queue.py``).
 CONSUME_QUEUE_DIRECTORY_NAME = "consumequeue"
+#: Where the broker's key index lives, beside the log (``broker/key_index.py``).
+KEY_INDEX_DIRECTORY_NAME = "keyindex"
 STATE_FILE_NAME = "state"
 SEGMENT_SUFFIX = ".log"
 TEMPORARY_SUFFIX = ".tmp"

@@ -21,6 +21,7 @@ from dledger_mq.raft.storage.commitlog_format import (
     CONSUME_QUEUE_DIRECTORY_NAME,
     FORMAT_VERSION,
     IDENTITY_FILE_NAME,
+    KEY_INDEX_DIRECTORY_NAME,
     LOST_TAIL_MARK,
     MAX_IDENTITY_PART_BYTES,
     META_FILE_NAME,
@@ -485,6 +486,7 @@ class _Recovery:
                 RESETTING_FILE_NAME,
                 SNAPSHOTS_DIRECTORY_NAME,
                 CONSUME_QUEUE_DIRECTORY_NAME,
+                KEY_INDEX_DIRECTORY_NAME,
                 PUBLISHED_END_FILE_NAME,
             ):
                 _logger.warning(
