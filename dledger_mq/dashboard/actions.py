@@ -46,7 +46,10 @@ async def viewer_admins(
     """Connections to every broker group's leader (or ``groups``'), signed in as ``viewer``:
     never as the dashboard itself, so that a viewer can do only what the viewer may."""
     leaders = await find_group_leaders(
-        target.endpoints, target.cluster_id, tls=target.tls, credentials=target.credentials
+        target.endpoints,
+        target.cluster_id,
+        tls=target.tls,
+        credentials=viewer.credentials or target.credentials,
     )
     unknown = [group for group in groups if group not in leaders]
     if unknown:

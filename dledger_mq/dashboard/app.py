@@ -43,9 +43,8 @@ CONTENT_SECURITY_POLICY = (
 MAX_FORM_BYTES = 4096
 #: A request from the page larger than this closes its WebSocket.
 MAX_REQUEST_BYTES = 16384
-#: WebSocket close codes the page acts on.
+#: The WebSocket close code that sends the page to the sign-in form.
 CLOSE_SIGN_IN = 4401
-CLOSE_FORBIDDEN = 4403
 
 
 class SecurityHeaders:
@@ -153,13 +152,14 @@ def dashboard_app(collector: Collector, sessions: Sessions) -> Starlette:
         # A page of another site may open a WebSocket here with the viewer's cookie: only
         # this server's own page may.
         if not same_origin(websocket.headers.get("origin"), websocket.headers.get("host")):
-            await websocket.close(code=CLOSE_FORBIDDEN)
+            await websocket.close()  # before accepting: the handshake is refused (403)
             return
         viewer = await viewer_of(websocket)
-        if viewer is None:
-            await websocket.close(code=CLOSE_SIGN_IN)
-            return
         await websocket.accept()
+        if viewer is None:
+            # Accepted first, so that the page learns why (a refused handshake tells nothing).
+            await websocket.close(code=CLOSE_SIGN_IN, reason="sign in")
+            return
         await websocket.send_json(
             {
                 "type": "hello",

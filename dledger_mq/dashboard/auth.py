@@ -21,10 +21,13 @@ import time
 import attrs
 import trio
 
-from dledger_mq.clients.admin import connect_admin
 from dledger_mq.dashboard.collector import Target
-from dledger_mq.errors import AuthenticationRequired, DledgerError
-from dledger_mq.node.cluster_status import find_leader_address
+from dledger_mq.errors import (
+    AuthenticationFailed,
+    AuthenticationRequired,
+    DledgerError,
+    Unavailable,
+)
 from dledger_mq.wire.admin import ADMIN_CODEC, WhoAmIReply, WhoAmIRequest
 from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.rpc import connect
@@ -72,38 +75,38 @@ class Sessions:
         self._anonymous: tuple[float, bool] = (-1e9, False)
 
     async def _who_am_i(self, credentials: Credentials | None) -> WhoAmIReply:
+        """Who ``credentials`` (None: anonymous) are to the cluster: asked of each node in
+        turn until one answers (every replica holds the users). ``AuthenticationFailed`` as
+        soon as a node refuses them; ``Unavailable`` if none answers."""
         target = self.target
-        with trio.fail_after(SIGN_IN_TIMEOUT_SECONDS):
-            address = await find_leader_address(
-                target.endpoints,
-                target.cluster_id,
-                tls=target.tls,
-                credentials=target.credentials,
-            )
-            if credentials is None:
-                # Not connect_admin: it would sign in with the environment's credentials.
-                async with connect(
-                    address,
-                    ADMIN_CODEC,
-                    target.cluster_id,
-                    "dashboard",
-                    None,
-                    client_ssl_context(target.tls),
-                ) as connection:
-                    return await connection.call(WhoAmIRequest(), WhoAmIReply)
-            async with connect_admin(address, target.cluster_id, credentials, target.tls) as admin:
-                return await admin.who_am_i()
+        problems = []
+        for _, address in target.endpoints:
+            try:
+                with trio.fail_after(SIGN_IN_TIMEOUT_SECONDS / len(target.endpoints)):
+                    # Not connect_admin: without credentials it would take the environment's.
+                    async with connect(
+                        address,
+                        ADMIN_CODEC,
+                        target.cluster_id,
+                        "dashboard",
+                        credentials,
+                        client_ssl_context(target.tls),
+                    ) as connection:
+                        return await connection.call(WhoAmIRequest(), WhoAmIReply)
+            except (AuthenticationFailed, AuthenticationRequired):
+                # One answer for an unknown user and a wrong key, naming no node.
+                raise AuthenticationFailed("authentication failed") from None
+            except (DledgerError, trio.TooSlowError) as error:
+                problems.append(f"{address}: {error or 'no answer in time'}")
+        raise Unavailable(f"no node answers: {'; '.join(problems)}")
 
     async def sign_in(self, access_key: str, secret_key: str) -> str:
-        """A new session token for the user, or ``AuthenticationRequired`` (the same for an
+        """A new session token for the user, or ``AuthenticationFailed`` (the same for an
         unknown user and a wrong key)."""
         if not access_key or not secret_key:
-            raise AuthenticationRequired("authentication failed")
+            raise AuthenticationFailed("authentication failed")
         credentials = Credentials(access_key, secret_key)
-        try:
-            reply = await self._who_am_i(credentials)
-        except trio.TooSlowError:
-            raise DledgerError("the cluster did not answer in time; try again") from None
+        reply = await self._who_am_i(credentials)
         return self._add(Viewer(access_key, credentials, holds_cluster_admin(reply), 0.0))
 
     async def anonymous_allowed(self, client_host: str | None) -> bool:
@@ -117,7 +120,7 @@ class Sessions:
         try:
             reply = await self._who_am_i(None)
             allowed = reply.anonymous_allowed
-        except (DledgerError, trio.TooSlowError, OSError):
+        except DledgerError:
             allowed = False
         self._anonymous = (time.monotonic(), allowed)
         return allowed
