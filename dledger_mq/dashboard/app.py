@@ -94,7 +94,6 @@ def _set_session(response: Response, token: str) -> Response:
 
 
 def dashboard_app(collector: Collector, sessions: Sessions) -> Starlette:
-    target = collector.target
 
     async def viewer_of(connection: Request | WebSocket) -> Viewer | None:
         """The connection's viewer; an anonymous one only while protected mode lets this
@@ -173,7 +172,7 @@ def dashboard_app(collector: Collector, sessions: Sessions) -> Starlette:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_push_samples, sender, collector)
-                await _answer_requests(websocket, sender, target, viewer)
+                await _answer_requests(websocket, sender, collector, viewer)
                 nursery.cancel_scope.cancel()
         except* WebSocketDisconnect:
             pass
@@ -211,7 +210,7 @@ async def _push_samples(sender: _Sender, collector: Collector) -> None:
 
 
 async def _answer_requests(
-    websocket: WebSocket, sender: _Sender, target: Target, viewer: Viewer
+    websocket: WebSocket, sender: _Sender, collector: Collector, viewer: Viewer
 ) -> None:
     """Each request (``{"id": N, "action": ...}``) is answered with ``{"type": "reply",
     "id": N, "ok": ..., "result" or "error"}``; until the page goes."""
@@ -229,7 +228,7 @@ async def _answer_requests(
             continue
         answer: dict[str, object] = {"type": "reply", "id": request.get("id")}
         try:
-            answer |= {"ok": True, "result": await run_action(target, viewer, request)}
+            answer |= {"ok": True, "result": await run_action(collector.target, viewer, request)}
             logger.info(
                 "dashboard_action", viewer=viewer.name, action=request.get("action"), ok=True
             )

@@ -136,6 +136,11 @@ class Collector:
 
     async def sample(self) -> None:
         target = self.target
+        if target.root is not None:
+            # A local cluster's nodes as they are now (`cluster add-replica` adds some).
+            layout = ClusterLayout.load(target.root)
+            if layout is not None and layout.endpoints != target.endpoints:
+                self.target = target = attrs.evolve(target, endpoints=layout.endpoints)
         probes = await probe_all(
             target.endpoints, target.cluster_id, target.credentials, target.tls
         )
