@@ -69,9 +69,24 @@ def wait_for(driver: Any, condition: Callable[[Any], object], what: str) -> Any:
 
 
 def text_of(driver: Any, selector: str) -> str | None:
-    """The text of the first element ``selector`` finds, None if there is none."""
-    found = driver.find_elements("css selector", selector)
-    return found[0].text if found else None
+    """The text of the first element ``selector`` finds, None if there is none: read in one
+    step in the page (each sample replaces the tables' rows, so a found element goes stale)."""
+    text = driver.execute_script(
+        "const found = document.querySelector(arguments[0]);"
+        "return found ? found.textContent.trim() : null;",
+        selector,
+    )
+    return None if text is None else str(text)
+
+
+def attribute_of(driver: Any, selector: str, name: str) -> str | None:
+    value = driver.execute_script(
+        "const found = document.querySelector(arguments[0]);"
+        "return found ? found.getAttribute(arguments[1]) : null;",
+        selector,
+        name,
+    )
+    return None if value is None else str(value)
 
 
 def sign_in(driver: Any, base_url: str, access_key: str, secret_key: str) -> None:

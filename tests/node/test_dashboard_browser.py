@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium, against a real `cluster up` (which starts the
 dashboard itself, as a supervised process on the port it derives from the base port): the
 pages load, show the leader, and follow a leadership transfer (one through the page's admin
-form, one through `cluster transfer-leader`) and a killed leader, without a reload.
+form, one through `cluster transfer-leader`) and a killed leader, without a reload; a killed
+dashboard is started again by `cluster up`.
 
 With DLEDGER_MQ_DASHBOARD_SCREENSHOTS=docs/images the test also puts load on the cluster and
 saves a screenshot of each page there (docs/operations.md, "Dashboard").
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 from pathlib import Path
 
@@ -19,10 +21,12 @@ import trio
 from dledger_mq.clients.consumer import Consumer, ReceivedMessage
 from dledger_mq.clients.producer import Producer
 from dledger_mq.node.cluster_layout import DASHBOARD_PORT_BELOW_BASE
+from dledger_mq.node.processes import read_pid_file
 from dledger_mq.wire.client_auth import Credentials
 from tests.node.cluster_up import ClusterUp, cluster_up, free_base_port
 from tests.node.dashboard_browser import (
     SCREENSHOTS_ENVIRONMENT_VARIABLE,
+    attribute_of,
     chromium,
     require_chromium,
     screenshot,
@@ -65,7 +69,11 @@ def _browse(up: ClusterUp, url: str, credentials: Credentials, leader: str) -> N
         driver.execute_script("window.dashboardMark = 'never reloaded'")
         screenshot(driver, "cluster")
         show_view(driver, "topics")
-        wait_for(driver, lambda d: d.find_elements("css selector", '[data-topic="orders"]'), "")
+        wait_for(
+            driver,
+            lambda d: d.find_elements("css selector", '[data-topic="orders"]'),
+            "the topic orders",
+        )
         screenshot(driver, "topics")
         show_view(driver, "groups")
         wait_for(
@@ -104,9 +112,7 @@ def _browse(up: ClusterUp, url: str, credentials: Credentials, leader: str) -> N
         row = f'[data-node="{followers[1]}"]'
         wait_for(
             driver,
-            lambda d: (
-                d.find_element("css selector", row).get_attribute("data-role") == "unreachable"
-            ),
+            lambda d: attribute_of(d, row, "data-role") == "unreachable",
             f"{followers[1]} shown unreachable",
         )
         wait_for(
@@ -116,6 +122,19 @@ def _browse(up: ClusterUp, url: str, credentials: Credentials, leader: str) -> N
         )
         assert text_of(driver, f"{row} .state") == "down"
         assert driver.execute_script("return window.dashboardMark") == "never reloaded"
+
+        # The dashboard itself dies: `cluster up` starts it again; it forgot its sessions, so
+        # the page, reconnecting, asks to sign in again.
+        record = read_pid_file(up.root / "dashboard" / "dashboard.pid")
+        assert record is not None
+        os.kill(record.pid, signal.SIGKILL)
+        wait_for(driver, lambda d: d.find_elements("id", "access-key"), "the sign-in form again")
+        sign_in(driver, url, credentials.access_key, credentials.secret_key)
+        wait_for(
+            driver,
+            lambda d: text_of(d, LEADER_CELL) in {leader, followers[0]},
+            "the leader shown by the restarted dashboard",
+        )
 
 
 async def _load(naming: list[str], credentials: Credentials) -> None:
