@@ -4,6 +4,9 @@ the admin client's message queries."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import attrs
 import pytest
 
@@ -113,3 +116,70 @@ def test_a_message_becomes_json_with_its_delivery_attempts() -> None:
         "properties": {"__ATTEMPT": "3"},
         "attempts": 3,
     }
+
+
+async def test_the_messages_page_lights_up_once_the_admin_client_has_the_queries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The names another branch adds to AdminConnection: once there, the page's queries reach
+    every broker group's leader, as the viewer, and the answers come back as JSON."""
+
+    @attrs.frozen
+    class Stored:
+        msg_id: str
+        topic: str
+        body: bytes
+        properties: dict[str, str]
+
+    asked: list[tuple[str, tuple[object, ...]]] = []
+
+    class Admin:
+        async def get_message(self, message_id: str) -> Stored | None:
+            asked.append(("get_message", (message_id,)))
+            return Stored(message_id, "orders", b"hello", {"__ATTEMPT": "2"})
+
+        async def find_messages(self, topic: str, key: str, limit: int) -> list[Stored]:
+            asked.append(("find_messages", (topic, key, limit)))
+            return [Stored("m2", topic, b"by key", {})]
+
+        async def list_messages(self, *arguments: object) -> tuple[Stored, ...]:
+            asked.append(("list_messages", arguments))
+            return ()
+
+    for method in actions.MESSAGE_QUERIES.values():
+        monkeypatch.setattr(actions.AdminConnection, method, getattr(Admin, method), raising=False)
+    viewers: list[Viewer] = []
+
+    @contextlib.asynccontextmanager
+    async def admins(target: Target, viewer: Viewer) -> AsyncIterator[dict[str, Admin]]:
+        viewers.append(viewer)
+        yield {"broker-a": Admin()}
+
+    monkeypatch.setattr(actions, "viewer_admins", admins)
+    viewer = Viewer("v", None, False, 0.0)
+    target = Target(endpoints=[])
+    assert message_queries_available()
+    found = await query_messages(target, viewer, MessageQuery("by_id", message_id="m1"))
+    assert found == {
+        "available": True,
+        "messages": [
+            {
+                "broker_group": "broker-a",
+                "msg_id": "m1",
+                "topic": "orders",
+                "body": "hello",
+                "properties": {"__ATTEMPT": "2"},
+                "attempts": 2,
+            }
+        ],
+    }
+    by_key = await query_messages(target, viewer, MessageQuery("by_key", topic="t", key="k"))
+    assert isinstance(by_key, dict) and len(by_key["messages"]) == 1
+    by_time = MessageQuery("by_time", topic="t", queue_id=1, from_time_ms=5, to_time_ms=9)
+    assert await query_messages(target, viewer, by_time) == {"available": True, "messages": []}
+    assert asked == [
+        ("get_message", ("m1",)),
+        ("find_messages", ("t", "k", 20)),
+        ("list_messages", ("t", 1, 5, 9, 20)),
+    ]
+    assert viewers == [viewer] * 3  # as the viewer, never as the dashboard

@@ -89,6 +89,10 @@ async def receive(websocket: object, kind: str) -> dict[str, object]:
                 return dict(message)
 
 
+def target_address(cluster: ProcessCluster, node_id: str) -> str:
+    return dict(cluster.endpoints())[node_id]
+
+
 @asynccontextmanager
 async def dashboard(cluster: ProcessCluster, tmp_path: Path, own_secret: str) -> AsyncIterator[int]:
     """`dledger-mq dashboard` on a free port, signing in as ``root`` (made later)."""
@@ -146,7 +150,8 @@ async def test_protected_mode_then_users_sign_in_and_only_an_admin_acts(
             await AdminConnection(connection).add_user(
                 "root", root_secret, (RuleInfo("cluster", "admin"),)
             )
-        async with connect_admin(leader.address, credentials=("root", root_secret)) as admin:
+        root = ("root", root_secret)
+        async with connect_admin(leader.address, credentials=root) as admin:
             await admin.add_user("viewer", viewer_secret, (RuleInfo("topic:*", "subscribe"),))
 
         # A user exists: the anonymous session is over, for the page and its live connection.
@@ -205,6 +210,28 @@ async def test_protected_mode_then_users_sign_in_and_only_an_admin_acts(
                 "ok": True,
                 "result": {"group": "broker-a", "leader": target},
             }
+            # The other admin actions, through the same code as the CLI's.
+            async with connect_admin(target_address(cluster, target), credentials=root) as admin:
+                await admin.create_topic("orders", 2)
+            for number, action, expected in (
+                (
+                    2,
+                    {
+                        "action": "reset_offset",
+                        "group": "billing",
+                        "topic": "orders",
+                        "to_offset": 0,
+                    },
+                    [
+                        {"broker_group": "broker-a", "queue_id": 0, "offset": 0},
+                        {"broker_group": "broker-a", "queue_id": 1, "offset": 0},
+                    ],
+                ),
+                (3, {"action": "redrive", "group": "billing"}, []),
+            ):
+                await websocket.send_message(json.dumps({"id": number, **action}))  # type: ignore[attr-defined]
+                reply = await receive(websocket, "reply")
+                assert (reply["id"], reply["ok"], reply.get("result")) == (number, True, expected)
 
         # Another site's page can neither sign in nor open the live connection.
         status, _, _ = await request(
