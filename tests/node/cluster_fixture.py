@@ -352,11 +352,13 @@ class ProcessCluster:
         A running node that is not paused must answer: one still starting has not agreed yet."""
         excluded = set(exclude)
         statuses = await self.wait_until(
-            lambda statuses: agreed_leader(statuses, excluded, min_term) is not None
-            and all(
-                status is not None
-                for node_id, status in statuses.items()
-                if node_id not in excluded and node_id not in self.paused
+            lambda statuses: (
+                agreed_leader(statuses, excluded, min_term) is not None
+                and all(
+                    status is not None
+                    for node_id, status in statuses.items()
+                    if node_id not in excluded and node_id not in self.paused
+                )
             ),
             f"one leader (not {sorted(excluded)}, term > {min_term}) that all others follow",
             timeout=timeout,
