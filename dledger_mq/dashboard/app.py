@@ -41,7 +41,7 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 MAX_FORM_BYTES = 4096
-#: A request from the page larger than this closes its WebSocket.
+#: A request from the page larger than this closes its WebSocket (hypercorn's limit).
 MAX_REQUEST_BYTES = 16384
 #: The WebSocket close code that sends the page to the sign-in form.
 CLOSE_SIGN_IN = 4401
@@ -216,9 +216,6 @@ async def _answer_requests(
     "id": N, "ok": ..., "result" or "error"}``; until the page goes."""
     while True:
         text = await websocket.receive_text()
-        if len(text) > MAX_REQUEST_BYTES:
-            await websocket.close(code=1009)
-            return
         try:
             request: Any = json.loads(text)
             if not isinstance(request, dict):
@@ -252,6 +249,8 @@ async def serve_dashboard(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
+    # What the page sends is a small request; nothing bigger is read.
+    config.websocket_max_message_size = MAX_REQUEST_BYTES
     collector = Collector(target)
     app = dashboard_app(collector, Sessions(target))
     async with trio.open_nursery() as nursery:

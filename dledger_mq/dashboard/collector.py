@@ -43,6 +43,10 @@ IDLE_SAMPLE_SECONDS = 5.0
 #: A sample that takes longer than this is cut short (a leader killed mid-request).
 SAMPLE_TIMEOUT_SECONDS = 3.0
 HISTORY_SECONDS = 600
+#: Describe requests per broker group per sample (a topic's min offsets, a consumer group's
+#: lag in a topic): a cluster with more topics shows the first ones' in full, so that a
+#: sample still ends in time.
+DESCRIBE_BUDGET = 200
 #: A consumer group that no consumer ever committed for: its queues' min offsets.
 _NO_GROUP = "%DASHBOARD%"
 
@@ -126,8 +130,16 @@ class Collector:
         while True:
             started = trio.current_time()
             self._viewer_arrived = trio.Event()
-            with trio.move_on_after(SAMPLE_TIMEOUT_SECONDS):
+            with trio.move_on_after(SAMPLE_TIMEOUT_SECONDS) as cut:
                 await self.sample()
+            if cut.cancelled_caught:
+                self._publish(
+                    {
+                        **self.snapshot,
+                        "problem": f"the cluster did not answer within "
+                        f"{SAMPLE_TIMEOUT_SECONDS:g} s: showing the last sample",
+                    }
+                )
             if self.viewers:
                 await trio.sleep_until(started + SAMPLE_SECONDS)
             else:
@@ -156,7 +168,12 @@ class Collector:
                     async with connect_admin(
                         leader.address, target.cluster_id, target.credentials, target.tls
                     ) as admin:
-                        group_topics, group_consumers = await _group_view(group, admin)
+                        group_topics, group_consumers, complete = await _group_view(group, admin)
+                if not complete:
+                    problems.append(
+                        f"{group}: more topics and consumer groups than one sample describes "
+                        f"({DESCRIBE_BUDGET}): some min offsets and lags are not shown"
+                    )
                 topics += group_topics
                 consumer_groups += group_consumers
             except (DledgerError, trio.TooSlowError) as error:
@@ -174,17 +191,21 @@ class Collector:
         )
         for item in merged_topics:
             item["rate"] = self.history.latest("topics", str(item["name"]))
+        self._publish(
+            {
+                "time_ms": int(now * 1000),
+                "problem": "; ".join(problems) or None,
+                "nodes": nodes,
+                "groups": group_objects(nodes, leaders, self.history),
+                "topics": merged_topics,
+                "consumer_groups": merged_groups,
+                "history": self.history.as_json(),
+            }
+        )
+
+    def _publish(self, snapshot: dict[str, object]) -> None:
         self.version += 1
-        self.snapshot = {
-            "version": self.version,
-            "time_ms": int(now * 1000),
-            "problem": "; ".join(problems) or None,
-            "nodes": nodes,
-            "groups": group_objects(nodes, leaders, self.history),
-            "topics": merged_topics,
-            "consumer_groups": merged_groups,
-            "history": self.history.as_json(),
-        }
+        self.snapshot = {**snapshot, "version": self.version}
         self.changed.set()
         self.changed = trio.Event()
 
@@ -253,18 +274,31 @@ def group_objects(
     return groups
 
 
+@attrs.define
+class _Budget:
+    left: int = DESCRIBE_BUDGET
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
 async def _group_view(
     broker_group: str, admin: AdminConnection
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+) -> tuple[list[dict[str, object]], list[dict[str, object]], bool]:
     """One broker group's topics (its queues' min and max offsets) and consumer groups (lag
-    per queue, live consumers, retries and dead letters waiting)."""
+    per queue, live consumers, retries and dead letters waiting), and whether the describe
+    budget covered them all (else a min offset is None, a lag left out)."""
+    budget = _Budget()
     infos = {info.name: info for info in await admin.list_topics()}
     topics = []
     for info in infos.values():
         if system_topic_group(info.name) is not None:
             continue
-        described = await admin.describe_group(_NO_GROUP, info.name)
-        minimum = {queue.queue_id: queue.min_offset for queue in described.queues}
+        minimum: dict[int, int | None] = {}
+        if budget.take():
+            described = await admin.describe_group(_NO_GROUP, info.name)
+            minimum = {queue.queue_id: queue.min_offset for queue in described.queues}
         topics.append(
             {
                 "name": info.name,
@@ -273,14 +307,14 @@ async def _group_view(
                     {
                         "broker_group": broker_group,
                         "queue_id": queue_id,
-                        "min_offset": minimum.get(queue_id, 0),
+                        "min_offset": minimum.get(queue_id),
                         "max_offset": max_offset,
                     }
                     for queue_id, max_offset in enumerate(info.max_offsets)
                 ],
             }
         )
-    groups = []
+    groups: list[dict[str, object]] = []
     for group_info in await admin.list_groups():
         name = group_info.group
         if name.startswith("%"):
@@ -289,6 +323,8 @@ async def _group_view(
         consumers: set[str] = set()
         for topic in group_info.topics:
             if system_topic_group(topic) is not None or topic not in infos:
+                continue
+            if not budget.take():
                 continue
             reply = await admin.describe_group(name, topic)
             consumers.update(reply.consumers)
@@ -310,20 +346,24 @@ async def _group_view(
                 "group": name,
                 "queues": queues,
                 "consumers": sorted(consumers),
-                "retrying": await _waiting(admin, infos.get(retry_topic(name)), name, name),
+                "retrying": await _waiting(admin, budget, infos.get(retry_topic(name)), name, name),
                 "dead_letters": await _waiting(
-                    admin, infos.get(dead_letter_topic(name)), name, redrive_group(name)
+                    admin, budget, infos.get(dead_letter_topic(name)), name, redrive_group(name)
                 ),
             }
         )
-    return topics, groups
+    return topics, groups, budget.left >= 0
 
 
-async def _waiting(admin: AdminConnection, topic: TopicInfo | None, name: str, reader: str) -> int:
+async def _waiting(
+    admin: AdminConnection, budget: _Budget, topic: TopicInfo | None, name: str, reader: str
+) -> int | None:
     """Messages of a group's retry or dead-letter ``topic`` that ``reader`` (the group
-    itself; a redrive's mark) has not passed yet."""
+    itself; a redrive's mark) has not passed yet (None: beyond the budget)."""
     if topic is None:
         return 0
+    if not budget.take():
+        return None
     reply = await admin.describe_group(reader, topic.name)
     return sum(queue.lag for queue in reply.queues)
 
@@ -341,7 +381,11 @@ def merge_topics(parts: list[dict[str, object]]) -> list[dict[str, object]]:
         queues = entry["queues"]
         assert isinstance(queues, list)
         entry["messages"] = sum(int(queue["max_offset"]) for queue in queues)
-        entry["held"] = sum(int(queue["max_offset"]) - int(queue["min_offset"]) for queue in queues)
+        entry["held"] = (
+            None
+            if any(queue["min_offset"] is None for queue in queues)
+            else sum(int(queue["max_offset"]) - int(queue["min_offset"]) for queue in queues)
+        )
     return [merged[name] for name in sorted(merged)]
 
 
@@ -358,7 +402,8 @@ def merge_consumer_groups(parts: list[dict[str, object]]) -> list[dict[str, obje
             assert isinstance(values, list) and isinstance(more, list)
             values.extend(more)
         for key in ("retrying", "dead_letters"):
-            entry[key] = int(str(entry[key])) + int(str(part[key]))
+            known = entry[key] is not None and part[key] is not None
+            entry[key] = int(str(entry[key])) + int(str(part[key])) if known else None
     for entry in merged.values():
         consumers = entry["consumers"]
         queues = entry["queues"]

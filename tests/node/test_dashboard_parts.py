@@ -39,7 +39,7 @@ def test_throughput_is_the_change_between_samples_per_second() -> None:
 
 
 def test_a_topic_over_several_broker_groups_is_one_topic() -> None:
-    def part(group: str, offsets: list[tuple[int, int]]) -> dict[str, object]:
+    def part(group: str, offsets: list[tuple[int | None, int]]) -> dict[str, object]:
         queues = [
             {"broker_group": group, "queue_id": i, "min_offset": low, "max_offset": high}
             for i, (low, high) in enumerate(offsets)
@@ -49,6 +49,9 @@ def test_a_topic_over_several_broker_groups_is_one_topic() -> None:
     [merged] = merge_topics([part("broker-a", [(0, 5), (2, 3)]), part("broker-b", [(1, 4)])])
     assert merged["messages"] == 12 and merged["held"] == 9
     assert isinstance(merged["queues"], list) and len(merged["queues"]) == 3
+    # A queue whose min offset a sample did not ask for (its describe budget was spent).
+    [partial] = merge_topics([part("broker-a", [(0, 5)]), part("broker-b", [(None, 4)])])
+    assert partial["messages"] == 9 and partial["held"] is None
 
 
 def test_a_consumer_group_sums_its_lag_retries_and_dead_letters() -> None:
