@@ -226,13 +226,17 @@ async def _answer_requests(
         answer: dict[str, object] = {"type": "reply", "id": request.get("id")}
         try:
             answer |= {"ok": True, "result": await run_action(collector.target, viewer, request)}
-            logger.info(
-                "dashboard_action", viewer=viewer.name, action=request.get("action"), ok=True
-            )
         except DledgerError as error:
             answer |= {"ok": False, "error": str(error)}
         except trio.TooSlowError:
             answer |= {"ok": False, "error": "the cluster did not answer in time"}
+        logger.info(
+            "dashboard_action",
+            viewer=viewer.name,
+            action=str(request.get("action"))[:64],
+            ok=answer["ok"],
+            error=answer.get("error"),
+        )
         await sender.send(answer)
 
 
