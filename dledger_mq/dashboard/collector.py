@@ -266,9 +266,6 @@ def group_objects(
                 "term": leader.term if leader else None,
                 "commit_index": leader.commit_index if leader else None,
                 "entries_per_second": history.latest("groups", name),
-                "replicas": [
-                    node["id"] for node in nodes if node["group"] == name or node["group"] is None
-                ],
             }
         )
     return groups
