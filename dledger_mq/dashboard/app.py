@@ -82,7 +82,16 @@ def same_origin(origin: str | None, host: str | None) -> bool:
     return bool(host) and urllib.parse.urlsplit(origin).netloc == host
 
 
+#: A request that came through a proxy says so in one of these; its peer address (the
+#: proxy's, often loopback) is then not the viewer's.
+FORWARDED_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
 def _client_host(connection: Request | WebSocket) -> str | None:
+    """The viewer's address, as far as protected mode is concerned: None (not on this
+    machine) for a request a proxy forwarded."""
+    if any(name in connection.headers for name in FORWARDED_HEADERS):
+        return None
     return connection.client.host if connection.client else None
 
 

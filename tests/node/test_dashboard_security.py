@@ -39,10 +39,18 @@ Answer = tuple[int, dict[str, str], str]
 
 
 def _request(
-    port: int, method: str, path: str, cookie: str = "", body: str = "", origin: str = ""
+    port: int,
+    method: str,
+    path: str,
+    cookie: str = "",
+    body: str = "",
+    origin: str = "",
+    forwarded_for: str = "",
 ) -> Answer:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if forwarded_for:
+        headers["X-Forwarded-For"] = forwarded_for
     if cookie:
         headers["Cookie"] = f"{COOKIE_NAME}={cookie}"
     if origin:
@@ -142,6 +150,9 @@ async def test_protected_mode_then_users_sign_in_and_only_an_admin_acts(
         status, headers, _ = await request(port, "GET", "/")
         assert status == 200
         anonymous = session_cookie(headers)
+        # Through a proxy on this machine, the viewer is elsewhere.
+        status, headers, _ = await request(port, "GET", "/", forwarded_for="203.0.113.9")
+        assert (status, headers["location"]) == (303, "/login")
         async with live(port, anonymous) as websocket:
             hello = await receive(websocket, "hello")
             assert hello["admin"] is True and "protected mode" in str(hello["viewer"])
