@@ -82,7 +82,7 @@ class Sessions:
         problems = []
         for _, address in target.endpoints:
             try:
-                with trio.fail_after(SIGN_IN_TIMEOUT_SECONDS / len(target.endpoints)):
+                with trio.fail_after(SIGN_IN_TIMEOUT_SECONDS / max(1, len(target.endpoints))):
                     # Not connect_admin: without credentials it would take the environment's.
                     async with connect(
                         address,

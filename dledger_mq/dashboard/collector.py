@@ -30,6 +30,7 @@ from dledger_mq.node.cluster_status import (
     probe_all,
     status_objects,
 )
+from dledger_mq.node.config import ConfigError
 from dledger_mq.wire.admin import StatusReply, TopicInfo
 from dledger_mq.wire.broker import dead_letter_topic, retry_topic, system_topic_group
 from dledger_mq.wire.client_auth import Credentials
@@ -130,8 +131,13 @@ class Collector:
         while True:
             started = trio.current_time()
             self._viewer_arrived = trio.Event()
-            with trio.move_on_after(SAMPLE_TIMEOUT_SECONDS) as cut:
-                await self.sample()
+            try:
+                with trio.move_on_after(SAMPLE_TIMEOUT_SECONDS) as cut:
+                    await self.sample()
+            except Exception as error:  # noqa: BLE001 - a bug: said loudly, and on the page
+                logger.exception("dashboard_sample_failed")
+                self._publish({**self.snapshot, "problem": f"sampling failed: {error!r}"})
+                cut = trio.CancelScope()
             if cut.cancelled_caught:
                 self._publish(
                     {
@@ -150,7 +156,11 @@ class Collector:
         target = self.target
         if target.root is not None:
             # A local cluster's nodes as they are now (`cluster add-replica` adds some).
-            layout = ClusterLayout.load(target.root)
+            try:
+                layout = ClusterLayout.load(target.root)
+            except (ConfigError, OSError) as error:
+                logger.warning("dashboard_layout_unreadable", reason=str(error))
+                layout = None
             if layout is not None and layout.endpoints != target.endpoints:
                 self.target = target = attrs.evolve(target, endpoints=layout.endpoints)
         probes = await probe_all(
@@ -212,7 +222,7 @@ class Collector:
     async def _local_states(self) -> dict[str, dict[str, object]] | None:
         """Each node's state (running, paused, down...) as the local `cluster up` tells."""
         root = self.target.root
-        if root is None or ClusterLayout.load(root) is None:
+        if root is None:
             return None
         from dledger_mq.node.control import (
             ControlRequest,
