@@ -2,6 +2,7 @@
 
 from dledger_mq.cli import (  # noqa: F401 (registers)
     cluster,
+    dashboard,
     inspect,
     messages,
     queries,

@@ -56,7 +56,7 @@ def cluster() -> None:
     type=click.IntRange(min=1, max=65515),
     default=None,
     help="Every port derives from it (default 9876: naming 9876-, clients 9881-, peers "
-    "9891-); only when the cluster is created.",
+    "9891-, dashboard 8080); only when the cluster is created.",
 )
 @click.option(
     "--flush",
@@ -95,6 +95,9 @@ def cluster_up(
 
     With --groups N the nodes of group b are named b/n1, b/n2, ... (`cluster kill b/leader`);
     group a's nodes run the naming nodes, and every node registers with them.
+
+    It also runs the web dashboard (`dledger-mq dashboard`), supervised like a node, on the
+    base port - 1796 (http://127.0.0.1:8080 by default; `cluster kill|start dashboard`).
     """
     from dledger_mq.logs import configure_logging
     from dledger_mq.node.supervisor import run_cluster_up

@@ -7,7 +7,6 @@ still gets one line, and ``DLEDGER_MQ_TRACEBACK=1`` shows its traceback.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
@@ -233,7 +232,6 @@ def credentials_options(function: F) -> F:
 
 
 def use_credentials(access_key: str | None, secret_key: str | None, root: Path) -> None:
-    from dledger_mq.errors import UsageError
     from dledger_mq.wire.client_auth import (
         ACCESS_KEY_ENVIRONMENT_VARIABLE,
         CREDENTIALS_FILE_NAME,
@@ -318,22 +316,11 @@ async def group_admins(
 ) -> AsyncIterator[dict[str, AdminConnection]]:
     """Admin connections to the leader of every broker group these options name (or of
     ``groups``, each of which must be there), by group name."""
-    from dledger_mq.clients.admin import connect_admin
-    from dledger_mq.node.cluster_status import find_group_leaders
+    from dledger_mq.node.cluster_status import group_leader_admins
 
-    leaders = await find_group_leaders(cluster_endpoints(endpoints, root), cluster_id)
-    unknown = [group for group in groups if group not in leaders]
-    if unknown:
-        raise UsageError(
-            f"no broker group {', '.join(unknown)} (groups: {', '.join(leaders) or 'none'})"
-        )
-    async with contextlib.AsyncExitStack() as stack:
-        admins = {}
-        for group, leader in leaders.items():
-            if not groups or group in groups:
-                admins[group] = await stack.enter_async_context(
-                    connect_admin(leader.address, cluster_id)
-                )
+    async with group_leader_admins(
+        cluster_endpoints(endpoints, root), cluster_id, groups
+    ) as admins:
         yield admins
 
 

@@ -9,8 +9,10 @@
 | client address of node *i* | base + 5 + i (9881-9883) |
 | peer address of node *i* | base + 15 + i (9891-9893) |
 | HTTP (/metrics, /healthz, /readyz) of node *i*, group *g* | base - 75 + 5g + i (9801-9803) |
+| the dashboard | base - 1796 (8080) |
 
-(Group *g* counts from 0 for broker-a; with a base port under 76 the nodes serve no HTTP.)
+(Group *g* counts from 0 for broker-a; with a base port under 76 the nodes serve no HTTP, and
+under 2820 there is no dashboard: its port would be a privileged one.)
 
 Each node has ``ROOT/nN/node.toml`` (its config), ``node.log``, ``node.pid`` and ``data/``.
 The configs are the cluster's record of itself: a later ``cluster up`` reads them back, so
@@ -65,6 +67,37 @@ def http_address(base_port: int, position: int, number: int) -> str:
 
 
 HOST = "127.0.0.1"
+
+#: The dashboard's port lies below the base: 8080 for the default base.
+DASHBOARD_PORT_BELOW_BASE = 1796
+DASHBOARD_DIRECTORY_NAME = "dashboard"
+
+
+def dashboard_address(base_port: int) -> str:
+    """Where `cluster up`'s dashboard listens; "" when that would be a privileged port."""
+    port = base_port - DASHBOARD_PORT_BELOW_BASE
+    return f"{HOST}:{port}" if port >= 1024 else ""
+
+
+@attrs.frozen
+class LocalService:
+    """A process `cluster up` runs and supervises beside the nodes (the dashboard): named
+    ``node_id`` as the lab verbs name it, its log and pid file in ``directory``."""
+
+    node_id: str
+    directory: Path
+    command: tuple[str, ...]
+    #: Where it serves, for the start-up lines.
+    address: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / f"{self.node_id}.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.directory / f"{self.node_id}.pid"
+
 
 CONFIG_FILE_NAME = "node.toml"
 LOG_FILE_NAME = "node.log"

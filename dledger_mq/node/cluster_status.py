@@ -7,14 +7,15 @@ reachable" says why for each endpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import trio
 
-from dledger_mq.clients.admin import connect_admin
-from dledger_mq.errors import DledgerError, Unavailable
+from dledger_mq.clients.admin import AdminConnection, connect_admin
+from dledger_mq.errors import DledgerError, Unavailable, UsageError
 from dledger_mq.wire.admin import StatusReply
 from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.tls import TlsOption
@@ -191,6 +192,33 @@ async def find_group_leaders(
     leaderless = [group for group, leader in group_leaders_of(probes).items() if leader is None]
     which = f"group {', '.join(leaderless)} has no leader" if leaderless else "no leader reachable"
     raise Unavailable(f"{which}: {describe_problems(probes)}")
+
+
+@contextlib.asynccontextmanager
+async def group_leader_admins(
+    endpoints: list[tuple[str, str]],
+    cluster_id: str = "local",
+    groups: Sequence[str] = (),
+    credentials: Credentials | None = None,
+    tls: TlsOption = None,
+) -> AsyncIterator[dict[str, AdminConnection]]:
+    """Admin connections to the leader of every broker group among ``endpoints`` (or of
+    ``groups``, each of which must be there), by group name, signed in with ``credentials``
+    (by default the environment's)."""
+    leaders = await find_group_leaders(endpoints, cluster_id, tls=tls, credentials=credentials)
+    unknown = [group for group in groups if group not in leaders]
+    if unknown:
+        raise UsageError(
+            f"no broker group {', '.join(unknown)} (groups: {', '.join(leaders) or 'none'})"
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        admins = {}
+        for group, leader in leaders.items():
+            if not groups or group in groups:
+                admins[group] = await stack.enter_async_context(
+                    connect_admin(leader.address, cluster_id, credentials, tls)
+                )
+        yield admins
 
 
 def preferred_leaders(leaders: Mapping[str, StatusReply]) -> dict[str, str]:

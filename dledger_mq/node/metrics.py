@@ -8,10 +8,21 @@ figures are the Raft core's status. Names follow RocketMQ 5's where one exists
 (``rocketmq_messages_in_total``, ``rocketmq_consumer_lag_messages``, ``rocketmq_topic_number``,
 ...), with its labels; the replication ones are ``dledger_*``. docs/operations.md, "Metrics",
 lists them all.
+
+``/metrics`` follows the node's own rules for clients (docs/security.md): while no user exists
+it answers clients on the node's machine only (protected mode; anyone with ``protected_mode =
+false``), and once one exists it asks for a user's access key and secret key as HTTP Basic
+credentials (Prometheus' ``basic_auth``), checked against the stored key the node already
+holds. ``/healthz`` and ``/readyz`` say no more than "up" and "ready": they stay open, for
+the probes of a service manager.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import ipaddress
 import shutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -30,6 +41,7 @@ from starlette.routing import Route
 
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import NodeStatsReply
+from dledger_mq.wire.client_auth import stored_key
 
 if TYPE_CHECKING:
     from dledger_mq.node.server import Node
@@ -259,11 +271,57 @@ def readiness(node: Node) -> tuple[bool, str]:
     return True, "ready"
 
 
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    access_key, colon, secret_key = decoded.partition(":")
+    return (access_key, secret_key) if colon else None
+
+
+def metrics_refusal(node: Node, request: Request) -> Response | None:
+    """Why ``request`` may not read /metrics (the response to send), or None if it may."""
+    if not node.state.user_count:
+        host = request.client.host if request.client else None
+        if _is_loopback(host) or not node.config.protected_mode:
+            return None
+        return Response(
+            "protected mode: no users exist, so only clients on the node's machine may read "
+            "metrics; add a user (dledger-mq user add) and scrape with its keys\n",
+            status_code=403,
+        )
+    credentials = _basic_credentials(request.headers.get("authorization"))
+    if credentials is not None:
+        access_key, secret_key = credentials
+        known = node.access.stored_key(access_key)
+        if known is not None and hmac.compare_digest(known, stored_key(secret_key)):
+            return None
+    return Response(
+        "this cluster has users: give a user's access key and secret key (HTTP Basic)\n",
+        status_code=401,
+        headers={"WWW-Authenticate": 'Basic realm="dledger-mq metrics"'},
+    )
+
+
 def operator_app(node: Node) -> Starlette:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
 
     async def metrics(request: Request) -> Response:
+        refusal = metrics_refusal(node, request)
+        if refusal is not None:
+            return refusal
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:

@@ -7,6 +7,11 @@ nodes. From another terminal the lab verbs (``cluster kill|stop|start|restart|pa
 reach it through its control socket (``control.py``); a node taken down by ``kill`` or ``stop``
 stays down until ``start``, so that a demonstration can show two nodes serving alone.
 
+Beside the nodes it runs the services of the cluster (the dashboard, ``LocalService``) the
+same way: its own process group, restarted after a back-off when it dies, reachable by the
+lab verbs under its name (``cluster kill dashboard``), so that a service dying stops no node
+and a node dying stops no service.
+
 Each node's PID is recorded in ``nN/node.pid`` with the process's start time. A supervisor that
 was itself killed leaves its nodes running; the next ``cluster up`` on the same folder finds
 them through their pid files and supervises them again instead of starting them twice. Ctrl-C
@@ -18,7 +23,8 @@ from __future__ import annotations
 import enum
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -27,11 +33,14 @@ import trio
 from dledger_mq.errors import BadRequest, DledgerError
 from dledger_mq.node.admin_user import admin_credentials, ensure_admin_user
 from dledger_mq.node.cluster_layout import (
+    DASHBOARD_DIRECTORY_NAME,
     DEFAULT_BASE_PORT,
     DEFAULT_NODE_COUNT,
     REMOVED_FILE_NAME,
     ClusterLayout,
     LocalNode,
+    LocalService,
+    dashboard_address,
     short_group_name,
 )
 from dledger_mq.node.cluster_status import (
@@ -62,7 +71,7 @@ from dledger_mq.node.processes import (
 )
 from dledger_mq.raft.storage.disk import OsDisk, make_directories
 from dledger_mq.raft.storage.simulated_disks import PowerLossDisk
-from dledger_mq.wire.client_auth import Credentials
+from dledger_mq.wire.client_auth import CREDENTIALS_FILE_NAME, Credentials
 
 #: A graceful stop: the node hands leadership over and finishes its last fsync (about 3 s at
 #: most); after this long it is killed.
@@ -165,7 +174,9 @@ class _Handle:
 
 @attrs.define(eq=False)
 class _Node:
-    layout: LocalNode
+    """A supervised process: a node, or a service (``layout`` a ``LocalService``)."""
+
+    layout: LocalNode | LocalService
     state: NodeState = NodeState.DOWN
     handle: _Handle | None = None
     backoff: RestartBackoff = attrs.Factory(RestartBackoff)
@@ -205,6 +216,7 @@ class Supervisor:
         environment: Mapping[str, str] | None = None,
         command: Callable[[LocalNode], list[str]] = lambda node: node_command(node.config_path),
         backoff: Callable[[], RestartBackoff] = RestartBackoff,
+        services: Sequence[LocalService] = (),
     ) -> None:
         self.layout = layout
         self.echo = echo
@@ -213,6 +225,8 @@ class Supervisor:
         #: What runs as a node (tests stand a plain process in for it).
         self.command = command
         self.nodes = {node.node_id: _Node(node, backoff=backoff()) for node in layout.nodes}
+        #: The dashboard, supervised like a node but no member of any group.
+        self.services = {service.node_id: _Node(service, backoff=backoff()) for service in services}
         self.backoff = backoff
         self.stopping = False
         #: Where the node watchers run (a node added by `cluster add-replica` gets one too).
@@ -236,9 +250,9 @@ class Supervisor:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    for node in self.nodes.values():
+                    for node in self._processes():
                         await self._adopt_or_start(node)
-                    for node in self.nodes.values():
+                    for node in self._processes():
                         nursery.start_soon(self._watch, node)
                     await nursery.start(serve_control, self.layout.root, self.handle)
                     nursery.start_soon(self._report)
@@ -253,6 +267,9 @@ class Supervisor:
                 await self._stop_all()
         self.echo("stopped")
 
+    def _processes(self) -> list[_Node]:
+        return [*self.nodes.values(), *self.services.values()]
+
     async def _adopt_or_start(self, node: _Node) -> None:
         record = read_pid_file(node.layout.pid_path)
         if record is not None and record.is_running():
@@ -265,9 +282,11 @@ class Supervisor:
 
     async def _start(self, node: _Node) -> _Handle:
         layout = node.layout
+        make_directories(OsDisk(), str(layout.log_path.parent))
+        command = list(layout.command) if isinstance(layout, LocalService) else self.command(layout)
         with open(layout.log_path, "ab") as log_file:
             process = await trio.lowlevel.open_process(
-                self.command(layout),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
@@ -334,7 +353,7 @@ class Supervisor:
         self._changed()
 
     async def _stop_all(self) -> None:
-        handles = [node.handle for node in self.nodes.values() if node.handle is not None]
+        handles = [node.handle for node in self._processes() if node.handle is not None]
         for handle in handles:
             handle.signal(signal.SIGTERM)
             handle.signal(signal.SIGCONT)  # a paused node must run to stop
@@ -345,7 +364,7 @@ class Supervisor:
         for handle in handles:
             if handle.signal(signal.SIGKILL):
                 await handle.wait()
-        for node in self.nodes.values():
+        for node in self._processes():
             if node.handle is not None:
                 remove_pid_file(node.layout.pid_path)
                 node.handle = None
@@ -407,9 +426,9 @@ class Supervisor:
             node_id = await self._leader_id(self._group_named(group_part))
             about = " (the leader)" if not group_part else f" (the leader of {group_part})"
         try:
-            node = self.nodes[self.layout.node(node_id).node_id]
+            node = self.services.get(node_id) or self.nodes[self.layout.node(node_id).node_id]
         except ConfigError:
-            known = ", ".join(self.nodes)
+            known = ", ".join([*self.nodes, *self.services])
             raise BadRequest(
                 f"no node {node_id!r} in {self.layout.root} (nodes: {known})"
             ) from None
@@ -479,7 +498,8 @@ class Supervisor:
         endpoints = [
             (node_id, node.layout.client)
             for node_id, node in self.nodes.items()
-            if node.handle is not None
+            if isinstance(node.layout, LocalNode)
+            and node.handle is not None
             and node.shown_state() is not NodeState.PAUSED
             and node.layout.group == group
         ]
@@ -599,6 +619,19 @@ def local_node_states(layout: ClusterLayout) -> dict[str, dict[str, object]]:
     return states
 
 
+def dashboard_service(layout: ClusterLayout) -> LocalService | None:
+    """`cluster up`'s dashboard (on ``dashboard_address``), None if the base port leaves no
+    room for it."""
+    address = dashboard_address(layout.base_port)
+    if not address:
+        return None
+    command = [sys.executable, "-m", "dledger_mq", "dashboard"]
+    command += ["--root", str(layout.root), "--listen", address]
+    return LocalService(
+        "dashboard", layout.root / DASHBOARD_DIRECTORY_NAME, tuple(command), address
+    )
+
+
 def startup_lines(layout: ClusterLayout) -> list[str]:
     lines = [
         f"{node.node_id}: {node.group}, "
@@ -685,7 +718,17 @@ async def run_cluster_up(
         if layout.has_tls:
             echo(f"TLS on every port; clients trust {layout.ca_file} (DLEDGER_MQ_TLS_CA)")
         credentials, known = admin_credentials(root, echo)
-        supervisor = Supervisor(layout, echo, restart=restart)
+        dashboard = dashboard_service(layout)
+        if dashboard is not None:
+            echo(
+                f"dashboard http://{dashboard.address} (sign in as {credentials.access_key!r}, "
+                f"its secret key in {root / CREDENTIALS_FILE_NAME}; log {dashboard.log_path})"
+            )
+        else:
+            echo(f"no dashboard: base port {layout.base_port} leaves no unprivileged port for it")
+        supervisor = Supervisor(
+            layout, echo, restart=restart, services=[dashboard] if dashboard else []
+        )
         if known:
             supervisor.credentials = credentials  # the user exists: status lines at once
 

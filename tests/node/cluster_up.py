@@ -1,7 +1,7 @@
 """`dledger-mq cluster up` run as a user runs it: the installed command, in its own folder, on a
 base port whose twenty ports are free, with the lab verbs and `cluster status` as further
 commands. Everything it started is killed at the end by PID (the supervisor's process group and
-every node's, as their pid files and statuses named them), never by name.
+every node's and the dashboard's, as their pid files and statuses named them), never by name.
 """
 
 from __future__ import annotations
@@ -229,7 +229,9 @@ class ClusterUp:
             self.node_pids.add((pid, start_time))
 
     def remember_node_pids(self) -> None:
-        for path in [*self.root.glob("*/node.pid"), *self.root.glob("*/*/node.pid")]:
+        pid_files = [*self.root.glob("*/node.pid"), *self.root.glob("*/*/node.pid")]
+        pid_files += self.root.glob("dashboard/dashboard.pid")  # supervised like the nodes
+        for path in pid_files:
             record = read_pid_file(path)
             if record is not None:
                 self._remember(record.pid)
