@@ -63,8 +63,9 @@ def node(
     SIGTERM or SIGINT stops it gracefully: it hands leadership to an up-to-date follower,
     lets the in-flight fsync finish and closes its connections.
 
-    Its log must exist: `--init` makes it, once, for a node of a new cluster (`cluster up`
-    makes it for its nodes). A node whose log is missing or incomplete refuses to start.
+    `--init` makes its log, once, for a node of a new cluster (`cluster up`
+    makes it for its nodes). A node whose log is missing starts *recovering* (it does not vote
+    until a leader has sent it the log again); one whose log is damaged refuses to start.
 
     `dledger-mq node status` shows what running nodes did and hold.
     """
