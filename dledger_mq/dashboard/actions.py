@@ -17,26 +17,21 @@ from typing import Any
 import attrs
 import trio
 
+from dledger_mq.broker.message_id import parse_message_id
 from dledger_mq.clients.admin import AdminConnection
 from dledger_mq.clients.dead_letters import redrive
 from dledger_mq.dashboard.auth import Viewer
 from dledger_mq.dashboard.collector import Target
-from dledger_mq.errors import BadRequest, DledgerError, PermissionDenied, TopicNotFound
+from dledger_mq.errors import BadRequest, MessageNotFound, PermissionDenied, TopicNotFound
 from dledger_mq.node.cluster_status import find_group_leaders
-from dledger_mq.wire.admin import ADMIN_CODEC
+from dledger_mq.wire.admin import ADMIN_CODEC, TopicInfo
+from dledger_mq.wire.broker import MessageView
 from dledger_mq.wire.rpc import connect
 from dledger_mq.wire.tls import client_ssl_context
 
 ACTION_TIMEOUT_SECONDS = 30.0
 #: Most messages a query returns.
 MAX_MESSAGES = 100
-#: The admin client's message queries (another branch adds them): the page says "not
-#: available" until this AdminConnection has them.
-MESSAGE_QUERIES = {
-    "by_id": "get_message",
-    "by_key": "find_messages",
-    "by_time": "list_messages",
-}
 
 
 @contextlib.asynccontextmanager
@@ -121,7 +116,8 @@ class MessageQuery:
     key: str = ""
     queue_id: int = 0
     from_time_ms: int = 0
-    to_time_ms: int = 0
+    #: None: up to the newest.
+    to_time_ms: int | None = None
     limit: int = 20
 
 
@@ -151,20 +147,23 @@ def parse(request: Mapping[str, Any]) -> TransferLeader | ResetOffset | Redrive 
                 "by_key", topic=_text(request, "topic"), key=_text(request, "key"), limit=limit
             )
         if kind == "by_time":
+            queue_id = _integer(request, "queue_id", 0)
+            from_time_ms = max(_integer(request, "from_time_ms", 0), 0)
+            to_time_ms = _integer(request, "to_time_ms", -1)  # -1 (or none): up to the newest
+            if queue_id < 0:
+                raise BadRequest(f"queue_id: {queue_id} is negative")
+            if 0 <= to_time_ms <= from_time_ms:
+                raise BadRequest("to_time_ms: must be after from_time_ms")
             return MessageQuery(
                 "by_time",
                 topic=_text(request, "topic"),
-                queue_id=_integer(request, "queue_id", 0),
-                from_time_ms=_integer(request, "from_time_ms", 0),
-                to_time_ms=_integer(request, "to_time_ms", 2**62),
+                queue_id=queue_id,
+                from_time_ms=from_time_ms,
+                to_time_ms=None if to_time_ms < 0 else to_time_ms,
                 limit=limit,
             )
         raise BadRequest(f"no message query {kind!r}")
     raise BadRequest(f"no action {action!r}")
-
-
-def message_queries_available() -> bool:
-    return all(hasattr(AdminConnection, method) for method in MESSAGE_QUERIES.values())
 
 
 async def run_action(target: Target, viewer: Viewer, request: Mapping[str, Any]) -> object:
@@ -203,81 +202,78 @@ async def _reset_offset(target: Target, viewer: Viewer, request: ResetOffset) ->
     return results
 
 
-async def query_messages(target: Target, viewer: Viewer, query: MessageQuery) -> object:
-    """The messages ``query`` finds in every broker group, as JSON objects; ``{"available":
-    false}`` while the admin client has no message queries."""
-    method_name = MESSAGE_QUERIES[query.kind]
-    if not message_queries_available():
-        return {"available": False, "messages": []}
-    found: list[dict[str, object]] = []
-    async with viewer_admins(target, viewer) as admins:
-        for broker_group, admin in admins.items():
-            method = getattr(admin, method_name)
+async def query_messages(target: Target, viewer: Viewer, query: MessageQuery) -> dict[str, object]:
+    """The messages ``query`` finds, as JSON: ``messages``, and ``truncated`` when more may
+    match than were shown; a message id no stored message has gives no messages and
+    ``not_found``, why."""
+    if query.kind == "by_id":
+        # Only the group the id names holds it (ids are ``group:raft_index:slot``).
+        group = parse_message_id(query.message_id).group
+        async with viewer_admins(target, viewer, (group,)) as admins:
             try:
-                if query.kind == "by_id":
-                    reply = await method(query.message_id)
-                elif query.kind == "by_key":
-                    reply = await method(query.topic, query.key, query.limit)
-                else:
-                    reply = await method(
-                        query.topic,
-                        query.queue_id,
-                        query.from_time_ms,
-                        query.to_time_ms,
-                        query.limit,
-                    )
-            except TopicNotFound:
-                continue
-            except DledgerError as error:
-                if query.kind == "by_id" and type(error).__name__ in {
-                    "MessageNotFound",
-                    "NotFound",
-                }:
-                    continue
-                raise
-            found += [
-                {"broker_group": broker_group, **message_object(item)} for item in _items(reply)
-            ]
-            if query.kind == "by_id" and found:
-                break
-    return {"available": True, "messages": found[: query.limit]}
+                view = await admins[group].get_message(query.message_id)
+            except MessageNotFound as error:
+                return {"messages": [], "truncated": False, "not_found": error.reason}
+        return {"messages": [message_object(group, view)], "truncated": False}
+    found: list[tuple[str, MessageView]] = []
+    truncated = False
+    async with viewer_admins(target, viewer) as admins:
+        parts = await _topic_parts(admins, query.topic)
+        if not parts:
+            raise TopicNotFound(query.topic)
+        for group, info in parts.items():
+            admin = admins[group]
+            if query.kind == "by_key":
+                reply = await admin.find_messages_reply(query.topic, query.key, query.limit)
+                found += [(group, view) for view in reply.messages]
+                truncated = truncated or reply.truncated
+            elif query.queue_id < info.queue_count:
+                views = await admin.list_messages(
+                    query.topic, query.queue_id, query.from_time_ms, query.to_time_ms, query.limit
+                )
+                found += [(group, view) for view in views]
+                # A group's list stops at the limit: more of that queue may follow.
+                truncated = truncated or len(views) >= query.limit
+        if query.kind == "by_time" and not any(
+            query.queue_id < info.queue_count for info in parts.values()
+        ):
+            raise BadRequest(f"topic {query.topic!r} has no queue {query.queue_id}")
+    found.sort(key=lambda item: (item[1].store_time_ms, item[0], item[1].queue_id, item[1].offset))
+    truncated = truncated or len(found) > query.limit
+    # By key: the newest (as `message find`); by time: the first from the time on.
+    shown = found[-query.limit :] if query.kind == "by_key" else found[: query.limit]
+    return {
+        "messages": [message_object(group, view) for group, view in shown],
+        "truncated": truncated,
+    }
 
 
-def _items(reply: object) -> list[object]:
-    """A query's messages, whatever shape the reply takes (one, None, a sequence, or a reply
-    with ``messages`` or ``message``)."""
-    if reply is None:
-        return []
-    for name in ("messages", "message"):
-        if hasattr(reply, name) and not hasattr(reply, "body"):
-            return _items(getattr(reply, name))
-    if isinstance(reply, list | tuple):
-        return list(reply)
-    return [reply]
+async def _topic_parts(admins: dict[str, AdminConnection], topic: str) -> dict[str, TopicInfo]:
+    """The topic as each broker group holds it (groups without it left out)."""
+    parts = {}
+    for group, admin in admins.items():
+        for info in await admin.list_topics():
+            if info.name == topic:
+                parts[group] = info
+    return parts
 
 
-def message_object(message: object) -> dict[str, object]:
-    """A stored message as JSON: its fields, the body as text, the delivery attempts."""
-    fields: dict[str, Any] = (
-        attrs.asdict(message, recurse=False)  # type: ignore[arg-type]
-        if attrs.has(type(message))
-        else dict(getattr(message, "__dict__", {}))
-    )
-    result: dict[str, object] = {}
-    for name, value in fields.items():
-        if isinstance(value, bytes):
-            result[name] = value.decode(errors="replace")
-        elif isinstance(value, tuple | frozenset | set):
-            result[name] = [str(item) for item in value]
-        elif isinstance(value, dict):
-            result[name] = {str(k): str(v) for k, v in value.items()}
-        elif isinstance(value, str | int | float | bool) or value is None:
-            result[name] = value
-        else:
-            result[name] = str(value)
-    properties = result.get("properties")
-    if "attempts" not in result and isinstance(properties, dict):
-        from dledger_mq.wire.broker import attempt_of
-
-        result["attempts"] = attempt_of(dict(properties))
-    return result
+def message_object(broker_group: str, view: MessageView) -> dict[str, object]:
+    """A stored message as the page shows it (the fields of `message get --json`): the body as
+    text, its delivery ``attempt`` (1: the first; a retry copy says 2, 3, ...), ``offset`` -1
+    for a delayed or retried message that is in no queue under its id."""
+    return {
+        "message_id": view.message_id,
+        "broker_group": broker_group,
+        "topic": view.topic,
+        "queue_id": view.queue_id,
+        "offset": view.offset,
+        "keys": list(view.keys),
+        "tags": view.tags,
+        "properties": dict(view.properties),
+        "body": view.body.decode(errors="replace"),
+        "body_bytes": len(view.body),
+        "born_time_ms": view.born_time_ms,
+        "store_time_ms": view.store_time_ms,
+        "attempt": view.attempt,
+    }

@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from dledger_mq.dashboard.actions import message_queries_available, run_action
+from dledger_mq.dashboard.actions import run_action
 from dledger_mq.dashboard.auth import COOKIE_NAME, SESSION_SECONDS, Sessions, Viewer
 from dledger_mq.dashboard.collector import Collector, Target
 from dledger_mq.errors import DledgerError
@@ -168,14 +168,7 @@ def dashboard_app(collector: Collector, sessions: Sessions) -> Starlette:
             # Accepted first, so that the page learns why (a refused handshake tells nothing).
             await websocket.close(code=CLOSE_SIGN_IN, reason="sign in")
             return
-        await websocket.send_json(
-            {
-                "type": "hello",
-                "viewer": viewer.name,
-                "admin": viewer.admin,
-                "messages_available": message_queries_available(),
-            }
-        )
+        await websocket.send_json({"type": "hello", "viewer": viewer.name, "admin": viewer.admin})
         sender = _Sender(websocket)
         collector.add_viewer()
         try:

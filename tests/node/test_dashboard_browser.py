@@ -1,8 +1,9 @@
 """The dashboard in a real headless Chromium, against a real `cluster up` (which starts the
 dashboard itself, as a supervised process on the port it derives from the base port): the
-pages load, show the leader, and follow a leadership transfer (one through the page's admin
-form, one through `cluster transfer-leader`) and a killed leader, without a reload; a killed
-dashboard is started again by `cluster up`.
+pages load, show the leader, find a message sent from a terminal by its key, and follow a
+leadership transfer (one through the page's admin form, one through `cluster
+transfer-leader`) and a killed leader, without a reload; a killed dashboard is started again
+by `cluster up`.
 
 With DLEDGER_MQ_DASHBOARD_SCREENSHOTS=docs/images the test also puts load on the cluster and
 saves a screenshot of each page there (docs/operations.md, "Dashboard").
@@ -10,6 +11,7 @@ saves a screenshot of each page there (docs/operations.md, "Dashboard").
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -37,6 +39,9 @@ from tests.node.dashboard_browser import (
 )
 
 LEADER_CELL = '[data-leader-of="broker-a"]'
+#: The message the test sends from a terminal and the page finds by its key.
+SENT_KEY = "order-0"
+SENT_BODY = "the first order"
 
 
 def base_port_with_free_dashboard() -> int:
@@ -52,7 +57,7 @@ def base_port_with_free_dashboard() -> int:
     raise RuntimeError("no free block of ports")
 
 
-def _browse(up: ClusterUp, url: str, credentials: Credentials, leader: str) -> None:
+def _browse(up: ClusterUp, url: str, credentials: Credentials, leader: str, sent_id: str) -> None:
     """Everything the browser does, in one thread (selenium blocks)."""
     with chromium() as driver:
         sign_in(driver, url, credentials.access_key, credentials.secret_key)
@@ -82,8 +87,18 @@ def _browse(up: ClusterUp, url: str, credentials: Credentials, leader: str) -> N
             "the consumer group billing",
         )
         screenshot(driver, "groups")
+        # A message found by its key: its id, body and where it is shown.
         show_view(driver, "messages")
-        assert driver.find_element("id", "message-by-id").is_displayed()
+        form = driver.find_element("id", "message-by-key")
+        form.find_element("name", "topic").send_keys("orders")
+        form.find_element("name", "key").send_keys(SENT_KEY)
+        form.find_element("css selector", "button").click()
+        found = f'article[data-message-id="{sent_id}"]'
+        wait_for(driver, lambda d: text_of(d, f"{found} pre.body") == SENT_BODY, "the found body")
+        assert text_of(driver, f"{found} h3") == sent_id
+        assert text_of(driver, f'{found} [data-field="keys"] td') == SENT_KEY
+        assert text_of(driver, f'{found} [data-field="attempt"] td') == "1"
+        assert text_of(driver, "#messages-status") == "1 found"
         screenshot(driver, "messages")
         show_view(driver, "cluster")
 
@@ -172,7 +187,19 @@ async def test_the_dashboard_shows_the_leader_and_follows_a_transfer_and_a_kille
         await up.dledger(
             "group", "update", "billing", "--max-attempts", "2", "--retry-delays", "1s"
         )
-        await up.dledger("send", "orders", "first", "--key", "order-0")
+        receipt = await up.dledger(
+            "send",
+            "orders",
+            SENT_BODY,
+            "--key",
+            SENT_KEY,
+            "--tags",
+            "new",
+            "--property",
+            "source=terminal",
+            "--json",
+        )
+        sent_id = json.loads(receipt)["msg_id"]
         await up.dledger(
             "group", "reset-offset", "billing", "--topic", "orders", "--to-offset", "0"
         )
@@ -181,6 +208,6 @@ async def test_the_dashboard_shows_the_leader_and_follows_a_transfer_and_a_kille
                 naming = up.naming.split(",")
                 nursery.start_soon(_load, naming, credentials)
             await trio.to_thread.run_sync(
-                _browse, up, f"http://{address}", credentials, leader.node_id
+                _browse, up, f"http://{address}", credentials, leader.node_id, sent_id
             )
             nursery.cancel_scope.cancel()

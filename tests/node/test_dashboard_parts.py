@@ -1,6 +1,6 @@
 """The dashboard's pure parts: throughput from samples, topics and groups merged over broker
-groups, the page's requests validated, messages made JSON, and the messages page waiting for
-the admin client's message queries."""
+groups, the page's requests validated, messages made JSON, and the message queries asked of each
+broker group (through stand-ins for the admin client)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ from dledger_mq.dashboard.actions import (
     ResetOffset,
     TransferLeader,
     message_object,
-    message_queries_available,
     parse,
     query_messages,
 )
 from dledger_mq.dashboard.auth import Viewer
 from dledger_mq.dashboard.collector import History, Target, merge_consumer_groups, merge_topics
-from dledger_mq.errors import BadRequest
+from dledger_mq.errors import BadRequest, MessageNotFound, TopicNotFound
+from dledger_mq.wire.admin import TopicInfo
+from dledger_mq.wire.broker import FindMessagesReply, MessageView
 
 
 def test_throughput_is_the_change_between_samples_per_second() -> None:
@@ -91,98 +92,155 @@ def test_the_pages_requests_are_validated() -> None:
         {"action": "messages", "kind": "by_key", "topic": "t", "key": "k", "limit": 10**6}
     )
     assert query == MessageQuery("by_key", topic="t", key="k", limit=actions.MAX_MESSAGES)
+    # By time, no end time (the page sends "" for an empty field): up to the newest.
+    for no_end in ({}, {"to_time_ms": ""}):
+        by_time = {"action": "messages", "kind": "by_time", "topic": "t", "from_time_ms": "5"}
+        assert parse({**by_time, **no_end}) == MessageQuery("by_time", topic="t", from_time_ms=5)
+    assert parse({**by_time, "to_time_ms": "9", "queue_id": "1"}) == MessageQuery(
+        "by_time", topic="t", queue_id=1, from_time_ms=5, to_time_ms=9
+    )
+    for bad_time in ({"to_time_ms": "5"}, {"queue_id": "-1"}):
+        with pytest.raises(BadRequest):
+            parse({**by_time, **bad_time})
 
 
-async def test_the_messages_page_says_not_available_until_the_client_has_the_queries(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    viewer = Viewer("v", None, False, 0.0)
-    if message_queries_available():
-        pytest.skip("the admin client has the message queries now")
-    answer = await query_messages(Target(endpoints=[]), viewer, MessageQuery("by_id", "x"))
-    assert answer == {"available": False, "messages": []}
+def view(message_id: str, body: bytes = b"hello", **fields: object) -> MessageView:
+    values: dict[str, object] = {
+        "message_id": message_id,
+        "topic": "orders",
+        "queue_id": 0,
+        "offset": 0,
+        "keys": (),
+        "tags": None,
+        "properties": {},
+        "body": body,
+        "born_time_ms": 1,
+        "store_time_ms": 2,
+        "attempt": 1,
+    }
+    values.update(fields)
+    return MessageView(**values)  # type: ignore[arg-type]
 
 
-def test_a_message_becomes_json_with_its_delivery_attempts() -> None:
-    @attrs.frozen
-    class Stored:
-        msg_id: str
-        body: bytes
-        keys: tuple[str, ...]
-        properties: dict[str, str]
+def ids_and_messages(answer: dict[str, object]) -> tuple[list[object], list[dict[str, object]]]:
+    """A query's answer: its messages' ids, and its messages."""
+    messages = answer["messages"]
+    assert isinstance(messages, list)
+    return [message["message_id"] for message in messages], messages
 
-    shown = message_object(Stored("m1", b"\xffhello", ("k",), {"__ATTEMPT": "3"}))
-    assert shown == {
-        "msg_id": "m1",
+
+def test_a_message_becomes_json_with_its_delivery_attempt() -> None:
+    message = view(
+        "broker-a:7:0",
+        b"\xffhello",
+        offset=-1,
+        keys=("k", "k2"),
+        tags="new",
+        properties={"__ATTEMPT": "3", "source": "web"},
+        attempt=3,
+    )
+    assert message_object("broker-a", message) == {
+        "message_id": "broker-a:7:0",
+        "broker_group": "broker-a",
+        "topic": "orders",
+        "queue_id": 0,
+        "offset": -1,
+        "keys": ["k", "k2"],
+        "tags": "new",
+        "properties": {"__ATTEMPT": "3", "source": "web"},
         "body": "\ufffdhello",
-        "keys": ["k"],
-        "properties": {"__ATTEMPT": "3"},
-        "attempts": 3,
+        "body_bytes": 6,
+        "born_time_ms": 1,
+        "store_time_ms": 2,
+        "attempt": 3,
     }
 
 
-async def test_the_messages_page_lights_up_once_the_admin_client_has_the_queries(
+async def test_the_message_queries_ask_each_broker_group_holding_the_topic_as_the_viewer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The names another branch adds to AdminConnection: once there, the page's queries reach
-    every broker group's leader, as the viewer, and the answers come back as JSON."""
-
-    @attrs.frozen
-    class Stored:
-        msg_id: str
-        topic: str
-        body: bytes
-        properties: dict[str, str]
-
-    asked: list[tuple[str, tuple[object, ...]]] = []
+    """By id: only the group the id names (an id nothing holds says why); by key and by time:
+    every group with the topic, merged by store time, saying when more may match."""
+    asked: list[tuple[str, str, tuple[object, ...]]] = []
 
     class Admin:
-        async def get_message(self, message_id: str) -> Stored | None:
-            asked.append(("get_message", (message_id,)))
-            return Stored(message_id, "orders", b"hello", {"__ATTEMPT": "2"})
+        def __init__(self, group: str, queues: int) -> None:
+            self.group = group
+            self.queues = queues
 
-        async def find_messages(self, topic: str, key: str, limit: int) -> list[Stored]:
-            asked.append(("find_messages", (topic, key, limit)))
-            return [Stored("m2", topic, b"by key", {})]
+        async def list_topics(self) -> list[TopicInfo]:
+            return [TopicInfo("orders", self.queues, False, (0,) * self.queues)]
 
-        async def list_messages(self, *arguments: object) -> tuple[Stored, ...]:
-            asked.append(("list_messages", arguments))
-            return ()
+        async def get_message(self, message_id: str) -> MessageView:
+            asked.append((self.group, "get_message", (message_id,)))
+            if message_id.endswith(":9:0"):
+                raise MessageNotFound(message_id, "no such entry in the log yet")
+            return view(message_id, properties={"__ATTEMPT": "2"}, attempt=2)
 
-    for method in actions.MESSAGE_QUERIES.values():
-        monkeypatch.setattr(actions.AdminConnection, method, getattr(Admin, method), raising=False)
-    viewers: list[Viewer] = []
+        async def find_messages_reply(self, topic: str, key: str, limit: int) -> FindMessagesReply:
+            asked.append((self.group, "find_messages_reply", (topic, key, limit)))
+            time = 10 if self.group == "broker-a" else 5
+            found = (view(f"{self.group}:3:0", store_time_ms=time, keys=(key,)),)
+            return FindMessagesReply(found, truncated=self.group == "broker-b")
+
+        async def list_messages(self, *arguments: object) -> tuple[MessageView, ...]:
+            asked.append((self.group, "list_messages", arguments))
+            return (view(f"{self.group}:4:0"),)
+
+    groups = {"broker-a": Admin("broker-a", 2), "broker-b": Admin("broker-b", 1)}
+    opened: list[tuple[Viewer, tuple[str, ...]]] = []
 
     @contextlib.asynccontextmanager
-    async def admins(target: Target, viewer: Viewer) -> AsyncIterator[dict[str, Admin]]:
-        viewers.append(viewer)
-        yield {"broker-a": Admin()}
+    async def admins(
+        target: Target, viewer: Viewer, only: tuple[str, ...] = ()
+    ) -> AsyncIterator[dict[str, Admin]]:
+        opened.append((viewer, only))
+        yield {name: admin for name, admin in groups.items() if not only or name in only}
 
     monkeypatch.setattr(actions, "viewer_admins", admins)
     viewer = Viewer("v", None, False, 0.0)
     target = Target(endpoints=[])
-    assert message_queries_available()
-    found = await query_messages(target, viewer, MessageQuery("by_id", message_id="m1"))
-    assert found == {
-        "available": True,
-        "messages": [
-            {
-                "broker_group": "broker-a",
-                "msg_id": "m1",
-                "topic": "orders",
-                "body": "hello",
-                "properties": {"__ATTEMPT": "2"},
-                "attempts": 2,
-            }
-        ],
+
+    found = await query_messages(target, viewer, MessageQuery("by_id", message_id="broker-b:7:1"))
+    assert found["truncated"] is False and "not_found" not in found
+    [message] = ids_and_messages(found)[1]
+    assert (message["message_id"], message["broker_group"], message["attempt"]) == (
+        "broker-b:7:1",
+        "broker-b",
+        2,
+    )
+    missing = await query_messages(target, viewer, MessageQuery("by_id", message_id="broker-a:9:0"))
+    assert missing == {
+        "messages": [],
+        "truncated": False,
+        "not_found": "no such entry in the log yet",
     }
-    by_key = await query_messages(target, viewer, MessageQuery("by_key", topic="t", key="k"))
-    assert isinstance(by_key, dict) and len(by_key["messages"]) == 1
-    by_time = MessageQuery("by_time", topic="t", queue_id=1, from_time_ms=5, to_time_ms=9)
-    assert await query_messages(target, viewer, by_time) == {"available": True, "messages": []}
+    with pytest.raises(BadRequest):  # not a message id: asks no group
+        await query_messages(target, viewer, MessageQuery("by_id", message_id="nonsense"))
+
+    by_key = await query_messages(
+        target, viewer, MessageQuery("by_key", topic="orders", key="k", limit=1)
+    )
+    # Oldest first, the newest kept: broker-b's was stored earlier.
+    assert ids_and_messages(by_key)[0] == ["broker-a:3:0"]
+    assert by_key["truncated"] is True
+
+    by_time = MessageQuery("by_time", topic="orders", queue_id=1, from_time_ms=5)
+    listed = await query_messages(target, viewer, by_time)
+    assert ids_and_messages(listed)[0] == ["broker-a:4:0"]
+    with pytest.raises(BadRequest, match="no queue 2"):
+        await query_messages(target, viewer, attrs.evolve(by_time, queue_id=2))
+    with pytest.raises(TopicNotFound):
+        await query_messages(target, viewer, attrs.evolve(by_time, topic="audit"))
+
     assert asked == [
-        ("get_message", ("m1",)),
-        ("find_messages", ("t", "k", 20)),
-        ("list_messages", ("t", 1, 5, 9, 20)),
+        ("broker-b", "get_message", ("broker-b:7:1",)),
+        ("broker-a", "get_message", ("broker-a:9:0",)),
+        ("broker-a", "find_messages_reply", ("orders", "k", 1)),
+        ("broker-b", "find_messages_reply", ("orders", "k", 1)),
+        # Up to the newest: no end time; broker-b has no queue 1.
+        ("broker-a", "list_messages", ("orders", 1, 5, None, 20)),
     ]
-    assert viewers == [viewer] * 3  # as the viewer, never as the dashboard
+    # As the viewer, never as the dashboard; by id, only the id's group.
+    assert opened[:2] == [(viewer, ("broker-b",)), (viewer, ("broker-a",))]
+    assert {seen for seen, _ in opened} == {viewer}

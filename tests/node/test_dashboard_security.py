@@ -220,7 +220,7 @@ async def test_protected_mode_then_users_sign_in_and_only_an_admin_acts(
                 reply = await receive(websocket, "reply")
                 assert (reply["id"], reply["ok"]) == (number, True), reply
                 result = reply["result"]
-                assert isinstance(result, dict) and result["available"] is True
+                assert isinstance(result, dict) and result["truncated"] is False
                 [found] = result["messages"]
                 assert (found["message_id"], found["body"], found["attempt"]) == (
                     receipt.msg_id,

@@ -89,10 +89,6 @@ function hello(message) {
   document.getElementById("viewer").textContent = `signed in as ${message.viewer}` +
     (message.admin ? " (admin)" : "");
   for (const part of document.querySelectorAll(".admin-only")) part.hidden = !message.admin;
-  document.getElementById("messages-unavailable").hidden = message.messages_available;
-  for (const form of document.querySelectorAll("form.query button")) {
-    form.disabled = !message.messages_available;
-  }
 }
 
 function ask(request) {
@@ -275,29 +271,41 @@ function onAction(formId, action, describe) {
   });
 }
 
+function timeText(ms) {
+  return ms ? `${new Date(ms).toLocaleString()} (${ms})` : null;
+}
+
 function showMessages(result) {
   const status = document.getElementById("messages-status");
   const holder = document.getElementById("messages-results");
-  if (!result.available) {
-    document.getElementById("messages-unavailable").hidden = false;
-    status.textContent = "";
-    holder.replaceChildren();
-    return;
+  const messages = result.messages || [];
+  status.classList.remove("error");
+  if (result.not_found) status.textContent = `not found: ${result.not_found}`;
+  else {
+    status.textContent = `${messages.length} found` +
+      (result.truncated ? " (more may match: raise the limit or narrow the query)" : "");
   }
-  status.textContent = `${result.messages.length} found`;
-  holder.replaceChildren(...result.messages.map((message) => {
-    const properties = message.properties || {};
-    const rows = Object.entries(properties).map(([name, value]) =>
-      el("tr", {}, el("td", {}, name), el("td", {}, value)));
-    const fields = Object.entries(message)
-      .filter(([name]) => !["body", "properties"].includes(name))
-      .map(([name, value]) => el("tr", {}, el("th", {}, name),
-        el("td", {}, Array.isArray(value) ? value.join(", ") : value)));
-    return el("article", { class: "message" },
-      el("h3", {}, message.msg_id || message.message_id || "message"),
+  holder.replaceChildren(...messages.map((message) => {
+    const where = message.offset < 0 ? "none: delayed or retried (delivered as a copy)" : message.offset;
+    const fields = [
+      ["broker group", message.broker_group],
+      ["topic", message.topic],
+      ["queue", message.queue_id],
+      ["offset", where],
+      ["keys", (message.keys || []).join(", ") || null],
+      ["tags", message.tags],
+      ["stored", timeText(message.store_time_ms)],
+      ["born", timeText(message.born_time_ms)],
+      ["attempt", message.attempt],
+    ].map(([name, value]) => el("tr", { "data-field": name }, el("th", {}, name), el("td", {}, value)));
+    const properties = Object.entries(message.properties || {}).sort();
+    const rows = properties.length ? properties.map(([name, value]) =>
+      el("tr", {}, el("td", {}, name), el("td", {}, value))) : [el("tr", {}, el("td", {}, "none"))];
+    return el("article", { class: "message", "data-message-id": message.message_id },
+      el("h3", { class: "message-id" }, message.message_id),
       el("table", {}, el("tbody", {}, ...fields)),
-      el("h4", {}, "body"), el("pre", { class: "body" }, message.body),
-      el("h4", {}, "properties"), el("table", {}, el("tbody", {}, ...rows)));
+      el("h4", {}, `body (${message.body_bytes} bytes)`), el("pre", { class: "body" }, message.body),
+      el("h4", {}, "properties"), el("table", { class: "properties" }, el("tbody", {}, ...rows)));
   }));
 }
 
@@ -315,7 +323,9 @@ function setUpForms() {
       try {
         showMessages(await ask({ action: "messages", ...formRequest(form) }));
       } catch (error) {
+        status.classList.add("error");
         status.textContent = error.message;
+        document.getElementById("messages-results").replaceChildren();
       }
     });
   }
