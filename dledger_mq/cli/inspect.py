@@ -26,8 +26,8 @@ from dledger_mq.cli.main import (
 )
 from dledger_mq.cli.servers import node
 from dledger_mq.cli.tables import show_table, time_text
-from dledger_mq.cli.topics import group, group_lag, topic, topic_parts
-from dledger_mq.clients.admin import connect_admin
+from dledger_mq.cli.topics import group, group_lag, topic
+from dledger_mq.clients.admin import connect_admin, topic_parts
 from dledger_mq.clients.naming import connect_naming
 from dledger_mq.errors import DledgerError, TopicNotFound, Unavailable
 from dledger_mq.wire.admin import NodeStatsReply, StatusReply

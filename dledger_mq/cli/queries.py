@@ -19,8 +19,8 @@ from dledger_mq.cli.main import (
     one_line_errors,
     parse_time_ms,
 )
-from dledger_mq.cli.topics import GROUPS_HELP, topic_parts
-from dledger_mq.clients.admin import resolve_groups
+from dledger_mq.cli.topics import GROUPS_HELP
+from dledger_mq.clients.admin import resolve_groups, topic_parts
 from dledger_mq.errors import TopicNotFound, UsageError
 from dledger_mq.wire.broker import MAX_QUERY_MESSAGES, MessageView
 

@@ -20,23 +20,12 @@ from dledger_mq.cli.main import (
     one_line_errors,
     parse_time_ms,
 )
-from dledger_mq.clients.admin import AdminConnection, resolve_groups, spread_queues
+from dledger_mq.clients.admin import AdminConnection, resolve_groups, spread_queues, topic_parts
 from dledger_mq.errors import TopicNotFound, UsageError
-from dledger_mq.wire.admin import TopicInfo
 
 GROUPS_HELP = (
     "Broker groups, comma-separated (`broker-b` or just `b`; default: every group with a leader)."
 )
-
-
-async def topic_parts(admins: dict[str, AdminConnection], name: str) -> dict[str, TopicInfo]:
-    """The topic as each broker group holds it (groups without it left out)."""
-    parts = {}
-    for group, connection in admins.items():
-        for info in await connection.list_topics():
-            if info.name == name:
-                parts[group] = info
-    return parts
 
 
 def _shown_groups(parts: dict[str, int]) -> str:

@@ -6,7 +6,7 @@ Speaks only the wire format. No timeout arguments: callers bound calls with Trio
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from dledger_mq.errors import UsageError
@@ -314,6 +314,17 @@ async def connect_admin(
         client_ssl_context(tls),
     ) as connection:
         yield AdminConnection(connection)
+
+
+async def topic_parts(admins: Mapping[str, AdminConnection], name: str) -> dict[str, TopicInfo]:
+    """The topic as each broker group holds it (groups without it left out), given an admin
+    connection to each group's leader."""
+    parts = {}
+    for group, connection in admins.items():
+        for info in await connection.list_topics():
+            if info.name == name:
+                parts[group] = info
+    return parts
 
 
 def resolve_groups(names: str | None, known: Sequence[str]) -> list[str]:

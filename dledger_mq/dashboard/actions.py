@@ -18,13 +18,13 @@ import attrs
 import trio
 
 from dledger_mq.broker.message_id import parse_message_id
-from dledger_mq.clients.admin import AdminConnection
+from dledger_mq.clients.admin import AdminConnection, topic_parts
 from dledger_mq.clients.dead_letters import redrive
 from dledger_mq.dashboard.auth import Viewer
 from dledger_mq.dashboard.collector import Target
 from dledger_mq.errors import BadRequest, MessageNotFound, PermissionDenied, TopicNotFound
 from dledger_mq.node.cluster_status import find_group_leaders
-from dledger_mq.wire.admin import ADMIN_CODEC, TopicInfo
+from dledger_mq.wire.admin import ADMIN_CODEC
 from dledger_mq.wire.broker import MessageView
 from dledger_mq.wire.rpc import connect
 from dledger_mq.wire.tls import client_ssl_context
@@ -218,7 +218,7 @@ async def query_messages(target: Target, viewer: Viewer, query: MessageQuery) ->
     found: list[tuple[str, MessageView]] = []
     truncated = False
     async with viewer_admins(target, viewer) as admins:
-        parts = await _topic_parts(admins, query.topic)
+        parts = await topic_parts(admins, query.topic)
         if not parts:
             raise TopicNotFound(query.topic)
         for group, info in parts.items():
@@ -246,16 +246,6 @@ async def query_messages(target: Target, viewer: Viewer, query: MessageQuery) ->
         "messages": [message_object(group, view) for group, view in shown],
         "truncated": truncated,
     }
-
-
-async def _topic_parts(admins: dict[str, AdminConnection], topic: str) -> dict[str, TopicInfo]:
-    """The topic as each broker group holds it (groups without it left out)."""
-    parts = {}
-    for group, admin in admins.items():
-        for info in await admin.list_topics():
-            if info.name == topic:
-                parts[group] = info
-    return parts
 
 
 def message_object(broker_group: str, view: MessageView) -> dict[str, object]:
