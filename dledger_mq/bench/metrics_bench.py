@@ -22,7 +22,7 @@ import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from dledger_mq.bench.produce_bench import TOPIC, batched, one_at_a_time
+from dledger_mq.bench.produce_bench import TOPIC, batched, merge_throughputs, one_at_a_time
 from dledger_mq.bench.raft_bench import Throughput, percentile
 from dledger_mq.clients.producer import Producer
 from dledger_mq.logs import configure_logging
@@ -110,15 +110,6 @@ async def two_clusters(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _merge(parts: list[Throughput]) -> Throughput:
-    return Throughput(
-        parts[0].name,
-        sum(part.entries for part in parts),
-        sum(part.seconds for part in parts),
-        [latency for part in parts for latency in part.latencies_ms],
-    )
-
-
 async def compare(
     seconds: float,
     size: int,
@@ -149,7 +140,7 @@ async def compare(
                     nursery.cancel_scope.cancel()
                 slices[metrics].append(result)
                 echo(f"  {kind}, metrics {metrics}: {result.entries} messages")
-            results[kind] = {metrics: _merge(parts) for metrics, parts in slices.items()}
+            results[kind] = {metrics: merge_throughputs(parts) for metrics, parts in slices.items()}
     return results, scrapes
 
 

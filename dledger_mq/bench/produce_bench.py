@@ -363,7 +363,8 @@ class Phase:
         }
 
 
-def _merge(parts: Sequence[Throughput]) -> Throughput:
+def merge_throughputs(parts: Sequence[Throughput]) -> Throughput:
+    """Slices of one kind of sending as one figure."""
     return Throughput(
         parts[0].name,
         sum(part.entries for part in parts),
@@ -440,7 +441,7 @@ async def compare_groups(
                 Phase(
                     kind,
                     spread,
-                    _merge(slices[spread]),
+                    merge_throughputs(slices[spread]),
                     dict(stored[spread]),
                     usage[spread].cores(),
                 )

@@ -15,7 +15,6 @@ from typing import Any
 
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -30,7 +29,7 @@ from dledger_mq.dashboard.actions import run_action
 from dledger_mq.dashboard.auth import COOKIE_NAME, SESSION_SECONDS, Sessions, Viewer
 from dledger_mq.dashboard.collector import Collector, Target
 from dledger_mq.errors import DledgerError
-from dledger_mq.wire.address import Address
+from dledger_mq.node.metrics import hypercorn_config
 
 logger = structlog.get_logger()
 
@@ -249,12 +248,7 @@ async def serve_dashboard(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Sample ``target`` and serve the dashboard on ``listen`` (HOST:PORT) until cancelled."""
-    address = Address.parse(listen)
-    config = HypercornConfig()
-    config.bind = [f"{address.host}:{address.port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 0.5
+    config = hypercorn_config(listen)
     # What the page sends is a small request; nothing bigger is read.
     config.websocket_max_message_size = MAX_REQUEST_BYTES
     collector = Collector(target)

@@ -342,6 +342,18 @@ def operator_app(node: Node) -> Starlette:
     return Starlette(routes=routes)
 
 
+def hypercorn_config(listen: str) -> HypercornConfig:
+    """Hypercorn bound to ``listen`` (HOST:PORT), its own logs off (ours are structured), and
+    half a second for requests in flight at a stop."""
+    address = Address.parse(listen)
+    config = HypercornConfig()
+    config.bind = [f"{address.host}:{address.port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.5
+    return config
+
+
 async def serve_operator_http(
     node: Node,
     listen: str,
@@ -349,11 +361,6 @@ async def serve_operator_http(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``operator_app`` on ``listen`` (HOST:PORT) until cancelled."""
-    address = Address.parse(listen)
-    config = HypercornConfig()
-    config.bind = [f"{address.host}:{address.port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 0.5
+    config = hypercorn_config(listen)
     logger.info("http_started", node=node.config.node_id, address=listen)
     await serve(operator_app(node), config, task_status=task_status)  # type: ignore[arg-type]
