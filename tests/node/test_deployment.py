@@ -19,6 +19,7 @@ Every process it starts is killed by PID (its process group) in a ``finally``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -107,8 +109,13 @@ def ports_free_on_every_address() -> dict[int, int]:
                 sock.close()
 
 
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def fetch(url: str, keys: tuple[str, str] | None = None) -> str:
+    """GET ``url``; with ``keys`` (access key, secret key) as HTTP Basic credentials."""
+    request = urllib.request.Request(url)
+    if keys is not None:
+        token = base64.b64encode(f"{keys[0]}:{keys[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
         return str(response.read().decode())
 
 
@@ -402,11 +409,16 @@ async def test_the_documented_deployment_runs_on_three_machines(tmp_path: Path) 
         await deployment.operator_runs(send_via_n4)
         assert "after the replacement" in await deployment.operator_runs(consume[0])
 
+        # Prometheus' user: the doc's scrape, with its keys (users exist: /metrics asks).
+        assert "dledger_has_leader{" in await deployment.operator_runs(blocks["metrics"])
+        secret = (deployment.operator / "metrics.secret").read_text()
         # Every metric the doc's alerts use is one the nodes export (the leader: follower lag).
         exported = ""
         for node_id in ("n1", "n2", "n4"):
             url = f"http://{deployment.address(node_id)}:{deployment.ports[9801]}/metrics"
-            exported += await trio.to_thread.run_sync(fetch, url)
+            with pytest.raises(urllib.error.HTTPError, match="401"):
+                await trio.to_thread.run_sync(fetch, url)  # no keys
+            exported += await trio.to_thread.run_sync(fetch, url, ("metrics", secret))
         alerts = DOC.read_text().split("## What to monitor and alert on", 1)[1]
         used = set(re.findall(r"\b((?:dledger|rocketmq)_[a-z_]+)\b", alerts))
         assert used and {name for name in used if f"\n{name}{{" not in exported} == set()
