@@ -234,8 +234,9 @@ def cluster_list(naming: str | None, root: Path, cluster_id: str, as_json: bool)
     if as_json:
         click.echo(json.dumps(replicas, indent=2))
         return
+    groups = len({r["broker_group"] for r in replicas})
     show_table(
-        f"{len({r['broker_group'] for r in replicas})} broker groups",
+        f"{groups} broker group{'' if groups == 1 else 's'}",
         ["broker group", "node", "address", "role", "term", "commit", "applied"],
         [
             [
@@ -243,9 +244,9 @@ def cluster_list(naming: str | None, root: Path, cluster_id: str, as_json: bool)
                 r["node_id"],
                 r["address"],
                 r["role"],
-                r["term"],
-                r["commit_index"],
-                r["applied_index"],
+                r.get("term"),
+                r.get("commit_index"),
+                r.get("applied_index"),
             ]
             for r in replicas
         ],
@@ -322,6 +323,10 @@ def node_status(
         ]
 
     rows = trio.run(run)
+    if all("error" in row for row in rows):
+        raise Unavailable(
+            "no node answered: " + "; ".join(f"{row['address']}: {row['error']}" for row in rows)
+        )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

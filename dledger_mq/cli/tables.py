@@ -30,7 +30,9 @@ def show_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[objec
     ]
     click.echo(title)
     click.echo(
-        "  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True))
+        "  ".join(
+            column.ljust(width) for column, width in zip(columns, widths, strict=True)
+        ).rstrip()
     )
     for row in cells:
         click.echo(

@@ -102,3 +102,16 @@ async def test_route_status_progress_create_delete_list_and_node_status(
     assert by_node[leader]["role"] == "leader" and by_node[leader]["bytes_in"] == 9
     assert all(row["metrics_enabled"] and row["fsync_count"] > 0 for row in rows)
     assert all(row["fsync_p99_us"] >= row["fsync_p50_us"] > 0 for row in rows)
+
+    # A node down: the others are still listed; a node status of it alone fails in one line.
+    follower = next(n for n in cluster.nodes if n != leader)
+    cluster.kill(follower)
+    await _dledger("cluster", "list", *naming)  # text, while naming may still list it
+    rows = json.loads(
+        (await _dledger("node", "status", *endpoints, "--interval", "0", "--json")).stdout
+    )
+    assert [row["address"] for row in rows if "error" in row] == [cluster.client_address(follower)]
+    alone = await _dledger(
+        "node", "status", cluster.client_address(follower), "--interval", "0", ok=False
+    )
+    assert alone.returncode == 1 and alone.stderr.startswith("Error: no node answered")
