@@ -55,6 +55,7 @@ from dledger_mq.broker.records import (
     Grant,
     Message,
     PopMessages,
+    RawCommand,
     RemoveUser,
     ResetOffsets,
     RetryPolicy,
@@ -488,6 +489,10 @@ class BrokerState:
         #: Where the consume queues live (files in a node: memory must not grow with history).
         self.queues: QueueStore = queues if queues is not None else MemoryQueueStore()
         self._applied_index = 0
+        #: The command of the entry applied last, as unpacked (None if it was not one): the
+        #: node's key index reads its messages from it rather than decode the entry again.
+        #: Not replicated state (no snapshot, no comparison).
+        self.last_unpacked: RawCommand | None = None
         self._settings = BrokerSettings()
         #: The highest store timestamp applied: the producers' expiry clock, which never goes
         #: back even if a new leader's clock is behind.
@@ -709,8 +714,9 @@ class BrokerState:
         if index > MAX_RAFT_INDEX:
             raise AssertionError(f"raft index {index} does not fit a consume-queue position")
         self._applied_index = index
+        self.last_unpacked = None
         try:
-            raw = unpack_command(data)
+            raw = self.last_unpacked = unpack_command(data)
             if raw.tag is CommandTag.SEND_BATCH:
                 return self._apply_send_batch(index, raw.fields)
             if raw.tag is CommandTag.DELIVER_TIMERS:

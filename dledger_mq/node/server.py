@@ -496,7 +496,7 @@ def assemble_node(
     def apply(entry: Entry) -> object:
         nonlocal topics_seen
         result = state.apply(entry.index, entry.data)
-        key_index.apply(entry.index, entry.data)
+        key_index.apply(entry.index, state.last_unpacked or entry.data)
         applied.notify(len(entry.data))
         if state.topics_changed != topics_seen:
             topics_seen = state.topics_changed
