@@ -268,7 +268,14 @@ def cluster_up(folder: Path, *arguments: str, **options: object) -> Iterator[Clu
 
 def power_cut(up: ClusterUp) -> None:
     """Every process of the cluster killed at once; with ``DLEDGER_MQ_HARNESS=lose-unsynced``
-    each loses what it had not fsynced, as in a power cut."""
+    each loses what it had not fsynced, as in a power cut. Waits first until the dashboard's
+    pid file is written: the dashboard runs in a process group of its own, and one started but
+    not yet written down would outlive the cut (it did, once, in CI)."""
+    dashboard_pid = up.root / "dashboard" / "dashboard.pid"
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not dashboard_pid.exists():
+        assert time.monotonic() < deadline, "cluster up wrote no dashboard.pid"
+        time.sleep(0.01)
     up.kill_everything()
     deadline = time.monotonic() + DEADLINE_SECONDS
     for pid, start_time in up.node_pids:
