@@ -291,6 +291,7 @@ class Consumer(RoutedClient):
             Path(offsets_path) if offsets_path is not None else default_offsets_path(group)
         )
         self.consumer_id = uuid.uuid4().hex
+        self._saving_broadcast_offsets = trio.Lock()
         super().__init__(naming, cluster_id, f"consumer-{self.consumer_id}", credentials, tls)
         self._send, self._receive = trio.open_memory_channel[ReceivedMessage](PULL_BATCH)
         #: One reader per (topic, broker group) that holds the topic.
@@ -464,8 +465,11 @@ class Consumer(RoutedClient):
         self._saved_offsets[(topic, broker_group, queue_id)] = offset
 
     async def _save_broadcast_offsets(self) -> None:
-        data = encode_broadcast_offsets(self._saved_offsets)
-        await trio.to_thread.run_sync(write_file_durably, self.offsets_path, data)
+        # One writer at a time: every reader saves on its own heartbeat and leaving saves once
+        # more, and two writes at once would race on the one temporary file.
+        async with self._saving_broadcast_offsets:
+            data = encode_broadcast_offsets(self._saved_offsets)
+            await trio.to_thread.run_sync(write_file_durably, self.offsets_path, data)
 
 
 class _GroupReader:
