@@ -1,7 +1,8 @@
 """The SDK for asyncio applications (issue 19, item 1): FastAPI, aiohttp, bots and workers.
 
-``Producer`` and ``Consumer`` here take the same arguments and give the same results as the
-Trio ones (``dledger_mq.clients``), as asyncio coroutines::
+``Producer``, ``Consumer``, ``SimpleConsumer`` and ``Admin`` here take the same arguments and
+give the same results as the Trio ones (``dledger_mq.clients``; ``Admin`` is
+``dledger_mq.clients.admin.connect_admin``'s connection to one node), as asyncio coroutines::
 
     from dledger_mq.aio import Producer
 
@@ -20,19 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import attrs
 import trio
 
+from dledger_mq.clients import tracing
+from dledger_mq.clients.admin import AdminConnection, connect_admin
 from dledger_mq.clients.consumer import Consumer as TrioConsumer
 from dledger_mq.clients.consumer import ReceivedMessage
 from dledger_mq.clients.producer import Producer as TrioProducer
+from dledger_mq.clients.simple_consumer import RECEIVE_WAIT, SimpleMessage
+from dledger_mq.clients.simple_consumer import SimpleConsumer as TrioSimpleConsumer
+from dledger_mq.errors import UsageError
 from dledger_mq.wire.broker import Receipt
+from dledger_mq.wire.client_auth import Credentials
+from dledger_mq.wire.tls import TlsOption
 
-__all__ = ["Consumer", "Message", "Producer"]
+__all__ = ["Admin", "Consumer", "Message", "Producer", "SimpleConsumer", "SimpleMessage"]
 
 T = TypeVar("T")
 
@@ -189,18 +199,16 @@ async def _leave(held: _Held) -> None:
 
 
 class _Client:
+    """One Trio client, entered in the loop's guest run for the length of an ``async with``."""
+
     _held: _Held | None = None
+    _make: Callable[[], Any]
 
-    @property
-    def _entered(self) -> _Held:
-        if self._held is None:
-            raise RuntimeError(f"use the {type(self).__name__.lower()} in an `async with` block")
-        return self._held
-
-    async def aclose(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            await _leave(held)
+    async def __aenter__(self) -> Self:
+        if self._held is not None:
+            raise RuntimeError(f"this {type(self).__name__} is open already")
+        self._held = await _enter(self._make)
+        return self
 
     async def __aexit__(
         self,
@@ -210,6 +218,22 @@ class _Client:
     ) -> None:
         await self.aclose()
 
+    async def aclose(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await _leave(held)
+
+    @property
+    def _entered(self) -> _Held:
+        if self._held is None:
+            raise RuntimeError(f"use the {type(self).__name__} in an `async with` block")
+        return self._held
+
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``await client.name(*args, **kwargs)`` on the Trio client, in the guest run."""
+        held = self._entered
+        return await held.run.call(functools.partial(getattr(held.client, name), *args, **kwargs))
+
 
 class Producer(_Client):
     """``dledger_mq.clients.Producer`` for asyncio (same arguments and results)."""
@@ -217,23 +241,17 @@ class Producer(_Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._make = functools.partial(TrioProducer, *args, **kwargs)
 
-    async def __aenter__(self) -> Producer:
-        self._held = await _enter(self._make)
-        return self
-
     async def send(self, topic: str, body: bytes, **options: Any) -> Receipt:
         """As the Trio ``send`` (``tags``, ``keys``, ``properties``, ``sharding_key``,
         ``delay``, ``deliver_at``)."""
-        held = self._entered
-        return await held.run.call(functools.partial(held.client.send, topic, body, **options))
+        receipt: Receipt = await self._call("send", topic, body, **options)
+        return receipt
 
     async def send_batch(
         self, topic: str, bodies: Sequence[bytes], **options: Any
     ) -> list[Receipt]:
-        held = self._entered
-        return await held.run.call(
-            functools.partial(held.client.send_batch, topic, bodies, **options)
-        )
+        receipts: list[Receipt] = await self._call("send_batch", topic, bodies, **options)
+        return receipts
 
 
 class Message:
@@ -256,18 +274,104 @@ class Message:
 
 class Consumer(_Client):
     """``dledger_mq.clients.Consumer`` for asyncio: ``async for message in consumer``, each
-    message acknowledged with ``await message.ack()``."""
+    message acknowledged with ``await message.ack()``, or ``await consumer.run(handler)``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._make = functools.partial(TrioConsumer, *args, **kwargs)
-
-    async def __aenter__(self) -> Consumer:
-        self._held = await _enter(self._make)
-        return self
 
     def __aiter__(self) -> Consumer:
         return self
 
     async def __anext__(self) -> Message:
-        held = self._entered
-        return Message(await held.run.call(held.client.__anext__), held.run)
+        return Message(await self._call("__anext__"), self._entered.run)
+
+    async def run(
+        self, handler: Callable[[Message], Awaitable[object]], *, concurrency: int = 1
+    ) -> None:
+        """As the Trio ``run``: hand every message to the coroutine function ``handler`` (an
+        asyncio one), ``concurrency`` at a time, until cancelled; acknowledged when it returns
+        (unless it settled the message itself), nacked with the exception when it raises."""
+        if concurrency < 1:
+            raise UsageError("concurrency must be at least 1")
+        trio_consumer: TrioConsumer = self._entered.client
+        model = "broadcasting" if trio_consumer.broadcasting else "clustering"
+
+        async def work() -> None:
+            async for message in self:
+                with tracing.processing(trio_consumer.group, message, consumption_model=model) as (
+                    outcome
+                ):
+                    try:
+                        await handler(message)
+                    except Exception as error:  # the application's failure: a retry
+                        outcome.failed(error)
+                        await message.nack(error)
+                    else:
+                        await message.ack()
+
+        async with asyncio.TaskGroup() as tasks:
+            for _ in range(concurrency):
+                tasks.create_task(work())
+
+
+class SimpleConsumer(_Client):
+    """``dledger_mq.clients.SimpleConsumer`` for asyncio (RocketMQ 5's receive, ack and
+    change-invisible-duration); the messages are the Trio ``SimpleMessage``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._make = functools.partial(TrioSimpleConsumer, *args, **kwargs)
+
+    async def receive(
+        self,
+        max_messages: int = 16,
+        invisible_duration: timedelta = timedelta(seconds=30),
+        wait: timedelta = RECEIVE_WAIT,
+    ) -> list[SimpleMessage]:
+        received: list[SimpleMessage] = await self._call(
+            "receive", max_messages, invisible_duration, wait
+        )
+        return received
+
+    async def ack(self, message: SimpleMessage) -> bool:
+        acked: bool = await self._call("ack", message)
+        return acked
+
+    async def change_invisible_duration(self, message: SimpleMessage, duration: timedelta) -> bool:
+        changed: bool = await self._call("change_invisible_duration", message, duration)
+        return changed
+
+
+class Admin(_Client):
+    """``dledger_mq.clients.admin.connect_admin`` for asyncio: a connection to one node's
+    client address, with every method of ``AdminConnection`` as a coroutine (``await
+    admin.create_topic("orders", 8)``, ``await admin.list_topics()``, ...)."""
+
+    def __init__(
+        self,
+        address: str,
+        cluster_id: str = "local",
+        credentials: Credentials | tuple[str, str] | None = None,
+        tls: TlsOption = None,
+    ) -> None:
+        self._make = functools.partial(connect_admin, address, cluster_id, credentials, tls)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or not inspect.iscoroutinefunction(
+            getattr(AdminConnection, name, None)
+        ):
+            raise AttributeError(f"{type(self).__name__!r} has no method {name!r}")
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self._call(name, *args, **kwargs)
+
+        call.__name__ = name
+        call.__doc__ = getattr(AdminConnection, name).__doc__
+        return call
+
+    def __dir__(self) -> list[str]:
+        methods = [
+            name
+            for name, value in vars(AdminConnection).items()
+            if not name.startswith("_") and inspect.iscoroutinefunction(value)
+        ]
+        return sorted({*super().__dir__(), *methods})

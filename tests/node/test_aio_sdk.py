@@ -7,11 +7,14 @@ run ends with the last client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from datetime import timedelta
 
 import pytest
 import trio
 
 from dledger_mq import aio
+from dledger_mq.clients.simple_consumer import SimpleMessage
 from tests.node.cluster_fixture import ProcessCluster
 
 NAMING = {"with_naming": True, "naming_heartbeat_ms": 200}
@@ -58,3 +61,63 @@ async def test_asyncio_sends_survive_a_leader_kill_and_a_timeout_cancels_a_recei
     assert sorted(seen) == list(range(50))
     assert timed_out and late == 50
     assert aio._RUNS == {}  # the last client closed: the guest run ended
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_asyncio_admin_simple_consumer_and_a_handler_that_fails_once(
+    cluster: ProcessCluster,
+) -> None:
+    leader = cluster.client_address((await cluster.wait_for_leader()).node_id)
+    naming = list(cluster.naming.values())
+
+    async def application() -> tuple[list[str], dict[int, list[int]], list[bytes], bool]:
+        async with aio.Admin(leader) as admin:
+            await admin.create_topic("jobs", 2)
+            await admin.update_group("workers", 3, [100])
+            topics = sorted(info.name for info in await admin.list_topics())
+        async with aio.Producer(naming=naming) as producer:
+            for number in range(4):
+                await producer.send("jobs", b"%d" % number)
+            await producer.send("tasks", b"simple")
+
+        attempts: dict[int, list[int]] = {}
+        finished = asyncio.Event()
+
+        async def handler(message: aio.Message) -> None:  # even numbers fail the first time
+            number = int(message.body)
+            attempts.setdefault(number, []).append(message.attempt)
+            if message.attempt == 1 and number % 2 == 0:
+                raise ValueError("not yet")
+            if sum(len(seen) for seen in attempts.values()) == 6:
+                finished.set()
+
+        async with aio.Consumer(naming=naming, group="workers", topic="jobs") as consumer:
+            running = asyncio.create_task(consumer.run(handler, concurrency=2))
+            await finished.wait()
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+        async with aio.SimpleConsumer(
+            naming=naming, group="simple", subscriptions={"tasks": "*"}
+        ) as simple:
+            received: list[SimpleMessage] = []
+            while not received:
+                received = await simple.receive(4, timedelta(seconds=30))
+            acked = await simple.ack(received[0])
+        return topics, attempts, [message.body for message in received], acked
+
+    topics, attempts, bodies, acked = await trio.to_thread.run_sync(asyncio.run, application())
+    assert topics == ["jobs"]
+    assert attempts == {0: [1, 2], 1: [1], 2: [1, 2], 3: [1]}
+    assert bodies == [b"simple"] and acked
+    assert aio._RUNS == {}
+
+
+async def test_asyncio_admin_names_its_methods_and_refuses_others() -> None:
+    admin = aio.Admin("127.0.0.1:1")
+    assert {"create_topic", "list_topics", "update_group"} <= set(dir(admin))
+    with pytest.raises(AttributeError, match="no method 'propose_everything'"):
+        admin.propose_everything  # noqa: B018
+    with pytest.raises(RuntimeError, match="in an `async with` block"):
+        await admin.list_topics()
