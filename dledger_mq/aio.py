@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -31,13 +30,13 @@ import attrs
 import trio
 
 from dledger_mq.clients import tracing
-from dledger_mq.clients.admin import AdminConnection, connect_admin
+from dledger_mq.clients.admin import ADMIN_METHODS, AdminConnection, connect_admin
 from dledger_mq.clients.consumer import Consumer as TrioConsumer
 from dledger_mq.clients.consumer import ReceivedMessage
 from dledger_mq.clients.producer import Producer as TrioProducer
 from dledger_mq.clients.simple_consumer import RECEIVE_WAIT, SimpleMessage
 from dledger_mq.clients.simple_consumer import SimpleConsumer as TrioSimpleConsumer
-from dledger_mq.errors import UsageError
+from dledger_mq.errors import UsageError, sole_error_unwrapped
 from dledger_mq.wire.broker import Receipt
 from dledger_mq.wire.client_auth import Credentials
 from dledger_mq.wire.tls import TlsOption
@@ -309,9 +308,10 @@ class Consumer(_Client):
                     else:
                         await message.ack()
 
-        async with asyncio.TaskGroup() as tasks:
-            for _ in range(concurrency):
-                tasks.create_task(work())
+        with sole_error_unwrapped():  # as the Trio run: one error comes out as itself
+            async with asyncio.TaskGroup() as tasks:
+                for _ in range(concurrency):
+                    tasks.create_task(work())
 
 
 class SimpleConsumer(_Client):
@@ -356,9 +356,7 @@ class Admin(_Client):
         self._make = functools.partial(connect_admin, address, cluster_id, credentials, tls)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or not inspect.iscoroutinefunction(
-            getattr(AdminConnection, name, None)
-        ):
+        if name not in ADMIN_METHODS:
             raise AttributeError(f"{type(self).__name__!r} has no method {name!r}")
 
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -369,9 +367,4 @@ class Admin(_Client):
         return call
 
     def __dir__(self) -> list[str]:
-        methods = [
-            name
-            for name, value in vars(AdminConnection).items()
-            if not name.startswith("_") and inspect.iscoroutinefunction(value)
-        ]
-        return sorted({*super().__dir__(), *methods})
+        return sorted({*super().__dir__(), *ADMIN_METHODS})

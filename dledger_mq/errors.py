@@ -12,7 +12,8 @@ registered in ``ERRORS`` when it is defined; two classes of one name are refused
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 #: code (the class name) -> class, for every error class defined.
@@ -438,3 +439,19 @@ class MembershipChangeInProgress(BadRequest):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"membership change not yet possible: {reason}")
+
+
+@contextmanager
+def sole_error_unwrapped() -> Iterator[None]:
+    """Raise a group of one error (of a nursery or task group that the caller did not make,
+    such as ``Consumer.run``'s handlers) as that error, so that the application's ``except
+    KeyboardInterrupt`` or ``except SomeError`` sees it; a group of several stays a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if isinstance(error, BaseExceptionGroup):
+            raise
+        raise error from None

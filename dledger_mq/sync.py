@@ -24,7 +24,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
@@ -35,7 +34,7 @@ import attrs
 import trio
 
 from dledger_mq.clients import tracing
-from dledger_mq.clients.admin import AdminConnection, connect_admin
+from dledger_mq.clients.admin import ADMIN_METHODS, AdminConnection, connect_admin
 from dledger_mq.clients.consumer import Consumer as TrioConsumer
 from dledger_mq.clients.consumer import ReceivedMessage
 from dledger_mq.clients.producer import Producer as TrioProducer
@@ -393,9 +392,7 @@ class Admin(_Client):
         self._make = functools.partial(connect_admin, address, cluster_id, credentials, tls)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or not inspect.iscoroutinefunction(
-            getattr(AdminConnection, name, None)
-        ):
+        if name not in ADMIN_METHODS:
             raise AttributeError(f"{type(self).__name__!r} has no method {name!r}")
 
         def call(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
@@ -406,9 +403,4 @@ class Admin(_Client):
         return call
 
     def __dir__(self) -> list[str]:
-        methods = [
-            name
-            for name, value in vars(AdminConnection).items()
-            if not name.startswith("_") and inspect.iscoroutinefunction(value)
-        ]
-        return sorted({*super().__dir__(), *methods})
+        return sorted({*super().__dir__(), *ADMIN_METHODS})

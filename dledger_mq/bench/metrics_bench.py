@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,8 +22,9 @@ import attrs
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from dledger_mq.bench.produce_bench import TOPIC, batched, merge_throughputs, one_at_a_time
-from dledger_mq.bench.raft_bench import Throughput, percentile
+from dledger_mq.bench.produce_bench import TOPIC
+from dledger_mq.bench.raft_bench import Throughput
+from dledger_mq.bench.side_by_side import TrioSender, phase_json, side_by_side
 from dledger_mq.clients.producer import Producer
 from dledger_mq.logs import configure_logging
 from dledger_mq.node.local_cluster import LocalCluster
@@ -119,28 +120,21 @@ async def compare(
     echo: Callable[[str], None],
 ) -> tuple[dict[str, dict[str, Throughput]], Scrapes]:
     """kind -> "off"/"on" -> its throughput, and what the scrapes saw."""
-    results: dict[str, dict[str, Throughput]] = {}
     scrapes = Scrapes()
     async with two_clusters(directory, echo) as clusters:
-        kinds: list[tuple[str, Callable[[Producer], Awaitable[Throughput]]]] = [
-            ("one at a time", lambda producer: one_at_a_time(producer, seconds / 2, size)),
-            (
-                f"batched {concurrency}x{batch}",
-                lambda producer: batched(producer, seconds / 2, size, batch, concurrency),
-            ),
-        ]
-        for kind, send in kinds:
-            slices: dict[str, list[Throughput]] = {"off": [], "on": []}
-            for metrics in ("off", "on", "on", "off"):
-                cluster, producer = clusters[metrics]
-                async with trio.open_nursery() as nursery:
-                    if metrics == "on":
-                        nursery.start_soon(scrape_forever, cluster, scrapes)
-                    result = await send(producer)
-                    nursery.cancel_scope.cancel()
-                slices[metrics].append(result)
-                echo(f"  {kind}, metrics {metrics}: {result.entries} messages")
-            results[kind] = {metrics: merge_throughputs(parts) for metrics, parts in slices.items()}
+
+        @asynccontextmanager
+        async def scraped_when_on(metrics: str) -> AsyncIterator[None]:
+            async with trio.open_nursery() as nursery:
+                if metrics == "on":
+                    nursery.start_soon(scrape_forever, clusters["on"][0], scrapes)
+                yield
+                nursery.cancel_scope.cancel()
+
+        senders = {metrics: TrioSender(producer) for metrics, (_, producer) in clusters.items()}
+        results = await side_by_side(
+            senders, seconds, size, batch, concurrency, echo, around=scraped_when_on
+        )
     return results, scrapes
 
 
@@ -172,20 +166,11 @@ async def run(
 def _json_report(
     results: dict[str, dict[str, Throughput]], scrapes: Scrapes, seconds: float, size: int
 ) -> dict[str, object]:
-    phases = []
-    for kind, by in results.items():
-        for metrics, throughput in by.items():
-            values = sorted(throughput.latencies_ms)
-            phases.append(
-                {
-                    "name": kind,
-                    "metrics": metrics,
-                    "messages": throughput.entries,
-                    "per_second": round(throughput.entries_per_second, 1),
-                    "p50_ms": round(percentile(values, 0.5), 3),
-                    "p99_ms": round(percentile(values, 0.99), 3),
-                }
-            )
+    phases = [
+        {**phase_json(kind, throughput), "metrics": metrics}
+        for kind, by in results.items()
+        for metrics, throughput in by.items()
+    ]
     ratios = {
         kind: round(by["on"].entries_per_second / by["off"].entries_per_second, 3)
         for kind, by in results.items()

@@ -214,6 +214,19 @@ def _sdk_bench_options(function: F, batch: int = 64) -> F:
     return function
 
 
+def _check_apis(context: click.Context, parameter: click.Parameter, value: str) -> tuple[str, ...]:
+    """``--api``: SDK faces by name, each once, in the order given."""
+    from dledger_mq.bench.api_bench import APIS
+
+    chosen: list[str] = []
+    for name in (item.strip() for item in value.split(",")):
+        if name not in APIS:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(APIS)}")
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
 @bench.command("produce")
 @functools.partial(_sdk_bench_options, batch=256)
 @click.option(
@@ -239,6 +252,16 @@ def _sdk_bench_options(function: F, batch: int = 64) -> F:
     help="Instead: two clusters side by side in the same run, one without /metrics and one "
     "serving and scraped every second, to show what metrics cost (no kills).",
 )
+@click.option(
+    "--api",
+    "apis",
+    default="trio",
+    show_default=True,
+    callback=_check_apis,
+    metavar="API,...",
+    help="Instead, with more than Trio: each of trio, asyncio (dledger_mq.aio) and sync "
+    "(dledger_mq.sync) named, side by side in the same run on one cluster (no kills).",
+)
 @json_option("the figures")
 @one_line_errors
 def bench_produce(
@@ -250,21 +273,25 @@ def bench_produce(
     tls: bool,
     groups: int,
     metrics: bool,
+    apis: tuple[str, ...],
     as_json: bool,
     directory: str | None,
 ) -> None:
     """The producer SDK through naming against a local 3-node cluster: sends/s, latency, and
     how long a leader kill pauses the sends; with --groups N, one group beside N; with
-    --metrics, metrics off beside on."""
+    --metrics, metrics off beside on; with --api trio,asyncio,sync, the SDK's faces side by
+    side."""
     sigterm_as_interrupt()
-    if metrics:
-        if tls or groups > 1:
-            raise click.UsageError("--metrics compares one group without TLS")
-        from dledger_mq.bench import metrics_bench
+    if metrics or apis != ("trio",):
+        # Side by side in one run: metrics off and on, or the SDK's faces.
+        if tls or groups > 1 or (metrics and apis != ("trio",)):
+            raise click.UsageError("--metrics and --api each compare one group without TLS")
+        from dledger_mq.bench import api_bench, metrics_bench
 
+        compare = metrics_bench.run if metrics else functools.partial(api_bench.run, apis)
         click.echo(
             trio.run(
-                metrics_bench.run,
+                compare,
                 seconds,
                 size,
                 batch,

@@ -6,6 +6,7 @@ Speaks only the wire format. No timeout arguments: callers bound calls with Trio
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
@@ -293,6 +294,15 @@ class AdminConnection:
                 break
             offset = reply.next_offset
         return tuple(found[:limit])
+
+
+#: The calls an admin connection makes (its public coroutine methods), by name: what the
+#: asyncio and blocking admins (``dledger_mq.aio``, ``dledger_mq.sync``) offer.
+ADMIN_METHODS = frozenset(
+    name
+    for name, value in vars(AdminConnection).items()
+    if not name.startswith("_") and inspect.iscoroutinefunction(value)
+)
 
 
 @asynccontextmanager

@@ -58,7 +58,13 @@ import trio
 
 from dledger_mq.clients import tracing
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
-from dledger_mq.errors import BadRequest, DledgerError, TopicNotFound, UsageError
+from dledger_mq.errors import (
+    BadRequest,
+    DledgerError,
+    TopicNotFound,
+    UsageError,
+    sole_error_unwrapped,
+)
 from dledger_mq.wire.broker import (
     ORIGIN_TOPIC_PROPERTY,
     CommitOffsetsReply,
@@ -414,9 +420,10 @@ class Consumer(RoutedClient):
                     else:
                         await message.ack()
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(work)
+        with sole_error_unwrapped():  # Ctrl-C comes out as KeyboardInterrupt, not in a group
+            async with trio.open_nursery() as nursery:
+                for _ in range(concurrency):
+                    nursery.start_soon(work)
 
     async def _deadline_loop(self) -> None:
         """Nack each message the application did not settle within its invisible duration."""

@@ -231,3 +231,27 @@ def test_bench_produce_metrics_measures_off_beside_on_and_sees_the_counters_move
     assert report["moved_on_leader"]["dledger_fsync_seconds_count"] > 0
     assert "waiting for their leaders" in result.stderr  # progress
     assert not list(tmp_path.glob("bench-metrics-*"))
+
+
+def test_bench_produce_api_measures_trio_asyncio_and_sync_side_by_side(tmp_path: Path) -> None:
+    documented = _documented("bench produce --api")
+    fast = ["--seconds", "0.6", "--batch", "8", "--concurrency", "2", "--json"]
+    result = _bench(tmp_path, *documented, *fast)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    phases = {(phase["name"], phase["api"]): phase for phase in report["phases"]}
+    kinds = ("one at a time", "batched 2x8")
+    apis = ("trio", "asyncio", "sync")
+    assert set(phases) == {(kind, api) for kind in kinds for api in apis}
+    assert all(phase["messages"] > 0 for phase in phases.values())
+    for kind in kinds:
+        assert phases[(kind, "trio")]["ratio_to_trio"] == 1.0
+        assert phases[(kind, "sync")]["ratio_to_trio"] > 0
+    assert "a producer per API" in result.stderr  # progress
+    assert "one at a time, asyncio:" in result.stderr
+    assert not list(tmp_path.glob("bench-api-*"))
+
+    wrong = _bench(tmp_path, "produce", "--api", "trio,curio")
+    assert wrong.returncode == 2
+    assert "'curio' is not one of trio, asyncio, sync" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

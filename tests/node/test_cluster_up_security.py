@@ -19,10 +19,13 @@ from tests.node.cluster_up import cluster_up
 ROOT = Path(__file__).parents[2]
 
 
-def readme_python() -> str:
+def readme_python() -> list[str]:
+    """The README's Python examples: the same program for Trio, asyncio and blocking code."""
     readme = (ROOT / "README.md").read_text()
-    [block] = re.findall(r"```python\n(.*?)```", readme, re.S)
-    return block
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    faces = ["dledger_mq.clients", "dledger_mq.aio", "dledger_mq.sync"]
+    assert [face in block for face, block in zip(faces, blocks, strict=True)] == [True] * 3
+    return blocks
 
 
 def doc_block_after(doc: str, marker: str) -> list[str]:
@@ -49,20 +52,21 @@ async def test_cluster_up_makes_an_admin_and_the_readme_and_docs_sign_in(tmp_pat
                 await trio.sleep(0.1)
         assert (await up.dledger("send", "orders", "still here")).startswith("broker-a:")
 
-        # The README's Python as written, but for the port.
-        script = readme_python().replace("127.0.0.1:9876", up.naming.split(",")[0])
-        ran = await trio.to_thread.run_sync(
-            lambda: subprocess.run(
-                [sys.executable, "-c", script],
-                cwd=tmp_path,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
+        # The README's Python as written (Trio, asyncio, blocking), but for the port.
+        for block in readme_python():
+            script = block.replace("127.0.0.1:9876", up.naming.split(",")[0])
+            ran = await trio.to_thread.run_sync(
+                lambda script=script: subprocess.run(
+                    [sys.executable, "-c", script],
+                    cwd=tmp_path,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
             )
-        )
-        assert ran.returncode == 0, ran.stderr
-        assert "order 1" in ran.stdout
+            assert ran.returncode == 0, ran.stderr
+            assert "b'order 1'" in ran.stdout
 
         # docs/security.md's user commands as written.
         for line in doc_block_after("security.md", "## Permissions"):
