@@ -78,6 +78,8 @@ class _GuestRun:
         trio.lowlevel.start_guest_run(
             main,
             run_sync_soon_threadsafe=self.loop.call_soon_threadsafe,
+            # From the loop's own thread, Trio schedules without the self-pipe.
+            run_sync_soon_not_threadsafe=self.loop.call_soon,
             done_callback=done,
         )
         await ready

@@ -17,6 +17,7 @@ import trio
 
 from dledger_mq import sync
 from dledger_mq.clients.simple_consumer import SimpleMessage
+from dledger_mq.errors import BadRequest
 from tests.node.cluster_fixture import DEADLINE_SECONDS, ProcessCluster
 
 NAMING = {"with_naming": True, "naming_heartbeat_ms": 200}
@@ -87,6 +88,8 @@ async def test_blocking_admin_simple_consumer_and_a_handler_that_fails_once(
             admin.create_topic("jobs", 2, timeout=DEADLINE_SECONDS)
             admin.update_group("workers", 3, [100])
             topics = sorted(info.name for info in admin.list_topics())
+            with pytest.raises(BadRequest, match="invalid topic name 'bad name!'"):
+                admin.create_topic("bad name!", 1)  # the Trio SDK's class, with its text
         with sync.Producer(naming=naming) as producer:
             for number in range(4):
                 producer.send("jobs", b"%d" % number, timeout=DEADLINE_SECONDS)
