@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from dledger_mq.clients.naming import connect_naming
-from dledger_mq.errors import DledgerError, Unavailable, UsageError
+from dledger_mq.errors import DledgerError, Unavailable, UsageError, sole_error_unwrapped
 from dledger_mq.wire.address import Address
 from dledger_mq.wire.admin import NODE_CODEC
 from dledger_mq.wire.client_auth import Credentials, as_credentials
@@ -497,7 +497,10 @@ class RoutedClient:
             # was raised, not wrapped in the client's nursery's group.
             if value is not None and list(group.exceptions) == [value]:
                 return False
-            raise
+            # One error of the client's own tasks (Ctrl-C landing in one of them while the
+            # application waited) comes out as itself too.
+            with sole_error_unwrapped():
+                raise
 
     def _client_open(self) -> Connections:
         if self._connections is None:
