@@ -201,6 +201,11 @@ class Routes:
         #: The parts of every topic ever found (never forgotten: a topic whose groups are all
         #: down is waited for, not created again elsewhere).
         self._seen: dict[str, tuple[TopicPart, ...]] = {}
+        #: Client addresses of each group's live replicas as naming last listed them: where to
+        #: look for a new leader when no naming node answers.
+        self._replicas: dict[str, tuple[str, ...]] = {}
+        #: The last leader of each group that was given up on (dead, or no longer leading).
+        self._given_up: dict[str, str] = {}
         #: Topics being asked about, and the event set at the next answer (or end of asking).
         self._asking: set[str] = set()
         self._answers: dict[str, trio.Event] = {}
@@ -255,7 +260,9 @@ class Routes:
 
     def forget(self, group: str) -> None:
         """The group's leader is not known any more: ask naming again."""
-        self._leaders.pop(group, None)
+        leader = self._leaders.pop(group, None)
+        if leader is not None and leader.address is not None:
+            self._given_up[group] = leader.address
 
     def _fresh_parts(self, topic: str) -> bool:
         cached = self._parts.get(topic)
@@ -308,13 +315,17 @@ class Routes:
                     self._ask_one, address, topic, answers, problems, nursery.cancel_scope
                 )
         if not answers:
+            if self._try_replicas(topic):
+                return []
             return [f"{address}: {problems.get(address, '?')}" for address in self.naming]
         routes, groups = answers[0]
         now = time.monotonic()
         for group_route in groups:
             self._leaders[group_route.group] = _Leader(group_route.leader_address, now)
+            self._replicas[group_route.group] = group_route.replicas
         for route in routes:
             self._leaders[route.group] = _Leader(route.leader_address, now)
+            self._replicas[route.group] = route.replicas
         parts = tuple(
             TopicPart(route.group, route.queues, route.idempotence_window) for route in routes
         )
@@ -335,6 +346,28 @@ class Routes:
             # rather than create it again elsewhere.
             return [f"no live group holds topic {topic!r} right now"]
         return ["no broker group is registered"]
+
+    def _try_replicas(self, topic: str) -> bool:
+        """No naming node answers (the ones this client knows are down: often the node that
+        also led): send to a replica of each group whose leader is unknown, as if it led,
+        other than the one given up on. A follower answers ``NotLeader`` naming the leader,
+        which is followed (``call_leader``), and a dead one is given up on in turn. So a
+        client that found its routes once rides out a leader's death even when that node ran
+        its only naming node. Whether any group got a replica to try."""
+        now = time.monotonic()
+        tried = False
+        for group, replicas in self._replicas.items():
+            if self.known_leader(group) is not None:
+                continue
+            others = [address for address in replicas if address != self._given_up.get(group)]
+            if others:
+                self._leaders[group] = _Leader(self.rng.choice(others), now)
+                tried = True
+        cached = self._parts.get(topic)
+        parts = self._seen.get(topic) or (cached[0] if cached is not None else ())
+        if tried and parts:
+            self._parts[topic] = (parts, now)
+        return tried
 
     async def _ask_one(
         self,

@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from dledger_mq.clients.admin import connect_admin
+from dledger_mq.clients.consumer import Consumer
 from dledger_mq.clients.producer import Producer
 from dledger_mq.errors import TopicNotFound, Unavailable, UsageError
 from dledger_mq.wire.broker import PullReply, PullRequest, StoredMessage
@@ -288,3 +289,38 @@ async def test_the_window_the_producer_keeps_is_the_brokers(cluster: ProcessClus
                 for batch in range(8):
                     nursery.start_soon(send, batch)
     await stored_once(cluster, "fresh", expected)
+
+
+@pytest.mark.cluster_options(**NAMING)
+async def test_clients_that_know_only_the_leaders_naming_node_ride_out_its_death(
+    cluster: ProcessCluster,
+) -> None:
+    """As the README's examples run against `cluster up`: one naming address, which is the
+    leader's own node. When that node dies, the clients find the new leader through the
+    replicas naming listed (a follower names its leader), not by waiting for naming."""
+    old = (await cluster.wait_for_leader()).node_id
+    naming = cluster.naming[old]
+    received: list[bytes] = []
+    async with (
+        Producer(naming=naming) as producer,
+        Consumer(naming=naming, group="g", topic="events") as consumer,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def receive_all() -> None:
+            async for message in consumer:
+                received.append(message.body)
+                await message.ack()
+
+        nursery.start_soon(receive_all)
+        for number in range(20):
+            await producer.send("events", b"%d" % number)
+        cluster.kill(old)
+        with trio.fail_after(DEADLINE_SECONDS):  # hung for good before: naming was gone
+            for number in range(20, 40):
+                await producer.send("events", b"%d" % number)
+            while len(set(received)) < 40:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert set(received) == {b"%d" % number for number in range(40)}
+    assert old not in cluster.running
