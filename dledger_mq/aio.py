@@ -164,11 +164,15 @@ async def _enter(make_client: Callable[[], Any]) -> _Held:
     closed, done, outcome = trio.Event(), trio.Event(), {}
 
     async def holder(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        entered = False
         try:
-            async with make_client() as entered:
-                task_status.started(entered)
+            async with make_client() as client:
+                task_status.started(client)
+                entered = True
                 await closed.wait()
         except BaseException as error:  # noqa: BLE001 (handed to the closing task)
+            if not entered:
+                raise  # the client could not be made or opened: the caller's error
             outcome["error"] = error
         finally:
             done.set()

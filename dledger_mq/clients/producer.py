@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
+from typing import Any
 
 import attrs
 import trio
@@ -185,6 +186,41 @@ def keyed_queue(sharding_key: str, parts: Sequence[TopicPart]) -> tuple[str, int
     return queues[queue_for_sharding_key(sharding_key, len(queues))]
 
 
+def check_message_input(
+    topic: object,
+    bodies: Sequence[object],
+    tags: object,
+    keys: Sequence[object],
+    properties: Mapping[Any, object] | None,
+    sharding_key: object,
+) -> None:
+    """What the application passes to a send, typed as the wire needs it. A wrong type is the
+    application's bug, a ``UsageError`` here: sent as it is, it would make a frame the broker
+    cannot decode, the broker would close the connection, and the send would be retried on
+    a new one for ever."""
+
+    def wrong(what: str, value: object, expected: str) -> UsageError:
+        return UsageError(f"{what} must be {expected}, got {type(value).__name__}")
+
+    if not isinstance(topic, str):
+        raise wrong("the topic", topic, "a str")
+    for body in bodies:
+        if not isinstance(body, bytes):
+            raise wrong("a message body", body, "bytes (encode text first: text.encode())")
+    if tags is not None and not isinstance(tags, str):
+        raise wrong("tags", tags, "a str or None")
+    if isinstance(keys, str | bytes):
+        raise wrong("keys", keys, "a sequence of str (keys=[key] for one)")
+    for key in keys:
+        if not isinstance(key, str):
+            raise wrong("a key", key, "a str")
+    for name, value in (properties or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise wrong(f"property {name!r}", value if isinstance(name, str) else name, "str")
+    if sharding_key is not None and not isinstance(sharding_key, str):
+        raise wrong("sharding_key", sharding_key, "a str or None")
+
+
 class Producer(RoutedClient):
     def __init__(
         self,
@@ -233,6 +269,7 @@ class Producer(RoutedClient):
         With ``delay`` or ``deliver_at`` (an aware datetime) the message is stored now and
         delivered to consumers at that time, never earlier (up to the broker's
         ``max_delay_ms``, 3 days by default); its receipt's ``offset`` is -1 until then."""
+        check_message_input(topic, (body,), tags, keys, properties, sharding_key)
         keys, properties = tuple(keys), scheduled_properties(properties, delay, deliver_at)
         with tracing.sending(
             topic,
@@ -264,6 +301,7 @@ class Producer(RoutedClient):
     ) -> list[Receipt]:
         """Store many messages in one request (one log entry); one receipt each, in order.
         ``delay`` and ``deliver_at`` as for ``send``, for all of them."""
+        check_message_input(topic, bodies, tags, (), None, sharding_key)
         properties = scheduled_properties(None, delay, deliver_at)
         with tracing.sending(
             topic,
