@@ -57,6 +57,7 @@ import structlog
 import trio
 
 from dledger_mq.clients import tracing
+from dledger_mq.clients.inputs import check_subscriptions
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import (
     BadRequest,
@@ -267,13 +268,10 @@ class Consumer(RoutedClient):
         consumer's own, in ``offsets_path`` (default ``~/.dledger-mq/broadcast/GROUP.json``:
         two broadcasting consumers of one group on one machine need a path each), and a failed
         message is not retried."""
-        if not group:
-            raise UsageError("a consumer needs a group")
         wanted = dict(subscriptions or {})
         if topic is not None:
             wanted.setdefault(topic, tags)
-        if not wanted:
-            raise UsageError("a consumer needs a topic (topic=) or subscriptions")
+        check_subscriptions(group, wanted)
         for name in wanted:
             if system_topic_group(name) is not None:
                 raise UsageError(f"{name!r}: a group's retry topic is read by the group itself")

@@ -33,12 +33,12 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
 
 import attrs
 import trio
 
 from dledger_mq.clients import tracing
+from dledger_mq.clients.inputs import check_message_input
 from dledger_mq.clients.routing import SILENCE_SECONDS, NotSent, RoutedClient, TopicPart
 from dledger_mq.errors import UsageError
 from dledger_mq.wire.broker import (
@@ -184,41 +184,6 @@ def keyed_queue(sharding_key: str, parts: Sequence[TopicPart]) -> tuple[str, int
     if not queues:
         raise UsageError("the topic has no queues yet")
     return queues[queue_for_sharding_key(sharding_key, len(queues))]
-
-
-def check_message_input(
-    topic: object,
-    bodies: Sequence[object],
-    tags: object,
-    keys: Sequence[object],
-    properties: Mapping[Any, object] | None,
-    sharding_key: object,
-) -> None:
-    """What the application passes to a send, typed as the wire needs it. A wrong type is the
-    application's bug, a ``UsageError`` here: sent as it is, it would make a frame the broker
-    cannot decode, the broker would close the connection, and the send would be retried on
-    a new one for ever."""
-
-    def wrong(what: str, value: object, expected: str) -> UsageError:
-        return UsageError(f"{what} must be {expected}, got {type(value).__name__}")
-
-    if not isinstance(topic, str):
-        raise wrong("the topic", topic, "a str")
-    for body in bodies:
-        if not isinstance(body, bytes):
-            raise wrong("a message body", body, "bytes (encode text first: text.encode())")
-    if tags is not None and not isinstance(tags, str):
-        raise wrong("tags", tags, "a str or None")
-    if isinstance(keys, str | bytes):
-        raise wrong("keys", keys, "a sequence of str (keys=[key] for one)")
-    for key in keys:
-        if not isinstance(key, str):
-            raise wrong("a key", key, "a str")
-    for name, value in (properties or {}).items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise wrong(f"property {name!r}", value if isinstance(name, str) else name, "str")
-    if sharding_key is not None and not isinstance(sharding_key, str):
-        raise wrong("sharding_key", sharding_key, "a str or None")
 
 
 class Producer(RoutedClient):

@@ -26,6 +26,7 @@ import attrs
 
 from dledger_mq.clients import tracing
 from dledger_mq.clients.consumer import StoredMessageView
+from dledger_mq.clients.inputs import check_subscriptions
 from dledger_mq.clients.routing import SILENCE_SECONDS, RoutedClient
 from dledger_mq.errors import TopicNotFound, UsageError
 from dledger_mq.wire.broker import (
@@ -70,10 +71,7 @@ class SimpleConsumer(RoutedClient):
         tls: TlsOption = None,
     ) -> None:
         """``subscriptions``: topic -> tag expression (``"*"``: every message)."""
-        if not group:
-            raise UsageError("a simple consumer needs a group")
-        if not subscriptions:
-            raise UsageError("a simple consumer needs at least one subscription")
+        check_subscriptions(group, subscriptions)
         self.group = group
         self.subscriptions = dict(subscriptions)
         super().__init__(naming, cluster_id, f"simple-consumer-{group}", credentials, tls)

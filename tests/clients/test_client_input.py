@@ -11,7 +11,9 @@ import pytest
 import trio
 
 from dledger_mq import aio, sync
+from dledger_mq.clients.consumer import Consumer
 from dledger_mq.clients.producer import Producer
+from dledger_mq.clients.simple_consumer import SimpleConsumer
 from dledger_mq.errors import UsageError
 
 WRONG_SENDS: list[tuple[tuple[Any, ...], dict[str, Any], str]] = [
@@ -59,3 +61,24 @@ def test_the_blocking_and_asyncio_clients_raise_what_opening_the_trio_one_raised
         pytest.raises(UsageError, match="a message body must be bytes"),
     ):
         producer.send("t", "text", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"group": "", "topic": "t"}, "a consumer's group must be a non-empty str, got str"),
+        ({"group": 7, "topic": "t"}, "a consumer's group must be a non-empty str, got int"),
+        ({"group": "g"}, r"a consumer needs a topic \(topic=\) or subscriptions"),
+        ({"group": "g", "topic": 7}, "a topic must be a str, got int"),
+        ({"group": "g", "subscriptions": {"t": None}}, "the tag expression of 't' must be"),
+    ],
+)
+def test_a_consumer_with_a_wrong_group_or_subscription_is_refused_when_made(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        Consumer("127.0.0.1:1", **options)
+    if "subscriptions" in options or options.get("topic") is not None:
+        subscriptions = options.get("subscriptions") or {options["topic"]: "*"}
+        with pytest.raises(UsageError, match=message):
+            SimpleConsumer("127.0.0.1:1", group=options["group"], subscriptions=subscriptions)
