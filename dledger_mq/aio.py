@@ -119,33 +119,62 @@ class _GuestRun:
             raise
 
 
-_RUNS: dict[asyncio.AbstractEventLoop, _GuestRun] = {}
-_STARTING: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+@attrs.define
+class _LoopState:
+    """The guest run of one loop, and who is starting or ending it right now."""
+
+    lock: asyncio.Lock
+    run: _GuestRun | None = None
+    #: Coroutines inside ``_acquire`` or ``_release`` for this loop.
+    busy: int = 0
+
+
+#: Only loops with a guest run, or a client starting or closing: an entry left for every loop
+#: that ever had a client would keep each loop alive (an asyncio.Lock holds its loop), and a
+#: program that calls ``asyncio.run`` per request would grow without bound.
+_LOOPS: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+
+
+def _state_of(loop: asyncio.AbstractEventLoop) -> _LoopState:
+    state = _LOOPS.get(loop)
+    if state is None:
+        state = _LOOPS[loop] = _LoopState(asyncio.Lock())
+    state.busy += 1
+    return state
+
+
+def _done_with(loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
+    state.busy -= 1
+    if state.run is None and not state.busy:
+        _LOOPS.pop(loop, None)
 
 
 async def _acquire() -> _GuestRun:
     loop = asyncio.get_running_loop()
-    lock = _STARTING.setdefault(loop, asyncio.Lock())
-    async with lock:
-        run = _RUNS.get(loop)
-        if run is None:
-            run = _RUNS[loop] = _GuestRun(loop)
-            try:
+    state = _state_of(loop)
+    try:
+        async with state.lock:
+            if state.run is None:
+                run = _GuestRun(loop)
                 await run.start()
-            except BaseException:
-                del _RUNS[loop]
-                raise
-        run.users += 1
-        return run
+                state.run = run
+            state.run.users += 1
+            return state.run
+    finally:
+        _done_with(loop, state)
 
 
 async def _release(run: _GuestRun) -> None:
-    async with _STARTING[run.loop]:
-        run.users -= 1
-        if run.users:
-            return
-        del _RUNS[run.loop]
-        await run.end()
+    state = _state_of(run.loop)
+    try:
+        async with state.lock:
+            run.users -= 1
+            if run.users:
+                return
+            state.run = None
+            await run.end()
+    finally:
+        _done_with(run.loop, state)
 
 
 @attrs.frozen

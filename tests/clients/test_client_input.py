@@ -5,6 +5,8 @@ retried for ever) and a client that cannot be made (a bad naming address), no cl
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -54,7 +56,7 @@ def test_the_blocking_and_asyncio_clients_raise_what_opening_the_trio_one_raised
 
     with pytest.raises(UsageError, match="naming address"):
         asyncio.run(application())
-    assert aio._RUNS == {}
+    assert aio._LOOPS == {}
 
     with (
         sync.Producer(naming="127.0.0.1:1") as producer,
@@ -82,3 +84,19 @@ def test_a_consumer_with_a_wrong_group_or_subscription_is_refused_when_made(
         subscriptions = options.get("subscriptions") or {options["topic"]: "*"}
         with pytest.raises(UsageError, match=message):
             SimpleConsumer("127.0.0.1:1", group=options["group"], subscriptions=subscriptions)
+
+
+def test_a_loop_that_had_clients_is_not_kept_alive_after_they_closed() -> None:
+    """A program may call ``asyncio.run`` per request, each with its own clients."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def request() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        async with aio.Producer("127.0.0.1:1"), aio.Producer("127.0.0.1:1"):
+            assert len(aio._LOOPS) == 1  # one guest run for both
+
+    for _ in range(3):
+        asyncio.run(request())
+        assert aio._LOOPS == {}
+    gc.collect()
+    assert [loop() for loop in loops] == [None, None, None]

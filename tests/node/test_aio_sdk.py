@@ -61,7 +61,7 @@ async def test_asyncio_sends_survive_a_leader_kill_and_a_timeout_cancels_a_recei
     assert len(set(ids)) == 50
     assert sorted(seen) == list(range(50))
     assert timed_out and late == 50
-    assert aio._RUNS == {}  # the last client closed: the guest run ended
+    assert aio._LOOPS == {}  # the last client closed: the guest run ended
 
 
 @pytest.mark.cluster_options(**NAMING)
@@ -116,7 +116,7 @@ async def test_asyncio_admin_simple_consumer_and_a_handler_that_fails_once(
     assert topics[0] == "jobs" and "invalid topic name 'bad name!'" in topics[1]
     assert attempts == {0: [1, 2], 1: [1], 2: [1, 2], 3: [1]}
     assert bodies == [b"simple"] and acked
-    assert aio._RUNS == {}
+    assert aio._LOOPS == {}
 
 
 async def test_asyncio_admin_names_its_methods_and_refuses_others() -> None:
