@@ -1,7 +1,7 @@
 """The blocking SDK (``dledger_mq.sync``) against a real cluster: sends from several threads at
-once, a leader kill between them a pause and no error, every message consumed once and
-acknowledged, a receive with nothing to get a ``TimeoutError``, and the shared Trio thread gone
-once the last client closed."""
+once with the leader killed while they are in flight (a pause, no error), every message
+consumed once and acknowledged, a receive with nothing to get a ``TimeoutError``, and the
+shared Trio thread gone once the last client closed."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ async def test_blocking_sends_survive_a_leader_kill_and_are_consumed_once(
     leader = (await cluster.wait_for_leader()).node_id
     naming = list(cluster.naming.values())
     producer = sync.Producer(naming=naming)
+    token = trio.lowlevel.current_trio_token()
+    killed = threading.Event()
 
     def send_from_threads(first: int) -> list[str]:
         ids: list[str] = []
@@ -39,6 +41,9 @@ async def test_blocking_sends_survive_a_leader_kill_and_are_consumed_once(
             receipt = producer.send("orders", b"%d" % number, timeout=DEADLINE_SECONDS)
             with lock:
                 ids.append(receipt.msg_id)
+                if first and not killed.is_set():  # the other threads' sends are in flight
+                    killed.set()
+                    trio.from_thread.run_sync(lambda: cluster.kill(leader), trio_token=token)
 
         threads = [threading.Thread(target=one, args=(first + n,)) for n in range(10)]
         for thread in threads:
@@ -50,10 +55,10 @@ async def test_blocking_sends_survive_a_leader_kill_and_are_consumed_once(
     await trio.to_thread.run_sync(producer.__enter__)
     try:
         before = await trio.to_thread.run_sync(send_from_threads, 0)
-        cluster.kill(leader)
         after = await trio.to_thread.run_sync(send_from_threads, 10)
     finally:
         await trio.to_thread.run_sync(producer.close)
+    assert killed.is_set() and leader not in cluster.running
     assert len(set(before + after)) == 20
 
     def consume_all() -> tuple[list[int], str]:
