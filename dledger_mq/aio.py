@@ -33,6 +33,7 @@ from dledger_mq.clients import tracing
 from dledger_mq.clients.admin import ADMIN_METHODS, AdminConnection, connect_admin
 from dledger_mq.clients.consumer import Consumer as TrioConsumer
 from dledger_mq.clients.consumer import ReceivedMessage
+from dledger_mq.clients.held import HeldClient
 from dledger_mq.clients.producer import Producer as TrioProducer
 from dledger_mq.clients.simple_consumer import RECEIVE_WAIT, SimpleMessage
 from dledger_mq.clients.simple_consumer import SimpleConsumer as TrioSimpleConsumer
@@ -180,56 +181,36 @@ async def _release(run: _GuestRun) -> None:
 @attrs.frozen
 class _Held:
     run: _GuestRun
-    client: Any
-    closed: trio.Event
-    done: trio.Event
-    outcome: dict[str, Any]
+    holder: HeldClient
+
+    @property
+    def client(self) -> Any:
+        return self.holder.client
 
 
 async def _enter(make_client: Callable[[], Any]) -> _Held:
-    """A Trio client made and entered (``async with``) in a task of the guest run, kept open
-    until ``_leave``."""
+    """A Trio client made and entered in a task of the loop's guest run, kept open until
+    ``_leave``."""
     run = await _acquire()
-    closed, done, outcome = trio.Event(), trio.Event(), {}
+    holder = HeldClient(make_client)
 
-    async def holder(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        entered = False
-        try:
-            async with make_client() as client:
-                task_status.started(client)
-                entered = True
-                await closed.wait()
-        except BaseException as error:  # noqa: BLE001 (handed to the closing task)
-            if not entered:
-                raise  # the client could not be made or opened: the caller's error
-            outcome["error"] = error
-        finally:
-            done.set()
-
-    async def start() -> Any:
+    async def open_in_guest() -> Any:
         assert run.nursery is not None
-        return await run.nursery.start(holder)
+        return await holder.open(run.nursery)
 
     try:
-        client = await run.call(start)
+        await run.call(open_in_guest)
     except BaseException:
         await _release(run)
         raise
-    return _Held(run, client, closed, done, outcome)
+    return _Held(run, holder)
 
 
 async def _leave(held: _Held) -> None:
-    async def close() -> None:
-        held.closed.set()
-        await held.done.wait()
-
     try:
-        await held.run.call(close)
+        await held.run.call(held.holder.release)
     finally:
         await _release(held.run)
-    error = held.outcome.get("error")
-    if error is not None and not isinstance(error, trio.Cancelled):
-        raise error
 
 
 class _Client:

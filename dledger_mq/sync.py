@@ -30,13 +30,13 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import attrs
 import trio
 
 from dledger_mq.clients import tracing
 from dledger_mq.clients.admin import ADMIN_METHODS, AdminConnection, connect_admin
 from dledger_mq.clients.consumer import Consumer as TrioConsumer
 from dledger_mq.clients.consumer import ReceivedMessage
+from dledger_mq.clients.held import HeldClient
 from dledger_mq.clients.producer import Producer as TrioProducer
 from dledger_mq.clients.simple_consumer import RECEIVE_WAIT, SimpleMessage
 from dledger_mq.clients.simple_consumer import SimpleConsumer as TrioSimpleConsumer
@@ -137,49 +137,21 @@ class _TrioThread:
                     token.run_sync_soon(scope.cancel)
             raise
 
-    def hold(self, make_client: Callable[[], Any]) -> _Held:
-        """Make a Trio client and enter its ``async with`` in a task of the Trio thread (a
-        client's constructor needs a Trio run), kept open until ``let_go``."""
-        done = trio.Event()
-        closed = trio.Event()
-        outcome: dict[str, Any] = {}
+    def hold(self, make_client: Callable[[], Any]) -> HeldClient:
+        """A Trio client made and entered in a task of the Trio thread, kept open until
+        ``let_go``."""
+        holder = HeldClient(make_client)
 
-        async def holder(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-            entered = False
-            try:
-                async with make_client() as client:
-                    task_status.started(client)
-                    entered = True
-                    await closed.wait()
-            except BaseException as error:  # noqa: BLE001 (handed to the closing thread)
-                if not entered:
-                    raise  # the client could not be made or opened: the caller's error
-                outcome["error"] = error
-            finally:
-                done.set()
-
-        async def start() -> Any:
+        async def open_in_thread() -> Any:
             assert self._nursery is not None
-            return await self._nursery.start(holder)
+            return await holder.open(self._nursery)
 
-        client = self.call(start)
-        return _Held(client, closed, done, outcome)
+        self.call(open_in_thread)
+        return holder
 
-    def let_go(self, held: _Held) -> None:
+    def let_go(self, holder: HeldClient) -> None:
         """Leave the ``async with`` that ``hold`` entered; raise what leaving it raised."""
-        trio.from_thread.run_sync(held.closed.set, trio_token=self._token)
-        trio.from_thread.run(held.done.wait, trio_token=self._token)
-        error = held.outcome.get("error")
-        if error is not None and not isinstance(error, trio.Cancelled):
-            raise error
-
-
-@attrs.frozen
-class _Held:
-    client: Any
-    closed: trio.Event
-    done: trio.Event
-    outcome: dict[str, Any]
+        trio.from_thread.run(holder.release, trio_token=self._token)
 
 
 _TRIO = _TrioThread()
@@ -188,7 +160,7 @@ _TRIO = _TrioThread()
 class _Client:
     """One Trio client, entered in the shared Trio thread for the length of a ``with``."""
 
-    _held: _Held | None = None
+    _held: HeldClient | None = None
     _make: Callable[[], Any]
 
     def __enter__(self) -> Self:
